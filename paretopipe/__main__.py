@@ -1,0 +1,3 @@
+from paretopipe.cli import main
+
+main()

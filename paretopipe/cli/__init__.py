@@ -1,0 +1,52 @@
+"""The ``paretopipe`` command line: a thin layer over the library.
+
+Each command group lives in its own module and is joined here. Library errors
+(:class:`paretopipe.errors.ParetoPipeError`) become a one-line ``Error: ...`` on stderr with the
+error's exit code, in exactly one place: :class:`_Group.invoke`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from paretopipe.errors import ParetoPipeError
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        try:
+            return super().invoke(ctx)
+        except ParetoPipeError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="paretopipe",
+    help="Where to split a neural network across edge devices: profile, plan, measure, and the "
+    "latency-vs-throughput Pareto front.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _register() -> None:
+    from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
