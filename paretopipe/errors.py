@@ -17,7 +17,7 @@ class ParetoPipeError(Exception):
     def __init__(self, message: str, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if hint is None else f"{message} ({hint})")
+        super().__init__(message if hint is None else f"{message}; {hint}")
 
 
 class UsageError(ParetoPipeError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -17,14 +16,14 @@ from paretopipe.errors import ParetoPipeError
 
 
 class _Group(TyperGroup):
-    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+    def invoke(self, ctx):  # noqa: ANN001 - the command-line framework's context
         try:
             return super().invoke(ctx)
         except ParetoPipeError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None
 
 

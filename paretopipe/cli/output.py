@@ -10,13 +10,15 @@ import enum
 import io
 import json
 import math
+import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-out_console = Console(soft_wrap=True)
+# Piped output is not cut to 80 columns: tables only take the width they need.
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err_console = Console(stderr=True)
 
 

@@ -1,0 +1,146 @@
+"""Tracing, live sets and cuts: known answers on toy models, exact reconstruction on real ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paretopipe.errors import CutError, ModelError
+from paretopipe.graph import trace, trace_spec
+from paretopipe.models import build_model, example_input, resolve_spec
+from paretopipe.stages import run_chain, verify, verification_cut_sets
+from tests.fixtures import toy_models
+
+
+def _toy(factory: str, shape=None):
+    spec = resolve_spec(f"tests.fixtures.toy_models:{factory}", input_shape=shape)
+    return spec, trace_spec(spec, batch_size=2)
+
+
+def test_long_skip_connection_is_live_across_every_cut():
+    _, g = _toy("skipnet")
+    stem = "stem"
+    body_cuts = [c for c in g.cuts if c.index >= 0 and g.nodes[c.index].name.startswith("body")]
+    assert body_cuts, "the body must be cuttable"
+    for c in body_cuts[:-1]:
+        assert stem in c.tensors and len(c.tensors) == 2
+    # 8 channels x 16 x 16 float32 x batch 2, twice (body activation + stem skip)
+    assert body_cuts[0].nbytes == 2 * (2 * 8 * 16 * 16 * 4)
+    assert not body_cuts[0].is_block  # two tensors cross: not a block boundary
+
+
+def test_three_stage_split_passes_skip_through_the_middle_stage():
+    spec, g = _toy("skipnet")
+    body = [c.index for c in g.cuts if g.nodes[c.index].name.startswith("body")]
+    cuts = [body[0], body[-2]]
+    stages = g.split(cuts)
+    assert len(stages) == 3
+    x = example_input(spec, 2)
+    out = run_chain(stages, x)
+    assert torch.equal(out[0], g.model(x))
+    # the middle stage returns the stem activation it received untouched
+    mid = stages[1](*run_chain(stages[:1], x))
+    assert len(mid) == 2
+
+
+def test_non_tensor_live_value_makes_cut_illegal():
+    spec = resolve_spec("tests.fixtures.toy_models:shapenet", input_shape=(4,))
+    g = trace_spec(spec, batch_size=3)
+    legal = {c.index for c in g.cuts}
+    illegal = [i for i in range(len(g.nodes) - 1) if i not in legal]
+    assert illegal, "positions where the int from x.shape is live must be illegal"
+    with pytest.raises(CutError, match="non-tensor"):
+        g.cut(illegal[0])
+
+
+def test_cut_validation_names_valid_range():
+    _, g = _toy("skipnet")
+    top = len(g.nodes) - 2
+    with pytest.raises(CutError, match=f"0..{top}"):
+        g.split([top + 1])
+    with pytest.raises(CutError, match="strictly increasing"):
+        g.split([3, 3])
+    with pytest.raises(CutError, match="out of range"):
+        g.split([-1])
+
+
+def test_untraceable_module_is_named_with_a_fix():
+    spec = resolve_spec("tests.fixtures.toy_models:branchy")
+    with pytest.raises(ModelError) as err:
+        trace_spec(spec)
+    msg = str(err.value)
+    assert "'gate'" in msg and "Gate" in msg and "--leaf gate" in msg
+
+
+def test_leaf_module_makes_it_traceable_and_exact():
+    spec = resolve_spec("tests.fixtures.toy_models:branchy", leaf_modules=("gate",))
+    g = trace_spec(spec, batch_size=2)
+    assert any(n.target == "gate" for n in g.nodes)
+    x = example_input(spec, 2)
+    assert all(r.exact for r in verify(g, [(c.index,) for c in g.cuts], [x]))
+
+
+def test_live_and_io_bytes():
+    spec, g = _toy("skipnet")
+    assert g.input_nbytes() == 2 * 3 * 16 * 16 * 4
+    assert g.output_nbytes() == 2 * 5 * 4
+    live = g.live_nbytes()
+    assert len(live) == len(g.nodes) and live[-1] == g.output_nbytes()
+    for c in g.cuts:
+        assert live[c.index] == c.nbytes
+
+
+def test_params_before_cut_accumulate():
+    _, g = _toy("skipnet")
+    assert [c.params_before for c in g.cuts] == sorted(c.params_before for c in g.cuts)
+    total = sum(p.numel() for p in g.model.parameters())
+    assert g.cuts[-1].params_before < total  # the head comes after the last cut
+
+
+# Real models: every block cut and a sample of node cuts reproduce the model bit for bit.
+# (name, input side) - smallest inputs the models accept, to keep the suite fast.
+SEED_MODELS = [
+    ("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 64), ("vgg16", 32), ("alexnet", 64),
+    ("inception_v3", 75),
+]
+OTHER_FAMILIES = [
+    ("densenet121", 64),         # dense concatenation: many tensors cross inside blocks
+    ("efficientnet_b0", 64),     # squeeze-excitation, stochastic depth (identity in eval)
+    ("vit_b_16", 224),           # attention, class token, constants from get_attr
+    ("swin_t", 64),              # windowed attention, relative position bias buffers
+    ("regnet_y_400mf", 64),      # grouped convolutions + SE
+    ("shufflenet_v2_x0_5", 64),  # channel split/shuffle, non-tensor shape values
+    ("googlenet", 64),           # inception branches
+    ("convnext_tiny", 64),       # layer scale parameters, permutes
+    ("resnext50_32x4d", 64),     # grouped bottlenecks
+]
+
+
+@pytest.mark.parametrize("name,side", SEED_MODELS + OTHER_FAMILIES)
+def test_exact_reconstruction(name, side):
+    torch.set_num_threads(1)
+    spec = resolve_spec(name, input_shape=(3, side, side))
+    g = trace_spec(spec, batch_size=1)
+    block = [c.index for c in g.cuts_at("block")]
+    assert len(block) >= 4, f"{name} should have block boundaries"
+    node = [c.index for c in g.cuts]
+    sample = node[:: max(1, len(node) // 8)]
+    cut_sets = verification_cut_sets(sorted(set(block) | set(sample)), multi_stage_samples=2)
+    results = verify(g, cut_sets, [example_input(spec, 1)])
+    bad = [(r.cuts, r.max_abs_diff) for r in results if not r.exact]
+    assert not bad, f"{name}: chained stages differ from the model at {bad}"
+
+
+def test_inception_block_cuts_fall_between_mixed_blocks():
+    spec = resolve_spec("inception_v3", input_shape=(3, 75, 75))
+    g = trace_spec(spec)
+    blocks = [g.nodes[c.index].block for c in g.cuts_at("block")]
+    assert {"Mixed_5b", "Mixed_6a", "Mixed_7c"} <= set(blocks)
+    assert all(len(c.tensors) == 1 for c in g.cuts_at("block"))
+
+
+def test_trace_accepts_plain_module_and_batch():
+    model = build_model(resolve_spec("resnet18"))
+    g = trace(model, torch.randn(4, 3, 32, 32))
+    assert g.batch_size == 4
+    assert g.cuts[0].nbytes == 4 * 64 * 16 * 16 * 4  # conv1 output at batch 4
