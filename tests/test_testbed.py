@@ -1,0 +1,112 @@
+"""Testbed files: the shipped ones load; every malformed field is one error naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paretopipe.errors import ConfigError, UsageError
+from paretopipe.network.conditions import LinkCondition, load_scenarios
+from paretopipe.testbed import load_testbed, parse_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+WIFI = ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0, jitter_ms=1.0))
+
+
+@pytest.mark.parametrize("name", ["local", "local-3", "pi-pair.example"])
+def test_shipped_testbeds_load(name):
+    tb = load_testbed(ROOT / "testbed" / f"{name}.toml")
+    assert len(tb.devices) >= 2
+    assert tb.all_local == (not name.startswith("pi"))
+
+
+def test_links_scenario_override_and_driver():
+    tb = load_testbed(ROOT / "testbed" / "pi-pair.example.toml")
+    assert tb.link("pi1", "pi2", WIFI) == WIFI
+    # the driver shares pi1's host: its link to pi1 is local, to pi2 it is pi1's link
+    assert tb.link("driver", "pi1", WIFI)[0] == "local"
+    assert tb.link("pi2", "driver", WIFI) == WIFI
+    local = load_testbed(ROOT / "testbed" / "local.toml")
+    assert local.link("slow", "driver", WIFI)[0] == "local"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "tb.toml"
+    p.write_text(text)
+    return p
+
+
+GOOD = """
+[[devices]]
+name = "a"
+host = "127.0.0.1"
+port = 6001
+[[devices]]
+name = "b"
+host = "127.0.0.1"
+port = 6002
+"""
+
+
+def test_asymmetric_link_override(tmp_path):
+    p = _write(tmp_path, GOOD + '[[links]]\nsrc = "a"\ndst = "b"\nnetwork = "bandwidth=10mbit delay=20ms"\n')
+    tb = load_testbed(p)
+    assert tb.link("a", "b", WIFI)[1] == LinkCondition(bandwidth_bps=10e6, delay_ms=20.0)
+    assert tb.link("b", "a", WIFI) == WIFI
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ("", "devices"),
+        ("[[devices]]\nhost = '127.0.0.1'\nport = 1\n", "devices[0].name"),
+        ("[[devices]]\nname = 'a'\nport = 1\n", "devices[0].host"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 'x'\n", "devices[0].port"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 70000\n", "devices[0].port"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpu_quota = -1\n", "devices[0].cpu_quota"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpus = 'zero'\n", "devices[0].cpus"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\nmemory = '2 bananas'\n", "devices[0].memory"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncolour = 'red'\n", "devices[0].colour"),
+        (GOOD + "[driver]\ndevice = 'zz'\n", "driver.device"),
+        (GOOD + "[driver]\nhost='127.0.0.1'\nport = 6001\n", "driver.port"),
+        (GOOD + "[[links]]\nsrc = 'a'\ndst = 'b'\nnetwork = 'moon'\n", "links[0].network"),
+        (GOOD + "[[links]]\nsrc = 'a'\ndst = 'a'\nnetwork = 'wifi'\n", "links[0].dst"),
+        (GOOD + "[[devices]]\nname = 'a'\nhost = 'h'\nport = 9\n", "devices[2].name"),
+        ("devices = 3\n", "devices"),
+        ("[[devices\n", None),
+    ],
+)
+def test_malformed_field_is_named(tmp_path, text, field):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_testbed(p)
+    assert str(p) in str(err.value)
+    if field:
+        assert f": {field}:" in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="file not found"):
+        load_testbed("/nonexistent/tb.toml")
+
+
+def test_unknown_device_lists_known(tmp_path):
+    tb = load_testbed(_write(tmp_path, GOOD))
+    with pytest.raises(UsageError, match="devices: a, b"):
+        tb.device("c")
+
+
+def test_parse_memory():
+    assert parse_memory("2GiB") == 2 * 2**30
+    assert parse_memory("512MB") == 512e6
+    assert parse_memory("unlimited") == float("inf")
+    with pytest.raises(UsageError):
+        parse_memory("-1GB")
+
+
+def test_shipped_scenarios():
+    sc = load_scenarios(ROOT / "testbed" / "networks.toml")
+    assert {"local", "lan", "wifi", "4g", "3g", "constrained"} <= set(sc)
+    assert sc["constrained"] == LinkCondition(bandwidth_bps=5e6, delay_ms=200.0)
+    assert sc["local"].is_ideal
