@@ -9,6 +9,7 @@ is a tensor (an int taken from ``x.shape`` cannot cross a device boundary).
 from __future__ import annotations
 
 import linecache
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal, Sequence
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 Granularity = Literal["node", "block"]
 _COMPUTE_OPS = ("call_module", "call_function", "call_method")
+# torch.fx patches module calls process-wide while tracing: two threads must not trace at once.
+_TRACE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -344,20 +347,21 @@ def trace(
     model = model.eval()
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     tracer = _Tracer(leaf_modules)
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises TraceError, TypeError, AttributeError... from user code
-        raise _trace_error(model, exc) from None
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:
-        raise ModelError(
-            f"{type(model).__name__} fails on an input of shape {[tuple(t.shape) for t in inputs]}: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            "check --input-shape",
-        ) from None
+    with _TRACE_LOCK:
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # fx raises TraceError, TypeError, AttributeError... from user code
+            raise _trace_error(model, exc) from None
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*inputs)
+        except Exception as exc:
+            raise ModelError(
+                f"{type(model).__name__} fails on an input of shape {[tuple(t.shape) for t in inputs]}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                "check --input-shape",
+            ) from None
     return ModelGraph(model, gm, batch_size=int(inputs[0].shape[0]) if inputs[0].dim() else 1)
 
 

@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import importlib
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from paretopipe.errors import ModelError, UsageError
 # Models whose default initialisation spends seconds in scipy's truncated normal; latency does not
 # depend on weight values, so they are built with the standard PyTorch initialisation instead.
 _FAST_INIT = {"inception_v3", "googlenet"}
+# Random weights come from the process-wide RNG: builds in two threads must not interleave.
+_BUILD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def _import_factory(path: str) -> Callable[[], nn.Module]:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the model of ``spec`` in eval mode: seeded random weights, or the checkpoint's."""
-    with torch.random.fork_rng(devices=[]):
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         if spec.source == "factory":
             model = _import_factory(spec.name)()
