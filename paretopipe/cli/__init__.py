@@ -41,6 +41,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
+    from paretopipe.cli import keys as _keys  # noqa: F401
 
 
 _register()

@@ -1,0 +1,300 @@
+"""Transport benchmark on loopback: per-message overhead and transfer rate, each backend vs raw TCP.
+
+Run: ``python benchmarks/bench_transport.py`` (``--quick`` for a short run, ``--backends zmq,rpc``
+to choose columns; default: every backend in ``backends.available()``).
+
+Each backend talks to a peer in a separate process on this machine:
+
+- overhead: one-way time of a small message (a 4-byte tensor) = median round trip / 2;
+- rate: ``count`` messages of one tensor of N bytes streamed one way, then one small ack back;
+  rate = N * count / elapsed, median over repeats after a discarded warm-up.
+
+The baseline ``tcp`` is a plain TCP socket (TCP_NODELAY) with an 8-byte length prefix and a
+reused receive buffer: the least work any transport can do. Every Transport backend (the
+registry's names) is driven through the same ``Transport`` interface, so a new backend becomes a
+new column without touching this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import socket
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+HOST = "127.0.0.1"
+SIZES = {"4KB": 4 << 10, "64KB": 64 << 10, "1MB": 1 << 20, "16MB": 16 << 20, "64MB": 64 << 20}
+_LEN = struct.Struct("<QB")  # payload length, op
+
+
+class Link(Protocol):
+    """The client side of one backend, talking to an echo/sink peer in another process."""
+
+    def roundtrip(self, payload: torch.Tensor) -> None: ...
+    def stream(self, payload: torch.Tensor, count: int) -> None: ...
+    def close(self) -> None: ...
+
+
+# -- raw TCP baseline ----------------------------------------------------------------------------
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("peer closed")
+        view = view[n:]
+
+
+def _tcp_send(sock: socket.socket, op: bytes, payload: memoryview) -> None:
+    head = _LEN.pack(payload.nbytes, op[0])
+    if payload.nbytes <= 64 << 10:
+        sock.sendall(head + payload.tobytes())  # one segment for small messages
+    else:
+        sock.sendall(head)
+        sock.sendall(payload)
+
+
+def _tcp_peer(port_queue: mp.Queue, max_nbytes: int) -> None:
+    with socket.create_server((HOST, 0)) as listener:
+        port_queue.put(listener.getsockname()[1])
+        conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = memoryview(bytearray(max_nbytes))
+    head = memoryview(bytearray(_LEN.size))
+    received = 0
+    with conn:
+        while True:
+            _recv_exact(conn, head)
+            nbytes, op = _LEN.unpack(head)
+            _recv_exact(conn, buf[:nbytes])
+            if op == ord("e"):
+                _tcp_send(conn, b"e", buf[:nbytes])
+            elif op in (ord("d"), ord("l")):
+                received += 1
+                if op == ord("l"):
+                    _tcp_send(conn, b"a", memoryview(struct.pack("<Q", received)))
+                    received = 0
+            else:
+                return
+
+
+class TcpLink:
+    """Length-prefixed raw bytes over one TCP connection."""
+
+    def __init__(self, max_nbytes: int) -> None:
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        self.proc = ctx.Process(target=_tcp_peer, args=(queue, max_nbytes), daemon=True)
+        self.proc.start()
+        self.sock = socket.create_connection((HOST, queue.get(timeout=60)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = memoryview(bytearray(max_nbytes))
+        self.head = memoryview(bytearray(_LEN.size))
+
+    def _reply(self) -> None:
+        _recv_exact(self.sock, self.head)
+        nbytes, _ = _LEN.unpack(self.head)
+        _recv_exact(self.sock, self.buf[:nbytes])
+
+    def roundtrip(self, payload: torch.Tensor) -> None:
+        _tcp_send(self.sock, b"e", memoryview(payload.numpy()))
+        self._reply()
+
+    def stream(self, payload: torch.Tensor, count: int) -> None:
+        view = memoryview(payload.numpy())
+        for i in range(count):
+            _tcp_send(self.sock, b"l" if i == count - 1 else b"d", view)
+        self._reply()
+
+    def close(self) -> None:
+        _tcp_send(self.sock, b"s", memoryview(b""))
+        self.sock.close()
+        self.proc.join(10)
+
+
+# -- any Transport backend -----------------------------------------------------------------------
+
+def _transport_peer(name: str, client_port: int, port_queue: mp.Queue) -> None:
+    import backends
+
+    torch.set_num_threads(1)
+    cls = backends.get_transport(name)
+    opts = backends.TransportOptions(max_message_nbytes=1 << 30, send_timeout_s=60)
+    client = backends.Endpoint("client", HOST, client_port)
+    with cls(backends.Endpoint("peer", HOST, 0), {"client": client}, options=opts) as t:
+        port_queue.put(t.me.port)
+        received = 0
+        while True:
+            msg = t.recv(timeout_s=120)
+            op = msg.header["op"]
+            if op == "echo":
+                t.send("client", {"op": "echo"}, msg.tensors)
+            elif op == "data":
+                received += 1
+                if msg.header.get("last"):
+                    t.send("client", {"op": "ack", "count": received})
+                    received = 0
+            else:
+                return
+
+
+class TransportLink:
+    """A registered Transport backend, driven only through the Transport interface."""
+
+    def __init__(self, name: str) -> None:
+        import backends
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        with socket.socket() as probe:  # our own port, so the peer can be told where to answer
+            probe.bind((HOST, 0))
+            my_port = probe.getsockname()[1]
+        self.proc = ctx.Process(target=_transport_peer, args=(name, my_port, queue), daemon=True)
+        self.proc.start()
+        peer = backends.Endpoint("peer", HOST, queue.get(timeout=120))
+        opts = backends.TransportOptions(max_message_nbytes=1 << 30, send_timeout_s=60)
+        self.t = backends.get_transport(name)(backends.Endpoint("client", HOST, my_port), {"peer": peer}, options=opts)
+        self.t.start()
+
+    def roundtrip(self, payload: torch.Tensor) -> None:
+        self.t.send("peer", {"op": "echo"}, [payload])
+        self.t.recv(timeout_s=60)
+
+    def stream(self, payload: torch.Tensor, count: int) -> None:
+        for i in range(count):
+            self.t.send("peer", {"op": "data", "last": i == count - 1}, [payload])
+        reply = self.t.recv(timeout_s=120)
+        assert reply.header == {"op": "ack", "count": count}, reply.header
+
+    def close(self) -> None:
+        self.t.send("peer", {"op": "stop"})
+        self.proc.join(10)
+        self.t.close()
+
+
+# -- measurement -----------------------------------------------------------------------------------
+
+def overhead_us(link: Link, n: int, warmup: int) -> tuple[float, float, float]:
+    """One-way time of a small message: (median, p10, p90) of round trip / 2, in microseconds."""
+    payload = torch.zeros(1)
+    for _ in range(warmup):
+        link.roundtrip(payload)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        link.roundtrip(payload)
+        times.append((time.perf_counter_ns() - start) / 2e3)
+    q = statistics.quantiles(times, n=10)
+    return statistics.median(times), q[0], q[-1]
+
+
+def rate_mb_s(link: Link, nbytes: int, repeats: int, budget_nbytes: int) -> tuple[float, float, float]:
+    """Streaming rate in MB/s (1e6 bytes): (median, min, max) over ``repeats`` after a warm-up."""
+    payload = torch.randint(0, 256, (nbytes,), dtype=torch.uint8)
+    count = max(4, min(2000, budget_nbytes // nbytes))
+    link.stream(payload, count)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        link.stream(payload, count)
+        rates.append(nbytes * count / ((time.perf_counter_ns() - start) / 1e9) / 1e6)
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def _links(names: list[str], max_nbytes: int) -> dict[str, Callable[[], Link]]:
+    links: dict[str, Callable[[], Link]] = {"tcp": lambda: TcpLink(max_nbytes)}
+    for name in names:
+        links[name] = lambda name=name: TransportLink(name)
+    return links
+
+
+def _fingerprint() -> str:
+    import zmq
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}, "
+        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()})"
+    )
+
+
+def run(names: list[str], sizes: dict[str, int], quick: bool) -> list[dict[str, object]]:
+    """Measure every backend in turn; one row per metric, one column per backend."""
+    n, warmup, repeats = (500, 100, 3) if quick else (3000, 300, 5)
+    budget = (64 << 20) if quick else (256 << 20)
+    rows: dict[str, dict[str, object]] = {"overhead": {"metric": "one-way small message (us)"}}
+    for label in sizes:
+        rows[label] = {"metric": f"rate {label} (MB/s)"}
+    for backend, make in _links(names, max(sizes.values())).items():
+        print(f"[{backend}] measuring...", file=sys.stderr, flush=True)
+        link = make()
+        try:
+            med, p10, p90 = overhead_us(link, n, warmup)
+            rows["overhead"][backend] = med
+            rows["overhead"][f"{backend} spread"] = f"p10 {p10:.1f} / p90 {p90:.1f}"
+            for label, nbytes in sizes.items():
+                med, lo, hi = rate_mb_s(link, nbytes, repeats, budget)
+                rows[label][backend] = med
+                rows[label][f"{backend} spread"] = f"{lo:.0f}-{hi:.0f}"
+        finally:
+            link.close()
+    return list(rows.values())
+
+
+def print_table(rows: list[dict[str, object]], names: list[str]) -> None:
+    columns = ["metric", "tcp", *names, *(f"{n}/tcp" for n in names)]
+    for row in rows:
+        for name in names:
+            row[f"{name}/tcp"] = row[name] / row["tcp"]  # type: ignore[operator]
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
+    for r in cells:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    print("\nspread (p10/p90 for overhead, min-max over repeats for rates):")
+    for row in rows:
+        spread = ", ".join(f"{b}: {row[f'{b} spread']}" for b in ["tcp", *names])
+        print(f"  {row['metric']}: {spread}")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 10 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import backends
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default=",".join(backends.available()), help="comma-separated transports")
+    parser.add_argument("--sizes", default=",".join(SIZES), help=f"subset of: {', '.join(SIZES)}")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
+    args = parser.parse_args(argv)
+    names = [n for n in args.backends.split(",") if n]
+    for name in names:
+        backends.get_transport(name)  # fail early on an unknown name
+    sizes = {label: SIZES[label] for label in (s.strip() for s in args.sizes.split(",")) if label}
+    torch.set_num_threads(1)
+    print(f"# loopback, {_fingerprint()}")
+    print_table(run(names, sizes, args.quick), names)
+
+
+if __name__ == "__main__":
+    main()
