@@ -1,0 +1,344 @@
+"""Measure a model on this device: per-node, per-block and whole-model time, FLOPs, bytes.
+
+Method, per batch size:
+
+1. One forward pass of the model (a warm-up that also catches out-of-memory early), then trace it
+   (:func:`paretopipe.graph.trace`: same nodes and order as ``paretopipe cuts``).
+2. One interpreted forward pass records every node's inputs and output, and counts its FLOPs with
+   :class:`torch.utils.flop_counter.FlopCounterMode`.
+3. Rounds, each timing, with :func:`time.perf_counter_ns`: the whole model once, every block once
+   (a block's consecutive nodes built as one stage module by :mod:`paretopipe.stages`), and every
+   node once. Interleaving rounds spreads drift (frequency, other load) evenly over everything.
+   Nodes are timed either ``"sequence"`` (default: the graph is executed node by node in order,
+   each node on the fresh outputs of the nodes before it, as in a real forward, so caches are as
+   warm as they would be) or ``"isolated"`` (each node replayed alone on its recorded inputs).
+   ``warmup`` untimed rounds come first; rounds repeat until at least ``repeats`` rounds AND
+   ``min_time_s`` seconds. The median timer overhead is subtracted from every sample.
+4. Calibration = whole-model median / sum of node medians: the cost model multiplies node sums by
+   it to account for the work between nodes that no node timer sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+import torch.fx as fx
+from torch.utils.flop_counter import FlopCounterMode
+
+from paretopipe import cgroups
+from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.fingerprint import fingerprint
+from paretopipe.graph import Cut, ModelGraph, trace
+from paretopipe.models import ModelSpec, build_model, example_input
+from paretopipe.profiles import BatchProfile, BlockProfile, NodeProfile, Profile
+from paretopipe.stages import build_stages
+from paretopipe.timing import Rounds, Stat, timer_overhead_ns
+
+__all__ = ["ProfileSettings", "profile_model", "profile_batch", "Capture", "capture", "block_runs", "range_stage", "is_oom"]
+
+NodeTiming = Literal["sequence", "isolated"]
+Progress = Callable[[int, str, int, int], None]  # (batch_size, phase, done, total)
+_COMPUTE = ("call_module", "call_function", "call_method")
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to profile: batch sizes, threads, repeat policy, CPU limits, node timing method."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    repeats: int = 10
+    warmup: int = 2
+    min_time_s: float = 1.0
+    node_timing: NodeTiming = "sequence"
+    cpus: tuple[int, ...] | None = None
+    cpu_quota: float | None = None
+    torch_device: str = "cpu"
+    command: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
+
+    def check(self) -> None:
+        """Raise UsageError for a bad setting (called before any work)."""
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes) or len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise UsageError(f"batch sizes {list(self.batch_sizes)} must be distinct integers >= 1", "e.g. --batch-size 1,8")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"thread count {self.threads} must be >= 1")
+        if self.repeats < 1 or self.warmup < 0 or self.min_time_s < 0:
+            raise UsageError(f"repeats {self.repeats} must be >= 1, warmup {self.warmup} and min time {self.min_time_s} s >= 0")
+        if self.node_timing not in ("sequence", "isolated"):
+            raise UsageError(f"unknown node timing {self.node_timing!r}", "use sequence or isolated")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory failure (MemoryError, or torch's RuntimeError saying so)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+    )
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+@dataclass
+class Capture:
+    """One interpreted forward pass: each compute node's (args, kwargs), output and FLOPs."""
+
+    inputs: dict[fx.Node, tuple[tuple[Any, ...], dict[str, Any]]]
+    values: dict[str, Any]
+    flops: dict[fx.Node, int]
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.record = Capture({}, {}, {})
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in _COMPUTE:
+            out = super().run_node(n)
+        else:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.record.inputs[n] = (args, kwargs)
+            with FlopCounterMode(display=False) as counter:
+                out = getattr(self, n.op)(n.target, args, kwargs)
+            self.record.flops[n] = int(counter.get_total_flops())
+        self.record.values[n.name] = out
+        return out
+
+
+def capture(graph: ModelGraph, inputs: Sequence[torch.Tensor]) -> Capture:
+    """Run the traced graph once, recording what every node saw and produced, and its FLOPs."""
+    rec = _Recorder(graph.gm)
+    with torch.no_grad():
+        rec.run(*inputs)
+    return rec.record
+
+
+def _runner(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any]:
+    """A callable running ``node`` on its (already resolved) args and kwargs."""
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))
+    if node.op == "call_function":
+        return node.target  # type: ignore[return-value]
+    name = str(node.target)
+    return lambda obj, *args, **kwargs: getattr(obj, name)(*args, **kwargs)
+
+
+def block_runs(graph: ModelGraph) -> list[tuple[str, int, int]]:
+    """Maximal runs of consecutive nodes in the same block: (block, first, last)."""
+    runs: list[tuple[str, int, int]] = []
+    for info in graph.nodes:
+        if runs and runs[-1][0] == info.block and runs[-1][2] == info.index - 1:
+            runs[-1] = (info.block, runs[-1][1], info.index)
+        else:
+            runs.append((info.block, info.index, info.index))
+    return runs
+
+
+def _cut_after(graph: ModelGraph, index: int) -> Cut:
+    live = graph.live_values(index)
+    return Cut(index, graph.nodes[index].name, tuple(v.name for v in live), 0, 0, False)
+
+
+def range_stage(graph: ModelGraph, first: int, last: int) -> tuple[fx.GraphModule, list[str]]:
+    """The stage module running nodes ``first..last`` and the names of the values it takes."""
+    cuts = ([_cut_after(graph, first - 1)] if first > 0 else []) + (
+        [_cut_after(graph, last)] if last < len(graph.nodes) - 1 else []
+    )
+    stage = build_stages(graph, cuts)[1 if first > 0 else 0]
+    return stage, [n.name for n in stage.graph.nodes if n.op == "placeholder"]
+
+
+class _Sequence:
+    """Execute the graph node by node, timing each node, freeing values after their last use."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        gm = graph.gm
+        order = list(gm.graph.nodes)
+        last_use = {n: i for i, n in enumerate(order)}
+        for i, n in enumerate(order):
+            for inp in n.all_input_nodes:
+                last_use[inp] = i
+        self.placeholders = graph.placeholders
+        self.constants = {n: _fetch(gm, str(n.target)) for n in order if n.op == "get_attr"}
+        self.steps = []
+        for i, n in enumerate(order):
+            if n.op in _COMPUTE:
+                dead = [v for v in n.all_input_nodes if last_use[v] == i and v.op != "get_attr"]
+                self.steps.append((n, _runner(gm, n), dead))
+
+    def run(self, inputs: Sequence[torch.Tensor], sync: Callable[[], None]) -> list[int]:
+        env: dict[fx.Node, Any] = dict(self.constants)
+        env.update(zip(self.placeholders, inputs))
+        clock = time.perf_counter_ns
+        samples = []
+        for node, fn, dead in self.steps:
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            sync()
+            t0 = clock()
+            env[node] = fn(*args, **kwargs)
+            sync()
+            samples.append(clock() - t0)
+            del args, kwargs
+            for v in dead:
+                del env[v]
+        return samples
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> int:
+    sync()
+    t0 = time.perf_counter_ns()
+    fn()
+    sync()
+    return time.perf_counter_ns() - t0
+
+
+def profile_batch(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    batch_size: int,
+    settings: ProfileSettings,
+    progress: Progress | None = None,
+) -> BatchProfile:
+    """Measure ``model`` at one batch size (see the module docstring). Raises CapabilityError on OOM."""
+    report = progress or (lambda *a: None)
+    device = torch.device(settings.torch_device)
+    sync = _sync_for(device)
+    try:
+        x = example_input(spec, batch_size).to(device)
+        report(batch_size, "first pass", 0, 1)
+        with torch.no_grad():
+            model(x)
+        graph = trace(model, x, leaf_modules=spec.leaf_modules)
+        report(batch_size, "capturing node inputs and FLOPs", 0, 1)
+        rec = capture(graph, [x])
+        return _measure(graph, rec, x, batch_size, settings, sync, report)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_oom(exc):
+            raise
+        gc.collect()
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        start = text.find("can't allocate")
+        raise CapabilityError(
+            f"batch size {batch_size} runs out of memory on this device ({text[max(start, 0):][:120]})",
+            "profile smaller batch sizes with --batch-size",
+        ) from None
+
+
+def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync, report) -> BatchProfile:
+    model, n_nodes = graph.model, len(graph.nodes)
+    blocks = []
+    for name, first, last in block_runs(graph):
+        stage, in_names = range_stage(graph, first, last)
+        blocks.append((name, first, last, stage, [rec.values[v] for v in in_names]))
+    replays = [(_runner(graph.gm, n), *rec.inputs[n]) for n in graph.fx_nodes]
+    seq = _Sequence(graph) if settings.node_timing == "sequence" else None
+    overhead = timer_overhead_ns()
+    whole_ns: list[int] = []
+    block_ns: list[list[int]] = [[] for _ in blocks]
+    node_ns: list[list[int]] = [[] for _ in range(n_nodes)]
+
+    def one_round(keep: bool) -> None:
+        w = _timed(lambda: model(x), sync)
+        b = [_timed(lambda: stage(*ins), sync) for _, _, _, stage, ins in blocks]
+        if seq is not None:
+            nodes = seq.run([x], sync)
+        else:
+            nodes = [_timed(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
+        if keep:
+            whole_ns.append(w)
+            for acc, s in zip(block_ns, b):
+                acc.append(s)
+            for acc, s in zip(node_ns, nodes):
+                acc.append(s)
+
+    with torch.no_grad():
+        for i in range(settings.warmup):
+            report(batch_size, "warm-up", i, settings.warmup)
+            one_round(False)
+        rounds = Rounds(settings.repeats, settings.min_time_s)
+        for i in rounds:
+            report(batch_size, "timing", i, rounds.estimate())
+            one_round(True)
+        report(batch_size, "timing", rounds.done, rounds.done)
+
+    node_stats = [Stat.from_ns(s, overhead) for s in node_ns]
+    node_sum = sum(s.median_ms for s in node_stats)
+    whole = Stat.from_ns(whole_ns, overhead)
+    live = graph.live_nbytes()
+    live_before = [graph.input_nbytes(), *live[:-1]]
+    nodes = tuple(
+        NodeProfile(
+            index=info.index, name=info.name, op=info.op, target=info.target, block=info.block,
+            median_ms=st.median_ms, iqr_ms=st.iqr_ms, n=st.n, out_nbytes=info.out_nbytes,
+            param_nbytes=info.param_nbytes, flops=rec.flops[fxn], live_nbytes=live[info.index],
+            peak_act_nbytes=live_before[info.index] + info.out_nbytes,
+        )
+        for info, fxn, st in zip(graph.nodes, graph.fx_nodes, node_stats)
+    )
+    block_rows = []
+    for (name, first, last, _, _), samples in zip(blocks, block_ns):
+        st = Stat.from_ns(samples, overhead)
+        block_rows.append(BlockProfile(name, first, last, st.median_ms, st.iqr_ms, st.n,
+                                       sum(s.median_ms for s in node_stats[first : last + 1])))
+    params = sum(n.param_nbytes for n in nodes)
+    return BatchProfile(
+        batch_size=batch_size, whole_ms=whole.to_dict(), node_sum_ms=node_sum,
+        calibration=whole.median_ms / node_sum if node_sum > 0 else 1.0,
+        peak_mem_nbytes=params + max((n.peak_act_nbytes for n in nodes), default=0),
+        blocks=tuple(block_rows), nodes=nodes,
+    )
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progress: Progress | None = None) -> Profile:
+    """Profile ``spec`` on this machine under ``settings`` (CPU pinning and quota applied here).
+
+    Returns the :class:`Profile` (not yet saved). Raises UsageError for bad settings,
+    CapabilityError for a quota without root/cgroups (before any work) or an out-of-memory batch.
+    """
+    settings.check()
+    if settings.cpu_quota is not None:
+        cgroups.quota_settings(settings.cpu_quota)
+        cgroups.check_quota_capability()
+    threads = settings.threads or (len(settings.cpus) if settings.cpus else torch.get_num_threads())
+    model = build_model(spec).to(torch.device(settings.torch_device))
+    with cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"), _torch_threads(threads):
+        batches = tuple(profile_batch(model, spec, b, settings, progress) for b in settings.batch_sizes)
+        fp = fingerprint(threads=threads, cpu_quota=settings.cpu_quota)
+    return Profile(
+        device=device, model=spec.to_dict(), model_label=spec.label, input_shape=tuple(spec.input_shape),
+        batch_sizes=tuple(settings.batch_sizes), threads=threads, cpus=settings.cpus, cpu_quota=settings.cpu_quota,
+        method={"warmup": settings.warmup, "repeats": settings.repeats, "min_time_s": settings.min_time_s,
+                "node_timing": settings.node_timing, "timer_overhead_ns": timer_overhead_ns()},
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=tuple(settings.command), fingerprint=fp, batches=batches,
+    )

@@ -1,0 +1,135 @@
+"""Timing helpers: robust summaries (median, IQR, percentiles) and a repeat-until loop.
+
+Pure Python (no torch, no numpy): usable by the profiler, the runtime and the benchmarks alike.
+Samples are integers in nanoseconds from :func:`time.perf_counter_ns`; summaries are in ms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+from paretopipe.errors import UsageError
+
+__all__ = ["Stat", "percentile", "median", "iqr", "timer_overhead_ns", "Rounds", "repeat_until"]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between order statistics.
+
+    Returns NaN for an empty sequence. Raises UsageError if ``q`` is outside 0..100.
+    """
+    if not 0.0 <= q <= 100.0:
+        raise UsageError(f"percentile {q!r} is outside 0..100")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (NaN for an empty sequence)."""
+    return percentile(values, 50.0)
+
+
+def iqr(values: Sequence[float]) -> float:
+    """The interquartile range: 75th minus 25th percentile (NaN for an empty sequence)."""
+    return percentile(values, 75.0) - percentile(values, 25.0)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median and interquartile range of ``n`` timing samples, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    n: int
+
+    @classmethod
+    def from_ns(cls, samples_ns: Sequence[int], overhead_ns: int = 0) -> "Stat":
+        """Summarise nanosecond samples, first subtracting a measured per-sample timer overhead."""
+        ms = [max(s - overhead_ns, 0) / 1e6 for s in samples_ns]
+        return cls(median_ms=median(ms), iqr_ms=iqr(ms), n=len(ms))
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"median": self.median_ms, "iqr": self.iqr_ms, "n": self.n}
+
+
+def timer_overhead_ns(samples: int = 2001) -> int:
+    """The median cost of one ``perf_counter_ns()`` start/stop pair around nothing, in ns."""
+    clock = time.perf_counter_ns
+    diffs = []
+    for _ in range(samples):
+        t0 = clock()
+        diffs.append(clock() - t0)
+    return int(median(diffs))
+
+
+class Rounds:
+    """Iterate measurement rounds until at least ``min_count`` rounds AND ``min_time_s`` seconds.
+
+    ``done`` and ``elapsed_s`` tell where the loop is, and ``estimate()`` how many rounds it will
+    probably run (for progress bars). Raises UsageError for a count < 1 or a negative time.
+    """
+
+    def __init__(self, min_count: int, min_time_s: float = 0.0) -> None:
+        if min_count < 1:
+            raise UsageError(f"repeat count must be >= 1, got {min_count}")
+        if min_time_s < 0:
+            raise UsageError(f"minimum time {min_time_s} s must be >= 0")
+        self.min_count = min_count
+        self.min_time_s = min_time_s
+        self.done = 0
+        self._start_ns: int | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return 0.0 if self._start_ns is None else (time.perf_counter_ns() - self._start_ns) / 1e9
+
+    def estimate(self) -> int:
+        """Rounds this loop will probably run, from the pace so far (at least ``min_count``)."""
+        if self.done == 0 or self.elapsed_s <= 0:
+            return self.min_count
+        per_round = self.elapsed_s / self.done
+        wanted = math.ceil(self.min_time_s / per_round) if per_round > 0 else self.min_count
+        return max(self.min_count, wanted, self.done)
+
+    def __iter__(self) -> Iterator[int]:
+        self._start_ns = time.perf_counter_ns()
+        while True:
+            if self.done >= self.min_count and self.elapsed_s >= self.min_time_s:
+                return
+            yield self.done
+            self.done += 1
+
+
+def repeat_until(
+    fn: Callable[[], object],
+    min_count: int,
+    min_time_s: float = 0.0,
+    warmup: int = 0,
+    sync: Callable[[], None] | None = None,
+) -> list[int]:
+    """Call ``fn`` ``warmup`` times untimed, then time it until ``min_count`` calls and ``min_time_s``.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before starting and before stopping each
+    timer, so asynchronous work is counted. Returns the samples in nanoseconds.
+    """
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in Rounds(min_count, min_time_s):
+        if sync is not None:
+            sync()
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        samples.append(clock() - t0)
+    return samples

@@ -1,0 +1,185 @@
+"""Profile schema: round trip, atomic save, field-by-field validation, planner helpers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from paretopipe import profiles
+from paretopipe.errors import ConfigError, UsageError
+from paretopipe.fingerprint import fingerprint
+from paretopipe.profiles import (
+    BatchProfile, BlockProfile, NodeProfile, Profile, check_writable, default_path, find_profile, load_profile,
+    profile_from_dict, save_profile,
+)
+
+MODEL = {"name": "toy", "input_shape": [3, 8, 8], "weights": None, "weights_sha256": None, "seed": 0,
+         "source": "torchvision", "leaf_modules": []}
+
+
+def _batch(bs: int, times: list[float]) -> BatchProfile:
+    nodes = tuple(
+        NodeProfile(index=i, name=f"n{i}", op="call_module", target=f"m{i}", block=f"b{i // 2}", median_ms=t,
+                    iqr_ms=t / 10, n=5, out_nbytes=100 * bs, param_nbytes=40, flops=1000 * bs,
+                    live_nbytes=100 * bs, peak_act_nbytes=200 * bs)
+        for i, t in enumerate(times)
+    )
+    blocks = tuple(BlockProfile(f"b{k}", 2 * k, min(2 * k + 1, len(times) - 1), 1.0, 0.1, 5,
+                                sum(times[2 * k: 2 * k + 2])) for k in range((len(times) + 1) // 2))
+    total = sum(times)
+    return BatchProfile(bs, {"median": 1.2 * total, "iqr": 0.1, "n": 5}, total, 1.2, 4096, blocks, nodes)
+
+
+def make_profile(device: str = "pi", label: str = "toy") -> Profile:
+    return Profile(
+        device=device, model={**MODEL, "name": label}, model_label=label, input_shape=(3, 8, 8), batch_sizes=(1, 4),
+        threads=2, cpus=(0,), cpu_quota=0.5,
+        method={"warmup": 2, "repeats": 10, "min_time_s": 1.0, "node_timing": "sequence", "timer_overhead_ns": 40},
+        created="2026-01-01T00:00:00+00:00", command=("paretopipe", "profile", label), fingerprint=fingerprint(2, 0.5),
+        batches=(_batch(1, [1.0, 2.0, 3.0]), _batch(4, [3.0, 5.0, 9.0])),
+    )
+
+
+def test_round_trip_and_helpers(tmp_path):
+    p = make_profile()
+    path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
+    data = json.loads(path.read_text())
+    assert data["schema"] == "paretopipe.profile" and data["version"] == 1
+    assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5}
+    q = load_profile(path)
+    assert q == p
+    np.testing.assert_array_equal(q.node_ms(4), [3.0, 5.0, 9.0])
+    assert q.calibration(1) == 1.2 and q.node_names() == ["n0", "n1", "n2"]
+    assert [f for f in os.listdir(path.parent)] == ["pi-toy.json"]
+
+
+def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "p.json"
+    target.write_text("old")
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(profiles.os, "replace", boom)
+    with pytest.raises(OSError):
+        save_profile(make_profile(), target)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["p.json"]
+
+
+def test_nan_is_refused_before_writing(tmp_path):
+    p = make_profile()
+    bad = Profile(**{**p.__dict__, "batches": (BatchProfile(1, {"median": float("nan"), "iqr": 0, "n": 1}, 1, 1, 1, (), ()),)})
+    with pytest.raises(ValueError):
+        save_profile(bad, tmp_path / "p.json")
+    assert os.listdir(tmp_path) == []
+
+
+def _bad(mutate, field_text, tmp_path):
+    data = make_profile().to_dict()
+    data = json.loads(json.dumps(data))
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert str(path) in str(err.value) and field_text in str(err.value)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    "mutate, field_text",
+    [
+        (lambda d: d.pop("device"), "device: missing"),
+        (lambda d: d.update(threads="2"), "threads: expected integer"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d.update(schema="other"), "schema"),
+        (lambda d: d.update(version=2), "version 2 is not supported"),
+        (lambda d: d["model"].pop("seed"), "model.seed: missing"),
+        (lambda d: d["fingerprint"].update(cpu_count=True), "fingerprint.cpu_count"),
+        (lambda d: d["fingerprint"].pop("git_commit"), "fingerprint.git_commit: missing"),
+        (lambda d: d["batches"][0]["nodes"][1].update(median_ms="fast"), "batches[0].nodes[1].median_ms"),
+        (lambda d: d["batches"][1]["nodes"][2].pop("flops"), "batches[1].nodes[2].flops: missing"),
+        (lambda d: d["batches"][0]["blocks"][0].update(first=None), "batches[0].blocks[0].first"),
+        (lambda d: d["batches"][0]["whole_ms"].update(p99=3), "batches[0].whole_ms.p99: unknown key"),
+        (lambda d: d["batches"][0]["nodes"].reverse(), "batches[0].nodes[0].index"),
+        (lambda d: d["batches"][1]["nodes"][0].update(name="x"), "batches[1].nodes: node names differ"),
+        (lambda d: d.update(batch_sizes=[1, 8]), "batches: batch sizes [1, 4] do not match"),
+        (lambda d: d.update(batch_sizes=[0, 4]), "batch_sizes[0]"),
+        (lambda d: d.update(command=["paretopipe", 3]), "command[1]"),
+        (lambda d: d.update(cpus=["0"]), "cpus[0]"),
+    ],
+)
+def test_every_field_is_validated(mutate, field_text, tmp_path):
+    _bad(mutate, field_text, tmp_path)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_profile(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_profile(tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="expected an object"):
+        profile_from_dict([1, 2], "list.json")
+
+
+class _Spec:
+    def __init__(self, **kw):
+        self.d = {**MODEL, **kw}
+
+    def to_dict(self):
+        return dict(self.d)
+
+
+def test_check_matches():
+    p = make_profile()
+    p.check_matches(_Spec(), 4, ["n0", "n1", "n2"])
+    p.check_matches(MODEL, 1, ["n0", "n1", "n2"])
+    with pytest.raises(ConfigError, match="model.name.*re-run paretopipe profile other"):
+        p.check_matches(_Spec(name="other"), 1, ["n0", "n1", "n2"])
+    with pytest.raises(ConfigError, match=r"model.input_shape.*--input-shape 3x16x16"):
+        p.check_matches(_Spec(input_shape=[3, 16, 16]), 1, ["n0", "n1", "n2"])
+    with pytest.raises(ConfigError, match=r"batch size 8 \(profiled: \[1, 4\]\)"):
+        p.check_matches(_Spec(), 8, ["n0", "n1", "n2"])
+    with pytest.raises(ConfigError, match="node names differ.*first difference at 1"):
+        p.check_matches(_Spec(), 1, ["n0", "nX", "n2"])
+
+
+def test_find_profile(tmp_path):
+    save_profile(make_profile("pi", "toy"), default_path("pi", "toy", tmp_path))
+    save_profile(make_profile("nano", "toy"), tmp_path / "renamed.json")
+    (tmp_path / "junk.json").write_text("[]")
+    assert find_profile(tmp_path, "pi", "toy") == tmp_path / "pi-toy.json"
+    assert find_profile(tmp_path, "nano", "toy") == tmp_path / "renamed.json"
+    with pytest.raises(ConfigError, match="no profile of 'toy' on device 'jetson'"):
+        find_profile(tmp_path, "jetson", "toy")
+
+
+def test_check_writable(tmp_path):
+    assert check_writable(tmp_path / "new" / "deeper" / "p.json") == tmp_path / "new" / "deeper" / "p.json"
+    assert not (tmp_path / "new").exists()  # nothing is created
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is not a directory"):
+        check_writable(tmp_path / "file" / "p.json")
+    with pytest.raises(UsageError, match="is a directory"):
+        check_writable(tmp_path)
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anyway; a read-only mount is what stops root
+            with pytest.raises(UsageError, match="cannot write"):
+                check_writable(tmp_path / "p.json")
+    finally:
+        os.chmod(tmp_path, 0o700)
+    with pytest.raises(UsageError, match="cannot write"):
+        check_writable("/proc/p.json")
+
+
+def test_profiles_module_does_not_import_torch():
+    code = "import sys, paretopipe.profiles; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
