@@ -1,0 +1,28 @@
+"""Cost model: predicted latency, throughput, bytes on the wire and peak memory of partition plans.
+
+Pure numpy, no torch. An :class:`Instance` holds every number the planner needs (per-node times
+per device, cut sizes, link parameters); a :class:`Plan` is K-1 increasing cut indices plus K
+distinct devices. :func:`evaluate_plans` scores many plans of the same K at once (used by every
+search method); :func:`evaluate_plan` gives the full breakdown of one plan (plan files, plots).
+
+Formulas (index ``D`` in the link matrices is the driver):
+
+- ``stage_ms[k]`` = sum of ``node_ms[d_k, n]`` over the nodes of stage k.
+- a message of n bytes over link (s, t): ``busy_ms = overhead[s,t] + n*8/bandwidth[s,t]*1e3``
+  (sender and wire occupied), ``transfer_ms = busy_ms + delay[s,t]``.
+- ``latency_ms`` = driver->d_0 transfer + stage and inter-stage transfers in order + d_last->driver.
+- ``bottleneck_ms`` = max of every stage_ms and every link's busy_ms (the wire pipelines, so
+  delay does not limit throughput); ``throughput_ips = batch * 1e3 / bottleneck_ms``, capped by
+  Little's law ``window * batch * 1e3 / latency_ms`` when a window is set.
+- stage peak memory = its parameter bytes + the largest live activation set over its span.
+
+Sums are accumulated in plan order (link, then stage) everywhere, so the exact planner's partial
+sums are bit-for-bit the values this module computes.
+"""
+
+from paretopipe.costmodel.breakdown import LinkCost, PlanBreakdown, evaluate_plan
+from paretopipe.costmodel.evaluate import Plan, PlanMetrics, evaluate_plans
+from paretopipe.costmodel.instance import Instance
+
+__all__ = ["Instance", "Plan", "PlanMetrics", "evaluate_plans", "LinkCost", "PlanBreakdown",
+           "evaluate_plan"]

@@ -1,0 +1,15 @@
+"""Planner: search the partition plans of an :class:`~paretopipe.costmodel.Instance` for the
+latency/throughput (and optionally bytes, memory) Pareto front. Pure numpy, no torch.
+
+Modules: :mod:`space` (counting and enumerating plans), :mod:`objectives`, :mod:`exhaustive`,
+:mod:`exact` (dynamic programming, with :mod:`labels` for dominance pruning), :mod:`nsga2`, and
+:mod:`search` (the single entry point and its result).
+"""
+
+from paretopipe.planner.exact import exact_supports
+from paretopipe.planner.objectives import OBJECTIVES
+from paretopipe.planner.search import AUTO_EXHAUSTIVE_MAX, METHODS, SearchResult, search
+from paretopipe.planner.space import space_size
+
+__all__ = ["search", "SearchResult", "space_size", "OBJECTIVES", "METHODS", "AUTO_EXHAUSTIVE_MAX",
+           "exact_supports"]
