@@ -95,7 +95,8 @@ def random_instances(draw, integer: bool):
         node_ms=num((d, n), 5), cut_positions=np.sort(rng.choice(n - 1, c, replace=False)),
         cut_bytes=num(c, 5000), input_bytes=float(num((), 5000)), output_bytes=float(num((), 50)),
         node_param_bytes=num(n, 100), live_bytes=num(n, 5000), input_live_bytes=float(num((), 99)),
-        device_mem_bytes=rng.choice([np.inf, 3000.0, 6000.0], d), link_overhead_ms=num((d + 1,) * 2, 3),
+        device_mem_bytes=rng.choice([np.inf, 3000.0, 6000.0], d),
+        link_overhead_ms=num((d + 1,) * 2, 3),
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
         batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
 

@@ -23,15 +23,19 @@ from paretopipe.planner.nsga2 import repair_plans
 
 
 @st.composite
-def instances(draw) -> Instance:
-    """Small instances with integer times/bytes (so ties are common), random memory limits."""
+def instances(draw, integer: bool = True) -> Instance:
+    """Small instances with integer times/bytes (so ties are common) or, with ``integer=False``,
+    arbitrary floats (so sums round differently); random memory limits, with/without window."""
     # Sizes come from a seeded generator, not from hypothesis directly: hypothesis favours the
     # bounds (mostly 2-node, 0-cut instances), while this keeps plan spaces of ~10-5000 plans.
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     d = int(rng.integers(2, 5))
     n = int(rng.integers(2, 13))
     c = int(rng.integers(n // 2, min(10, n - 1) + 1))
-    ints = lambda shape, hi: rng.integers(0, hi + 1, shape).astype(float)  # noqa: E731
+    if integer:
+        ints = lambda shape, hi: rng.integers(0, hi + 1, shape).astype(float)  # noqa: E731
+    else:
+        ints = lambda shape, hi: rng.uniform(0, hi, shape) * rng.integers(0, 2, shape)  # noqa: E731
     params = ints(n, 3)
     mem = np.where(rng.random(d) < 0.5, np.inf, params.sum() * rng.uniform(0.3, 1.0, d) + 4)
     return Instance(
@@ -77,6 +81,13 @@ def test_exact_equals_exhaustive_with_bytes(inst):
 @given(instances(), st.sampled_from([("bytes", "throughput"), ("latency", "bytes"),
                                      ("latency", "throughput", "memory"), ("latency",)]))
 def test_exact_equals_exhaustive_other_objective_sets(inst, objectives):
+    _assert_same_front(inst, objectives)
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances(integer=False), st.sampled_from([("latency", "throughput"),
+                                                  ("latency", "throughput", "bytes")]))
+def test_exact_equals_exhaustive_on_float_data(inst, objectives):
     _assert_same_front(inst, objectives)
 
 

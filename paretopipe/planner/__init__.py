@@ -2,8 +2,8 @@
 latency/throughput (and optionally bytes, memory) Pareto front. Pure numpy, no torch.
 
 Modules: :mod:`space` (counting and enumerating plans), :mod:`objectives`, :mod:`exhaustive`,
-:mod:`exact` (dynamic programming, with :mod:`labels` for dominance pruning), :mod:`nsga2`, and
-:mod:`search` (the single entry point and its result).
+:mod:`exact` (dynamic programming, with :mod:`labels` for dominance pruning), :mod:`nsga2`
+(with :mod:`localsearch` polishing its front), and :mod:`search` (the entry point and result).
 """
 
 from paretopipe.planner.exact import exact_supports

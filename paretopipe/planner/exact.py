@@ -165,7 +165,8 @@ def exact_search(inst: Instance, stages: tuple[int, ...],
         sel = keep[offset:offset + lab["end"].size]
         offset += lab["end"].size
         cuts, devices = _backtrack(layers, {key: v[sel] for key, v in lab.items()}, k)
-        batches.append(PlanBatch(k, cuts, devices, evaluate_plans(inst, cuts, devices, check=False)))
+        metrics = evaluate_plans(inst, cuts, devices, check=False)
+        batches.append(PlanBatch(k, cuts, devices, metrics))
     stats = {"labels": int(sum(layer["end"].size for layer in layers)),
              "complete_plans": int(allfinal["end"].size), "candidates": int(keep.sum())}
     return batches, stats

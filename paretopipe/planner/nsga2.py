@@ -126,7 +126,8 @@ def _problem_classes():
     class PlanProblem(Problem):
         def __init__(self, inst: Instance, k: int, objectives: Sequence[str]) -> None:
             self.inst, self.k, self.objectives = inst, k, tuple(objectives)
-            self.sign = np.array([1.0 if s == "min" else -1.0 for s in objective_senses(objectives)])
+            senses = objective_senses(objectives)
+            self.sign = np.array([1.0 if s == "min" else -1.0 for s in senses])
             self.archive: list[np.ndarray] = []
             xu = np.array([inst.n_cuts - 1] * (k - 1) + [inst.n_devices - 1] * k)
             super().__init__(n_var=2 * k - 1, n_obj=len(objectives), n_ieq_constr=1,
