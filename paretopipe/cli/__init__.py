@@ -43,6 +43,9 @@ def _register() -> None:
     from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
     from paretopipe.cli import keys as _keys  # noqa: F401
     from paretopipe.cli import profile as _profile  # noqa: F401
+    from paretopipe.cli.netem import netem_app
+
+    app.add_typer(netem_app, name="netem")
 
 
 _register()

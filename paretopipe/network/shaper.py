@@ -1,0 +1,220 @@
+"""The user-space link shaper: delivers each message when an emulated link would have delivered it.
+
+Used by the transports wherever the kernel cannot shape a link (loopback, no root, no netem): per
+peer, the real send function is wrapped in a :class:`ShapedSender`. The schedule is a pure object
+(:class:`LinkSchedule`) kept apart from the thread that executes it.
+
+The model, for a message of ``n`` bytes submitted at ``t`` on a link of bandwidth ``B``::
+
+    leave   = max(t, link_free)            # waits for the messages ahead of it
+    link_free = leave + n * 8 / B          # the link is busy while it serialises
+    arrival = max(leave + n * 8 / B + delay + U(-jitter, +jitter), previous arrival)
+
+Unlimited bandwidth means no serialisation time; arrivals never reorder. Loss is not applied: the
+transports are reliable, a message cannot be dropped, and a made-up retransmission delay would not
+be a measurement. ``ShapedSender.mechanisms`` records ``loss`` as not applied (see
+:mod:`paretopipe.network.mechanism`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence
+
+from paretopipe.errors import TransportError, UsageError
+from paretopipe.network.capabilities import HostCapabilities
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.mechanism import choose_mechanisms
+
+log = logging.getLogger("paretopipe.network")
+
+SPIN_S = 200e-6  # the last part of every wait is a busy spin: timed waits overshoot by ~50-100 us
+
+
+class LinkSchedule:
+    """Pure schedule of one directed link: submission time and size in, arrival time out.
+
+    Times are seconds on any monotonic clock. Jitter is drawn from ``random.Random(seed)``, one draw
+    per message and only when ``jitter_ms > 0``, so a seed reproduces the same arrivals.
+    """
+
+    def __init__(self, condition: LinkCondition, seed: int = 0) -> None:
+        self.condition = condition
+        self._rng = random.Random(seed)
+        self.link_free_s = float("-inf")
+        self.last_arrival_s = float("-inf")
+
+    def wire_s(self, nbytes: int) -> float:
+        """Serialisation time of ``nbytes`` (0 on an unlimited link)."""
+        bw = self.condition.bandwidth_bps
+        return 0.0 if bw is None else nbytes * 8.0 / bw
+
+    def arrival_s(self, submit_s: float, nbytes: int) -> float:
+        """Arrival time of a message of ``nbytes`` submitted at ``submit_s``; advances the link."""
+        if nbytes < 0:
+            raise UsageError(f"message size must be >= 0 bytes, got {nbytes}")
+        leave_s = max(submit_s, self.link_free_s)
+        self.link_free_s = leave_s + self.wire_s(nbytes)
+        jitter_ms = self.condition.jitter_ms
+        noise_ms = self._rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
+        arrival_s = self.link_free_s + (self.condition.delay_ms + noise_ms) / 1e3
+        self.last_arrival_s = max(arrival_s, self.last_arrival_s)
+        return self.last_arrival_s
+
+
+def schedule(condition: LinkCondition, messages: Sequence[tuple[float, int]], seed: int = 0) -> list[float]:
+    """Arrival times (s) of ``messages`` given as ``(submit_s, nbytes)`` in submission order."""
+    link = LinkSchedule(condition, seed)
+    return [link.arrival_s(t, n) for t, n in messages]
+
+
+@dataclass(frozen=True)
+class ShaperStats:
+    """Counters of one :class:`ShapedSender` (a snapshot)."""
+
+    messages: int = 0        # submitted
+    nbytes: int = 0          # submitted bytes
+    sent: int = 0            # handed to the real send function
+    dropped: int = 0         # discarded by close(flush=False)
+    queued_ms_total: float = 0.0  # sum over messages of (arrival - submission)
+    late_ms_max: float = 0.0      # worst delay of a real send after its computed arrival
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_NO_KERNEL = HostCapabilities(is_root=False, tc_path=None, ip_path=None)
+
+
+class ShapedSender:
+    """Calls ``send(payload)`` from a background thread at each message's emulated arrival time.
+
+    ``submit`` is thread-safe and returns at once. An exception raised by ``send`` stops the
+    sender and is re-raised in the caller by the next ``submit`` or by ``close``. Use as a context
+    manager: leaving the block flushes (or, on an exception, drops) what is pending.
+    """
+
+    def __init__(
+        self,
+        condition: LinkCondition,
+        send: Callable[[Any], None],
+        *,
+        seed: int = 0,
+        name: str = "",
+    ) -> None:
+        self.condition = condition
+        self.name = name
+        self.mechanisms = choose_mechanisms(condition, _NO_KERNEL, "userspace")
+        if condition.loss_pct > 0:
+            log.warning("shaper %s: loss %g%% is not applied (%s)", name or "-", condition.loss_pct,
+                        self.mechanisms["loss"])
+        self._send = send
+        self._schedule = LinkSchedule(condition, seed)
+        self._queue: deque[tuple[float, Any]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._error_reported = False
+        self._counts = {f.name: 0 for f in fields(ShaperStats)}  # mutated under self._cond
+        self._thread = threading.Thread(target=self._run, name=f"shaper-{name or id(self)}", daemon=True)
+        self._thread.start()
+
+    @property
+    def stats(self) -> ShaperStats:
+        """A snapshot of the counters (messages, bytes, sent, dropped, queued and late ms)."""
+        with self._cond:
+            return ShaperStats(**self._counts)
+
+    @property
+    def pending(self) -> int:
+        """Messages submitted but not yet handed to ``send``."""
+        with self._cond:
+            return len(self._queue)
+
+    def submit(self, payload: Any, nbytes: int) -> None:
+        """Queue ``payload`` (``nbytes`` on the wire) for delivery at its emulated arrival time.
+
+        Raises the exception ``send`` raised earlier, or TransportError if the sender is closed.
+        """
+        now_s = time.perf_counter()
+        with self._cond:
+            self._raise_pending_error()
+            if self._closing:
+                raise TransportError(f"shaped link {self.name!r} is closed", "submit before close()")
+            due_s = self._schedule.arrival_s(now_s, nbytes)
+            self._queue.append((due_s, payload))
+            c = self._counts
+            c["messages"] += 1
+            c["nbytes"] += nbytes
+            c["queued_ms_total"] += (due_s - now_s) * 1e3
+            self._cond.notify()
+
+    def close(self, flush: bool = True, timeout_s: float | None = None) -> None:
+        """Stop the thread: deliver pending messages on time (``flush``) or drop them.
+
+        Idempotent. Re-raises an exception ``send`` raised (once). Raises TransportError if the
+        thread does not finish within ``timeout_s``.
+        """
+        with self._cond:
+            self._closing = True
+            if not flush and self._queue:
+                self._counts["dropped"] += len(self._queue)
+                self._queue.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TransportError(f"shaped link {self.name!r} did not drain within {timeout_s:g} s",
+                                 "close(flush=False) drops pending messages")
+        with self._cond:
+            self._raise_pending_error()
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None and not self._error_reported:
+            self._error_reported = True
+            raise self._error
+
+    def __enter__(self) -> "ShapedSender":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close(flush=True)
+            return
+        try:
+            self.close(flush=False)
+        except Exception:  # the exception already propagating is the one to report
+            log.exception("shaper %s: error while closing after another error", self.name or "-")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                due_s = self._queue[0][0]
+                remaining_s = due_s - time.perf_counter()
+                if remaining_s > SPIN_S:
+                    self._cond.wait(remaining_s - SPIN_S)
+                    continue  # re-check: the queue may have been dropped meanwhile
+                _, payload = self._queue.popleft()
+            while (start_s := time.perf_counter()) < due_s:
+                pass
+            try:
+                self._send(payload)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                with self._cond:
+                    self._error = exc
+                    self._counts["dropped"] += len(self._queue)
+                    self._queue.clear()
+                    self._closing = True
+                return
+            late_ms = (start_s - due_s) * 1e3
+            with self._cond:
+                self._counts["sent"] += 1
+                self._counts["late_ms_max"] = max(self._counts["late_ms_max"], late_ms)
