@@ -212,6 +212,23 @@ def rate_mb_s(link: Link, nbytes: int, repeats: int, budget_nbytes: int) -> tupl
     return statistics.median(rates), min(rates), max(rates)
 
 
+def codec_us(n: int = 20000) -> tuple[float, float]:
+    """In-process cost of the wire codec for the small message: (encode, decode) in microseconds."""
+    from backends.codec import decode, encode
+
+    payload = torch.zeros(1)
+    frames = encode("client", {"op": "echo"}, [payload])
+    times = []
+    for fn in (lambda: encode("client", {"op": "echo"}, [payload]), lambda: decode(frames)):
+        for _ in range(n // 10):
+            fn()
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter_ns() - start) / n / 1e3)
+    return times[0], times[1]
+
+
 def _links(names: list[str], max_nbytes: int) -> dict[str, Callable[[], Link]]:
     links: dict[str, Callable[[], Link]] = {"tcp": lambda: TcpLink(max_nbytes)}
     for name in names:
@@ -230,7 +247,7 @@ def _fingerprint() -> str:
         pass
     return (
         f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}, "
-        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()})"
+        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}); load average {os.getloadavg()[0]:.2f} at start"
     )
 
 
@@ -294,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     print(f"# loopback, {_fingerprint()}")
     print_table(run(names, sizes, args.quick), names)
+    encode_us, decode_us = codec_us()
+    print(f"\ncodec alone, small message, in-process: encode {encode_us:.1f} us, decode {decode_us:.1f} us")
 
 
 if __name__ == "__main__":

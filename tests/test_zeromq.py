@@ -266,6 +266,14 @@ def test_port_in_use_is_a_transport_error() -> None:
         other.close()  # already closed by the failed start; still fine
 
 
+def test_bind_all_interfaces_is_reachable_on_loopback() -> None:
+    opts = TransportOptions(bind_all_interfaces=True)
+    with ZmqTransport(Endpoint("a", "192.0.2.1", 0), {}, options=opts) as ta:  # host not on this machine
+        with ZmqTransport(Endpoint("b", HOST, 0), {"a": Endpoint("a", HOST, ta.me.port)}) as tb:
+            tb.send("a", {"any": True})
+            assert ta.recv(timeout_s=5).header == {"any": True}
+
+
 def test_ipv6_loopback() -> None:
     try:
         probe = socket.socket(socket.AF_INET6)
