@@ -256,6 +256,7 @@ class Transport(ABC):
 
         Raises CapabilityError if shaping is asked for but the user-space shaper is missing.
         """
+        self._real_send = real_send
         shaped = [p for p in sorted(self.shaping) if not self.shaping[p].is_ideal]
         if not shaped:
             return
@@ -273,6 +274,19 @@ class Transport(ABC):
                 seed=self.options.shaper_seed + offset,
                 name=f"{self.me.name}->{peer}",
             )
+
+    def set_shaping(self, shaping: Mapping[str, LinkCondition], flush_timeout_s: float = 10.0) -> None:
+        """Replace the per-peer shaping of a started transport (between runs, from the sending
+        thread): messages still held by the old shapers are delivered first (within the timeout).
+        Raises UsageError for an unknown peer."""
+        unknown = sorted(set(shaping) - set(self.peers))
+        if unknown:
+            raise UsageError(f"shaping given for unknown peer(s) {unknown}", f"known peers: {sorted(self.peers)}")
+        self._close_shapers(flush_timeout_s, interrupt=lambda: None)
+        self.shaping = dict(shaping)
+        real_send = getattr(self, "_real_send", None)
+        if real_send is not None:
+            self._open_shapers(real_send)
 
     def _dispatch(self, peer: str, payload: Any, nbytes: int, real_send: Callable[[str, Any], None]) -> None:
         """Send ``payload`` now, or through ``peer``'s shaper when its link is shaped."""

@@ -398,3 +398,24 @@ def test_options_validation(kwargs, reason) -> None:
 def test_peers_must_be_named_endpoints() -> None:
     with pytest.raises(UsageError, match="must be an Endpoint named 'b'"):
         ZmqTransport(Endpoint("a", HOST, 0), {"b": Endpoint("c", HOST, 1)})
+
+
+def test_set_shaping_replaces_the_link_condition_between_runs():
+    from paretopipe.network.conditions import LinkCondition
+
+    a_ep, b_ep = Endpoint("a", "127.0.0.1", 0), Endpoint("b", "127.0.0.1", 0)
+    with ZmqTransport(b_ep, {}) as b:
+        with ZmqTransport(a_ep, {"b": b.me}) as a:
+            def one_way_ms() -> float:
+                t0 = time.perf_counter_ns()
+                a.send("b", {"k": 1})
+                msg = b.recv(timeout_s=10)
+                return (msg.recv_ns - t0) / 1e6
+
+            assert one_way_ms() < 50
+            a.set_shaping({"b": LinkCondition(delay_ms=150.0)})
+            assert 140 < one_way_ms() < 300
+            a.set_shaping({})
+            assert one_way_ms() < 50
+            with pytest.raises(UsageError):
+                a.set_shaping({"zz": LinkCondition(delay_ms=1.0)})

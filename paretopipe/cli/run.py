@@ -1,0 +1,162 @@
+"""``paretopipe run`` (measure one plan on the testbed) and ``paretopipe worker`` (serve stages)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paretopipe.cli import app
+from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
+from paretopipe.errors import UsageError
+
+TestbedOption = typer.Option(Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links).")
+BackendOption = typer.Option("zmq", "--backend", help="Transport: zmq or rpc.")
+NetworksOption = typer.Option(None, "--networks", help="Network scenarios file [default: testbed/networks.toml].")
+
+
+def load_testbed_and_scenarios(testbed: Path, networks: Optional[Path]):
+    """Read the scenarios and the testbed file (the testbed may name scenarios in its links)."""
+    from paretopipe.network.conditions import load_scenarios
+    from paretopipe.testbed import load_testbed
+
+    scenarios = load_scenarios(networks)
+    return load_testbed(testbed, scenarios), scenarios
+
+
+@app.command("run")
+def run_command(
+    model: Optional[str] = typer.Argument(None, help="With --cuts/--devices: run an ad-hoc plan of this model."),
+    plan: Optional[Path] = typer.Option(None, "--plan", "-p", help="A plan file written by 'paretopipe plan' or 'export'."),
+    cuts: Optional[str] = typer.Option(None, "--cuts", help="Ad-hoc plan: cut indices, e.g. 17,42 (see 'paretopipe cuts')."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Ad-hoc plan: one device per stage, e.g. fast,slow."),
+    testbed: Path = TestbedOption,
+    backend: str = BackendOption,
+    network: Optional[str] = typer.Option(None, "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..' [default: the plan's]."),
+    networks: Optional[Path] = NetworksOption,
+    mode: str = typer.Option("both", "--mode", help="latency, throughput or both."),
+    items: int = typer.Option(30, "--items", min=1, help="Timed items per mode (throughput mode times 3x as many)."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Items run before timing starts."),
+    window: Optional[int] = typer.Option(None, "--window", min=1, help="Items in flight in throughput mode [default: from the plan]."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Ad-hoc plan: items per batch."),
+    input_shape: Optional[str] = InputShapeOption,
+    weights: Optional[Path] = WeightsOption,
+    leaf: Optional[list[str]] = LeafOption,
+    seed: int = SeedOption,
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply or result."),
+    fmt: OutputFormat = FormatOption,
+) -> None:
+    """Run one plan for real on the testbed and print measured metrics next to predicted ones.
+
+    Local testbeds start their workers themselves; for real devices start 'paretopipe worker'
+    on each first. Example: paretopipe run --plan plans/resnet18/c26-fast+slow.json --network wifi
+    """
+    from paretopipe.network.conditions import resolve_network
+    from paretopipe.runtime.session import MeasureOptions, Session
+
+    if (plan is None) == (model is None):
+        raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")
+    if model is not None and (cuts is None or devices is None):
+        raise UsageError("an ad-hoc plan needs both --cuts and --devices", "e.g. paretopipe run resnet18 --cuts 26 --devices fast,slow")
+    modes = {"both": ("latency", "throughput"), "latency": ("latency",), "throughput": ("throughput",)}.get(mode)
+    if modes is None:
+        raise UsageError(f"unknown mode {mode!r}", "use latency, throughput or both")
+    options = MeasureOptions(modes=modes, latency_items=items, throughput_items=3 * items, warmup=warmup,
+                             window=window, timeout_s=timeout)
+    tb, scenarios = load_testbed_and_scenarios(testbed, networks)
+    if plan is not None:
+        from paretopipe.plans import load_plan
+
+        the_plan = load_plan(plan)
+    else:
+        the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed)
+    scenario = resolve_network(network or the_plan.network, scenarios)
+    err_console.print(f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})")
+    with Session(tb, backend, timeout_s=timeout) as session:
+        row = session.measure(the_plan, scenario, options)
+    render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
+    if row.get("output_exact") is False:
+        err_console.print(f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}")
+
+
+def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed):
+    from paretopipe.graph import trace_spec
+    from paretopipe.plans import Plan, PlanCut
+
+    spec = model_spec(model, input_shape, weights, leaf, seed)
+    graph = trace_spec(spec, batch_size)
+    chosen = graph.check_cuts(parse_int_list(cuts, "--cuts") if cuts.strip() else [])
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    if len(names) != len(chosen) + 1:
+        raise UsageError(f"{len(chosen)} cuts need {len(chosen) + 1} devices, got {names}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"a device runs at most one stage, got {names}")
+    return Plan(model=spec.to_dict(), batch_size=batch_size,
+                cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in chosen), devices=tuple(names))
+
+
+def _compare_rows(row: dict, predicted: dict) -> list[dict]:
+    pairs = [("latency_ms_p50", "latency_ms"), ("latency_ms_p95", None), ("latency_ms_p99", None),
+             ("throughput_ips", "throughput_ips"), ("window", None), ("output_exact", None), ("setup_s", None)]
+    rows = []
+    for key, pkey in pairs:
+        if key not in row:
+            continue
+        measured = row[key]
+        pred = predicted.get(pkey) if pkey else None
+        err = (measured - pred) / pred * 100 if isinstance(pred, (int, float)) and pred else None
+        rows.append({"metric": key, "measured": measured, "predicted": pred, "error_pct": err})
+    for key in ("lat_stage_compute_ms", "tput_stage_compute_ms", "tput_stage_send_ms"):
+        if key in row:
+            rows.append({"metric": key, "measured": row[key], "predicted": (predicted.get("stage_ms") if key == "lat_stage_compute_ms" else None), "error_pct": None})
+    return rows
+
+
+@app.command("worker")
+def worker_command(
+    device: str = typer.Option(..., "--device", "-d", help="This device's name in the testbed file."),
+    testbed: Path = TestbedOption,
+    backend: str = BackendOption,
+    networks: Optional[Path] = NetworksOption,
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads [default: the testbed's]."),
+    parent_pid: Optional[int] = typer.Option(None, "--parent-pid", hidden=True, help="Exit when this process is gone."),
+    bind_all: bool = typer.Option(False, "--bind-all", help="Listen on every interface instead of the testbed's address."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message."),
+) -> None:
+    """Serve pipeline stages for one device until the driver says stop (or Ctrl-C).
+
+    Listens on the address the testbed file gives the device; the driver sends it its stage spec,
+    and it builds the stage locally. Example: paretopipe worker --testbed testbed/pi-pair.toml --device pi2
+    """
+    import torch
+
+    from backends.base import TransportOptions
+    from paretopipe.runtime.endpoints import make_transport
+    from paretopipe.runtime.worker import Worker
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    tb, _ = load_testbed_and_scenarios(testbed, networks)
+    dev = tb.device(device)
+    torch.set_num_threads(threads or dev.threads)
+    options = TransportOptions(bind_all_interfaces=bind_all)
+    transport = make_transport(backend, tb, device, options=options)
+
+    def alive() -> bool:
+        if parent_pid is None:
+            return True
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    with transport:
+        err_console.print(f"worker {device} listening on {dev.address} ({backend}), {torch.get_num_threads()} threads")
+        Worker(device, transport, alive=alive).serve()
+    err_console.print(f"worker {device} stopped")

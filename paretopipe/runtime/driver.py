@@ -1,0 +1,241 @@
+"""The driver: feeds items to the first stage and takes results back, timing both on one clock.
+
+*Latency mode*: one item in flight; each item's latency is the time from handing it to the
+transport to receiving its result, on the driver's clock (no cross-machine clock is ever used).
+*Throughput mode*: a window of W items in flight; throughput is the steady-state completion rate
+after the warm-up completions are discarded.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from backends.base import Message, Transport, TransportTimeout
+from paretopipe.errors import TransportError, WorkerError
+from paretopipe.runtime import protocol as P
+
+
+@dataclass
+class LatencyResult:
+    """Per-item latencies (ms) of one-item-in-flight runs, after warm-up."""
+
+    latencies_ms: list[float]
+
+    def summary(self) -> dict[str, float]:
+        a = np.asarray(self.latencies_ms)
+        return {
+            "latency_ms_p50": float(np.percentile(a, 50)),
+            "latency_ms_p95": float(np.percentile(a, 95)),
+            "latency_ms_p99": float(np.percentile(a, 99)),
+            "latency_ms_mean": float(a.mean()),
+            "latency_items": int(a.size),
+        }
+
+
+@dataclass
+class ThroughputResult:
+    """Steady-state completions per second with ``window`` items in flight."""
+
+    items: int
+    seconds: float
+    window: int
+    batch_size: int
+
+    @property
+    def throughput_ips(self) -> float:
+        return self.items * self.batch_size / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        return {"throughput_ips": self.throughput_ips, "throughput_items": self.items,
+                "throughput_s": self.seconds, "window": self.window}
+
+
+@dataclass
+class StageStats:
+    """What a worker reported for one mode: per-item compute, wait and send times (ms)."""
+
+    device: str
+    stage: int
+    compute_ms: list[float] = field(default_factory=list)
+    wait_ms: list[float] = field(default_factory=list)
+    send_ms: list[float] = field(default_factory=list)
+    transport: dict[str, Any] = field(default_factory=dict)
+
+    def medians(self) -> dict[str, float]:
+        med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
+        return {"compute_ms": med(self.compute_ms), "wait_ms": med(self.wait_ms), "send_ms": med(self.send_ms)}
+
+
+class Driver:
+    """Drives one pipeline configuration at a time over ``transport``.
+
+    ``check_alive`` is called while waiting; it raises WorkerError when a local worker process
+    died (the launcher knows). ``timeout_s`` bounds every wait for a reply or a result.
+    """
+
+    def __init__(self, transport: Transport, timeout_s: float = 30.0, check_alive: Callable[[], None] | None = None,
+                 addresses: dict[str, str] | None = None) -> None:
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.check_alive = check_alive or (lambda: None)
+        self.addresses = addresses or {}
+        self.config: str | None = None
+        self.devices: list[str] = []
+
+    # -- waiting -------------------------------------------------------------------------------
+    def _recv(self, want: Callable[[Message], bool], waiting_for: str, timeout_s: float | None = None) -> Message:
+        """Next message satisfying ``want``; worker errors raise; stale results are dropped."""
+        deadline = time.perf_counter() + (timeout_s or self.timeout_s)
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TransportError(f"timed out after {timeout_s or self.timeout_s:g} s waiting for {waiting_for}",
+                                     "is the worker running and reachable? see 'paretopipe worker --help'")
+            try:
+                msg = self.transport.recv(timeout_s=min(0.25, remaining))
+            except TransportTimeout:
+                self.check_alive()
+                continue
+            kind = msg.header.get("kind")
+            if kind == P.ERROR:
+                raise WorkerError(str(msg.header.get("device", msg.src)), str(msg.header.get("error")))
+            if kind == P.RESULT and msg.header.get("config") != self.config:
+                continue
+            if want(msg):
+                return msg
+
+    # -- configuration -------------------------------------------------------------------------
+    def setup(self, devices: Sequence[str], specs: Sequence[P.StageSpec],
+              timeout_s: float | None = None) -> dict[str, dict[str, Any]]:
+        """Send stage k's spec to ``devices[k]`` and wait until all are ready; returns their ready
+        headers. A worker that does not answer raises TransportError naming the device and address.
+        """
+        self.config = specs[0].config
+        self.devices = list(devices)
+        for device, spec in zip(self.devices, specs):
+            self._send_control(device, spec.to_header())
+        ready: dict[str, dict[str, Any]] = {}
+        deadline = time.perf_counter() + (timeout_s or self.timeout_s)
+        while len(ready) < len(specs):
+            missing = [d for d in self.devices if d not in ready]
+            try:
+                msg = self._recv(lambda m: m.header.get("kind") == P.READY and m.header.get("config") == self.config,
+                                 "ready", max(0.01, deadline - time.perf_counter()))
+            except TransportError:
+                names = ", ".join(f"{d} at {self.addresses.get(d, '?')}" for d in missing)
+                raise TransportError(f"no answer from {names} within {timeout_s or self.timeout_s:g} s",
+                                     "start it with 'paretopipe worker --testbed T --device NAME' and check the address/firewall") from None
+            ready[str(msg.header["device"])] = dict(msg.header)
+        return ready
+
+    @staticmethod
+    def new_config_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    # -- measuring -----------------------------------------------------------------------------
+    def _send_item(self, item: int, inputs: Sequence[torch.Tensor]) -> None:
+        self.transport.send(self.devices[0], {"kind": P.ITEM, "config": self.config, "item": item}, inputs)
+
+    def _result(self, waiting_for: str) -> Message:
+        return self._recv(lambda m: m.header.get("kind") == P.RESULT, waiting_for)
+
+    def first_result(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run one item and return its output tensors (for checking against the unsplit model)."""
+        self._send_item(-1, inputs)
+        return self._result("the first result").tensors
+
+    def latency(self, inputs: Sequence[torch.Tensor], items: int, warmup: int) -> LatencyResult:
+        """One item in flight, ``warmup`` discarded, then ``items`` timed."""
+        lat = []
+        for i in range(warmup + items):
+            t0 = time.perf_counter_ns()
+            self._send_item(i, inputs)
+            msg = self._result(f"the result of item {i} (latency mode)")
+            if msg.header.get("item") != i:
+                raise TransportError(f"expected the result of item {i}, got item {msg.header.get('item')}")
+            if i >= warmup:
+                lat.append((msg.recv_ns - t0) / 1e6)
+        return LatencyResult(lat)
+
+    def throughput(self, inputs: Sequence[torch.Tensor], items: int, warmup: int, window: int,
+                   batch_size: int) -> ThroughputResult:
+        """``window`` items in flight; time ``items`` completions after ``warmup`` completions."""
+        total = warmup + items
+        sent = 0
+        for _ in range(min(window, total)):
+            self._send_item(sent, inputs)
+            sent += 1
+        done, t_start = 0, None
+        while done < total:
+            msg = self._result(f"a result (throughput mode, {done}/{total} done)")
+            done += 1
+            if done == warmup or (warmup == 0 and t_start is None):
+                t_start = msg.recv_ns
+            t_end = msg.recv_ns
+            if sent < total:
+                self._send_item(sent, inputs)
+                sent += 1
+        measured = items if warmup > 0 else items - 1
+        return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
+
+    def stats(self) -> list[StageStats]:
+        """Ask every stage for its timings since the last request (and reset them)."""
+        for device in self.devices:
+            self.transport.send(device, {"kind": P.STATS, "reset": True})
+        got: dict[str, Message] = {}
+        while len(got) < len(self.devices):
+            msg = self._recv(lambda m: m.header.get("kind") == P.STATS, "stage statistics")
+            got[str(msg.header["device"])] = msg
+        out = []
+        for k, device in enumerate(self.devices):
+            h = got[device].header
+            ms = lambda key: [v / 1e6 for v in h.get(key, [])]  # noqa: E731
+            out.append(StageStats(device, k, ms("compute_ns"), ms("wait_ns"), ms("send_ns"), h.get("transport", {})))
+        return out
+
+    def release(self) -> None:
+        """Tell the stages to drop their modules; waits for their acknowledgement."""
+        for device in self.devices:
+            self.transport.send(device, {"kind": P.RELEASE})
+        pending = set(self.devices)
+        while pending:
+            msg = self._recv(lambda m: m.header.get("kind") == P.RELEASED, "release")
+            pending.discard(str(msg.header.get("device")))
+        self.config = None
+
+    def ping(self, device: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Round-trip a ping to one device; returns its pong header. Raises TransportError."""
+        nonce = uuid.uuid4().hex[:8]
+        deadline = time.perf_counter() + timeout_s
+        self._send_control(device, {"kind": P.PING, "nonce": nonce}, deadline)
+        msg = self._recv(lambda m: m.header.get("kind") == P.PONG and m.header.get("nonce") == nonce,
+                         f"{device}'s answer to a ping", max(0.01, deadline - time.perf_counter()))
+        return dict(msg.header)
+
+    def _send_control(self, device: str, header: dict[str, Any], deadline: float | None = None) -> None:
+        """Send a control message, retrying while the peer is not connected yet (until
+        ``deadline``); a peer that never accepts raises TransportError naming it and its address."""
+        deadline = deadline or time.perf_counter() + self.timeout_s
+        while True:
+            try:
+                self.transport.send(device, header)
+                return
+            except TransportTimeout:
+                self.check_alive()
+                if time.perf_counter() >= deadline:
+                    raise TransportError(f"cannot reach {device} at {self.addresses.get(device, '?')}",
+                                         "is its worker running? check the address and firewall") from None
+
+    def stop(self, devices: Sequence[str]) -> None:
+        """Ask workers to exit (no reply expected)."""
+        for device in devices:
+            try:
+                self.transport.send(device, {"kind": P.STOP})
+            except TransportError:
+                pass

@@ -1,0 +1,213 @@
+"""A measurement session: the testbed's workers, the driver, and one configuration at a time.
+
+``Session`` starts what a run needs (local workers when the testbed is on this machine, the
+driver's transport), checks every worker answers, and :meth:`Session.measure` runs one plan under
+one network scenario in latency and/or throughput mode and returns one flat result row saying
+what was measured and how. Everything is stopped on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from paretopipe.errors import ParetoPipeError, TransportError, UsageError
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plans import Plan
+from paretopipe.runtime.driver import Driver, StageStats
+from paretopipe.runtime.endpoints import endpoints, make_transport
+from paretopipe.runtime.protocol import StageSpec
+from paretopipe.testbed import DRIVER, Testbed
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How much to measure: items and warm-up per mode, the in-flight window, timeouts."""
+
+    modes: tuple[str, ...] = ("latency", "throughput")
+    latency_items: int = 30
+    throughput_items: int = 100
+    warmup: int = 5
+    window: int | None = None  # None: enough to keep every stage and link busy (see _window)
+    timeout_s: float = 60.0
+    check_output: bool = True
+
+    def __post_init__(self) -> None:
+        bad = set(self.modes) - {"latency", "throughput"}
+        if bad or not self.modes:
+            raise UsageError(f"unknown mode(s) {sorted(bad) or self.modes}", "use latency, throughput or both")
+        if self.latency_items < 1 or self.throughput_items < 2 or self.warmup < 0:
+            raise UsageError("items must be >= 1 (latency) and >= 2 (throughput), warm-up >= 0")
+
+
+def _window(plan: Plan, options: MeasureOptions) -> int:
+    """Items in flight in throughput mode: enough to cover the pipeline's latency (Little's law)."""
+    if options.window is not None:
+        return options.window
+    k = plan.stages
+    lat, bott = plan.predicted.get("latency_ms"), plan.predicted.get("bottleneck_ms")
+    if lat and bott and bott > 0:
+        return int(min(256, max(2 * k + 2, math.ceil(1.5 * lat / bott) + k)))
+    return 2 * k + 2
+
+
+class Session:
+    """Workers + driver for one testbed and backend; a context manager.
+
+    ``launch``: start workers for the testbed's local devices (default: when every device is on
+    this machine); remote workers must already be running. ``path`` is the shaping path the
+    network layer uses ("userspace" on loopback: every part of a condition is applied by the
+    transport's shaper).
+    """
+
+    def __init__(self, testbed: Testbed, backend: str = "zmq", *, launch: bool | None = None,
+                 startup_timeout_s: float = 120.0, timeout_s: float = 60.0, log_dir: str | None = None) -> None:
+        self.testbed = testbed
+        self.backend = backend
+        self.launch = testbed.all_local if launch is None else launch
+        self.startup_timeout_s = startup_timeout_s
+        self.timeout_s = timeout_s
+        self.log_dir = log_dir
+        self.path = "userspace"
+        self._stack = contextlib.ExitStack()
+        self.workers = None
+        self._graphs: dict[str, Any] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        from paretopipe.runtime.launcher import LocalWorkers
+
+        if self.launch:
+            self.workers = self._stack.enter_context(LocalWorkers(self.testbed, self.backend, log_dir=self.log_dir))
+        from backends.base import TransportOptions
+
+        # A short send timeout: control sends to a worker that is not up yet are retried by the
+        # driver between liveness checks instead of blocking for long.
+        self.transport = make_transport(self.backend, self.testbed, DRIVER, options=TransportOptions(send_timeout_s=2.0))
+        self._stack.enter_context(self.transport)
+        addresses = {name: f"{ep.host}:{ep.port}" for name, ep in endpoints(self.testbed).items()}
+        check = self.workers.check_alive if self.workers is not None else None
+        self.driver = Driver(self.transport, self.timeout_s, check_alive=check, addresses=addresses)
+        self._stack.callback(self.driver.stop, list(self.testbed.device_names) if self.launch else [])
+        self._wait_for_workers()
+
+    def _wait_for_workers(self) -> None:
+        """Ping every device until it answers (workers need seconds to import torch)."""
+        for name in self.testbed.device_names:
+            try:
+                self.driver.ping(name, timeout_s=self.startup_timeout_s)
+            except TransportError:
+                raise TransportError(
+                    f"worker {name!r} at {self.testbed.device(name).address} did not answer within {self.startup_timeout_s:g} s",
+                    f"start it with 'paretopipe worker --testbed {self.testbed.path} --device {name}'",
+                ) from None
+
+    # -- one configuration ---------------------------------------------------------------------
+    def graph_for(self, plan: Plan):
+        """The traced graph of the plan's model (cached), used for checks and the reference."""
+        from paretopipe.graph import trace_spec
+        from paretopipe.models import ModelSpec
+
+        key = json.dumps([plan.model, plan.batch_size], sort_keys=True)
+        if key not in self._graphs:
+            self._graphs = {key: trace_spec(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)}
+        return self._graphs[key]
+
+    def links(self, plan: Plan, scenario: tuple[str, LinkCondition]) -> list[dict[str, Any]]:
+        """Every directed link the plan uses (driver -> stage 0 -> ... -> driver), with how each
+        part of its condition is applied."""
+        from paretopipe.network.capabilities import probe_capabilities
+        from paretopipe.network.mechanism import choose_mechanisms, residual_condition
+
+        hops = [DRIVER, *plan.devices, DRIVER]
+        caps = probe_capabilities()
+        out = []
+        for src, dst in zip(hops, hops[1:]):
+            label, cond = self.testbed.link(src, dst, scenario)
+            mech = choose_mechanisms(cond, caps, self.path)
+            out.append({"src": src, "dst": dst, "label": label, "condition": cond.to_dict(),
+                        "spec": cond.spec(), "mechanism": mech,
+                        "userspace": residual_condition(cond, mech)})
+        return out
+
+    def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
+        """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
+        import torch
+
+        from paretopipe.models import ModelSpec, example_input
+        from paretopipe.stages import compare_outputs, assemble_output
+
+        graph = self.graph_for(plan)
+        cuts = graph.check_cuts(plan.cut_indices)
+        names = [c.after for c in cuts]
+        if names != [c.after for c in plan.cuts]:
+            raise UsageError(f"plan {plan.id}: cuts {list(plan.cut_indices)} are nodes {names} in this model, "
+                             f"not {[c.after for c in plan.cuts]}", "was the plan made for another model version or input shape?")
+        for d in plan.devices:
+            self.testbed.device(d)
+        links = self.links(plan, scenario)
+        config = Driver.new_config_id()
+        hops = [*plan.devices, DRIVER]
+        specs = [
+            StageSpec(config=config, stage=k, stages=plan.stages, model=dict(plan.model), batch_size=plan.batch_size,
+                      cuts=plan.cut_indices, cut_names=tuple(names), next_peer=hops[k + 1],
+                      threads=self.testbed.device(d).threads,
+                      shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()})
+            for k, d in enumerate(plan.devices)
+        ]
+        self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
+        row: dict[str, Any] = {"config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        t0 = time.perf_counter()
+        ready = self.driver.setup(plan.devices, specs)
+        row["setup_s"] = time.perf_counter() - t0
+        x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
+        try:
+            if options.check_output:
+                with torch.no_grad():
+                    expected = graph.model(x.clone())
+                got = self.driver.first_result([x])
+                exact, diff = compare_outputs(expected, assemble_output(graph, got))
+                row.update(output_exact=exact, output_max_abs_diff=diff)
+            if "latency" in options.modes:
+                row.update(self.driver.latency([x], options.latency_items, options.warmup).summary())
+                row.update(_stage_columns("lat", self.driver.stats()))
+            if "throughput" in options.modes:
+                window = _window(plan, options)
+                row.update(self.driver.throughput([x], options.throughput_items, options.warmup, window, plan.batch_size).summary())
+                row.update(_stage_columns("tput", self.driver.stats()))
+        finally:
+            with contextlib.suppress(ParetoPipeError):
+                self.driver.release()
+        row["threads"] = json.dumps({d: ready[d].get("threads") for d in plan.devices})
+        row["links"] = json.dumps([{k: v for k, v in link.items() if k != "userspace"} for link in links])
+        return row
+
+
+def _stage_columns(prefix: str, stats: Sequence[StageStats]) -> dict[str, Any]:
+    """Per-stage medians as JSON lists, e.g. ``lat_stage_compute_ms = [4.1, 9.8]``."""
+    med = [s.medians() for s in stats]
+    return {f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med]) for k in ("compute_ms", "wait_ms", "send_ms")}
+
+
+def scenario_label(scenario: tuple[str, LinkCondition]) -> str:
+    return scenario[0]
+
+
+def condition_columns(scenario: tuple[str, LinkCondition]) -> Mapping[str, Any]:
+    label, cond = scenario
+    return {"network": label, "network_spec": cond.spec()}

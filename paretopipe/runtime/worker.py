@@ -1,0 +1,177 @@
+"""The stage worker: receive -> run its stage -> send on, the same loop for every backend.
+
+A worker serves one device. It waits for a ``setup`` from the driver, builds its stage locally
+from the model spec (same factory, checkpoint and seed as everywhere else), then runs items as
+they arrive and hands the outputs to its I/O thread, which sends them to the next stage (or back
+to the driver) while the next item computes. Errors in setup or compute are reported to the
+driver with the device name and the worker keeps serving; only ``stop`` (or the parent dying)
+ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import torch
+
+from backends.base import Message, Transport, TransportTimeout
+from paretopipe.errors import FrameError, ParetoPipeError
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.runtime import protocol as P
+from paretopipe.runtime.sender import SendThread
+
+log = logging.getLogger("paretopipe.worker")
+DRIVER = "driver"
+
+
+class _Stage:
+    """A built stage and its per-item timings since the last ``stats`` request."""
+
+    def __init__(self, spec: P.StageSpec, module: torch.nn.Module) -> None:
+        self.spec = spec
+        self.module = module
+        self.compute_ns: list[int] = []
+        self.wait_ns: list[int] = []
+        self.items = 0
+        self.last_done_ns: int | None = None
+
+
+class Worker:
+    """Serve stages for one device over ``transport`` until told to stop.
+
+    ``build`` turns a StageSpec into a module (injectable for tests); ``alive`` is polled while
+    idle and ends the loop when it returns False (e.g. the parent process died).
+    """
+
+    def __init__(
+        self,
+        device: str,
+        transport: Transport,
+        build: Callable[[P.StageSpec], torch.nn.Module] | None = None,
+        alive: Callable[[], bool] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.device = device
+        self.transport = transport
+        self.build = build or StageBuilder().build
+        self.alive = alive or (lambda: True)
+        self.poll_s = poll_s
+        self.stage: _Stage | None = None
+        self.stale_items = 0
+
+    def serve(self) -> None:
+        """The worker loop; returns after ``stop`` or when ``alive()`` turns False."""
+        with SendThread(self.transport, name=f"{self.device}-send") as sender:
+            self.sender = sender
+            while True:
+                try:
+                    msg = self.transport.recv(timeout_s=self.poll_s)
+                except TransportTimeout:
+                    if not self.alive():
+                        log.warning("%s: parent process is gone, stopping", self.device)
+                        return
+                    continue
+                try:
+                    if not self._handle(msg):
+                        return
+                except (FrameError, ParetoPipeError) as exc:
+                    self._report(msg, f"{exc}")
+                except Exception as exc:  # noqa: BLE001 - a stage error must not kill the worker
+                    log.exception("%s: error while handling %s", self.device, msg.header.get("kind"))
+                    self._report(msg, f"{type(exc).__name__}: {exc}")
+
+    def _report(self, msg: Message, error: str) -> None:
+        self.sender.submit(DRIVER, {"kind": P.ERROR, "device": self.device, "config": msg.header.get("config"), "error": error})
+
+    def _handle(self, msg: Message) -> bool:
+        kind = P.kind_of(msg.header)
+        if kind == P.ITEM:
+            self._run_item(msg)
+        elif kind == P.SETUP:
+            self._setup(msg)
+        elif kind == P.STATS:
+            self._send_stats(msg)
+        elif kind == P.RELEASE:
+            self.stage = None
+            self.sender.submit(DRIVER, {"kind": P.RELEASED, "device": self.device})
+        elif kind == P.PING:
+            self.sender.submit(DRIVER, {"kind": P.PONG, "device": self.device, "nonce": msg.header.get("nonce"), "pid": os.getpid()})
+        elif kind == P.STOP:
+            return False
+        else:
+            raise FrameError(f"a worker does not accept {kind!r} messages")
+        return True
+
+    def _setup(self, msg: Message) -> None:
+        spec = P.StageSpec.from_header(msg.header)
+        self.stage = None
+        t0 = time.perf_counter_ns()
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        module = self.build(spec)
+        self.transport.set_shaping({p: LinkCondition.from_dict(c) for p, c in spec.shaping.items()})
+        self.stage = _Stage(spec, module)
+        build_ms = (time.perf_counter_ns() - t0) / 1e6
+        self.sender.submit(
+            DRIVER,
+            {"kind": P.READY, "device": self.device, "config": spec.config, "stage": spec.stage,
+             "build_ms": build_ms, "threads": torch.get_num_threads(), "pid": os.getpid()},
+        )
+
+    def _run_item(self, msg: Message) -> None:
+        stage = self.stage
+        if stage is None or msg.header.get("config") != stage.spec.config:
+            self.stale_items += 1
+            return
+        got = time.perf_counter_ns()
+        if stage.last_done_ns is not None:
+            stage.wait_ns.append(got - stage.last_done_ns)
+        with torch.inference_mode():
+            out = stage.module(*msg.tensors)
+        done = time.perf_counter_ns()
+        stage.compute_ns.append(done - got)
+        stage.items += 1
+        last = stage.spec.stage == stage.spec.stages - 1
+        header = {"kind": P.RESULT if last else P.ITEM, "config": stage.spec.config, "item": msg.header.get("item")}
+        self.sender.submit(stage.spec.next_peer, header, tuple(out), timed=True)
+        stage.last_done_ns = time.perf_counter_ns()
+
+    def _send_stats(self, msg: Message) -> None:
+        stage = self.stage
+        body: dict[str, Any] = {"kind": P.STATS, "device": self.device, "stale_items": self.stale_items,
+                                "transport": self.transport.stats}
+        if stage is not None:
+            body.update(config=stage.spec.config, stage=stage.spec.stage, items=stage.items,
+                        compute_ns=stage.compute_ns, wait_ns=stage.wait_ns, send_ns=self.sender.take_send_ns())
+            if msg.header.get("reset", True):
+                stage.compute_ns, stage.wait_ns, stage.items, stage.last_done_ns = [], [], 0, None
+        self.sender.submit(DRIVER, body)
+
+
+class StageBuilder:
+    """Builds stage modules from specs, tracing each model (per batch size) only once."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[str, Any] = {}
+
+    def build(self, spec: P.StageSpec) -> torch.nn.Module:
+        import json
+
+        from paretopipe.graph import trace_spec
+        from paretopipe.models import ModelSpec
+
+        key = json.dumps([spec.model, spec.batch_size], sort_keys=True)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = trace_spec(ModelSpec.from_dict(dict(spec.model)), spec.batch_size)
+            self._graphs = {key: graph}  # keep one model in memory at a time
+        names = [graph.nodes[i].name if 0 <= i < len(graph.nodes) else None for i in spec.cuts]
+        if names != list(spec.cut_names):
+            raise FrameError(
+                f"cuts {list(spec.cuts)} are nodes {names} here but {list(spec.cut_names)} in the plan: "
+                "the model differs between driver and worker (versions, weights, input shape?)"
+            )
+        return graph.split(spec.cuts)[spec.stage]

@@ -1,0 +1,116 @@
+"""Local testbed launcher: workers start pinned (and under quota), and none is left behind after a
+run, after an error, or after Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from paretopipe.errors import WorkerError
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plans import Plan, PlanCut
+from paretopipe.runtime.session import MeasureOptions, Session
+from paretopipe.testbed import load_testbed
+from tests.test_runtime import _free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
+LOCAL = ("local", LinkCondition())
+
+
+def _testbed(tmp_path: Path, quota: bool = False) -> Path:
+    p0, p1, p2 = _free_ports(3)
+    extra = "cpu_quota = 0.5\n" if quota else ""
+    path = tmp_path / "tb.toml"
+    path.write_text(
+        f'name = "t"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n{extra}'
+    )
+    return path
+
+
+def _workers_of(path: Path) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "worker" in cmd and str(path) in cmd:
+            out.append(p)
+    return out
+
+
+def _wait_gone(path: Path, timeout_s: float = 10.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [p for p in _workers_of(path) if p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return _workers_of(path)
+
+
+PLAN = Plan(model=MODEL, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
+
+
+def test_run_measures_and_leaves_no_worker(tmp_path):
+    tb_path = _testbed(tmp_path)
+    tb = load_testbed(tb_path)
+    with Session(tb, startup_timeout_s=60) as session:
+        pids = session.workers.pids()
+        for name, pid in pids.items():
+            assert os.sched_getaffinity(pid) == set(tb.device(name).cpus)
+        row = session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
+    assert row["output_exact"] is True
+    assert row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
+    assert not _wait_gone(tb_path)
+
+
+def test_killed_worker_is_named_and_everything_stops(tmp_path):
+    tb_path = _testbed(tmp_path)
+    with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
+        with Session(load_testbed(tb_path), startup_timeout_s=60, timeout_s=10) as session:
+            os.kill(session.workers.pids()["b"], signal.SIGKILL)
+            session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
+    assert not _wait_gone(tb_path)
+
+
+@pytest.mark.cgroup
+def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
+    tb_path = _testbed(tmp_path, quota=True)
+    with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
+        pid = session.workers.pids()["b"]
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        cpu_lines = [l.split(":", 2) for l in groups.splitlines()]
+        group = next(path for _, ctrl, path in cpu_lines if "cpu" in ctrl.split(",") or ctrl == "")
+        assert group.startswith("/paretopipe/worker_b-")
+    assert not (Path("/sys/fs/cgroup/cpu") / group.lstrip("/")).exists()
+
+
+def test_ctrl_c_stops_run_and_workers(tmp_path):
+    tb_path = _testbed(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paretopipe", "run", "tests.fixtures.toy_models:skipnet", "--cuts", "3",
+         "--devices", "a,b", "--testbed", str(tb_path), "--items", "100000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(tb_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_workers_of(tb_path)) == 2, "workers did not start"
+        time.sleep(6)  # let the run get going
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode()
+    assert not _wait_gone(tb_path)

@@ -1,0 +1,138 @@
+"""Runtime: stage workers and the driver over ZeroMQ on loopback, in threads of this process."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import pytest
+import torch
+
+from backends.base import Endpoint, TransportOptions
+from backends.zeromq import ZmqTransport
+from paretopipe.errors import TransportError, WorkerError
+from paretopipe.graph import trace_spec
+from paretopipe.models import example_input, resolve_spec
+from paretopipe.runtime.driver import Driver
+from paretopipe.runtime.protocol import StageSpec
+from paretopipe.runtime.worker import Worker
+from paretopipe.stages import assemble_output, compare_outputs
+
+SPEC = resolve_spec("tests.fixtures.toy_models:skipnet")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@contextlib.contextmanager
+def pipeline(devices=("a", "b", "c"), start=None, options=None):
+    """Workers for ``start`` (default: all devices) in threads, and a driver transport."""
+    names = ["driver", *devices]
+    eps = {n: Endpoint(n, "127.0.0.1", p) for n, p in zip(names, _free_ports(len(names)))}
+    opts = options or TransportOptions(send_timeout_s=1.0)
+    transports, threads = [], []
+    for name in start if start is not None else devices:
+        t = ZmqTransport(eps[name], {k: v for k, v in eps.items() if k != name}, options=opts)
+        t.start()
+        th = threading.Thread(target=Worker(name, t, poll_s=0.1).serve, daemon=True)
+        th.start()
+        transports.append(t)
+        threads.append(th)
+    dt = ZmqTransport(eps["driver"], {k: v for k, v in eps.items() if k != "driver"}, options=opts)
+    dt.start()
+    driver = Driver(dt, timeout_s=20, addresses={n: f"{e.host}:{e.port}" for n, e in eps.items()})
+    try:
+        yield driver
+    finally:
+        driver.stop(list(start if start is not None else devices))
+        for th in threads:
+            th.join(timeout=5)
+        for t in transports:
+            t.close()
+        dt.close()
+
+
+def _specs(graph, cuts, devices, config="cfg1"):
+    names = tuple(graph.nodes[c].name for c in cuts)
+    hops = [*devices, "driver"]
+    return [StageSpec(config, k, len(devices), SPEC.to_dict(), graph.batch_size, tuple(cuts), names, hops[k + 1])
+            for k in range(len(devices))]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return trace_spec(SPEC, batch_size=2)
+
+
+def _body_cuts(graph):
+    return [c.index for c in graph.cuts if graph.nodes[c.index].name.startswith("body")]
+
+
+def test_three_stage_pipeline_output_is_exact_and_measured(graph):
+    cuts = [_body_cuts(graph)[0], _body_cuts(graph)[-2]]  # the skip tensor crosses both cuts
+    x = example_input(SPEC, 2)
+    with pipeline() as driver:
+        ready = driver.setup(["a", "b", "c"], _specs(graph, cuts, ["a", "b", "c"]))
+        assert set(ready) == {"a", "b", "c"}
+        got = driver.first_result([x])
+        exact, diff = compare_outputs(graph.model(x), assemble_output(graph, got))
+        assert exact, diff
+        lat = driver.latency([x], items=10, warmup=2)
+        assert len(lat.latencies_ms) == 10 and all(v > 0 for v in lat.latencies_ms)
+        s = lat.summary()
+        assert s["latency_ms_p50"] <= s["latency_ms_p95"] <= s["latency_ms_p99"]
+        stats = driver.stats()
+        assert [st.device for st in stats] == ["a", "b", "c"]
+        assert all(len(st.compute_ms) == 13 for st in stats)  # first result + warm-up + items
+        tp = driver.throughput([x], items=20, warmup=3, window=4, batch_size=2)
+        assert tp.items == 20 and tp.throughput_ips > 0
+        driver.release()
+
+
+def test_worker_error_names_device_and_worker_keeps_serving(graph):
+    cuts = [_body_cuts(graph)[0]]
+    with pipeline(devices=("a", "b")) as driver:
+        bad = _specs(graph, cuts, ["a", "b"])
+        bad[1] = StageSpec("cfg1", 1, 2, SPEC.to_dict(), 2, tuple(cuts), ("not_this_node",), "driver")
+        with pytest.raises(WorkerError, match="worker 'b'.*differs between driver and worker"):
+            driver.setup(["a", "b"], bad)
+        # the same workers accept a correct configuration afterwards
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="cfg2"))
+        x = example_input(SPEC, 2)
+        assert compare_outputs(graph.model(x), assemble_output(graph, driver.first_result([x])))[0]
+
+
+def test_compute_error_is_reported(graph):
+    cuts = [_body_cuts(graph)[0]]
+    with pipeline(devices=("a", "b")) as driver:
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
+        with pytest.raises(WorkerError, match="worker 'a'"):
+            driver.first_result([torch.zeros(2, 5, 16, 16)])  # wrong channel count
+
+
+def test_unreachable_worker_names_device_and_address(graph):
+    cuts = [_body_cuts(graph)[0]]
+    with pipeline(devices=("a", "b"), start=["a"]) as driver:
+        driver.timeout_s = 3
+        with pytest.raises(TransportError, match=r"b at 127\.0\.0\.1:\d+"):
+            driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
+
+
+def test_ping_and_stale_results_are_dropped(graph):
+    cuts = [_body_cuts(graph)[0]]
+    x = example_input(SPEC, 2)
+    with pipeline(devices=("a", "b")) as driver:
+        assert driver.ping("a")["device"] == "a"
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="old"))
+        driver._send_item(99, [x])  # its result will belong to an old configuration
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="new"))
+        lat = driver.latency([x], items=3, warmup=0)
+        assert len(lat.latencies_ms) == 3
