@@ -14,6 +14,9 @@ Method, per batch size:
    warm as they would be) or ``"isolated"`` (each node replayed alone on its recorded inputs).
    ``warmup`` untimed rounds come first; rounds repeat until at least ``repeats`` rounds AND
    ``min_time_s`` seconds. The median timer overhead is subtracted from every sample.
+   Before anything, :func:`paretopipe.timing.steady_allocator` stops glibc from unmapping and
+   re-faulting activation memory on every pass (it doubled some forward times, depending on the
+   process's allocation history).
 4. Calibration = whole-model median / sum of node medians: the cost model multiplies node sums by
    it to account for the work between nodes that no node timer sees.
 """
@@ -40,7 +43,7 @@ from paretopipe.graph import Cut, ModelGraph, trace
 from paretopipe.models import ModelSpec, build_model, example_input
 from paretopipe.profiles import BatchProfile, BlockProfile, NodeProfile, Profile
 from paretopipe.stages import build_stages
-from paretopipe.timing import Rounds, Stat, timer_overhead_ns
+from paretopipe.timing import Rounds, Stat, steady_allocator, timer_overhead_ns
 
 __all__ = ["ProfileSettings", "profile_model", "profile_batch", "Capture", "capture", "block_runs", "range_stage", "is_oom"]
 
@@ -330,6 +333,7 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
         cgroups.quota_settings(settings.cpu_quota)
         cgroups.check_quota_capability()
     threads = settings.threads or (len(settings.cpus) if settings.cpus else torch.get_num_threads())
+    steady = steady_allocator()
     model = build_model(spec).to(torch.device(settings.torch_device))
     with cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"), _torch_threads(threads):
         batches = tuple(profile_batch(model, spec, b, settings, progress) for b in settings.batch_sizes)
@@ -338,7 +342,8 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
         device=device, model=spec.to_dict(), model_label=spec.label, input_shape=tuple(spec.input_shape),
         batch_sizes=tuple(settings.batch_sizes), threads=threads, cpus=settings.cpus, cpu_quota=settings.cpu_quota,
         method={"warmup": settings.warmup, "repeats": settings.repeats, "min_time_s": settings.min_time_s,
-                "node_timing": settings.node_timing, "timer_overhead_ns": timer_overhead_ns()},
+                "node_timing": settings.node_timing, "timer_overhead_ns": timer_overhead_ns(),
+                "steady_allocator": steady},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         command=tuple(settings.command), fingerprint=fp, batches=batches,
     )

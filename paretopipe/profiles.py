@@ -206,7 +206,8 @@ _TOP = {
 }
 _MODEL = {"name": (str,), "input_shape": (list,), "weights": (str, type(None)), "weights_sha256": (str, type(None)),
           "seed": (int,), "source": (str,), "leaf_modules": (list,)}
-_METHOD = {"warmup": (int,), "repeats": (int,), "min_time_s": _NUM, "node_timing": (str,), "timer_overhead_ns": (int,)}
+_METHOD = {"warmup": (int,), "repeats": (int,), "min_time_s": _NUM, "node_timing": (str,), "timer_overhead_ns": (int,),
+           "steady_allocator": (bool,)}
 _WHOLE = {"median": _NUM, "iqr": _NUM, "n": (int,)}
 _BATCH = {"batch_size": (int,), "whole_ms": (dict,), "node_sum_ms": _NUM, "calibration": _NUM,
           "peak_mem_nbytes": (int,), "blocks": (list,), "nodes": (list,)}

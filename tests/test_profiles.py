@@ -40,7 +40,8 @@ def make_profile(device: str = "pi", label: str = "toy") -> Profile:
     return Profile(
         device=device, model={**MODEL, "name": label}, model_label=label, input_shape=(3, 8, 8), batch_sizes=(1, 4),
         threads=2, cpus=(0,), cpu_quota=0.5,
-        method={"warmup": 2, "repeats": 10, "min_time_s": 1.0, "node_timing": "sequence", "timer_overhead_ns": 40},
+        method={"warmup": 2, "repeats": 10, "min_time_s": 1.0, "node_timing": "sequence", "timer_overhead_ns": 40,
+                "steady_allocator": True},
         created="2026-01-01T00:00:00+00:00", command=("paretopipe", "profile", label), fingerprint=fingerprint(2, 0.5),
         batches=(_batch(1, [1.0, 2.0, 3.0]), _batch(4, [3.0, 5.0, 9.0])),
     )

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from paretopipe.errors import UsageError
-from paretopipe.timing import Rounds, Stat, iqr, median, percentile, repeat_until, timer_overhead_ns
+from paretopipe.timing import Rounds, Stat, iqr, median, percentile, repeat_until, steady_allocator, timer_overhead_ns
 
 
 def test_percentiles_interpolate_like_numpy():
@@ -59,3 +59,11 @@ def test_repeat_until_times_a_known_sleep_and_discards_warmup():
 
 def test_timer_overhead_is_small_and_positive():
     assert 0 <= timer_overhead_ns() < 50_000
+
+
+def test_steady_allocator_applies_on_glibc():
+    import platform
+
+    applied = steady_allocator()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied is True

@@ -1,0 +1,221 @@
+"""How well do calibrated node sums predict directly measured times? Is a profile repeatable?
+
+For each model and batch size (one thread), this profiles the model and then measures, separately:
+
+(a) the whole model again (an independent run, not the one that produced the calibration ratio);
+(b) both halves of a 2-stage split at the block cut nearest the middle of the model's time, each
+    stage module measured directly; predicted = calibration x sum of the stage's node medians.
+
+It then profiles each model a second time and compares the two profiles (median over nodes of the
+per-node relative difference, and the node-sum difference), and measures the whole-model slowdown
+under ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller). Background CPU use by other
+processes during the run is printed too, since it disturbs every number here.
+
+Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~10 min)
+     python benchmarks/bench_profiler.py --models resnet18,alexnet --batch-sizes 1 --no-quota
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from paretopipe import cgroups
+from paretopipe.errors import ParetoPipeError
+from paretopipe.graph import trace
+from paretopipe.models import build_model, example_input, resolve_spec
+from paretopipe.profiler import ProfileSettings, profile_model
+from paretopipe.timing import Rounds, median, steady_allocator
+
+SEED_MODELS = "mobilenet_v2,resnet18,resnet50,vgg16,alexnet,inception_v3"
+
+
+def busy_jiffies() -> int:
+    """Non-idle CPU jiffies of the whole machine so far."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values) - values[3] - values[4]
+
+
+class Background:
+    """CPUs used by other processes (machine busy time minus ours) since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.busy, self.own, self.wall = busy_jiffies(), sum(os.times()[:4]), time.monotonic()
+
+    def cpus(self) -> float:
+        wall = max(time.monotonic() - self.wall, 1e-3)
+        other = (busy_jiffies() - self.busy) / os.sysconf("SC_CLK_TCK") - (sum(os.times()[:4]) - self.own)
+        return max(other, 0.0) / wall
+
+
+def wait_quiet(threshold: float, max_wait_s: float) -> float:
+    """Wait (up to max_wait_s) until other processes use < threshold CPUs for a second; returns seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait_s:
+        bg = Background()
+        time.sleep(1.0)
+        if bg.cpus() < threshold:
+            break
+    return time.monotonic() - start
+
+
+def measure_interleaved(fns, repeats: int, min_time_s: float, warmup: int) -> list[float]:
+    """Median ms of each callable, timed in interleaved rounds (so load changes hit all alike)."""
+    samples: list[list[int]] = [[] for _ in fns]
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns:
+                fn()
+        for _ in Rounds(repeats, min_time_s):
+            for acc, fn in zip(samples, fns):
+                t0 = time.perf_counter_ns()
+                fn()
+                acc.append(time.perf_counter_ns() - t0)
+    return [median(s) / 1e6 for s in samples]
+
+
+def middle_block_cut(graph, node_ms: list[float]) -> int:
+    """The block cut splitting the node-time sum closest to half."""
+    total, best, best_gap = sum(node_ms), None, float("inf")
+    prefix = 0.0
+    cuts = {c.index for c in graph.cuts_at("block")}
+    for i, t in enumerate(node_ms[:-1]):
+        prefix += t
+        if i in cuts and abs(prefix - total / 2) < best_gap:
+            best, best_gap = i, abs(prefix - total / 2)
+    if best is None:
+        raise SystemExit(f"{type(graph.model).__name__} has no block cut")
+    return best
+
+
+def rel(pred: float, meas: float) -> float:
+    return 100.0 * (pred - meas) / meas
+
+
+def run_model(name: str, args, rows: list[dict]) -> None:
+    spec = resolve_spec(name)
+    settings = ProfileSettings(batch_sizes=tuple(args.batch_sizes), threads=1, repeats=args.repeats, warmup=args.warmup,
+                               min_time_s=args.min_time_s, node_timing=args.node_timing, command=("bench_profiler",))
+    waited = wait_quiet(args.quiet, args.max_wait_s)
+    bg = Background()
+    first = profile_model(spec, "bench", settings)
+    model = build_model(spec)
+    for bs in args.batch_sizes:
+        b = first.batch(bs)
+        x = example_input(spec, bs)
+        node_ms = [n.median_ms for n in b.nodes]
+        graph = trace(model, x, leaf_modules=spec.leaf_modules)
+        cut = middle_block_cut(graph, node_ms)
+        s0, s1 = graph.split([cut])
+        with torch.no_grad():
+            mid = s0(x)
+        whole_again, meas0, meas1 = measure_interleaved(
+            [lambda: model(x), lambda: s0(x), lambda: s1(*mid)], args.repeats, args.min_time_s, args.warmup)
+        row_bg = bg.cpus()
+        pred0 = b.calibration * sum(node_ms[: cut + 1])
+        pred1 = b.calibration * sum(node_ms[cut + 1:])
+        row = {
+            "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
+            "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
+            "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
+            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "bg_cpus": row_bg, "waited_s": waited,
+        }
+        rows.append(row)
+    if args.agreement:
+        wait_quiet(args.quiet, args.max_wait_s)
+        second = profile_model(spec, "bench", settings)
+        for row in rows[-len(args.batch_sizes):]:
+            bs = row["batch"]
+            node_ms = [n.median_ms for n in first.batch(bs).nodes]
+            other = second.batch(bs)
+            diffs = [abs(m - o.median_ms) / m for m, o in zip(node_ms, other.nodes) if m > 0]
+            row["agree_node%"] = 100 * statistics.median(diffs)
+            row["agree_sum%"] = 100 * abs(other.node_sum_ms - sum(node_ms)) / sum(node_ms)
+    for row in rows[-len(args.batch_sizes):]:
+        print_row(row, header=len(rows) == len(args.batch_sizes))
+
+
+COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
+           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "bg_cpus", "waited_s"]
+
+
+def print_row(row: dict, header: bool) -> None:
+    widths = {c: max(len(c), 9) for c in COLUMNS}
+    widths["cut_after"] = 22
+    widths["model"] = 13
+    if header:
+        print(" ".join(c.rjust(widths[c]) for c in COLUMNS))
+    cells = []
+    for c in COLUMNS:
+        v = row.get(c, "")
+        cells.append((f"{v:+.1f}" if c.endswith("%") and c.startswith("err") else f"{v:.3g}" if isinstance(v, float) else str(v)).rjust(widths[c]))
+    print(" ".join(cells), flush=True)
+
+
+def quota_check(name: str, args) -> None:
+    spec = resolve_spec(name)
+    model = build_model(spec)
+    x = example_input(spec, 1)
+    torch.set_num_threads(1)
+    wait_quiet(args.quiet, args.max_wait_s)
+    (free,) = measure_interleaved([lambda: model(x)], args.repeats, max(args.min_time_s, 2.0), args.warmup)
+    try:
+        with cgroups.cpu_quota(0.5, label="bench"):
+            (limited,) = measure_interleaved([lambda: model(x)], args.repeats, max(args.min_time_s, 2.0), args.warmup)
+    except ParetoPipeError as exc:
+        print(f"quota: skipped ({exc})")
+        return
+    print(f"quota 0.5 CPU on {name} batch 1: whole {free:.2f} ms -> {limited:.2f} ms, slowdown x{limited / free:.2f} (expected ~2)")
+    settings = ProfileSettings(batch_sizes=(1,), threads=1, repeats=args.repeats, warmup=args.warmup,
+                               min_time_s=max(args.min_time_s, 2.0), cpu_quota=0.5, command=("bench_profiler",))
+    b = profile_model(spec, "bench", settings).batch(1)
+    print(f"profile under quota 0.5: node sum {b.node_sum_ms:.2f} ms, whole {b.whole_ms['median']:.2f} ms, "
+          f"calibration {b.calibration:.2f} (node medians dodge the throttled periods; the ratio carries the slowdown)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=SEED_MODELS, help="comma-separated model names")
+    ap.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--min-time-s", type=float, default=1.0)
+    ap.add_argument("--node-timing", default="sequence", choices=["sequence", "isolated"])
+    ap.add_argument("--no-agreement", dest="agreement", action="store_false", help="skip the second profile")
+    ap.add_argument("--no-quota", dest="quota", action="store_false", help="skip the CPU quota check")
+    ap.add_argument("--quota-model", default="resnet18")
+    ap.add_argument("--quiet", type=float, default=0.2, help="wait until other processes use fewer CPUs than this")
+    ap.add_argument("--max-wait-s", type=float, default=30.0, help="longest wait for a quiet machine per model")
+    args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    torch.set_num_threads(1)
+    steady_allocator()  # as the profiler does: no page faults from malloc returning memory every pass
+    whole_run = Background()
+    rows: list[dict] = []
+    print(f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement")
+    for name in args.models.split(","):
+        run_model(name, args, rows)
+    if rows:
+        for key in ("err_a%", "err_s0%", "err_s1%"):
+            errs = [abs(r[key]) for r in rows]
+            within = sum(e <= 5.0 for e in errs)
+            print(f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}")
+        if args.agreement:
+            print(f"two profiles: per-node median difference max {max(r['agree_node%'] for r in rows):.1f}%, "
+                  f"node-sum difference max {max(r['agree_sum%'] for r in rows):.1f}%")
+    if args.quota:
+        quota_check(args.quota_model, args)
+    print(f"total {time.monotonic() - whole_run.wall:.0f} s; other processes used {whole_run.cpus():.2f} of "
+          f"{os.cpu_count()} CPUs meanwhile (bg_cpus: the same per row)")
+
+
+if __name__ == "__main__":
+    main()
