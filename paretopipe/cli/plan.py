@@ -1,0 +1,120 @@
+"""``paretopipe plan``: the predicted latency-vs-throughput front and a plan file per front member."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paretopipe.cli import app
+from paretopipe.cli.common import InputShapeOption, LeafOption, ModelArg, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
+from paretopipe.cli.run import BackendOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
+from paretopipe.errors import UsageError
+
+FRONT_COLUMNS = ["plan_id", "stages", "cuts", "cut_nodes", "devices", "latency_ms", "throughput_ips",
+                 "bottleneck_ms", "bytes_per_item", "peak_mem_bytes", "feasible", "on_front", "knee"]
+
+
+def parse_stages(text: str) -> list[int]:
+    """``"2..4"`` -> [2, 3, 4]; ``"2"`` -> [2]; ``"1,3"`` -> [1, 3]. Raises UsageError."""
+    m = re.fullmatch(r"\s*(\d+)\s*\.\.\s*(\d+)\s*", text)
+    try:
+        values = list(range(int(m[1]), int(m[2]) + 1)) if m else [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UsageError(f"cannot read stages {text!r}", "e.g. 2, 2..4 or 1,3")
+    return sorted(set(values))
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
+
+
+def front_frame(result) -> "pd.DataFrame":  # noqa: F821
+    """The CSV view of every evaluated plan (documented columns, see the README)."""
+    df = result.table()
+    df["cuts"] = [" ".join(str(p) for p in pos) for pos in df["cut_positions"]]
+    df["cut_nodes"] = [" ".join(n) for n in df["cut_nodes"]]
+    df["devices"] = ["+".join(d) for d in df["devices"]]
+    return df[FRONT_COLUMNS]
+
+
+@app.command("plan")
+def plan_command(
+    model: str = ModelArg,
+    testbed: Path = TestbedOption,
+    network: str = typer.Option("wifi", "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..'."),
+    networks: Optional[Path] = NetworksOption,
+    stages: str = typer.Option("2..4", "--stages", "-k", help="Stage counts, e.g. 2, 2..4 (at most the device count)."),
+    profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
+    auto_profile: bool = typer.Option(True, "--auto-profile/--no-auto-profile", help="Profile local devices that have no profile."),
+    method: str = typer.Option("auto", "--method", help="exact, exhaustive, nsga2 or auto."),
+    objectives: str = typer.Option("latency,throughput", "--objectives", help="latency,throughput[,bytes][,memory]."),
+    granularity: str = typer.Option("node", "--granularity", "-g", help="Candidate cuts: node or block."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
+    backend: str = BackendOption,
+    calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
+    input_shape: Optional[str] = InputShapeOption,
+    weights: Optional[Path] = WeightsOption,
+    leaf: Optional[list[str]] = LeafOption,
+    seed: int = SeedOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory [default: plans/MODEL-NETWORK]."),
+    fmt: OutputFormat = FormatOption,
+) -> None:
+    """Predict latency and throughput of every plan and write the Pareto front and its plans.
+
+    Writes front.csv (every evaluated plan, on_front marked), one plan JSON per front member (for
+    'paretopipe run --plan'), and front.png. Example:
+    paretopipe plan resnet18 --testbed testbed/local-3.toml --network wifi --stages 2..3
+    """
+    from paretopipe.calibration import find_calibration
+    from paretopipe.graph import trace_spec
+    from paretopipe.network.conditions import resolve_network
+    from paretopipe.planner import METHODS, OBJECTIVES
+    from paretopipe.planning import gather_profiles, plan_front
+    from paretopipe.plans import save_plan
+    from paretopipe.plots import plot_front
+
+    ks = parse_stages(stages)
+    objs = [o.strip() for o in objectives.split(",") if o.strip()]
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+    if set(objs) - set(OBJECTIVES) or not objs:
+        raise UsageError(f"unknown objective(s) in {objectives!r}", f"choose from {', '.join(OBJECTIVES)}")
+    if granularity not in ("node", "block"):
+        raise UsageError(f"unknown granularity {granularity!r}", "use node or block")
+    tb, scenarios = load_testbed_and_scenarios(testbed, networks)
+    scenario = resolve_network(network, scenarios)
+    if max(ks) > len(tb.devices):
+        raise UsageError(f"--stages {stages}: {max(ks)} stages need {max(ks)} devices, {tb.path} has {len(tb.devices)}",
+                         f"use at most {len(tb.devices)}")
+    spec = model_spec(model, input_shape, weights, leaf, seed)
+    out_dir = out or Path("plans") / f"{spec.label}-{safe_name(scenario[0])}"
+    graph = trace_spec(spec, batch_size)
+    profs = gather_profiles(spec, graph, tb, batch_size, profiles, auto_profile, log=err_console.print)
+    cal = find_calibration(tb.name, backend, "loopback", [calibrations])
+    if cal is None:
+        err_console.print(f"no link calibration for {tb.name}/{backend} in {calibrations}/: transfers priced from the "
+                          "network scenario alone (run 'paretopipe calibrate' for per-message overheads)")
+    else:
+        err_console.print(f"using link calibration {tb.name}/{backend}/{cal.isolation} ({cal.created})")
+    result = plan_front(spec, graph, tb, scenario, profs, ks, method, objs, granularity, cal, seed=seed)
+    r = result.search
+    err_console.print(f"{r.method}: {r.space_size:,} plans in the space, {r.n_evaluated:,} evaluated, "
+                      f"{int(r.on_front.sum())} on the front, {r.elapsed_s:.2f} s")
+    df = front_frame(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / "front.csv", index=False)
+    for row in df.index[df["on_front"]]:
+        save_plan(result.plan(int(row)), out_dir / f"{df.at[row, 'plan_id']}.json")
+    title = f"{spec.label}, {tb.name}, network {scenario[0]} ({scenario[1].spec()}), batch {batch_size}: predicted"
+    plot_front(df, out_dir / "front.png", title)
+    front = df[df["on_front"]].sort_values("latency_ms")
+    render(front.to_dict("records"), fmt,
+           ["plan_id", "stages", "cuts", "devices", "latency_ms", "throughput_ips", "bytes_per_item", "knee"],
+           title=f"predicted Pareto front ({len(front)} plans)")
+    err_console.print(f"wrote {out_dir}/front.csv, front.png and {len(front)} plan files")

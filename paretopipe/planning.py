@@ -1,0 +1,256 @@
+"""From a model, a testbed and a network scenario to the predicted Pareto front and plan files.
+
+This is the glue between the traced graph and device profiles (torch side) and the pure cost
+model and planner search (numbers only): it gathers a profile per device (profiling local devices
+on the spot, under their pinning and quota), builds the planner's :class:`Instance`, runs the
+search, and turns front members into :class:`paretopipe.plans.Plan` files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from paretopipe.calibration import Calibration
+from paretopipe.costmodel import Instance
+from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
+from paretopipe.graph import ModelGraph
+from paretopipe.models import ModelSpec
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plans import Plan, PlanCut
+from paretopipe.profiles import Profile, default_path, find_profile, load_profile
+from paretopipe.testbed import DRIVER, Testbed
+
+
+@dataclass
+class DeviceProfile:
+    profile: Profile
+    path: Path
+    fresh: bool = False  # measured by this run
+
+
+def profile_command(spec: ModelSpec, device, batch_sizes: Sequence[int], out: Path | None = None) -> list[str]:
+    """The exact ``paretopipe profile`` command for ``device`` (a testbed Device)."""
+    cmd = ["paretopipe", "profile", spec.name, "--device", device.name,
+           "--batch-size", ",".join(map(str, batch_sizes)), "--threads", str(device.threads)]
+    if device.cpus:
+        cmd += ["--cpus", ",".join(map(str, device.cpus))]
+    if device.cpu_quota:
+        cmd += ["--cpu-quota", f"{device.cpu_quota:g}"]
+    cmd += ["--input-shape", "x".join(map(str, spec.input_shape))]
+    if spec.weights:
+        cmd += ["--weights", spec.weights]
+    for leaf in spec.leaf_modules:
+        cmd += ["--leaf", leaf]
+    if spec.seed:
+        cmd += ["--seed", str(spec.seed)]
+    if out is not None:
+        cmd += ["-o", str(out)]
+    return cmd
+
+
+def gather_profiles(
+    spec: ModelSpec,
+    graph: ModelGraph,
+    testbed: Testbed,
+    batch_size: int,
+    directory: str | Path = "profiles",
+    auto_profile: bool = True,
+    devices: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, DeviceProfile]:
+    """A matching profile per device: read from ``directory``, or measured now for local devices.
+
+    A remote device without a matching profile raises ConfigError with the command to run there.
+    """
+    node_names = [n.name for n in graph.nodes]
+    out: dict[str, DeviceProfile] = {}
+    for name in devices or testbed.device_names:
+        dev = testbed.device(name)
+        problem = None
+        try:
+            path = find_profile(directory, name, spec.label)
+            prof = load_profile(path)
+            prof.check_matches(spec, batch_size, node_names)
+            out[name] = DeviceProfile(prof, path)
+            continue
+        except ConfigError as exc:
+            problem = exc
+        if not (auto_profile and dev.is_local):
+            cmd = " ".join(profile_command(spec, dev, [batch_size], default_path(name, spec.label)))
+            where = "on that device" if not dev.is_local else "(or drop --no-auto-profile)"
+            raise ConfigError(testbed.path, f"device {name!r}", f"no usable profile in {directory}/ ({problem.message})",
+                              f"run {where}: {cmd}, then copy the file into {directory}/")
+        path = default_path(name, spec.label, directory)
+        log(f"profiling {spec.label} on {name} (no usable profile: {problem.message})")
+        _run_profiler(profile_command(spec, dev, [batch_size], path))
+        prof = load_profile(path)
+        prof.check_matches(spec, batch_size, node_names)
+        out[name] = DeviceProfile(prof, path, fresh=True)
+    return out
+
+
+def _run_profiler(cmd: list[str]) -> None:
+    argv = [sys.executable, "-m", "paretopipe", *cmd[1:]]
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise ParetoPipeError(f"profiling failed: {last[-1] if last else 'exit code ' + str(proc.returncode)}",
+                              f"command: {' '.join(cmd)}")
+
+
+@dataclass
+class LinkModel:
+    """How the planner prices one directed link (emulated condition + transport calibration)."""
+
+    label: str
+    condition: LinkCondition
+    overhead_ms: float = 0.0
+    rate_bps: float = float("inf")
+
+    def effective_bandwidth_bps(self) -> float:
+        """Shaped bandwidth and the transport's own rate in series."""
+        inv = (0.0 if self.condition.bandwidth_bps is None else 1.0 / self.condition.bandwidth_bps) + 1.0 / self.rate_bps
+        return float("inf") if inv == 0 else 1.0 / inv
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "condition": self.condition.to_dict(), "spec": self.condition.spec(),
+                "overhead_ms": self.overhead_ms, "rate_bps": None if np.isinf(self.rate_bps) else self.rate_bps}
+
+
+def link_models(testbed: Testbed, scenario: tuple[str, LinkCondition], calibration: Calibration | None,
+                devices: Sequence[str]) -> dict[tuple[str, str], LinkModel]:
+    """Every directed link between the devices and the driver."""
+    names = [*devices, DRIVER]
+    out = {}
+    for s in names:
+        for t in names:
+            if s == t:
+                continue
+            label, cond = testbed.link(s, t, scenario)
+            fit = calibration.link(s, t) if calibration is not None else None
+            out[(s, t)] = LinkModel(label, cond, fit.overhead_ms if fit else 0.0, fit.rate_bps if fit else float("inf"))
+    return out
+
+
+def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbed: Testbed,
+                   links: dict[tuple[str, str], LinkModel], granularity: str = "node",
+                   window: int | None = None) -> Instance:
+    """The planner's numbers: calibrated node times per device, cut bytes, links, memory."""
+    devices = list(profiles)
+    b = graph.batch_size
+    node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) for p in profiles.values()])
+    cuts = graph.cuts_at(granularity)  # type: ignore[arg-type]
+    if not cuts:
+        raise UsageError(f"the model has no legal {granularity} cuts", "try --granularity node")
+    names = [*devices, DRIVER]
+    n = len(names)
+    overhead, delay, bandwidth = np.zeros((n, n)), np.zeros((n, n)), np.full((n, n), np.inf)
+    for i, s in enumerate(names):
+        for j, t in enumerate(names):
+            if i != j:
+                lm = links[(s, t)]
+                overhead[i, j], delay[i, j], bandwidth[i, j] = lm.overhead_ms, lm.condition.delay_ms, lm.effective_bandwidth_bps()
+    return Instance(
+        node_ms=node_ms,
+        cut_positions=np.array([c.index for c in cuts]),
+        cut_bytes=np.array([c.nbytes for c in cuts], dtype=float),
+        input_bytes=float(graph.input_nbytes()),
+        output_bytes=float(graph.output_nbytes()),
+        node_param_bytes=np.array([nd.param_nbytes for nd in graph.nodes], dtype=float),
+        live_bytes=np.array(graph.live_nbytes(), dtype=float),
+        input_live_bytes=float(graph.input_nbytes()),
+        device_mem_bytes=np.array([testbed.device(d).memory_bytes for d in devices]),
+        link_overhead_ms=overhead,
+        link_delay_ms=delay,
+        link_bandwidth_bps=bandwidth,
+        batch_size=b,
+        window=window,
+        device_names=tuple(devices),
+    )
+
+
+@dataclass
+class PlanningResult:
+    """The search result plus what is needed to turn rows into plan files."""
+
+    spec: ModelSpec
+    graph: ModelGraph
+    instance: Instance
+    search: Any  # paretopipe.planner.SearchResult
+    profiles: dict[str, DeviceProfile]
+    links: dict[tuple[str, str], LinkModel]
+    testbed: Testbed
+    scenario: tuple[str, LinkCondition]
+    calibration: Calibration | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        """Every evaluated plan with ids, node names and an ``on_front`` and ``knee`` column."""
+        from paretopipe.pareto import knee_point
+
+        df = self.search.plans.copy()
+        df.insert(0, "plan_id", [self.plan(i).id for i in range(len(df))])
+        df["cut_nodes"] = [tuple(self.graph.nodes[p].name for p in pos) for pos in df["cut_positions"]]
+        df["knee"] = False
+        front = np.flatnonzero(df["on_front"].to_numpy())
+        if len(front):
+            F = self.search.objective_matrix(front_only=True)
+            df.loc[df.index[front[knee_point(F, self.search.senses())]], "knee"] = True
+        return df
+
+    def plan(self, row: int) -> Plan:
+        """Row ``row`` of the search result as a plan file object with predictions."""
+        r = self.search.plans.iloc[row]
+        cuts = tuple(self.graph.cut(int(p)) for p in r["cut_positions"])
+        devices = tuple(r["devices"])
+        hops = [DRIVER, *devices, DRIVER]
+        predicted = self.search.breakdown(self.instance, row).to_dict()
+        predicted["window"] = self.instance.window
+        return Plan(
+            model=self.spec.to_dict(), batch_size=self.graph.batch_size,
+            cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in cuts), devices=devices,
+            network=self.scenario[0] if "=" not in self.scenario[0] else self.scenario[1].spec(),
+            links=tuple({"src": s, "dst": t, **self.links[(s, t)].to_dict()} for s, t in zip(hops, hops[1:])),
+            predicted=predicted,
+            profiles=tuple({"device": d, "path": str(p.path), "created": p.profile.created,
+                            "calibration": p.profile.calibration(self.graph.batch_size),
+                            "fingerprint": {k: p.profile.fingerprint.get(k) for k in ("hostname", "cpu_model", "torch", "paretopipe_commit")}}
+                           for d, p in self.profiles.items() if d in devices),
+            testbed=self.testbed.path, meta=self.meta,
+        )
+
+
+def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: tuple[str, LinkCondition],
+               profiles: dict[str, DeviceProfile], stages: Sequence[int], method: str = "auto",
+               objectives: Sequence[str] = ("latency", "throughput"), granularity: str = "node",
+               calibration: Calibration | None = None, window: int | None = None, seed: int = 0) -> PlanningResult:
+    """Search every plan with K in ``stages`` over the testbed's devices; returns the result."""
+    from paretopipe.planner import search
+
+    if max(stages) > len(testbed.devices):
+        raise UsageError(f"{max(stages)} stages need {max(stages)} devices but {testbed.path} has {len(testbed.devices)}",
+                         f"use --stages up to {len(testbed.devices)}")
+    links = link_models(testbed, scenario, calibration, list(profiles))
+    inst = build_instance(graph, profiles, testbed, links, granularity, window)
+    t0 = time.perf_counter()
+    result = search(inst, stages=tuple(stages), method=method, objectives=tuple(objectives), seed=seed)
+    feasible = result.plans["feasible"].to_numpy()
+    if not feasible.any():
+        worst = {d: testbed.device(d).memory_bytes for d in profiles}
+        raise ConfigError(testbed.path, "devices[*].memory",
+                          f"no plan fits the devices' memory limits {worst} (smallest peak {result.plans['peak_mem_bytes'].min():.3g} bytes)",
+                          "raise a device's memory limit or use more stages")
+    meta = {"method": result.method, "objectives": list(objectives), "stages": list(stages), "granularity": granularity,
+            "space_size": int(result.space_size), "evaluated": int(result.n_evaluated),
+            "search_s": round(time.perf_counter() - t0, 4),
+            "calibration": None if calibration is None else f"{calibration.testbed}/{calibration.backend}/{calibration.isolation}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return PlanningResult(spec, graph, inst, result, profiles, links, testbed, scenario, calibration, meta)

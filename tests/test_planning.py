@@ -1,0 +1,130 @@
+"""Planning glue: profiles gathered or measured, the instance built, plan files and CLI outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from paretopipe.cli import app
+from paretopipe.errors import ConfigError, UsageError
+from paretopipe.graph import trace_spec
+from paretopipe.models import resolve_spec
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.planning import gather_profiles, plan_front
+from paretopipe.plans import load_plan
+from paretopipe.testbed import load_testbed
+
+FACTORY = "tests.fixtures.toy_models:skipnet"
+WIFI = ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0))
+runner = CliRunner()
+
+
+def _write_testbed(directory: Path, memory: str = "1GiB", remote: bool = False) -> Path:
+    host = "192.0.2.10" if remote else "127.0.0.1"
+    text = (f'name = "toy"\n[driver]\nhost = "127.0.0.1"\nport = 7550\n'
+            f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = 7551\nmemory = "{memory}"\n'
+            f'[[devices]]\nname = "b"\nhost = "{host}"\nport = 7552\nmemory = "{memory}"\n'
+            f'[[devices]]\nname = "c"\nhost = "127.0.0.1"\nport = 7553\nmemory = "{memory}"\n')
+    p = directory / "toy.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """Profiles of the toy model on three local devices, measured once for the module."""
+    d = tmp_path_factory.mktemp("planning")
+    tb = load_testbed(_write_testbed(d))
+    spec = resolve_spec(FACTORY)
+    graph = trace_spec(spec, 1)
+    profs = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    return d, tb, spec, graph, profs
+
+
+def test_local_devices_are_profiled_and_reused(profiled):
+    d, tb, spec, graph, profs = profiled
+    assert set(profs) == {"a", "b", "c"} and all(p.fresh for p in profs.values())
+    again = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    assert not any(p.fresh for p in again.values())
+
+
+def test_front_is_consistent_and_plans_round_trip(profiled, tmp_path):
+    _, tb, spec, graph, profs = profiled
+    result = plan_front(spec, graph, tb, WIFI, profs, [1, 2, 3])
+    df = result.table()
+    assert result.search.method == "exhaustive" and len(df) == result.search.space_size
+    assert df["on_front"].any() and df["knee"].sum() == 1
+    row = int(np.flatnonzero(df["on_front"])[0])
+    plan = result.plan(row)
+    from paretopipe.plans import save_plan
+
+    path = save_plan(plan, tmp_path / "p.json")
+    back = load_plan(path)
+    assert back.devices == plan.devices and back.cut_indices == plan.cut_indices
+    assert back.predicted["latency_ms"] == pytest.approx(df.at[row, "latency_ms"])
+    # every cut in the plan is named as in the traced graph
+    assert [c.after for c in back.cuts] == [graph.nodes[c.index].name for c in back.cuts]
+    # link conditions recorded along the path driver -> stages -> driver
+    assert [(l["src"], l["dst"]) for l in back.links][0][0] == "driver"
+
+
+def test_more_stages_than_devices(profiled):
+    _, tb, spec, graph, profs = profiled
+    with pytest.raises(UsageError, match="4 stages need 4 devices"):
+        plan_front(spec, graph, tb, WIFI, profs, [2, 4])
+
+
+def test_impossible_memory_limit_names_field(profiled, tmp_path):
+    d, _, spec, graph, _ = profiled
+    tb = load_testbed(_write_testbed(tmp_path, memory="1KiB"))
+    shutil.copytree(d / "profiles", tmp_path / "profiles")
+    profs = gather_profiles(spec, graph, tb, 1, tmp_path / "profiles")
+    with pytest.raises(ConfigError, match="memory"):
+        plan_front(spec, graph, tb, WIFI, profs, [1, 2])
+
+
+def test_remote_device_without_profile_prints_the_command(tmp_path):
+    tb = load_testbed(_write_testbed(tmp_path, remote=True))
+    spec = resolve_spec(FACTORY)
+    graph = trace_spec(spec, 1)
+    with pytest.raises(ConfigError) as err:
+        gather_profiles(spec, graph, tb, 1, tmp_path / "none", devices=["b"])
+    assert "paretopipe profile tests.fixtures.toy_models:skipnet --device b" in str(err.value)
+
+
+def test_profile_of_another_batch_is_refused(profiled):
+    d, tb, spec, _, _ = profiled
+    graph8 = trace_spec(spec, 8)
+    with pytest.raises(ConfigError, match="batch size 8"):
+        gather_profiles(spec, graph8, tb, 8, d / "profiles", auto_profile=False)
+
+
+def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
+    d, *_ = profiled
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--network", "4g",
+                                 "--stages", "1..2", "--profiles", str(d / "profiles"), "-o", str(out), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    front = json.loads(result.stdout)
+    df = pd.read_csv(out / "front.csv")
+    assert df["on_front"].sum() == len(front) and (out / "front.png").stat().st_size > 10_000
+    for row in front:
+        assert load_plan(out / f"{row['plan_id']}.json").network == "4g"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stages", "5"], "5 stages need 5 devices"),
+    (["--network", "moon"], "unknown network scenario 'moon'"),
+    (["--method", "magic"], "unknown method"),
+    (["--stages", "x"], "cannot read stages"),
+])
+def test_plan_cli_bad_input(profiled, args, message):
+    d, *_ = profiled
+    result = runner.invoke(app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
