@@ -28,6 +28,9 @@ from paretopipe.plans import Plan, PlanCut
 from paretopipe.profiles import Profile, default_path, find_profile, load_profile
 from paretopipe.testbed import DRIVER, Testbed
 
+FRONT_COLUMNS = ["plan_id", "stages", "cuts", "cut_nodes", "devices", "latency_ms", "throughput_ips",
+                 "bottleneck_ms", "bytes_per_item", "peak_mem_bytes", "feasible", "on_front", "knee"]
+
 
 @dataclass
 class DeviceProfile:
@@ -209,10 +212,17 @@ class PlanningResult:
     def plan(self, row: int) -> Plan:
         """Row ``row`` of the search result as a plan file object with predictions."""
         r = self.search.plans.iloc[row]
-        cuts = tuple(self.graph.cut(int(p)) for p in r["cut_positions"])
-        devices = tuple(r["devices"])
+        return self.plan_for(tuple(r["cut_indices"]), tuple(r["device_indices"]))
+
+    def plan_for(self, cut_indices: Sequence[int], device_indices: Sequence[int]) -> Plan:
+        """Any plan of the instance (indices into its cuts and devices), with predictions."""
+        from paretopipe.costmodel import Plan as CostPlan, evaluate_plan
+
+        breakdown = evaluate_plan(self.instance, CostPlan(tuple(cut_indices), tuple(device_indices)))
+        cuts = tuple(self.graph.cut(int(self.instance.cut_positions[c])) for c in cut_indices)
+        devices = tuple(self.instance.device_names[d] for d in device_indices)
         hops = [DRIVER, *devices, DRIVER]
-        predicted = self.search.breakdown(self.instance, row).to_dict()
+        predicted = breakdown.to_dict()
         predicted["window"] = self.instance.window
         return Plan(
             model=self.spec.to_dict(), batch_size=self.graph.batch_size,
@@ -254,3 +264,12 @@ def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: t
             "calibration": None if calibration is None else f"{calibration.testbed}/{calibration.backend}/{calibration.isolation}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return PlanningResult(spec, graph, inst, result, profiles, links, testbed, scenario, calibration, meta)
+
+
+def front_frame(result: "PlanningResult") -> pd.DataFrame:
+    """The CSV view of every evaluated plan (documented columns, see the README)."""
+    df = result.table()
+    df["cuts"] = [" ".join(str(p) for p in pos) for pos in df["cut_positions"]]
+    df["cut_nodes"] = [" ".join(n) for n in df["cut_nodes"]]
+    df["devices"] = ["+".join(d) for d in df["devices"]]
+    return df[FRONT_COLUMNS]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,3 +195,8 @@ def make_plan(
 ) -> Plan:
     """Convenience constructor with tuples."""
     return Plan(model=dict(model), batch_size=batch_size, cuts=tuple(cuts), devices=tuple(devices), **extra)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text`` (scenario labels may be inline conditions)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"

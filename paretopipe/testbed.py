@@ -112,6 +112,16 @@ class Testbed:
         return name
 
 
+def shipped_path(path: str | Path) -> Path:
+    """``path`` itself if it exists; else, for a relative ``testbed/...`` path, the file shipped
+    next to the package (so the defaults work from any directory)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    shipped = Path(__file__).resolve().parents[1] / p
+    return shipped if shipped.exists() else p
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -168,7 +178,7 @@ class _Fields:
 
 def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None = None) -> Testbed:
     """Read and validate a testbed file. Raises ConfigError naming the file and the field."""
-    p = Path(path)
+    p = shipped_path(path)
     try:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:

@@ -43,6 +43,7 @@ def _register() -> None:
     from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
     from paretopipe.cli import run as _run  # noqa: F401
     from paretopipe.cli import plan as _plan  # noqa: F401
+    from paretopipe.cli import sweep as _sweep  # noqa: F401
     from paretopipe.cli import keys as _keys  # noqa: F401
     from paretopipe.cli import profile as _profile  # noqa: F401
     from paretopipe.cli.netem import netem_app

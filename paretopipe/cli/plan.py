@@ -14,9 +14,6 @@ from paretopipe.cli.output import FormatOption, OutputFormat, err_console, rende
 from paretopipe.cli.run import BackendOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
 from paretopipe.errors import UsageError
 
-FRONT_COLUMNS = ["plan_id", "stages", "cuts", "cut_nodes", "devices", "latency_ms", "throughput_ips",
-                 "bottleneck_ms", "bytes_per_item", "peak_mem_bytes", "feasible", "on_front", "knee"]
-
 
 def parse_stages(text: str) -> list[int]:
     """``"2..4"`` -> [2, 3, 4]; ``"2"`` -> [2]; ``"1,3"`` -> [1, 3]. Raises UsageError."""
@@ -28,19 +25,6 @@ def parse_stages(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise UsageError(f"cannot read stages {text!r}", "e.g. 2, 2..4 or 1,3")
     return sorted(set(values))
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
-
-
-def front_frame(result) -> "pd.DataFrame":  # noqa: F821
-    """The CSV view of every evaluated plan (documented columns, see the README)."""
-    df = result.table()
-    df["cuts"] = [" ".join(str(p) for p in pos) for pos in df["cut_positions"]]
-    df["cut_nodes"] = [" ".join(n) for n in df["cut_nodes"]]
-    df["devices"] = ["+".join(d) for d in df["devices"]]
-    return df[FRONT_COLUMNS]
 
 
 @app.command("plan")
@@ -75,8 +59,8 @@ def plan_command(
     from paretopipe.graph import trace_spec
     from paretopipe.network.conditions import resolve_network
     from paretopipe.planner import METHODS, OBJECTIVES
-    from paretopipe.planning import gather_profiles, plan_front
-    from paretopipe.plans import save_plan
+    from paretopipe.planning import front_frame, gather_profiles, plan_front
+    from paretopipe.plans import safe_name, save_plan
     from paretopipe.plots import plot_front
 
     ks = parse_stages(stages)

@@ -1,0 +1,156 @@
+"""``paretopipe sweep`` (the main job) and ``paretopipe front`` (a front from any measurements)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paretopipe.cli import app
+from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption
+from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
+from paretopipe.cli.plan import parse_stages
+from paretopipe.cli.run import NetworksOption, TestbedOption
+from paretopipe.errors import UsageError
+
+
+@app.command("sweep")
+def sweep_command(
+    model: str = typer.Argument("mobilenet_v2", help="Model name or package.module:factory."),
+    testbed: Path = TestbedOption,
+    backend: str = typer.Option("zmq", "--backend", help="zmq, rpc or both."),
+    network: str = typer.Option("lan,wifi,4g", "--network", "-n", help="Comma-separated scenarios (names from the networks file)."),
+    networks: Optional[Path] = NetworksOption,
+    stages: Optional[str] = typer.Option(None, "--stages", "-k", help="Stage counts, e.g. 2 or 1..3 [default: 1..min(3, devices)]."),
+    cuts: str = typer.Option("front", "--cuts", help="front (predicted front + neighbours), block (every plan at block cuts), all (every plan), or a list like 26,40,17.42."),
+    granularity: str = typer.Option("block", "--granularity", "-g", help="Candidate cuts for --cuts front: block or node."),
+    neighbours: int = typer.Option(12, "--neighbours", min=0, help="With --cuts front: plans near the front to measure too, per scenario."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
+    items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
+    repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed configuration."),
+    profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
+    calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."),
+    input_shape: Optional[str] = InputShapeOption,
+    weights: Optional[Path] = WeightsOption,
+    leaf: Optional[list[str]] = LeafOption,
+    seed: int = SeedOption,
+) -> None:
+    """Profile, plan, and measure plans on the testbed under each network scenario: the main job.
+
+    Each measured configuration is appended to RUN/measurements.csv as soon as it finishes; the
+    end writes a measured front, plots and prediction errors per scenario. With no arguments it
+    runs mobilenet_v2 on testbed/local.toml over lan, wifi and 4g. Example: paretopipe sweep
+    resnet18 --network wifi,3g --stages 2 -o results/r18
+    """
+    from paretopipe.models import parse_input_shape
+    from paretopipe.sweep import SweepSettings, analysis, runner
+    from paretopipe.sweep.store import RunStore
+    from paretopipe.testbed import load_testbed
+    from paretopipe.network.conditions import load_scenarios
+
+    backends = ("zmq", "rpc") if backend == "both" else tuple(b.strip() for b in backend.split(",") if b.strip())
+    if granularity not in ("block", "node"):
+        raise UsageError(f"unknown granularity {granularity!r}", "use block or node")
+    nets = tuple(n.strip() for n in network.split(",") if n.strip())
+    if not nets:
+        raise UsageError("--network is empty", "e.g. --network lan,wifi")
+    tb = load_testbed(testbed, load_scenarios(networks))
+    ks = parse_stages(stages) if stages else list(range(1, min(3, len(tb.devices)) + 1))
+    if out is None:
+        if resume:
+            raise UsageError("--resume needs -o RUN_DIR (the run to continue)")
+        out = Path("results") / f"{model.rsplit(':', 1)[-1]}-{tb.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SweepSettings(
+        model=model, testbed=str(testbed), networks=nets, backends=backends, stages=tuple(ks), cuts=cuts,
+        granularity=granularity, batch_size=batch_size, latency_items=items, throughput_items=3 * items,
+        warmup=warmup, repeats=repeats, neighbours=neighbours, out=str(out), resume=resume, fail_fast=fail_fast,
+        profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
+        timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
+        weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed,
+    )
+    store = RunStore(out, resume=resume)
+    configs = runner.prepare(settings, store, err_console.print)
+    err_console.print(f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("measuring", total=len(configs))
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, description=what[:60])
+
+        try:
+            outcome = runner.execute(settings, store, configs, err_console.print, progress)
+        finally:
+            store.update_manifest(finished=runner.now())
+    summaries = analysis.write_reports(store.rows(), Path(out))
+    err_console.print(f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
+                      f"in {outcome.elapsed_s:.0f} s")
+    rows = store.rows()
+    for s in summaries:
+        group = rows[(rows["network"] == s["network"]) & (rows["backend"] == s["backend"])]
+        agg = analysis.aggregate(group)
+        front = agg[agg["on_front"]].sort_values("latency_ms_p50") if len(agg) else agg
+        render(front.to_dict("records"), OutputFormat.table,
+               ["plan_id", "devices", "latency_ms_p50", "throughput_ips", "pred_latency_ms", "pred_throughput_ips", "knee"],
+               title=f"measured front: {s['network']} / {s['backend']} (latency within ±10%: {s['latency_within_10pct']:.0%}, "
+                     f"throughput: {s['throughput_within_10pct']:.0%})")
+    err_console.print(f"plots and fronts: {out}/<network>/<backend>/ (front.png, predicted_vs_measured.png, latency_breakdown.png)")
+    if outcome.failed and fail_fast:
+        raise typer.Exit(1)
+
+
+@app.command("front")
+def front_command(
+    csv_file: Path = typer.Argument(..., help="A measurements.csv (or any CSV with the two columns)."),
+    x: str = typer.Option("latency_ms_p50", "--x", help="Column to minimise."),
+    y: str = typer.Option("throughput_ips", "--y", help="Column to maximise."),
+    senses: str = typer.Option("min,max", "--senses", help="min/max for x and y."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the front as a PNG."),
+    group_by: str = typer.Option("network,backend", "--group-by", help="Columns that split the rows into separate fronts (those present)."),
+    fmt: OutputFormat = FormatOption,
+) -> None:
+    """Recompute the Pareto front of any measurements CSV and print its rows.
+
+    Failed rows (status != ok) are left out; repeated plans are aggregated by median when the file
+    is a sweep's measurements.csv. Example: paretopipe front results/run/measurements.csv --plot front.png
+    """
+    import pandas as pd
+
+    from paretopipe.sweep.analysis import measured_front
+
+    if not csv_file.is_file():
+        raise UsageError(f"{csv_file} not found")
+    try:
+        df = pd.read_csv(csv_file)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{csv_file}: not a readable CSV ({exc})") from None
+    sense = tuple(s.strip() for s in senses.split(","))
+    if len(sense) != 2 or set(sense) - {"min", "max"}:
+        raise UsageError(f"--senses must be two of min/max, got {senses!r}")
+    if "status" in df:
+        df = df[df["status"] == "ok"]
+    groups = [g for g in group_by.split(",") if g and g in df.columns]
+    parts = df.groupby(groups, sort=False) if groups else [((), df)]
+    fronts = []
+    for _, part in parts:
+        fronts.append(part[measured_front(part, x, y, sense).to_numpy()])
+    front = pd.concat(fronts) if fronts else df.head(0)
+    front = front.sort_values(x)
+    cols = [c for c in [*groups, "plan_id", "devices", x, y] if c in front.columns]
+    render(front.to_dict("records"), fmt, cols, title=f"Pareto front of {csv_file} ({x} {sense[0]}, {y} {sense[1]})")
+    if plot is not None:
+        from paretopipe.plots import plot_front
+
+        df = df.assign(on_front=df.index.isin(front.index))
+        label = "plan_id" if "plan_id" in df else None
+        plot_front(df, plot, f"Pareto front of {csv_file.name}", x=x, y=y, label_col=label or "")
+        err_console.print(f"wrote {plot}")

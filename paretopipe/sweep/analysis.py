@@ -1,0 +1,98 @@
+"""From measurements to measured fronts, prediction errors and plots (per scenario and backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from paretopipe.errors import UsageError
+from paretopipe.pareto import knee_point, non_dominated_mask
+from paretopipe.plans import safe_name
+
+FRONT_COLUMNS = ["plan_id", "stages", "cuts", "cut_nodes", "devices", "repeats", "latency_ms_p50", "latency_ms_p95",
+                 "throughput_ips", "pred_latency_ms", "pred_throughput_ips", "latency_err_pct", "throughput_err_pct",
+                 "on_front", "knee", "pred_on_front"]
+
+
+def measured_front(df: pd.DataFrame, x: str = "latency_ms_p50", y: str = "throughput_ips",
+                   senses: Sequence[str] = ("min", "max")) -> pd.Series:
+    """Boolean Series: rows of ``df`` on the Pareto front of columns x and y (NaN rows never are)."""
+    for col in (x, y):
+        if col not in df:
+            raise UsageError(f"no column {col!r}", f"columns: {', '.join(map(str, df.columns))}")
+    F = df[[x, y]].apply(pd.to_numeric, errors="coerce")
+    ok = F.notna().all(axis=1).to_numpy()
+    mask = np.zeros(len(df), bool)
+    if ok.any():
+        mask[ok] = non_dominated_mask(F.to_numpy(float)[ok], list(senses))
+    return pd.Series(mask, index=df.index)
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per plan: medians over repeats of the measured metrics (ok rows only)."""
+    ok = rows[rows["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=FRONT_COLUMNS)
+    keys = ["plan_id", "stages", "cuts", "cut_nodes", "devices"]
+    ok = ok.assign(cuts=ok["cuts"].fillna(""), cut_nodes=ok["cut_nodes"].fillna(""))
+    num = ["latency_ms_p50", "latency_ms_p95", "throughput_ips", "pred_latency_ms", "pred_throughput_ips"]
+    agg = ok.groupby(keys, dropna=False).agg(
+        repeats=("repeat", "count"), pred_on_front=("pred_on_front", "first"),
+        lat_stage_compute_ms=("lat_stage_compute_ms", "first"),
+        **{c: (c, "median") for c in num}).reset_index()
+    agg["latency_err_pct"] = (agg["pred_latency_ms"] - agg["latency_ms_p50"]) / agg["latency_ms_p50"] * 100
+    agg["throughput_err_pct"] = (agg["pred_throughput_ips"] - agg["throughput_ips"]) / agg["throughput_ips"] * 100
+    agg["on_front"] = measured_front(agg)
+    agg["knee"] = False
+    front = np.flatnonzero(agg["on_front"].to_numpy())
+    if len(front):
+        F = agg.loc[agg.index[front], ["latency_ms_p50", "throughput_ips"]].to_numpy(float)
+        agg.loc[agg.index[front[knee_point(F, ["min", "max"])]], "knee"] = True
+    return agg
+
+
+def error_summary(agg: pd.DataFrame) -> dict[str, float]:
+    """MAPE and share within ±10% for latency and throughput predictions."""
+    out: dict[str, float] = {"plans": float(len(agg))}
+    for name in ("latency", "throughput"):
+        err = agg[f"{name}_err_pct"].dropna().abs()
+        out[f"{name}_mape_pct"] = float(err.mean()) if len(err) else float("nan")
+        out[f"{name}_within_10pct"] = float((err <= 10).mean()) if len(err) else float("nan")
+    return out
+
+
+def write_reports(rows: pd.DataFrame, out_dir: Path) -> list[dict[str, object]]:
+    """Per (network, backend): front.csv, front.png, predicted_vs_measured.png,
+    latency_breakdown.png and errors.csv under ``out_dir/<network>/<backend>/``. Returns one
+    summary row per group (also written to ``out_dir/summary.csv``)."""
+    from paretopipe.plots import plot_front, plot_latency_breakdown, plot_predicted_vs_measured
+
+    summaries = []
+    for (network, backend), group in rows.groupby(["network", "backend"], sort=False):
+        agg = aggregate(group)
+        d = out_dir / safe_name(str(network)) / str(backend)
+        d.mkdir(parents=True, exist_ok=True)
+        failed = int((group["status"] != "ok").sum())
+        errs = error_summary(agg)
+        summaries.append({"network": network, "backend": backend, "measured": int(len(agg)), "failed": failed,
+                          "front": int(agg["on_front"].sum()) if len(agg) else 0, **errs, "dir": str(d)})
+        if agg.empty:
+            continue
+        agg["label"] = agg["cuts"].astype(str).where(agg["cuts"].astype(str) != "", "whole") + " " + agg["devices"].astype(str)
+        agg[FRONT_COLUMNS].to_csv(d / "front.csv", index=False)
+        pd.DataFrame([errs]).to_csv(d / "errors.csv", index=False)
+        spec = group["network_spec"].iloc[0]
+        model = group["model"].iloc[0]
+        plot_front(agg, d / "front.png", f"{model}: measured, network {network} ({spec}), {backend}",
+                   x="latency_ms_p50", y="throughput_ips", label_col="label", predicted=agg)
+        plot_predicted_vs_measured(agg, d / "predicted_vs_measured.png",
+                                   f"{model}, {network}, {backend}: latency within ±10%: {errs['latency_within_10pct']:.0%}, "
+                                   f"throughput: {errs['throughput_within_10pct']:.0%}")
+        plot_latency_breakdown(agg.sort_values("latency_ms_p50"), d / "latency_breakdown.png",
+                               f"{model}, {network}, {backend}: where the latency goes", label_col="label")
+    pd.DataFrame(summaries).to_csv(out_dir / "summary.csv", index=False)
+    return summaries
+

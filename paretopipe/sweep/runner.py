@@ -1,0 +1,230 @@
+"""The sweep: profile what is missing, plan per scenario, measure every configuration, keep going.
+
+A configuration is (network scenario, backend, plan, repeat). Plans are chosen per scenario by
+the planner (the predicted front and its neighbours, every plan, or a list) and saved in the run
+directory, so ``--resume`` measures exactly the same plans. A configuration that fails (a worker
+dies, hangs or becomes unreachable) is recorded as a failed row with the reason and the device;
+the workers are restarted and the sweep goes on (``fail_fast`` stops instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from paretopipe.errors import ParetoPipeError, UsageError, WorkerError
+from paretopipe.network.conditions import LinkCondition, load_scenarios, resolve_network
+from paretopipe.plans import Plan, load_plan, safe_name, save_plan
+from paretopipe.sweep.store import RunStore, check_resume_compatible, now
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SweepSettings:
+    """Everything a sweep needs; recorded in the manifest."""
+
+    model: str = "mobilenet_v2"
+    testbed: str = "testbed/local.toml"
+    networks: tuple[str, ...] = ("lan", "wifi", "4g")
+    backends: tuple[str, ...] = ("zmq",)
+    stages: tuple[int, ...] = (1, 2)
+    cuts: str = "front"  # front | all | block | a list like 26,40,17.42
+    granularity: str = "block"
+    batch_size: int = 1
+    latency_items: int = 20
+    throughput_items: int = 60
+    warmup: int = 3
+    repeats: int = 1
+    neighbours: int = 12
+    out: str = "results/run"
+    resume: bool = False
+    fail_fast: bool = False
+    profiles: str = "profiles"
+    calibrations: str = "calibrations"
+    networks_file: str | None = None
+    timeout_s: float = 60.0
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = None
+    leaf: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    network: str
+    condition: LinkCondition
+    backend: str
+    plan: Plan
+    repeat: int
+    on_front: bool
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.network, self.backend, self.plan.id, self.repeat)
+
+
+@dataclass
+class SweepOutcome:
+    configs: int
+    measured: int
+    skipped: int
+    failed: int
+    elapsed_s: float
+    failures: list[str] = field(default_factory=list)
+
+
+_COMPARABLE = ("model", "testbed", "networks", "backends", "stages", "cuts", "granularity", "batch_size",
+               "latency_items", "throughput_items", "warmup", "repeats")
+
+
+def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
+    """Plan (or, resuming, reload) the configurations and write the manifest."""
+    from paretopipe.fingerprint import fingerprint, git_commit
+    from paretopipe.testbed import load_testbed
+
+    scenarios = load_scenarios(settings.networks_file)
+    nets = [resolve_network(n, scenarios) for n in settings.networks]
+    tb = load_testbed(settings.testbed, scenarios)
+    if settings.resume:
+        manifest = store.manifest()
+        check_resume_compatible(manifest["settings"], asdict(settings) | {"resume": False}, _COMPARABLE)
+        return _reload(manifest, store.dir, dict(nets))
+    for be in settings.backends:
+        from backends import get_transport
+
+        get_transport(be)  # unknown backend: fail before any work
+    configs: list[Config] = []
+    planned = _plan_all(settings, tb, nets, store.dir, log)
+    for be in settings.backends:
+        for (label, cond), plans in planned:
+            for plan, on_front in plans:
+                configs += [Config(label, cond, be, plan, r, on_front) for r in range(settings.repeats)]
+    commit, dirty = git_commit()
+    store.write_manifest({
+        "schema": "paretopipe.run", "version": 1, "settings": asdict(settings) | {"resume": False},
+        "testbed": {"path": tb.path, "name": tb.name, "text": Path(tb.path).read_text()},
+        "networks": {label: cond.to_dict() for label, cond in nets},
+        "fingerprint": fingerprint(), "git_commit": commit, "git_dirty": dirty, "started": now(), "finished": None,
+        "configurations": [{"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat,
+                            "on_front": c.on_front, "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"} for c in configs],
+    })
+    return configs
+
+
+
+def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> list[tuple[tuple[str, LinkCondition], list[tuple[Plan, bool]]]]:
+    from paretopipe.calibration import find_calibration
+    from paretopipe.graph import trace_spec
+    from paretopipe.models import resolve_spec
+    from paretopipe.planning import front_frame, gather_profiles, plan_front
+    from paretopipe.sweep.candidates import parse_cut_list, select, with_all_assignments
+
+    spec = resolve_spec(settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf)
+    if max(settings.stages) > len(tb.devices):
+        raise UsageError(f"{max(settings.stages)} stages need as many devices; {tb.path} has {len(tb.devices)}")
+    graph = trace_spec(spec, settings.batch_size)
+    profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
+    cal = find_calibration(tb.name, settings.backends[0], "loopback", [settings.calibrations])
+    log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
+    how = settings.cuts
+    granularity = {"all": "node", "block": "block"}.get(how, settings.granularity if how == "front" else "node")
+    out = []
+    for scenario in nets:
+        result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
+                            granularity=granularity, calibration=cal)
+        if how in ("front", "all", "block"):
+            keys = select(result, "front" if how == "front" else "all", limit=settings.neighbours + int(result.search.on_front.sum()))
+        else:
+            keys = with_all_assignments(parse_cut_list(how, list(result.instance.cut_positions)), result.instance.n_devices)
+        front = result.search.front_keys()
+        plans = [(result.plan_for(*k), (k[0], k[1]) in front) for k in keys]
+        pdir = out_dir / "plans" / safe_name(scenario[0])
+        for plan, _ in plans:
+            save_plan(plan, pdir / f"{plan.id}.json")
+        (out_dir / safe_name(scenario[0])).mkdir(parents=True, exist_ok=True)
+        front_frame(result).to_csv(out_dir / safe_name(scenario[0]) / "predicted.csv", index=False)
+        log(f"{scenario[0]}: {len(plans)} plans to measure ({sum(f for _, f in plans)} on the predicted front) "
+            f"of {result.search.space_size:,} in the space")
+        out.append((scenario, plans))
+    return out
+
+
+def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
+    configs = []
+    for c in manifest["configurations"]:
+        plan = load_plan(out_dir / c["plan"])
+        configs.append(Config(c["network"], nets[c["network"]], c["backend"], plan, int(c["repeat"]), bool(c["on_front"])))
+    return configs
+
+
+def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
+            progress: Callable[[int, int, str], None] = lambda done, total, what: None) -> SweepOutcome:
+    """Measure every configuration not yet measured; rows are appended as each finishes."""
+    from paretopipe.runtime.session import MeasureOptions, Session
+    from paretopipe.testbed import load_testbed
+
+    tb = load_testbed(settings.testbed, load_scenarios(settings.networks_file))
+    done = store.done()
+    todo = [c for c in configs if c.key not in done]
+    outcome = SweepOutcome(len(configs), 0, len(configs) - len(todo), 0, 0.0)
+    options = MeasureOptions(latency_items=settings.latency_items, throughput_items=settings.throughput_items,
+                             warmup=settings.warmup, timeout_s=settings.timeout_s)
+    host, commit = socket.gethostname(), store.manifest().get("git_commit")
+    t_start = time.perf_counter()
+    for backend in dict.fromkeys(c.backend for c in todo):
+        mine = [c for c in todo if c.backend == backend]
+        session: Session | None = None
+        try:
+            for i, cfg in enumerate(mine):
+                progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
+                if session is None:
+                    session = Session(tb, backend, timeout_s=settings.timeout_s).__enter__()
+                row = _base_row(cfg, settings, host, commit)
+                t0 = time.perf_counter()
+                try:
+                    row.update(session.measure(cfg.plan, (cfg.network, cfg.condition), options))
+                    row["status"] = "ok"
+                    outcome.measured += 1
+                except (ParetoPipeError, OSError) as exc:
+                    row.update(status="failed", error=str(exc), failed_device=getattr(exc, "device", None))
+                    outcome.failed += 1
+                    outcome.failures.append(f"{cfg.network} {backend} {cfg.plan.id}: {exc}")
+                    log(f"FAILED {cfg.network} {backend} {cfg.plan.id}: {exc}")
+                    with contextlib.suppress(Exception):
+                        session.__exit__(None, None, None)
+                    session = None  # restart the workers before the next configuration
+                    if settings.fail_fast:
+                        row["duration_s"] = round(time.perf_counter() - t0, 3)
+                        store.append(row)
+                        raise
+                row["duration_s"] = round(time.perf_counter() - t0, 3)
+                store.append(row)
+        finally:
+            if session is not None:
+                session.__exit__(None, None, None)
+    progress(len(configs), len(configs), "done")
+    outcome.elapsed_s = time.perf_counter() - t_start
+    return outcome
+
+
+def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | None) -> dict[str, Any]:
+    import json
+
+    p = cfg.plan
+    pred = p.predicted
+    return {
+        "network": cfg.network, "network_spec": cfg.condition.spec(), "backend": cfg.backend, "isolation": "loopback",
+        "model": p.model_label, "batch_size": p.batch_size, "plan_id": p.id, "stages": p.stages,
+        "cuts": " ".join(str(c.index) for c in p.cuts), "cut_nodes": " ".join(c.after for c in p.cuts),
+        "devices": "+".join(p.devices), "repeat": cfg.repeat,
+        "pred_latency_ms": pred.get("latency_ms"), "pred_throughput_ips": pred.get("throughput_ips"),
+        "pred_bottleneck_ms": pred.get("bottleneck_ms"), "pred_bytes_per_item": pred.get("bytes_per_item"),
+        "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]), "pred_on_front": cfg.on_front,
+        "shaping": "userspace", "calibration": p.meta.get("calibration"), "host": host, "commit": commit,
+        "started": now(),
+    }

@@ -1,0 +1,113 @@
+"""The sweep end to end on a small local testbed: rows, fronts, plots, resume after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from paretopipe.cli import app
+from paretopipe.sweep.store import COLUMNS, RunStore
+from tests.test_runtime import _free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORY = "tests.fixtures.toy_models:skipnet"
+runner = CliRunner()
+
+
+def _testbed(directory: Path) -> Path:
+    p0, p1, p2 = _free_ports(3)
+    path = directory / "tb.toml"
+    path.write_text(f'name = "sw"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+                    f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n')
+    return path
+
+
+def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
+    return ["sweep", FACTORY, "--testbed", str(_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
+            "--network", "lan,wifi", "--stages", "2", "--cuts", "3,5", "--items", "3", "--warmup", "1",
+            "--profiles", str(tmp / "profiles"), "-o", str(out), *extra]
+
+
+def test_small_sweep_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, _args(tmp_path, out))
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "measurements.csv", dtype=str)
+    assert list(rows.columns) == COLUMNS
+    assert len(rows) == 8 and (rows["status"] == "ok").all()  # 2 cut sets x 2 device orders x 2 scenarios
+    assert (rows["output_exact"] == "True").all()
+    assert set(rows["network"]) == {"lan", "wifi"} and rows["links"].str.contains("userspace").all()
+    assert pd.to_numeric(rows["latency_ms_p50"]).gt(0).all() and pd.to_numeric(rows["throughput_ips"]).gt(0).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finished"] and manifest["git_commit"] and len(manifest["configurations"]) == 8
+    assert manifest["fingerprint"]["hostname"]
+    for net in ("lan", "wifi"):
+        front = pd.read_csv(out / net / "zmq" / "front.csv")
+        assert front["on_front"].any() and len(front) == 4
+        for png in ("front.png", "predicted_vs_measured.png", "latency_breakdown.png"):
+            assert (out / net / "zmq" / png).stat().st_size > 5000
+        assert (out / "plans" / net).is_dir() and len(list((out / "plans" / net).glob("*.json"))) == 4
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.columns) >= {"latency_mape_pct", "latency_within_10pct", "throughput_within_10pct"}
+    assert "measured front" in result.stdout
+
+    again = runner.invoke(app, _args(tmp_path, out))
+    assert again.exit_code == 2 and "--resume" in again.stderr
+
+    fr = runner.invoke(app, ["front", str(out / "measurements.csv"), "-f", "json", "--plot", str(tmp_path / "f.png")])
+    assert fr.exit_code == 0, fr.output
+    assert {r["network"] for r in json.loads(fr.stdout)} == {"lan", "wifi"}
+    assert (tmp_path / "f.png").is_file()
+
+
+def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20")]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    csv = out / "measurements.csv"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if csv.exists() and len(csv.read_text().splitlines()) >= 4:  # header + 3 rows
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"sweep ended early: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # a crash: no cleanup code runs in the driver
+    finally:
+        proc.wait(timeout=30)
+    partial = pd.read_csv(csv, dtype=str)
+    assert 3 <= len(partial) < 8
+    resumed = runner.invoke(app, [*_args(tmp_path, out, "--items", "20"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    rows = RunStore(out, resume=True).rows()
+    ok = rows[rows["status"] == "ok"]
+    keys = list(zip(ok["network"], ok["backend"], ok["plan_id"], ok["repeat"]))
+    assert len(keys) == 8 and len(set(keys)) == 8
+    assert f"skipped {len(partial)}" in resumed.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--network", "lan,moon"], "unknown network scenario 'moon'"),
+    (["--cuts", "9999"], "not legal cut"),
+    (["--backend", "pigeon"], "unknown transport 'pigeon'"),
+])
+def test_sweep_bad_input_is_one_line(tmp_path, extra, message):
+    result = runner.invoke(app, [*_args(tmp_path, tmp_path / "run"), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_needs_a_run(tmp_path):
+    result = runner.invoke(app, [*_args(tmp_path, tmp_path / "nothing"), "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.stderr
