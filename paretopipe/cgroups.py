@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import secrets
@@ -32,7 +33,9 @@ __all__ = [
 ]
 
 PARENT = "paretopipe"
-DEFAULT_PERIOD_US = 100_000
+# 10 ms rather than the kernel's 100 ms: throttling then comes in slices shorter than a forward
+# pass, so a quota behaves like a slower CPU instead of full-speed bursts and 50 ms stalls.
+DEFAULT_PERIOD_US = 10_000
 _NAME_RE = re.compile(r"^(?P<label>[A-Za-z0-9_.]+)-(?P<owner>\d+)-(?P<token>[0-9a-f]+)$")
 _MOUNTS = "/proc/self/mounts"
 
@@ -106,11 +109,17 @@ def check_quota_capability() -> Controller:
     return ctl
 
 
-def quota_settings(fraction: float, period_us: int = DEFAULT_PERIOD_US) -> tuple[int, int]:
-    """(quota_us, period_us) for a quota of ``fraction`` CPU-seconds per second. Raises UsageError."""
+def quota_settings(fraction: float, period_us: int | None = None) -> tuple[int, int]:
+    """(quota_us, period_us) for a quota of ``fraction`` CPU-seconds per second. Raises UsageError.
+
+    The default period is :data:`DEFAULT_PERIOD_US`, lengthened for tiny quotas so the quota
+    stays >= 1 ms per period (the kernel's minimum).
+    """
     ncpu = os.cpu_count() or 1
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= ncpu:
-        raise UsageError(f"CPU quota {fraction!r} is out of range", f"give CPU-seconds per second in (0, {ncpu}], e.g. 0.5")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.001 <= fraction <= ncpu:
+        raise UsageError(f"CPU quota {fraction!r} is out of range", f"give CPU-seconds per second in [0.001, {ncpu}], e.g. 0.5")
+    if period_us is None:
+        period_us = max(DEFAULT_PERIOD_US, math.ceil(1_000 / fraction))
     if not 1_000 <= period_us <= 1_000_000:
         raise UsageError(f"CPU quota period {period_us} us is out of range", "use 1000..1000000 us")
     quota_us = round(fraction * period_us)
@@ -253,7 +262,7 @@ def cpu_quota(
     fraction: float,
     pid: int | None = None,
     label: str = "proc",
-    period_us: int = DEFAULT_PERIOD_US,
+    period_us: int | None = None,
     controller: Controller | None = None,
 ) -> Iterator[Path]:
     """Run ``pid`` (default: this process) under a quota of ``fraction`` CPU-seconds per second.

@@ -27,11 +27,14 @@ def test_parse_cpus():
 
 
 def test_quota_settings():
-    assert cgroups.quota_settings(0.5) == (50_000, 100_000)
-    assert cgroups.quota_settings(1, 10_000) == (10_000, 10_000)
-    for bad in (0, -1, float(os.cpu_count() + 1), 0.001):
+    assert cgroups.quota_settings(0.5) == (5_000, 10_000)
+    assert cgroups.quota_settings(1, 100_000) == (100_000, 100_000)
+    assert cgroups.quota_settings(0.01) == (1_000, 100_000)  # period grows to keep >= 1 ms
+    for bad in (0, -1, float(os.cpu_count() + 1), 0.0001, True):
         with pytest.raises(UsageError):
             cgroups.quota_settings(bad)
+    with pytest.raises(UsageError, match="too small"):
+        cgroups.quota_settings(0.005, 10_000)
 
 
 def test_quota_without_root_is_a_capability_error(monkeypatch):
@@ -86,7 +89,7 @@ def test_v2_writes_cpu_max_and_cleans_up(tmp_path, monkeypatch):
     ctl = _fake_v2(tmp_path, monkeypatch)
     with cgroups.cpu_quota(0.25, pid=4242, label="worker a", controller=ctl) as group:
         assert group.parent == ctl.parent and group.name.startswith(f"worker_a-{os.getpid()}-")
-        assert (group / "cpu.max").read_text() == "25000 100000"
+        assert (group / "cpu.max").read_text() == "2500 10000"
         assert (group / "cgroup.procs").read_text() == "4242"
         assert (ctl.mount / "cgroup.subtree_control").read_text().endswith("+cpu")
     assert not group.exists()
