@@ -138,7 +138,10 @@ def worker_command(
     from paretopipe.runtime.endpoints import make_transport
     from paretopipe.runtime.worker import Worker
 
+    from paretopipe.timing import steady_allocator
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
     torch.set_num_threads(threads or dev.threads)
