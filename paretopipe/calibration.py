@@ -1,8 +1,8 @@
 """Link calibrations: per-message overhead and transfer rate of each link, per backend.
 
-``paretopipe calibrate`` measures them with a ping-pong of several message sizes and fits
-``one_way_ms = overhead_ms + nbytes * 8 / rate_bps * 1e3`` (plus the link's emulated delay and
-bandwidth, which are known and applied on top). The planner reads the file for the testbed and
+``paretopipe calibrate`` measures them by relaying messages of several sizes through the runtime
+and fits ``one_way_ms = overhead_ms + nbytes * 8 / rate_bps * 1e3`` per hop (the link's emulated
+delay and bandwidth are known and applied on top; see :mod:`paretopipe.calibrate`). The planner reads the file for the testbed and
 backend it plans for; without one it assumes no overhead and an unlimited transport, and says so.
 No torch import.
 """
@@ -30,8 +30,6 @@ class LinkFit:
     dst: str
     overhead_ms: float
     rate_bps: float  # inf: too fast to measure
-    points: tuple[tuple[int, float], ...] = ()  # (nbytes, measured one-way ms minus emulated part)
-    r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,7 @@ class Calibration:
     links: tuple[LinkFit, ...]
     created: str = ""
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    measurements: tuple[dict[str, Any], ...] = ()  # what the fit was made from
 
     def link(self, src: str, dst: str) -> LinkFit | None:
         """The fit of ``src -> dst``; else the median of all fits (same machine, same backend)."""
@@ -58,26 +57,11 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(schema=SCHEMA, version=VERSION)
+        d["measurements"] = [dict(m) for m in self.measurements]
         for link in d["links"]:
-            link["points"] = [list(p) for p in link["points"]]
             if np.isinf(link["rate_bps"]):
                 link["rate_bps"] = None
         return d
-
-
-def fit_link(src: str, dst: str, points: Sequence[tuple[int, float]]) -> LinkFit:
-    """Least-squares fit of one-way ms against bytes; a non-positive slope means an unmeasurably
-    fast transport (rate inf) and a negative intercept is clipped to 0."""
-    x = np.array([p[0] for p in points], dtype=float)
-    y = np.array([p[1] for p in points], dtype=float)
-    if len(points) < 2 or np.ptp(x) == 0:
-        return LinkFit(src, dst, float(max(np.median(y), 0.0)) if len(y) else 0.0, float("inf"), tuple(points))
-    slope, intercept = np.polyfit(x, y, 1)
-    pred = slope * x + intercept
-    ss_res, ss_tot = float(((y - pred) ** 2).sum()), float(((y - y.mean()) ** 2).sum())
-    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else None
-    rate = float("inf") if slope <= 0 else 8.0 / slope * 1e3
-    return LinkFit(src, dst, float(max(intercept, 0.0)), rate, tuple((int(a), float(b)) for a, b in points), r2)
 
 
 def default_path(testbed: str, backend: str, isolation: str = "loopback", directory: str | Path = "calibrations") -> Path:
@@ -95,13 +79,13 @@ def calibration_from_dict(data: Any, source: str = "<calibration>") -> Calibrati
         try:
             rate = raw["rate_bps"]
             links.append(LinkFit(str(raw["src"]), str(raw["dst"]), float(raw["overhead_ms"]),
-                                 float("inf") if rate is None else float(rate),
-                                 tuple((int(a), float(b)) for a, b in raw.get("points", [])), raw.get("r2")))
+                                 float("inf") if rate is None else float(rate)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(source, f"links[{i}]", f"malformed link fit ({exc!r})") from None
     try:
         return Calibration(str(data["testbed"]), str(data["backend"]), str(data["isolation"]), tuple(links),
-                           str(data.get("created", "")), dict(data.get("fingerprint", {})))
+                           str(data.get("created", "")), dict(data.get("fingerprint", {})),
+                           tuple(dict(m) for m in data.get("measurements", [])))
     except KeyError as exc:
         raise ConfigError(source, str(exc.args[0]), "missing") from None
 

@@ -45,6 +45,7 @@ def _register() -> None:
     from paretopipe.cli import plan as _plan  # noqa: F401
     from paretopipe.cli import sweep as _sweep  # noqa: F401
     from paretopipe.cli import export as _export  # noqa: F401
+    from paretopipe.cli import calibrate as _calibrate  # noqa: F401
     from paretopipe.cli import keys as _keys  # noqa: F401
     from paretopipe.cli import profile as _profile  # noqa: F401
     from paretopipe.cli.netem import netem_app

@@ -1,0 +1,52 @@
+"""``paretopipe calibrate``: per-message overhead and transfer rate of the testbed's links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paretopipe.cli import app
+from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
+from paretopipe.cli.run import BackendOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
+
+
+@app.command("calibrate")
+def calibrate_command(
+    testbed: Path = TestbedOption,
+    backend: str = BackendOption,
+    network: str = typer.Option("local", "--network", "-n", help="Scenario to calibrate under (its own delay and bandwidth are subtracted)."),
+    networks: Optional[Path] = NetworksOption,
+    sizes: str = typer.Option("1024,65536,1048576,4194304", "--sizes", help="Message sizes in bytes."),
+    items: int = typer.Option(20, "--items", min=3, help="Timed round trips per path and size."),
+    out: Path = typer.Option(Path("calibrations"), "--out", "-o", help="Directory for the calibration file."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply."),
+    fmt: OutputFormat = FormatOption,
+) -> None:
+    """Measure each link's per-message overhead and transfer rate through the real runtime.
+
+    Relays messages of several sizes along driver -> device(s) -> driver, fits overhead + bytes/rate
+    per hop, and stores it where 'paretopipe plan' and 'sweep' find it (they say when they use it).
+    Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq
+    """
+    from paretopipe.calibrate import calibrate, fit_quality
+    from paretopipe.calibration import default_path
+    from paretopipe.network.conditions import resolve_network
+    from paretopipe.plans import write_json_atomic
+    from paretopipe.runtime.session import Session
+
+    size_list = parse_int_list(sizes, "--sizes")
+    tb, scenarios = load_testbed_and_scenarios(testbed, networks)
+    scenario = resolve_network(network, scenarios)
+    with Session(tb, backend, timeout_s=timeout) as session:
+        cal, raw = calibrate(session, tb, scenario, size_list, items, log=err_console.print)
+    path = default_path(tb.name, backend, cal.isolation, out)
+    write_json_atomic(cal.to_dict(), path)
+    edge = next(l for l in cal.links if l.src == "driver")
+    mid = next((l for l in cal.links if "driver" not in (l.src, l.dst)), edge)
+    desc = lambda l: f"{l.overhead_ms:.3f} ms + bytes / " + ("unlimited" if l.rate_bps == float("inf") else f"{l.rate_bps / 1e9:.2f} Gbit/s")  # noqa: E731
+    render(raw, fmt, ["path", "nbytes", "latency_ms_p50", "residual_ms", "fitted_ms"],
+           title=f"{tb.name} over {backend}: driver hop {desc(edge)}; device hop {desc(mid)} "
+                 f"(median fit error {fit_quality(raw):.1%})")
+    err_console.print(f"wrote {path}")

@@ -1,0 +1,68 @@
+"""Link calibration: the fit recovers known costs, the file round-trips, the planner uses it,
+and the command measures a real testbed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from paretopipe.calibrate import fit_hops, relay_plan
+from paretopipe.calibration import Calibration, LinkFit, calibration_from_dict, load_calibration
+from paretopipe.cli import app
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.planning import link_models
+from paretopipe.testbed import load_testbed
+from tests.test_sweep import _testbed
+
+runner = CliRunner()
+
+
+def test_fit_recovers_known_hop_costs():
+    o_e, s_e, o_m, s_m = 0.1, 1e-6, 0.3, 4e-6  # ms and ms per byte
+    raw = []
+    for devices in (1, 2):
+        for n in (1_000, 100_000, 1_000_000, 4_000_000):
+            y = 2 * (o_e + n * s_e) + (devices - 1) * (o_m + n * s_m)
+            raw.append({"devices": devices, "nbytes": n, "residual_ms": y})
+    (oe, re), (om, rm) = fit_hops(raw)
+    assert oe == pytest.approx(o_e, rel=1e-6) and om == pytest.approx(o_m, rel=1e-6)
+    assert re == pytest.approx(8 / s_e * 1e3, rel=1e-6) and rm == pytest.approx(8 / s_m * 1e3, rel=1e-6)
+
+
+def test_single_device_fit_reuses_driver_hops():
+    raw = [{"devices": 1, "nbytes": n, "residual_ms": 0.2 + n * 2e-6} for n in (1_000, 1_000_000)]
+    edge, mid = fit_hops(raw)
+    assert edge == mid
+
+
+def test_file_round_trip_and_planner_uses_it(tmp_path):
+    cal = Calibration("t", "zmq", "loopback", (LinkFit("a", "b", 0.25, 8e9), LinkFit("driver", "a", 0.1, float("inf"))))
+    back = calibration_from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.links == cal.links
+    assert back.link("b", "a").overhead_ms == pytest.approx(0.175)  # unknown link: median of the fits
+    tb = load_testbed(_testbed(tmp_path))
+    models = link_models(tb, ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5)), back, ["a", "b"])
+    ab = models[("a", "b")]
+    assert ab.overhead_ms == 0.25 and ab.condition.delay_ms == 5
+    # shaped bandwidth and the transport's rate in series
+    assert ab.effective_bandwidth_bps() == pytest.approx(1 / (1 / 50e6 + 1 / 8e9))
+
+
+def test_relay_plan_carries_exactly_the_bytes():
+    plan = relay_plan(65_536, ["a", "b", "c"])
+    assert plan.stages == 3 and all(c.nbytes == 65_536 for c in plan.cuts)
+
+
+def test_calibrate_command_on_a_local_testbed(tmp_path):
+    tb = _testbed(tmp_path)
+    result = runner.invoke(app, ["calibrate", "--testbed", str(tb), "--sizes", "1024,1048576", "--items", "5",
+                                 "-o", str(tmp_path / "cal"), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 * 4  # (a, b, a>b, b>a) x 2 sizes
+    assert all(r["latency_ms_p50"] > 0 for r in rows)
+    cal = load_calibration(tmp_path / "cal" / "sw-zmq-loopback.json")
+    assert {(l.src, l.dst) for l in cal.links} >= {("driver", "a"), ("a", "b"), ("b", "driver")}
