@@ -52,6 +52,7 @@ class Driver:
     device: str | None = None
     rpc_port: int = 29500
     key: str | None = None
+    cpus: tuple[int, ...] | None = None  # where a local driver runs (emulation: off the devices' CPUs)
 
 
 @dataclass(frozen=True)
@@ -219,13 +220,15 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     for i, ep in enumerate(endpoints):
         if ep in endpoints[:i]:
             raise ConfigError(p, f"devices[{i}].port", f"{ep[0]}:{ep[1]} is used by another device")
-    d = _Fields(p, "driver", data.get("driver", {}), {"host", "port", "device", "rpc_port", "key"})
+    d = _Fields(p, "driver", data.get("driver", {}), {"host", "port", "device", "rpc_port", "key", "cpus"})
+    driver_cpus = d.get("cpus", list, None, check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v), hint="a list of CPU numbers, e.g. [1]")
     driver = Driver(
         host=d.get("host", str, "127.0.0.1"),
         port=d.get("port", int, 5550, check=port_ok),
         device=d.get("device", str, None, check=lambda v: v in names, hint=f"one of {', '.join(names)}"),
         rpc_port=d.get("rpc_port", int, 29500, check=port_ok),
         key=d.get("key", str, None),
+        cpus=tuple(driver_cpus) if driver_cpus else None,
     )
     if (driver.host, driver.port) in endpoints:
         raise ConfigError(p, "driver.port", f"{driver.host}:{driver.port} is also a device's address")

@@ -92,6 +92,13 @@ class Session:
     def _start(self) -> None:
         from paretopipe.runtime.launcher import LocalWorkers
 
+        from paretopipe.timing import steady_allocator
+
+        steady_allocator()  # the driver decodes results too: reuse freed buffers, as workers do
+        if self.launch and self.testbed.driver.cpus:
+            from paretopipe.cgroups import pin_cpus
+
+            self._stack.enter_context(pin_cpus(self.testbed.driver.cpus))
         if self.launch:
             self.workers = self._stack.enter_context(LocalWorkers(self.testbed, self.backend, log_dir=self.log_dir))
         from backends.base import TransportOptions
