@@ -170,7 +170,7 @@ def test_auto_picks_a_method_by_space_size():
                    link_bandwidth_bps=np.full((5, 5), 1e8))
     assert space_size(59, 4, range(2, 5)) >= AUTO_EXHAUSTIVE_MAX
     assert search(big).method == "exact"
-    only_throughput = search(big, stages=[2, 3], objectives=("throughput",), generations=10)
+    only_throughput = search(big, stages=[2, 3, 4], objectives=("throughput",), generations=10)
     assert only_throughput.method == "nsga2"
 
 
