@@ -35,7 +35,9 @@ def test_rounds_need_both_count_and_time():
     for _ in Rounds(2, 0.05):
         time.sleep(0.01)
         count += 1
-    assert count >= 5 and time.perf_counter() - start >= 0.05
+    elapsed = time.perf_counter() - start
+    # the loop ran past its 2 rounds until 50 ms had passed (a loaded machine sleeps longer)
+    assert elapsed >= 0.05 and count >= 2 and (count > 2 or elapsed >= 0.05)
     with pytest.raises(UsageError):
         Rounds(0)
 
