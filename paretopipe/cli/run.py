@@ -17,6 +17,9 @@ from paretopipe.errors import UsageError
 TestbedOption = typer.Option(Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links).")
 BackendOption = typer.Option("zmq", "--backend", help="Transport: zmq or rpc.")
 NetworksOption = typer.Option(None, "--networks", help="Network scenarios file [default: testbed/networks.toml].")
+IsolationOption = typer.Option("loopback", "--isolation", help="loopback (user-space shaping) or netns (each local worker in "
+                               "a network namespace, kernel shaping; needs root).")
+SecureOption = typer.Option(False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys.")
 
 
 def load_testbed_and_scenarios(testbed: Path, networks: Optional[Path]):
@@ -48,6 +51,8 @@ def run_command(
     leaf: Optional[list[str]] = LeafOption,
     seed: int = SeedOption,
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply or result."),
+    isolation: str = IsolationOption,
+    secure: bool = SecureOption,
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Run one plan for real on the testbed and print measured metrics next to predicted ones.
@@ -56,7 +61,7 @@ def run_command(
     on each first. Example: paretopipe run --plan plans/resnet18/c26-fast+slow.json --network wifi
     """
     from paretopipe.network.conditions import resolve_network
-    from paretopipe.runtime.session import MeasureOptions, Session
+    from paretopipe.runtime.session import MeasureOptions, Session, preflight
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")
@@ -68,6 +73,7 @@ def run_command(
     options = MeasureOptions(modes=modes, latency_items=items, throughput_items=3 * items, warmup=warmup,
                              window=window, timeout_s=timeout)
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
+    preflight(tb, backend, isolation=isolation, secure=secure)
     if plan is not None:
         from paretopipe.plans import load_plan
 
@@ -75,8 +81,12 @@ def run_command(
     else:
         the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed)
     scenario = resolve_network(network or the_plan.network, scenarios)
+    if backend == "rpc":
+        from backends.torch_rpc import TRUST_WARNING
+
+        err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     err_console.print(f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})")
-    with Session(tb, backend, timeout_s=timeout) as session:
+    with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure) as session:
         row = session.measure(the_plan, scenario, options)
     render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
     if row.get("output_exact") is False:
@@ -125,6 +135,7 @@ def worker_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads [default: the testbed's]."),
     parent_pid: Optional[int] = typer.Option(None, "--parent-pid", hidden=True, help="Exit when this process is gone."),
     bind_all: bool = typer.Option(False, "--bind-all", help="Listen on every interface instead of the testbed's address."),
+    secure: bool = typer.Option(False, "--secure", help="Accept only CURVE-authenticated peers whose keys the testbed lists."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message."),
 ) -> None:
     """Serve pipeline stages for one device until the driver says stop (or Ctrl-C).
@@ -141,11 +152,22 @@ def worker_command(
     from paretopipe.timing import steady_allocator
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if backend == "rpc":
+        from backends.torch_rpc import TRUST_WARNING
+
+        err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
+    curve = None
+    if secure:
+        from paretopipe.runtime.endpoints import curve_config
+
+        if backend != "zmq":
+            raise UsageError(f"--secure needs the zmq backend, not {backend!r}", "PyTorch RPC cannot be authenticated here")
+        curve = curve_config(tb, device)
     torch.set_num_threads(threads or dev.threads)
-    options = TransportOptions(bind_all_interfaces=bind_all)
+    options = TransportOptions(bind_all_interfaces=bind_all, curve=curve)
     transport = make_transport(backend, tb, device, options=options)
 
     def alive() -> bool:
@@ -160,6 +182,8 @@ def worker_command(
         return True
 
     with transport:
-        err_console.print(f"worker {device} listening on {dev.address} ({backend}), {torch.get_num_threads()} threads")
+        where = f"*:{dev.port}" if bind_all else dev.address
+        err_console.print(f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
+                          f"{torch.get_num_threads()} threads")
         Worker(device, transport, alive=alive).serve()
     err_console.print(f"worker {device} stopped")

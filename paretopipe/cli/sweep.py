@@ -12,7 +12,7 @@ from paretopipe.cli import app
 from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.cli.plan import parse_stages
-from paretopipe.cli.run import NetworksOption, TestbedOption
+from paretopipe.cli.run import IsolationOption, NetworksOption, SecureOption, TestbedOption
 from paretopipe.errors import UsageError
 
 
@@ -37,6 +37,8 @@ def sweep_command(
     profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."),
+    isolation: str = IsolationOption,
+    secure: bool = SecureOption,
     input_shape: Optional[str] = InputShapeOption,
     weights: Optional[Path] = WeightsOption,
     leaf: Optional[list[str]] = LeafOption,
@@ -62,6 +64,10 @@ def sweep_command(
     if not nets:
         raise UsageError("--network is empty", "e.g. --network lan,wifi")
     tb = load_testbed(testbed, load_scenarios(networks))
+    from paretopipe.runtime.session import preflight
+
+    for be in backends:
+        preflight(tb, be, isolation=isolation, secure=secure)
     ks = parse_stages(stages) if stages else list(range(1, min(3, len(tb.devices)) + 1))
     if out is None:
         if resume:
@@ -73,7 +79,7 @@ def sweep_command(
         warmup=warmup, repeats=repeats, neighbours=neighbours, out=str(out), resume=resume, fail_fast=fail_fast,
         profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
         timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
-        weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed,
+        weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed, isolation=isolation, secure=secure,
     )
     store = RunStore(out, resume=resume)
     configs = runner.prepare(settings, store, err_console.print)

@@ -1,13 +1,27 @@
-"""Endpoints of a testbed and the one place transports are created from a testbed."""
+"""Endpoints of a testbed and the one place transports are created from a testbed.
+
+Also what a run needs to move a testbed elsewhere or secure it: :func:`relocated` gives every
+endpoint a new host (namespace isolation), :func:`render_testbed` writes a testbed file the workers can
+load, and :func:`curve_config` builds the CURVE keys of one endpoint from the testbed's ``key``
+fields (``--secure``).
+"""
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from backends import get_transport
 from backends.base import Endpoint, Transport, TransportOptions
+from paretopipe.errors import ConfigError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.testbed import DRIVER, Testbed
+
+if TYPE_CHECKING:
+    from backends.security import CurveConfig
 
 
 def endpoints(testbed: Testbed) -> dict[str, Endpoint]:
@@ -34,3 +48,76 @@ def make_transport(
     if factory is not None:  # backends that need more than addresses (rendezvous, ranks)
         return factory(testbed, me, options=options, shaping=shaping)
     return cls(eps[me], peers, shaping=shaping, options=options)
+
+
+# ---- security --------------------------------------------------------------------------------------
+
+
+def key_prefixes(testbed: Testbed) -> dict[str, str]:
+    """``{endpoint: absolute key path without suffix}`` from the testbed's ``key`` fields.
+
+    A relative key is read from the working directory (as ``paretopipe keys`` prints it) or, when
+    its files are not there, from the testbed file's directory. Raises ConfigError naming the
+    testbed file and the first endpoint without a key.
+    """
+    fields = [("driver.key", DRIVER, testbed.driver.key)]
+    fields += [(f"devices[{i}].key", d.name, d.key) for i, d in enumerate(testbed.devices)]
+    out = {}
+    for field, name, key in fields:
+        if not key:
+            raise ConfigError(testbed.path, field, f"missing: --secure needs a CURVE key pair for every endpoint ({name} has none)",
+                              f'create keys with: paretopipe keys {" ".join(n for _, n, _ in fields)} -o keys, '
+                              f'then add key = "keys/{name}"')
+        p = Path(key).expanduser()
+        if not p.is_absolute() and not Path(f"{p}.key").exists():
+            beside = Path(testbed.path).resolve().parent / p
+            p = beside if Path(f"{beside}.key").exists() else p
+        out[name] = str(p.resolve())
+    return out
+
+
+def curve_config(testbed: Testbed, me: str) -> "CurveConfig":
+    """The CURVE settings of endpoint ``me``: its pair, and every testbed endpoint's public key as
+    peer key and allow-list. Raises ConfigError (missing ``key`` field, missing or bad key file)."""
+    from backends.security import CurveConfig
+
+    prefixes = key_prefixes(testbed)
+    try:
+        return CurveConfig.from_key_prefixes(me, prefixes)
+    except ConfigError as exc:
+        field = "driver.key" if me == DRIVER else f"devices[{testbed.device_names.index(me)}].key"
+        raise ConfigError(testbed.path, field, exc.message, exc.hint) from None
+
+
+# ---- moving a testbed ------------------------------------------------------------------------------
+
+
+def relocated(testbed: Testbed, hosts: Mapping[str, str]) -> Testbed:
+    """A copy of ``testbed`` whose driver and devices have the hosts in ``hosts`` (by endpoint
+    name; others keep theirs) and absolute key paths, e.g. the addresses of network namespaces."""
+    keys = key_prefixes(testbed) if testbed.driver.key and all(d.key for d in testbed.devices) else {}
+    devices = tuple(dataclasses.replace(d, host=hosts.get(d.name, d.host), key=keys.get(d.name, d.key))
+                    for d in testbed.devices)
+    driver = dataclasses.replace(testbed.driver, host=hosts.get(DRIVER, testbed.driver.host),
+                                 key=keys.get(DRIVER, testbed.driver.key))
+    return dataclasses.replace(testbed, devices=devices, driver=driver)
+
+
+def render_testbed(testbed: Testbed, comment: str = "") -> str:
+    """``testbed`` as a testbed file (link overrides are left out: workers never read them)."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+
+    def table(values: dict) -> list[str]:
+        return [f"{k} = {q(v) if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                for k, v in values.items() if v is not None]
+
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [f"name = {q(testbed.name)}", f"description = {q(testbed.description)}", "", "[driver]"]
+    drv = testbed.driver
+    lines += table({"host": drv.host, "port": drv.port, "device": drv.device, "rpc_port": drv.rpc_port,
+                    "key": drv.key, "cpus": drv.cpus})
+    for d in testbed.devices:
+        memory = None if math.isinf(d.memory_bytes) else int(d.memory_bytes)
+        lines += ["", "[[devices]]"] + table({"name": d.name, "host": d.host, "port": d.port, "threads": d.threads,
+                                              "cpus": d.cpus, "cpu_quota": d.cpu_quota, "memory": memory, "key": d.key})
+    return "\n".join(lines) + "\n"

@@ -116,11 +116,16 @@ class LocalWorkers:
         return {name: p.pid for name, p in self.procs.items()}
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Stop every worker (SIGTERM, then SIGKILL after ``grace_s``), then remove cgroups."""
+        """Stop every worker (SIGTERM, then SIGKILL after ``grace_s``), then remove cgroups.
+
+        A stopped worker (SIGSTOP, a debugger) would not act on SIGTERM until continued, so it
+        gets SIGKILL at once, which works on stopped processes.
+        """
         for proc in self.procs.values():
             if proc.poll() is None:
+                sig = signal.SIGKILL if _is_stopped(proc.pid) else signal.SIGTERM
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, sig)
         deadline = time.monotonic() + grace_s
         for proc in self.procs.values():
             try:
@@ -140,6 +145,15 @@ class LocalWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _is_stopped(pid: int) -> bool:
+    """True when ``pid`` is stopped by a signal or traced (state T or t in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _describe_exit(code: int) -> str:

@@ -4,6 +4,21 @@
 driver's transport), checks every worker answers, and :meth:`Session.measure` runs one plan under
 one network scenario in latency and/or throughput mode and returns one flat result row saying
 what was measured and how. Everything is stopped on exit, on error and on Ctrl-C.
+
+Isolation: ``"loopback"`` runs local workers on 127.0.0.1 and applies every link condition in the
+transports' user-space shaper. ``"netns"`` runs each local worker in its own network namespace
+(:class:`~paretopipe.network.netns.NamespaceNetwork`); the driver stays in this namespace and
+joins their bridge as the host node, the workers load a generated testbed with the namespace
+addresses, and per configuration the kernel shapes each directed link (tbf/htb, netem where the
+kernel has it) while the user-space shaper applies only what the kernel lacks.
+
+Faults: a worker that dies is named at once (the launcher sees it exit). When a reply or result
+does not arrive within the timeout, each stage device is pinged with a short timeout and the
+first that does not answer is named (a stopped, hung or cut-off worker cannot answer); a worker
+busy with a long stage cannot answer either, so this is only done after the timeout.
+
+Security: ``secure=True`` authenticates and encrypts every ZeroMQ link with CURVE keys from the
+testbed's ``key`` fields; local workers are started with ``--secure`` too.
 """
 
 from __future__ import annotations
@@ -11,15 +26,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from paretopipe.errors import ParetoPipeError, TransportError, UsageError
+from paretopipe.errors import CapabilityError, ParetoPipeError, TransportError, UsageError, WorkerError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.plans import Plan
 from paretopipe.runtime.driver import Driver, StageStats
-from paretopipe.runtime.endpoints import endpoints, make_transport
+from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import DRIVER, Testbed
 
@@ -55,26 +72,67 @@ def _window(plan: Plan, options: MeasureOptions) -> int:
     return 2 * k + 2
 
 
+ISOLATIONS = ("loopback", "netns")
+
+
+def preflight(testbed: Testbed, backend: str, *, isolation: str = "loopback", secure: bool = False,
+              launch: bool | None = None) -> None:
+    """Check that a session can start, before any work: isolation, backend, keys, capabilities.
+
+    Raises UsageError (unknown isolation, ``secure`` with a backend other than zmq, namespaces for
+    remote devices), ConfigError (a missing or unreadable CURVE key, naming the testbed file and
+    field) or CapabilityError (no root or no namespaces for ``isolation="netns"``).
+    """
+    if isolation not in ISOLATIONS:
+        raise UsageError(f"unknown isolation {isolation!r}", f"use {' or '.join(ISOLATIONS)}")
+    launch = testbed.all_local if launch is None else launch
+    if secure and backend != "zmq":
+        raise UsageError(f"--secure needs the zmq backend, not {backend!r}",
+                         "PyTorch RPC pickles and cannot be authenticated here: run it on a trusted network only")
+    if isolation == "netns":
+        if not launch:
+            raise UsageError(f"--isolation netns needs a local testbed; {testbed.path} has devices on other hosts",
+                             "on real devices shape the NIC with 'paretopipe netem apply' instead")
+        from paretopipe.network.capabilities import probe_capabilities
+
+        caps = probe_capabilities()
+        if not (caps.is_root and caps.ip_path and caps.netns and caps.bridge):
+            raise CapabilityError("--isolation netns needs root, iproute2, network namespaces and a bridge",
+                                  "see 'paretopipe netem preflight', or use --isolation loopback")
+    if secure:
+        for name in [DRIVER, *(testbed.device_names if launch else ())]:
+            curve_config(testbed, name)
+
+
 class Session:
     """Workers + driver for one testbed and backend; a context manager.
 
     ``launch``: start workers for the testbed's local devices (default: when every device is on
-    this machine); remote workers must already be running. ``path`` is the shaping path the
-    network layer uses ("userspace" on loopback: every part of a condition is applied by the
-    transport's shaper).
+    this machine); remote workers must already be running. ``isolation``: "loopback" or "netns"
+    (see the module docstring). ``path`` is the shaping path of the network layer: "userspace" on
+    loopback, "auto" in namespaces (kernel where it can, the user-space shaper for the rest).
+    ``secure``: CURVE on every link (keys from the testbed). ``ping_timeout_s``: how long each
+    stage device gets to answer a ping when a result is late. Raises what :func:`preflight` raises.
     """
 
     def __init__(self, testbed: Testbed, backend: str = "zmq", *, launch: bool | None = None,
-                 startup_timeout_s: float = 120.0, timeout_s: float = 60.0, log_dir: str | None = None) -> None:
+                 startup_timeout_s: float = 120.0, timeout_s: float = 60.0, log_dir: str | None = None,
+                 isolation: str = "loopback", secure: bool = False, ping_timeout_s: float | None = None) -> None:
+        preflight(testbed, backend, isolation=isolation, secure=secure, launch=launch)
         self.testbed = testbed
         self.backend = backend
         self.launch = testbed.all_local if launch is None else launch
         self.startup_timeout_s = startup_timeout_s
         self.timeout_s = timeout_s
+        self.ping_timeout_s = ping_timeout_s if ping_timeout_s is not None else min(2.0, max(0.5, timeout_s / 4))
         self.log_dir = log_dir
-        self.path = "userspace"
+        self.isolation = isolation
+        self.secure = secure
+        self.path = "auto" if isolation == "netns" else "userspace"
         self._stack = contextlib.ExitStack()
         self.workers = None
+        self.net = None  # the NamespaceNetwork in netns mode
+        self.run_testbed = testbed  # the testbed with the addresses actually used
         self._graphs: dict[str, Any] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -99,19 +157,38 @@ class Session:
             from paretopipe.cgroups import pin_cpus
 
             self._stack.enter_context(pin_cpus(self.testbed.driver.cpus))
+        worker_testbed, prefix = None, None
+        if self.isolation == "netns":
+            worker_testbed, prefix = self._enter_namespaces()
         if self.launch:
-            self.workers = self._stack.enter_context(LocalWorkers(self.testbed, self.backend, log_dir=self.log_dir))
+            self.workers = self._stack.enter_context(LocalWorkers(
+                self.testbed, self.backend, testbed_path=worker_testbed, argv_prefix=prefix, log_dir=self.log_dir,
+                extra_args=["--secure"] if self.secure else []))
         from backends.base import TransportOptions
 
         # A short send timeout: control sends to a worker that is not up yet are retried by the
         # driver between liveness checks instead of blocking for long.
-        self.transport = make_transport(self.backend, self.testbed, DRIVER, options=TransportOptions(send_timeout_s=2.0))
+        curve = curve_config(self.run_testbed, DRIVER) if self.secure else None
+        self.transport = make_transport(self.backend, self.run_testbed, DRIVER,
+                                        options=TransportOptions(send_timeout_s=2.0, curve=curve))
         self._stack.enter_context(self.transport)
-        addresses = {name: f"{ep.host}:{ep.port}" for name, ep in endpoints(self.testbed).items()}
+        addresses = {name: f"{ep.host}:{ep.port}" for name, ep in endpoints(self.run_testbed).items()}
         check = self.workers.check_alive if self.workers is not None else None
         self.driver = Driver(self.transport, self.timeout_s, check_alive=check, addresses=addresses)
         self._stack.callback(self.driver.stop, list(self.testbed.device_names) if self.launch else [])
         self._wait_for_workers()
+
+    def _enter_namespaces(self):
+        """Namespaces for the devices, the driver as host node, and the workers' testbed file."""
+        from paretopipe.network.netns import NamespaceNetwork
+
+        self.net = net = self._stack.enter_context(
+            NamespaceNetwork(self.testbed.device_names, subnet="auto", host_node=DRIVER, path=self.path))
+        self.run_testbed = relocated(self.testbed, {n: net.address(n) for n in net.all_nodes})
+        directory = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="paretopipe-netns-")))
+        path = directory / f"{self.testbed.name}-netns.toml"
+        path.write_text(render_testbed(self.run_testbed, f"{self.testbed.path} with the addresses of namespaces {net.prefix}-*"))
+        return path, (lambda device: net.exec_argv(device, []))
 
     def _wait_for_workers(self) -> None:
         """Ping every device until it answers (workers need seconds to import torch)."""
@@ -120,7 +197,7 @@ class Session:
                 self.driver.ping(name, timeout_s=self.startup_timeout_s)
             except TransportError:
                 raise TransportError(
-                    f"worker {name!r} at {self.testbed.device(name).address} did not answer within {self.startup_timeout_s:g} s",
+                    f"worker {name!r} at {self.run_testbed.device(name).address} did not answer within {self.startup_timeout_s:g} s",
                     f"start it with 'paretopipe worker --testbed {self.testbed.path} --device {name}'",
                 ) from None
 
@@ -137,19 +214,26 @@ class Session:
 
     def links(self, plan: Plan, scenario: tuple[str, LinkCondition]) -> list[dict[str, Any]]:
         """Every directed link the plan uses (driver -> stage 0 -> ... -> driver), with how each
-        part of its condition is applied."""
+        part of its condition is applied (``mechanism``) and what the user-space shaper must still
+        do (``userspace``). In netns mode this applies the kernel shaping of these links (every
+        other link unshaped) and records what the kernel really took."""
         from paretopipe.network.capabilities import probe_capabilities
         from paretopipe.network.mechanism import choose_mechanisms, residual_condition
 
         hops = [DRIVER, *plan.devices, DRIVER]
+        conds = [(src, dst, *self.testbed.link(src, dst, scenario)) for src, dst in zip(hops, hops[1:])]
+        if self.net is not None:
+            self.net.reshape({(src, dst): cond for src, dst, _, cond in conds if not cond.is_ideal})
         caps = probe_capabilities()
         out = []
-        for src, dst in zip(hops, hops[1:]):
-            label, cond = self.testbed.link(src, dst, scenario)
-            mech = choose_mechanisms(cond, caps, self.path)
+        for src, dst, label, cond in conds:
+            if self.net is not None and (src, dst) in self.net.mechanisms:
+                mech, residual = self.net.mechanisms[(src, dst)], self.net.residual(src, dst)
+            else:
+                mech = choose_mechanisms(cond, caps, self.path)
+                residual = residual_condition(cond, mech)
             out.append({"src": src, "dst": dst, "label": label, "condition": cond.to_dict(),
-                        "spec": cond.spec(), "mechanism": mech,
-                        "userspace": residual_condition(cond, mech)})
+                        "spec": cond.spec(), "mechanism": dict(mech), "userspace": residual})
         return out
 
     def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
@@ -178,12 +262,13 @@ class Session:
             for k, d in enumerate(plan.devices)
         ]
         self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
-        row: dict[str, Any] = {"config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        t0 = time.perf_counter()
-        ready = self.driver.setup(plan.devices, specs)
-        row["setup_s"] = time.perf_counter() - t0
+        row: dict[str, Any] = {"config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "isolation": self.isolation, "shaping": shaping_summary(links)}
         x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
         try:
+            t0 = time.perf_counter()
+            ready = self.driver.setup(plan.devices, specs)
+            row["setup_s"] = time.perf_counter() - t0
             if options.check_output:
                 with torch.no_grad():
                     expected = graph.model(x.clone())
@@ -197,12 +282,37 @@ class Session:
                 window = _window(plan, options)
                 row.update(self.driver.throughput([x], options.throughput_items, options.warmup, window, plan.batch_size).summary())
                 row.update(_stage_columns("tput", self.driver.stats()))
-        finally:
-            with contextlib.suppress(ParetoPipeError):
-                self.driver.release()
+        except WorkerError:
+            raise
+        except TransportError as exc:
+            raise self.unresponsive(plan.devices, exc) from None
+        with contextlib.suppress(ParetoPipeError):
+            self.driver.release()
         row["threads"] = json.dumps({d: ready[d].get("threads") for d in plan.devices})
         row["links"] = json.dumps([{k: v for k, v in link.items() if k != "userspace"} for link in links])
         return row
+
+
+    def unresponsive(self, devices: Sequence[str], cause: TransportError) -> ParetoPipeError:
+        """After ``cause`` (a reply or result did not come), the error naming the first of
+        ``devices`` that does not answer a ping within ``ping_timeout_s``; ``cause`` if all do."""
+        t = self.ping_timeout_s
+        for device in devices:
+            try:
+                self.driver.ping(device, timeout_s=t)
+            except WorkerError as exc:  # the launcher saw it exit meanwhile
+                return exc
+            except TransportError:
+                return WorkerError(device, f"did not answer a ping within {t:g} s after: {cause.message}",
+                                   "the worker is stopped, hung or cut off from the network")
+        return cause
+
+
+def shaping_summary(links: Sequence[Mapping[str, Any]]) -> str:
+    """How a row's links were shaped: the mechanisms used, e.g. ``tc-htb+userspace``, or ``none``."""
+    kinds = {("not-applied" if m.startswith("not-applied") else m)
+             for link in links for m in link["mechanism"].values() if m != "none"}
+    return "+".join(sorted(kinds)) or "none"
 
 
 def _stage_columns(prefix: str, stats: Sequence[StageStats]) -> dict[str, Any]:

@@ -52,6 +52,8 @@ class SweepSettings:
     weights: str | None = None
     leaf: tuple[str, ...] = ()
     seed: int = 0
+    isolation: str = "loopback"  # loopback | netns
+    secure: bool = False
 
 
 @dataclass
@@ -79,7 +81,7 @@ class SweepOutcome:
 
 
 _COMPARABLE = ("model", "testbed", "networks", "backends", "stages", "cuts", "granularity", "batch_size",
-               "latency_items", "throughput_items", "warmup", "repeats")
+               "latency_items", "throughput_items", "warmup", "repeats", "isolation")
 
 
 def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
@@ -92,7 +94,8 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
     tb = load_testbed(settings.testbed, scenarios)
     if settings.resume:
         manifest = store.manifest()
-        check_resume_compatible(manifest["settings"], asdict(settings) | {"resume": False}, _COMPARABLE)
+        old = {"isolation": "loopback"} | manifest["settings"]  # runs from before isolation existed
+        check_resume_compatible(old, asdict(settings) | {"resume": False}, _COMPARABLE)
         return _reload(manifest, store.dir, dict(nets))
     for be in settings.backends:
         from backends import get_transport
@@ -183,7 +186,8 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
             for i, cfg in enumerate(mine):
                 progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
                 if session is None:
-                    session = Session(tb, backend, timeout_s=settings.timeout_s).__enter__()
+                    session = Session(tb, backend, timeout_s=settings.timeout_s, isolation=settings.isolation,
+                                      secure=settings.secure).__enter__()
                 row = _base_row(cfg, settings, host, commit)
                 t0 = time.perf_counter()
                 try:
@@ -218,13 +222,13 @@ def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | Non
     p = cfg.plan
     pred = p.predicted
     return {
-        "network": cfg.network, "network_spec": cfg.condition.spec(), "backend": cfg.backend, "isolation": "loopback",
+        "network": cfg.network, "network_spec": cfg.condition.spec(), "backend": cfg.backend, "isolation": settings.isolation,
         "model": p.model_label, "batch_size": p.batch_size, "plan_id": p.id, "stages": p.stages,
         "cuts": " ".join(str(c.index) for c in p.cuts), "cut_nodes": " ".join(c.after for c in p.cuts),
         "devices": "+".join(p.devices), "repeat": cfg.repeat,
         "pred_latency_ms": pred.get("latency_ms"), "pred_throughput_ips": pred.get("throughput_ips"),
         "pred_bottleneck_ms": pred.get("bottleneck_ms"), "pred_bytes_per_item": pred.get("bytes_per_item"),
         "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]), "pred_on_front": cfg.on_front,
-        "shaping": "userspace", "calibration": p.meta.get("calibration"), "host": host, "commit": commit,
+        "shaping": None, "calibration": p.meta.get("calibration"), "host": host, "commit": commit,
         "started": now(),
     }
