@@ -241,7 +241,10 @@ class ZmqTransport(Transport):
                     if deadline is not None and time.perf_counter() >= deadline:
                         raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s")
                     continue
-                frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                try:
+                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # readiness without a message (seen with CURVE): wait again
+                    continue
                 recv_ns = time.perf_counter_ns()
                 message = self._decode(frames, recv_ns)
                 if message is not None:
