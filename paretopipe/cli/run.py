@@ -152,6 +152,8 @@ def worker_command(
     from paretopipe.timing import steady_allocator
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if secure and backend != "zmq":
+        raise UsageError(f"--secure needs the zmq backend, not {backend!r}", "PyTorch RPC cannot be authenticated here")
     if backend == "rpc":
         from backends.torch_rpc import TRUST_WARNING
 
@@ -163,8 +165,6 @@ def worker_command(
     if secure:
         from paretopipe.runtime.endpoints import curve_config
 
-        if backend != "zmq":
-            raise UsageError(f"--secure needs the zmq backend, not {backend!r}", "PyTorch RPC cannot be authenticated here")
         curve = curve_config(tb, device)
     torch.set_num_threads(threads or dev.threads)
     options = TransportOptions(bind_all_interfaces=bind_all, curve=curve)

@@ -1,0 +1,183 @@
+"""Faults in the middle of a sweep: a worker killed, stopped, or cut off from the network.
+
+The driver notices within the timeout, names the device, records a failed row, cleans up and
+restarts the workers, and measures the remaining configurations; ``--fail-fast`` stops instead.
+Rows already measured are kept once, and a resumed run measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from paretopipe.cli import app
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plans import Plan, PlanCut
+from paretopipe.sweep.runner import Config, SweepSettings, execute
+from paretopipe.sweep.store import RunStore
+from tests.test_runtime import _free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+SLEEPY = {"name": "tests.fixtures.pipeline_models:sleepy", "input_shape": [8], "source": "factory", "seed": 0,
+          "leaf_modules": ["Sleep"]}
+CUTS = {1: PlanCut(1, "steps_1"), 2: PlanCut(2, "steps_2")}
+# Three configurations; the fault hits the second, where b runs the second stage.
+PLANS = [Plan(model=SLEEPY, batch_size=1, cuts=(CUTS[c],), devices=d) for c, d in
+         [(1, ("b", "a")), (1, ("a", "b")), (2, ("a", "b"))]]
+TIMEOUT_S = 2.0
+
+
+def _testbed(tmp_path: Path) -> Path:
+    p0, p1, p2 = _free_ports(3)
+    path = tmp_path / "tb.toml"
+    path.write_text(f'name = "faults"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+                    f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n')
+    return path
+
+
+def _worker(device: str, parent_pid: int | None = None) -> psutil.Process:
+    """The live worker process serving ``device`` for ``parent_pid`` (default: this process)."""
+    parent = str(parent_pid or os.getpid())
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if "worker" in cmd and parent in cmd and device in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            if cmd[cmd.index("--device") + 1] == device and cmd[cmd.index("--parent-pid") + 1] == parent:
+                return p
+    raise AssertionError(f"no worker for {device}")
+
+
+def _workers_left(parent_pid: int | None = None) -> list[psutil.Process]:
+    parent = str(parent_pid or os.getpid())
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if "--parent-pid" in (p.info["cmdline"] or []) and parent in p.info["cmdline"]
+            and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+def kill(device: str) -> None:
+    _worker(device).send_signal(signal.SIGKILL)
+
+
+def stop(device: str) -> None:
+    _worker(device).send_signal(signal.SIGSTOP)
+
+
+def link_down(device: str) -> None:
+    ns = subprocess.run(["ip", "netns", "identify", str(_worker(device).pid)], capture_output=True, text=True).stdout.strip()
+    assert ns, f"worker {device} is not in a named namespace"
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+
+
+def _sweep(tmp_path: Path, fault: Callable[[str], None] | None, *, isolation: str = "loopback", resume: bool = False,
+           fail_fast: bool = False, at: int = 1, delay_s: float = 0.3):
+    """Run the three configurations; ``fault("b")`` fires ``delay_s`` into configuration ``at``."""
+    out = tmp_path / "run"
+    tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else _testbed(tmp_path)
+    settings = SweepSettings(model=SLEEPY["name"], testbed=str(tb), networks=("lan",), stages=(2,), cuts="1,2",
+                             latency_items=5, throughput_items=10, warmup=1, out=str(out), timeout_s=TIMEOUT_S,
+                             isolation=isolation, fail_fast=fail_fast, resume=resume)
+    store = RunStore(out, resume=resume)
+    if not resume:
+        store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    configs = [Config("lan", LinkCondition(), "zmq", plan, 0, False) for plan in PLANS]
+    timers: list[threading.Timer] = []
+
+    def progress(done: int, total: int, what: str) -> None:
+        if fault is not None and done == at and not timers:
+            timers.append(threading.Timer(delay_s, fault, ["b"]))
+            timers[0].start()
+
+    t0 = time.monotonic()
+    try:
+        outcome = execute(settings, store, configs, lambda msg: None, progress)
+    finally:
+        for t in timers:
+            t.join()
+    return outcome, store.rows(), time.monotonic() - t0
+
+
+def _check_rows(rows: pd.DataFrame, failed_reason: str) -> pd.Series:
+    """One failed row for the second configuration naming b; the others ok, each exactly once."""
+    failed = rows[rows["status"] == "failed"]
+    assert len(failed) == 1, rows[["plan_id", "status", "error"]]
+    bad = failed.iloc[0]
+    assert bad["plan_id"] == PLANS[1].id and bad["failed_device"] == "b"
+    assert failed_reason in bad["error"] and "'b'" in bad["error"], bad["error"]
+    ok = rows[rows["status"] == "ok"]
+    assert sorted(ok["plan_id"]) == sorted([PLANS[0].id, PLANS[2].id])
+    assert (ok["output_exact"].astype(str) == "True").all()
+    return bad
+
+
+def test_killed_worker_fails_one_configuration_and_the_sweep_goes_on(tmp_path):
+    outcome, rows, _ = _sweep(tmp_path, kill)
+    assert (outcome.measured, outcome.failed) == (2, 1)
+    _check_rows(rows, "SIGKILL")
+    assert not _workers_left()
+    # resuming measures only the failed configuration; nothing measured is lost or repeated
+    again, rows, _ = _sweep(tmp_path, None, resume=True)
+    assert (again.measured, again.skipped, again.failed) == (1, 2, 0)
+    ok = rows[rows["status"] == "ok"]
+    assert sorted(ok["plan_id"]) == sorted(p.id for p in PLANS) and len(rows) == 4
+
+
+def test_stopped_worker_is_named_by_ping_and_killed(tmp_path):
+    outcome, rows, _ = _sweep(tmp_path, stop)
+    assert (outcome.measured, outcome.failed) == (2, 1)
+    bad = _check_rows(rows, "did not answer a ping")
+    # noticed within the timeout (plus the ping), not after the whole configuration
+    assert float(bad["duration_s"]) < TIMEOUT_S + 2.5 + 1.0
+    assert not _workers_left(), "a SIGSTOPped worker must be killed"
+
+
+@pytest.mark.netns
+def test_worker_cut_off_in_its_namespace_is_named(tmp_path):
+    outcome, rows, _ = _sweep(tmp_path, link_down, isolation="netns")
+    assert (outcome.measured, outcome.failed) == (2, 1)
+    _check_rows(rows, "did not answer a ping")
+    assert set(rows["isolation"]) == {"netns"}
+    assert not _workers_left()
+
+
+def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "paretopipe", "sweep", "tests.fixtures.toy_models:skipnet", "--testbed",
+            str(_testbed(tmp_path)), "--network", "lan", "--stages", "2", "--cuts", "3,5", "--items", "30",
+            "--warmup", "1", "--profiles", str(tmp_path / "profiles"), "-o", str(out), "--timeout", str(TIMEOUT_S),
+            "--fail-fast"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    csv = out / "measurements.csv"
+    try:
+        deadline = time.monotonic() + 120
+        while not (csv.exists() and len(csv.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-800:]
+            time.sleep(0.05)
+        _worker("b", proc.pid).send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err_text = err.decode()
+    assert proc.returncode != 0
+    assert "Error: worker 'b'" in err_text and "Traceback" not in err_text, err_text[-800:]
+    rows = pd.read_csv(csv, dtype=str)
+    assert list(rows["status"]).count("failed") == 1 and rows["status"].iloc[-1] == "failed"
+    assert rows["failed_device"].iloc[-1] == "b"
+    assert len(rows) < 4, "nothing is measured after the first failure"
+    assert not _workers_left(proc.pid)
+    resumed = CliRunner().invoke(app, [*argv[3:-1], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    ok = pd.read_csv(csv, dtype=str).query("status == 'ok'")
+    assert len(ok) == 4 and ok["plan_id"].is_unique
