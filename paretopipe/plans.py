@@ -100,22 +100,41 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(source, unknown[0], "unknown key", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("schema", "version"):
+        if key not in data:
+            raise ConfigError(source, key, "missing", "is this a plan file?")
     if data.get("schema") != SCHEMA:
         raise ConfigError(source, "schema", f"expected {SCHEMA!r}, got {data.get('schema')!r}", "is this a plan file?")
     if data.get("version") != VERSION:
         raise ConfigError(source, "version", f"unsupported version {data.get('version')!r}", f"this paretopipe reads version {VERSION}")
 
-    def need(key: str, kind: type | tuple[type, ...], where: Mapping[str, Any] = data, prefix: str = "") -> Any:
+    def need(key: str, kind: type | tuple[type, ...], where: Mapping[str, Any] = data, prefix: str = "",
+             default: Any = ..., check=None) -> Any:
         if key not in where:
-            raise ConfigError(source, prefix + key, "missing")
+            if default is ...:
+                raise ConfigError(source, prefix + key, "missing")
+            return default
         value = where[key]
-        if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kind) \
+                or (check is not None and not check(value)):
             raise ConfigError(source, prefix + key, f"invalid value {value!r}")
         return value
 
+    def known(where: Mapping[str, Any], keys: set[str], prefix: str) -> None:
+        unknown = sorted(set(where) - keys)
+        if unknown:
+            raise ConfigError(source, prefix + unknown[0], "unknown key", f"known keys: {', '.join(sorted(keys))}")
+
     model = need("model", dict)
-    for key, kind in (("name", str), ("input_shape", list)):
-        need(key, kind, model, "model.")
+    known(model, _MODEL_KEYS, "model.")
+    need("name", str, model, "model.")
+    need("input_shape", list, model, "model.", check=lambda v: v and all(_is_int(d) and d > 0 for d in v))
+    need("seed", int, model, "model.", 0)
+    need("source", str, model, "model.", "")
+    need("leaf_modules", list, model, "model.", [], check=lambda v: all(isinstance(m, str) for m in v))
+    for key in ("weights", "weights_sha256"):
+        need(key, (str, type(None)), model, "model.", None)
     batch = need("batch_size", int)
     if batch < 1:
         raise ConfigError(source, "batch_size", f"must be >= 1, got {batch}")
@@ -123,12 +142,13 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     for i, c in enumerate(need("cuts", list)):
         if not isinstance(c, dict):
             raise ConfigError(source, f"cuts[{i}]", "must be an object with index and after")
+        known(c, {"index", "after", "tensors", "nbytes"}, f"cuts[{i}].")
         cuts.append(
             PlanCut(
                 index=need("index", int, c, f"cuts[{i}]."),
                 after=need("after", str, c, f"cuts[{i}]."),
-                tensors=tuple(c.get("tensors", ())),
-                nbytes=int(c.get("nbytes", 0)),
+                tensors=tuple(need("tensors", list, c, f"cuts[{i}].", [], check=lambda v: all(isinstance(t, str) for t in v))),
+                nbytes=need("nbytes", int, c, f"cuts[{i}].", 0, check=lambda v: v >= 0),
             )
         )
     indices = [c.index for c in cuts]
@@ -139,18 +159,26 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
         raise ConfigError(source, "devices", f"{len(cuts)} cuts need {len(cuts) + 1} device names, got {devices}")
     if len(set(devices)) != len(devices):
         raise ConfigError(source, "devices", f"a device runs at most one stage, got {devices}")
+    need("id", str, default=None)
     return Plan(
         model=model,
         batch_size=batch,
         cuts=tuple(cuts),
         devices=tuple(devices),
-        network=str(data.get("network", "local")),
-        links=tuple(data.get("links", ())),
-        predicted=dict(data.get("predicted", {})),
-        profiles=tuple(data.get("profiles", ())),
-        testbed=data.get("testbed"),
-        meta=dict(data.get("meta", {})),
+        network=need("network", str, default="local"),
+        links=tuple(need("links", list, default=[], check=lambda v: all(isinstance(x, dict) for x in v))),
+        predicted=dict(need("predicted", dict, default={})),
+        profiles=tuple(need("profiles", list, default=[], check=lambda v: all(isinstance(x, dict) for x in v))),
+        testbed=need("testbed", (str, type(None)), default=None),
+        meta=dict(need("meta", dict, default={})),
     )
+
+
+_MODEL_KEYS = {"name", "input_shape", "weights", "weights_sha256", "seed", "source", "leaf_modules"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_plan(path: str | Path) -> Plan:

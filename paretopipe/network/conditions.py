@@ -189,12 +189,31 @@ def load_scenarios(path: str | Path | None = None) -> dict[str, LinkCondition]:
     for name, fields in data.items():
         if not isinstance(fields, dict):
             raise ConfigError(p, name, "must be a table of bandwidth/delay/jitter/loss", f"write [{name}]")
+        for key, value in fields.items():  # each field alone first, so the error names it
+            _check_field(p, f"{name}.{key}", key, value)
         fields = {k: v for k, v in fields.items() if k != "description"}
         try:
             scenarios[name] = condition_from_fields(fields)
-        except UsageError as exc:
-            raise ConfigError(p, name, exc.message, exc.hint) from None
+        except UsageError as exc:  # a combination: jitter above delay
+            first = exc.message.split()[0].removesuffix("_ms").removesuffix("_pct")  # the part it is about
+            field = f"{name}.{first}" if first in _FIELDS else name
+            raise ConfigError(p, field, exc.message, exc.hint) from None
     return scenarios
+
+
+def _check_field(path: Path, where: str, key: str, value: Any) -> None:
+    """Raise ConfigError(path, where) unless ``key = value`` is a known, readable scenario field."""
+    parsers = {"bandwidth": parse_rate, "delay": parse_duration_ms, "jitter": lambda t: parse_duration_ms(t, "jitter"),
+               "loss": parse_loss_pct, "description": str}
+    if key not in parsers:
+        raise ConfigError(path, where, "unknown key", f"known keys: {', '.join(sorted(parsers))}")
+    if not isinstance(value, str):
+        what = "a string with a unit" if key in _FIELDS else "a string"
+        raise ConfigError(path, where, f"must be {what}, got {value!r}", f'e.g. {key} = "{_EXAMPLE.get(key, "a few words")}"')
+    try:
+        parsers[key](value)
+    except UsageError as exc:
+        raise ConfigError(path, where, exc.message, exc.hint) from None
 
 
 def resolve_network(spec: str, scenarios: Mapping[str, LinkCondition]) -> tuple[str, LinkCondition]:
