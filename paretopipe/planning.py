@@ -143,6 +143,22 @@ def link_models(testbed: Testbed, scenario: tuple[str, LinkCondition], calibrati
     return out
 
 
+def candidate_cuts(graph: ModelGraph, granularity: str) -> list:
+    """The cuts a plan may use: ``node`` (every legal cut), ``block`` (block boundaries) or a
+    comma-separated list of cut indices (``"2,7,15"``). Raises UsageError/CutError."""
+    if granularity in ("node", "block"):
+        cuts = graph.cuts_at(granularity)  # type: ignore[arg-type]
+    else:
+        try:
+            positions = sorted({int(t) for t in granularity.split(",") if t.strip()})
+        except ValueError:
+            raise UsageError(f"unknown granularity {granularity!r}", "use node, block or cut indices like 2,7,15") from None
+        cuts = [graph.cut(p) for p in positions]
+    if not cuts:
+        raise UsageError(f"the model has no legal {granularity} cuts", "try --granularity node")
+    return cuts
+
+
 def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbed: Testbed,
                    links: dict[tuple[str, str], LinkModel], granularity: str = "node",
                    window: int | None = None) -> Instance:
@@ -150,9 +166,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
     devices = list(profiles)
     b = graph.batch_size
     node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) for p in profiles.values()])
-    cuts = graph.cuts_at(granularity)  # type: ignore[arg-type]
-    if not cuts:
-        raise UsageError(f"the model has no legal {granularity} cuts", "try --granularity node")
+    cuts = candidate_cuts(graph, granularity)
     names = [*devices, DRIVER]
     n = len(names)
     overhead, delay, bandwidth = np.zeros((n, n)), np.zeros((n, n)), np.full((n, n), np.inf)

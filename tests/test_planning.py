@@ -128,3 +128,11 @@ def test_plan_cli_bad_input(profiled, args, message):
     d, *_ = profiled
     result = runner.invoke(app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args])
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_granularity_can_be_a_list_of_cut_indices(profiled):
+    _, tb, spec, graph, profs = profiled
+    result = plan_front(spec, graph, tb, WIFI, profs, [2], granularity="3,5")
+    assert sorted({p for pos in result.search.plans["cut_positions"] for p in pos}) == [3, 5]
+    with pytest.raises(UsageError, match="unknown granularity"):
+        plan_front(spec, graph, tb, WIFI, profs, [2], granularity="3,x")

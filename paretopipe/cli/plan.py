@@ -38,7 +38,7 @@ def plan_command(
     auto_profile: bool = typer.Option(True, "--auto-profile/--no-auto-profile", help="Profile local devices that have no profile."),
     method: str = typer.Option("auto", "--method", help="exact, exhaustive, nsga2 or auto."),
     objectives: str = typer.Option("latency,throughput", "--objectives", help="latency,throughput[,bytes][,memory]."),
-    granularity: str = typer.Option("node", "--granularity", "-g", help="Candidate cuts: node or block."),
+    granularity: str = typer.Option("node", "--granularity", "-g", help="Candidate cuts: node, block, or cut indices like 2,7,15."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     backend: str = BackendOption,
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
@@ -69,8 +69,6 @@ def plan_command(
         raise UsageError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
     if set(objs) - set(OBJECTIVES) or not objs:
         raise UsageError(f"unknown objective(s) in {objectives!r}", f"choose from {', '.join(OBJECTIVES)}")
-    if granularity not in ("node", "block"):
-        raise UsageError(f"unknown granularity {granularity!r}", "use node or block")
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
     if max(ks) > len(tb.devices):

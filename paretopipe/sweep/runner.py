@@ -33,7 +33,7 @@ class SweepSettings:
     networks: tuple[str, ...] = ("lan", "wifi", "4g")
     backends: tuple[str, ...] = ("zmq",)
     stages: tuple[int, ...] = (1, 2)
-    cuts: str = "front"  # front | all | block | a list like 26,40,17.42
+    cuts: str = "front"  # front | all (over granularity) | block | cut sets like 26,40,17.42
     granularity: str = "block"
     batch_size: int = 1
     latency_items: int = 20
@@ -135,7 +135,7 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> lis
     cal = find_calibration(tb.name, settings.backends[0], "loopback", [settings.calibrations])
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
-    granularity = {"all": "node", "block": "block"}.get(how, settings.granularity if how == "front" else "node")
+    granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(how, "node")
     out = []
     for scenario in nets:
         result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
