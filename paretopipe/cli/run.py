@@ -89,6 +89,8 @@ def run_command(
     with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure) as session:
         row = session.measure(the_plan, scenario, options)
     render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
+    err_console.print(f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
+                      markup=False, highlight=False)
     if row.get("output_exact") is False:
         err_console.print(f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}")
 
@@ -107,6 +109,17 @@ def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, se
         raise UsageError(f"a device runs at most one stage, got {names}")
     return Plan(model=spec.to_dict(), batch_size=batch_size,
                 cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in chosen), devices=tuple(names))
+
+
+def _describe_links(links_json: str) -> str:
+    """``driver->a unshaped; a->b bandwidth tc-htb, delay userspace; ...`` from a row's links."""
+    import json
+
+    parts = []
+    for link in json.loads(links_json):
+        used = [f"{part} {how}" for part, how in link["mechanism"].items() if how != "none"]
+        parts.append(f"{link['src']}->{link['dst']} {', '.join(used) or 'unshaped'}")
+    return "; ".join(parts)
 
 
 def _compare_rows(row: dict, predicted: dict) -> list[dict]:

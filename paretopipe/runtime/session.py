@@ -236,13 +236,13 @@ class Session:
                         "spec": cond.spec(), "mechanism": dict(mech), "userspace": residual})
         return out
 
-    def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
-        """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
-        import torch
+    def setup(self, plan: Plan, scenario: tuple[str, LinkCondition]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Check ``plan`` against its model, shape its links and build its stages on the devices.
 
-        from paretopipe.models import ModelSpec, example_input
-        from paretopipe.stages import compare_outputs, assemble_output
-
+        Returns ``(links, ready)``: the links as :meth:`links` gives them and each device's ready
+        header; the driver then runs items of this configuration until ``driver.release()``.
+        Raises UsageError (cuts of another model), WorkerError naming an unresponsive device.
+        """
         graph = self.graph_for(plan)
         cuts = graph.check_cuts(plan.cut_indices)
         names = [c.after for c in cuts]
@@ -262,13 +262,28 @@ class Session:
             for k, d in enumerate(plan.devices)
         ]
         self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
-        row: dict[str, Any] = {"config": config, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "isolation": self.isolation, "shaping": shaping_summary(links)}
-        x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
         try:
-            t0 = time.perf_counter()
-            ready = self.driver.setup(plan.devices, specs)
-            row["setup_s"] = time.perf_counter() - t0
+            return links, self.driver.setup(plan.devices, specs)
+        except WorkerError:
+            raise
+        except TransportError as exc:
+            raise self.unresponsive(plan.devices, exc) from None
+
+    def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
+        """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
+        import torch
+
+        from paretopipe.models import ModelSpec, example_input
+        from paretopipe.stages import compare_outputs, assemble_output
+
+        graph = self.graph_for(plan)
+        x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
+        t0 = time.perf_counter()
+        links, ready = self.setup(plan, scenario)
+        row: dict[str, Any] = {"config": self.driver.config, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "isolation": self.isolation, "shaping": shaping_summary(links),
+                               "setup_s": time.perf_counter() - t0}
+        try:
             if options.check_output:
                 with torch.no_grad():
                     expected = graph.model(x.clone())
@@ -291,7 +306,6 @@ class Session:
         row["threads"] = json.dumps({d: ready[d].get("threads") for d in plan.devices})
         row["links"] = json.dumps([{k: v for k, v in link.items() if k != "userspace"} for link in links])
         return row
-
 
     def unresponsive(self, devices: Sequence[str], cause: TransportError) -> ParetoPipeError:
         """After ``cause`` (a reply or result did not come), the error naming the first of

@@ -132,7 +132,7 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> lis
         raise UsageError(f"{max(settings.stages)} stages need as many devices; {tb.path} has {len(tb.devices)}")
     graph = trace_spec(spec, settings.batch_size)
     profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
-    cal = find_calibration(tb.name, settings.backends[0], "loopback", [settings.calibrations])
+    cal = find_calibration(tb.name, settings.backends[0], settings.isolation, [settings.calibrations])
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
     granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(how, "node")
