@@ -58,7 +58,7 @@ def run_command(
     """Run one plan for real on the testbed and print measured metrics next to predicted ones.
 
     Local testbeds start their workers themselves; for real devices start 'paretopipe worker'
-    on each first. Example: paretopipe run --plan plans/resnet18/c26-fast+slow.json --network wifi
+    on each first. Example: paretopipe run --plan plans/resnet18-wifi/c26-fast+slow.json --network wifi
     """
     from paretopipe.network.conditions import resolve_network
     from paretopipe.runtime.session import MeasureOptions, Session, preflight
