@@ -125,14 +125,14 @@ class TcpLink:
 
 # -- any Transport backend -----------------------------------------------------------------------
 
-def _transport_peer(name: str, client_port: int, port_queue: mp.Queue) -> None:
+def _transport_peer(name: str, client_port: int, peer_port: int, port_queue: mp.Queue) -> None:
     import backends
 
     torch.set_num_threads(1)
     cls = backends.get_transport(name)
     opts = backends.TransportOptions(max_message_nbytes=1 << 30, send_timeout_s=60)
     client = backends.Endpoint("client", HOST, client_port)
-    with cls(backends.Endpoint("peer", HOST, 0), {"client": client}, options=opts) as t:
+    with cls(backends.Endpoint("peer", HOST, peer_port), {"client": client}, options=opts) as t:
         port_queue.put(t.me.port)
         received = 0
         while True:
@@ -157,15 +157,17 @@ class TransportLink:
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        with socket.socket() as probe:  # our own port, so the peer can be told where to answer
-            probe.bind((HOST, 0))
-            my_port = probe.getsockname()[1]
-        self.proc = ctx.Process(target=_transport_peer, args=(name, my_port, queue), daemon=True)
+        with socket.socket() as probe, socket.socket() as probe2:  # both ports known up front, so
+            probe.bind((HOST, 0))  # either end may start first (an RPC world starts only when all join)
+            probe2.bind((HOST, 0))
+            my_port, peer_port = probe.getsockname()[1], probe2.getsockname()[1]
+        self.proc = ctx.Process(target=_transport_peer, args=(name, my_port, peer_port, queue), daemon=True)
         self.proc.start()
-        peer = backends.Endpoint("peer", HOST, queue.get(timeout=120))
+        peer = backends.Endpoint("peer", HOST, peer_port)
         opts = backends.TransportOptions(max_message_nbytes=1 << 30, send_timeout_s=60)
         self.t = backends.get_transport(name)(backends.Endpoint("client", HOST, my_port), {"peer": peer}, options=opts)
         self.t.start()
+        queue.get(timeout=120)  # the peer is up
 
     def roundtrip(self, payload: torch.Tensor) -> None:
         self.t.send("peer", {"op": "echo"}, [payload])
@@ -179,8 +181,8 @@ class TransportLink:
 
     def close(self) -> None:
         self.t.send("peer", {"op": "stop"})
+        self.t.close()  # before joining: closing an RPC world waits for every member
         self.proc.join(10)
-        self.t.close()
 
 
 # -- measurement -----------------------------------------------------------------------------------
@@ -310,7 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {label: SIZES[label] for label in (s.strip() for s in args.sizes.split(",")) if label}
     torch.set_num_threads(1)
     print(f"# loopback, {_fingerprint()}")
-    print_table(run(names, sizes, args.quick), names)
+    rows = run(names, sizes, args.quick)
+    print_table(rows, names)
+    big = next((r for r in rows if r["metric"] == "rate 16MB (MB/s)"), None)
+    if big is not None:
+        print("\n16MB transfer rate / raw TCP: " + ", ".join(f"{n} {big[n] / big['tcp']:.2f}" for n in names))
     encode_us, decode_us = codec_us()
     print(f"\ncodec alone, small message, in-process: encode {encode_us:.1f} us, decode {decode_us:.1f} us")
 
