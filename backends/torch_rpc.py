@@ -5,8 +5,8 @@ send. From a testbed (:meth:`TorchRpcTransport.for_testbed`, used by the runtime
 driver (rank 0) plus every device of the file in file order -- all of them must join, also devices
 a plan does not use -- and the rendezvous is ``tcp://driver.host:driver.rpc_port``, hosted by the
 driver. Built from endpoints alone, the world is ``me`` and the peers in name order (or ``world``)
-and rank 0's endpoint is the rendezvous. :meth:`start` waits up to ``join_timeout_s`` and names
-whoever did not come. A process joins at most one world in its life (see
+and rank 0's endpoint is the rendezvous. :meth:`start` waits up to ``join_timeout_s`` (testbed
+devices: 10 minutes, the driver: 1 minute) and names whoever did not come. A process joins at most one world in its life (see
 :mod:`backends.rpc_world`); the CLI runs one session per process.
 
 *Sending.* ``send`` is ``rpc_async(peer, _deliver, args=(src, header, tensors))``: no hub, a stage
@@ -61,6 +61,8 @@ TRUST_WARNING = (
 #: Default waits, in seconds, for every member of the world to join (start) and to close (close).
 JOIN_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 10.0
+#: How long a testbed's device waits to join: workers are often started by hand before the driver.
+WORKER_JOIN_TIMEOUT_S = 600.0
 #: Shortest deadline of one remote call: it covers the whole transfer of the message.
 MIN_CALL_TIMEOUT_S = 60.0
 
@@ -129,14 +131,16 @@ class TorchRpcTransport(Transport):
     def for_testbed(cls, testbed: Any, me: str, *, options: TransportOptions | None = None,
                     shaping: Mapping[str, LinkCondition] | None = None, **kwargs: Any) -> "TorchRpcTransport":
         """Endpoint ``me`` of a testbed's world: the driver is rank 0, then the devices in file
-        order; the rendezvous is ``driver.host:driver.rpc_port``. Raises UsageError for an
-        unknown name."""
+        order; the rendezvous is ``driver.host:driver.rpc_port``. The driver waits
+        ``JOIN_TIMEOUT_S`` for everyone, a device ``WORKER_JOIN_TIMEOUT_S``. Raises UsageError for
+        an unknown name."""
         from paretopipe.testbed import DRIVER
 
         eps = {DRIVER: Endpoint(DRIVER, testbed.driver.host, testbed.driver.port)}
         eps.update((d.name, Endpoint(d.name, d.host, d.port)) for d in testbed.devices)
         if me not in eps:
             raise UsageError(f"{testbed.path}: no endpoint named {me!r}", f"known: {', '.join(eps)}")
+        kwargs.setdefault("join_timeout_s", JOIN_TIMEOUT_S if me == DRIVER else WORKER_JOIN_TIMEOUT_S)
         return cls(eps[me], {n: e for n, e in eps.items() if n != me}, shaping=shaping, options=options,
                    world=list(eps), rendezvous=(testbed.driver.host, testbed.driver.rpc_port), **kwargs)
 
@@ -321,4 +325,11 @@ class TorchRpcTransport(Transport):
         return Message(src, header, tensors, recv_ns)
 
 
-__all__ = ["CLOSE_TIMEOUT_S", "JOIN_TIMEOUT_S", "MIN_CALL_TIMEOUT_S", "TRUST_WARNING", "TorchRpcTransport"]
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "JOIN_TIMEOUT_S",
+    "MIN_CALL_TIMEOUT_S",
+    "TRUST_WARNING",
+    "WORKER_JOIN_TIMEOUT_S",
+    "TorchRpcTransport",
+]

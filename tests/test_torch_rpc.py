@@ -244,6 +244,7 @@ def test_testbed_world_is_driver_then_devices_in_file_order() -> None:
     assert t.world.names == ("driver", "fast", "slow") and t.world.rank == 2
     assert (t.world.host, t.world.port) == (tb.driver.host, tb.driver.rpc_port)
     assert sorted(t.peers) == ["driver", "fast"] and t.me.name == "slow"
+    assert t.world.join_timeout_s > TorchRpcTransport.for_testbed(tb, "driver").world.join_timeout_s
     with pytest.raises(UsageError, match="no endpoint named 'ghost'"):
         TorchRpcTransport.for_testbed(tb, "ghost")
 
