@@ -370,8 +370,11 @@ def _validate(nodes: list[str], links: Mapping[tuple[str, str], LinkCondition], 
 def _used_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 route destination and interface network of the caller's namespace."""
     used = []
-    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    try:
+        routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+        addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # no iproute2: nothing can be routed by us either; start() says so
+        return used
     candidates = [(t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in (l.split() for l in routes.splitlines()) if t]
     candidates += [t[t.index("inet") + 1] for t in (l.split() for l in addrs.splitlines()) if "inet" in t]
     for c in candidates:

@@ -180,8 +180,9 @@ class Session:
 
     def _enter_namespaces(self):
         """Namespaces for the devices, the driver as host node, and the workers' testbed file."""
-        from paretopipe.network.netns import NamespaceNetwork
+        from paretopipe.network.netns import NamespaceNetwork, cleanup_stale
 
+        cleanup_stale()  # namespaces (and their host veths) of runs whose driver was killed
         self.net = net = self._stack.enter_context(
             NamespaceNetwork(self.testbed.device_names, subnet="auto", host_node=DRIVER, path=self.path))
         self.run_testbed = relocated(self.testbed, {n: net.address(n) for n in net.all_nodes})
