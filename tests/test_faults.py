@@ -151,6 +151,7 @@ def test_worker_cut_off_in_its_namespace_is_named(tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.slow  # profiles, sweeps and resumes through the CLI: about 20 s
 def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "paretopipe", "sweep", "tests.fixtures.toy_models:skipnet", "--testbed",
