@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paretopipe.cli import app
+from paretopipe.errors import WorkerError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.plans import Plan, PlanCut
 from paretopipe.sweep.runner import Config, SweepSettings, execute
@@ -151,7 +152,15 @@ def test_worker_cut_off_in_its_namespace_is_named(tmp_path):
     assert not _workers_left()
 
 
-@pytest.mark.slow  # profiles, sweeps and resumes through the CLI: about 20 s
+def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
+    with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
+        _sweep(tmp_path, kill, fail_fast=True)
+    rows = RunStore(tmp_path / "run", resume=True).rows()
+    assert list(rows["status"]) == ["ok", "failed"] and rows["failed_device"].iloc[-1] == "b"
+    assert not _workers_left()
+
+
+@pytest.mark.slow  # the same through the CLI (profiles, sweeps, resumes): about 20 s
 def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "paretopipe", "sweep", "tests.fixtures.toy_models:skipnet", "--testbed",
