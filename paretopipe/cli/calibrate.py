@@ -9,7 +9,7 @@ import typer
 
 from paretopipe.cli import app
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
-from paretopipe.cli.run import BackendOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
+from paretopipe.cli.run import BackendOption, IsolationOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
 
 
 @app.command("calibrate")
@@ -22,13 +22,15 @@ def calibrate_command(
     items: int = typer.Option(20, "--items", min=3, help="Timed round trips per path and size."),
     out: Path = typer.Option(Path("calibrations"), "--out", "-o", help="Directory for the calibration file."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply."),
+    isolation: str = IsolationOption,
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Measure each link's per-message overhead and transfer rate through the real runtime.
 
     Relays messages of several sizes along driver -> device(s) -> driver, fits overhead + bytes/rate
     per hop, and stores it where 'paretopipe plan' and 'sweep' find it (they say when they use it).
-    Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq
+    Calibrate each backend and isolation you sweep with.
+    Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq --isolation loopback
     """
     from paretopipe.calibrate import calibrate, fit_quality
     from paretopipe.calibration import default_path
@@ -39,7 +41,7 @@ def calibrate_command(
     size_list = parse_int_list(sizes, "--sizes")
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
-    with Session(tb, backend, timeout_s=timeout) as session:
+    with Session(tb, backend, timeout_s=timeout, isolation=isolation) as session:
         cal, raw = calibrate(session, tb, scenario, size_list, items, log=err_console.print)
     path = default_path(tb.name, backend, cal.isolation, out)
     write_json_atomic(cal.to_dict(), path)
