@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.process import pid_alive
 
 __all__ = [
     "Controller", "find_controller", "check_quota_capability", "parse_cpus", "cpu_quota",
@@ -320,16 +321,6 @@ def limit_process(
         yield
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale(controller: Controller | None = None) -> list[Path]:
     """Remove paretopipe cgroups whose creating process is gone; returns the removed paths.
 
@@ -342,7 +333,7 @@ def cleanup_stale(controller: Controller | None = None) -> list[Path]:
     removed = []
     for group in sorted(p for p in ctl.parent.iterdir() if p.is_dir()):
         m = _NAME_RE.match(group.name)
-        if m is None or _alive(int(m["owner"])):
+        if m is None or pid_alive(int(m["owner"])):
             continue
         with _no_interrupts():
             _remove_group(group, ctl.mount)

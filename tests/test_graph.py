@@ -9,7 +9,6 @@ from paretopipe.errors import CutError, ModelError
 from paretopipe.graph import trace, trace_spec
 from paretopipe.models import build_model, example_input, resolve_spec
 from paretopipe.stages import run_chain, verify, verification_cut_sets
-from tests.fixtures import toy_models
 
 
 def _toy(factory: str, shape=None):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -159,6 +158,7 @@ def worker_command(
     import torch
 
     from backends.base import TransportOptions
+    from paretopipe.process import pid_alive
     from paretopipe.runtime.endpoints import make_transport
     from paretopipe.runtime.worker import Worker
 
@@ -184,15 +184,7 @@ def worker_command(
     transport = make_transport(backend, tb, device, options=options)
 
     def alive() -> bool:
-        if parent_pid is None:
-            return True
-        try:
-            os.kill(parent_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return parent_pid is None or pid_alive(parent_pid)
 
     with transport:
         where = f"*:{dev.port}" if bind_all else dev.address

@@ -41,6 +41,7 @@ from paretopipe.network.conditions import LinkCondition
 from paretopipe.network.mechanism import residual_condition
 from paretopipe.network.shell import Command, run_command
 from paretopipe.network.tc import PortRange, TcPlan, build_apply, build_clear, build_per_destination
+from paretopipe.process import pid_alive
 
 log = logging.getLogger("paretopipe.network")
 
@@ -424,7 +425,7 @@ def _remove_namespace(ns: str) -> None:
         return
     pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [int(p) for p in pids if _alive(int(p)) and int(p) != os.getpid()]
+        alive = [int(p) for p in pids if pid_alive(int(p)) and int(p) != os.getpid()]
         for pid in alive:
             try:
                 os.kill(pid, sig)
@@ -433,7 +434,7 @@ def _remove_namespace(ns: str) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 2.0
-        while alive and time.monotonic() < deadline and any(_alive(p) for p in alive):
+        while alive and time.monotonic() < deadline and any(pid_alive(p) for p in alive):
             time.sleep(0.02)
     links = subprocess.run(["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
@@ -441,20 +442,6 @@ def _remove_namespace(ns: str) -> None:
         if name != "lo":
             run_command(_ip("-n", ns, "link", "del", name, tolerate=_NO_NETNS))
     run_command(_ip("netns", "del", ns, tolerate=_NO_NETNS))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) no longer holds the namespace
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cleanup_stale(prefix: str = DEFAULT_BASE, *, include_live: bool = False) -> list[str]:
@@ -469,7 +456,7 @@ def cleanup_stale(prefix: str = DEFAULT_BASE, *, include_live: bool = False) -> 
         if not ns.startswith(prefix + "-"):
             continue
         m = re.search(r"-(\d+)-[0-9a-f]{4}-", ns)
-        if m and _alive(int(m[1])) and not include_live:
+        if m and pid_alive(int(m[1])) and not include_live:
             continue
         _remove_namespace(ns)
         removed.append(ns)

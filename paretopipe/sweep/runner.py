@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from paretopipe.errors import ParetoPipeError, UsageError, WorkerError
+from paretopipe.errors import ParetoPipeError, UsageError
 from paretopipe.network.conditions import LinkCondition, load_scenarios, resolve_network
 from paretopipe.plans import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.store import RunStore, check_resume_compatible, now
