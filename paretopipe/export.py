@@ -74,6 +74,8 @@ def export_plan(run_dir: str | Path, scenario: str, pick: str, out: str | Path, 
     from paretopipe.sweep.store import RunStore
 
     run = Path(run_dir)
+    if not (run / "measurements.csv").is_file():
+        raise UsageError(f"{run} is not a sweep run directory (no measurements.csv)", "give the -o directory of a 'paretopipe sweep'")
     store = RunStore(run, resume=True)
     rows = store.rows()
     if rows.empty:

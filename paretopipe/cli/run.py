@@ -85,7 +85,9 @@ def run_command(
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     err_console.print(f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})")
-    with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure) as session:
+    # an exported plan: local workers run the stage files that sit beside it
+    artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None
+    with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure, artifacts=artifacts) as session:
         row = session.measure(the_plan, scenario, options)
     render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
     err_console.print(f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
@@ -148,6 +150,7 @@ def worker_command(
     parent_pid: Optional[int] = typer.Option(None, "--parent-pid", hidden=True, help="Exit when this process is gone."),
     bind_all: bool = typer.Option(False, "--bind-all", help="Listen on every interface instead of the testbed's address."),
     secure: bool = typer.Option(False, "--secure", help="Accept only CURVE-authenticated peers whose keys the testbed lists."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Directory of exported plans: run a stage from its exported file when the plan has one."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message."),
 ) -> None:
     """Serve pipeline stages for one device until the driver says stop (or Ctrl-C).
@@ -160,8 +163,7 @@ def worker_command(
     from backends.base import TransportOptions
     from paretopipe.process import pid_alive
     from paretopipe.runtime.endpoints import make_transport
-    from paretopipe.runtime.worker import Worker
-
+    from paretopipe.runtime.worker import StageBuilder, Worker
     from paretopipe.timing import steady_allocator
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -190,5 +192,10 @@ def worker_command(
         where = f"*:{dev.port}" if bind_all else dev.address
         err_console.print(f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
                           f"{torch.get_num_threads()} threads")
-        Worker(device, transport, alive=alive).serve()
+        build = StageBuilder().build
+        if artifacts is not None:
+            from paretopipe.runtime.artifacts import ArtifactStageBuilder
+
+            build = ArtifactStageBuilder(artifacts, fallback=build).build
+        Worker(device, transport, build=build, alive=alive).serve()
     err_console.print(f"worker {device} stopped")

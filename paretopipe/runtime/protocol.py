@@ -37,11 +37,13 @@ class StageSpec:
     next_peer: str
     threads: int | None = None
     shaping: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    artifact: Mapping[str, Any] | None = None  # an exported stage file {file, sha256}, if any
 
     def to_header(self) -> dict[str, Any]:
         d = asdict(self)
         d["cuts"], d["cut_names"] = list(self.cuts), list(self.cut_names)
         d["model"], d["shaping"] = dict(self.model), {k: dict(v) for k, v in self.shaping.items()}
+        d["artifact"] = None if self.artifact is None else dict(self.artifact)
         return {"kind": SETUP, "spec": d}
 
     @classmethod
@@ -62,6 +64,8 @@ class StageSpec:
                 next_peer=str(spec["next_peer"]),
                 threads=None if spec.get("threads") is None else int(spec["threads"]),
                 shaping={str(k): dict(v) for k, v in spec.get("shaping", {}).items()},
+                artifact=None if spec.get("artifact") is None else {"file": str(spec["artifact"]["file"]),
+                                                                    "sha256": str(spec["artifact"]["sha256"])},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FrameError(f"malformed setup spec: {exc!r}") from None

@@ -117,7 +117,8 @@ class Session:
 
     def __init__(self, testbed: Testbed, backend: str = "zmq", *, launch: bool | None = None,
                  startup_timeout_s: float = 120.0, timeout_s: float = 60.0, log_dir: str | None = None,
-                 isolation: str = "loopback", secure: bool = False, ping_timeout_s: float | None = None) -> None:
+                 isolation: str = "loopback", secure: bool = False, ping_timeout_s: float | None = None,
+                 artifacts: str | None = None) -> None:
         preflight(testbed, backend, isolation=isolation, secure=secure, launch=launch)
         self.testbed = testbed
         self.backend = backend
@@ -128,6 +129,7 @@ class Session:
         self.log_dir = log_dir
         self.isolation = isolation
         self.secure = secure
+        self.artifacts = artifacts  # where local workers find exported stage files
         self.path = "auto" if isolation == "netns" else "userspace"
         self._stack = contextlib.ExitStack()
         self.workers = None
@@ -163,7 +165,7 @@ class Session:
         if self.launch:
             self.workers = self._stack.enter_context(LocalWorkers(
                 self.testbed, self.backend, testbed_path=worker_testbed, argv_prefix=prefix, log_dir=self.log_dir,
-                extra_args=["--secure"] if self.secure else []))
+                extra_args=(["--secure"] if self.secure else []) + (["--artifacts", self.artifacts] if self.artifacts else [])))
         from backends.base import TransportOptions
 
         # A short send timeout: control sends to a worker that is not up yet are retried by the
@@ -255,11 +257,13 @@ class Session:
         links = self.links(plan, scenario)
         config = Driver.new_config_id()
         hops = [*plan.devices, DRIVER]
+        artifacts = {int(a["stage"]): {"file": a["file"], "sha256": a["sha256"]} for a in plan.meta.get("artifacts", [])}
         specs = [
             StageSpec(config=config, stage=k, stages=plan.stages, model=dict(plan.model), batch_size=plan.batch_size,
                       cuts=plan.cut_indices, cut_names=tuple(names), next_peer=hops[k + 1],
                       threads=self.testbed.device(d).threads,
-                      shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()})
+                      shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()},
+                      artifact=artifacts.get(k))
             for k, d in enumerate(plan.devices)
         ]
         self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
@@ -269,6 +273,22 @@ class Session:
             raise
         except TransportError as exc:
             raise self.unresponsive(plan.devices, exc) from None
+
+    def _reference(self, graph, plan: Plan, x) -> Any:
+        """The unsplit model's output, computed with the devices' torch thread count when they all
+        use the same one (kernels may sum in another order with other thread counts, which changes
+        the last bits: the check is then exact rather than approximate)."""
+        import torch
+
+        threads = {self.testbed.device(d).threads for d in plan.devices}
+        before = torch.get_num_threads()
+        try:
+            if len(threads) == 1:
+                torch.set_num_threads(threads.pop())
+            with torch.no_grad():
+                return graph.model(x.clone())
+        finally:
+            torch.set_num_threads(before)
 
     def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
         """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
@@ -286,8 +306,7 @@ class Session:
                                "setup_s": time.perf_counter() - t0}
         try:
             if options.check_output:
-                with torch.no_grad():
-                    expected = graph.model(x.clone())
+                expected = self._reference(graph, plan, x)
                 got = self.driver.first_result([x])
                 exact, diff = compare_outputs(expected, assemble_output(graph, got))
                 row.update(output_exact=exact, output_max_abs_diff=diff)
