@@ -136,3 +136,20 @@ def test_ping_and_stale_results_are_dropped(graph):
         driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="new"))
         lat = driver.latency([x], items=3, warmup=0)
         assert len(lat.latencies_ms) == 3
+
+
+def test_stats_carry_cpu_time_and_outlast_the_header_bound(graph):
+    # Per-item timings travel as tensors: 3000 items would overflow a 64 KiB JSON header.
+    cuts = [_body_cuts(graph)[0]]
+    x = example_input(SPEC, 2)
+    with pipeline(devices=("a", "b")) as driver:
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
+        tp = driver.throughput([x], items=3000, warmup=0, window=8, batch_size=2)
+        stats = driver.stats()
+    assert tp.items == 2999
+    for st in stats:
+        assert len(st.compute_ms) == len(st.compute_cpu_ms) == len(st.wait_ms) + 1 == 3000
+        # CPU time of the computing thread never exceeds the wall time of the same item
+        assert all(0 < cpu <= wall + 0.05 for cpu, wall in zip(st.compute_cpu_ms, st.compute_ms))
+        assert len(st.send_ms) == 3000
+        assert 0 < st.medians()["compute_cpu_ms"] <= st.medians()["compute_ms"] + 0.05

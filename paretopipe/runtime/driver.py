@@ -58,7 +58,11 @@ class ThroughputResult:
 
 @dataclass
 class StageStats:
-    """What a worker reported for one mode: per-item compute, wait and send times (ms)."""
+    """What a worker reported for one mode: per-item compute, wait and send times (ms).
+
+    ``compute_cpu_ms`` is the CPU time of the computing thread per item: below ``compute_ms``
+    when the device was held back (CPU quota, other processes on its CPUs).
+    """
 
     device: str
     stage: int
@@ -66,10 +70,12 @@ class StageStats:
     wait_ms: list[float] = field(default_factory=list)
     send_ms: list[float] = field(default_factory=list)
     transport: dict[str, Any] = field(default_factory=dict)
+    compute_cpu_ms: list[float] = field(default_factory=list)
 
     def medians(self) -> dict[str, float]:
         med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
-        return {"compute_ms": med(self.compute_ms), "wait_ms": med(self.wait_ms), "send_ms": med(self.send_ms)}
+        return {"compute_ms": med(self.compute_ms), "compute_cpu_ms": med(self.compute_cpu_ms),
+                "wait_ms": med(self.wait_ms), "send_ms": med(self.send_ms)}
 
 
 class Driver:
@@ -195,8 +201,14 @@ class Driver:
         out = []
         for k, device in enumerate(self.devices):
             h = got[device].header
-            ms = lambda key: [v / 1e6 for v in h.get(key, [])]  # noqa: E731
-            out.append(StageStats(device, k, ms("compute_ns"), ms("wait_ns"), ms("send_ns"), h.get("transport", {})))
+            names = h.get("series", [])
+            if not isinstance(names, list) or len(names) != len(got[device].tensors):
+                raise TransportError(f"{device} sent statistics with series {names!r} "
+                                     f"but {len(got[device].tensors)} tensor(s)", "run the same paretopipe version everywhere")
+            series = {str(n): t.tolist() for n, t in zip(names, got[device].tensors)}
+            ms = lambda key: [v / 1e6 for v in series.get(key, [])]  # noqa: E731
+            out.append(StageStats(device, k, ms("compute_ns"), ms("wait_ns"), ms("send_ns"), h.get("transport", {}),
+                                  ms("compute_cpu_ns")))
         return out
 
     def release(self) -> None:

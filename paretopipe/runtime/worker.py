@@ -34,6 +34,7 @@ class _Stage:
         self.spec = spec
         self.module = module
         self.compute_ns: list[int] = []
+        self.compute_cpu_ns: list[int] = []  # CPU time of the computing thread (see _run_item)
         self.wait_ns: list[int] = []
         self.items = 0
         self.last_done_ns: int | None = None
@@ -127,11 +128,16 @@ class Worker:
             self.stale_items += 1
             return
         got = time.perf_counter_ns()
+        cpu0 = time.thread_time_ns()
         if stage.last_done_ns is not None:
             stage.wait_ns.append(got - stage.last_done_ns)
         with torch.inference_mode():
             out = stage.module(*msg.tensors)
         done = time.perf_counter_ns()
+        # Wall time is what the pipeline sees; the thread's CPU time tells how much of it the
+        # device was held back (quota throttling, other processes) rather than computing.
+        # With more than one torch thread, the other threads' CPU time is not included.
+        stage.compute_cpu_ns.append(time.thread_time_ns() - cpu0)
         stage.compute_ns.append(done - got)
         stage.items += 1
         last = stage.spec.stage == stage.spec.stages - 1
@@ -143,12 +149,18 @@ class Worker:
         stage = self.stage
         body: dict[str, Any] = {"kind": P.STATS, "device": self.device, "stale_items": self.stale_items,
                                 "transport": self.transport.stats}
+        tensors: list[torch.Tensor] = []
         if stage is not None:
-            body.update(config=stage.spec.config, stage=stage.spec.stage, items=stage.items,
-                        compute_ns=stage.compute_ns, wait_ns=stage.wait_ns, send_ns=self.sender.take_send_ns())
+            # Per-item timings travel as int64 tensors named in the header: as JSON lists they
+            # would outgrow the header bound after a couple of thousand items.
+            series = {"compute_ns": stage.compute_ns, "compute_cpu_ns": stage.compute_cpu_ns,
+                      "wait_ns": stage.wait_ns, "send_ns": self.sender.take_send_ns()}
+            body.update(config=stage.spec.config, stage=stage.spec.stage, items=stage.items, series=list(series))
+            tensors = [torch.tensor(v, dtype=torch.int64) for v in series.values()]
             if msg.header.get("reset", True):
-                stage.compute_ns, stage.wait_ns, stage.items, stage.last_done_ns = [], [], 0, None
-        self.sender.submit(DRIVER, body)
+                stage.compute_ns, stage.compute_cpu_ns, stage.wait_ns = [], [], []
+                stage.items, stage.last_done_ns = 0, None
+        self.sender.submit(DRIVER, body, tensors)
 
 
 class StageBuilder:
