@@ -352,7 +352,7 @@ def shaping_summary(links: Sequence[Mapping[str, Any]]) -> str:
 def _stage_columns(prefix: str, stats: Sequence[StageStats]) -> dict[str, Any]:
     """Per-stage medians as JSON lists, e.g. ``lat_stage_compute_ms = [4.1, 9.8]``."""
     med = [s.medians() for s in stats]
-    return {f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med]) for k in ("compute_ms", "wait_ms", "send_ms")}
+    return {f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med]) for k in ("compute_ms", "compute_cpu_ms", "wait_ms", "send_ms")}
 
 
 def scenario_label(scenario: tuple[str, LinkCondition]) -> str:

@@ -27,8 +27,8 @@ COLUMNS = [
     # measured
     "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean", "latency_items",
     "throughput_ips", "throughput_items", "throughput_s", "window", "output_exact", "output_max_abs_diff",
-    "lat_stage_compute_ms", "lat_stage_wait_ms", "lat_stage_send_ms",
-    "tput_stage_compute_ms", "tput_stage_wait_ms", "tput_stage_send_ms",
+    "lat_stage_compute_ms", "lat_stage_compute_cpu_ms", "lat_stage_wait_ms", "lat_stage_send_ms",
+    "tput_stage_compute_ms", "tput_stage_compute_cpu_ms", "tput_stage_wait_ms", "tput_stage_send_ms",
     # predicted by the cost model for the same plan
     "pred_latency_ms", "pred_throughput_ips", "pred_bottleneck_ms", "pred_bytes_per_item", "pred_stage_ms",
     "pred_on_front",

@@ -1,0 +1,147 @@
+"""Prediction fidelity: how close are predicted latency and throughput to measured ones, and does a
+planner-guided sweep find the measured front while measuring far fewer configurations?
+
+For each model (mobilenet_v2, resnet18) and stage count (2 stages on testbed/local.toml, 3 on
+testbed/local-3.toml), under three network scenarios, this runs an *exhaustive* sweep: every plan
+over a candidate cut set (all block cuts for 2 stages; six evenly spaced block cuts for 3 stages,
+to keep the run under an hour). It then reports, over all measured configurations, the share
+whose predicted latency / throughput is within ±10% of the measured value, and what a
+*planner-guided* sweep (the predicted front and its neighbours, `--cuts front`) would have
+measured: how many configurations, and whether the measured front computed from only those
+configurations equals the measured front of the exhaustive sweep (same measurements, so the
+comparison is free of run-to-run noise).
+
+Links are calibrated first (`paretopipe calibrate`), as a user would.
+
+    python benchmarks/bench_fidelity.py                      # everything (~45 min)
+    python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from paretopipe.calibrate import calibrate
+from paretopipe.calibration import default_path
+from paretopipe.graph import trace_spec
+from paretopipe.models import resolve_spec
+from paretopipe.network.conditions import load_scenarios, resolve_network
+from paretopipe.plans import write_json_atomic
+from paretopipe.runtime.session import Session
+from paretopipe.sweep import SweepSettings, execute, prepare
+from paretopipe.sweep.analysis import aggregate, error_summary
+from paretopipe.sweep.store import RunStore
+from paretopipe.testbed import load_testbed
+
+TESTBEDS = {2: "testbed/local.toml", 3: "testbed/local-3.toml"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def candidate_cuts(model: str, stages: int) -> str:
+    """Block cuts (2 stages), or six evenly spaced block cuts (3 stages), as a cut-index list."""
+    graph = trace_spec(resolve_spec(model))
+    block = [c.index for c in graph.cuts_at("block")]
+    if stages == 3:
+        block = [block[i] for i in np.linspace(0, len(block) - 1, 6).round().astype(int)]
+    return ",".join(map(str, block))
+
+
+def ensure_calibration(testbed: str, calibrations: Path) -> None:
+    tb = load_testbed(testbed)
+    path = default_path(tb.name, "zmq", "loopback", calibrations)
+    if path.exists():
+        return
+    log(f"calibrating {tb.name} over zmq")
+    with Session(tb, "zmq") as session:
+        cal, _ = calibrate(session, tb, resolve_network("local", load_scenarios()))
+    write_json_atomic(cal.to_dict(), path)
+
+
+def guided_subset(settings: SweepSettings, neighbours: int) -> dict[str, set[str]]:
+    """Per scenario, the plan ids a `--cuts front` sweep plans to measure (planning only, via the
+    sweep's own `prepare`, into a sibling directory)."""
+    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, out=settings.out + "-guided", resume=False)
+    shutil.rmtree(guided.out, ignore_errors=True)
+    configs = prepare(guided, RunStore(guided.out), log)
+    out: dict[str, set[str]] = {}
+    for c in configs:
+        out.setdefault(c.network, set()).add(c.plan.id)
+    return out
+
+
+def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, neighbours: int) -> dict:
+    testbed = TESTBEDS[stages]
+    ensure_calibration(testbed, Path("calibrations"))
+    run = out / f"{model}-k{stages}"
+    settings = SweepSettings(model=model, testbed=testbed, networks=tuple(networks), stages=tuple(range(1, stages + 1)),
+                             cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
+                             throughput_items=3 * items, out=str(run), resume=(run / "manifest.json").exists())
+    store = RunStore(run, resume=settings.resume)
+    configs = prepare(settings, store, log)
+    log(f"{model}, up to {stages} stages: {len(configs)} configurations")
+    t0 = time.perf_counter()
+    execute(settings, store, configs, log,
+            lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None)
+    rows = store.rows()
+    guided = guided_subset(settings, neighbours)
+    result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
+    lat_ok = tput_ok = n = 0
+    fronts_equal, guided_count, total_count = [], 0, 0
+    for net in networks:
+        agg = aggregate(rows[rows["network"] == net])
+        errs = error_summary(agg)
+        lat_ok += errs["latency_within_10pct"] * len(agg)
+        tput_ok += errs["throughput_within_10pct"] * len(agg)
+        n += len(agg)
+        subset = guided.get(net, set())
+        sub = aggregate(rows[(rows["network"] == net) & rows["plan_id"].isin(subset)])
+        full_front = set(agg.loc[agg["on_front"], "plan_id"])
+        sub_front = set(sub.loc[sub["on_front"], "plan_id"])
+        fronts_equal.append(full_front == sub_front)
+        guided_count += len(subset)
+        total_count += len(agg)
+        log(f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
+            f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%); "
+            f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
+            f"({sorted(full_front)} vs {sorted(sub_front)})")
+    result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
+                  guided_share=guided_count / max(total_count, 1), fronts_equal=all(fronts_equal))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenet_v2,resnet18")
+    ap.add_argument("--stages", default="2,3")
+    ap.add_argument("--networks", default="lan,wifi,4g")
+    ap.add_argument("--items", type=int, default=20)
+    ap.add_argument("--neighbours", type=int, default=4, help="neighbours of the front a guided sweep adds")
+    ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = ap.parse_args()
+    out = Path(args.out)
+    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.neighbours)
+               for m in args.models.split(",") for k in args.stages.split(",")]
+    df = pd.DataFrame(results)
+    print()
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    total = df["configs"].sum()
+    lat = (df["latency_within_10pct"] * df["configs"]).sum() / total
+    tput = (df["throughput_within_10pct"] * df["configs"]).sum() / total
+    print(f"\nall {total} configurations: latency within ±10%: {lat:.1%}, throughput within ±10%: {tput:.1%}")
+    print(f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
+          f"same measured front in every case: {bool(df['fronts_equal'].all())}")
+    print(f"measurements: {out}/*/measurements.csv")
+
+
+if __name__ == "__main__":
+    main()
