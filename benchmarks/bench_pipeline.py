@@ -26,10 +26,11 @@ busiest half second exceeds ``--max-other-cpu`` is discarded and repeated (at mo
 process taking half of a device's core for a second stalls a balanced pipeline for a second.
 
 ``--cfs-period-us`` changes the CFS bandwidth period of the workers' quota cgroups for the run
-(default: keep the launcher's, 10 ms). A quota lets a group run at full speed until its budget
-for the period is spent, then stops it until the period ends; when the period is not much
-shorter than an item's compute time, the stops tend to fall between items and a half-speed
-device's median compute time understates its cost (``wall/cpu`` in ``--details`` below 2).
+(default: keep the launcher's, the shortest period that allows the kernel's 1 ms minimum quota,
+2 ms for 0.5 CPU). A quota lets a group run at full speed until its budget for the period is
+spent, then stops it until the period ends; with a period that is not much shorter than an
+item's compute time (try 10000), the stops tend to fall between items and a half-speed device's
+median compute time understates its cost (``wall/cpu`` in ``--details`` well below 2).
 """
 
 from __future__ import annotations

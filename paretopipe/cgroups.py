@@ -34,9 +34,12 @@ __all__ = [
 ]
 
 PARENT = "paretopipe"
-# 10 ms rather than the kernel's 100 ms: throttling then comes in slices shorter than a forward
-# pass, so a quota behaves like a slower CPU instead of full-speed bursts and 50 ms stalls.
-DEFAULT_PERIOD_US = 10_000
+# The shortest period the kernel allows for the quota (its minimum quota is 1 ms per period, so
+# 2 ms for 0.5 CPU): throttling then comes in slices of about a millisecond, and a quota behaves
+# like a uniformly slower CPU. With 10 ms periods, items a few ms long ran at full speed until
+# the budget ran out and then stopped for the rest of the period, so a half-speed device took
+# 1.1x its CPU time on one item and 2.1x under load, and neither profile nor plan could say which.
+MIN_QUOTA_US = 1_000
 _NAME_RE = re.compile(r"^(?P<label>[A-Za-z0-9_.]+)-(?P<owner>\d+)-(?P<token>[0-9a-f]+)$")
 _MOUNTS = "/proc/self/mounts"
 
@@ -113,18 +116,18 @@ def check_quota_capability() -> Controller:
 def quota_settings(fraction: float, period_us: int | None = None) -> tuple[int, int]:
     """(quota_us, period_us) for a quota of ``fraction`` CPU-seconds per second. Raises UsageError.
 
-    The default period is :data:`DEFAULT_PERIOD_US`, lengthened for tiny quotas so the quota
-    stays >= 1 ms per period (the kernel's minimum).
+    The default period is the shortest that gives the kernel's minimum quota of 1 ms per period
+    (at least 1 ms itself): 2 ms for 0.5, 4 ms for 0.25, 1 ms for 1.5.
     """
     ncpu = os.cpu_count() or 1
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.001 <= fraction <= ncpu:
         raise UsageError(f"CPU quota {fraction!r} is out of range", f"give CPU-seconds per second in [0.001, {ncpu}], e.g. 0.5")
     if period_us is None:
-        period_us = max(DEFAULT_PERIOD_US, math.ceil(1_000 / fraction))
+        period_us = max(MIN_QUOTA_US, math.ceil(MIN_QUOTA_US / fraction))
     if not 1_000 <= period_us <= 1_000_000:
         raise UsageError(f"CPU quota period {period_us} us is out of range", "use 1000..1000000 us")
     quota_us = round(fraction * period_us)
-    if quota_us < 1_000:
+    if quota_us < MIN_QUOTA_US:
         raise UsageError(f"CPU quota {fraction} is too small for a {period_us} us period", "the kernel needs >= 1000 us per period")
     return quota_us, period_us
 

@@ -27,9 +27,11 @@ def test_parse_cpus():
 
 
 def test_quota_settings():
-    assert cgroups.quota_settings(0.5) == (5_000, 10_000)
+    assert cgroups.quota_settings(0.5) == (1_000, 2_000)  # shortest period with a 1 ms quota
+    assert cgroups.quota_settings(0.3) == (1_000, 3_334)
+    assert cgroups.quota_settings(1.5) == (1_500, 1_000)
     assert cgroups.quota_settings(1, 100_000) == (100_000, 100_000)
-    assert cgroups.quota_settings(0.01) == (1_000, 100_000)  # period grows to keep >= 1 ms
+    assert cgroups.quota_settings(0.01) == (1_000, 100_000)
     for bad in (0, -1, float(os.cpu_count() + 1), 0.0001, True):
         with pytest.raises(UsageError):
             cgroups.quota_settings(bad)
@@ -89,7 +91,7 @@ def test_v2_writes_cpu_max_and_cleans_up(tmp_path, monkeypatch):
     ctl = _fake_v2(tmp_path, monkeypatch)
     with cgroups.cpu_quota(0.25, pid=4242, label="worker a", controller=ctl) as group:
         assert group.parent == ctl.parent and group.name.startswith(f"worker_a-{os.getpid()}-")
-        assert (group / "cpu.max").read_text() == "2500 10000"
+        assert (group / "cpu.max").read_text() == "1000 4000"
         assert (group / "cgroup.procs").read_text() == "4242"
         assert (ctl.mount / "cgroup.subtree_control").read_text().endswith("+cpu")
     assert not group.exists()

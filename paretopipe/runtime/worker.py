@@ -133,11 +133,15 @@ class Worker:
             stage.wait_ns.append(got - stage.last_done_ns)
         with torch.inference_mode():
             out = stage.module(*msg.tensors)
+        # Read the CPU clock before the wall clock: the read is a system call, where the kernel
+        # also charges a CPU quota, so a throttle that the compute's CPU use earned lands inside
+        # the timed span instead of just after it (where it would vanish from the compute time).
+        cpu1 = time.thread_time_ns()
         done = time.perf_counter_ns()
         # Wall time is what the pipeline sees; the thread's CPU time tells how much of it the
         # device was held back (quota throttling, other processes) rather than computing.
         # With more than one torch thread, the other threads' CPU time is not included.
-        stage.compute_cpu_ns.append(time.thread_time_ns() - cpu0)
+        stage.compute_cpu_ns.append(cpu1 - cpu0)
         stage.compute_ns.append(done - got)
         stage.items += 1
         last = stage.spec.stage == stage.spec.stages - 1
