@@ -30,6 +30,7 @@ import pandas as pd
 
 from paretopipe.calibrate import calibrate
 from paretopipe.calibration import default_path
+from paretopipe.devicecal import FILENAME as DEVICE_RUNTIME
 from paretopipe.graph import trace_spec
 from paretopipe.models import resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
@@ -72,6 +73,8 @@ def guided_subset(settings: SweepSettings, neighbours: int) -> dict[str, set[str
     sweep's own `prepare`, into a sibling directory)."""
     guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, out=settings.out + "-guided", resume=False)
     shutil.rmtree(guided.out, ignore_errors=True)
+    Path(guided.out).mkdir(parents=True)
+    shutil.copy(Path(settings.out) / DEVICE_RUNTIME, guided.out)  # price plans exactly as the full sweep did
     configs = prepare(guided, RunStore(guided.out), log)
     out: dict[str, set[str]] = {}
     for c in configs:

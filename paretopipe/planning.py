@@ -20,6 +20,7 @@ import pandas as pd
 
 from paretopipe.calibration import Calibration
 from paretopipe.costmodel import Instance
+from paretopipe.devicecal import DeviceRuntime, node_scale, summary
 from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.graph import ModelGraph
 from paretopipe.models import ModelSpec
@@ -161,11 +162,16 @@ def candidate_cuts(graph: ModelGraph, granularity: str) -> list:
 
 def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbed: Testbed,
                    links: dict[tuple[str, str], LinkModel], granularity: str = "node",
-                   window: int | None = None) -> Instance:
-    """The planner's numbers: calibrated node times per device, cut bytes, links, memory."""
+                   window: int | None = None, runtimes: dict[str, DeviceRuntime] | None = None) -> Instance:
+    """The planner's numbers: calibrated node times per device, cut bytes, links, memory.
+
+    With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.devicecal`) a device's
+    node times are scaled to what its worker measured and its stages get its cycle factor.
+    """
     devices = list(profiles)
     b = graph.batch_size
-    node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) for p in profiles.values()])
+    scale, cycle = node_scale(runtimes, devices)
+    node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) * f for p, f in zip(profiles.values(), scale)])
     cuts = candidate_cuts(graph, granularity)
     names = [*devices, DRIVER]
     n = len(names)
@@ -188,6 +194,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         link_overhead_ms=overhead,
         link_delay_ms=delay,
         link_bandwidth_bps=bandwidth,
+        device_cycle_factor=np.array(cycle),
         batch_size=b,
         window=window,
         device_names=tuple(devices),
@@ -255,15 +262,18 @@ class PlanningResult:
 def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: tuple[str, LinkCondition],
                profiles: dict[str, DeviceProfile], stages: Sequence[int], method: str = "auto",
                objectives: Sequence[str] = ("latency", "throughput"), granularity: str = "node",
-               calibration: Calibration | None = None, window: int | None = None, seed: int = 0) -> PlanningResult:
-    """Search every plan with K in ``stages`` over the testbed's devices; returns the result."""
+               calibration: Calibration | None = None, window: int | None = None, seed: int = 0,
+               runtimes: dict[str, DeviceRuntime] | None = None) -> PlanningResult:
+    """Search every plan with K in ``stages`` over the testbed's devices; returns the result.
+
+    ``runtimes``: device runtime calibration (:func:`paretopipe.devicecal.measure`), if any."""
     from paretopipe.planner import search
 
     if max(stages) > len(testbed.devices):
         raise UsageError(f"{max(stages)} stages need {max(stages)} devices but {testbed.path} has {len(testbed.devices)}",
                          f"use --stages up to {len(testbed.devices)}")
     links = link_models(testbed, scenario, calibration, list(profiles))
-    inst = build_instance(graph, profiles, testbed, links, granularity, window)
+    inst = build_instance(graph, profiles, testbed, links, granularity, window, runtimes)
     t0 = time.perf_counter()
     result = search(inst, stages=tuple(stages), method=method, objectives=tuple(objectives), seed=seed)
     feasible = result.plans["feasible"].to_numpy()
@@ -276,6 +286,7 @@ def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: t
             "space_size": int(result.space_size), "evaluated": int(result.n_evaluated),
             "search_s": round(time.perf_counter() - t0, 4),
             "calibration": None if calibration is None else f"{calibration.testbed}/{calibration.backend}/{calibration.isolation}",
+            "device_runtime": None if not runtimes else summary(runtimes),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return PlanningResult(spec, graph, inst, result, profiles, links, testbed, scenario, calibration, meta)
 

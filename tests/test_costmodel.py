@@ -58,6 +58,19 @@ def test_vectorised_matches_hand_computed_plan():
     assert m.feasible[0]
 
 
+def test_cycle_factor_stretches_stages_in_the_bottleneck_only():
+    # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
+    # (was the 4.1 ms input link); latency is the one-item-in-flight sum, unchanged.
+    inst = toy(device_cycle_factor=[1.0, 1.5, 1.0])
+    b = evaluate_plan(inst, PLAN)
+    m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
+    assert b.bottleneck_ms == pytest.approx(6.0) and m.bottleneck_ms[0] == pytest.approx(6.0)
+    assert b.latency_ms == pytest.approx(18.4) and m.latency_ms[0] == pytest.approx(18.4)
+    assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
+    with pytest.raises(UsageError, match="device_cycle_factor"):
+        toy(device_cycle_factor=[1.0, 0.0, 1.0])
+
+
 def test_window_caps_throughput_by_littles_law():
     b = evaluate_plan(toy(window=1), PLAN)
     assert b.throughput_ips == pytest.approx(1 * 2 * 1e3 / 18.4)  # below 2e3 / 4.1
@@ -98,6 +111,7 @@ def random_instances(draw, integer: bool):
         device_mem_bytes=rng.choice([np.inf, 3000.0, 6000.0], d),
         link_overhead_ms=num((d + 1,) * 2, 3),
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
+        device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
         batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
 
 

@@ -51,6 +51,14 @@ def test_small_sweep_end_to_end(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finished"] and manifest["git_commit"] and len(manifest["configurations"]) == 8
     assert manifest["fingerprint"]["hostname"]
+    # device runtime calibration: the whole model ran on a and b first, and priced every plan
+    runtime = json.loads((out / "device_runtime.json").read_text())["devices"]
+    assert set(runtime) == {"a", "b"} and set(manifest["device_runtime"]) == {"a", "b"}
+    for r in runtime.values():
+        assert r["latency_compute_ms"] > 0 and r["latency_factor"] == pytest.approx(r["latency_compute_ms"] / r["profile_ms"], rel=1e-3)
+    assert rows["calibration"].str.contains("devices a ").all()
+    plan = json.loads(next((out / "plans" / "lan").glob("*.json")).read_text())
+    assert plan["meta"]["device_runtime"].startswith("a ")
     for net in ("lan", "wifi"):
         front = pd.read_csv(out / net / "zmq" / "front.csv")
         assert front["on_front"].any() and len(front) == 4

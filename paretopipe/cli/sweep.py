@@ -37,6 +37,7 @@ def sweep_command(
     profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."),
+    device_runtime: bool = typer.Option(True, "--device-runtime/--no-device-runtime", help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see README, Calibration)."),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
     input_shape: Optional[str] = InputShapeOption,
@@ -78,6 +79,7 @@ def sweep_command(
         profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
         timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
         weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed, isolation=isolation, secure=secure,
+        device_runtime=device_runtime,
     )
     store = RunStore(out, resume=resume)
     configs = runner.prepare(settings, store, err_console.print)

@@ -43,7 +43,10 @@ class Instance:
 
     ``node_ms`` is (D, N); ``cut_positions``/``cut_bytes`` are (C,) (a cut at p splits after node
     p); link matrices are (D+1, D+1) with index D the driver (``np.inf`` bandwidth = unlimited).
-    Optional arrays default to zero bytes, no memory limit, no overhead/delay, unlimited links.
+    ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
+    pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
+    ``stage_ms * device_cycle_factor[d]``). Optional arrays default to zero bytes, no memory
+    limit, no overhead/delay, unlimited links and a cycle factor of 1.
 
     Raises:
         UsageError: an array has the wrong shape, a negative/NaN entry, or cuts are not legal.
@@ -61,6 +64,7 @@ class Instance:
     link_overhead_ms: np.ndarray | None = None
     link_delay_ms: np.ndarray | None = None
     link_bandwidth_bps: np.ndarray | None = None
+    device_cycle_factor: np.ndarray | None = None
     batch_size: int = 1
     window: int | None = None
     device_names: tuple[str, ...] = field(default=())
@@ -94,13 +98,15 @@ class Instance:
         defaults = {"node_param_bytes": ((n,), 0.0), "live_bytes": ((n,), 0.0),
                     "device_mem_bytes": ((d,), np.inf), "link_overhead_ms": ((d + 1, d + 1), 0.0),
                     "link_delay_ms": ((d + 1, d + 1), 0.0),
-                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf)}
+                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf), "device_cycle_factor": ((d,), 1.0)}
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
             put(name, _array(name, np.full(shape, fill) if value is None else value, shape))
         for name in ("node_param_bytes", "live_bytes", "link_overhead_ms", "link_delay_ms"):
             _nonneg(name, getattr(self, name))
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
+        if np.any(~np.isfinite(self.device_cycle_factor) | (self.device_cycle_factor <= 0)):
+            raise UsageError(f"device_cycle_factor must be finite and > 0, got {self.device_cycle_factor.tolist()}")
         if np.any(self.link_bandwidth_bps <= 0):
             raise UsageError(f"link_bandwidth_bps must be > 0 (np.inf = unlimited), got "
                              f"{self.link_bandwidth_bps.min()}")
@@ -170,6 +176,10 @@ class Instance:
     def stage_ms(self, devices: np.ndarray, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
         return self._cum_ms_at[devices, end_b] - self._cum_ms_at[devices, start_b]
+
+    def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
+        """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
+        return stage_ms * self.device_cycle_factor[devices]
 
     def stage_mem_bytes(self, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Peak bytes of stages spanning (start_b, end_b]: params + largest live set (broadcast)."""

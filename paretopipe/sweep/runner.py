@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from paretopipe.errors import ParetoPipeError, UsageError
+from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.network.conditions import LinkCondition, load_scenarios, resolve_network
 from paretopipe.plans import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.store import RunStore, check_resume_compatible, now
@@ -54,6 +54,7 @@ class SweepSettings:
     seed: int = 0
     isolation: str = "loopback"  # loopback | netns
     secure: bool = False
+    device_runtime: bool = True  # run the whole model on each device first (paretopipe.devicecal)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
 
         get_transport(be)  # unknown backend: fail before any work
     configs: list[Config] = []
-    planned = _plan_all(settings, tb, nets, store.dir, log)
+    planned, runtimes = _plan_all(settings, tb, nets, store.dir, log)
     for be in settings.backends:
         for (label, cond), plans in planned:
             for plan, on_front in plans:
@@ -113,6 +114,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
         "testbed": {"path": tb.path, "name": tb.name, "text": Path(tb.path).read_text()},
         "networks": {label: cond.to_dict() for label, cond in nets},
         "fingerprint": fingerprint(), "git_commit": commit, "git_dirty": dirty, "started": now(), "finished": None,
+        "device_runtime": None if runtimes is None else {d: r.to_dict() for d, r in runtimes.items()},
         "configurations": [{"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat,
                             "on_front": c.on_front, "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"} for c in configs],
     })
@@ -120,7 +122,9 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
 
 
 
-def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> list[tuple[tuple[str, LinkCondition], list[tuple[Plan, bool]]]]:
+def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log):
+    """Per scenario, the plans to measure (with whether each is on the predicted front), and the
+    device runtime calibration the predictions used (None if off)."""
     from paretopipe.calibration import find_calibration
     from paretopipe.graph import trace_spec
     from paretopipe.models import resolve_spec
@@ -136,10 +140,11 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> lis
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
     granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(how, "node")
+    runtimes = _device_runtime(settings, spec, graph, tb, profiles, granularity, cal, out_dir, log) if settings.device_runtime else None
     out = []
     for scenario in nets:
         result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
-                            granularity=granularity, calibration=cal)
+                            granularity=granularity, calibration=cal, runtimes=runtimes)
         if how in ("front", "all", "block"):
             keys = select(result, "front" if how == "front" else "all", limit=settings.neighbours + int(result.search.on_front.sum()))
         else:
@@ -154,7 +159,48 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log) -> lis
         log(f"{scenario[0]}: {len(plans)} plans to measure ({sum(f for _, f in plans)} on the predicted front) "
             f"of {result.search.space_size:,} in the space")
         out.append((scenario, plans))
-    return out
+    return out, runtimes
+
+
+def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granularity, cal, out_dir: Path, log: Log):
+    """Run the whole model on every device through the runtime; saved as device_runtime.json.
+
+    A device_runtime.json already in the run directory (for the same devices) is used instead, so
+    plans made again for a run are priced exactly as before."""
+    import json
+
+    from paretopipe import devicecal
+    from paretopipe.planning import plan_front
+    from paretopipe.plans import write_json_atomic
+    from paretopipe.runtime.session import Session
+
+    path = out_dir / devicecal.FILENAME
+    if path.exists():
+        try:
+            saved = {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again") from None
+        if set(saved) == set(profiles):
+            log(f"device runtime: from {path}: {devicecal.summary(saved)}")
+            return saved
+
+    backend = next((b for b in settings.backends if b != "rpc"), None)
+    if backend is None:
+        log("device runtime: not measured (an RPC session can only be opened once per process); "
+            "predictions use the profiles alone: add --backend both to calibrate over zmq first")
+        return None
+    whole = plan_front(spec, graph, tb, ("local", LinkCondition()), profiles, (1,), "exhaustive",
+                       granularity=granularity, calibration=cal)
+    plans = {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
+    profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
+    with Session(tb, backend, timeout_s=settings.timeout_s, isolation=settings.isolation,
+                 secure=settings.secure) as session:
+        runtimes = devicecal.measure(session, plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
+                                     warmup=settings.warmup, timeout_s=settings.timeout_s, log=log)
+    write_json_atomic({"schema": "paretopipe.device_runtime", "version": 1, "created": now(),
+                       "backend": backend, "isolation": settings.isolation,
+                       "devices": {d: r.to_dict() for d, r in runtimes.items()}}, path)
+    return runtimes
 
 
 def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
@@ -229,6 +275,16 @@ def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | Non
         "pred_latency_ms": pred.get("latency_ms"), "pred_throughput_ips": pred.get("throughput_ips"),
         "pred_bottleneck_ms": pred.get("bottleneck_ms"), "pred_bytes_per_item": pred.get("bytes_per_item"),
         "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]), "pred_on_front": cfg.on_front,
-        "shaping": None, "calibration": p.meta.get("calibration"), "host": host, "commit": commit,
+        "shaping": None, "calibration": _calibration_note(p.meta), "host": host, "commit": commit,
         "started": now(),
     }
+
+
+def _calibration_note(meta: dict[str, Any]) -> str | None:
+    """What the prediction was calibrated with: the link calibration's id, then the device
+    runtime factors (latency/cycle per device), e.g. ``local/zmq/loopback; devices fast 1.10/1.01``."""
+    parts = [meta.get("calibration")]
+    if meta.get("device_runtime"):
+        parts.append(f"devices {meta['device_runtime']}")
+    parts = [p for p in parts if p]
+    return "; ".join(parts) or None

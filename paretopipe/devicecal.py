@@ -1,0 +1,110 @@
+"""Device runtime calibration: how a device runs the model inside a worker, next to its profile.
+
+A profile times the model in a tight loop on an otherwise idle device. A stage worker runs the
+same computation differently: as a traced module, on inputs that arrive over the network, with
+the driver and other workers beside it, and, with a full pipeline, with every device busy at
+once. On the local testbed this costs a worker 10% more time than its profile on a full core and
+25-40% more on the half-speed core it shares with the driver.
+
+Before planning, a sweep therefore runs the whole model once on each device through the real
+runtime (network ``local``: no shaping): one item in flight, then a full window. Per device:
+
+- ``latency_factor = median compute (one item in flight) / profile's whole-model median``
+  multiplies the device's node times: what latency predictions use;
+- ``cycle_factor = median compute (window full) / median compute (one item in flight)`` is the
+  cost model's ``device_cycle_factor``: how much longer a stage holds the device per item when
+  the pipeline is full, what throughput predictions use.
+
+Both are ratios of medians measured seconds apart in one session, so drift of the machine
+between profiling and the sweep is absorbed as well.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from paretopipe.errors import ParetoPipeError
+
+#: Where a run directory keeps the device runtime calibration of its sweep.
+FILENAME = "device_runtime.json"
+#: Fewest timed items per device and mode: a CPU quota's compute times drift by +-10% over
+#: seconds on the local testbed, so a calibration averages over a few seconds at least.
+MIN_ITEMS = 60
+
+
+@dataclass(frozen=True)
+class DeviceRuntime:
+    """One device's whole-model run in a worker, next to its profile (times in ms)."""
+
+    device: str
+    profile_ms: float  # the profile's whole-model median at this batch size
+    latency_compute_ms: float  # median compute per item in the worker, one item in flight
+    throughput_compute_ms: float  # median compute per item in the worker, window full
+    throughput_ips: float
+    items: int
+
+    @property
+    def latency_factor(self) -> float:
+        return self.latency_compute_ms / self.profile_ms
+
+    @property
+    def cycle_factor(self) -> float:
+        return self.throughput_compute_ms / self.latency_compute_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"latency_factor": round(self.latency_factor, 4), "cycle_factor": round(self.cycle_factor, 4)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeviceRuntime":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def describe(self) -> str:
+        return f"{self.device} x{self.latency_factor:.3f} (one item), x{self.cycle_factor:.3f} more when the pipeline is full"
+
+
+def summary(runtimes: dict[str, DeviceRuntime]) -> str:
+    """One compact line for result rows and logs, e.g. ``fast 1.102/1.010 slow 1.261/1.099``."""
+    return " ".join(f"{d} {r.latency_factor:.3f}/{r.cycle_factor:.3f}" for d, r in runtimes.items())
+
+
+def measure(
+    session: Any,
+    plans: dict[str, Any],
+    profile_ms: dict[str, float],
+    items: int = 20,
+    warmup: int = 3,
+    timeout_s: float = 60.0,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, DeviceRuntime]:
+    """Run each device's whole-model ``plans[device]`` in ``session`` and compare with its profile.
+
+    Raises ParetoPipeError (naming the device) if a run fails or reports no compute time.
+    """
+    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.runtime.session import MeasureOptions
+
+    options = MeasureOptions(latency_items=items, throughput_items=3 * items, warmup=warmup, timeout_s=timeout_s)
+    out: dict[str, DeviceRuntime] = {}
+    for device, plan in plans.items():
+        t0 = time.perf_counter()
+        row = session.measure(plan, ("local", LinkCondition()), options)
+        try:
+            lat = float(json.loads(row["lat_stage_compute_ms"])[0])
+            tput = float(json.loads(row["tput_stage_compute_ms"])[0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times") from None
+        if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
+            raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
+        out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, float(row["throughput_ips"]), items)
+        log(f"device runtime: {out[device].describe()} ({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def node_scale(runtimes: dict[str, DeviceRuntime] | None, devices: Sequence[str]) -> tuple[list[float], list[float]]:
+    """(latency factor, cycle factor) per device in ``devices`` order; 1.0 where not measured."""
+    runtimes = runtimes or {}
+    return ([runtimes[d].latency_factor if d in runtimes else 1.0 for d in devices],
+            [runtimes[d].cycle_factor if d in runtimes else 1.0 for d in devices])
