@@ -62,7 +62,8 @@ class DeviceRuntime:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        return f"{self.device} x{self.latency_factor:.3f} (one item), x{self.cycle_factor:.3f} more when the pipeline is full"
+        return (f"{self.device} takes x{self.latency_factor:.3f} its profile with one item in flight, "
+                f"x{self.cycle_factor:.3f} that with the pipeline full")
 
 
 def summary(runtimes: dict[str, DeviceRuntime]) -> str:
