@@ -191,3 +191,42 @@ def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path)
     assert resumed.exit_code == 0, resumed.output
     ok = pd.read_csv(csv, dtype=str).query("status == 'ok'")
     assert len(ok) == 4 and ok["plan_id"].is_unique
+
+
+def test_rpc_failure_leaves_the_rest_for_resume(tmp_path, monkeypatch):
+    # One process joins one RPC world, so after a failure the workers cannot be restarted over rpc:
+    # the sweep must stop that backend's loop and leave the rest to --resume (in a new process),
+    # not record every remaining configuration as failed.
+    import paretopipe.runtime.session as session_mod
+
+    opened: list[int] = []
+
+    class FakeSession:
+        def __init__(self, *args, **kwargs):
+            opened.append(1)
+
+        def __enter__(self):
+            if len(opened) > 1:
+                raise AssertionError("an rpc session was opened twice in one process")
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def measure(self, plan, scenario, options):
+            if plan.id == PLANS[1].id:
+                raise WorkerError("b", "process exited (killed by SIGKILL)")
+            return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
+
+    monkeypatch.setattr(session_mod, "Session", FakeSession)
+    out = tmp_path / "run"
+    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
+                             cuts="1,2", backends=("rpc",), out=str(out))
+    store = RunStore(out)
+    store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    logged: list[str] = []
+    configs = [Config("lan", LinkCondition(), "rpc", plan, 0, False) for plan in PLANS]
+    outcome = execute(settings, store, configs, logged.append)
+    assert (outcome.measured, outcome.failed, outcome.unmeasured) == (1, 1, 1)
+    assert list(store.rows()["status"]) == ["ok", "failed"]
+    assert any("run the same command with --resume" in m for m in logged)

@@ -99,7 +99,8 @@ def sweep_command(
             store.update_manifest(finished=runner.now())
     summaries = analysis.write_reports(store.rows(), Path(out))
     err_console.print(f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
-                      f"in {outcome.elapsed_s:.0f} s")
+                      + (f"left for --resume {outcome.unmeasured} " if outcome.unmeasured else "")
+                      + f"in {outcome.elapsed_s:.0f} s")
     rows = store.rows()
     for s in summaries:
         group = rows[(rows["network"] == s["network"]) & (rows["backend"] == s["backend"])]
