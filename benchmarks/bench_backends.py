@@ -78,23 +78,12 @@ def _measure(backend: str, testbed: str, plans: list[tuple[str, int]], devices: 
 def with_free_ports(testbed: str, directory: str) -> str:
     """A copy of ``testbed`` on free ports (same devices, CPUs and quotas), so that the benchmark
     does not collide with another run on this machine; returns its path."""
-    import dataclasses
-    import socket
-
-    from paretopipe.runtime.endpoints import render_testbed
+    from paretopipe.runtime import endpoints
     from paretopipe.testbed import load_testbed
 
-    tb = load_testbed(ROOT / testbed)
-    socks = [socket.socket() for _ in range(len(tb.devices) + 2)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    devices = tuple(dataclasses.replace(d, port=port) for d, port in zip(tb.devices, ports[2:]))
-    tb = dataclasses.replace(tb, devices=devices, driver=dataclasses.replace(tb.driver, port=ports[0], rpc_port=ports[1]))
+    tb = endpoints.with_free_ports(load_testbed(ROOT / testbed))
     path = Path(directory) / Path(testbed).name
-    path.write_text(render_testbed(tb, f"{testbed} on free ports, for benchmarks/bench_backends.py"))
+    path.write_text(endpoints.render_testbed(tb, f"{testbed} on free ports, for benchmarks/bench_backends.py"))
     return str(path)
 
 

@@ -36,10 +36,9 @@ median compute time understates its cost (``wall/cpu`` in ``--details`` well bel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from paretopipe.network.conditions import load_scenarios, resolve_network  # noq
 from paretopipe.plans import Plan, PlanCut  # noqa: E402
 from paretopipe.runtime.driver import StageStats  # noqa: E402
 from paretopipe.runtime.session import MeasureOptions, Session  # noqa: E402
+from paretopipe.runtime.endpoints import render_testbed, with_free_ports  # noqa: E402
 from paretopipe.testbed import load_testbed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,29 +192,14 @@ def prepare_testbed(path: Path, driver_cpus: str | None) -> tuple[Path, tempfile
     """A temporary copy of the testbed file (the workers read it) on free ports, so a run next
     to other users of the same testbed cannot collide, with ``[driver] cpus`` replaced when
     ``driver_cpus`` is given ("none": the driver is not pinned)."""
-    tb = load_testbed(path)
-    text = path.read_text()
-    for old in [tb.driver.port, *(d.port for d in tb.devices)]:
-        text = re.sub(rf"(?m)^port\s*=\s*{old}\s*$", f"port = {_free_port()}", text, count=1)
+    tb = with_free_ports(load_testbed(path))
     if driver_cpus is not None:
-        head, sep, rest = text.partition("[driver]\n")
-        if not sep:
-            raise SystemExit(f"{path} has no [driver] table to set cpus in")
-        table, nxt, tail = rest.partition("\n[")
-        table = re.sub(r"(?m)^cpus\s*=.*$\n?", "", table).rstrip("\n") + "\n"
-        if driver_cpus != "none":
-            table += f"cpus = [{', '.join(str(int(c)) for c in driver_cpus.split(','))}]\n"
-        text = head + sep + table + nxt + tail
+        cpus = None if driver_cpus == "none" else tuple(int(c) for c in driver_cpus.split(","))
+        tb = dataclasses.replace(tb, driver=dataclasses.replace(tb.driver, cpus=cpus))
     tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
     copy = Path(tmp.name) / path.name
-    copy.write_text(text)
+    copy.write_text(render_testbed(tb, f"{path} on free ports, for benchmarks/bench_pipeline.py"))
     return copy, tmp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PipelineBench:

@@ -110,3 +110,18 @@ def test_shipped_scenarios():
     assert {"local", "lan", "wifi", "4g", "3g", "constrained"} <= set(sc)
     assert sc["constrained"] == LinkCondition(bandwidth_bps=5e6, delay_ms=200.0)
     assert sc["local"].is_ideal
+
+
+def test_with_free_ports_moves_only_the_ports(tmp_path):
+    from paretopipe.runtime.endpoints import render_testbed, with_free_ports
+
+    tb = load_testbed(ROOT / "testbed" / "local.toml")
+    moved = with_free_ports(tb)
+    ports = [moved.driver.port, moved.driver.rpc_port, *(d.port for d in moved.devices)]
+    assert len(set(ports)) == len(ports) and all(p > 0 for p in ports)
+    assert [(d.name, d.cpus, d.cpu_quota, d.threads) for d in moved.devices] == \
+        [(d.name, d.cpus, d.cpu_quota, d.threads) for d in tb.devices]
+    path = tmp_path / "copy.toml"
+    path.write_text(render_testbed(moved))
+    again = load_testbed(path)
+    assert again.driver == moved.driver and again.devices == moved.devices

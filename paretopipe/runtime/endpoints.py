@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -100,6 +101,23 @@ def relocated(testbed: Testbed, hosts: Mapping[str, str]) -> Testbed:
                     for d in testbed.devices)
     driver = dataclasses.replace(testbed.driver, host=hosts.get(DRIVER, testbed.driver.host),
                                  key=keys.get(DRIVER, testbed.driver.key))
+    return dataclasses.replace(testbed, devices=devices, driver=driver)
+
+
+def with_free_ports(testbed: Testbed) -> Testbed:
+    """``testbed`` with the driver's port, its RPC rendezvous port and every device's port moved to
+    ports free on this machine now, so a local run beside another user of the same file cannot
+    collide (write it with :func:`render_testbed` for the workers)."""
+    socks = [socket.socket() for _ in range(len(testbed.devices) + 2)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        ports = [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    devices = tuple(dataclasses.replace(d, port=port) for d, port in zip(testbed.devices, ports[2:]))
+    driver = dataclasses.replace(testbed.driver, port=ports[0], rpc_port=ports[1])
     return dataclasses.replace(testbed, devices=devices, driver=driver)
 
 
