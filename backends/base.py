@@ -4,9 +4,10 @@ A transport moves a small JSON-able header plus a list of tensors from one named
 another. It knows nothing of models or plans; the pipeline runtime builds on this interface and
 is the same for every backend (ZeroMQ, PyTorch RPC).
 
-Threading contract (every backend): :meth:`Transport.send` is called from one thread at a time
-(the runtime's I/O thread) while :meth:`Transport.recv` is called from one other thread; never two
-threads sending, never two threads receiving. :meth:`Transport.close` may be called from any
+Threading contract (every backend): :meth:`Transport.send` and :meth:`Transport.try_send` are
+called from one thread at a time (the runtime hands a message to its I/O thread only while no
+send is in progress elsewhere) while :meth:`Transport.recv` is called from one other thread; never
+two threads sending at once, never two threads receiving. :meth:`Transport.close` may be called from any
 thread: a ``send`` or ``recv`` blocked at that moment raises :class:`TransportClosed`.
 """
 
@@ -215,6 +216,14 @@ class Transport(ABC):
         copy). Raises UsageError for an unknown peer, TransportTimeout if the peer does not
         accept it within ``options.send_timeout_s``, TransportClosed after :meth:`close`.
         """
+
+    def try_send(self, peer: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> bool:
+        """Send like :meth:`send` if that needs no waiting; else send nothing and return False.
+
+        Lets a caller send from its own thread while the backend can take the message at once,
+        and hand it to an I/O thread only when it would block. This default never sends.
+        """
+        return False
 
     @abstractmethod
     def recv(self, timeout_s: float | None = None) -> Message:

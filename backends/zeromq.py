@@ -174,6 +174,25 @@ class ZmqTransport(Transport):
 
     def send(self, peer: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> None:
         """Encode and send to ``peer`` (through its shaper if its link is shaped); see base class."""
+        frames, nbytes = self._encode(peer, header, tensors)
+        self._dispatch(peer, frames, nbytes, self._send_now)
+        self._count_sent(nbytes)
+
+    def try_send(self, peer: str, header: dict, tensors: Sequence[torch.Tensor] = ()) -> bool:
+        """Send without waiting: False, and nothing sent, when ``peer``'s queue is full (its
+        high-water mark is reached or it is not connected yet); see base class."""
+        frames, nbytes = self._encode(peer, header, tensors)
+        shaper = self._shapers.get(peer)
+        if shaper is not None:
+            shaper.submit(frames, nbytes)
+        else:
+            with self._send_locks[peer]:
+                if not self._send_nowait(peer, frames):
+                    return False
+        self._count_sent(nbytes)
+        return True
+
+    def _encode(self, peer: str, header: dict, tensors: Sequence[torch.Tensor]) -> tuple[list, int]:
         self._check_peer(peer)
         if self._closed or not self._started:
             raise TransportClosed(f"transport {self.me} is {'closed' if self._closed else 'not started'}")
@@ -186,21 +205,28 @@ class ZmqTransport(Transport):
             max_header_nbytes=opts.max_header_nbytes,
             max_message_nbytes=opts.max_message_nbytes,
         )
-        nbytes = frames_nbytes(frames)
-        self._dispatch(peer, frames, nbytes, self._send_now)
+        return frames, frames_nbytes(frames)
+
+    def _count_sent(self, nbytes: int) -> None:
         self._stats.messages_sent += 1
         self._stats.bytes_sent += nbytes
 
+    def _send_nowait(self, peer: str, frames: list) -> bool:
+        """One non-blocking attempt; the caller holds the peer's send lock."""
+        sock = self._push.get(peer)
+        if sock is None:
+            raise TransportClosed(f"transport {self.me} closed before a message to {peer!r} went out")
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
     def _send_now(self, peer: str, frames: list) -> None:
         with self._send_locks[peer]:
-            sock = self._push.get(peer)
-            if sock is None:
-                raise TransportClosed(f"transport {self.me} closed before a message to {peer!r} went out")
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            if self._send_nowait(peer, frames):
                 return
-            except zmq.Again:
-                pass
+            sock = self._push[peer]
             timeout_s = self.options.send_timeout_s
             deadline = None if timeout_s is None else time.perf_counter() + timeout_s
             poller = zmq.Poller()
@@ -210,12 +236,8 @@ class ZmqTransport(Transport):
                 events = dict(poller.poll(_poll_ms(deadline)))
                 if self._wake_r in events:
                     raise TransportClosed(f"transport {self.me} closed while sending to {peer!r}")
-                if sock in events:
-                    try:
-                        sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                        return
-                    except zmq.Again:
-                        continue
+                if sock in events and self._send_nowait(peer, frames):
+                    return
                 if deadline is not None and time.perf_counter() >= deadline:
                     raise TransportTimeout(
                         f"peer {self.peers[peer]} did not accept a message within {timeout_s:g} s",
@@ -234,17 +256,19 @@ class ZmqTransport(Transport):
                 raise TransportClosed(f"transport {self.me} is {'closed' if self._closed else 'not started'}")
             deadline = None if timeout_s is None else time.perf_counter() + timeout_s
             while True:
-                events = dict(self._recv_poller.poll(_poll_ms(deadline)))
-                if self._wake_r in events:
-                    raise TransportClosed(f"transport {self.me} closed while receiving")
-                if pull not in events:
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s")
-                    continue
+                # Take a waiting message without polling first: in a busy pipeline the next item
+                # is usually there, and the poll would cost a system call and a wake-up check.
                 try:
                     frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:  # readiness without a message (seen with CURVE): wait again
-                    continue
+                except zmq.Again:
+                    events = dict(self._recv_poller.poll(_poll_ms(deadline)))
+                    if self._wake_r in events:
+                        raise TransportClosed(f"transport {self.me} closed while receiving") from None
+                    if pull not in events and deadline is not None and time.perf_counter() >= deadline:
+                        raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s") from None
+                    continue  # a message is there, or readiness without one (seen with CURVE)
+                if self._closed:
+                    raise TransportClosed(f"transport {self.me} closed while receiving")
                 recv_ns = time.perf_counter_ns()
                 message = self._decode(frames, recv_ns)
                 if message is not None:
