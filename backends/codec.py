@@ -116,11 +116,14 @@ def _tensor_to_buffer(index: int, tensor: torch.Tensor, threshold: int) -> tuple
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous()
-    nbytes = t.numel() * t.element_size()
-    # A flat uint8 view of the same memory exposes the bytes to numpy (bfloat16/bool included).
-    raw = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-    buffer: bytes | memoryview = raw if nbytes >= threshold and nbytes > 0 else raw.tobytes()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    nbytes = t.nbytes
+    if nbytes == 0:
+        return {"dtype": wire, "shape": list(t.shape), "nbytes": 0}, b""
+    # numpy exposes the tensor's memory as a buffer; bfloat16, which numpy lacks, as int16.
+    raw = memoryview((t.view(torch.int16) if wire == "bfloat16" else t).numpy()).cast("B")
+    buffer: bytes | memoryview = raw if nbytes >= threshold else raw.tobytes()
     return {"dtype": wire, "shape": list(t.shape), "nbytes": nbytes}, buffer
 
 
@@ -186,7 +189,7 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant
 
 def _parse_envelope(view: memoryview) -> Any:
     try:
-        text = bytes(view).decode("utf-8")
+        text = str(view, "utf-8")
     except UnicodeDecodeError as exc:
         raise FrameError(f"envelope is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
@@ -259,12 +262,16 @@ def _buffer_to_tensor(
         return torch.empty(shape, dtype=dtype)
     zero_copy = view.nbytes >= threshold and not view.readonly
     source = view if zero_copy else bytearray(view)  # the copy is writable and owned by the tensor
-    flat = torch.frombuffer(source, dtype=torch.uint8)
+    if dtype is torch.bool:
+        flat = torch.frombuffer(source, dtype=torch.uint8)
+        if bool((flat > 1).any()):
+            raise FrameError(f"tensor #{index}: bool tensor holds bytes other than 0 and 1")
+        flat = flat.view(torch.bool)
+    else:
+        flat = torch.frombuffer(source, dtype=dtype)
     if zero_copy and flat.data_ptr() % _itemsize(dtype):
         flat = flat.clone()  # misaligned for this dtype: copy into fresh (aligned) memory
-    if dtype is torch.bool and bool((flat > 1).any()):
-        raise FrameError(f"tensor #{index}: bool tensor holds bytes other than 0 and 1")
-    return flat.view(dtype).view(shape)
+    return flat.view(shape)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
