@@ -14,7 +14,13 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   multiplies the device's node times: what latency predictions use;
 - ``cycle_factor = median compute (window full) / median compute (one item in flight)`` is the
   cost model's ``device_cycle_factor``: how much longer a stage holds the device per item when
-  the pipeline is full, what throughput predictions use.
+  the pipeline is full, what throughput predictions use;
+- ``item_overhead_ms = time per item with the window full (batch / throughput) - median compute
+  (window full)`` is the cost model's ``device_item_overhead_ms``: what the device spends per
+  item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
+  device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
+  the cycle factor plus this. It is measured with the model's input coming in and its output
+  going out, so for stages whose tensors are much smaller it errs on the high side.
 
 Both are ratios of medians measured seconds apart in one session, so drift of the machine
 between profiling and the sweep is absorbed as well.
@@ -46,6 +52,7 @@ class DeviceRuntime:
     throughput_compute_ms: float  # median compute per item in the worker, window full
     throughput_ips: float
     items: int
+    batch_size: int | None = None  # None in files from before item_overhead_ms: no overhead then
 
     @property
     def latency_factor(self) -> float:
@@ -55,20 +62,29 @@ class DeviceRuntime:
     def cycle_factor(self) -> float:
         return self.throughput_compute_ms / self.latency_compute_ms
 
+    @property
+    def item_overhead_ms(self) -> float:
+        if self.batch_size is None or not self.throughput_ips > 0:
+            return 0.0
+        return max(0.0, self.batch_size * 1e3 / self.throughput_ips - self.throughput_compute_ms)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"latency_factor": round(self.latency_factor, 4), "cycle_factor": round(self.cycle_factor, 4)}
+        return asdict(self) | {"latency_factor": round(self.latency_factor, 4), "cycle_factor": round(self.cycle_factor, 4),
+                               "item_overhead_ms": round(self.item_overhead_ms, 4)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeviceRuntime":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def describe(self) -> str:
-        return f"{self.device} x{self.latency_factor:.3f} (one item), x{self.cycle_factor:.3f} more when the pipeline is full"
+        return (f"{self.device} x{self.latency_factor:.3f} (one item), x{self.cycle_factor:.3f} more when the pipeline "
+                f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute")
 
 
 def summary(runtimes: dict[str, DeviceRuntime]) -> str:
-    """One compact line for result rows and logs, e.g. ``fast 1.102/1.010 slow 1.261/1.099``."""
-    return " ".join(f"{d} {r.latency_factor:.3f}/{r.cycle_factor:.3f}" for d, r in runtimes.items())
+    """One compact line for result rows and logs, e.g. ``fast 1.102/1.010+0.31ms slow 1.261/1.099+0.95ms``
+    (latency factor / cycle factor + per-item overhead)."""
+    return " ".join(f"{d} {r.latency_factor:.3f}/{r.cycle_factor:.3f}+{r.item_overhead_ms:.2f}ms" for d, r in runtimes.items())
 
 
 def measure(
@@ -99,13 +115,17 @@ def measure(
             raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times") from None
         if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
             raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
-        out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, float(row["throughput_ips"]), items)
+        out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, float(row["throughput_ips"]), items,
+                                    int(plan.batch_size))
         log(f"device runtime: {out[device].describe()} ({time.perf_counter() - t0:.1f} s)")
     return out
 
 
-def node_scale(runtimes: dict[str, DeviceRuntime] | None, devices: Sequence[str]) -> tuple[list[float], list[float]]:
-    """(latency factor, cycle factor) per device in ``devices`` order; 1.0 where not measured."""
+def node_scale(runtimes: dict[str, DeviceRuntime] | None,
+               devices: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
+    """(latency factor, cycle factor, item overhead ms) per device in ``devices`` order; 1.0, 1.0
+    and 0.0 where not measured."""
     runtimes = runtimes or {}
     return ([runtimes[d].latency_factor if d in runtimes else 1.0 for d in devices],
-            [runtimes[d].cycle_factor if d in runtimes else 1.0 for d in devices])
+            [runtimes[d].cycle_factor if d in runtimes else 1.0 for d in devices],
+            [runtimes[d].item_overhead_ms if d in runtimes else 0.0 for d in devices])

@@ -166,11 +166,12 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
     """The planner's numbers: calibrated node times per device, cut bytes, links, memory.
 
     With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.devicecal`) a device's
-    node times are scaled to what its worker measured and its stages get its cycle factor.
+    node times are scaled to what its worker measured and its stages get its cycle factor and
+    per-item overhead.
     """
     devices = list(profiles)
     b = graph.batch_size
-    scale, cycle = node_scale(runtimes, devices)
+    scale, cycle, item_overhead = node_scale(runtimes, devices)
     node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) * f for p, f in zip(profiles.values(), scale)])
     cuts = candidate_cuts(graph, granularity)
     names = [*devices, DRIVER]
@@ -195,6 +196,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         link_delay_ms=delay,
         link_bandwidth_bps=bandwidth,
         device_cycle_factor=np.array(cycle),
+        device_item_overhead_ms=np.array(item_overhead),
         batch_size=b,
         window=window,
         device_names=tuple(devices),

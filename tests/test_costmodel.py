@@ -71,6 +71,20 @@ def test_cycle_factor_stretches_stages_in_the_bottleneck_only():
         toy(device_cycle_factor=[1.0, 0.0, 1.0])
 
 
+def test_item_overhead_adds_to_stage_cycles_in_the_bottleneck_only():
+    # b's 4 ms stage plus 2.5 ms of receiving and sending per item holds b for 6.5 ms per item
+    # in a full pipeline; latency, the one-item-in-flight sum, is unchanged (links carry it).
+    inst = toy(device_item_overhead_ms=[0.0, 2.5, 0.0])
+    b = evaluate_plan(inst, PLAN)
+    m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
+    assert b.bottleneck_ms == pytest.approx(6.5) and m.bottleneck_ms[0] == pytest.approx(6.5)
+    assert b.latency_ms == pytest.approx(18.4) and m.latency_ms[0] == pytest.approx(18.4)
+    both = toy(device_cycle_factor=[1.0, 1.5, 1.0], device_item_overhead_ms=[0.0, 2.5, 0.0])
+    assert evaluate_plan(both, PLAN).bottleneck_ms == pytest.approx(8.5)  # 1.5 x 4 + 2.5
+    with pytest.raises(UsageError, match="device_item_overhead_ms"):
+        toy(device_item_overhead_ms=[0.0, -1.0, 0.0])
+
+
 def test_window_caps_throughput_by_littles_law():
     b = evaluate_plan(toy(window=1), PLAN)
     assert b.throughput_ips == pytest.approx(1 * 2 * 1e3 / 18.4)  # below 2e3 / 4.1
@@ -112,6 +126,7 @@ def random_instances(draw, integer: bool):
         link_overhead_ms=num((d + 1,) * 2, 3),
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
         device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
+        device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
         batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
 
 

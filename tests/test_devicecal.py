@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -12,14 +13,33 @@ from paretopipe.errors import ParetoPipeError
 
 
 def test_factors_and_round_trip():
-    r = DeviceRuntime("slow", profile_ms=20.0, latency_compute_ms=25.0, throughput_compute_ms=30.0, throughput_ips=30.0, items=20)
+    # 30 items/s at batch 1 is 33.33 ms per item, 3.33 ms of it outside the 30 ms of compute
+    r = DeviceRuntime("slow", profile_ms=20.0, latency_compute_ms=25.0, throughput_compute_ms=30.0, throughput_ips=30.0,
+                      items=20, batch_size=1)
     assert r.latency_factor == pytest.approx(1.25) and r.cycle_factor == pytest.approx(1.2)
+    assert r.item_overhead_ms == pytest.approx(1000 / 30 - 30)
     d = r.to_dict()
-    assert d["latency_factor"] == 1.25 and d["cycle_factor"] == 1.2
+    assert d["latency_factor"] == 1.25 and d["cycle_factor"] == 1.2 and d["item_overhead_ms"] == 3.3333
     assert DeviceRuntime.from_dict(json.loads(json.dumps(d))) == r
-    fast = DeviceRuntime("fast", 10.0, 11.0, 11.0, 90.0, 20)
-    assert devicecal.summary({"fast": fast, "slow": r}) == "fast 1.100/1.000 slow 1.250/1.200"
-    assert devicecal.node_scale({"slow": r}, ["fast", "slow"]) == ([1.0, 1.25], [1.0, pytest.approx(1.2)])
+    fast = DeviceRuntime("fast", 10.0, 11.0, 11.0, 90.0, 20, batch_size=1)  # 11.11 ms per item
+    assert devicecal.summary({"fast": fast, "slow": r}) == "fast 1.100/1.000+0.11ms slow 1.250/1.200+3.33ms"
+    assert devicecal.node_scale({"slow": r}, ["fast", "slow"]) == (
+        [1.0, 1.25], [1.0, pytest.approx(1.2)], [0.0, pytest.approx(3.3333, abs=1e-4)])
+
+
+def test_files_without_a_batch_size_give_no_item_overhead():
+    old = {"device": "slow", "profile_ms": 20.0, "latency_compute_ms": 25.0, "throughput_compute_ms": 30.0,
+           "throughput_ips": 30.0, "items": 20, "latency_factor": 1.25, "cycle_factor": 1.2}
+    r = DeviceRuntime.from_dict(old)
+    assert r.batch_size is None and r.item_overhead_ms == 0.0 and r.cycle_factor == pytest.approx(1.2)
+    # faster than its own compute (the window overlapped a batch's work): no negative overhead
+    assert DeviceRuntime("x", 10.0, 10.0, 10.0, 200.0, 20, batch_size=1).item_overhead_ms == 0.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    batch_size: int = 1
 
 
 class _Session:
@@ -34,15 +54,18 @@ class _Session:
 
 
 def test_measure_reads_the_worker_medians_of_each_device():
-    session = _Session({"P1": {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[13.2]", "throughput_ips": 70.0},
-                        "P2": {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[36.0]", "throughput_ips": 25.0}})
-    out = devicecal.measure(session, {"fast": "P1", "slow": "P2"}, {"fast": 10.0, "slow": 25.0}, items=7)
+    p1, p2 = _Plan("P1"), _Plan("P2", batch_size=2)
+    session = _Session({p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[13.2]", "throughput_ips": 70.0},
+                        p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[36.0]", "throughput_ips": 50.0}})
+    out = devicecal.measure(session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7)
     assert out["fast"].latency_factor == pytest.approx(1.2) and out["fast"].cycle_factor == pytest.approx(1.1)
     assert out["slow"].latency_factor == pytest.approx(1.2) and out["slow"].cycle_factor == pytest.approx(1.2)
+    assert out["slow"].item_overhead_ms == pytest.approx(2 * 1000 / 50 - 36)  # 40 ms per batch of 2
     assert [s[1:] for s in session.seen] == [("local", 7, 21)] * 2  # unshaped, 3x items in throughput mode
 
 
 def test_measure_names_the_device_without_compute_times():
-    session = _Session({"P": {"lat_stage_compute_ms": "[]", "tput_stage_compute_ms": "[1.0]", "throughput_ips": 1.0}})
+    p = _Plan("P")
+    session = _Session({p: {"lat_stage_compute_ms": "[]", "tput_stage_compute_ms": "[1.0]", "throughput_ips": 1.0}})
     with pytest.raises(ParetoPipeError, match="'slow'"):
-        devicecal.measure(session, {"slow": "P"}, {"slow": 1.0})
+        devicecal.measure(session, {"slow": p}, {"slow": 1.0})

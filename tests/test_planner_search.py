@@ -48,6 +48,7 @@ def instances(draw, integer: bool = True) -> Instance:
         link_bandwidth_bps=rng.choice([1e3, 8e3, np.inf], (d + 1, d + 1)),
         # stages hold a device longer per item in a full pipeline (1.5 keeps sums exact)
         device_cycle_factor=rng.choice([1.0, 1.0, 1.5, 2.0], d) if integer else rng.uniform(0.8, 2.0, d),
+        device_item_overhead_ms=rng.choice([0.0, 0.0, 1.0, 2.0], d) if integer else rng.uniform(0.0, 2.0, d),
         batch_size=draw(st.integers(1, 2)), window=draw(st.sampled_from([None, None, 1, 2])))
 
 

@@ -145,12 +145,14 @@ def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck
     base = plan_front(spec, graph, tb, WIFI, profs, [1, 2])
     # b's worker took 1.5x its profile with one item in flight, 2x that again with the pipeline full
     b_ms = float(base.instance.node_ms[1].sum())
-    runtimes = {"b": DeviceRuntime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1.0, 5)}
+    # and 0.5 ms per item more outside compute (1 item / s at batch 1 is 1000 ms per item)
+    runtimes = {"b": DeviceRuntime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1000 / (3.0 * b_ms + 0.5), 5, batch_size=1)}
     cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], runtimes=runtimes)
     assert np.allclose(cal.instance.node_ms[1], 1.5 * base.instance.node_ms[1])
     assert np.array_equal(cal.instance.node_ms[[0, 2]], base.instance.node_ms[[0, 2]])
     assert cal.instance.device_cycle_factor.tolist() == [1.0, 2.0, 1.0]
+    assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
     whole_b = cal.plan_for((), (1,))
     assert whole_b.predicted["stage_ms"][0] == pytest.approx(1.5 * b_ms)
-    assert whole_b.predicted["bottleneck_ms"] >= 3.0 * b_ms - 1e-9
-    assert cal.meta["device_runtime"] == "b 1.500/2.000"
+    assert whole_b.predicted["bottleneck_ms"] >= 3.0 * b_ms + 0.5 - 1e-9
+    assert cal.meta["device_runtime"] == "b 1.500/2.000+0.50ms"

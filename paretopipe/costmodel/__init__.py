@@ -11,8 +11,9 @@ Formulas (index ``D`` in the link matrices is the driver):
 - a message of n bytes over link (s, t): ``busy_ms = overhead[s,t] + n*8/bandwidth[s,t]*1e3``
   (sender and wire occupied), ``transfer_ms = busy_ms + delay[s,t]``.
 - ``latency_ms`` = driver->d_0 transfer + stage and inter-stage transfers in order + d_last->driver.
-- ``bottleneck_ms`` = max of every stage's cycle (``stage_ms * device_cycle_factor[d_k]``, the
-  time the stage holds its device per item when the pipeline is full) and every link's busy_ms
+- ``bottleneck_ms`` = max of every stage's cycle (``stage_ms * device_cycle_factor[d_k] +
+  device_item_overhead_ms[d_k]``, the time the stage holds its device per item when the pipeline
+  is full, receiving and sending included) and every link's busy_ms
   (the wire pipelines, so delay does not limit throughput); ``throughput_ips = batch * 1e3 / bottleneck_ms``, capped by
   Little's law ``window * batch * 1e3 / latency_ms`` when a window is set.
 - stage peak memory = its parameter bytes + the largest live activation set over its span.

@@ -85,7 +85,7 @@ def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
         live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
         stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
     latency = links[0].transfer_ms + sum(stage_ms) + sum(l.transfer_ms for l in links[1:])
-    cycle = [ms * float(inst.device_cycle_factor[d]) for ms, d in zip(stage_ms, plan.devices)]
+    cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
     bottleneck = max(max(cycle), max(link.busy_ms for link in links))
     feasible = all(m <= inst.device_mem_bytes[d] for m, d in zip(stage_mem, plan.devices))
     return PlanBreakdown(

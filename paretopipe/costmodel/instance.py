@@ -45,8 +45,9 @@ class Instance:
     p); link matrices are (D+1, D+1) with index D the driver (``np.inf`` bandwidth = unlimited).
     ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
     pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
-    ``stage_ms * device_cycle_factor[d]``). Optional arrays default to zero bytes, no memory
-    limit, no overhead/delay, unlimited links and a cycle factor of 1.
+    ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
+    device spends per item outside compute: receiving and sending). Optional arrays default to
+    zero bytes, no memory limit, no overhead/delay, unlimited links and a cycle factor of 1.
 
     Raises:
         UsageError: an array has the wrong shape, a negative/NaN entry, or cuts are not legal.
@@ -65,6 +66,7 @@ class Instance:
     link_delay_ms: np.ndarray | None = None
     link_bandwidth_bps: np.ndarray | None = None
     device_cycle_factor: np.ndarray | None = None
+    device_item_overhead_ms: np.ndarray | None = None
     batch_size: int = 1
     window: int | None = None
     device_names: tuple[str, ...] = field(default=())
@@ -98,11 +100,12 @@ class Instance:
         defaults = {"node_param_bytes": ((n,), 0.0), "live_bytes": ((n,), 0.0),
                     "device_mem_bytes": ((d,), np.inf), "link_overhead_ms": ((d + 1, d + 1), 0.0),
                     "link_delay_ms": ((d + 1, d + 1), 0.0),
-                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf), "device_cycle_factor": ((d,), 1.0)}
+                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf), "device_cycle_factor": ((d,), 1.0),
+                    "device_item_overhead_ms": ((d,), 0.0)}
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
             put(name, _array(name, np.full(shape, fill) if value is None else value, shape))
-        for name in ("node_param_bytes", "live_bytes", "link_overhead_ms", "link_delay_ms"):
+        for name in ("node_param_bytes", "live_bytes", "link_overhead_ms", "link_delay_ms", "device_item_overhead_ms"):
             _nonneg(name, getattr(self, name))
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
         if np.any(~np.isfinite(self.device_cycle_factor) | (self.device_cycle_factor <= 0)):
@@ -179,7 +182,7 @@ class Instance:
 
     def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
         """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
-        return stage_ms * self.device_cycle_factor[devices]
+        return stage_ms * self.device_cycle_factor[devices] + self.device_item_overhead_ms[devices]
 
     def stage_mem_bytes(self, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Peak bytes of stages spanning (start_b, end_b]: params + largest live set (broadcast)."""
