@@ -1,17 +1,20 @@
 """How well do calibrated node sums predict directly measured times? Is a profile repeatable?
 
-For each model and batch size (one thread), this profiles the model and then measures, separately:
+For each model and batch size (one thread), this profiles the model and then measures, separately
+and right after the profile:
 
 (a) the whole model again (an independent run, not the one that produced the calibration ratio);
 (b) both halves of a 2-stage split at the block cut nearest the middle of the model's time, each
     stage module measured directly; predicted = calibration x sum of the stage's node medians.
 
-It then profiles each model a second time and compares the two profiles (median over nodes of the
-per-node relative difference, and the node-sum difference), and measures the whole-model slowdown
-under ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller). Background CPU use by other
-processes during the run is printed too, since it disturbs every number here.
+It then profiles the model a second time and compares the two profiles (median over nodes of the
+per-node relative difference, and the node-sum difference). Last, it measures the whole-model slowdown
+under ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller), with the CFS period the
+profiler and launcher use and with the longer ones of ``--quota-periods`` for comparison.
+Background CPU use by other processes during the run is printed too, since it disturbs every
+number here. Repeats and warm-up default to those of ``paretopipe profile``.
 
-Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~10 min)
+Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~8 min)
      python benchmarks/bench_profiler.py --models resnet18,alexnet --batch-sizes 1 --no-quota
 """
 
@@ -101,15 +104,16 @@ def rel(pred: float, meas: float) -> float:
 
 
 def run_model(name: str, args, rows: list[dict]) -> None:
+    """Per batch size: profile, measure right away, profile again; so that the machine's slow drift
+    (a few per cent over minutes on a shared VM) is not mistaken for a prediction error."""
     spec = resolve_spec(name)
-    settings = ProfileSettings(batch_sizes=tuple(args.batch_sizes), threads=1, repeats=args.repeats, warmup=args.warmup,
-                               min_time_s=args.min_time_s, node_timing=args.node_timing, command=("bench_profiler",))
-    waited = wait_quiet(args.quiet, args.max_wait_s)
-    bg = Background()
-    first = profile_model(spec, "bench", settings)
     model = build_model(spec)
     for bs in args.batch_sizes:
-        b = first.batch(bs)
+        settings = ProfileSettings(batch_sizes=(bs,), threads=1, repeats=args.repeats, warmup=args.warmup,
+                                   min_time_s=args.min_time_s, node_timing=args.node_timing, command=("bench_profiler",))
+        waited = wait_quiet(args.quiet, args.max_wait_s)
+        bg = Background()
+        b = profile_model(spec, "bench", settings).batch(bs)
         x = example_input(spec, bs)
         node_ms = [n.median_ms for n in b.nodes]
         graph = trace(model, x, leaf_modules=spec.leaf_modules)
@@ -119,28 +123,22 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             mid = s0(x)
         whole_again, meas0, meas1 = measure_interleaved(
             [lambda: model(x), lambda: s0(x), lambda: s1(*mid)], args.repeats, args.min_time_s, args.warmup)
-        row_bg = bg.cpus()
         pred0 = b.calibration * sum(node_ms[: cut + 1])
         pred1 = b.calibration * sum(node_ms[cut + 1:])
         row = {
             "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
             "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
             "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
-            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "bg_cpus": row_bg, "waited_s": waited,
+            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "waited_s": waited,
         }
-        rows.append(row)
-    if args.agreement:
-        wait_quiet(args.quiet, args.max_wait_s)
-        second = profile_model(spec, "bench", settings)
-        for row in rows[-len(args.batch_sizes):]:
-            bs = row["batch"]
-            node_ms = [n.median_ms for n in first.batch(bs).nodes]
-            other = second.batch(bs)
+        if args.agreement:
+            other = profile_model(spec, "bench", settings).batch(bs)
             diffs = [abs(m - o.median_ms) / m for m, o in zip(node_ms, other.nodes) if m > 0]
             row["agree_node%"] = 100 * statistics.median(diffs)
             row["agree_sum%"] = 100 * abs(other.node_sum_ms - sum(node_ms)) / sum(node_ms)
-    for row in rows[-len(args.batch_sizes):]:
-        print_row(row, header=row is rows[0])
+        row["bg_cpus"] = bg.cpus()
+        rows.append(row)
+        print_row(row, header=len(rows) == 1)
 
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
@@ -175,22 +173,35 @@ def timed_run(fn, seconds: float, warmup: int) -> tuple[float, float]:
 
 
 def quota_check(name: str, args) -> None:
+    """Whole-model slowdown under a 0.5 CPU quota: with the launcher's and profiler's period, then
+    with each of ``--quota-periods``, every limited run between two free runs of the same length
+    (so drift shows and is averaged out)."""
     spec = resolve_spec(name)
     model = build_model(spec)
     x = example_input(spec, 1)
     torch.set_num_threads(1)
     seconds = max(args.min_time_s, 3.0)
     wait_quiet(args.quiet, args.max_wait_s)
+    default_period = cgroups.quota_settings(0.5)[1]
     free_mean, free_med = timed_run(lambda: model(x), seconds, args.warmup)
-    try:
-        with cgroups.cpu_quota(0.5, label="bench") as group:
-            period = int((group / "cpu.cfs_period_us").read_text()) if (group / "cpu.cfs_period_us").exists() else None
-            lim_mean, lim_med = timed_run(lambda: model(x), seconds, args.warmup)
-    except ParetoPipeError as exc:
-        print(f"quota: skipped ({exc})")
-        return
-    print(f"quota 0.5 CPU (period {period} us) on {name} batch 1: mean per forward {free_mean:.2f} -> {lim_mean:.2f} ms, "
-          f"slowdown x{lim_mean / free_mean:.2f} (expected ~2); median {free_med:.2f} -> {lim_med:.2f} ms (x{lim_med / free_med:.2f})")
+    factors = []
+    for period in [None, *args.quota_periods]:
+        try:
+            with cgroups.cpu_quota(0.5, label="bench", period_us=period):
+                lim_mean, lim_med = timed_run(lambda: model(x), seconds, args.warmup)
+        except ParetoPipeError as exc:
+            print(f"quota: skipped ({exc})")
+            return
+        after_mean, after_med = timed_run(lambda: model(x), seconds, args.warmup)
+        free = (free_mean + after_mean) / 2
+        factors.append((period or default_period, period is None, free, lim_mean, lim_mean / free,
+                        lim_med / ((free_med + after_med) / 2)))
+        free_mean, free_med = after_mean, after_med
+    print(f"quota 0.5 CPU on {name} batch 1, mean ms per forward (free = mean of the free runs before and after):")
+    for period, is_default, free, lim, factor, factor_med in factors:
+        mark = "  <- used by the profiler and the launcher" if is_default else ""
+        print(f"  period {period:>6} us: free {free:.2f} -> {lim:.2f} ms, slowdown x{factor:.2f} "
+              f"(medians x{factor_med:.2f}; expected ~2){mark}")
     settings = ProfileSettings(batch_sizes=(1,), threads=1, repeats=args.repeats, warmup=args.warmup,
                                min_time_s=seconds, cpu_quota=0.5, command=("bench_profiler",))
     b = profile_model(spec, "bench", settings).batch(1)
@@ -202,17 +213,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=SEED_MODELS, help="comma-separated model names")
     ap.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=ProfileSettings.repeats, help="as `paretopipe profile --repeats`")
+    ap.add_argument("--warmup", type=int, default=ProfileSettings.warmup, help="as `paretopipe profile --warmup`")
     ap.add_argument("--min-time-s", type=float, default=1.0)
     ap.add_argument("--node-timing", default="sequence", choices=["sequence", "isolated"])
     ap.add_argument("--no-agreement", dest="agreement", action="store_false", help="skip the second profile")
     ap.add_argument("--no-quota", dest="quota", action="store_false", help="skip the CPU quota check")
     ap.add_argument("--quota-model", default="resnet18")
+    ap.add_argument("--quota-periods", default="4000,10000,100000",
+                    help="CFS periods (us) to compare with the default one in the quota check")
     ap.add_argument("--quiet", type=float, default=0.2, help="wait until other processes use fewer CPUs than this")
     ap.add_argument("--max-wait-s", type=float, default=30.0, help="longest wait for a quiet machine per model")
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.quota_periods = [int(p) for p in args.quota_periods.split(",") if p]
     torch.set_num_threads(1)
     steady_allocator()  # as the profiler does: no page faults from malloc returning memory every pass
     whole_run = Background()
