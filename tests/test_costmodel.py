@@ -58,31 +58,28 @@ def test_vectorised_matches_hand_computed_plan():
     assert m.feasible[0]
 
 
-def test_cycle_factor_stretches_stages_in_the_bottleneck_only():
+@pytest.mark.parametrize("device_fields, bottleneck", [
     # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
-    # (was the 4.1 ms input link); latency is the one-item-in-flight sum, unchanged.
-    inst = toy(device_cycle_factor=[1.0, 1.5, 1.0])
+    # (was the 4.1 ms input link)
+    ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0),
+    # plus 2.5 ms per item receiving and sending outside compute
+    ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5),
+    ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5),
+])
+def test_device_runtime_terms_stretch_stages_in_the_bottleneck_only(device_fields, bottleneck):
+    # latency is the one-item-in-flight sum, unchanged (links carry per-message costs)
+    inst = toy(**device_fields)
     b = evaluate_plan(inst, PLAN)
     m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
-    assert b.bottleneck_ms == pytest.approx(6.0) and m.bottleneck_ms[0] == pytest.approx(6.0)
+    assert b.bottleneck_ms == pytest.approx(bottleneck) and m.bottleneck_ms[0] == pytest.approx(bottleneck)
     assert b.latency_ms == pytest.approx(18.4) and m.latency_ms[0] == pytest.approx(18.4)
     assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
-    with pytest.raises(UsageError, match="device_cycle_factor"):
-        toy(device_cycle_factor=[1.0, 0.0, 1.0])
 
 
-def test_item_overhead_adds_to_stage_cycles_in_the_bottleneck_only():
-    # b's 4 ms stage plus 2.5 ms of receiving and sending per item holds b for 6.5 ms per item
-    # in a full pipeline; latency, the one-item-in-flight sum, is unchanged (links carry it).
-    inst = toy(device_item_overhead_ms=[0.0, 2.5, 0.0])
-    b = evaluate_plan(inst, PLAN)
-    m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
-    assert b.bottleneck_ms == pytest.approx(6.5) and m.bottleneck_ms[0] == pytest.approx(6.5)
-    assert b.latency_ms == pytest.approx(18.4) and m.latency_ms[0] == pytest.approx(18.4)
-    both = toy(device_cycle_factor=[1.0, 1.5, 1.0], device_item_overhead_ms=[0.0, 2.5, 0.0])
-    assert evaluate_plan(both, PLAN).bottleneck_ms == pytest.approx(8.5)  # 1.5 x 4 + 2.5
-    with pytest.raises(UsageError, match="device_item_overhead_ms"):
-        toy(device_item_overhead_ms=[0.0, -1.0, 0.0])
+@pytest.mark.parametrize("field, value", [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0)])
+def test_device_runtime_terms_are_checked(field, value):
+    with pytest.raises(UsageError, match=field):
+        toy(**{field: [1.0 if field == "device_cycle_factor" else 0.0, value, 0.5]})
 
 
 def test_window_caps_throughput_by_littles_law():
