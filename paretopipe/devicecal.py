@@ -22,8 +22,8 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   the cycle factor plus this. It is measured with the model's input coming in and its output
   going out, so for stages whose tensors are much smaller it errs on the high side.
 
-Both are ratios of medians measured seconds apart in one session, so drift of the machine
-between profiling and the sweep is absorbed as well.
+All three come from runs seconds apart in one session, so drift of the machine between
+profiling and the sweep is absorbed as well.
 """
 
 from __future__ import annotations

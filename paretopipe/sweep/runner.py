@@ -289,8 +289,9 @@ def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | Non
 
 
 def _calibration_note(meta: dict[str, Any]) -> str | None:
-    """What the prediction was calibrated with: the link calibration's id, then the device
-    runtime factors (latency/cycle per device), e.g. ``local/zmq/loopback; devices fast 1.10/1.01``."""
+    """What the prediction was calibrated with: the link calibration's id, then the device runtime
+    terms (latency factor/cycle factor+item overhead per device), e.g.
+    ``local/zmq/loopback; devices fast 1.073/1.036+0.53ms``."""
     parts = [meta.get("calibration")]
     if meta.get("device_runtime"):
         parts.append(f"devices {meta['device_runtime']}")
