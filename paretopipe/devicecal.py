@@ -23,12 +23,18 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   going out, so for stages whose tensors are much smaller it errs on the high side.
 
 All three come from runs seconds apart in one session, so drift of the machine between
-profiling and the sweep is absorbed as well.
+profiling and the sweep is absorbed as well. The runs are split into rounds that visit every
+device in turn, and each figure is the median over the rounds: on the local testbed a single
+window of a few seconds sometimes ran 20% slow (the quota'd device at once gave x1.55 where the
+sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every plan
+that uses the device. With rounds, one slow window moves one sample of three. A round before them warms freshly
+started workers up and is not counted: their first seconds ran up to 30% slower.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -40,6 +46,8 @@ FILENAME = "device_runtime.json"
 #: Fewest timed items per device and mode: a CPU quota's compute times drift by +-10% over
 #: seconds on the local testbed, so a calibration averages over a few seconds at least.
 MIN_ITEMS = 60
+#: Rounds the items are split into (each round visits every device; the median round counts).
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,9 @@ class DeviceRuntime:
     latency_compute_ms: float  # median compute per item in the worker, one item in flight
     throughput_compute_ms: float  # median compute per item in the worker, window full
     throughput_ips: float
-    items: int
+    items: int  # timed items in one-item-in-flight mode, over all rounds
     batch_size: int | None = None  # None in files from before item_overhead_ms: no overhead then
+    rounds: int = 1  # each figure is the median over this many rounds (files from before rounds: 1)
 
     @property
     def latency_factor(self) -> float:
@@ -95,29 +104,47 @@ def measure(
     warmup: int = 3,
     timeout_s: float = 60.0,
     log: Callable[[str], None] = lambda m: None,
+    rounds: int = 1,
 ) -> dict[str, DeviceRuntime]:
     """Run each device's whole-model ``plans[device]`` in ``session`` and compare with its profile.
 
-    Raises ParetoPipeError (naming the device) if a run fails or reports no compute time.
+    ``items`` timed items (three times as many with the window full) are split into ``rounds``
+    rounds, each visiting every device in turn; compute times and throughput are the medians over
+    the rounds. With more than one round, one more round of the same size runs first to warm the
+    workers up and is not counted. Raises ParetoPipeError (naming the device) if a run fails or reports no compute time.
     """
     from paretopipe.network.conditions import LinkCondition
     from paretopipe.runtime.session import MeasureOptions
 
-    options = MeasureOptions(latency_items=items, throughput_items=3 * items, warmup=warmup, timeout_s=timeout_s)
+    rounds = max(1, min(rounds, items))
+    per_round = items // rounds
+    options = MeasureOptions(latency_items=per_round, throughput_items=3 * per_round, warmup=warmup, timeout_s=timeout_s)
+    samples: dict[str, list[tuple[float, float, float]]] = {d: [] for d in plans}
+    elapsed = dict.fromkeys(plans, 0.0)
+    for r in range(rounds + int(rounds > 1)):
+        for device, plan in plans.items():
+            t0 = time.perf_counter()
+            row = session.measure(plan, ("local", LinkCondition()), options)
+            elapsed[device] += time.perf_counter() - t0
+            try:
+                lat = float(json.loads(row["lat_stage_compute_ms"])[0])
+                tput = float(json.loads(row["tput_stage_compute_ms"])[0])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times") from None
+            if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
+                raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
+            if rounds == 1 or r > 0:  # with rounds, the first one only warms the workers up
+                samples[device].append((lat, tput, float(row["throughput_ips"])))
     out: dict[str, DeviceRuntime] = {}
     for device, plan in plans.items():
-        t0 = time.perf_counter()
-        row = session.measure(plan, ("local", LinkCondition()), options)
-        try:
-            lat = float(json.loads(row["lat_stage_compute_ms"])[0])
-            tput = float(json.loads(row["tput_stage_compute_ms"])[0])
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times") from None
-        if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
-            raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
-        out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, float(row["throughput_ips"]), items,
-                                    int(plan.batch_size))
-        log(f"device runtime: {out[device].describe()} ({time.perf_counter() - t0:.1f} s)")
+        lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
+        out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, ips, per_round * rounds,
+                                    int(plan.batch_size), rounds)
+        spread = ""
+        if rounds > 1:
+            lats = [s[0] for s in samples[device]]
+            spread = f"; one-item compute {min(lats):.2f}-{max(lats):.2f} ms over {rounds} rounds"
+        log(f"device runtime: {out[device].describe()} ({elapsed[device]:.1f} s{spread})")
     return out
 
 

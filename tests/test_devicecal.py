@@ -69,3 +69,39 @@ def test_measure_names_the_device_without_compute_times():
     session = _Session({p: {"lat_stage_compute_ms": "[]", "tput_stage_compute_ms": "[1.0]", "throughput_ips": 1.0}})
     with pytest.raises(ParetoPipeError, match="'slow'"):
         devicecal.measure(session, {"slow": p}, {"slow": 1.0})
+
+
+class _SequenceSession:
+    """Returns the next of a list of rows per plan on each call, and records the visiting order."""
+
+    def __init__(self, rows):
+        self.rows, self.order = {p: iter(r) for p, r in rows.items()}, []
+
+    def measure(self, plan, scenario, options):
+        self.order.append((plan.name, options.latency_items, options.throughput_items))
+        return next(self.rows[plan])
+
+
+def _row(lat, tput, ips):
+    return {"lat_stage_compute_ms": f"[{lat}]", "tput_stage_compute_ms": f"[{tput}]", "throughput_ips": ips}
+
+
+def test_rounds_visit_every_device_in_turn_and_one_slow_window_does_not_move_the_median():
+    fast, slow = _Plan("F"), _Plan("S")
+    session = _SequenceSession({
+        fast: [_row(15.0, 15.0, 60.0), _row(11.0, 11.0, 88.0), _row(11.2, 11.4, 86.0), _row(10.8, 11.2, 87.0)],
+        slow: [_row(50.0, 50.0, 20.0), _row(26.0, 25.0, 38.0), _row(39.0, 37.0, 24.0), _row(25.0, 26.0, 37.0)],
+    })  # the first round (fresh workers) is slow and not counted; round 2 of the counted ones ran slow
+    out = devicecal.measure(session, {"fast": fast, "slow": slow}, {"fast": 10.0, "slow": 20.0}, items=60, rounds=3)
+    assert session.order == [("F", 20, 60), ("S", 20, 60)] * 4  # interleaved, items split over the rounds
+    assert out["slow"].latency_compute_ms == 26.0 and out["slow"].throughput_compute_ms == 26.0
+    assert out["slow"].throughput_ips == 37.0 and out["slow"].latency_factor == pytest.approx(1.3)
+    assert out["fast"].latency_compute_ms == 11.0 and out["fast"].items == 60 and out["fast"].rounds == 3
+    assert DeviceRuntime.from_dict(json.loads(json.dumps(out["slow"].to_dict()))) == out["slow"]
+
+
+def test_more_rounds_than_items_is_one_item_per_round():
+    p = _Plan("P")
+    session = _SequenceSession({p: [_row(1.0, 1.0, 900.0)] * 3})
+    out = devicecal.measure(session, {"d": p}, {"d": 1.0}, items=2, rounds=5)
+    assert session.order == [("P", 1, 3)] * 3 and out["d"].rounds == 2 and out["d"].items == 2
