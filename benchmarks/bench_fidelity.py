@@ -36,7 +36,7 @@ from paretopipe.models import resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
 from paretopipe.plans import write_json_atomic
 from paretopipe.runtime.session import Session
-from paretopipe.sweep import SweepSettings, execute, prepare
+from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.analysis import aggregate, error_summary
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
@@ -82,19 +82,20 @@ def guided_subset(settings: SweepSettings, neighbours: int) -> dict[str, set[str
     return out
 
 
-def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, neighbours: int) -> dict:
+def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
     settings = SweepSettings(model=model, testbed=testbed, networks=tuple(networks), stages=tuple(range(1, stages + 1)),
                              cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
-                             throughput_items=3 * items, out=str(run), resume=(run / "manifest.json").exists())
+                             throughput_items=3 * items, repeats=repeats, out=str(run), resume=(run / "manifest.json").exists())
     store = RunStore(run, resume=settings.resume)
-    configs = prepare(settings, store, log)
-    log(f"{model}, up to {stages} stages: {len(configs)} configurations")
-    t0 = time.perf_counter()
-    execute(settings, store, configs, log,
-            lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None)
+    with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
+        configs = prepare(settings, store, log, sessions)
+        log(f"{model}, up to {stages} stages: {len(configs)} configurations")
+        t0 = time.perf_counter()
+        execute(settings, store, configs, log,
+                lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
     rows = store.rows()
     guided = guided_subset(settings, neighbours)
     result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
@@ -127,12 +128,13 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_v2,resnet18")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")
-    ap.add_argument("--items", type=int, default=20)
+    ap.add_argument("--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)")
+    ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
     ap.add_argument("--neighbours", type=int, default=4, help="neighbours of the front a guided sweep adds")
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.neighbours)
+    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()

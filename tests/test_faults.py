@@ -230,3 +230,52 @@ def test_rpc_failure_leaves_the_rest_for_resume(tmp_path, monkeypatch):
     assert (outcome.measured, outcome.failed, outcome.unmeasured) == (1, 1, 1)
     assert list(store.rows()["status"]) == ["ok", "failed"]
     assert any("run the same command with --resume" in m for m in logged)
+
+
+def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_measurement(tmp_path, monkeypatch):
+    # The device runtime calibration (in prepare) and the measurements (in execute) must run on the
+    # same workers: a pool passed to both opens one session per backend, restarts it only after a
+    # failure, closes another backend's session before opening one, and closes everything on exit.
+    import paretopipe.runtime.session as session_mod
+    from paretopipe.sweep.runner import Sessions
+
+    events: list[tuple[str, int]] = []
+
+    class FakeSession:
+        count = 0
+
+        def __init__(self, testbed, backend, **kwargs):
+            FakeSession.count += 1
+            self.backend, self.n = backend, FakeSession.count
+
+        def __enter__(self):
+            events.append((f"open {self.backend}", self.n))
+            return self
+
+        def __exit__(self, *exc):
+            events.append((f"close {self.backend}", self.n))
+
+        def measure(self, plan, scenario, options):
+            events.append((f"measure {plan.id}", self.n))
+            if plan.id == PLANS[1].id and self.backend == "zmq":
+                raise WorkerError("b", "process exited (killed by SIGKILL)")
+            return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
+
+    monkeypatch.setattr(session_mod, "Session", FakeSession)
+    out = tmp_path / "run"
+    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
+                             cuts="1,2", backends=("zmq",), out=str(out))
+    store = RunStore(out)
+    store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    with Sessions(settings, testbed=None) as pool:
+        calibrating = pool.get("zmq")  # what prepare's device runtime calibration does
+        assert pool.get("zmq") is calibrating
+        configs = [Config("lan", LinkCondition(), "zmq", plan, 0, False) for plan in PLANS]
+        outcome = execute(settings, store, configs, lambda msg: None, sessions=pool)
+        assert (outcome.measured, outcome.failed) == (2, 1)
+        pool.get("zmq")
+        pool.get("rpc")
+    assert events == [
+        ("open zmq", 1), (f"measure {PLANS[0].id}", 1), (f"measure {PLANS[1].id}", 1), ("close zmq", 1),
+        ("open zmq", 2), (f"measure {PLANS[2].id}", 2), ("close zmq", 2),  # a backend's session ends with its loop
+        ("open zmq", 3), ("close zmq", 3), ("open rpc", 4), ("close rpc", 4)]

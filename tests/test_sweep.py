@@ -119,3 +119,15 @@ def test_sweep_bad_input_is_one_line(tmp_path, extra, message):
 def test_resume_needs_a_run(tmp_path):
     result = runner.invoke(app, [*_args(tmp_path, tmp_path / "nothing"), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.stderr
+
+
+def test_repeats_are_passes_over_the_plans_of_each_scenario():
+    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.sweep.runner import measurement_order
+
+    lan, wifi = ("lan", LinkCondition()), ("wifi", LinkCondition(bandwidth_bps=50e6))
+    planned = [(lan, [("P1", True), ("P2", False)]), (wifi, [("P3", True)])]
+    order = [(c.backend, c.network, c.plan, c.repeat, c.on_front) for c in measurement_order(["zmq", "rpc"], planned, 2)]
+    assert order == [(be, *rest) for be in ("zmq", "rpc") for rest in [
+        ("lan", "P1", 0, True), ("lan", "P2", 0, False), ("lan", "P1", 1, True), ("lan", "P2", 1, False),
+        ("wifi", "P3", 0, True), ("wifi", "P3", 1, True)]]

@@ -82,21 +82,23 @@ def sweep_command(
         device_runtime=device_runtime,
     )
     store = RunStore(out, resume=resume)
-    configs = runner.prepare(settings, store, err_console.print)
-    err_console.print(f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("measuring", total=len(configs))
+    # one pool of workers for the device runtime calibration and the measurements (runner.Sessions)
+    with runner.Sessions(settings, tb) as sessions:
+        configs = runner.prepare(settings, store, err_console.print, sessions)
+        err_console.print(f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+            task = bar.add_task("measuring", total=len(configs))
 
-        def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, description=what[:60])
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, description=what[:60])
 
-        try:
-            outcome = runner.execute(settings, store, configs, err_console.print, progress)
-        finally:
-            store.update_manifest(finished=runner.now())
+            try:
+                outcome = runner.execute(settings, store, configs, err_console.print, progress, sessions)
+            finally:
+                store.update_manifest(finished=runner.now())
     summaries = analysis.write_reports(store.rows(), Path(out))
     err_console.print(f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
                       + (f"left for --resume {outcome.unmeasured} " if outcome.unmeasured else "")

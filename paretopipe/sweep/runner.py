@@ -82,12 +82,69 @@ class SweepOutcome:
     unmeasured: int = 0  # left for --resume (rpc after a failure)
 
 
+class Sessions:
+    """The runtime sessions of one sweep, at most one per backend, opened on first use.
+
+    The device runtime calibration and the measurements share them, so both run on the same
+    worker processes: on the local testbed the half-speed device's compute per item differed by
+    up to 25% from one launch of its worker to the next (27 ms vs 30-39 ms for mobilenet_v2 in
+    back-to-back launches) while staying within a few percent inside one launch, so a calibration
+    taken on other workers mispriced the whole sweep. Use as a context manager; every session is
+    closed on exit."""
+
+    def __init__(self, settings: SweepSettings, testbed: Any) -> None:
+        self.settings, self.testbed = settings, testbed
+        self._open: dict[str, Any] = {}
+
+    def get(self, backend: str) -> Any:
+        """The open session of ``backend``; other backends' sessions are closed first (their
+        workers would hold the same ports)."""
+        from paretopipe.runtime.session import Session
+
+        for other in [b for b in self._open if b != backend]:
+            self.drop(other)
+        if backend not in self._open:
+            st = self.settings
+            self._open[backend] = Session(self.testbed, backend, timeout_s=st.timeout_s, isolation=st.isolation,
+                                          secure=st.secure).__enter__()
+        return self._open[backend]
+
+    def drop(self, backend: str) -> None:
+        """Close ``backend``'s session (if open); the next :meth:`get` starts fresh workers."""
+        session = self._open.pop(backend, None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.__exit__(None, None, None)
+
+    def __enter__(self) -> "Sessions":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for backend in list(self._open):
+            self.drop(backend)
+
+
+@contextlib.contextmanager
+def _sessions(settings: SweepSettings, sessions: Sessions | None):
+    """``sessions`` if given, else a private pool closed on leaving."""
+    if sessions is not None:
+        yield sessions
+        return
+    from paretopipe.testbed import load_testbed
+
+    with Sessions(settings, load_testbed(settings.testbed, load_scenarios(settings.networks_file))) as own:
+        yield own
+
+
 _COMPARABLE = ("model", "testbed", "networks", "backends", "stages", "cuts", "granularity", "batch_size",
                "latency_items", "throughput_items", "warmup", "repeats", "isolation")
 
 
-def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
-    """Plan (or, resuming, reload) the configurations and write the manifest."""
+def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessions | None = None) -> list[Config]:
+    """Plan (or, resuming, reload) the configurations and write the manifest.
+
+    Pass the :class:`Sessions` that :func:`execute` will use, so the device runtime calibration
+    runs on the workers that are then measured."""
     from paretopipe.fingerprint import fingerprint, git_commit
     from paretopipe.testbed import load_testbed
 
@@ -103,12 +160,9 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
         from backends import get_transport
 
         get_transport(be)  # unknown backend: fail before any work
-    configs: list[Config] = []
-    planned, runtimes = _plan_all(settings, tb, nets, store.dir, log)
-    for be in settings.backends:
-        for (label, cond), plans in planned:
-            for plan, on_front in plans:
-                configs += [Config(label, cond, be, plan, r, on_front) for r in range(settings.repeats)]
+    with _sessions(settings, sessions) as pool:
+        planned, runtimes = _plan_all(settings, tb, nets, store.dir, log, pool)
+    configs = measurement_order(settings.backends, planned, settings.repeats)
     commit, dirty = git_commit()
     store.write_manifest({
         "schema": "paretopipe.run", "version": 1, "settings": asdict(settings) | {"resume": False},
@@ -123,7 +177,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log) -> list[Config]:
 
 
 
-def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log):
+def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessions: Sessions):
     """Per scenario, the plans to measure (with whether each is on the predicted front), and the
     device runtime calibration the predictions used (None if off)."""
     from paretopipe.calibration import find_calibration
@@ -141,7 +195,8 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log):
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
     granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(how, "node")
-    runtimes = _device_runtime(settings, spec, graph, tb, profiles, granularity, cal, out_dir, log) if settings.device_runtime else None
+    runtimes = (_device_runtime(settings, spec, graph, tb, profiles, granularity, cal, out_dir, log, sessions)
+                if settings.device_runtime else None)
     out = []
     for scenario in nets:
         result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
@@ -163,7 +218,21 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log):
     return out, runtimes
 
 
-def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granularity, cal, out_dir: Path, log: Log):
+def measurement_order(backends: Sequence[str], planned: Sequence[tuple[tuple[str, LinkCondition], Sequence[tuple[Any, bool]]]],
+                      repeats: int) -> list[Config]:
+    """The configurations in the order they are measured: per backend and scenario, ``repeats``
+    passes over the scenario's plans.
+
+    Repeats are passes, not back-to-back runs of one plan: a slow minute of the machine then
+    touches one repeat of several plans, which the median over repeats discards, instead of every
+    repeat of one plan."""
+    return [Config(label, cond, be, plan, r, on_front)
+            for be in backends for (label, cond), plans in planned
+            for r in range(repeats) for plan, on_front in plans]
+
+
+def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granularity, cal, out_dir: Path, log: Log,
+                    sessions: Sessions):
     """Run the whole model on every device through the runtime; saved as device_runtime.json.
 
     A device_runtime.json already in the run directory (for the same devices) is used instead, so
@@ -173,7 +242,6 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
     from paretopipe import devicecal
     from paretopipe.planning import plan_front
     from paretopipe.plans import write_json_atomic
-    from paretopipe.runtime.session import Session
 
     path = out_dir / devicecal.FILENAME
     if path.exists():
@@ -194,10 +262,13 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
                        granularity=granularity, calibration=cal)
     plans = {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
-    with Session(tb, backend, timeout_s=settings.timeout_s, isolation=settings.isolation,
-                 secure=settings.secure) as session:
-        runtimes = devicecal.measure(session, plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
-                                     warmup=settings.warmup, timeout_s=settings.timeout_s, log=log)
+    try:
+        runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
+                                     warmup=settings.warmup, timeout_s=settings.timeout_s, log=log,
+                                     rounds=devicecal.ROUNDS)
+    except BaseException:
+        sessions.drop(backend)
+        raise
     write_json_atomic({"schema": "paretopipe.device_runtime", "version": 1, "created": now(),
                        "backend": backend, "isolation": settings.isolation,
                        "devices": {d: r.to_dict() for d, r in runtimes.items()}}, path)
@@ -213,12 +284,20 @@ def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> li
 
 
 def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
-            progress: Callable[[int, int, str], None] = lambda done, total, what: None) -> SweepOutcome:
-    """Measure every configuration not yet measured; rows are appended as each finishes."""
-    from paretopipe.runtime.session import MeasureOptions, Session
-    from paretopipe.testbed import load_testbed
+            progress: Callable[[int, int, str], None] = lambda done, total, what: None,
+            sessions: Sessions | None = None) -> SweepOutcome:
+    """Measure every configuration not yet measured; rows are appended as each finishes.
 
-    tb = load_testbed(settings.testbed, load_scenarios(settings.networks_file))
+    ``sessions``: the pool :func:`prepare` used (see :class:`Sessions`); without one, workers are
+    started here and stopped at the end."""
+    with _sessions(settings, sessions) as pool:
+        return _execute(settings, store, configs, log, progress, pool)
+
+
+def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
+             progress: Callable[[int, int, str], None], sessions: Sessions) -> SweepOutcome:
+    from paretopipe.runtime.session import MeasureOptions
+
     done = store.done()
     todo = [c for c in configs if c.key not in done]
     outcome = SweepOutcome(len(configs), 0, len(configs) - len(todo), 0, 0.0)
@@ -228,34 +307,31 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
     t_start = time.perf_counter()
     for backend in dict.fromkeys(c.backend for c in todo):
         mine = [c for c in todo if c.backend == backend]
-        session: Session | None = None
         try:
             for i, cfg in enumerate(mine):
                 progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
-                if session is None:
-                    session = Session(tb, backend, timeout_s=settings.timeout_s, isolation=settings.isolation,
-                                      secure=settings.secure).__enter__()
+                session = sessions.get(backend)
                 row = _base_row(cfg, settings, host, commit)
                 t0 = time.perf_counter()
+                failed = False
                 try:
                     row.update(session.measure(cfg.plan, (cfg.network, cfg.condition), options))
                     row["status"] = "ok"
                     outcome.measured += 1
                 except (ParetoPipeError, OSError) as exc:
+                    failed = True
                     row.update(status="failed", error=str(exc), failed_device=getattr(exc, "device", None))
                     outcome.failed += 1
                     outcome.failures.append(f"{cfg.network} {backend} {cfg.plan.id}: {exc}")
                     log(f"FAILED {cfg.network} {backend} {cfg.plan.id}: {exc}")
-                    with contextlib.suppress(Exception):
-                        session.__exit__(None, None, None)
-                    session = None  # restart the workers before the next configuration
+                    sessions.drop(backend)  # restart the workers before the next configuration
                     if settings.fail_fast:
                         row["duration_s"] = round(time.perf_counter() - t0, 3)
                         store.append(row)
                         raise
                 row["duration_s"] = round(time.perf_counter() - t0, 3)
                 store.append(row)
-                if session is None and backend == "rpc" and i + 1 < len(mine):
+                if failed and backend == "rpc" and i + 1 < len(mine):
                     # torch.distributed.rpc cannot be joined twice by one process: the workers cannot be
                     # restarted here, so the rest waits for --resume (a new process) instead of failing.
                     outcome.unmeasured += len(mine) - i - 1
@@ -263,8 +339,7 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
                         "so run the same command with --resume to measure them")
                     break
         finally:
-            if session is not None:
-                session.__exit__(None, None, None)
+            sessions.drop(backend)
     progress(len(configs), len(configs), "done")
     outcome.elapsed_s = time.perf_counter() - t_start
     return outcome
