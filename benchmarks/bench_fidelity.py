@@ -11,9 +11,12 @@ measured: how many configurations, and whether the measured front computed from 
 configurations equals the measured front of the exhaustive sweep (same measurements, so the
 comparison is free of run-to-run noise).
 
-Links are calibrated first (`paretopipe calibrate`), as a user would.
+Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan is measured in
+``--repeats`` passes over its scenario's plans (``--items`` latency items, three times as many
+throughput items per pass); its figures are the medians over the passes, as in any sweep.
 
-    python benchmarks/bench_fidelity.py                      # everything (~45 min)
+    python benchmarks/bench_fidelity.py                      # everything (about 2.5 hours)
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # ~15 min
     python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi
 """
 

@@ -156,3 +156,23 @@ def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck
     assert whole_b.predicted["stage_ms"][0] == pytest.approx(1.5 * b_ms)
     assert whole_b.predicted["bottleneck_ms"] >= 3.0 * b_ms + 0.5 - 1e-9
     assert cal.meta["device_runtime"] == "b 1.500/2.000+0.50ms"
+
+
+def test_front_selection_adds_the_neighbours_predicted_closest_to_the_front(profiled):
+    from paretopipe.sweep.candidates import closeness, neighbours, select
+
+    _, tb, spec, graph, profs = profiled
+    result = plan_front(spec, graph, tb, WIFI, profs, [2, 3])
+    df = result.table()
+    n_front = int(df["on_front"].sum())
+    chosen = select(result, "front", limit=n_front + 3)
+    keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
+    point = {k: (lat, tput) for k, lat, tput in zip(keys, df["latency_ms"], df["throughput_ips"])}
+    front = [k for k, on in zip(keys, df["on_front"]) if on]
+    assert set(chosen[:n_front]) == set(front) and len(chosen) == n_front + 3
+    inst = result.instance
+    candidates = {nb for k in front for nb in neighbours(k, inst.n_cuts, inst.n_devices)} - set(front)
+    fp = np.array([point[k] for k in front])
+    score = {k: float(closeness(np.array([point[k]]), fp)[0]) for k in candidates}
+    picked = [score[k] for k in chosen[n_front:]]
+    assert max(picked) <= min(v for k, v in score.items() if k not in chosen)

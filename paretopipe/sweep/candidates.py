@@ -3,12 +3,14 @@
 A *neighbour* of a front plan moves one of its cuts to the next candidate cut on either side, or
 runs the same cuts on another ordering of devices: plans the cost model may have ranked just
 below the front. Measuring them checks that the measured front is not an artefact of the model.
+When only some neighbours fit, the ones predicted closest to the front go first (see
+:func:`closeness`): those are the ones a prediction error of a few percent could put on it.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,16 +36,31 @@ def neighbours(key: Key, n_cuts: int, n_devices: int) -> list[Key]:
     return out
 
 
-def front_and_neighbours(front: Sequence[Key], n_cuts: int, n_devices: int, limit: int) -> list[Key]:
-    """The front (all of it) then neighbours in front order, without repeats, at most ``limit``
-    in total (never fewer than the front)."""
+def closeness(points: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """For each (latency, throughput) row of ``points``, the factor e >= 1 by which it would have
+    to be better (latency / e and throughput x e) not to be dominated by any row of ``front``.
+
+    1 for points on the front; 1.08 for a point an 8% prediction error could put on it."""
+    pts, fr = np.asarray(points, float).reshape(-1, 2), np.asarray(front, float).reshape(-1, 2)
+    if not len(fr):
+        return np.ones(len(pts))
+    # p escapes front point f once latency_p / e < latency_f or throughput_p * e > throughput_f
+    escape = np.minimum(pts[:, None, 0] / fr[None, :, 0], fr[None, :, 1] / pts[:, None, 1])
+    return np.maximum(1.0, escape.max(axis=1))
+
+
+def front_and_neighbours(front: Sequence[Key], n_cuts: int, n_devices: int, limit: int,
+                         rank: Callable[[list[Key]], Sequence[float]] | None = None) -> list[Key]:
+    """The front (all of it) then its neighbours, without repeats, at most ``limit`` in total
+    (never fewer than the front). Neighbours come in front order, or by ascending ``rank`` (a
+    score per neighbour, e.g. :func:`closeness`; ties keep front order) when given."""
     chosen: dict[Key, None] = {k: None for k in front}
-    for k in front:
-        for nb in neighbours(k, n_cuts, n_devices):
-            if len(chosen) >= max(limit, len(front)):
-                return list(chosen)
-            chosen.setdefault(nb, None)
-    return list(chosen)
+    others = list(dict.fromkeys(nb for k in front for nb in neighbours(k, n_cuts, n_devices) if nb not in chosen))
+    if rank is not None and others:
+        scores = rank(others)
+        others = [others[i] for i in np.argsort(np.asarray(scores, float), kind="stable")]
+    room = max(limit, len(front)) - len(chosen)
+    return list(chosen) + others[:max(room, 0)]
 
 
 def select(result, how: str, limit: int = 24) -> list[Key]:
@@ -63,15 +80,22 @@ def select(result, how: str, limit: int = 24) -> list[Key]:
         front = [k for k, f in zip(keys, on) if f]
         front = [front[i] for i in order]
         inst = result.instance
-        chosen = front_and_neighbours(front, inst.n_cuts, inst.n_devices, limit)
-        return [k for k in chosen if _feasible(result, k)]
+        front_points = np.column_stack([df["latency_ms"].to_numpy()[on], df["throughput_ips"].to_numpy()[on]])
+
+        def rank(keys: list[Key]) -> list[float]:  # infeasible plans last (and dropped below)
+            evals = [_evaluate(result, k) for k in keys]
+            pts = np.array([[e.latency_ms, e.throughput_ips] for e in evals])
+            return [c if e.feasible else np.inf for c, e in zip(closeness(pts, front_points), evals)]
+
+        chosen = front_and_neighbours(front, inst.n_cuts, inst.n_devices, limit, rank)
+        return [k for k in chosen if _evaluate(result, k).feasible]
     raise UsageError(f"unknown plan selection {how!r}", "use front or all")
 
 
-def _feasible(result, key: Key) -> bool:
+def _evaluate(result, key: Key):
     from paretopipe.costmodel import Plan, evaluate_plan
 
-    return bool(evaluate_plan(result.instance, Plan(*key)).feasible)
+    return evaluate_plan(result.instance, Plan(*key))
 
 
 def parse_cut_list(text: str, positions: Sequence[int]) -> list[tuple[int, ...]]:
