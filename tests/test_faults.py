@@ -193,12 +193,24 @@ def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path)
     assert len(ok) == 4 and ok["plan_id"].is_unique
 
 
+def _fake_sweep(tmp_path: Path, monkeypatch, session_cls, backend: str):
+    """Settings, a run store and the PLANS as configurations of one backend, with ``session_cls``
+    standing in for the runtime Session."""
+    import paretopipe.runtime.session as session_mod
+
+    monkeypatch.setattr(session_mod, "Session", session_cls)
+    out = tmp_path / "run"
+    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
+                             cuts="1,2", backends=(backend,), out=str(out))
+    store = RunStore(out)
+    store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    return settings, store, [Config("lan", LinkCondition(), backend, plan, 0, False) for plan in PLANS]
+
+
 def test_rpc_failure_leaves_the_rest_for_resume(tmp_path, monkeypatch):
     # One process joins one RPC world, so after a failure the workers cannot be restarted over rpc:
     # the sweep must stop that backend's loop and leave the rest to --resume (in a new process),
     # not record every remaining configuration as failed.
-    import paretopipe.runtime.session as session_mod
-
     opened: list[int] = []
 
     class FakeSession:
@@ -218,14 +230,8 @@ def test_rpc_failure_leaves_the_rest_for_resume(tmp_path, monkeypatch):
                 raise WorkerError("b", "process exited (killed by SIGKILL)")
             return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
 
-    monkeypatch.setattr(session_mod, "Session", FakeSession)
-    out = tmp_path / "run"
-    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
-                             cuts="1,2", backends=("rpc",), out=str(out))
-    store = RunStore(out)
-    store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    settings, store, configs = _fake_sweep(tmp_path, monkeypatch, FakeSession, "rpc")
     logged: list[str] = []
-    configs = [Config("lan", LinkCondition(), "rpc", plan, 0, False) for plan in PLANS]
     outcome = execute(settings, store, configs, logged.append)
     assert (outcome.measured, outcome.failed, outcome.unmeasured) == (1, 1, 1)
     assert list(store.rows()["status"]) == ["ok", "failed"]
@@ -236,7 +242,6 @@ def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_mea
     # The device runtime calibration (in prepare) and the measurements (in execute) must run on the
     # same workers: a pool passed to both opens one session per backend, restarts it only after a
     # failure, closes another backend's session before opening one, and closes everything on exit.
-    import paretopipe.runtime.session as session_mod
     from paretopipe.sweep.runner import Sessions
 
     events: list[tuple[str, int]] = []
@@ -261,16 +266,10 @@ def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_mea
                 raise WorkerError("b", "process exited (killed by SIGKILL)")
             return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
 
-    monkeypatch.setattr(session_mod, "Session", FakeSession)
-    out = tmp_path / "run"
-    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
-                             cuts="1,2", backends=("zmq",), out=str(out))
-    store = RunStore(out)
-    store.write_manifest({"settings": asdict(settings), "git_commit": None})
+    settings, store, configs = _fake_sweep(tmp_path, monkeypatch, FakeSession, "zmq")
     with Sessions(settings, testbed=None) as pool:
         calibrating = pool.get("zmq")  # what prepare's device runtime calibration does
         assert pool.get("zmq") is calibrating
-        configs = [Config("lan", LinkCondition(), "zmq", plan, 0, False) for plan in PLANS]
         outcome = execute(settings, store, configs, lambda msg: None, sessions=pool)
         assert (outcome.measured, outcome.failed) == (2, 1)
         pool.get("zmq")
