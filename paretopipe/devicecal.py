@@ -23,12 +23,13 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   going out, so for stages whose tensors are much smaller it errs on the high side.
 
 All three come from runs seconds apart in one session, so drift of the machine between
-profiling and the sweep is absorbed as well. The runs are split into rounds that visit every
-device in turn, and each figure is the median over the rounds: on the local testbed a single
-window of a few seconds sometimes ran 20% slow (the quota'd device at once gave x1.55 where the
-sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every plan
-that uses the device. With rounds, one slow window moves one sample of three. A round before them warms freshly
-started workers up and is not counted: their first seconds ran up to 30% slower.
+profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then
+measures: see :class:`paretopipe.sweep.runner.Sessions`). The runs are split into rounds that
+visit every device in turn, and each figure is the median over the rounds: on the local testbed a
+single window of a few seconds sometimes ran 20% slow (the quota'd device once gave x1.55 where
+the sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every
+plan that uses the device. With rounds, one slow window moves one sample of three. A round before
+them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def measure(
     ``items`` timed items (three times as many with the window full) are split into ``rounds``
     rounds, each visiting every device in turn; compute times and throughput are the medians over
     the rounds. With more than one round, one more round of the same size runs first to warm the
-    workers up and is not counted. Raises ParetoPipeError (naming the device) if a run fails or reports no compute time.
+    workers up and is not counted. Raises ParetoPipeError (naming the device) if a run fails or
+    reports no compute time.
     """
     from paretopipe.network.conditions import LinkCondition
     from paretopipe.runtime.session import MeasureOptions
