@@ -9,11 +9,14 @@ When only some neighbours fit, the ones predicted closest to the front go first 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Callable, Sequence
 
 import numpy as np
 
+from paretopipe.costmodel import Plan as CostPlan
+from paretopipe.costmodel import evaluate_plan
 from paretopipe.errors import UsageError
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (cut indices into the instance's cuts, device indices)
@@ -81,21 +84,16 @@ def select(result, how: str, limit: int = 24) -> list[Key]:
         front = [front[i] for i in order]
         inst = result.instance
         front_points = np.column_stack([df["latency_ms"].to_numpy()[on], df["throughput_ips"].to_numpy()[on]])
+        evaluate = functools.cache(lambda key: evaluate_plan(inst, CostPlan(*key)))
 
         def rank(keys: list[Key]) -> list[float]:  # infeasible plans last (and dropped below)
-            evals = [_evaluate(result, k) for k in keys]
+            evals = [evaluate(k) for k in keys]
             pts = np.array([[e.latency_ms, e.throughput_ips] for e in evals])
             return [c if e.feasible else np.inf for c, e in zip(closeness(pts, front_points), evals)]
 
         chosen = front_and_neighbours(front, inst.n_cuts, inst.n_devices, limit, rank)
-        return [k for k in chosen if _evaluate(result, k).feasible]
+        return [k for k in chosen if evaluate(k).feasible]
     raise UsageError(f"unknown plan selection {how!r}", "use front or all")
-
-
-def _evaluate(result, key: Key):
-    from paretopipe.costmodel import Plan, evaluate_plan
-
-    return evaluate_plan(result.instance, Plan(*key))
 
 
 def parse_cut_list(text: str, positions: Sequence[int]) -> list[tuple[int, ...]]:

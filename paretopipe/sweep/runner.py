@@ -262,13 +262,8 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
                        granularity=granularity, calibration=cal)
     plans = {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
-    try:
-        runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
-                                     warmup=settings.warmup, timeout_s=settings.timeout_s, log=log,
-                                     rounds=devicecal.ROUNDS)
-    except BaseException:
-        sessions.drop(backend)
-        raise
+    runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
+                                 warmup=settings.warmup, timeout_s=settings.timeout_s, log=log, rounds=devicecal.ROUNDS)
     write_json_atomic({"schema": "paretopipe.device_runtime", "version": 1, "created": now(),
                        "backend": backend, "isolation": settings.isolation,
                        "devices": {d: r.to_dict() for d, r in runtimes.items()}}, path)
