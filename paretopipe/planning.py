@@ -172,7 +172,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
     devices = list(profiles)
     b = graph.batch_size
     scale, cycle, item_overhead = node_scale(runtimes, devices)
-    node_ms = np.stack([p.profile.node_ms(b) * p.profile.calibration(b) * f for p, f in zip(profiles.values(), scale)])
+    node_ms = np.stack([p.profile.planned_node_ms(b) * f for p, f in zip(profiles.values(), scale)])
     cuts = candidate_cuts(graph, granularity)
     names = [*devices, DRIVER]
     n = len(names)

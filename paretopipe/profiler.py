@@ -13,7 +13,12 @@ Method, per batch size:
    each node on the fresh outputs of the nodes before it, as in a real forward, so caches are as
    warm as they would be) or ``"isolated"`` (each node replayed alone on its recorded inputs).
    ``warmup`` untimed rounds come first; rounds repeat until at least ``repeats`` rounds AND
-   ``min_time_s`` seconds. The median timer overhead is subtracted from every sample.
+   ``min_time_s`` seconds. The median timer overhead is subtracted from every sample. Each node's
+   CPU time (:func:`time.process_time_ns`, read just outside its wall-clock window) is recorded
+   too: under a CPU quota a node's wall time depends on where in the quota period it falls (short
+   nodes mostly slip through before the budget runs out, the throttled wait lands on whichever
+   node is running then), while its CPU time is its own work, so there the cost model shares the
+   whole-model time out over nodes by CPU time (see :meth:`paretopipe.profiles.Profile.planned_node_ms`).
    Before anything, :func:`paretopipe.timing.steady_allocator` stops glibc from unmapping and
    re-faulting activation memory on every pass (it doubled some forward times, depending on the
    process's allocation history).
@@ -181,19 +186,22 @@ class _Sequence:
                 dead = [v for v in n.all_input_nodes if last_use[v] == i and v.op != "get_attr"]
                 self.steps.append((n, _runner(gm, n), dead))
 
-    def run(self, inputs: Sequence[torch.Tensor], sync: Callable[[], None]) -> list[int]:
+    def run(self, inputs: Sequence[torch.Tensor], sync: Callable[[], None]) -> list[tuple[int, int]]:
+        """(wall ns, CPU ns) of every node, in order."""
         env: dict[fx.Node, Any] = dict(self.constants)
         env.update(zip(self.placeholders, inputs))
-        clock = time.perf_counter_ns
+        clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
         samples = []
         for node, fn, dead in self.steps:
             args = fx.node.map_arg(node.args, env.__getitem__)
             kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             sync()
+            c0 = cpu_clock()
             t0 = clock()
             env[node] = fn(*args, **kwargs)
             sync()
-            samples.append(clock() - t0)
+            t1 = clock()
+            samples.append((t1 - t0, cpu_clock() - c0))
             del args, kwargs
             for v in dead:
                 del env[v]
@@ -213,6 +221,14 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> int:
     fn()
     sync()
     return time.perf_counter_ns() - t0
+
+
+def _timed_cpu(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[int, int]:
+    """(wall ns, CPU ns) of ``fn()``; the CPU clock is read outside the wall-clock window."""
+    sync()
+    c0 = time.process_time_ns()
+    wall = _timed(fn, sync)
+    return wall, time.process_time_ns() - c0
 
 
 def profile_batch(
@@ -255,10 +271,11 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
         blocks.append((name, first, last, stage, [rec.values[v] for v in in_names]))
     replays = [(_runner(graph.gm, n), *rec.inputs[n]) for n in graph.fx_nodes]
     seq = _Sequence(graph) if settings.node_timing == "sequence" else None
-    overhead = timer_overhead_ns()
+    overhead, cpu_overhead = timer_overhead_ns(), timer_overhead_ns(clock=time.process_time_ns)
     whole_ns: list[int] = []
     block_ns: list[list[int]] = [[] for _ in blocks]
     node_ns: list[list[int]] = [[] for _ in range(n_nodes)]
+    node_cpu_ns: list[list[int]] = [[] for _ in range(n_nodes)]
 
     def one_round(keep: bool) -> None:
         w = _timed(lambda: model(x), sync)
@@ -266,13 +283,14 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
         if seq is not None:
             nodes = seq.run([x], sync)
         else:
-            nodes = [_timed(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
+            nodes = [_timed_cpu(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
         if keep:
             whole_ns.append(w)
             for acc, s in zip(block_ns, b):
                 acc.append(s)
-            for acc, s in zip(node_ns, nodes):
+            for acc, acc_cpu, (s, c) in zip(node_ns, node_cpu_ns, nodes):
                 acc.append(s)
+                acc_cpu.append(c)
 
     with torch.no_grad():
         for i in range(settings.warmup):
@@ -285,6 +303,7 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
         report(batch_size, "timing", rounds.done, rounds.done)
 
     node_stats = [Stat.from_ns(s, overhead) for s in node_ns]
+    node_cpu = [Stat.from_ns(s, cpu_overhead).median_ms for s in node_cpu_ns]
     node_sum = sum(s.median_ms for s in node_stats)
     whole = Stat.from_ns(whole_ns, overhead)
     live = graph.live_nbytes()
@@ -294,9 +313,9 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
             index=info.index, name=info.name, op=info.op, target=info.target, block=info.block,
             median_ms=st.median_ms, iqr_ms=st.iqr_ms, n=st.n, out_nbytes=info.out_nbytes,
             param_nbytes=info.param_nbytes, flops=rec.flops[fxn], live_nbytes=live[info.index],
-            peak_act_nbytes=live_before[info.index] + info.out_nbytes,
+            peak_act_nbytes=live_before[info.index] + info.out_nbytes, cpu_ms=cpu,
         )
-        for info, fxn, st in zip(graph.nodes, graph.fx_nodes, node_stats)
+        for info, fxn, st, cpu in zip(graph.nodes, graph.fx_nodes, node_stats, node_cpu)
     )
     block_rows = []
     for (name, first, last, _, _), samples in zip(blocks, block_ns):

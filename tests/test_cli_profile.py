@@ -117,6 +117,9 @@ def test_real_cpu_quota_is_recorded_and_removed(tmp_path):
     assert result.exit_code == 0, result.output
     p = load_profile(tmp_path / "p.json")
     assert p.cpu_quota == 0.5 and p.fingerprint["cgroup_cpu_limit"] == 0.5
+    assert p.shares_by_cpu(1)  # plans from it share the whole-model time out by node CPU time
+    shown = _run("--show", str(tmp_path / "p.json"))
+    assert shown.exit_code == 0 and "planned_by cpu" in shown.stdout
     ctl = cgroups.find_controller()
     assert not [d for d in ctl.parent.iterdir() if d.is_dir() and d.name.startswith(f"profile-{os.getpid()}-")]
     assert ctl.cgroup_of(os.getpid()) != ctl.parent

@@ -28,6 +28,8 @@ def test_sleep_node_median_is_5ms_and_calibration_near_one(sleepy_profile):
         assert b.node_sum_ms == pytest.approx(sum(n.median_ms for n in b.nodes))
         assert b.calibration == pytest.approx(b.whole_ms["median"] / b.node_sum_ms)
         assert 0.9 < b.calibration < 1.3
+        assert sleep.cpu_ms is not None and sleep.cpu_ms < 1.0  # sleeping takes wall time, not CPU time
+        assert all(n.cpu_ms is not None and n.cpu_ms >= 0 for n in b.nodes)
 
 
 def test_linear_flops_and_bytes(sleepy_profile):

@@ -50,13 +50,45 @@ def test_round_trip_and_helpers(tmp_path):
     p = make_profile()
     path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "paretopipe.profile" and data["version"] == 1
+    assert data["schema"] == "paretopipe.profile" and data["version"] == 2
     assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5}
     q = load_profile(path)
     assert q == p
     np.testing.assert_array_equal(q.node_ms(4), [3.0, 5.0, 9.0])
     assert q.calibration(1) == 1.2 and q.node_names() == ["n0", "n1", "n2"]
     assert [f for f in os.listdir(path.parent)] == ["pi-toy.json"]
+
+
+def _with_cpu(p: Profile, cpu_quota: float | None, cpu: list[float]) -> Profile:
+    b = p.batches[0]
+    nodes = tuple(NodeProfile(**{**n.__dict__, "cpu_ms": c}) for n, c in zip(b.nodes, cpu))
+    return Profile(**{**p.__dict__, "cpu_quota": cpu_quota, "batches": (BatchProfile(**{**b.__dict__, "nodes": nodes}), *p.batches[1:])})
+
+
+def test_planned_node_times_share_the_whole_model_by_cpu_time_under_a_quota():
+    # wall medians 1, 2, 3 ms and whole 7.2 ms; under the quota the CPU times 3, 1, 2 ms decide the shares
+    quota = _with_cpu(make_profile(), 0.5, [3.0, 1.0, 2.0])
+    assert quota.shares_by_cpu(1) and not quota.shares_by_cpu(4)  # batch 4 has no CPU times
+    np.testing.assert_allclose(quota.planned_node_ms(1), [3.6, 1.2, 2.4])
+    np.testing.assert_allclose(quota.planned_node_ms(4), np.array([3.0, 5.0, 9.0]) * 1.2)
+    free = _with_cpu(make_profile(), None, [3.0, 1.0, 2.0])  # no quota: wall times times the calibration
+    assert not free.shares_by_cpu(1)
+    np.testing.assert_allclose(free.planned_node_ms(1), [1.2, 2.4, 3.6])
+    for p in (quota, free):
+        assert p.planned_node_ms(1).sum() == pytest.approx(p.batch(1).whole_ms["median"])
+    assert not _with_cpu(make_profile(), 0.5, [0.0, 0.0, 0.0]).shares_by_cpu(1)
+
+
+def test_version_1_files_without_cpu_times_are_read(tmp_path):
+    data = json.loads(json.dumps(make_profile().to_dict()))
+    data["version"] = 1
+    for b in data["batches"]:
+        for n in b["nodes"]:
+            del n["cpu_ms"]
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    p = load_profile(tmp_path / "v1.json")
+    assert p == make_profile() and p.batches[0].nodes[0].cpu_ms is None
+    assert not p.shares_by_cpu(1) and p.planned_node_ms(1) == pytest.approx([1.2, 2.4, 3.6])
 
 
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
@@ -99,7 +131,9 @@ def _bad(mutate, field_text, tmp_path):
         (lambda d: d.update(threads="2"), "threads: expected integer"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d.update(schema="other"), "schema"),
-        (lambda d: d.update(version=2), "version 2 is not supported"),
+        (lambda d: d.update(version=3), "version 3 is not supported"),
+        (lambda d: d["batches"][0]["nodes"][0].pop("cpu_ms"), "batches[0].nodes[0].cpu_ms: missing"),
+        (lambda d: d["batches"][0]["nodes"][0].update(cpu_ms="1"), "batches[0].nodes[0].cpu_ms: expected"),
         (lambda d: d["model"].pop("seed"), "model.seed: missing"),
         (lambda d: d["fingerprint"].update(cpu_count=True), "fingerprint.cpu_count"),
         (lambda d: d["fingerprint"].pop("git_commit"), "fingerprint.git_commit: missing"),

@@ -141,13 +141,17 @@ def summary_rows(profile: "Profile", top: int = 10) -> dict[str, Any]:
     """The summary as plain data: per batch the totals, heaviest nodes and blocks."""
     batches = []
     for b in profile.batches:
-        heaviest = sorted(b.nodes, key=lambda n: n.median_ms, reverse=True)[:top]
+        planned = profile.planned_node_ms(b.batch_size)
+        heaviest = sorted(b.nodes, key=lambda n: planned[n.index], reverse=True)[:top]
+        cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
         batches.append({
             "batch_size": b.batch_size, "whole_ms": b.whole_ms["median"], "whole_iqr_ms": b.whole_ms["iqr"],
             "n": b.whole_ms["n"], "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
+            "node_cpu_sum_ms": cpu_sum, "planned_by": "cpu" if profile.shares_by_cpu(b.batch_size) else "wall",
             "peak_mem_mib": _mib(b.peak_mem_nbytes),
             "heaviest": [{"index": n.index, "name": n.name, "block": n.block, "median_ms": n.median_ms,
-                          "iqr_ms": n.iqr_ms, "share_pct": 100 * n.median_ms / b.node_sum_ms if b.node_sum_ms else 0.0,
+                          "iqr_ms": n.iqr_ms, "cpu_ms": n.cpu_ms, "planned_ms": float(planned[n.index]),
+                          "share_pct": 100 * planned[n.index] / b.whole_ms["median"] if b.whole_ms["median"] else 0.0,
                           "mflops": n.flops / 1e6, "out_kib": n.out_nbytes / 1024} for n in heaviest],
             "blocks": [{"block": x.name, "nodes": f"{x.first}-{x.last}", "median_ms": x.median_ms, "iqr_ms": x.iqr_ms,
                         "node_sum_ms": x.node_sum_ms, "ratio": x.median_ms / x.node_sum_ms if x.node_sum_ms else None}
@@ -176,8 +180,11 @@ def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, to
     typer.echo(f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
                f"{profile.method['node_timing']}, {profile.created}")
     typer.echo(describe(profile.fingerprint))
-    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "node_sum_ms", "calibration", "peak_mem_mib"]
+    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
     render(data["batches"], fmt, cols, title="Whole model vs sum of nodes")
+    if any(b["planned_by"] == "cpu" for b in data["batches"]):
+        typer.echo("planned_by cpu: measured under a CPU quota, so plans share the whole-model time out by node CPU time, "
+                   "not by wall time (planned_ms)")
     for b in data["batches"]:
         render(b["heaviest"], fmt, title=f"batch {b['batch_size']}: {len(b['heaviest'])} heaviest nodes")
         render(b["blocks"], fmt, title=f"batch {b['batch_size']}: blocks (measured as one stage each)")
