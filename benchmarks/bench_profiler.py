@@ -16,6 +16,7 @@ number here. Repeats and warm-up default to those of ``paretopipe profile``.
 
 Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~8 min)
      python benchmarks/bench_profiler.py --models resnet18,alexnet --batch-sizes 1 --no-quota
+     python benchmarks/bench_profiler.py --cpus 0 --no-quota   (pinned, as a testbed device is)
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def run_model(name: str, args, rows: list[dict]) -> None:
     model = build_model(spec)
     for bs in args.batch_sizes:
         settings = ProfileSettings(batch_sizes=(bs,), threads=1, repeats=args.repeats, warmup=args.warmup,
-                                   min_time_s=args.min_time_s, node_timing=args.node_timing, command=("bench_profiler",))
+                                   min_time_s=args.min_time_s, node_timing=args.node_timing, cpus=args.cpus,
+                                   command=("bench_profiler",))
         waited = wait_quiet(args.quiet, args.max_wait_s)
         bg = Background()
         b = profile_model(spec, "bench", settings).batch(bs)
@@ -222,16 +224,21 @@ def main() -> None:
     ap.add_argument("--quota-model", default="resnet18")
     ap.add_argument("--quota-periods", default="4000,10000,100000",
                     help="CFS periods (us) to compare with the default one in the quota check")
+    ap.add_argument("--cpus", default=None, help="pin the whole benchmark (profiles and direct runs) to these CPUs, e.g. 0")
     ap.add_argument("--quiet", type=float, default=0.2, help="wait until other processes use fewer CPUs than this")
     ap.add_argument("--max-wait-s", type=float, default=30.0, help="longest wait for a quiet machine per model")
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.quota_periods = [int(p) for p in args.quota_periods.split(",") if p]
+    args.cpus = cgroups.parse_cpus(args.cpus) if args.cpus else None
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus)
     torch.set_num_threads(1)
     steady_allocator()  # as the profiler does: no page faults from malloc returning memory every pass
     whole_run = Background()
     rows: list[dict] = []
-    print(f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement")
+    print(f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement"
+          + (f", pinned to CPUs {list(args.cpus)}" if args.cpus else ""))
     for name in filter(None, args.models.split(",")):
         run_model(name, args, rows)
     if rows:
