@@ -30,6 +30,10 @@ single window of a few seconds sometimes ran 20% slow (the quota'd device once g
 the sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every
 plan that uses the device. With rounds, one slow window moves one sample of three. A round before
 them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
+
+A sweep measures it again, more briefly (``PASS_ITEMS``, one round), at the start of every pass
+and predicts the pass's plans with it (:class:`paretopipe.sweep.runner._PassCheck`): the machine
+drifts by more than 10% over minutes.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ FILENAME = "device_runtime.json"
 MIN_ITEMS = 60
 #: Rounds the items are split into (each round visits every device; the median round counts).
 ROUNDS = 3
+#: Fewest timed items per device of the check at the start of every sweep pass (one round, on
+#: workers that are already warm): a few seconds per pass.
+PASS_ITEMS = 20
 
 
 @dataclass(frozen=True)

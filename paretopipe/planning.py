@@ -239,14 +239,10 @@ class PlanningResult:
 
     def plan_for(self, cut_indices: Sequence[int], device_indices: Sequence[int]) -> Plan:
         """Any plan of the instance (indices into its cuts and devices), with predictions."""
-        from paretopipe.costmodel import Plan as CostPlan, evaluate_plan
-
-        breakdown = evaluate_plan(self.instance, CostPlan(tuple(cut_indices), tuple(device_indices)))
         cuts = tuple(self.graph.cut(int(self.instance.cut_positions[c])) for c in cut_indices)
         devices = tuple(self.instance.device_names[d] for d in device_indices)
         hops = [DRIVER, *devices, DRIVER]
-        predicted = breakdown.to_dict()
-        predicted["window"] = self.instance.window
+        predicted = predict(self.instance, cut_indices, device_indices)
         return Plan(
             model=self.spec.to_dict(), batch_size=self.graph.batch_size,
             cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in cuts), devices=devices,
@@ -259,6 +255,31 @@ class PlanningResult:
                            for d, p in self.profiles.items() if d in devices),
             testbed=self.testbed.path, meta=self.meta,
         )
+
+
+def predict(instance: Instance, cut_indices: Sequence[int], device_indices: Sequence[int]) -> dict[str, Any]:
+    """A plan file's ``predicted`` block for one plan of ``instance`` (indices into its cuts and devices)."""
+    from paretopipe.costmodel import Plan as CostPlan, evaluate_plan
+
+    predicted = evaluate_plan(instance, CostPlan(tuple(cut_indices), tuple(device_indices))).to_dict()
+    predicted["window"] = instance.window
+    return predicted
+
+
+def reprice(plan: Plan, instance: Instance, meta: dict[str, Any]) -> Plan:
+    """``plan`` with its predictions made again on ``instance`` (the same model and devices, priced
+    differently, e.g. with another device runtime calibration) and ``meta`` merged into its meta.
+    Raises UsageError if a cut or device of the plan is not in the instance."""
+    import dataclasses
+
+    positions = instance.cut_positions.tolist()
+    try:
+        cuts = [positions.index(c.index) for c in plan.cuts]
+        devices = [instance.device_names.index(d) for d in plan.devices]
+    except ValueError:
+        raise UsageError(f"plan {plan.id} has a cut or device the planning instance does not have",
+                         f"cuts {positions[:8]}..., devices {list(instance.device_names)}") from None
+    return dataclasses.replace(plan, predicted=predict(instance, cuts, devices), meta={**plan.meta, **meta})
 
 
 def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: tuple[str, LinkCondition],

@@ -88,7 +88,7 @@ def _sweep(tmp_path: Path, fault: Callable[[str], None] | None, *, isolation: st
     tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else _testbed(tmp_path)
     settings = SweepSettings(model=SLEEPY["name"], testbed=str(tb), networks=("lan",), stages=(2,), cuts="1,2",
                              latency_items=5, throughput_items=10, warmup=1, out=str(out), timeout_s=TIMEOUT_S,
-                             isolation=isolation, fail_fast=fail_fast, resume=resume)
+                             isolation=isolation, fail_fast=fail_fast, resume=resume, pass_check=False)
     store = RunStore(out, resume=resume)
     if not resume:
         store.write_manifest({"settings": asdict(settings), "git_commit": None})
@@ -201,7 +201,7 @@ def _fake_sweep(tmp_path: Path, monkeypatch, session_cls, backend: str):
     monkeypatch.setattr(session_mod, "Session", session_cls)
     out = tmp_path / "run"
     settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
-                             cuts="1,2", backends=(backend,), out=str(out))
+                             cuts="1,2", backends=(backend,), out=str(out), pass_check=False)
     store = RunStore(out)
     store.write_manifest({"settings": asdict(settings), "git_commit": None})
     return settings, store, [Config("lan", LinkCondition(), backend, plan, 0, False) for plan in PLANS]

@@ -158,6 +158,28 @@ def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck
     assert cal.meta["device_runtime"] == "b 1.500/2.000+0.50ms"
 
 
+def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(profiled):
+    from paretopipe.devicecal import DeviceRuntime
+    from paretopipe.planning import reprice
+
+    _, tb, spec, graph, profs = profiled
+    base = plan_front(spec, graph, tb, WIFI, profs, [1, 2])
+    b_ms = float(base.instance.node_ms[1].sum())
+    slower = plan_front(spec, graph, tb, WIFI, profs, [1, 2],
+                        runtimes={"b": DeviceRuntime("b", b_ms, 2.0 * b_ms, 2.0 * b_ms, 1000 / (2.0 * b_ms), 5)})
+    plan = base.plan_for((0,), (0, 1))
+    same = reprice(plan, base.instance, {})
+    assert same == plan
+    again = reprice(plan, slower.instance, {"device_runtime": "b twice as slow"})
+    assert again.predicted == slower.plan_for((0,), (0, 1)).predicted
+    assert again.predicted["stage_ms"] == pytest.approx([plan.predicted["stage_ms"][0], 2 * plan.predicted["stage_ms"][1]])
+    assert again.id == plan.id and again.cuts == plan.cuts and again.meta["device_runtime"] == "b twice as slow"
+    other = plan_front(spec, graph, tb, WIFI, profs, [1, 2], granularity="block")
+    missing = next(c for c in base.instance.cut_positions if c not in other.instance.cut_positions.tolist())
+    with pytest.raises(UsageError, match="the planning instance does not have"):
+        reprice(base.plan_for((base.instance.cut_positions.tolist().index(missing),), (0, 1)), other.instance, {})
+
+
 def test_front_selection_adds_the_neighbours_predicted_closest_to_the_front(profiled):
     from paretopipe.sweep.candidates import closeness, neighbours, select
 

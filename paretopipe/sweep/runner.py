@@ -55,6 +55,7 @@ class SweepSettings:
     isolation: str = "loopback"  # loopback | netns
     secure: bool = False
     device_runtime: bool = True  # run the whole model on each device first (paretopipe.devicecal)
+    pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (_PassCheck)
 
 
 @dataclass
@@ -177,14 +178,32 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
 
 
 
-def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessions: Sessions):
-    """Per scenario, the plans to measure (with whether each is on the predicted front), and the
-    device runtime calibration the predictions used (None if off)."""
+@dataclass
+class _Inputs:
+    """What every prediction of a sweep is made from."""
+
+    spec: Any
+    graph: Any
+    testbed: Any
+    profiles: dict[str, Any]
+    calibration: Any  # link calibration or None
+    granularity: str
+
+    def whole_model_plans(self) -> dict[str, Plan]:
+        """Per device, the plan that runs the whole model on it (what the device runtime calibration runs)."""
+        from paretopipe.planning import plan_front
+
+        whole = plan_front(self.spec, self.graph, self.testbed, ("local", LinkCondition()), self.profiles, (1,), "exhaustive",
+                           granularity=self.granularity, calibration=self.calibration)
+        return {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
+
+
+def _inputs(settings: SweepSettings, tb, log: Log) -> _Inputs:
+    """Trace the model, gather (or measure) a profile per device, find the link calibration."""
     from paretopipe.calibration import find_calibration
     from paretopipe.graph import trace_spec
     from paretopipe.models import resolve_spec
-    from paretopipe.planning import front_frame, gather_profiles, plan_front
-    from paretopipe.sweep.candidates import parse_cut_list, select, with_all_assignments
+    from paretopipe.planning import gather_profiles
 
     spec = resolve_spec(settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf)
     if max(settings.stages) > len(tb.devices):
@@ -192,11 +211,21 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessio
     graph = trace_spec(spec, settings.batch_size)
     profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
     cal = find_calibration(tb.name, settings.backends[0], settings.isolation, [settings.calibrations])
+    granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(settings.cuts, "node")
+    return _Inputs(spec, graph, tb, profiles, cal, granularity)
+
+
+def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessions: Sessions):
+    """Per scenario, the plans to measure (with whether each is on the predicted front), and the
+    device runtime calibration the predictions used (None if off)."""
+    from paretopipe.planning import front_frame, plan_front
+    from paretopipe.sweep.candidates import parse_cut_list, select, with_all_assignments
+
+    inputs = _inputs(settings, tb, log)
+    spec, graph, profiles, cal, granularity = inputs.spec, inputs.graph, inputs.profiles, inputs.calibration, inputs.granularity
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
-    granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(how, "node")
-    runtimes = (_device_runtime(settings, spec, graph, tb, profiles, granularity, cal, out_dir, log, sessions)
-                if settings.device_runtime else None)
+    runtimes = _device_runtime(settings, inputs, out_dir, log, sessions) if settings.device_runtime else None
     out = []
     for scenario in nets:
         result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
@@ -231,8 +260,7 @@ def measurement_order(backends: Sequence[str], planned: Sequence[tuple[tuple[str
             for r in range(repeats) for plan, on_front in plans]
 
 
-def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granularity, cal, out_dir: Path, log: Log,
-                    sessions: Sessions):
+def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log: Log, sessions: Sessions):
     """Run the whole model on every device through the runtime; saved as device_runtime.json.
 
     A device_runtime.json already in the run directory (for the same devices) is used instead, so
@@ -240,7 +268,6 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
     import json
 
     from paretopipe import devicecal
-    from paretopipe.planning import plan_front
     from paretopipe.plans import write_json_atomic
 
     path = out_dir / devicecal.FILENAME
@@ -249,7 +276,7 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
             saved = {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again") from None
-        if set(saved) == set(profiles):
+        if set(saved) == set(inputs.profiles):
             log(f"device runtime: from {path}: {devicecal.summary(saved)}")
             return saved
 
@@ -258,9 +285,7 @@ def _device_runtime(settings: SweepSettings, spec, graph, tb, profiles, granular
         log("device runtime: not measured (an RPC session can only be opened once per process); "
             "predictions use the profiles alone: add --backend both to calibrate over zmq first")
         return None
-    whole = plan_front(spec, graph, tb, ("local", LinkCondition()), profiles, (1,), "exhaustive",
-                       granularity=granularity, calibration=cal)
-    plans = {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
+    plans = inputs.whole_model_plans()
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
     runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
                                  warmup=settings.warmup, timeout_s=settings.timeout_s, log=log, rounds=devicecal.ROUNDS)
@@ -289,10 +314,74 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
         return _execute(settings, store, configs, log, progress, pool)
 
 
+class _PassCheck:
+    """The device runtime calibration, measured again at the start of every pass (and after workers
+    are restarted), and the plans of the pass priced with it.
+
+    The machine drifts while a sweep runs: on the local testbed the half-speed device's whole-model
+    compute was 28.8, 33.2 and 38.5 ms at the start of three passes two minutes apart, with the
+    calibration before them at 30.3-31.0 ms. Predictions made once at the start then miss by that
+    drift, which has nothing to do with the plans. A pass is a minute or a few, so a check at its
+    start follows the machine; it costs a few seconds (``devicecal.PASS_ITEMS`` items per device).
+    The rows of the pass carry its predictions and, in ``calibration``, the factors they used.
+    """
+
+    def __init__(self, settings: SweepSettings, log: Log) -> None:
+        self.settings, self.log = settings, log
+        self._inputs: _Inputs | None = None
+        self._whole: dict[str, Plan] = {}
+        self._instances: dict[str, Any] = {}  # per network, priced with the current runtimes
+        self.runtimes: Any = None
+
+    def _setup(self) -> _Inputs:
+        if self._inputs is None:
+            from paretopipe.testbed import load_testbed
+
+            tb = load_testbed(self.settings.testbed, load_scenarios(self.settings.networks_file))
+            self._inputs = _inputs(self.settings, tb, lambda m: None)
+            self._whole = self._inputs.whole_model_plans()
+        return self._inputs
+
+    def measure(self, session: Any, what: str) -> None:
+        """Measure the device runtime in ``session`` for the pass ``what``. If that fails, the pass
+        keeps the predictions made when the sweep was planned (a dead worker then fails the next
+        configuration, which restarts the workers as usual)."""
+        from paretopipe import devicecal
+
+        self._instances.clear()
+        try:
+            self._setup()
+            self.runtimes = devicecal.measure(
+                session, self._whole, {d: p.predicted["stage_ms"][0] for d, p in self._whole.items()},
+                items=max(devicecal.PASS_ITEMS, self.settings.latency_items), warmup=self.settings.warmup,
+                timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"))
+        except (ParetoPipeError, OSError) as exc:
+            self.runtimes = None
+            self.log(f"{what}: device runtime check failed ({exc}); the pass keeps the predictions made when the sweep was planned")
+
+    def price(self, cfg: Config) -> Config:
+        """``cfg`` with its plan priced with the runtime of the current pass (unchanged if none)."""
+        import dataclasses
+
+        from paretopipe.devicecal import summary
+        from paretopipe.planning import build_instance, link_models, reprice
+
+        if self.runtimes is None:
+            return cfg
+        inputs = self._setup()
+        if cfg.network not in self._instances:  # emptied by every check
+            links = link_models(inputs.testbed, (cfg.network, cfg.condition), inputs.calibration, list(inputs.profiles))
+            self._instances[cfg.network] = build_instance(inputs.graph, inputs.profiles, inputs.testbed, links,
+                                                          inputs.granularity, runtimes=self.runtimes)
+        plan = reprice(cfg.plan, self._instances[cfg.network], {"device_runtime": summary(self.runtimes) + " (this pass)"})
+        return dataclasses.replace(cfg, plan=plan)
+
+
 def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
              progress: Callable[[int, int, str], None], sessions: Sessions) -> SweepOutcome:
     from paretopipe.runtime.session import MeasureOptions
 
+    check = _PassCheck(settings, log) if settings.device_runtime and settings.pass_check else None
     done = store.done()
     todo = [c for c in configs if c.key not in done]
     outcome = SweepOutcome(len(configs), 0, len(configs) - len(todo), 0, 0.0)
@@ -302,10 +391,16 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
     t_start = time.perf_counter()
     for backend in dict.fromkeys(c.backend for c in todo):
         mine = [c for c in todo if c.backend == backend]
+        checked = None  # the pass (network, repeat) the device runtime was last measured for
         try:
             for i, cfg in enumerate(mine):
                 progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
                 session = sessions.get(backend)
+                if check is not None and checked != (cfg.network, cfg.repeat):
+                    checked = (cfg.network, cfg.repeat)
+                    check.measure(session, f"{cfg.network} {backend} pass {cfg.repeat + 1}")
+                if check is not None:
+                    cfg = check.price(cfg)
                 row = _base_row(cfg, settings, host, commit)
                 t0 = time.perf_counter()
                 failed = False
@@ -320,6 +415,7 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
                     outcome.failures.append(f"{cfg.network} {backend} {cfg.plan.id}: {exc}")
                     log(f"FAILED {cfg.network} {backend} {cfg.plan.id}: {exc}")
                     sessions.drop(backend)  # restart the workers before the next configuration
+                    checked = None  # and measure the new workers' runtime first
                     if settings.fail_fast:
                         row["duration_s"] = round(time.perf_counter() - t0, 3)
                         store.append(row)
