@@ -53,9 +53,11 @@ FILENAME = "device_runtime.json"
 MIN_ITEMS = 60
 #: Rounds the items are split into (each round visits every device; the median round counts).
 ROUNDS = 3
-#: Fewest timed items per device of the check at the start of every sweep pass (one round, on
-#: workers that are already warm): a few seconds per pass.
-PASS_ITEMS = 20
+#: Fewest timed items per device of the check at the start of every sweep pass, in ``ROUNDS``
+#: rounds without a warm-up round (the workers are warm): a few seconds per pass. One round of 20
+#: items (0.6 s on the half-speed device) was too short: slow windows of the machine of up to a
+#: second made two of six checks price a pass 45% slow that then ran at the usual speed.
+PASS_ITEMS = 30
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,15 @@ def measure(
     timeout_s: float = 60.0,
     log: Callable[[str], None] = lambda m: None,
     rounds: int = 1,
+    warm_round: bool = True,
 ) -> dict[str, DeviceRuntime]:
     """Run each device's whole-model ``plans[device]`` in ``session`` and compare with its profile.
 
     ``items`` timed items (three times as many with the window full) are split into ``rounds``
     rounds, each visiting every device in turn; compute times and throughput are the medians over
-    the rounds. With more than one round, one more round of the same size runs first to warm the
-    workers up and is not counted. Raises ParetoPipeError (naming the device) if a run fails or
-    reports no compute time.
+    the rounds. With more than one round and ``warm_round``, one more round of the same size runs
+    first to warm the workers up and is not counted. Raises ParetoPipeError (naming the device) if
+    a run fails or reports no compute time.
     """
     from paretopipe.network.conditions import LinkCondition
     from paretopipe.runtime.session import MeasureOptions
@@ -130,7 +133,8 @@ def measure(
     options = MeasureOptions(latency_items=per_round, throughput_items=3 * per_round, warmup=warmup, timeout_s=timeout_s)
     samples: dict[str, list[tuple[float, float, float]]] = {d: [] for d in plans}
     elapsed = dict.fromkeys(plans, 0.0)
-    for r in range(rounds + int(rounds > 1)):
+    warm = int(rounds > 1 and warm_round)
+    for r in range(rounds + warm):
         for device, plan in plans.items():
             t0 = time.perf_counter()
             row = session.measure(plan, ("local", LinkCondition()), options)
@@ -142,7 +146,7 @@ def measure(
                 raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times") from None
             if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
                 raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
-            if rounds == 1 or r > 0:  # with rounds, the first one only warms the workers up
+            if r >= warm:  # a warm-up round only warms the workers up
                 samples[device].append((lat, tput, float(row["throughput_ips"])))
     out: dict[str, DeviceRuntime] = {}
     for device, plan in plans.items():

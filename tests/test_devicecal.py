@@ -105,3 +105,11 @@ def test_more_rounds_than_items_is_one_item_per_round():
     session = _SequenceSession({p: [_row(1.0, 1.0, 900.0)] * 3})
     out = devicecal.measure(session, {"d": p}, {"d": 1.0}, items=2, rounds=5)
     assert session.order == [("P", 1, 3)] * 3 and out["d"].rounds == 2 and out["d"].items == 2
+
+
+def test_workers_already_warm_need_no_warm_up_round():
+    p = _Plan("P")
+    session = _SequenceSession({p: [_row(9.0, 9.0, 100.0), _row(30.0, 30.0, 30.0), _row(10.0, 10.0, 95.0)]})
+    out = devicecal.measure(session, {"d": p}, {"d": 10.0}, items=30, rounds=3, warm_round=False)
+    assert session.order == [("P", 10, 30)] * 3  # every round counts; the slow one is outvoted
+    assert out["d"].latency_compute_ms == 10.0 and out["d"].rounds == 3

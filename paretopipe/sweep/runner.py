@@ -354,7 +354,8 @@ class _PassCheck:
             self.runtimes = devicecal.measure(
                 session, self._whole, {d: p.predicted["stage_ms"][0] for d, p in self._whole.items()},
                 items=max(devicecal.PASS_ITEMS, self.settings.latency_items), warmup=self.settings.warmup,
-                timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"))
+                timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"), rounds=devicecal.ROUNDS,
+                warm_round=False)
         except (ParetoPipeError, OSError) as exc:
             self.runtimes = None
             self.log(f"{what}: device runtime check failed ({exc}); the pass keeps the predictions made when the sweep was planned")
