@@ -19,8 +19,11 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   (window full)`` is the cost model's ``device_item_overhead_ms``: what the device spends per
   item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
   device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
-  the cycle factor plus this. It is measured with the model's input coming in and its output
-  going out, so for stages whose tensors are much smaller it errs on the high side.
+  the cycle factor plus this, and an item alone pays it at every stage too (the calibrated link
+  overhead is only the transport's share: the half-speed device's whole-model plan spent 3.1 ms
+  per item outside compute where the links accounted for 0.3 ms). It is measured with the
+  model's input coming in and its output going out, so for stages whose tensors are much smaller
+  it errs on the high side.
 
 All three come from runs seconds apart in one session, so drift of the machine between
 profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then

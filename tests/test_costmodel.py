@@ -58,21 +58,22 @@ def test_vectorised_matches_hand_computed_plan():
     assert m.feasible[0]
 
 
-@pytest.mark.parametrize("device_fields, bottleneck", [
+@pytest.mark.parametrize("device_fields, bottleneck, latency", [
     # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
-    # (was the 4.1 ms input link)
-    ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0),
-    # plus 2.5 ms per item receiving and sending outside compute
-    ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5),
-    ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5),
+    # (was the 4.1 ms input link); an item alone still takes 4 ms there (latency unchanged)
+    ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0, 18.4),
+    # plus 2.5 ms per item receiving and sending outside compute, which a lone item pays too
+    ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5, 20.9),
+    ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5, 20.9),
+    # every stage's device pays its own: 0.5 (c) + 0.25 (a) + 2.5 (b)
+    ({"device_item_overhead_ms": [0.25, 2.5, 0.5]}, 6.5, 21.65),
 ])
-def test_device_runtime_terms_stretch_stages_in_the_bottleneck_only(device_fields, bottleneck):
-    # latency is the one-item-in-flight sum, unchanged (links carry per-message costs)
+def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overheads_add_to_latency(device_fields, bottleneck, latency):
     inst = toy(**device_fields)
     b = evaluate_plan(inst, PLAN)
     m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
     assert b.bottleneck_ms == pytest.approx(bottleneck) and m.bottleneck_ms[0] == pytest.approx(bottleneck)
-    assert b.latency_ms == pytest.approx(18.4) and m.latency_ms[0] == pytest.approx(18.4)
+    assert b.latency_ms == pytest.approx(latency) and m.latency_ms[0] == pytest.approx(latency)
     assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
 
 

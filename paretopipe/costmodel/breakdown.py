@@ -84,7 +84,8 @@ def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
         entering = inst.input_live_bytes if k == 0 else sizes[k]
         live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
         stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
-    latency = links[0].transfer_ms + sum(stage_ms) + sum(l.transfer_ms for l in links[1:])
+    overhead = sum(float(inst.device_item_overhead_ms[d]) for d in plan.devices)
+    latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(l.transfer_ms for l in links[1:])
     cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
     bottleneck = max(max(cycle), max(link.busy_ms for link in links))
     feasible = all(m <= inst.device_mem_bytes[d] for m, d in zip(stage_mem, plan.devices))

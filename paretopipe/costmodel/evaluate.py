@@ -103,11 +103,12 @@ def evaluate_plans(inst: Instance, cut_indices: np.ndarray, devices: np.ndarray,
     busy[:, k], transfer[:, k] = inst.out_busy_ms[devs[:, -1]], inst.out_transfer_ms[devs[:, -1]]
     busy[:, 1:k] = inst.cut_busy_ms[devs[:, :-1], devs[:, 1:], cuts]
     transfer[:, 1:k] = inst.cut_transfer_ms[devs[:, :-1], devs[:, 1:], cuts]
-    latency = transfer[:, 0] + stage_ms[:, 0]  # same order as the exact planner's labels
+    stage_lat = inst.stage_latency_ms(devs, stage_ms)
+    latency = transfer[:, 0] + stage_lat[:, 0]  # same order as the exact planner's labels
     sent = np.zeros(p)
     for s in range(1, k):
         latency = latency + transfer[:, s]
-        latency = latency + stage_ms[:, s]
+        latency = latency + stage_lat[:, s]
         sent = sent + inst.cut_bytes[cuts[:, s - 1]]
     latency = latency + transfer[:, k]
     bottleneck = np.maximum(inst.stage_cycle_ms(devs, stage_ms).max(axis=1), busy.max(axis=1))

@@ -46,7 +46,8 @@ class Instance:
     ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
     pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
     ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
-    device spends per item outside compute: receiving and sending). Optional arrays default to
+    device spends per item outside compute: receiving and sending, which an item's latency pays
+    at every stage too). Optional arrays default to
     zero bytes, no memory limit, no overhead/delay, unlimited links and a cycle factor of 1.
 
     Raises:
@@ -180,6 +181,11 @@ class Instance:
         """Compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
         return self._cum_ms_at[devices, end_b] - self._cum_ms_at[devices, start_b]
 
+    def stage_latency_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
+        """What the stages of ``stage_ms`` add to an item's latency on their ``devices``: compute
+        plus the device's per-item overhead outside compute (receiving and sending)."""
+        return stage_ms + self.device_item_overhead_ms[devices]
+
     def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
         """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
         return stage_ms * self.device_cycle_factor[devices] + self.device_item_overhead_ms[devices]
@@ -236,4 +242,4 @@ class Instance:
         """A bound no plan with at most ``max_stages`` stages can exceed (for rounding margins)."""
         links = (max_stages - 1) * (float(self.cut_transfer_ms.max()) if self.n_cuts else 0.0)
         return (float(self.in_transfer_ms.max()) + float(self.node_ms.max(axis=0).sum()) + links
-                + float(self.out_transfer_ms.max()))
+                + max_stages * float(self.device_item_overhead_ms.max()) + float(self.out_transfer_ms.max()))

@@ -66,7 +66,7 @@ class _Dp:
         smem = inst.stage_mem_bytes(start, end)
         ok = smem <= inst.device_mem_bytes[dev]
         lab = {"end": end, "dev": dev, "mask": np.left_shift(1, dev),
-               "lat": inst.in_transfer_ms[dev] + st,
+               "lat": inst.in_transfer_ms[dev] + inst.stage_latency_ms(dev, st),
                "bott": np.maximum(inst.in_busy_ms[dev], inst.stage_cycle_ms(dev, st)), "byt": np.zeros(end.size),
                "mem": smem, "parent": np.full(end.size, -1)}
         return {k: v[ok] for k, v in lab.items()}
@@ -83,7 +83,7 @@ class _Dp:
         busy = inst.cut_busy_ms[prev, dev, cut]
         lat = src["lat"][rows] + inst.cut_transfer_ms[prev, dev, cut]
         return {"end": end, "dev": np.full(end.size, dev), "mask": src["mask"][rows] | (1 << dev),
-                "lat": lat + st, "bott": np.maximum(np.maximum(src["bott"][rows], busy), inst.stage_cycle_ms(dev, st)),
+                "lat": lat + inst.stage_latency_ms(np.full(end.size, dev), st), "bott": np.maximum(np.maximum(src["bott"][rows], busy), inst.stage_cycle_ms(dev, st)),
                 "byt": src["byt"][rows] + inst.cut_bytes[cut],
                 "mem": np.maximum(src["mem"][rows], smem), "parent": rows}
 
