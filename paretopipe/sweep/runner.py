@@ -282,8 +282,10 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
 
     backend = next((b for b in settings.backends if b != "rpc"), None)
     if backend is None:
-        log("device runtime: not measured (an RPC session can only be opened once per process); "
-            "predictions use the profiles alone: add --backend both to calibrate over zmq first")
+        log("device runtime: not measured before planning (an RPC session can only be opened once per process); "
+            + ("plans are chosen from the profiles alone and every pass measures it in its own RPC session"
+               if settings.pass_check else "predictions use the profiles alone")
+            + ": add --backend both to calibrate over zmq first")
         return None
     plans = inputs.whole_model_plans()
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
