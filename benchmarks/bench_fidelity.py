@@ -16,10 +16,11 @@ Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan 
 throughput items per pass); its figures are the medians over the passes, as in any sweep.
 
     python benchmarks/bench_fidelity.py                      # everything (several hours)
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # 13 min here
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # 15 min here
 
-On the 2-core test machine, with ``--items 7``, the 2-stage runs took 13 min (mobilenet_v2) and
-32 min (resnet18); mobilenet_v2 with 3 stages took 37 min for lan and wifi alone.
+On the 2-core test machine, with ``--items 7``, the 2-stage runs took 15 min (mobilenet_v2) and
+35 min (resnet18), each pass's device runtime check included; mobilenet_v2 with 3 stages took
+37 min for lan and wifi alone.
     python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi
 """
 

@@ -133,14 +133,11 @@ def test_repeats_are_passes_over_the_plans_of_each_scenario():
         ("wifi", "P3", 0, True), ("wifi", "P3", 1, True)]]
 
 
-def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_path, monkeypatch):
-    # A stand-in session whose devices run twice as slow in the second pass: the check at the start
-    # of each pass must see it and price that pass's plans with it; after a failed configuration the
-    # restarted workers are checked again before the next one.
+def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
+    """prepare + execute on the toy model with ``reply(plan)`` standing in for every measurement
+    of the runtime Session; returns (outcome, rows, log lines, configurations)."""
     import paretopipe.runtime.session as session_mod
     from paretopipe.sweep.runner import Sessions, SweepSettings, execute, prepare
-
-    measured: list[str] = []
 
     class FakeSession:
         def __init__(self, testbed, backend, **kwargs):
@@ -153,62 +150,53 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
             return None
 
         def measure(self, plan, scenario, options):
-            if plan.stages == 1:  # a device runtime check: one device runs the whole model
-                ms = 10.0 * (1 + len(measured) // 4)  # 10 ms before and during pass 1, 20 ms in pass 2
-                return {"lat_stage_compute_ms": json.dumps([ms]), "tput_stage_compute_ms": json.dumps([ms]),
-                        "throughput_ips": 1e3 / ms}
-            measured.append(plan.id)
-            if len(measured) == 6:
-                raise session_mod.WorkerError("b", "process exited (killed by SIGKILL)")
-            return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+            return reply(plan)
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
-    settings = SweepSettings(model=FACTORY, testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,), cuts="3,5",
-                             repeats=2, latency_items=3, throughput_items=9, profiles=str(tmp_path / "profiles"),
-                             out=str(tmp_path / "run"))
-    store = RunStore(settings.out)
+    st = SweepSettings(model=FACTORY, testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,), cuts="3,5",
+                       latency_items=3, throughput_items=9, profiles=str(tmp_path / "profiles"), out=str(tmp_path / "run"),
+                       **settings)
+    store = RunStore(st.out)
     logged: list[str] = []
-    with Sessions(settings, testbed=None) as pool:
-        configs = prepare(settings, store, logged.append, pool)
-        outcome = execute(settings, store, configs, logged.append, sessions=pool)
+    with Sessions(st, testbed=None) as pool:
+        configs = prepare(st, store, logged.append, pool)
+        outcome = execute(st, store, configs, logged.append, sessions=pool)
+    return outcome, store.rows(), logged, configs
+
+
+def _whole_model_run(ms: float) -> dict:
+    return {"lat_stage_compute_ms": json.dumps([ms]), "tput_stage_compute_ms": json.dumps([ms]), "throughput_ips": 1e3 / ms}
+
+
+def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_path, monkeypatch):
+    # Devices that run twice as slow in the second pass: the check at the start of each pass must
+    # see it and price that pass's plans with it; after a failed configuration the restarted
+    # workers are checked again before the next one.
+    from paretopipe.errors import WorkerError
+
+    measured: list[str] = []
+
+    def reply(plan):
+        if plan.stages == 1:  # a device runtime check: one device runs the whole model
+            return _whole_model_run(10.0 * (1 + len(measured) // 4))  # 10 ms before and during pass 1, 20 ms in pass 2
+        measured.append(plan.id)
+        if len(measured) == 6:
+            raise WorkerError("b", "process exited (killed by SIGKILL)")
+        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+
+    outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     assert (outcome.measured, outcome.failed) == (7, 1)
     checks = [m for m in logged if m.startswith("lan zmq pass")]
     assert [m.split(":")[0] for m in checks] == ["lan zmq pass 1"] * 2 + ["lan zmq pass 2"] * 4  # two devices each
-    rows = store.rows()
     assert rows["calibration"].str.endswith("(this pass)").all()
     stage_ms = rows.assign(s=rows["pred_stage_ms"].map(lambda s: sum(json.loads(s)))).pivot(index="plan_id", columns="repeat", values="s")
     assert stage_ms[1].div(stage_ms[0]).round(3).eq(2.0).all()  # twice the compute in pass 2, predicted so
 
 
 def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
-    import paretopipe.runtime.session as session_mod
-    from paretopipe.sweep.runner import Sessions, SweepSettings, execute, prepare
-
-    class FakeSession:
-        def __init__(self, testbed, backend, **kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def measure(self, plan, scenario, options):
-            return {"lat_stage_compute_ms": json.dumps([10.0]), "tput_stage_compute_ms": json.dumps([10.0]),
-                    "throughput_ips": 100.0, "latency_ms_p50": 30.0}
-
-    monkeypatch.setattr(session_mod, "Session", FakeSession)
-    settings = SweepSettings(model=FACTORY, testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,), cuts="3,5",
-                             latency_items=3, throughput_items=9, profiles=str(tmp_path / "profiles"),
-                             out=str(tmp_path / "run"), pass_check=False)
-    store = RunStore(settings.out)
-    logged: list[str] = []
-    with Sessions(settings, testbed=None) as pool:
-        configs = prepare(settings, store, logged.append, pool)
-        execute(settings, store, configs, logged.append, sessions=pool)
+    _, rows, logged, configs = _fake_sweep(tmp_path, monkeypatch, lambda plan: {**_whole_model_run(10.0), "latency_ms_p50": 30.0},
+                                           pass_check=False)
     assert not [m for m in logged if " pass " in m]
-    rows = store.rows()
     assert len(rows) == 4 and not rows["calibration"].str.contains("this pass").any()
     planned = {c.plan.id: c.plan.predicted["latency_ms"] for c in configs}
     assert rows.set_index("plan_id")["pred_latency_ms"].astype(float).to_dict() == pytest.approx(planned)
