@@ -34,9 +34,9 @@ the sweep's own whole-model run a minute later gave x1.30), and such a window th
 plan that uses the device. With rounds, one slow window moves one sample of three. A round before
 them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
 
-A sweep measures it again, more briefly (``PASS_ITEMS``, one round), at the start of every pass
-and predicts the pass's plans with it (:class:`paretopipe.sweep.runner._PassCheck`): the machine
-drifts by more than 10% over minutes.
+A sweep measures it again, more briefly (``PASS_ITEMS`` in ``ROUNDS`` rounds, no warm-up round),
+at the start of every pass and predicts the pass's plans with it
+(:class:`paretopipe.sweep.runner._PassCheck`): the machine drifts by more than 10% over minutes.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -270,8 +270,6 @@ def reprice(plan: Plan, instance: Instance, meta: dict[str, Any]) -> Plan:
     """``plan`` with its predictions made again on ``instance`` (the same model and devices, priced
     differently, e.g. with another device runtime calibration) and ``meta`` merged into its meta.
     Raises UsageError if a cut or device of the plan is not in the instance."""
-    import dataclasses
-
     positions = instance.cut_positions.tolist()
     try:
         cuts = [positions.index(c.index) for c in plan.cuts]
@@ -279,7 +277,7 @@ def reprice(plan: Plan, instance: Instance, meta: dict[str, Any]) -> Plan:
     except ValueError:
         raise UsageError(f"plan {plan.id} has a cut or device the planning instance does not have",
                          f"cuts {positions[:8]}..., devices {list(instance.device_names)}") from None
-    return dataclasses.replace(plan, predicted=predict(instance, cuts, devices), meta={**plan.meta, **meta})
+    return replace(plan, predicted=predict(instance, cuts, devices), meta={**plan.meta, **meta})
 
 
 def plan_front(spec: ModelSpec, graph: ModelGraph, testbed: Testbed, scenario: tuple[str, LinkCondition],

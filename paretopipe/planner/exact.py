@@ -83,7 +83,7 @@ class _Dp:
         busy = inst.cut_busy_ms[prev, dev, cut]
         lat = src["lat"][rows] + inst.cut_transfer_ms[prev, dev, cut]
         return {"end": end, "dev": np.full(end.size, dev), "mask": src["mask"][rows] | (1 << dev),
-                "lat": lat + inst.stage_latency_ms(np.full(end.size, dev), st), "bott": np.maximum(np.maximum(src["bott"][rows], busy), inst.stage_cycle_ms(dev, st)),
+                "lat": lat + inst.stage_latency_ms(dev, st), "bott": np.maximum(np.maximum(src["bott"][rows], busy), inst.stage_cycle_ms(dev, st)),
                 "byt": src["byt"][rows] + inst.cut_bytes[cut],
                 "mem": np.maximum(src["mem"][rows], smem), "parent": rows}
 

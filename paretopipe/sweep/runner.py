@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -364,8 +364,6 @@ class _PassCheck:
 
     def price(self, cfg: Config) -> Config:
         """``cfg`` with its plan priced with the runtime of the current pass (unchanged if none)."""
-        import dataclasses
-
         from paretopipe.devicecal import summary
         from paretopipe.planning import build_instance, link_models, reprice
 
@@ -377,7 +375,7 @@ class _PassCheck:
             self._instances[cfg.network] = build_instance(inputs.graph, inputs.profiles, inputs.testbed, links,
                                                           inputs.granularity, runtimes=self.runtimes)
         plan = reprice(cfg.plan, self._instances[cfg.network], {"device_runtime": summary(self.runtimes) + " (this pass)"})
-        return dataclasses.replace(cfg, plan=plan)
+        return replace(cfg, plan=plan)
 
 
 def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
