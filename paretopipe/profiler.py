@@ -63,7 +63,7 @@ class ProfileSettings:
 
     batch_sizes: tuple[int, ...] = (1,)
     threads: int | None = None
-    repeats: int = 10
+    repeats: int = 20
     warmup: int = 2
     min_time_s: float = 1.0
     node_timing: NodeTiming = "sequence"

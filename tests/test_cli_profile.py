@@ -55,6 +55,19 @@ def test_profile_writes_default_path_and_prints_summary(tmp_path, monkeypatch):
     assert table.exit_code == 0 and "1 heaviest nodes" in table.stdout and "edge-1" in table.stdout
 
 
+def test_option_defaults_are_the_profilers():
+    """The CLI spells its defaults out (it must not import torch to show --help); they must stay
+    those of ProfileSettings, which the benchmarks and the library use."""
+    from typer.main import get_command
+
+    from paretopipe.profiler import ProfileSettings
+
+    params = {p.name: p.default for p in get_command(app).commands["profile"].params}
+    settings = ProfileSettings()
+    assert (params["repeats"], params["warmup"], params["min_time_s"], params["node_timing"]) == (
+        settings.repeats, settings.warmup, settings.min_time_s, settings.node_timing)
+
+
 def test_explicit_output_and_cpus(tmp_path):
     out = tmp_path / "a" / "b.json"
     cpu = min(os.sched_getaffinity(0))

@@ -56,7 +56,7 @@ def profile_command(
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Name of this device (as in your testbed file)."),
     batch_size: str = typer.Option("1", "--batch-size", "-b", help="Comma-separated batch sizes, e.g. 1,8."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch intra-op threads [default: one per usable CPU]."),
-    repeats: int = typer.Option(10, "--repeats", help="Minimum timed rounds per batch size."),
+    repeats: int = typer.Option(20, "--repeats", help="Minimum timed rounds per batch size."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
     min_time_s: float = typer.Option(1.0, "--min-time-s", help="Keep timing rounds until at least this many seconds."),
     node_timing: str = typer.Option("sequence", "--node-timing", help="sequence: nodes in graph order on fresh values; isolated: each node replayed on recorded inputs."),
