@@ -44,7 +44,7 @@ from paretopipe.network.conditions import load_scenarios, resolve_network
 from paretopipe.plans import write_json_atomic
 from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
-from paretopipe.sweep.analysis import aggregate, error_summary
+from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
 
@@ -107,6 +107,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
     guided = guided_subset(settings, neighbours)
     result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
     lat_ok = tput_ok = n = 0
+    lat_rep = tput_rep = pairs = 0.0
     fronts_equal, guided_count, total_count = [], 0, 0
     for net in networks:
         agg = aggregate(rows[rows["network"] == net])
@@ -114,6 +115,11 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
         lat_ok += errs["latency_within_10pct"] * len(agg)
         tput_ok += errs["throughput_within_10pct"] * len(agg)
         n += len(agg)
+        rep = repeat_agreement(rows[rows["network"] == net])
+        if rep["repeat_pairs"]:
+            lat_rep += rep["latency_repeat_within_10pct"] * rep["repeat_pairs"]
+            tput_rep += rep["throughput_repeat_within_10pct"] * rep["repeat_pairs"]
+            pairs += rep["repeat_pairs"]
         subset = guided.get(net, set())
         sub = aggregate(rows[(rows["network"] == net) & rows["plan_id"].isin(subset)])
         full_front = set(agg.loc[agg["on_front"], "plan_id"])
@@ -123,9 +129,13 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
         total_count += len(agg)
         log(f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
             f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%); "
-            f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
+            + (f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
+               f"{rep['throughput_repeat_within_10pct']:.0%}; " if rep["repeat_pairs"] else "")
+            +             f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
             f"({sorted(full_front)} vs {sorted(sub_front)})")
     result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
+                  latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
+                  throughput_repeat_10pct=tput_rep / pairs if pairs else float("nan"),
                   guided_share=guided_count / max(total_count, 1), fronts_equal=all(fronts_equal))
     return result
 
@@ -150,6 +160,12 @@ def main() -> None:
     lat = (df["latency_within_10pct"] * df["configs"]).sum() / total
     tput = (df["throughput_within_10pct"] * df["configs"]).sum() / total
     print(f"\nall {total} configurations: latency within ±10%: {lat:.1%}, throughput within ±10%: {tput:.1%}")
+    rep = df[df["latency_repeat_10pct"].notna()]
+    if len(rep):
+        w = rep["configs"] / rep["configs"].sum()
+        print("the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
+              f"(the noise floor of the line above): latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, "
+              f"throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}")
     print(f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
           f"same measured front in every case: {bool(df['fronts_equal'].all())}")
     print(f"measurements: {out}/*/measurements.csv")

@@ -67,6 +67,7 @@ def test_small_sweep_end_to_end(tmp_path):
         assert (out / "plans" / net).is_dir() and len(list((out / "plans" / net).glob("*.json"))) == 4
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.columns) >= {"latency_mape_pct", "latency_within_10pct", "throughput_within_10pct"}
+    assert (summary["repeat_pairs"] == 0).all() and summary["latency_repeat_within_10pct"].isna().all()  # one pass
     assert "measured front" in result.stdout
 
     again = runner.invoke(app, _args(tmp_path, out))
@@ -119,6 +120,23 @@ def test_sweep_bad_input_is_one_line(tmp_path, extra, message):
 def test_resume_needs_a_run(tmp_path):
     result = runner.invoke(app, [*_args(tmp_path, tmp_path / "nothing"), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.stderr
+
+
+def test_repeat_agreement_counts_ordered_pairs_of_passes_of_one_plan():
+    from paretopipe.sweep.analysis import repeat_agreement
+
+    rows = pd.DataFrame([
+        {"plan_id": "a", "status": "ok", "latency_ms_p50": v, "throughput_ips": 100.0} for v in (10.0, 10.5, 12.0)
+    ] + [
+        {"plan_id": "b", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},  # one pass: no pair
+        {"plan_id": "c", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},
+        {"plan_id": "c", "status": "failed", "latency_ms_p50": float("nan"), "throughput_ips": float("nan")},
+    ])
+    out = repeat_agreement(rows)
+    # 10 and 10.5 are within 10% of each other both ways; 12 is not within 10% of either, either way
+    assert out == {"repeat_pairs": 6.0, "latency_repeat_within_10pct": pytest.approx(2 / 6), "throughput_repeat_within_10pct": 1.0}
+    single = repeat_agreement(rows[rows["plan_id"] != "a"])
+    assert single["repeat_pairs"] == 0 and pd.isna(single["latency_repeat_within_10pct"])
 
 
 def test_repeats_are_passes_over_the_plans_of_each_scenario():

@@ -111,8 +111,10 @@ def sweep_command(
         front = agg[agg["on_front"]].sort_values("latency_ms_p50") if len(agg) else agg
         render(front.to_dict("records"), OutputFormat.table,
                ["plan_id", "devices", "latency_ms_p50", "throughput_ips", "pred_latency_ms", "pred_throughput_ips", "knee"],
-               title=f"measured front: {s['network']} / {s['backend']} (latency within ±10%: {s['latency_within_10pct']:.0%}, "
-                     f"throughput: {s['throughput_within_10pct']:.0%})")
+               title=f"measured front: {s['network']} / {s['backend']} (predictions within ±10%: latency "
+                     f"{s['latency_within_10pct']:.0%}, throughput {s['throughput_within_10pct']:.0%}"
+                     + ("" if not s["repeat_pairs"] else f"; passes within ±10% of each other: "
+                        f"{s['latency_repeat_within_10pct']:.0%}, {s['throughput_repeat_within_10pct']:.0%}") + ")")
     err_console.print(f"plots and fronts: {out}/<network>/<backend>/ (front.png, predicted_vs_measured.png, latency_breakdown.png)")
     if outcome.failed and fail_fast:
         raise typer.Exit(1)

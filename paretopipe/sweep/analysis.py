@@ -64,6 +64,30 @@ def error_summary(agg: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def repeat_agreement(rows: pd.DataFrame) -> dict[str, float]:
+    """How well the passes of a sweep agree with each other: the noise floor of its predictions.
+
+    Over every plan measured ok in two or more passes, each pass is taken in turn as the
+    "prediction" of each other pass of the same plan: the share of those ordered pairs within ±10%
+    of each other is the best a prediction that cannot see a pass's own noise could score on the
+    same measure as ``error_summary``. NaN (and ``repeat_pairs`` 0) with fewer than two passes."""
+    ok = rows[rows["status"] == "ok"]
+    out: dict[str, float] = {"repeat_pairs": 0.0}
+    for name, col in (("latency", "latency_ms_p50"), ("throughput", "throughput_ips")):
+        within = []
+        for _, values in ok.groupby("plan_id")[col]:
+            v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(float)
+            v = v[v > 0]
+            if len(v) < 2:
+                continue
+            ratio = np.abs(v[:, None] / v[None, :] - 1.0)  # row: the "prediction", column: the measurement
+            within.append((ratio <= 0.10)[~np.eye(len(v), dtype=bool)])
+        pairs = np.concatenate(within) if within else np.array([], bool)
+        out[f"{name}_repeat_within_10pct"] = float(pairs.mean()) if len(pairs) else float("nan")
+        out["repeat_pairs"] = max(out["repeat_pairs"], float(len(pairs)))
+    return out
+
+
 def write_reports(rows: pd.DataFrame, out_dir: Path) -> list[dict[str, object]]:
     """Per (network, backend): front.csv, front.png, predicted_vs_measured.png,
     latency_breakdown.png and errors.csv under ``out_dir/<network>/<backend>/``. Returns one
@@ -76,7 +100,7 @@ def write_reports(rows: pd.DataFrame, out_dir: Path) -> list[dict[str, object]]:
         d = out_dir / safe_name(str(network)) / str(backend)
         d.mkdir(parents=True, exist_ok=True)
         failed = int((group["status"] != "ok").sum())
-        errs = error_summary(agg)
+        errs = error_summary(agg) | repeat_agreement(group)
         summaries.append({"network": network, "backend": backend, "measured": int(len(agg)), "failed": failed,
                           "front": int(agg["on_front"].sum()) if len(agg) else 0, **errs, "dir": str(d)})
         if agg.empty:
