@@ -131,7 +131,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
             f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%); "
             + (f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
                f"{rep['throughput_repeat_within_10pct']:.0%}; " if rep["repeat_pairs"] else "")
-            +             f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
+            + f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
             f"({sorted(full_front)} vs {sorted(sub_front)})")
     result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
                   latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
@@ -164,7 +164,7 @@ def main() -> None:
     if len(rep):
         w = rep["configs"] / rep["configs"].sum()
         print("the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
-              f"(the noise floor of the line above): latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, "
+              f"(how far single passes scatter; the line above compares with medians over passes): latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, "
               f"throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}")
     print(f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
           f"same measured front in every case: {bool(df['fronts_equal'].all())}")

@@ -65,12 +65,14 @@ def error_summary(agg: pd.DataFrame) -> dict[str, float]:
 
 
 def repeat_agreement(rows: pd.DataFrame) -> dict[str, float]:
-    """How well the passes of a sweep agree with each other: the noise floor of its predictions.
+    """How well the passes of a sweep agree with each other: how far a plan's measurements scatter.
 
     Over every plan measured ok in two or more passes, each pass is taken in turn as the
-    "prediction" of each other pass of the same plan: the share of those ordered pairs within ±10%
-    of each other is the best a prediction that cannot see a pass's own noise could score on the
-    same measure as ``error_summary``. NaN (and ``repeat_pairs`` 0) with fewer than two passes."""
+    "prediction" of each other pass of the same plan; returned is the share of those ordered pairs
+    within ±10% of each other (the measure of ``error_summary``), per metric, and ``repeat_pairs``.
+    Predictions are scored against the median over the passes, which scatters less than one pass,
+    so a prediction share above this is possible; one far below it points at the model, not the
+    noise. NaN (and ``repeat_pairs`` 0) with fewer than two passes."""
     ok = rows[rows["status"] == "ok"]
     out: dict[str, float] = {"repeat_pairs": 0.0}
     for name, col in (("latency", "latency_ms_p50"), ("throughput", "throughput_ips")):
