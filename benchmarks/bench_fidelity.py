@@ -110,18 +110,19 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
     lat_rep = tput_rep = pairs = 0.0
     fronts_equal, guided_count, total_count = [], 0, 0
     for net in networks:
-        agg = aggregate(rows[rows["network"] == net])
+        net_rows = rows[rows["network"] == net]
+        agg = aggregate(net_rows)
         errs = error_summary(agg)
         lat_ok += errs["latency_within_10pct"] * len(agg)
         tput_ok += errs["throughput_within_10pct"] * len(agg)
         n += len(agg)
-        rep = repeat_agreement(rows[rows["network"] == net])
+        rep = repeat_agreement(net_rows)
         if rep["repeat_pairs"]:
             lat_rep += rep["latency_repeat_within_10pct"] * rep["repeat_pairs"]
             tput_rep += rep["throughput_repeat_within_10pct"] * rep["repeat_pairs"]
             pairs += rep["repeat_pairs"]
         subset = guided.get(net, set())
-        sub = aggregate(rows[(rows["network"] == net) & rows["plan_id"].isin(subset)])
+        sub = aggregate(net_rows[net_rows["plan_id"].isin(subset)])
         full_front = set(agg.loc[agg["on_front"], "plan_id"])
         sub_front = set(sub.loc[sub["on_front"], "plan_id"])
         fronts_equal.append(full_front == sub_front)
@@ -164,8 +165,8 @@ def main() -> None:
     if len(rep):
         w = rep["configs"] / rep["configs"].sum()
         print("the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
-              f"(how far single passes scatter; the line above compares with medians over passes): latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, "
-              f"throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}")
+              "(how far single passes scatter; the line above compares with medians over passes): "
+              f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}")
     print(f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
           f"same measured front in every case: {bool(df['fronts_equal'].all())}")
     print(f"measurements: {out}/*/measurements.csv")
