@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FIELDS", "fingerprint", "git_commit", "cpu_model", "cgroup_cpu_limit", "describe"]
+__all__ = ["FIELDS", "OPTIONAL_FIELDS", "fingerprint", "git_commit", "cpu_model", "cgroup_cpu_limit", "describe"]
 
 # name -> allowed JSON value types (type(None) = may be null); list fields hold ints.
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -36,7 +36,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "paretopipe": (str,),
     "git_commit": (str, type(None)),
     "git_dirty": (bool, type(None)),
+    "isa": (str, type(None)),
+    "cpu_capability": (str, type(None)),
+    "dnnl_max_cpu_isa": (str, type(None)),
 }
+# Fields that files written before they existed lack.
+OPTIONAL_FIELDS = frozenset({"isa", "cpu_capability", "dnnl_max_cpu_isa"})
 
 
 def cpu_model() -> str:
@@ -113,12 +118,14 @@ def _memory_nbytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def fingerprint(threads: int | None = None, cpu_quota: float | None = None) -> dict[str, Any]:
+def fingerprint(threads: int | None = None, cpu_quota: float | None = None, isa: str | None = None) -> dict[str, Any]:
     """The fingerprint of this machine and process, as a JSON-ready dict (see :data:`FIELDS`).
 
-    ``threads`` and ``cpu_quota`` are the limits the measurement ran with (None: not set).
+    ``threads``, ``cpu_quota`` and ``isa`` are the limits the measurement ran with (None: not
+    set); ``cpu_capability`` is the code path torch's kernels took (None if torch is not loaded).
     """
     from paretopipe import __version__
+    from paretopipe.isa import describe_env
 
     commit, dirty = git_commit()
     torch_mod = sys.modules.get("torch")
@@ -138,6 +145,8 @@ def fingerprint(threads: int | None = None, cpu_quota: float | None = None) -> d
         "paretopipe": __version__,
         "git_commit": commit,
         "git_dirty": dirty,
+        "isa": isa,
+        **describe_env(),
     }
 
 
@@ -146,6 +155,10 @@ def describe(fp: dict[str, Any]) -> str:
     limits = [f"{fp.get('threads') or '?'} threads", f"CPUs {fp.get('cpus_allowed')}"]
     if fp.get("cpu_quota") is not None:
         limits.append(f"quota {fp['cpu_quota']:g} CPU")
+    if fp.get("isa") is not None:
+        limits.append(f"isa {fp['isa']}")
+    if fp.get("cpu_capability") is not None:
+        limits.append(f"kernels {fp['cpu_capability']}")
     if fp.get("cgroup_cpu_limit") is not None:
         limits.append(f"cgroup limit {fp['cgroup_cpu_limit']:g} CPU")
     commit = fp.get("git_commit")

@@ -48,6 +48,8 @@ def profile_command(spec: ModelSpec, device, batch_sizes: Sequence[int], out: Pa
         cmd += ["--cpus", ",".join(map(str, device.cpus))]
     if device.cpu_quota:
         cmd += ["--cpu-quota", f"{device.cpu_quota:g}"]
+    if device.isa:
+        cmd += ["--isa", device.isa]
     cmd += ["--input-shape", "x".join(map(str, spec.input_shape))]
     if spec.weights:
         cmd += ["--weights", spec.weights]
@@ -83,6 +85,7 @@ def gather_profiles(
             path = find_profile(directory, name, spec.label)
             prof = load_profile(path)
             prof.check_matches(spec, batch_size, node_names)
+            prof.check_limits(dev.cpu_quota, dev.isa)
             out[name] = DeviceProfile(prof, path)
             continue
         except ConfigError as exc:

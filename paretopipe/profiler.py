@@ -41,7 +41,7 @@ import torch
 import torch.fx as fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from paretopipe import cgroups
+from paretopipe import cgroups, isa
 from paretopipe.errors import CapabilityError, UsageError
 from paretopipe.fingerprint import fingerprint
 from paretopipe.graph import Cut, ModelGraph, trace
@@ -69,6 +69,7 @@ class ProfileSettings:
     node_timing: NodeTiming = "sequence"
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
+    isa: str | None = None
     torch_device: str = "cpu"
     command: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
 
@@ -82,6 +83,8 @@ class ProfileSettings:
             raise UsageError(f"repeats {self.repeats} must be >= 1, warmup {self.warmup} and min time {self.min_time_s} s >= 0")
         if self.node_timing not in ("sequence", "isolated"):
             raise UsageError(f"unknown node timing {self.node_timing!r}", "use sequence or isolated")
+        if self.isa is not None:
+            isa.check_name(self.isa)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -345,22 +348,24 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
     """Profile ``spec`` on this machine under ``settings`` (CPU pinning and quota applied here).
 
     Returns the :class:`Profile` (not yet saved). Raises UsageError for bad settings,
-    CapabilityError for a quota without root/cgroups (before any work) or an out-of-memory batch.
+    CapabilityError for a quota without root/cgroups or an instruction set limit this process
+    cannot take (both before any work), or an out-of-memory batch.
     """
     settings.check()
     if settings.cpu_quota is not None:
         cgroups.quota_settings(settings.cpu_quota)
         cgroups.check_quota_capability()
+    isa.apply(settings.isa)
     threads = settings.threads or (len(settings.cpus) if settings.cpus else torch.get_num_threads())
     steady = steady_allocator()
     model = build_model(spec).to(torch.device(settings.torch_device))
     with cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"), _torch_threads(threads):
         batches = tuple(profile_batch(model, spec, b, settings, progress) for b in settings.batch_sizes)
-        fp = fingerprint(threads=threads, cpu_quota=settings.cpu_quota)
+        fp = fingerprint(threads=threads, cpu_quota=settings.cpu_quota, isa=settings.isa)
     return Profile(
         device=device, model=spec.to_dict(), model_label=spec.label, input_shape=tuple(spec.input_shape),
         batch_sizes=tuple(settings.batch_sizes), threads=threads, cpus=settings.cpus, cpu_quota=settings.cpu_quota,
-        method={"warmup": settings.warmup, "repeats": settings.repeats, "min_time_s": settings.min_time_s,
+        isa=settings.isa, method={"warmup": settings.warmup, "repeats": settings.repeats, "min_time_s": settings.min_time_s,
                 "node_timing": settings.node_timing, "timer_overhead_ns": timer_overhead_ns(),
                 "steady_allocator": steady},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

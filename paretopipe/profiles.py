@@ -1,11 +1,12 @@
 """The profile file: per-node, per-block and whole-model costs of one model on one device.
 
-A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 2``) and
+A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 3``) and
 self-describing: device name, model spec, input shape, batch sizes, the limits it ran under
-(threads, CPUs, CPU quota), the device fingerprint and the exact command line. For each batch
+(threads, CPUs, CPU quota, instruction set limit), the device fingerprint and the exact command line. For each batch
 size it holds the whole-model time, the sum of node medians, their ratio (the *calibration*, which
 the cost model multiplies node sums by), per-block times and per-node rows in graph order, each
-with its wall-clock and CPU time. Version 1 files (no node CPU times) are still read.
+with its wall-clock and CPU time. Version 1 files (no node CPU times) and version 2 files (no
+instruction set limit) are still read.
 
 Memory figures are estimates from tensor sizes, not measurements: ``live_nbytes`` of a node is the
 activation bytes alive after it (what a cut there would hold), ``peak_act_nbytes`` the activation
@@ -28,6 +29,7 @@ import numpy as np
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.fingerprint import FIELDS as FINGERPRINT_FIELDS
+from paretopipe.fingerprint import OPTIONAL_FIELDS as FINGERPRINT_OPTIONAL
 
 if TYPE_CHECKING:
     from paretopipe.models import ModelSpec
@@ -38,9 +40,9 @@ __all__ = [
 ]
 
 SCHEMA = "paretopipe.profile"
-VERSION = 2
+VERSION = 3
 #: Versions this reader loads: version 1 files have no node CPU times (``cpu_ms``).
-READS = (1, 2)
+READS = (1, 2, 3)
 _NUM = (int, float)
 
 
@@ -107,6 +109,7 @@ class Profile:
     command: tuple[str, ...]
     fingerprint: dict[str, Any]
     batches: tuple[BatchProfile, ...]
+    isa: str | None = None  # instruction set limit it ran under (paretopipe.isa); None: the CPU's own
 
     # -- helpers for the planner ------------------------------------------------------------
     def batch(self, batch_size: int) -> BatchProfile:
@@ -152,6 +155,17 @@ class Profile:
             cpu = np.array([n.cpu_ms for n in b.nodes], dtype=float)
             return cpu * (b.whole_ms["median"] / cpu.sum())
         return self.node_ms(batch_size) * b.calibration
+
+    def check_limits(self, cpu_quota: float | None, isa: str | None) -> None:
+        """Raise ConfigError unless this profile ran under this CPU quota and instruction set limit
+        (a profile measured under other limits describes another device)."""
+        where = f"profile of {self.model_label} on {self.device}"
+        for key, have, need in (("cpu_quota", self.cpu_quota, cpu_quota), ("isa", self.isa, isa)):
+            if have != need:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(where, key, f"profiled with {key} {have!r} but the device has {need!r}",
+                                  f"re-run paretopipe profile" + (f" with {flag} {need:g}" if isinstance(need, float) else
+                                                                 f" with {flag} {need}" if need else f" without {flag}"))
 
     def check_matches(self, spec: "ModelSpec | dict[str, Any]", batch_size: int, node_names: Sequence[str]) -> None:
         """Raise ConfigError unless this profile is for ``spec``, ``batch_size`` and these nodes."""
@@ -231,7 +245,7 @@ _TOP = {
     "schema": (str,), "version": (int,), "device": (str,), "model": (dict,), "model_label": (str,),
     "input_shape": (list,), "batch_sizes": (list,), "threads": (int,), "cpus": (list, type(None)),
     "cpu_quota": (*_NUM, type(None)), "method": (dict,), "created": (str,), "command": (list,),
-    "fingerprint": (dict,), "batches": (list,),
+    "fingerprint": (dict,), "batches": (list,), "isa": (str, type(None)),
 }
 _MODEL = {"name": (str,), "input_shape": (list,), "weights": (str, type(None)), "weights_sha256": (str, type(None)),
           "seed": (int,), "source": (str,), "leaf_modules": (list,)}
@@ -254,11 +268,12 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         raise ConfigError(path, "version", f"version {data.get('version')!r} is not supported (this reader: {', '.join(map(str, READS))})",
                           "re-run paretopipe profile with this version")
     node_optional = frozenset({"cpu_ms"}) if isinstance(data, dict) and data.get("version") == 1 else frozenset()
-    d = c.obj(data, "", _TOP)
+    top_optional = frozenset({"isa"}) if isinstance(data, dict) and data.get("version") in (1, 2) else frozenset()
+    d = c.obj(data, "", _TOP, top_optional)
     c.obj(d["model"], "model", _MODEL)
     c.ints(d["model"]["input_shape"], "model.input_shape", 1)
     c.obj(d["method"], "method", _METHOD)
-    fp = c.obj(d["fingerprint"], "fingerprint", FINGERPRINT_FIELDS)
+    fp = c.obj(d["fingerprint"], "fingerprint", FINGERPRINT_FIELDS, FINGERPRINT_OPTIONAL)
     c.ints(fp["cpus_allowed"], "fingerprint.cpus_allowed")
     for i, arg in enumerate(d["command"]):
         if not isinstance(arg, str):
@@ -285,7 +300,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         input_shape=c.ints(d["input_shape"], "input_shape", 1), batch_sizes=batch_sizes, threads=d["threads"],
         cpus=None if d["cpus"] is None else c.ints(d["cpus"], "cpus"), cpu_quota=d["cpu_quota"],
         method=dict(d["method"]), created=d["created"], command=tuple(d["command"]), fingerprint=dict(fp),
-        batches=tuple(batches),
+        batches=tuple(batches), isa=d.get("isa"),
     )
 
 

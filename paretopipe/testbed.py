@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.isa import LEVELS as ISA_LEVELS
 from paretopipe.network.conditions import LinkCondition, resolve_network
 
 DRIVER = "driver"
@@ -30,6 +31,7 @@ class Device:
     threads: int = 1
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
+    isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.isa)
     memory_bytes: float = float("inf")
     key: str | None = None
 
@@ -193,7 +195,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
         raise ConfigError(p, "devices", "no devices", "add at least one [[devices]] table")
     devices = []
     for i, raw in enumerate(devices_raw):
-        f = _Fields(p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "memory", "key"})
+        f = _Fields(p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key"})
         name = f.get("name", str, check=lambda v: v and v != DRIVER and re.fullmatch(r"[A-Za-z0-9_.-]+", v), hint="letters, digits, _ . -; not 'driver'")
         cpus = f.get("cpus", list, None, check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v), hint="a list of CPU numbers, e.g. [0]")
         try:
@@ -208,6 +210,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
                 threads=f.get("threads", int, 1, check=lambda v: v >= 1),
                 cpus=tuple(cpus) if cpus else None,
                 cpu_quota=float(q) if (q := f.get("cpu_quota", (int, float), None, check=lambda v: v > 0, hint="CPU-seconds per second, e.g. 0.5")) else None,
+                isa=f.get("isa", str, None, check=lambda v: v in ISA_LEVELS, hint=f"one of {', '.join(ISA_LEVELS)}"),
                 memory_bytes=memory,
                 key=f.get("key", str, None),
             )

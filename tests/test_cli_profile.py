@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -136,3 +140,23 @@ def test_real_cpu_quota_is_recorded_and_removed(tmp_path):
     ctl = cgroups.find_controller()
     assert not [d for d in ctl.parent.iterdir() if d.is_dir() and d.name.startswith(f"profile-{os.getpid()}-")]
     assert ctl.cgroup_of(os.getpid()) != ctl.parent
+
+
+def test_unknown_isa_fails_before_any_work(tmp_path):
+    _one_line_error(_run(SLEEPY, "-d", "x", "-o", str(tmp_path / "p.json"), "--isa", "neon", *FAST), 2,
+                    "unknown instruction set limit 'neon'")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs")
+def test_isa_profile_runs_and_records_the_limit(tmp_path):
+    # a new process: torch reads the limit before its first kernel, which this test process has run
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, "-m", "paretopipe", "profile", SLEEPY, "-d", "x", "-o", str(out),
+                           "--isa", "sse41", *FAST], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    p = load_profile(out)
+    assert p.isa == "sse41" and p.fingerprint["isa"] == "sse41"
+    assert p.fingerprint["cpu_capability"] == "DEFAULT" and p.fingerprint["dnnl_max_cpu_isa"] == "SSE41"
+    assert "kernels limited to sse41" in proc.stdout

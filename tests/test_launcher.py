@@ -4,6 +4,7 @@ run, after an error, or after Ctrl-C."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -25,9 +26,9 @@ MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16]
 LOCAL = ("local", LinkCondition())
 
 
-def _testbed(tmp_path: Path, quota: bool = False) -> Path:
+def _testbed(tmp_path: Path, quota: bool = False, isa: str | None = None) -> Path:
     p0, p1, p2 = _free_ports(3)
-    extra = "cpu_quota = 0.5\n" if quota else ""
+    extra = ("cpu_quota = 0.5\n" if quota else "") + (f'isa = "{isa}"\n' if isa else "")
     path = tmp_path / "tb.toml"
     path.write_text(
         f'name = "t"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
@@ -91,6 +92,21 @@ def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
         group = next(path for _, ctrl, path in cpu_lines if "cpu" in ctrl.split(",") or ctrl == "")
         assert group.startswith("/paretopipe/worker_b-")
     assert not (Path("/sys/fs/cgroup/cpu") / group.lstrip("/")).exists()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs")
+def test_isa_worker_starts_with_the_limit_and_computes_exactly(tmp_path):
+    tb_path = _testbed(tmp_path, isa="sse41")
+    with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
+        env = Path(f"/proc/{session.workers.pids()['b']}/environ").read_bytes().split(b"\0")
+        assert b"ATEN_CPU_CAPABILITY=default" in env and b"DNNL_MAX_CPU_ISA=SSE41" in env
+        env_a = Path(f"/proc/{session.workers.pids()['a']}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"DNNL_MAX_CPU_ISA=") for e in env_a) or b"DNNL_MAX_CPU_ISA=SSE41" not in env_a
+        row = session.measure(PLAN, LOCAL, MeasureOptions(latency_items=3, throughput_items=6, warmup=1))
+        log = session.workers.log_path("b").read_text()
+    # other kernels round differently: close to the unsplit model, not necessarily bit-equal
+    assert row["output_exact"] is True or 0 < row["output_max_abs_diff"] < 1e-4
+    assert "kernels limited to sse41" in log
 
 
 def test_ctrl_c_stops_run_and_workers(tmp_path):

@@ -50,7 +50,7 @@ def test_round_trip_and_helpers(tmp_path):
     p = make_profile()
     path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "paretopipe.profile" and data["version"] == 2
+    assert data["schema"] == "paretopipe.profile" and data["version"] == 3
     assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5}
     q = load_profile(path)
     assert q == p
@@ -89,6 +89,32 @@ def test_version_1_files_without_cpu_times_are_read(tmp_path):
     p = load_profile(tmp_path / "v1.json")
     assert p == make_profile() and p.batches[0].nodes[0].cpu_ms is None
     assert not p.shares_by_cpu(1) and p.planned_node_ms(1) == pytest.approx([1.2, 2.4, 3.6])
+
+
+def test_version_2_files_without_instruction_set_limits_are_read(tmp_path):
+    data = json.loads(json.dumps(make_profile().to_dict()))
+    data["version"] = 2
+    del data["isa"]
+    for key in ("isa", "cpu_capability", "dnnl_max_cpu_isa"):
+        del data["fingerprint"][key]
+    (tmp_path / "v2.json").write_text(json.dumps(data))
+    p = load_profile(tmp_path / "v2.json")
+    assert p.isa is None and "cpu_capability" not in p.fingerprint
+    data["version"] = 3
+    (tmp_path / "v3.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="v3.json: isa: missing"):
+        load_profile(tmp_path / "v3.json")
+
+
+def test_check_limits_names_the_limit_that_differs():
+    p = Profile(**{**make_profile().__dict__, "isa": "sse41"})  # quota 0.5 and isa sse41
+    p.check_limits(0.5, "sse41")
+    with pytest.raises(ConfigError, match=r"cpu_quota: profiled with cpu_quota 0.5 but the device has None.*without --cpu-quota"):
+        p.check_limits(None, "sse41")
+    with pytest.raises(ConfigError, match=r"isa: profiled with isa 'sse41' but the device has 'avx2'.*with --isa avx2"):
+        p.check_limits(0.5, "avx2")
+    with pytest.raises(ConfigError, match=r"with --cpu-quota 0.25"):
+        p.check_limits(0.25, "sse41")
 
 
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
@@ -131,7 +157,7 @@ def _bad(mutate, field_text, tmp_path):
         (lambda d: d.update(threads="2"), "threads: expected integer"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d.update(schema="other"), "schema"),
-        (lambda d: d.update(version=3), "version 3 is not supported"),
+        (lambda d: d.update(version=4), "version 4 is not supported"),
         (lambda d: d["batches"][0]["nodes"][0].pop("cpu_ms"), "batches[0].nodes[0].cpu_ms: missing"),
         (lambda d: d["batches"][0]["nodes"][0].update(cpu_ms="1"), "batches[0].nodes[0].cpu_ms: expected"),
         (lambda d: d["model"].pop("seed"), "model.seed: missing"),

@@ -21,6 +21,12 @@ def test_shipped_testbeds_load(name):
     assert tb.all_local == (not name.startswith("pi"))
 
 
+def test_the_local_slow_device_is_limited_to_128_bit_vectors():
+    tb = load_testbed(ROOT / "testbed" / "local.toml")
+    assert tb.device("slow").isa == "sse41" and tb.device("slow").cpu_quota is None
+    assert tb.device("fast").isa is None
+
+
 def test_links_scenario_override_and_driver():
     tb = load_testbed(ROOT / "testbed" / "pi-pair.example.toml")
     assert tb.link("pi1", "pi2", WIFI) == WIFI
@@ -66,6 +72,7 @@ def test_asymmetric_link_override(tmp_path):
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 70000\n", "devices[0].port"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpu_quota = -1\n", "devices[0].cpu_quota"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpus = 'zero'\n", "devices[0].cpus"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\nisa = 'neon'\n", "devices[0].isa"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\nmemory = '2 bananas'\n", "devices[0].memory"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncolour = 'red'\n", "devices[0].colour"),
         (GOOD + "[driver]\ndevice = 'zz'\n", "driver.device"),

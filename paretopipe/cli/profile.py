@@ -62,6 +62,7 @@ def profile_command(
     node_timing: str = typer.Option("sequence", "--node-timing", help="sequence: nodes in graph order on fresh values; isolated: each node replayed on recorded inputs."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to these CPUs, e.g. 0,1 or 0-3."),
     cpu_quota: Optional[float] = typer.Option(None, "--cpu-quota", help="CPU-seconds per second via a cgroup (like docker --cpus); needs root."),
+    isa: Optional[str] = typer.Option(None, "--isa", help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD."),
     input_shape: Optional[str] = InputShapeOption,
     weights: Optional[Path] = WeightsOption,
     leaf: Optional[list[str]] = LeafOption,
@@ -93,14 +94,15 @@ def profile_command(
     if not _DEVICE_RE.match(device):
         raise UsageError(f"device name {device!r} is not usable in a file name", "use letters, digits, '.', '_', '-'")
     profile = _run(_command_line(ctx), model, device, batch_size, threads, repeats, warmup, min_time_s, node_timing, cpus, cpu_quota,
-                   input_shape, weights, leaf, seed, output)
+                   isa, input_shape, weights, leaf, seed, output)
     print_summary(profile, fmt, top)
 
 
 def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_s, node_timing, cpus, cpu_quota,
-         input_shape, weights, leaf, seed, output) -> "Profile":
+         isa, input_shape, weights, leaf, seed, output) -> "Profile":
     """Check every argument (creating nothing), then profile, then save atomically."""
     from paretopipe import cgroups
+    from paretopipe import isa as isa_limit
     from paretopipe.profiler import ProfileSettings, profile_model
     from paretopipe.profiles import check_writable, default_path, save_profile
 
@@ -108,12 +110,13 @@ def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_
         batch_sizes=_batch_sizes(batch_size), threads=threads, repeats=repeats, warmup=warmup,
         min_time_s=min_time_s, node_timing=node_timing,  # type: ignore[arg-type]
         cpus=cgroups.parse_cpus(cpus) if cpus is not None else None, cpu_quota=cpu_quota,
-        command=command,
+        isa=isa, command=command,
     )
     settings.check()
     if cpu_quota is not None:
         cgroups.quota_settings(cpu_quota)
         cgroups.check_quota_capability()
+    isa_limit.apply(isa)  # before anything computes: torch reads the limit once per process
     spec = model_spec(model, input_shape, weights, leaf, seed)
     path = check_writable(output if output is not None else default_path(device, spec.label))
 
@@ -176,7 +179,8 @@ def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, to
         return
     shape = "x".join(map(str, profile.input_shape))
     limits = f"{profile.threads} threads" + (f", CPUs {list(profile.cpus)}" if profile.cpus else "") + (
-        f", quota {profile.cpu_quota:g} CPU" if profile.cpu_quota is not None else "")
+        f", quota {profile.cpu_quota:g} CPU" if profile.cpu_quota is not None else "") + (
+        f", kernels limited to {profile.isa}" if profile.isa else "")
     typer.echo(f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
                f"{profile.method['node_timing']}, {profile.created}")
     typer.echo(describe(profile.fingerprint))

@@ -93,7 +93,8 @@ def run_command(
     err_console.print(f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
                       markup=False, highlight=False)
     if row.get("output_exact") is False:
-        err_console.print(f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}")
+        err_console.print(f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}"
+                          " (devices whose kernels differ from the driver's, e.g. an isa limit, round differently)")
 
 
 def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed):
@@ -161,6 +162,7 @@ def worker_command(
     import torch
 
     from backends.base import TransportOptions
+    from paretopipe import isa
     from paretopipe.process import pid_alive
     from paretopipe.runtime.endpoints import make_transport
     from paretopipe.runtime.worker import StageBuilder, Worker
@@ -176,6 +178,7 @@ def worker_command(
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
+    isa.apply(dev.isa)  # before the first kernel: the limit is read once per process
     curve = None
     if secure:
         from paretopipe.runtime.endpoints import curve_config
@@ -191,7 +194,7 @@ def worker_command(
     with transport:
         where = f"*:{dev.port}" if bind_all else dev.address
         err_console.print(f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
-                          f"{torch.get_num_threads()} threads")
+                          f"{torch.get_num_threads()} threads" + (f", kernels limited to {dev.isa}" if dev.isa else ""))
         build = StageBuilder().build
         if artifacts is not None:
             from paretopipe.runtime.artifacts import ArtifactStageBuilder

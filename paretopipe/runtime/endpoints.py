@@ -137,5 +137,6 @@ def render_testbed(testbed: Testbed, comment: str = "") -> str:
     for d in testbed.devices:
         memory = None if math.isinf(d.memory_bytes) else int(d.memory_bytes)
         lines += ["", "[[devices]]"] + table({"name": d.name, "host": d.host, "port": d.port, "threads": d.threads,
-                                              "cpus": d.cpus, "cpu_quota": d.cpu_quota, "memory": memory, "key": d.key})
+                                              "cpus": d.cpus, "cpu_quota": d.cpu_quota, "isa": d.isa, "memory": memory,
+                                              "key": d.key})
     return "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
 Each emulated device is a ``paretopipe worker`` subprocess pinned to its CPUs, with its torch
 thread count, under its cgroup CPU quota (the same mechanism as ``paretopipe profile
---cpu-quota``). Workers die with the launcher (parent-death signal, and they poll the parent's
+--cpu-quota``) and its instruction set limit (:mod:`paretopipe.isa`, as ``--isa``). Workers die with the launcher (parent-death signal, and they poll the parent's
 pid); on exit, error or Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup
 removed.
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from paretopipe import isa
 from paretopipe.cgroups import limit_process
 from paretopipe.errors import UsageError, WorkerError
 from paretopipe.testbed import Device, Testbed
@@ -87,7 +88,8 @@ class LocalWorkers:
         argv = [*self.argv_prefix(d.name), sys.executable, "-m", "paretopipe", "worker",
                 "--testbed", self.testbed_path, "--device", d.name, "--backend", self.backend,
                 "--threads", str(d.threads), "--parent-pid", str(os.getpid()), *self.extra_args]
-        env = dict(os.environ, OMP_NUM_THREADS=str(d.threads), MKL_NUM_THREADS=str(d.threads), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS=str(d.threads), MKL_NUM_THREADS=str(d.threads), PYTHONUNBUFFERED="1",
+                   **isa.env_for(d.isa))
         log = open(self.log_path(d.name), "wb")
         self._stack.callback(log.close)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
