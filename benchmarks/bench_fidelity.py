@@ -75,10 +75,11 @@ def ensure_calibration(testbed: str, calibrations: Path) -> None:
     write_json_atomic(cal.to_dict(), path)
 
 
-def guided_subset(settings: SweepSettings, neighbours: int) -> dict[str, set[str]]:
+def guided_subset(settings: SweepSettings, neighbours: int, near: float) -> dict[str, set[str]]:
     """Per scenario, the plan ids a `--cuts front` sweep plans to measure (planning only, via the
     sweep's own `prepare`, into a sibling directory)."""
-    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, out=settings.out + "-guided", resume=False)
+    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, near_margin=near, out=settings.out + "-guided",
+                                 resume=False)
     shutil.rmtree(guided.out, ignore_errors=True)
     Path(guided.out).mkdir(parents=True)
     shutil.copy(Path(settings.out) / DEVICE_RUNTIME, guided.out)  # price plans exactly as the full sweep did
@@ -89,7 +90,8 @@ def guided_subset(settings: SweepSettings, neighbours: int) -> dict[str, set[str
     return out
 
 
-def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int) -> dict:
+def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
+            near: float) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
@@ -104,7 +106,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
         execute(settings, store, configs, log,
                 lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
     rows = store.rows()
-    guided = guided_subset(settings, neighbours)
+    guided = guided_subset(settings, neighbours, near)
     result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
     lat_ok = tput_ok = n = 0
     lat_rep = tput_rep = pairs = 0.0
@@ -148,11 +150,14 @@ def main() -> None:
     ap.add_argument("--networks", default="lan,wifi,4g")
     ap.add_argument("--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)")
     ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
-    ap.add_argument("--neighbours", type=int, default=4, help="neighbours of the front a guided sweep adds")
+    ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
+                    help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
+    ap.add_argument("--near", type=float, default=100 * SweepSettings.near_margin,
+                    help="percent: plans predicted this close to the front are near it (as `sweep --near`)")
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours)
+    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()

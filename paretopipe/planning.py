@@ -170,7 +170,8 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
 
     With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.devicecal`) a device's
     node times are scaled to what its worker measured and its stages get its cycle factor and
-    per-item overhead.
+    per-item overhead. Devices that share CPUs (:meth:`Testbed.cpu_groups`) are charged together
+    in a full pipeline.
     """
     devices = list(profiles)
     b = graph.batch_size
@@ -200,6 +201,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         link_bandwidth_bps=bandwidth,
         device_cycle_factor=np.array(cycle),
         device_item_overhead_ms=np.array(item_overhead),
+        device_cpu_group=np.array(testbed.cpu_groups(devices), dtype=np.int64),
         batch_size=b,
         window=window,
         device_names=tuple(devices),

@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.isa import LEVELS as ISA_LEVELS
@@ -88,6 +88,25 @@ class Testbed:
             if d.name == name:
                 return d
         raise UsageError(f"{self.path}: no device named {name!r}", f"devices: {', '.join(self.device_names)}")
+
+    def cpu_groups(self, names: Sequence[str] | None = None) -> list[int]:
+        """A label per device (``names``, default all): devices on the same host whose ``cpus``
+        overlap share those CPUs and get the same label (their stages take turns on them). A
+        device without ``cpus`` gets a label of its own: nothing says which CPUs it uses."""
+        devs = [self.device(n) for n in (names if names is not None else self.device_names)]
+        label = list(range(len(devs)))
+
+        def root(i: int) -> int:
+            while label[i] != i:
+                i = label[i]
+            return i
+
+        for i, a in enumerate(devs):
+            for j in range(i):
+                b = devs[j]
+                if a.host == b.host and a.cpus and b.cpus and set(a.cpus) & set(b.cpus):
+                    label[root(i)] = root(j)
+        return [root(i) for i in range(len(devs))]
 
     @property
     def all_local(self) -> bool:

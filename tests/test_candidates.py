@@ -1,11 +1,11 @@
-"""Which plans a sweep measures: neighbours of the front, ranked by how close they are to it."""
+"""Which plans a sweep measures: plans near the front, ranked by how close they are to it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from paretopipe.sweep.candidates import closeness, front_and_neighbours, neighbours
+from paretopipe.sweep.candidates import closeness, near_front, neighbours
 
 
 def test_closeness_is_the_improvement_factor_that_escapes_the_front():
@@ -25,13 +25,10 @@ def test_neighbours_move_one_cut_or_swap_devices():
     assert ((0, 1), (0, 1, 2)) not in neighbours(((0, 1), (0, 1, 2)), n_cuts=3, n_devices=3)
 
 
-def test_ranked_neighbours_fill_the_room_closest_first():
-    front = [((2,), (0, 1)), ((4,), (0, 1))]
-    unranked = front_and_neighbours(front, 8, 2, limit=4)
-    assert unranked == [*front, ((1,), (0, 1)), ((3,), (0, 1))]  # front order: neighbours of the first front plan
-    far = {((1,), (0, 1)): 1.5, ((3,), (0, 1)): 1.3, ((2,), (1, 0)): 1.2, ((5,), (0, 1)): 1.01, ((4,), (1, 0)): 1.4}
-    ranked = front_and_neighbours(front, 8, 2, limit=4, rank=lambda keys: [far[k] for k in keys])
-    assert ranked == [*front, ((5,), (0, 1)), ((2,), (1, 0))]
-    # never fewer than the front, never more than the front and its neighbours
-    assert front_and_neighbours(front, 8, 2, limit=1) == front
-    assert len(front_and_neighbours(front, 8, 2, limit=100)) == 2 + 5
+def test_plans_near_the_front_come_closest_first_within_the_margin():
+    scores = {((1,), (0, 1)): 1.5, ((3,), (0, 1)): 1.03, ((2,), (1, 0)): 1.08, ((5,), (0, 1)): 1.01,
+              ((4,), (1, 0)): 1.03, ((6,), (0, 1)): 1.1}
+    assert near_front(scores, 0.10, room=10) == [((5,), (0, 1)), ((3,), (0, 1)), ((4,), (1, 0)), ((2,), (1, 0)), ((6,), (0, 1))]
+    assert near_front(scores, 0.05, room=10) == [((5,), (0, 1)), ((3,), (0, 1)), ((4,), (1, 0))]  # ties keep their order
+    assert near_front(scores, 0.10, room=2) == [((5,), (0, 1)), ((3,), (0, 1))]
+    assert near_front(scores, 0.10, room=-3) == [] and near_front({}, 0.1, 5) == []

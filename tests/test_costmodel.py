@@ -98,6 +98,26 @@ def test_memory_limit_makes_plan_infeasible():
     assert evaluate_plan(inst, Plan((0, 1), (2, 1, 0))).feasible  # b gets the 2070-byte stage
 
 
+def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
+    # three devices, b and c on one CPU; stages of 2, 3 and 4 ms, free links
+    inst = Instance(node_ms=np.array([[2.0, 3.0, 4.0]] * 3), cut_positions=np.array([0, 1]), cut_bytes=np.zeros(2),
+                    device_cycle_factor=np.array([1.0, 1.0, 1.5]), device_item_overhead_ms=np.array([0.0, 0.5, 0.0]),
+                    device_cpu_group=np.array([0, 1, 1]))
+    np.testing.assert_array_equal(inst.shared_cpus, [[0.0, 1.0, 1.0]])
+    m = evaluate_plans(inst, np.array([[0, 1]]), np.array([[0, 1, 2]]))
+    # b holds its CPU 3 + 0.5 ms, c 4 x 1.5 ms: together 9.5 ms per item, more than any one stage
+    assert m.bottleneck_ms[0] == pytest.approx(9.5) and m.latency_ms[0] == pytest.approx(9.5)
+    assert evaluate_plan(inst, Plan((0, 1), (0, 1, 2))).bottleneck_ms == pytest.approx(9.5)
+    alone = evaluate_plans(inst, np.array([[0, 1]]), np.array([[1, 0, 2]]))  # b 2.5, a 3, c 6: b and c 8.5
+    assert alone.bottleneck_ms[0] == pytest.approx(8.5)
+    separate = Instance(**{**{f: getattr(inst, f) for f in ("node_ms", "cut_positions", "cut_bytes", "device_cycle_factor",
+                                                            "device_item_overhead_ms")}})
+    assert separate.shared_cpus.shape == (0, 3)
+    assert evaluate_plans(separate, np.array([[0, 1]]), np.array([[0, 1, 2]])).bottleneck_ms[0] == pytest.approx(6.0)
+    with pytest.raises(UsageError, match="device_cpu_group must be 3 integer labels"):
+        Instance(node_ms=np.ones((3, 3)), cut_positions=np.array([0]), cut_bytes=np.zeros(1), device_cpu_group=[0, 1])
+
+
 def test_single_stage_plan():
     b = evaluate_plan(toy(), Plan((), (0,)))
     assert b.stage_ms == pytest.approx((6.0,))
@@ -125,6 +145,7 @@ def random_instances(draw, integer: bool):
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
         device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
         device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
+        device_cpu_group=rng.integers(0, d, d),
         batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
 
 

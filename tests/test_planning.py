@@ -180,21 +180,23 @@ def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(pro
         reprice(base.plan_for((base.instance.cut_positions.tolist().index(missing),), (0, 1)), other.instance, {})
 
 
-def test_front_selection_adds_the_neighbours_predicted_closest_to_the_front(profiled):
-    from paretopipe.sweep.candidates import closeness, neighbours, select
+def test_front_selection_adds_the_plans_predicted_closest_to_the_front(profiled):
+    from paretopipe.sweep.candidates import closeness, select
 
     _, tb, spec, graph, profs = profiled
     result = plan_front(spec, graph, tb, WIFI, profs, [2, 3])
     df = result.table()
     n_front = int(df["on_front"].sum())
-    chosen = select(result, "front", limit=n_front + 3)
     keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
     point = {k: (lat, tput) for k, lat, tput in zip(keys, df["latency_ms"], df["throughput_ips"])}
     front = [k for k, on in zip(keys, df["on_front"]) if on]
-    assert set(chosen[:n_front]) == set(front) and len(chosen) == n_front + 3
-    inst = result.instance
-    candidates = {nb for k in front for nb in neighbours(k, inst.n_cuts, inst.n_devices)} - set(front)
     fp = np.array([point[k] for k in front])
-    score = {k: float(closeness(np.array([point[k]]), fp)[0]) for k in candidates}
+    score = {k: float(closeness(np.array([point[k]]), fp)[0]) for k, ok in zip(keys, df["feasible"]) if ok and k not in front}
+    margin = sorted(score.values())[4] - 1 + 1e-9  # five plans within it
+    chosen = select(result, "front", limit=n_front + 3, margin=margin)
+    assert set(chosen[:n_front]) == set(front) and len(chosen) == n_front + 3
     picked = [score[k] for k in chosen[n_front:]]
-    assert max(picked) <= min(v for k, v in score.items() if k not in chosen)
+    assert picked == sorted(picked) and max(picked) <= min(v for k, v in score.items() if k not in chosen)
+    everything = select(result, "front", limit=len(keys), margin=margin)
+    assert len(everything) == n_front + 5 and all(score[k] <= 1 + margin for k in everything[n_front:])
+    assert select(result, "front", limit=0, margin=margin) == chosen[:n_front]  # never fewer than the front

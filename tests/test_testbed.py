@@ -27,6 +27,17 @@ def test_the_local_slow_device_is_limited_to_128_bit_vectors():
     assert tb.device("fast").isa is None
 
 
+def test_devices_whose_cpus_overlap_on_one_host_share_a_cpu(tmp_path):
+    text = ""
+    for i, (host, cpus) in enumerate([("127.0.0.1", [0]), ("127.0.0.1", [1]), ("127.0.0.1", [1, 2]),
+                                       ("10.0.0.2", [1]), ("127.0.0.1", None), ("127.0.0.1", [2])]):
+        text += f'[[devices]]\nname = "d{i}"\nhost = "{host}"\nport = {7000 + i}\n' + (f"cpus = {cpus}\n" if cpus else "")
+    tb = load_testbed(_write(tmp_path, text))
+    assert tb.cpu_groups() == [0, 1, 1, 3, 4, 1]  # d1, d2 and d5 overlap (through d2); another host or no cpus: alone
+    assert tb.cpu_groups(["d5", "d0", "d2"]) == [0, 1, 0]
+    assert load_testbed(ROOT / "testbed" / "local.toml").cpu_groups() == [0, 1]
+
+
 def test_links_scenario_override_and_driver():
     tb = load_testbed(ROOT / "testbed" / "pi-pair.example.toml")
     assert tb.link("pi1", "pi2", WIFI) == WIFI

@@ -87,7 +87,9 @@ def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
     overhead = sum(float(inst.device_item_overhead_ms[d]) for d in plan.devices)
     latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(l.transfer_ms for l in links[1:])
     cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
-    bottleneck = max(max(cycle), max(link.busy_ms for link in links))
+    shared = [sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)
+              for g in {int(inst.device_cpu_group[d]) for d in plan.devices}]  # devices on one CPU take turns
+    bottleneck = max(max(cycle), max(shared), max(link.busy_ms for link in links))
     feasible = all(m <= inst.device_mem_bytes[d] for m, d in zip(stage_mem, plan.devices))
     return PlanBreakdown(
         plan=plan, cut_positions=positions,

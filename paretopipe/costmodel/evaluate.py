@@ -111,7 +111,8 @@ def evaluate_plans(inst: Instance, cut_indices: np.ndarray, devices: np.ndarray,
         latency = latency + stage_lat[:, s]
         sent = sent + inst.cut_bytes[cuts[:, s - 1]]
     latency = latency + transfer[:, k]
-    bottleneck = np.maximum(inst.stage_cycle_ms(devs, stage_ms).max(axis=1), busy.max(axis=1))
+    cycle = inst.stage_cycle_ms(devs, stage_ms)
+    bottleneck = np.maximum(np.maximum(cycle.max(axis=1), busy.max(axis=1)), inst.shared_cycle_ms(devs, cycle))
     return PlanMetrics(
         stage_ms=stage_ms, link_busy_ms=busy, link_transfer_ms=transfer,
         stage_mem_bytes=stage_mem, latency_ms=latency, bottleneck_ms=bottleneck,

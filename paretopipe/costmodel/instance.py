@@ -47,8 +47,10 @@ class Instance:
     pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
     ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
     device spends per item outside compute: receiving and sending, which an item's latency pays
-    at every stage too). Optional arrays default to
-    zero bytes, no memory limit, no overhead/delay, unlimited links and a cycle factor of 1.
+    at every stage too). ``device_cpu_group`` (D,) gives devices that share one CPU the same
+    label: their stages take turns on it, so in a full pipeline their cycles add up (see
+    :meth:`shared_cycle_ms`). Optional arrays default to zero bytes, no memory limit, no
+    overhead/delay, unlimited links, a cycle factor of 1 and a CPU of its own for every device.
 
     Raises:
         UsageError: an array has the wrong shape, a negative/NaN entry, or cuts are not legal.
@@ -68,6 +70,7 @@ class Instance:
     link_bandwidth_bps: np.ndarray | None = None
     device_cycle_factor: np.ndarray | None = None
     device_item_overhead_ms: np.ndarray | None = None
+    device_cpu_group: np.ndarray | None = None
     batch_size: int = 1
     window: int | None = None
     device_names: tuple[str, ...] = field(default=())
@@ -122,6 +125,11 @@ class Instance:
                 raise UsageError(f"window must be None or an integer >= 1, got {self.window}",
                                  "None means unbounded items in flight")
             put("window", int(self.window))
+        groups = np.arange(d) if self.device_cpu_group is None else np.asarray(self.device_cpu_group).reshape(-1)
+        if groups.shape != (d,) or not np.issubdtype(groups.dtype, np.integer):
+            raise UsageError(f"device_cpu_group must be {d} integer labels, got {groups.tolist()}",
+                             "devices with the same label share one CPU")
+        put("device_cpu_group", _array("device_cpu_group", groups, (d,), np.int64))
         names = tuple(self.device_names) or tuple(f"dev{i}" for i in range(d))
         if len(names) != d or len(set(names)) != d:
             raise UsageError(f"device_names must be {d} distinct names, got {list(names)}")
@@ -189,6 +197,27 @@ class Instance:
     def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
         """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
         return stage_ms * self.device_cycle_factor[devices] + self.device_item_overhead_ms[devices]
+
+    @cached_property
+    def shared_cpus(self) -> np.ndarray:
+        """(G, D) 0/1 membership of the CPUs that two or more devices share (G may be 0)."""
+        labels, counts = np.unique(self.device_cpu_group, return_counts=True)
+        return np.array([self.device_cpu_group == g for g in labels[counts > 1]], dtype=float).reshape(-1, self.n_devices)
+
+    def shared_cycle_ms(self, devices: np.ndarray, cycle_ms: np.ndarray) -> np.ndarray:
+        """(P,) busiest shared CPU: per CPU that devices share, the sum of the cycles of the plans'
+        stages on it (added in stage order, as the exact planner adds them); 0 without sharing.
+
+        ``devices`` and ``cycle_ms`` are (P, K): the stages' devices and :meth:`stage_cycle_ms`.
+        """
+        devices, cycle_ms = np.asarray(devices), np.asarray(cycle_ms, dtype=float)
+        worst = np.zeros(devices.shape[0])
+        for member in self.shared_cpus:
+            total = np.zeros(devices.shape[0])
+            for s in range(devices.shape[1]):
+                total = total + cycle_ms[:, s] * member[devices[:, s]]
+            worst = np.maximum(worst, total)
+        return worst
 
     def stage_mem_bytes(self, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Peak bytes of stages spanning (start_b, end_b]: params + largest live set (broadcast)."""

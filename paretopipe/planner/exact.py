@@ -5,10 +5,13 @@ the set S of devices used so far. It carries the partial costs the objectives ne
 
 - ``lat``: latency so far (driver->d_0 transfer, then link, stage, link, stage ... in order);
 - ``bott``: largest stage time or link busy time so far;
-- ``byt``: cut bytes sent so far; ``mem``: largest stage peak memory so far.
+- ``byt``: cut bytes sent so far; ``mem``: largest stage peak memory so far;
+- ``cpu0``, ``cpu1`` ...: per CPU that several devices share, the sum of the stage cycles placed on
+  it so far (those devices take turns on it); folded into ``bott`` when the plan is complete.
 
 Every way of finishing a plan from state (k, j, d, S) adds the same amounts to ``lat``/``byt``
-and takes the max of ``bott``/``mem`` with the same values, so a label that is no worse in every
+and takes the max of ``bott``/``mem`` with the same values (and adds the same to each shared
+CPU's sum, which only enters the bottleneck through a max at the end), so a label that is no worse in every
 component and better by a margin in an additive one (latency or bytes) yields a strictly better
 plan whatever the completion: the other label can be dropped (see :mod:`labels`). Throughput is
 ``batch*1e3/bottleneck``, capped with a window by ``window*batch*1e3/latency``: both terms only
@@ -47,7 +50,10 @@ class _Dp:
     def __init__(self, inst: Instance, objectives: Sequence[str], max_stages: int) -> None:
         self.inst = inst
         self.strict = [c for c, o in (("lat", "latency"), ("byt", "bytes")) if o in objectives]
+        self.shared = [f"cpu{g}" for g in range(inst.shared_cpus.shape[0])]
         self.loose = [c for c, o in (("bott", "throughput"), ("mem", "memory")) if o in objectives]
+        if "throughput" in objectives:
+            self.loose += self.shared
         if "throughput" in objectives and inst.window is not None and "lat" not in self.strict:
             self.loose.append("lat")
         top_bytes = np.sort(inst.cut_bytes)[::-1][: max(0, max_stages - 1)].sum()
@@ -65,10 +71,13 @@ class _Dp:
         st = inst.stage_ms(dev, start, end)
         smem = inst.stage_mem_bytes(start, end)
         ok = smem <= inst.device_mem_bytes[dev]
+        cycle = inst.stage_cycle_ms(dev, st)
         lab = {"end": end, "dev": dev, "mask": np.left_shift(1, dev),
                "lat": inst.in_transfer_ms[dev] + inst.stage_latency_ms(dev, st),
-               "bott": np.maximum(inst.in_busy_ms[dev], inst.stage_cycle_ms(dev, st)), "byt": np.zeros(end.size),
+               "bott": np.maximum(inst.in_busy_ms[dev], cycle), "byt": np.zeros(end.size),
                "mem": smem, "parent": np.full(end.size, -1)}
+        for key, member in zip(self.shared, inst.shared_cpus):
+            lab[key] = np.zeros(end.size) + cycle * member[dev]  # as Instance.shared_cycle_ms adds
         return {k: v[ok] for k, v in lab.items()}
 
     def extend(self, src: _Labels, rows: np.ndarray, end: np.ndarray, dev: int) -> _Labels:
@@ -82,20 +91,26 @@ class _Dp:
         st = inst.stage_ms(dev, start, end)
         busy = inst.cut_busy_ms[prev, dev, cut]
         lat = src["lat"][rows] + inst.cut_transfer_ms[prev, dev, cut]
-        return {"end": end, "dev": np.full(end.size, dev), "mask": src["mask"][rows] | (1 << dev),
-                "lat": lat + inst.stage_latency_ms(dev, st), "bott": np.maximum(np.maximum(src["bott"][rows], busy), inst.stage_cycle_ms(dev, st)),
-                "byt": src["byt"][rows] + inst.cut_bytes[cut],
-                "mem": np.maximum(src["mem"][rows], smem), "parent": rows}
+        cycle = inst.stage_cycle_ms(dev, st)
+        lab = {"end": end, "dev": np.full(end.size, dev), "mask": src["mask"][rows] | (1 << dev),
+               "lat": lat + inst.stage_latency_ms(dev, st), "bott": np.maximum(np.maximum(src["bott"][rows], busy), cycle),
+               "byt": src["byt"][rows] + inst.cut_bytes[cut],
+               "mem": np.maximum(src["mem"][rows], smem), "parent": rows}
+        for key, member in zip(self.shared, inst.shared_cpus):
+            lab[key] = src[key][rows] + cycle * member[dev]
+        return lab
 
     def finish(self, lab: _Labels) -> _Labels:
         """Add the return of the output to the driver to complete labels (last stage at end)."""
         dev = lab["dev"]
-        return {**lab, "lat": lab["lat"] + self.inst.out_transfer_ms[dev],
-                "bott": np.maximum(lab["bott"], self.inst.out_busy_ms[dev])}
+        bott = np.maximum(lab["bott"], self.inst.out_busy_ms[dev])
+        for key in self.shared:
+            bott = np.maximum(bott, lab[key])
+        return {**lab, "lat": lab["lat"] + self.inst.out_transfer_ms[dev], "bott": bott}
 
 
-def _concat(parts: list[_Labels]) -> _Labels:
-    keys = ("end", "dev", "mask", "lat", "bott", "byt", "mem", "parent")
+def _concat(parts: list[_Labels], shared: Sequence[str] = ()) -> _Labels:
+    keys = ("end", "dev", "mask", "lat", "bott", "byt", "mem", "parent", *shared)
     if not parts:
         return {k: np.zeros(0, dtype=np.int64 if k in ("end", "dev", "mask", "parent") else float)
                 for k in keys}
@@ -119,7 +134,7 @@ def _expand(dp: _Dp, src: _Labels, final: bool) -> _Labels:
         lab = dp.extend(src, rows, end, dev)
         keep = dp.prune(lab["end"] * (1 << inst.n_devices) + lab["mask"], lab)
         parts.append({k: v[keep] for k, v in lab.items()})
-    return _concat(parts)
+    return _concat(parts, dp.shared)
 
 
 def _backtrack(layers: list[_Labels], final: _Labels, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +173,7 @@ def exact_search(inst: Instance, stages: tuple[int, ...],
         if k < max(stages):
             layers.append(_expand(dp, layers[-1], final=False))
     # Complete plans prune each other too (one group), before being rebuilt and re-evaluated.
-    allfinal = _concat([lab for _, lab in finals])
+    allfinal = _concat([lab for _, lab in finals], dp.shared)
     keep = dp.prune(np.zeros(allfinal["end"].size, dtype=np.int64), allfinal)
     batches, offset = [], 0
     for k, lab in finals:

@@ -1,15 +1,16 @@
-"""Which plans a sweep measures: the predicted front and its neighbours, every plan, or a list.
+"""Which plans a sweep measures: the predicted front and the plans near it, every plan, or a list.
 
-A *neighbour* of a front plan moves one of its cuts to the next candidate cut on either side, or
-runs the same cuts on another ordering of devices: plans the cost model may have ranked just
-below the front. Measuring them checks that the measured front is not an artefact of the model.
-When only some neighbours fit, the ones predicted closest to the front go first (see
-:func:`closeness`): those are the ones a prediction error of a few percent could put on it.
+A plan is *near* the front when a prediction error of at most a margin (10% by default, the
+tolerance the cost model is held to) could put it on the front: its :func:`closeness` is at most
+1 + margin. Those are the plans the measured front may contain although the predicted one does
+not, so measuring them checks that the measured front is not an artefact of the model. Near plans
+are drawn from every plan the search scored and from the front's *neighbours* (one cut moved to
+the next candidate cut on either side, or the same cuts on another ordering of devices), closest
+first when only some fit.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Callable, Sequence
 
@@ -20,6 +21,8 @@ from paretopipe.costmodel import evaluate_plan
 from paretopipe.errors import UsageError
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (cut indices into the instance's cuts, device indices)
+NEAR_MARGIN = 0.10  # measure plans a prediction error this large could put on the front
+_CHUNK = 65536
 
 
 def neighbours(key: Key, n_cuts: int, n_devices: int) -> list[Key]:
@@ -52,23 +55,20 @@ def closeness(points: np.ndarray, front: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, escape.max(axis=1))
 
 
-def front_and_neighbours(front: Sequence[Key], n_cuts: int, n_devices: int, limit: int,
-                         rank: Callable[[list[Key]], Sequence[float]] | None = None) -> list[Key]:
-    """The front (all of it) then its neighbours, without repeats, at most ``limit`` in total
-    (never fewer than the front). Neighbours come in front order, or by ascending ``rank`` (a
-    score per neighbour, e.g. :func:`closeness`; ties keep front order) when given."""
-    chosen: dict[Key, None] = {k: None for k in front}
-    others = list(dict.fromkeys(nb for k in front for nb in neighbours(k, n_cuts, n_devices) if nb not in chosen))
-    if rank is not None and others:
-        scores = rank(others)
-        others = [others[i] for i in np.argsort(np.asarray(scores, float), kind="stable")]
-    room = max(limit, len(front)) - len(chosen)
-    return list(chosen) + others[:max(room, 0)]
+def near_front(scores: dict[Key, float], margin: float, room: int) -> list[Key]:
+    """The keys of ``scores`` (their :func:`closeness`) within ``1 + margin`` of the front,
+    closest first (ties in the order given), at most ``room`` of them."""
+    near = [(score, i, key) for i, (key, score) in enumerate(scores.items()) if score <= 1.0 + margin]
+    return [key for _, _, key in sorted(near)[:max(room, 0)]]
 
 
-def select(result, how: str, limit: int = 24) -> list[Key]:
-    """Plans to measure from a PlanningResult: ``front`` (front + neighbours, up to ``limit``) or
-    ``all`` (every feasible plan the search kept)."""
+def select(result, how: str, limit: int = 24, margin: float = NEAR_MARGIN) -> list[Key]:
+    """Plans to measure from a PlanningResult: ``front`` (the predicted front, then every feasible
+    plan predicted within ``margin`` of it, closest first, up to ``limit`` in all, never fewer
+    than the front) or ``all`` (every feasible plan the search kept).
+
+    The plans near the front come from every plan the search scored and from the front's
+    :func:`neighbours` (scored here when the search did not keep them)."""
     df = result.search.plans
     feasible = df["feasible"].to_numpy(bool)
     keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
@@ -79,20 +79,24 @@ def select(result, how: str, limit: int = 24) -> list[Key]:
         return [k for k, ok in zip(keys, feasible) if ok]
     if how == "front":
         on = df["on_front"].to_numpy(bool)
-        order = np.argsort(df["latency_ms"].to_numpy()[on], kind="stable")
+        points = np.column_stack([df["latency_ms"].to_numpy(float), df["throughput_ips"].to_numpy(float)])
+        order = np.argsort(points[on, 0], kind="stable")
         front = [k for k, f in zip(keys, on) if f]
         front = [front[i] for i in order]
-        inst = result.instance
-        front_points = np.column_stack([df["latency_ms"].to_numpy()[on], df["throughput_ips"].to_numpy()[on]])
-        evaluate = functools.cache(lambda key: evaluate_plan(inst, CostPlan(*key)))
-
-        def rank(keys: list[Key]) -> list[float]:  # infeasible plans last (and dropped below)
-            evals = [evaluate(k) for k in keys]
-            pts = np.array([[e.latency_ms, e.throughput_ips] for e in evals])
-            return [c if e.feasible else np.inf for c, e in zip(closeness(pts, front_points), evals)]
-
-        chosen = front_and_neighbours(front, inst.n_cuts, inst.n_devices, limit, rank)
-        return [k for k in chosen if evaluate(k).feasible]
+        front_points = points[on]
+        scores: dict[Key, float] = {}
+        for lo in range(0, len(keys), _CHUNK):  # closeness is (plans x front) at a time
+            part = closeness(points[lo:lo + _CHUNK], front_points)
+            for key, score, ok, f in zip(keys[lo:lo + _CHUNK], part, feasible[lo:lo + _CHUNK], on[lo:lo + _CHUNK]):
+                if ok and not f:
+                    scores[key] = float(score)
+        inst, seen = result.instance, set(keys)
+        for nb in dict.fromkeys(nb for k in front for nb in neighbours(k, inst.n_cuts, inst.n_devices)):
+            if nb not in seen:
+                e = evaluate_plan(inst, CostPlan(*nb))
+                if e.feasible:
+                    scores[nb] = float(closeness(np.array([[e.latency_ms, e.throughput_ips]]), front_points)[0])
+        return front + near_front(scores, margin, limit - len(front))
     raise UsageError(f"unknown plan selection {how!r}", "use front or all")
 
 

@@ -40,7 +40,8 @@ class SweepSettings:
     throughput_items: int = 60
     warmup: int = 3
     repeats: int = 1
-    neighbours: int = 12
+    neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
+    near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
     out: str = "results/run"
     resume: bool = False
     fail_fast: bool = False
@@ -231,7 +232,8 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessio
         result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
                             granularity=granularity, calibration=cal, runtimes=runtimes)
         if how in ("front", "all", "block"):
-            keys = select(result, "front" if how == "front" else "all", limit=settings.neighbours + int(result.search.on_front.sum()))
+            keys = select(result, "front" if how == "front" else "all", limit=settings.neighbours + int(result.search.on_front.sum()),
+                          margin=settings.near_margin)
         else:
             keys = with_all_assignments(parse_cut_list(how, list(result.instance.cut_positions)), result.instance.n_devices)
         front = result.search.front_keys()
