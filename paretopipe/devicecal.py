@@ -10,8 +10,18 @@ from run to run, which is why they are measured at the start of every sweep.
 Before planning, a sweep therefore runs the whole model once on each device through the real
 runtime (network ``local``: no shaping): one item in flight, then a full window. Per device:
 
-- ``latency_factor = median compute (one item in flight) / profile's whole-model median``
-  multiplies the device's node times: what latency predictions use;
+- ``latency_factor`` multiplies the device's node times, and ``stage_start_ms`` is added to every
+  stage on the device: what latency predictions use. A stage's compute in a worker is not just
+  proportional to its nodes' times: whatever the worker ran between two items (receiving,
+  decoding, the driver or another device on the same core) has pushed the stage's weights and
+  activations out of the caches, and every stage pays for bringing them back. Over the 2-stage
+  plans of the local testbed, stage compute fitted ``0.93-1.01 x predicted + 0.5-0.8 ms`` on
+  either device, so a stage of 4 ms computed 15-20% longer than a whole-model factor predicts.
+  Both come from two runs per device: the whole model, and a short *tail* stage (the last
+  block cuts, about a sixth of the device's time) with the model's head on another device. The
+  line through the two (compute vs profile ms) gives the factor (its slope) and the start cost
+  (where it meets zero). Without a tail run (one device, or files from before it) the factor is
+  the whole-model ratio and the start cost 0;
 - ``cycle_factor = median compute (window full) / median compute (one item in flight)`` is the
   cost model's ``device_cycle_factor``: how much longer a stage holds the device per item when
   the pipeline is full, what throughput predictions use;
@@ -20,8 +30,8 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
   device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
   the cycle factor plus this, and an item alone pays it at every stage too (the calibrated link
-  overhead is only the transport's share: the half-speed device's whole-model plan spent 3.1 ms
-  per item outside compute where the links accounted for 0.3 ms). It is measured with the
+  overhead is only the transport's share: a device under a 0.5 CPU quota, running the whole
+  model, spent 3.1 ms per item outside compute where the links accounted for 0.3 ms). It is measured with the
   model's input coming in and its output going out, so for stages whose tensors are much smaller
   it errs on the high side.
 
@@ -58,9 +68,11 @@ MIN_ITEMS = 60
 ROUNDS = 3
 #: Fewest timed items per device of the check at the start of every sweep pass, in ``ROUNDS``
 #: rounds without a warm-up round (the workers are warm): a few seconds per pass. One round of 20
-#: items (0.6 s on the half-speed device) was too short: slow windows of the machine of up to a
+#: items (0.6 s on a device under a 0.5 CPU quota) was too short: slow windows of the machine of up to a
 #: second made two of six checks price a pass 45% slow that then ran at the usual speed.
 PASS_ITEMS = 30
+#: The tail stage of the start-cost run: about this share of a device's whole-model time.
+TAIL_SHARE = 1 / 6
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,28 @@ class DeviceRuntime:
     items: int  # timed items in one-item-in-flight mode, over all rounds
     batch_size: int | None = None  # None in files from before item_overhead_ms: no overhead then
     rounds: int = 1  # each figure is the median over this many rounds (files from before rounds: 1)
+    tail_profile_ms: float | None = None  # the tail stage's calibrated node sum (None: no tail run)
+    tail_compute_ms: float | None = None  # its median compute in the worker, one item in flight
+
+    @property
+    def _line(self) -> tuple[float, float]:
+        """(slope, start ms) of compute = slope x profile ms + start through the whole model and
+        the tail stage; the whole-model ratio and 0 without a usable tail run."""
+        ratio = (self.latency_compute_ms / self.profile_ms, 0.0)
+        small, small_ms = self.tail_profile_ms, self.tail_compute_ms
+        if small is None or small_ms is None or not 0 < small < self.profile_ms:
+            return ratio
+        slope = (self.latency_compute_ms - small_ms) / (self.profile_ms - small)
+        start = self.latency_compute_ms - slope * self.profile_ms
+        return (slope, start) if slope > 0 and start >= 0 else ratio
 
     @property
     def latency_factor(self) -> float:
-        return self.latency_compute_ms / self.profile_ms
+        return self._line[0]
+
+    @property
+    def stage_start_ms(self) -> float:
+        return self._line[1]
 
     @property
     def cycle_factor(self) -> float:
@@ -92,21 +122,28 @@ class DeviceRuntime:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"latency_factor": round(self.latency_factor, 4), "cycle_factor": round(self.cycle_factor, 4),
-                               "item_overhead_ms": round(self.item_overhead_ms, 4)}
+                               "item_overhead_ms": round(self.item_overhead_ms, 4),
+                               "stage_start_ms": round(self.stage_start_ms, 4)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeviceRuntime":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def describe(self) -> str:
-        return (f"{self.device} x{self.latency_factor:.3f} (one item), x{self.cycle_factor:.3f} more when the pipeline "
+        start = f", +{self.stage_start_ms:.2f} ms to start a stage" if self.tail_compute_ms is not None else ""
+        return (f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when the pipeline "
                 f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute")
 
 
 def summary(runtimes: dict[str, DeviceRuntime]) -> str:
     """One compact line for result rows and logs, e.g. ``fast 1.102/1.010+0.31ms slow 1.261/1.099+0.95ms``
-    (latency factor / cycle factor + per-item overhead)."""
-    return " ".join(f"{d} {r.latency_factor:.3f}/{r.cycle_factor:.3f}+{r.item_overhead_ms:.2f}ms" for d, r in runtimes.items())
+    (latency factor / cycle factor + per-item overhead, plus the stage start cost where measured:
+    ``fast 0.981+0.52/1.010+0.31ms``)."""
+    def one(d: str, r: DeviceRuntime) -> str:
+        start = f"+{r.stage_start_ms:.2f}" if r.tail_compute_ms is not None else ""
+        return f"{d} {r.latency_factor:.3f}{start}/{r.cycle_factor:.3f}+{r.item_overhead_ms:.2f}ms"
+
+    return " ".join(one(d, r) for d, r in runtimes.items())
 
 
 def measure(
@@ -119,12 +156,15 @@ def measure(
     log: Callable[[str], None] = lambda m: None,
     rounds: int = 1,
     warm_round: bool = True,
+    tails: dict[str, Any] | None = None,
 ) -> dict[str, DeviceRuntime]:
     """Run each device's whole-model ``plans[device]`` in ``session`` and compare with its profile.
 
     ``items`` timed items (three times as many with the window full) are split into ``rounds``
     rounds, each visiting every device in turn; compute times and throughput are the medians over
-    the rounds. With more than one round and ``warm_round``, one more round of the same size runs
+    the rounds. ``tails[device]`` (optional) is a 2-stage plan whose last stage, a short tail of
+    the model, runs on ``device``: it runs in every round too, one item in flight, for the stage
+    start cost. With more than one round and ``warm_round``, one more round of the same size runs
     first to warm the workers up and is not counted. Raises ParetoPipeError (naming the device) if
     a run fails or reports no compute time.
     """
@@ -134,7 +174,10 @@ def measure(
     rounds = max(1, min(rounds, items))
     per_round = items // rounds
     options = MeasureOptions(latency_items=per_round, throughput_items=3 * per_round, warmup=warmup, timeout_s=timeout_s)
+    tails = {d: t for d, t in (tails or {}).items() if d in plans}
+    tail_options = MeasureOptions(modes=("latency",), latency_items=per_round, warmup=warmup, timeout_s=timeout_s)
     samples: dict[str, list[tuple[float, float, float]]] = {d: [] for d in plans}
+    tail_samples: dict[str, list[float]] = {d: [] for d in tails}
     elapsed = dict.fromkeys(plans, 0.0)
     warm = int(rounds > 1 and warm_round)
     for r in range(rounds + warm):
@@ -151,11 +194,25 @@ def measure(
                 raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
             if r >= warm:  # a warm-up round only warms the workers up
                 samples[device].append((lat, tput, float(row["throughput_ips"])))
+        for device, tail in tails.items():
+            t0 = time.perf_counter()
+            row = session.measure(tail, ("local", LinkCondition()), tail_options)
+            elapsed[device] += time.perf_counter() - t0
+            try:
+                small = float(json.loads(row["lat_stage_compute_ms"])[-1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute time for the tail stage") from None
+            if not small > 0:
+                raise ParetoPipeError(f"device runtime calibration of {device!r}: tail stage compute time {small} ms is not usable")
+            if r >= warm:
+                tail_samples[device].append(small)
     out: dict[str, DeviceRuntime] = {}
     for device, plan in plans.items():
         lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
+        tail_ms = statistics.median(tail_samples[device]) if tail_samples.get(device) else None
         out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, ips, per_round * rounds,
-                                    int(plan.batch_size), rounds)
+                                    int(plan.batch_size), rounds,
+                                    float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None, tail_ms)
         spread = ""
         if rounds > 1:
             lats = [s[0] for s in samples[device]]
@@ -166,9 +223,21 @@ def measure(
 
 def node_scale(runtimes: dict[str, DeviceRuntime] | None,
                devices: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
-    """(latency factor, cycle factor, item overhead ms) per device in ``devices`` order; 1.0, 1.0
-    and 0.0 where not measured."""
+    """(latency factor, cycle factor, per-stage ms) per device in ``devices`` order; 1.0, 1.0 and
+    0.0 where not measured. The per-stage ms, the cost model's ``device_item_overhead_ms``, is
+    what every stage on the device adds beside its nodes: the item overhead outside compute plus
+    the stage start cost."""
     runtimes = runtimes or {}
     return ([runtimes[d].latency_factor if d in runtimes else 1.0 for d in devices],
             [runtimes[d].cycle_factor if d in runtimes else 1.0 for d in devices],
-            [runtimes[d].item_overhead_ms if d in runtimes else 0.0 for d in devices])
+            [runtimes[d].item_overhead_ms + runtimes[d].stage_start_ms if d in runtimes else 0.0 for d in devices])
+
+
+def tail_cut(node_ms: Sequence[float], cut_positions: Sequence[int], share: float = TAIL_SHARE) -> int | None:
+    """Index into ``cut_positions`` of the cut whose tail (the nodes after it) comes closest to
+    ``share`` of the total of ``node_ms``; None without cuts."""
+    total = float(sum(node_ms))
+    if not len(cut_positions) or total <= 0:
+        return None
+    tails = [float(sum(node_ms[p + 1:])) / total for p in cut_positions]
+    return min(range(len(tails)), key=lambda i: (abs(tails[i] - share), -i))

@@ -46,10 +46,11 @@ class _Session:
     """Stands in for a runtime Session: returns fixed per-stage medians per device."""
 
     def __init__(self, rows):
-        self.rows, self.seen = rows, []
+        self.rows, self.seen, self.modes = rows, [], []
 
     def measure(self, plan, scenario, options):
         self.seen.append((plan, scenario[0], options.latency_items, options.throughput_items))
+        self.modes.append(options.modes)
         return self.rows[plan]
 
 
@@ -113,3 +114,50 @@ def test_workers_already_warm_need_no_warm_up_round():
     out = devicecal.measure(session, {"d": p}, {"d": 10.0}, items=30, rounds=3, warm_round=False)
     assert session.order == [("P", 10, 30)] * 3  # every round counts; the slow one is outvoted
     assert out["d"].latency_compute_ms == 10.0 and out["d"].rounds == 3
+
+
+def test_a_tail_run_splits_the_factor_into_a_slope_and_a_stage_start_cost():
+    # whole model: profile 20 ms -> 25 ms in the worker; tail: profile 4 ms -> 5.8 ms.
+    # The line through both: slope (25 - 5.8) / 16 = 1.2, start 25 - 1.2 x 20 = 1 ms
+    r = DeviceRuntime("slow", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8)
+    assert r.latency_factor == pytest.approx(1.2) and r.stage_start_ms == pytest.approx(1.0)
+    assert DeviceRuntime.from_dict(json.loads(json.dumps(r.to_dict()))) == r and r.to_dict()["stage_start_ms"] == 1.0
+    # the cost model adds the start cost to the overhead every stage pays
+    assert devicecal.node_scale({"slow": r}, ["slow"])[2] == [pytest.approx(1000 / 30 - 30 + 1.0)]
+    assert devicecal.summary({"slow": r}) == "slow 1.200+1.00/1.200+3.33ms"
+    assert "+1.00 ms to start a stage" in r.describe()
+    # a tail faster than the line allows (noise): back to the whole-model ratio, no start cost
+    odd = DeviceRuntime("x", 20.0, 25.0, 25.0, 40.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=4.0)
+    assert odd.latency_factor == pytest.approx(1.25) and odd.stage_start_ms == 0.0
+    assert DeviceRuntime("x", 20.0, 25.0, 25.0, 40.0, 20, batch_size=1).stage_start_ms == 0.0
+
+
+def test_tail_cut_takes_about_a_sixth_of_the_time():
+    node_ms = [10.0, 10.0, 10.0, 10.0, 5.0, 3.0, 2.0]  # total 50: tails after cuts 1, 3, 4, 5 are 30, 10, 5, 2 ms
+    assert devicecal.tail_cut(node_ms, [1, 3, 4, 5]) == 1  # 10/50 is closest to 1/6
+    assert devicecal.tail_cut(node_ms, [1, 3, 4, 5], share=0.1) == 2
+    assert devicecal.tail_cut(node_ms, []) is None
+
+
+def test_measure_runs_the_tails_in_latency_mode_and_fits_the_line():
+    p1, p2, t1, t2 = _Plan("P1"), _Plan("P2"), _TailPlan("T1", 2.0), _TailPlan("T2", 5.0)
+    session = _Session({p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[12.0]", "throughput_ips": 80.0},
+                        p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[30.0]", "throughput_ips": 30.0},
+                        t1: {"lat_stage_compute_ms": "[27.0, 3.0]"}, t2: {"lat_stage_compute_ms": "[10.0, 7.0]"}})
+    out = devicecal.measure(session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7,
+                            tails={"fast": t1, "slow": t2})
+    assert out["fast"].latency_factor == pytest.approx(9 / 8) and out["fast"].stage_start_ms == pytest.approx(0.75)
+    assert out["slow"].latency_factor == pytest.approx(23 / 20) and out["slow"].stage_start_ms == pytest.approx(1.25)
+    assert [s[1:] for s in session.seen][2:] == [("local", 7, 100)] * 2  # latency mode only (the options' default)
+    assert session.modes[2:] == [("latency",)] * 2
+
+
+@dataclass(frozen=True)
+class _TailPlan:
+    name: str
+    tail_ms: float
+    batch_size: int = 1
+
+    @property
+    def predicted(self):
+        return {"stage_ms": [99.0, self.tail_ms]}

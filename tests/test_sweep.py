@@ -54,8 +54,9 @@ def test_small_sweep_end_to_end(tmp_path):
     # device runtime calibration: the whole model ran on a and b first, and priced every plan
     runtime = json.loads((out / "device_runtime.json").read_text())["devices"]
     assert set(runtime) == {"a", "b"} and set(manifest["device_runtime"]) == {"a", "b"}
-    for r in runtime.values():
-        assert r["latency_compute_ms"] > 0 and r["latency_factor"] == pytest.approx(r["latency_compute_ms"] / r["profile_ms"], rel=1e-3)
+    for r in runtime.values():  # the line through the whole model and the tail stage
+        assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0
+        assert r["latency_factor"] * r["profile_ms"] + r["stage_start_ms"] == pytest.approx(r["latency_compute_ms"], rel=1e-3)
     assert rows["calibration"].str.contains("devices a ").all()
     plan = json.loads(next((out / "plans" / "lan").glob("*.json")).read_text())
     assert plan["meta"]["device_runtime"].startswith("a ")
@@ -158,8 +159,11 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
     from paretopipe.sweep.runner import Sessions, SweepSettings, execute, prepare
 
     class FakeSession:
+        """Tail runs of the device runtime check (latency mode only) compute in proportion to the
+        device's last whole-model run: no stage start cost, so factors stay whole-model ratios."""
+
         def __init__(self, testbed, backend, **kwargs):
-            pass
+            self.whole: dict[str, tuple[float, float]] = {}  # device -> (planned ms, measured ms)
 
         def __enter__(self):
             return self
@@ -168,7 +172,13 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
             return None
 
         def measure(self, plan, scenario, options):
-            return reply(plan)
+            if options.modes == ("latency",):
+                planned, measured = self.whole[plan.devices[-1]]
+                return {"lat_stage_compute_ms": json.dumps([1.0, measured * plan.predicted["stage_ms"][-1] / planned])}
+            row = reply(plan)
+            if plan.stages == 1:
+                self.whole[plan.devices[0]] = (plan.predicted["stage_ms"][0], json.loads(row["lat_stage_compute_ms"])[0])
+            return row
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
     st = SweepSettings(model=FACTORY, testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,), cuts="3,5",

@@ -88,8 +88,8 @@ class Sessions:
     """The runtime sessions of one sweep, at most one per backend, opened on first use.
 
     The device runtime calibration and the measurements share them, so both run on the same
-    worker processes: on the local testbed the half-speed device's compute per item differed by
-    up to 25% from one launch of its worker to the next (27 ms vs 30-39 ms for mobilenet_v2 in
+    worker processes: on the local testbed a device under a 0.5 CPU quota computed an item up to
+    25% slower in one launch of its worker than in the next (27 ms vs 30-39 ms for mobilenet_v2 in
     back-to-back launches) while staying within a few percent inside one launch, so a calibration
     taken on other workers mispriced the whole sweep. Use as a context manager; every session is
     closed on exit."""
@@ -190,13 +190,33 @@ class _Inputs:
     calibration: Any  # link calibration or None
     granularity: str
 
-    def whole_model_plans(self) -> dict[str, Plan]:
-        """Per device, the plan that runs the whole model on it (what the device runtime calibration runs)."""
+    def _local(self):
         from paretopipe.planning import plan_front
 
-        whole = plan_front(self.spec, self.graph, self.testbed, ("local", LinkCondition()), self.profiles, (1,), "exhaustive",
-                           granularity=self.granularity, calibration=self.calibration)
+        return plan_front(self.spec, self.graph, self.testbed, ("local", LinkCondition()), self.profiles, (1,), "exhaustive",
+                          granularity=self.granularity, calibration=self.calibration)
+
+    def whole_model_plans(self) -> dict[str, Plan]:
+        """Per device, the plan that runs the whole model on it (what the device runtime calibration runs)."""
+        whole = self._local()
         return {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
+
+    def tail_plans(self) -> dict[str, Plan]:
+        """Per device, a 2-stage plan ending with a short tail of the model on it (about
+        ``devicecal.TAIL_SHARE`` of its time), the head on the next device: what the device runtime
+        calibration runs for the stage start cost. Empty with one device or no cut."""
+        from paretopipe.devicecal import tail_cut
+
+        local = self._local()
+        inst = local.instance
+        if inst.n_devices < 2:
+            return {}
+        out = {}
+        for i, d in enumerate(inst.device_names):
+            cut = tail_cut(inst.node_ms[i].tolist(), inst.cut_positions.tolist())
+            if cut is not None:
+                out[d] = local.plan_for((cut,), ((i + 1) % inst.n_devices, i))
+        return out
 
 
 def _inputs(settings: SweepSettings, tb, log: Log) -> _Inputs:
@@ -243,7 +263,9 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessio
             save_plan(plan, pdir / f"{plan.id}.json")
         (out_dir / safe_name(scenario[0])).mkdir(parents=True, exist_ok=True)
         front_frame(result).to_csv(out_dir / safe_name(scenario[0]) / "predicted.csv", index=False)
-        log(f"{scenario[0]}: {len(plans)} plans to measure ({sum(f for _, f in plans)} on the predicted front) "
+        on_front = sum(f for _, f in plans)
+        near = f", {len(plans) - on_front} predicted within {100 * settings.near_margin:g}% of it" if how == "front" else ""
+        log(f"{scenario[0]}: {len(plans)} plans to measure ({on_front} on the predicted front{near}) "
             f"of {result.search.space_size:,} in the space")
         out.append((scenario, plans))
     return out, runtimes
@@ -292,7 +314,8 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
     plans = inputs.whole_model_plans()
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
     runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
-                                 warmup=settings.warmup, timeout_s=settings.timeout_s, log=log, rounds=devicecal.ROUNDS)
+                                 warmup=settings.warmup, timeout_s=settings.timeout_s, log=log, rounds=devicecal.ROUNDS,
+                                 tails=inputs.tail_plans())
     write_json_atomic({"schema": "paretopipe.device_runtime", "version": 1, "created": now(),
                        "backend": backend, "isolation": settings.isolation,
                        "devices": {d: r.to_dict() for d, r in runtimes.items()}}, path)
@@ -322,8 +345,8 @@ class _PassCheck:
     """The device runtime calibration, measured again at the start of every pass (and after workers
     are restarted), and the plans of the pass priced with it.
 
-    The machine drifts while a sweep runs: on the local testbed the half-speed device's whole-model
-    compute was 28.8, 33.2 and 38.5 ms at the start of three passes two minutes apart, with the
+    The machine drifts while a sweep runs: on the local testbed a device under a 0.5 CPU quota took
+    28.8, 33.2 and 38.5 ms for the whole model at the start of three passes two minutes apart, with the
     calibration before them at 30.3-31.0 ms. Predictions made once at the start then miss by that
     drift, which has nothing to do with the plans. A pass is a minute or a few, so a check at its
     start follows the machine; it costs a few seconds (``devicecal.PASS_ITEMS`` items per device).
@@ -334,6 +357,7 @@ class _PassCheck:
         self.settings, self.log = settings, log
         self._inputs: _Inputs | None = None
         self._whole: dict[str, Plan] = {}
+        self._tails: dict[str, Plan] = {}
         self._instances: dict[str, Any] = {}  # per network, priced with the current runtimes
         self.runtimes: Any = None
 
@@ -344,6 +368,7 @@ class _PassCheck:
             tb = load_testbed(self.settings.testbed, load_scenarios(self.settings.networks_file))
             self._inputs = _inputs(self.settings, tb, lambda m: None)
             self._whole = self._inputs.whole_model_plans()
+            self._tails = self._inputs.tail_plans()
         return self._inputs
 
     def measure(self, session: Any, what: str) -> None:
@@ -359,7 +384,7 @@ class _PassCheck:
                 session, self._whole, {d: p.predicted["stage_ms"][0] for d, p in self._whole.items()},
                 items=max(devicecal.PASS_ITEMS, self.settings.latency_items), warmup=self.settings.warmup,
                 timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"), rounds=devicecal.ROUNDS,
-                warm_round=False)
+                warm_round=False, tails=self._tails)
         except (ParetoPipeError, OSError) as exc:
             self.runtimes = None
             self.log(f"{what}: device runtime check failed ({exc}); the pass keeps the predictions made when the sweep was planned")
