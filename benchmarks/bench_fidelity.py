@@ -6,7 +6,8 @@ testbed/local-3.toml), under three network scenarios, this runs an *exhaustive* 
 over a candidate cut set (all block cuts for 2 stages; six evenly spaced block cuts for 3 stages,
 to keep the run under an hour). It then reports, over all measured configurations, the share
 whose predicted latency / throughput is within ±10% of the measured value, and what a
-*planner-guided* sweep (the predicted front and its neighbours, `--cuts front`) would have
+*planner-guided* sweep (the predicted front and the plans predicted near it, `--cuts front`, with
+the sweep's own `--near` and `--neighbours`) would have
 measured: how many configurations, and whether the measured front computed from only those
 configurations equals the measured front of the exhaustive sweep (same measurements, so the
 comparison is free of run-to-run noise).
@@ -18,10 +19,15 @@ throughput items per pass); its figures are the medians over the passes, as in a
     python benchmarks/bench_fidelity.py                      # everything (several hours)
     python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # 15 min here
 
-On the 2-core test machine, with ``--items 7``, the 2-stage runs took 15 min (mobilenet_v2) and
-35 min (resnet18), each pass's device runtime check included; mobilenet_v2 with 3 stages took
-37 min for lan and wifi alone.
+On the 2-core test machine, with ``--items 7``, the 2-stage runs took 14 min (mobilenet_v2) and
+38 min (resnet18), each pass's device runtime check included; mobilenet_v2 with 3 stages took
+6 min for lan alone:
+
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --items 7
     python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi
+
+Run again with the same ``--out``, it measures only what is missing and recomputes every figure
+(so a changed selection, ``--near`` or ``--neighbours``, is compared on the same measurements).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bench_pipeline.py`` (``--quick`` for a short run; ``--help`` for options).
 
 For each model and batch size, on the local testbed (``testbed/local.toml``: device "fast" is CPU 0,
-"slow" is CPU 1 under a 0.5 CPU quota), network "local", over ZeroMQ, with 2-stage plans
+"slow" is CPU 1 with kernels limited to 128-bit vectors; ``--testbed`` for another, e.g. one whose
+slow device has ``cpu_quota = 0.5``), network "local", over ZeroMQ, with 2-stage plans
 fast -> slow:
 
 1. *Balance by measurement.* A short throughput-mode run at every block cut of the model; the
@@ -30,7 +31,8 @@ busiest half second exceeds ``--max-other-cpu`` is discarded and repeated (at mo
 ``--retries`` times; the ``discarded`` column counts them). A short burst matters: another
 process taking half of a device's core for a second stalls a balanced pipeline for a second.
 
-``--cfs-period-us`` changes the CFS bandwidth period of the workers' quota cgroups for the run
+``--cfs-period-us`` changes the CFS bandwidth period of the workers' quota cgroups (devices with a
+``cpu_quota``) for the run
 (default: keep the launcher's, the shortest period that allows the kernel's 1 ms minimum quota,
 2 ms for 0.5 CPU). A quota lets a group run at full speed until its budget for the period is
 spent, then stops it until the period ends; with a period that is not much shorter than an
