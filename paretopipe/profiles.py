@@ -163,9 +163,10 @@ class Profile:
         for key, have, need in (("cpu_quota", self.cpu_quota, cpu_quota), ("isa", self.isa, isa)):
             if have != need:
                 flag = "--" + key.replace("_", "-")
+                value = f"{need:g}" if isinstance(need, float) else need
+                redo = f"with {flag} {value}" if need is not None else f"without {flag}"
                 raise ConfigError(where, key, f"profiled with {key} {have!r} but the device has {need!r}",
-                                  f"re-run paretopipe profile" + (f" with {flag} {need:g}" if isinstance(need, float) else
-                                                                 f" with {flag} {need}" if need else f" without {flag}"))
+                                  f"re-run paretopipe profile {redo}")
 
     def check_matches(self, spec: "ModelSpec | dict[str, Any]", batch_size: int, node_names: Sequence[str]) -> None:
         """Raise ConfigError unless this profile is for ``spec``, ``batch_size`` and these nodes."""

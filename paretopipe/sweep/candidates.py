@@ -12,7 +12,7 @@ first when only some fit.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
