@@ -10,6 +10,7 @@ the workers are restarted and the sweep goes on (``fail_fast`` stops instead).
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -190,7 +191,9 @@ class _Inputs:
     calibration: Any  # link calibration or None
     granularity: str
 
+    @functools.cached_property
     def _local(self):
+        """Every 1-stage plan on the unshaped network (planned once; both run lists come from it)."""
         from paretopipe.planning import plan_front
 
         return plan_front(self.spec, self.graph, self.testbed, ("local", LinkCondition()), self.profiles, (1,), "exhaustive",
@@ -198,7 +201,7 @@ class _Inputs:
 
     def whole_model_plans(self) -> dict[str, Plan]:
         """Per device, the plan that runs the whole model on it (what the device runtime calibration runs)."""
-        whole = self._local()
+        whole = self._local
         return {d: whole.plan_for((), (i,)) for i, d in enumerate(whole.instance.device_names)}
 
     def tail_plans(self) -> dict[str, Plan]:
@@ -207,7 +210,7 @@ class _Inputs:
         calibration runs for the stage start cost. Empty with one device or no cut."""
         from paretopipe.devicecal import tail_cut
 
-        local = self._local()
+        local = self._local
         inst = local.instance
         if inst.n_devices < 2:
             return {}
