@@ -215,16 +215,71 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
     outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     assert (outcome.measured, outcome.failed) == (7, 1)
     checks = [m for m in logged if m.startswith("lan zmq pass")]
-    assert [m.split(":")[0] for m in checks] == ["lan zmq pass 1"] * 2 + ["lan zmq pass 2"] * 4  # two devices each
-    assert rows["calibration"].str.endswith("(this pass)").all()
+    assert [m.split(":")[0].split(",")[0] for m in checks] == ["lan zmq pass 1"] * 2 + ["lan zmq pass 2"] * 4  # two devices each
+    assert [("(workers restarted):" in m) for m in checks] == [False] * 4 + [True] * 2
+    assert rows["calibration"].str.fullmatch(r".* \(check \d+\)").all()
     stage_ms = rows.assign(s=rows["pred_stage_ms"].map(lambda s: sum(json.loads(s)))).pivot(index="plan_id", columns="repeat", values="s")
     assert stage_ms[1].div(stage_ms[0]).round(3).eq(2.0).all()  # twice the compute in pass 2, predicted so
+
+
+def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monkeypatch):
+    # Each configuration takes 25 s of a fake clock and the devices slow down by 10% at every
+    # check: with --recheck 60 the pass is checked again before its 4th configuration (75 s after
+    # the first check), and that configuration and the next are priced with the new figures.
+    import paretopipe.sweep.runner as runner
+
+    now = [0.0]
+    monkeypatch.setattr(runner, "_clock", lambda: now[0])
+    checks = []
+
+    def reply(plan):
+        if plan.stages == 1:
+            if plan.devices[0] == "a":
+                checks.append(now[0])  # three rounds per check, at one time
+            return _whole_model_run(10.0 * 1.1 ** (len(set(checks)) - 1))
+        now[0] += 25.0
+        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+
+    outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=3, recheck_s=60.0)
+    per_pass = len(rows) // 3
+    assert outcome.measured == 3 * per_pass and per_pass >= 4
+    recorded = [json.loads(line) for line in (tmp_path / "run" / runner.CHECKS_FILE).read_text().splitlines()]
+    first = rows[rows["repeat"] == 0].reset_index()
+    assert first["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int).tolist() == \
+        [1, 1, 1] + [2] * min(3, per_pass - 3) + [3] * (per_pass - 6)
+    assert [r["reason"] for r in recorded[:2]] == ["start", "recheck"] and recorded[0]["check"] == 1
+    assert {r["repeat"] for r in recorded if r["reason"] == "start"} == {0, 1, 2}
+    assert all(set(r["devices"]) == {"a", "b"} and r["error"] is None for r in recorded)
+    assert [m.split(":")[0] for m in logged if m.startswith("lan zmq pass 1, ")][0] == "lan zmq pass 1, 75 s in"
+    # every row priced with the check it names: its stage sum / 1.1^(check - 1) is its plan's at check 1
+    check = rows["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int)
+    at_check_1 = rows["pred_stage_ms"].map(lambda s: sum(json.loads(s))) / 1.1 ** (check - 1)
+    assert check.max() == len(recorded) >= 6
+    assert at_check_1.groupby(rows["plan_id"]).agg(lambda v: v.max() / v.min()).max() == pytest.approx(1.0, abs=1e-4)  # stage ms kept to 4 decimals
+
+
+def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch):
+    import paretopipe.sweep.runner as runner
+
+    now = [0.0]
+    monkeypatch.setattr(runner, "_clock", lambda: now[0])
+
+    def reply(plan):
+        if plan.stages == 1:
+            return _whole_model_run(10.0)
+        now[0] += 1000.0
+        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+
+    _, rows, _, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2, recheck_s=0.0)
+    recorded = [json.loads(line) for line in (tmp_path / "run" / runner.CHECKS_FILE).read_text().splitlines()]
+    assert [(r["reason"], r["repeat"]) for r in recorded] == [("start", 0), ("start", 1)]
 
 
 def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
     _, rows, logged, configs = _fake_sweep(tmp_path, monkeypatch, lambda plan: {**_whole_model_run(10.0), "latency_ms_p50": 30.0},
                                            pass_check=False)
     assert not [m for m in logged if " pass " in m]
-    assert len(rows) == 4 and not rows["calibration"].str.contains("this pass").any()
+    assert len(rows) == 4 and not rows["calibration"].str.contains("check").any()
+    assert not (tmp_path / "run" / "device_checks.jsonl").exists()
     planned = {c.plan.id: c.plan.predicted["latency_ms"] for c in configs}
     assert rows.set_index("plan_id")["pred_latency_ms"].astype(float).to_dict() == pytest.approx(planned)

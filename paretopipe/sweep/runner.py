@@ -24,6 +24,12 @@ from paretopipe.sweep.store import RunStore, check_resume_compatible, now
 
 Log = Callable[[str], None]
 
+#: Every device runtime check of a sweep, one JSON object per line, in the run directory.
+CHECKS_FILE = "device_checks.jsonl"
+#: A check within a pass comes no sooner than this many times the last check's duration after it.
+RECHECK_COST = 4.0
+_clock = time.monotonic  # when checks are due (a module attribute so that tests can move time on)
+
 
 @dataclass
 class SweepSettings:
@@ -58,6 +64,7 @@ class SweepSettings:
     secure: bool = False
     device_runtime: bool = True  # run the whole model on each device first (paretopipe.devicecal)
     pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (_PassCheck)
+    recheck_s: float = 60.0  # ... and within a pass once this long has passed since the last check (0: never)
 
 
 @dataclass
@@ -346,18 +353,28 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
 
 class _PassCheck:
     """The device runtime calibration, measured again at the start of every pass (and after workers
-    are restarted), and the plans of the pass priced with it.
+    are restarted, and within a pass every ``recheck_s`` seconds), and the plans priced with the
+    latest check.
 
     The machine drifts while a sweep runs: on the local testbed a device under a 0.5 CPU quota took
     28.8, 33.2 and 38.5 ms for the whole model at the start of three passes two minutes apart, with the
     calibration before them at 30.3-31.0 ms. Predictions made once at the start then miss by that
-    drift, which has nothing to do with the plans. A pass is a minute or a few, so a check at its
-    start follows the machine; it costs a few seconds (``devicecal.PASS_ITEMS`` items per device).
-    The rows of the pass carry its predictions and, in ``calibration``, the factors they used.
+    drift, which has nothing to do with the plans. A check at the start of a pass follows the
+    machine from pass to pass; a pass of a larger model takes several minutes, and in one such pass
+    both devices computed 20-35% slower than at its start, so a pass is checked again once
+    ``recheck_s`` have passed since the last check, but no sooner than ``RECHECK_COST`` times the
+    last check's duration after it (the checks take at most about a fifth of the sweep). A check
+    costs a few seconds (``devicecal.PASS_ITEMS`` items per device). The rows carry the predictions
+    and, in ``calibration``, the factors they used; every check is appended to ``CHECKS_FILE``.
     """
 
     def __init__(self, settings: SweepSettings, log: Log) -> None:
         self.settings, self.log = settings, log
+        self.checked: tuple[str, str, int] | None = None  # the pass (network, backend, repeat) last checked
+        self.next_due = 0.0  # clock time from which the pass is checked again (recheck_s > 0)
+        self.started = 0.0  # clock time of the current pass's first check
+        self.restarted = False
+        self.count = self._recorded()  # a resumed sweep numbers its checks on
         self._inputs: _Inputs | None = None
         self._whole: dict[str, Plan] = {}
         self._tails: dict[str, Plan] = {}
@@ -374,13 +391,43 @@ class _PassCheck:
             self._tails = self._inputs.tail_plans()
         return self._inputs
 
-    def measure(self, session: Any, what: str) -> None:
-        """Measure the device runtime in ``session`` for the pass ``what``. If that fails, the pass
-        keeps the predictions made when the sweep was planned (a dead worker then fails the next
-        configuration, which restarts the workers as usual)."""
+    def forget(self) -> None:
+        """Check before the next configuration: the workers were restarted."""
+        self.restarted = True
+
+    def reason(self, cfg: Config) -> str | None:
+        """Why ``cfg`` needs a check first: "start" (of a pass), "restart" (of the workers),
+        "recheck" (``recheck_s`` since the last check); None if the last check still holds."""
+        if self.checked != (cfg.network, cfg.backend, cfg.repeat):
+            return "start"
+        if self.restarted:
+            return "restart"
+        if self.settings.recheck_s > 0 and _clock() >= self.next_due:
+            return "recheck"
+        return None
+
+    def ensure(self, session: Any, cfg: Config) -> None:
+        """Measure the device runtime before ``cfg`` if it is due."""
+        why = self.reason(cfg)
+        if why is None:
+            return
+        what = f"{cfg.network} {cfg.backend} pass {cfg.repeat + 1}"
+        if why == "start":
+            self.started = _clock()
+        else:
+            what += f", {_clock() - self.started:.0f} s in" + (" (workers restarted)" if why == "restart" else "")
+        self.checked, self.restarted = (cfg.network, cfg.backend, cfg.repeat), False
+        self.measure(session, what, why, cfg)
+
+    def measure(self, session: Any, what: str, why: str, cfg: Config) -> None:
+        """Measure the device runtime in ``session`` before ``cfg``. If that fails, plans are priced
+        as at the last check that worked (as when the sweep was planned if none did) until the next
+        one; a dead worker then fails the next configuration, which restarts the workers as usual."""
         from paretopipe import devicecal
 
         self._instances.clear()
+        t0 = _clock()
+        error = None
         try:
             self._setup()
             self.runtimes = devicecal.measure(
@@ -389,11 +436,42 @@ class _PassCheck:
                 timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"), rounds=devicecal.ROUNDS,
                 warm_round=False, tails=self._tails)
         except (ParetoPipeError, OSError) as exc:
-            self.runtimes = None
-            self.log(f"{what}: device runtime check failed ({exc}); the pass keeps the predictions made when the sweep was planned")
+            error = str(exc)
+            self.log(f"{what}: device runtime check failed ({exc}); until the next check, plans are priced "
+                     + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned"))
+        took = _clock() - t0
+        self.next_due = _clock() + max(self.settings.recheck_s, RECHECK_COST * took)
+        self.count += error is None
+        self._record({"check": self.count if error is None else None, "time": now(), "pass": what, "reason": why,
+                      "network": cfg.network, "backend": cfg.backend, "repeat": cfg.repeat, "seconds": round(took, 3),
+                      "error": error,
+                      "devices": {d: r.to_dict() for d, r in self.runtimes.items()} if error is None else None})
+
+    def _recorded(self) -> int:
+        """The highest check number in ``CHECKS_FILE`` so far (0 if there is none)."""
+        import json
+
+        try:
+            lines = (Path(self.settings.out) / CHECKS_FILE).read_text().splitlines()
+        except OSError:
+            return 0
+        last = 0
+        for line in lines:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                last = max(last, int(json.loads(line).get("check") or 0))
+        return last
+
+    def _record(self, record: dict[str, Any]) -> None:
+        import json
+
+        try:
+            with open(Path(self.settings.out) / CHECKS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # the measurements matter more than this record
+            self.log(f"could not record the device runtime check in {CHECKS_FILE}: {exc}")
 
     def price(self, cfg: Config) -> Config:
-        """``cfg`` with its plan priced with the runtime of the current pass (unchanged if none)."""
+        """``cfg`` with its plan priced with the latest check that worked (unchanged if none did)."""
         from paretopipe.devicecal import summary
         from paretopipe.planning import build_instance, link_models, reprice
 
@@ -404,7 +482,8 @@ class _PassCheck:
             links = link_models(inputs.testbed, (cfg.network, cfg.condition), inputs.calibration, list(inputs.profiles))
             self._instances[cfg.network] = build_instance(inputs.graph, inputs.profiles, inputs.testbed, links,
                                                           inputs.granularity, runtimes=self.runtimes)
-        plan = reprice(cfg.plan, self._instances[cfg.network], {"device_runtime": summary(self.runtimes) + " (this pass)"})
+        plan = reprice(cfg.plan, self._instances[cfg.network],
+                       {"device_runtime": summary(self.runtimes) + f" (check {self.count})"})
         return replace(cfg, plan=plan)
 
 
@@ -422,15 +501,12 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
     t_start = time.perf_counter()
     for backend in dict.fromkeys(c.backend for c in todo):
         mine = [c for c in todo if c.backend == backend]
-        checked = None  # the pass (network, repeat) the device runtime was last measured for
         try:
             for i, cfg in enumerate(mine):
                 progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
                 session = sessions.get(backend)
-                if check is not None and checked != (cfg.network, cfg.repeat):
-                    checked = (cfg.network, cfg.repeat)
-                    check.measure(session, f"{cfg.network} {backend} pass {cfg.repeat + 1}")
                 if check is not None:
+                    check.ensure(session, cfg)
                     cfg = check.price(cfg)
                 row = _base_row(cfg, settings, host, commit)
                 t0 = time.perf_counter()
@@ -446,7 +522,8 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
                     outcome.failures.append(f"{cfg.network} {backend} {cfg.plan.id}: {exc}")
                     log(f"FAILED {cfg.network} {backend} {cfg.plan.id}: {exc}")
                     sessions.drop(backend)  # restart the workers before the next configuration
-                    checked = None  # and measure the new workers' runtime first
+                    if check is not None:
+                        check.forget()  # and measure the new workers' runtime first
                     if settings.fail_fast:
                         row["duration_s"] = round(time.perf_counter() - t0, 3)
                         store.append(row)
