@@ -142,7 +142,7 @@ def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings,
             continue
         if (r["network"], start) not in instances:
             runtimes = {d: DeviceRuntime.from_dict(x) for d, x in by_number[start]["devices"].items()}
-            links = link_models(tb, (r["network"], resolve_network(r["network"], load_scenarios())), inputs.calibration,
+            links = link_models(tb, resolve_network(r["network"], load_scenarios()), inputs.calibration,
                                 list(inputs.profiles))
             instances[(r["network"], start)] = build_instance(inputs.graph, inputs.profiles, tb, links, inputs.granularity,
                                                               runtimes=runtimes)

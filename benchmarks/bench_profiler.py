@@ -8,7 +8,10 @@ and right after the profile:
     stage module measured directly; predicted = calibration x sum of the stage's node medians.
 
 It then profiles the model a second time and compares the two profiles (median over nodes of the
-per-node relative difference, and the node-sum difference). Last, it measures the whole-model slowdown
+per-node relative difference, and the node-sum difference). The direct runs of (a) and (b) sit
+between the two profiles, so the ``err_ab`` columns also predict them from the mean of both
+profiles (node medians and calibration): the machine's drift over the three, if steady, then
+cancels, and what remains is the profiler's own error plus the noise of shorter windows. Last, it measures the whole-model slowdown
 under ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller), with the CFS period the
 profiler and launcher use and with the longer ones of ``--quota-periods`` for comparison.
 Background CPU use by other processes during the run is printed too, since it disturbs every
@@ -138,13 +141,20 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             diffs = [abs(m - o.median_ms) / m for m, o in zip(node_ms, other.nodes) if m > 0]
             row["agree_node%"] = 100 * statistics.median(diffs)
             row["agree_sum%"] = 100 * abs(other.node_sum_ms - sum(node_ms)) / sum(node_ms)
+            # the direct runs sit between the two profiles: their mean cancels drift that is steady over the three
+            two = [(m + o.median_ms) / 2 for m, o in zip(node_ms, other.nodes)]
+            calib = (b.calibration + other.calibration) / 2
+            row["err_ab%"] = rel(calib * sum(two), whole_again)
+            row["err_ab_s0%"] = rel(calib * sum(two[: cut + 1]), meas0)
+            row["err_ab_s1%"] = rel(calib * sum(two[cut + 1:]), meas1)
         row["bg_cpus"] = bg.cpus()
         rows.append(row)
         print_row(row, header=len(rows) == 1)
 
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
-           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "bg_cpus", "waited_s"]
+           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "bg_cpus",
+           "waited_s"]
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -242,8 +252,10 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         run_model(name, args, rows)
     if rows:
-        for key in ("err_a%", "err_s0%", "err_s1%"):
-            errs = [abs(r[key]) for r in rows]
+        for key in ("err_a%", "err_s0%", "err_s1%", "err_ab%", "err_ab_s0%", "err_ab_s1%"):
+            errs = [abs(r[key]) for r in rows if key in r]
+            if not errs:
+                continue
             within = sum(e <= 5.0 for e in errs)
             print(f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}")
         if args.agreement:
