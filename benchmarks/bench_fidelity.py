@@ -15,9 +15,9 @@ comparison is free of run-to-run noise).
 Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan is measured in
 ``--repeats`` passes over its scenario's plans (``--items`` latency items, three times as many
 throughput items per pass); its figures are the medians over the passes, as in any sweep.
-Predictions follow the sweep's device runtime checks (at the start of every pass and every
-``--recheck`` seconds within it, the sweep's default); the same measurements are also priced as if
-each pass had been checked at its start only (``--recheck 0``), for comparison, and the range of
+Predictions follow device runtime checks at the start of every pass and every ``--recheck``
+seconds within it (default 60 here; the sweep's default is 0, at pass starts only); the same
+measurements are also priced as if each pass had been checked at its start only, for comparison, and the range of
 each device's whole-model time over the checks shows how far the machine drifted meanwhile.
 
     python benchmarks/bench_fidelity.py                      # everything (several hours)
@@ -154,13 +154,14 @@ def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings,
 
 
 def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
-            near: float) -> dict:
+            near: float, recheck: float) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
     settings = SweepSettings(model=model, testbed=testbed, networks=tuple(networks), stages=tuple(range(1, stages + 1)),
                              cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
-                             throughput_items=3 * items, repeats=repeats, out=str(run), resume=(run / "manifest.json").exists())
+                             throughput_items=3 * items, repeats=repeats, out=str(run), resume=(run / "manifest.json").exists(),
+                             recheck_s=recheck)
     store = RunStore(run, resume=settings.resume)
     with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
         configs = prepare(settings, store, log, sessions)
@@ -225,12 +226,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
     ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
                     help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
+    ap.add_argument("--recheck", type=float, default=60.0,
+                    help="seconds: check the device runtime again within a pass this often (as `sweep --recheck`)")
     ap.add_argument("--near", type=float, default=100 * SweepSettings.near_margin,
                     help="percent: plans predicted this close to the front are near it (as `sweep --near`)")
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100)
+    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100,
+                       args.recheck)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()

@@ -40,7 +40,7 @@ def sweep_command(
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."),
     device_runtime: bool = typer.Option(True, "--device-runtime/--no-device-runtime", help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see README, Calibration)."),
     pass_check: bool = typer.Option(True, "--pass-check/--no-pass-check", help="With --device-runtime: measure it again (a few seconds) at the start of every pass and predict the pass's plans with it, so predictions follow the machine's drift."),
-    recheck: float = typer.Option(60.0, "--recheck", min=0, help="With pass checks: check again within a pass once this many seconds have passed since the last check (and at least four times its duration); 0: only at the start of a pass."),
+    recheck: float = typer.Option(0.0, "--recheck", min=0, help="With pass checks: also check again within a pass once this many seconds have passed since the last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass."),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
     input_shape: Optional[str] = InputShapeOption,

@@ -64,7 +64,7 @@ class SweepSettings:
     secure: bool = False
     device_runtime: bool = True  # run the whole model on each device first (paretopipe.devicecal)
     pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (_PassCheck)
-    recheck_s: float = 60.0  # ... and within a pass once this long has passed since the last check (0: never)
+    recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
 
 
 @dataclass
