@@ -45,8 +45,9 @@ plan that uses the device. With rounds, one slow window moves one sample of thre
 them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
 
 A sweep measures it again, more briefly (``PASS_ITEMS`` in ``ROUNDS`` rounds, no warm-up round),
-at the start of every pass, and again within a pass every minute or so, and predicts the plans with the latest
-check (:class:`paretopipe.sweep.runner._PassCheck`): the machine drifts by more than 10% over minutes.
+at the start of every pass (and, with ``sweep --recheck``, again within a pass) and predicts the
+plans with the latest check (:class:`paretopipe.sweep.runner._PassCheck`): the machine drifts by
+more than 10% over minutes.
 """
 
 from __future__ import annotations
