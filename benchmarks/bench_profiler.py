@@ -11,9 +11,12 @@ It then profiles the model a second time and compares the two profiles (median o
 per-node relative difference, and the node-sum difference). The direct runs of (a) and (b) sit
 between the two profiles, so the ``err_ab`` columns also predict them from the mean of both
 profiles (node medians and calibration): the machine's drift over the three, if steady, then
-cancels, and what remains is the profiler's own error plus the noise of shorter windows. Last, it measures the whole-model slowdown
-under ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller), with the CFS period the
-profiler and launcher use and with the longer ones of ``--quota-periods`` for comparison.
+cancels, and what remains is the profiler's own error plus the noise of shorter windows. Each row
+also shows the first profile's own ``drift%`` (how far its whole-model time moved from the first
+half of its rounds to the second; `paretopipe profile` warns above 5%), and the summary counts the
+misses among steady and drifting profiles. Last, it measures the whole-model slowdown under
+``--cpu-quota 0.5`` (needs root and a cgroup CPU controller), with the CFS period the profiler and
+launcher use and with the longer ones of ``--quota-periods`` for comparison.
 Background CPU use by other processes during the run is printed too, since it disturbs every
 number here. Repeats and warm-up default to those of ``paretopipe profile``.
 
@@ -32,6 +35,7 @@ import time
 import torch
 
 from paretopipe import cgroups
+from paretopipe.cli.profile import DRIFT_WARN_PCT
 from paretopipe.errors import ParetoPipeError
 from paretopipe.graph import trace
 from paretopipe.models import build_model, example_input, resolve_spec
@@ -39,6 +43,7 @@ from paretopipe.profiler import ProfileSettings, profile_model
 from paretopipe.timing import Rounds, median, steady_allocator
 
 SEED_MODELS = "mobilenet_v2,resnet18,resnet50,vgg16,alexnet,inception_v3"
+STEADY_PCT = DRIFT_WARN_PCT
 
 
 def busy_jiffies() -> int:
@@ -134,7 +139,8 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
             "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
             "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
-            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "waited_s": waited,
+            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "drift%": b.whole_ms["drift_pct"],
+            "waited_s": waited,
         }
         if args.agreement:
             other = profile_model(spec, "bench", settings).batch(bs)
@@ -153,8 +159,8 @@ def run_model(name: str, args, rows: list[dict]) -> None:
 
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
-           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "bg_cpus",
-           "waited_s"]
+           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
+           "bg_cpus", "waited_s"]
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -166,7 +172,7 @@ def print_row(row: dict, header: bool) -> None:
     cells = []
     for c in COLUMNS:
         v = row.get(c, "")
-        cells.append((f"{v:+.1f}" if c.endswith("%") and c.startswith("err") else f"{v:.3g}" if isinstance(v, float) else str(v)).rjust(widths[c]))
+        cells.append((f"{v:+.1f}" if c.endswith("%") and c.startswith(("err", "drift")) else f"{v:.3g}" if isinstance(v, float) else str(v)).rjust(widths[c]))
     print(" ".join(cells), flush=True)
 
 
@@ -258,6 +264,10 @@ def main() -> None:
                 continue
             within = sum(e <= 5.0 for e in errs)
             print(f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}")
+        steady = [r for r in rows if abs(r["drift%"]) <= STEADY_PCT]
+        print(f"{len(steady)} of {len(rows)} profiles were steady (|drift| <= {STEADY_PCT:g}%, no warning from "
+              f"`paretopipe profile`); err_a% within 5% for {sum(abs(r['err_a%']) <= 5 for r in steady)} of them, "
+              f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}")
         if args.agreement:
             print(f"two profiles: per-node median difference max {max(r['agree_node%'] for r in rows):.1f}%, "
                   f"node-sum difference max {max(r['agree_sum%'] for r in rows):.1f}%")

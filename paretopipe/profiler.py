@@ -24,6 +24,10 @@ Method, per batch size:
    process's allocation history).
 4. Calibration = whole-model median / sum of node medians: the cost model multiplies node sums by
    it to account for the work between nodes that no node timer sees.
+5. Drift = how far the whole-model median moved from the first half of the rounds to the second
+   (:func:`paretopipe.timing.drift_pct`). Interleaving keeps the calibration ratio consistent
+   while the machine's speed changes, but not the times themselves: a profile whose drift is more
+   than a few per cent was taken on a machine that was not steady, and will not repeat that well.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from paretopipe.graph import Cut, ModelGraph, trace
 from paretopipe.models import ModelSpec, build_model, example_input
 from paretopipe.profiles import BatchProfile, BlockProfile, NodeProfile, Profile
 from paretopipe.stages import build_stages
-from paretopipe.timing import Rounds, Stat, steady_allocator, timer_overhead_ns
+from paretopipe.timing import Rounds, Stat, drift_pct, steady_allocator, timer_overhead_ns
 
 __all__ = ["ProfileSettings", "profile_model", "profile_batch", "Capture", "capture", "block_runs", "range_stage", "is_oom"]
 
@@ -327,7 +331,7 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
                                        sum(s.median_ms for s in node_stats[first : last + 1])))
     params = sum(n.param_nbytes for n in nodes)
     return BatchProfile(
-        batch_size=batch_size, whole_ms=whole.to_dict(), node_sum_ms=node_sum,
+        batch_size=batch_size, whole_ms={**whole.to_dict(), "drift_pct": drift_pct(whole_ns)}, node_sum_ms=node_sum,
         calibration=whole.median_ms / node_sum if node_sum > 0 else 1.0,
         peak_mem_nbytes=params + max((n.peak_act_nbytes for n in nodes), default=0),
         blocks=tuple(block_rows), nodes=nodes,

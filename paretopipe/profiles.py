@@ -1,12 +1,13 @@
 """The profile file: per-node, per-block and whole-model costs of one model on one device.
 
-A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 3``) and
+A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 4``) and
 self-describing: device name, model spec, input shape, batch sizes, the limits it ran under
 (threads, CPUs, CPU quota, instruction set limit), the device fingerprint and the exact command line. For each batch
 size it holds the whole-model time, the sum of node medians, their ratio (the *calibration*, which
 the cost model multiplies node sums by), per-block times and per-node rows in graph order, each
-with its wall-clock and CPU time. Version 1 files (no node CPU times) and version 2 files (no
-instruction set limit) are still read.
+with its wall-clock and CPU time, and how far the whole-model time drifted while it was measured.
+Version 1 files (no node CPU times), version 2 files (no instruction set limit) and version 3
+files (no drift; read as ``drift_pct: None``) are still read.
 
 Memory figures are estimates from tensor sizes, not measurements: ``live_nbytes`` of a node is the
 activation bytes alive after it (what a cut there would hold), ``peak_act_nbytes`` the activation
@@ -40,9 +41,10 @@ __all__ = [
 ]
 
 SCHEMA = "paretopipe.profile"
-VERSION = 3
-#: Versions this reader loads: version 1 files have no node CPU times (``cpu_ms``).
-READS = (1, 2, 3)
+VERSION = 4
+#: Versions this reader loads: version 1 files have no node CPU times (``cpu_ms``), versions 1-2
+#: no ``isa``, versions 1-3 no ``whole_ms.drift_pct``.
+READS = (1, 2, 3, 4)
 _NUM = (int, float)
 
 
@@ -81,10 +83,15 @@ class BlockProfile:
 
 @dataclass(frozen=True)
 class BatchProfile:
-    """Everything measured at one batch size; ``whole_ms`` is {median, iqr, n}."""
+    """Everything measured at one batch size; ``whole_ms`` is {median, iqr, n, drift_pct}.
+
+    ``drift_pct``: how far the whole-model median moved from the first half of the timing rounds
+    to the second, in per cent (+: slower; see :func:`paretopipe.timing.drift_pct`), None in
+    files older than version 4.
+    """
 
     batch_size: int
-    whole_ms: dict[str, float]
+    whole_ms: dict[str, float | int | None]
     node_sum_ms: float
     calibration: float
     peak_mem_nbytes: int
@@ -252,7 +259,7 @@ _MODEL = {"name": (str,), "input_shape": (list,), "weights": (str, type(None)), 
           "seed": (int,), "source": (str,), "leaf_modules": (list,)}
 _METHOD = {"warmup": (int,), "repeats": (int,), "min_time_s": _NUM, "node_timing": (str,), "timer_overhead_ns": (int,),
            "steady_allocator": (bool,)}
-_WHOLE = {"median": _NUM, "iqr": _NUM, "n": (int,)}
+_WHOLE = {"median": _NUM, "iqr": _NUM, "n": (int,), "drift_pct": (*_NUM, type(None))}
 _BATCH = {"batch_size": (int,), "whole_ms": (dict,), "node_sum_ms": _NUM, "calibration": _NUM,
           "peak_mem_nbytes": (int,), "blocks": (list,), "nodes": (list,)}
 _BLOCK = {f.name: (str,) if f.name == "name" else (int,) if f.type == "int" else _NUM for f in fields(BlockProfile)}
@@ -270,6 +277,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
                           "re-run paretopipe profile with this version")
     node_optional = frozenset({"cpu_ms"}) if isinstance(data, dict) and data.get("version") == 1 else frozenset()
     top_optional = frozenset({"isa"}) if isinstance(data, dict) and data.get("version") in (1, 2) else frozenset()
+    whole_optional = frozenset({"drift_pct"}) if isinstance(data, dict) and data.get("version") in (1, 2, 3) else frozenset()
     d = c.obj(data, "", _TOP, top_optional)
     c.obj(d["model"], "model", _MODEL)
     c.ints(d["model"]["input_shape"], "model.input_shape", 1)
@@ -284,7 +292,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
     for i, raw in enumerate(d["batches"]):
         where = f"batches[{i}]"
         b = c.obj(raw, where, _BATCH)
-        c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE)
+        whole = {"drift_pct": None, **c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE, whole_optional)}
         blocks = tuple(BlockProfile(**c.obj(x, f"{where}.blocks[{j}]", _BLOCK)) for j, x in enumerate(b["blocks"]))
         nodes = tuple(NodeProfile(**c.obj(x, f"{where}.nodes[{j}]", _NODE, node_optional)) for j, x in enumerate(b["nodes"]))
         for j, node in enumerate(nodes):
@@ -292,7 +300,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
                 raise ConfigError(path, f"{where}.nodes[{j}].index", f"expected {j}, got {node.index}", "nodes must be in graph order")
         if i and [n.name for n in nodes] != [n.name for n in batches[0].nodes]:
             raise ConfigError(path, f"{where}.nodes", "node names differ from batches[0]")
-        batches.append(BatchProfile(b["batch_size"], dict(b["whole_ms"]), b["node_sum_ms"], b["calibration"],
+        batches.append(BatchProfile(b["batch_size"], whole, b["node_sum_ms"], b["calibration"],
                                     b["peak_mem_nbytes"], blocks, nodes))
     if not batches or [b.batch_size for b in batches] != list(batch_sizes):
         raise ConfigError(path, "batches", f"batch sizes {[b.batch_size for b in batches]} do not match batch_sizes {list(batch_sizes)}")

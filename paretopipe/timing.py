@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 from paretopipe.errors import UsageError
 
-__all__ = ["Stat", "percentile", "median", "iqr", "timer_overhead_ns", "Rounds", "repeat_until", "steady_allocator"]
+__all__ = ["Stat", "percentile", "median", "iqr", "drift_pct", "timer_overhead_ns", "Rounds", "repeat_until", "steady_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -66,6 +66,23 @@ def median(values: Sequence[float]) -> float:
 def iqr(values: Sequence[float]) -> float:
     """The interquartile range: 75th minus 25th percentile (NaN for an empty sequence)."""
     return percentile(values, 75.0) - percentile(values, 25.0)
+
+
+def drift_pct(samples: Sequence[float]) -> float:
+    """How far the median moved, in per cent of the whole median, from the first half of
+    ``samples`` (in the order they were taken) to the second half: + means it got slower.
+
+    The samples of one measurement should not trend; a few per cent of drift means the machine's
+    speed changed while it ran (other load, frequency, a noisy neighbour of a virtual machine).
+    0.0 for fewer than 4 samples (too few halves to compare).
+    """
+    if len(samples) < 4:
+        return 0.0
+    half = len(samples) // 2
+    whole = median(samples)
+    if not whole:
+        return 0.0
+    return 100.0 * (median(samples[-half:]) - median(samples[:half])) / whole
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -126,6 +127,24 @@ def test_show_conflicts_and_bad_files(tmp_path):
     _one_line_error(_run("--show", str(tmp_path / "none.json")), 2, "file not found")
     (tmp_path / "bad.json").write_text('{"schema": "paretopipe.profile", "version": 1}')
     _one_line_error(_run("--show", str(tmp_path / "bad.json")), 2, "bad.json: device: missing")
+
+
+def test_show_warns_about_a_profile_taken_while_the_machine_drifted(tmp_path):
+    from paretopipe.profiles import save_profile
+    from tests.test_profiles import make_profile
+
+    steady = make_profile()  # drift -0.5%
+    save_profile(steady, tmp_path / "steady.json")
+    shown = _run("--show", str(tmp_path / "steady.json"))
+    assert shown.exit_code == 0 and "drift_pct" in shown.stdout and "not steady" not in shown.stdout
+    b = steady.batches[1]
+    drifted = dataclasses.replace(steady, batches=(steady.batches[0], dataclasses.replace(b, whole_ms={**b.whole_ms, "drift_pct": 12.3})))
+    save_profile(drifted, tmp_path / "drifted.json")
+    shown = _run("--show", str(tmp_path / "drifted.json"))
+    assert shown.exit_code == 0
+    warnings = [line for line in shown.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: batch 4: the whole-model time moved +12.3%")
+    assert json.loads(_run("--show", str(tmp_path / "drifted.json"), "-f", "json").stdout)["batches"][1]["drift_pct"] == 12.3
 
 
 @pytest.mark.cgroup

@@ -32,6 +32,16 @@ def test_sleep_node_median_is_5ms_and_calibration_near_one(sleepy_profile):
         assert all(n.cpu_ms is not None and n.cpu_ms >= 0 for n in b.nodes)
 
 
+def test_drift_is_near_zero_when_steady_and_positive_when_the_machine_slows():
+    steady = profile_model(resolve_spec(SLEEPY), "toy", ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 10}))
+    assert abs(steady.batch(1).whole_ms["drift_pct"]) < 10
+    # 20 rounds, each calling the sleep 3 times (whole, block, node): the second half of the
+    # whole-model samples sleeps ~3 ms more than the first, on ~5 ms
+    slowing = profile_model(resolve_spec("tests.fixtures.profiler_models:slowing"), "toy",
+                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20}))
+    assert 30 < slowing.batch(1).whole_ms["drift_pct"] < 100
+
+
 def test_linear_flops_and_bytes(sleepy_profile):
     for b in sleepy_profile.batches:
         fc = next(n for n in b.nodes if n.name == "fc")

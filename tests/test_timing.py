@@ -8,7 +8,7 @@ import time
 import pytest
 
 from paretopipe.errors import UsageError
-from paretopipe.timing import Rounds, Stat, iqr, median, percentile, repeat_until, steady_allocator, timer_overhead_ns
+from paretopipe.timing import Rounds, Stat, drift_pct, iqr, median, percentile, repeat_until, steady_allocator, timer_overhead_ns
 
 
 def test_percentiles_interpolate_like_numpy():
@@ -26,6 +26,14 @@ def test_stat_from_ns_subtracts_overhead_and_converts_to_ms():
     st = Stat.from_ns([2_000_000, 3_000_000, 4_000_000], overhead_ns=1_000_000)
     assert st == Stat(median_ms=2.0, iqr_ms=1.0, n=3)
     assert st.to_dict() == {"median": 2.0, "iqr": 1.0, "n": 3}
+
+
+def test_drift_compares_the_medians_of_the_two_halves():
+    assert drift_pct([10, 10, 10, 10]) == 0.0
+    assert drift_pct([10, 10, 11, 11, 12, 12]) == pytest.approx(100 * (12 - 10) / 11)  # halves 10,10,11 / 11,12,12
+    assert drift_pct([12, 11, 10, 10, 9]) == pytest.approx(100 * (9.5 - 11.5) / 10)  # odd count: middle sample left out
+    assert drift_pct([5, 50, 500]) == 0.0  # too few samples to compare halves
+    assert drift_pct([0, 0, 0, 0]) == 0.0
 
 
 def test_rounds_need_both_count_and_time():

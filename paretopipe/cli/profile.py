@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from paretopipe.profiles import Profile
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The summary warns about a batch whose whole-model time drifted more than this (per cent).
+DRIFT_WARN_PCT = 5.0
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -149,7 +151,7 @@ def summary_rows(profile: "Profile", top: int = 10) -> dict[str, Any]:
         cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
         batches.append({
             "batch_size": b.batch_size, "whole_ms": b.whole_ms["median"], "whole_iqr_ms": b.whole_ms["iqr"],
-            "n": b.whole_ms["n"], "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
+            "n": b.whole_ms["n"], "drift_pct": b.whole_ms.get("drift_pct"), "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
             "node_cpu_sum_ms": cpu_sum, "planned_by": "cpu" if profile.shares_by_cpu(b.batch_size) else "wall",
             "peak_mem_mib": _mib(b.peak_mem_nbytes),
             "heaviest": [{"index": n.index, "name": n.name, "block": n.block, "median_ms": n.median_ms,
@@ -184,11 +186,16 @@ def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, to
     typer.echo(f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
                f"{profile.method['node_timing']}, {profile.created}")
     typer.echo(describe(profile.fingerprint))
-    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
+    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "drift_pct", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
     render(data["batches"], fmt, cols, title="Whole model vs sum of nodes")
     if any(b["planned_by"] == "cpu" for b in data["batches"]):
         typer.echo("planned_by cpu: measured under a CPU quota, so plans share the whole-model time out by node CPU time, "
                    "not by wall time (planned_ms)")
+    for b in data["batches"]:
+        if b["drift_pct"] is not None and abs(b["drift_pct"]) > DRIFT_WARN_PCT:
+            typer.echo(f"warning: batch {b['batch_size']}: the whole-model time moved {b['drift_pct']:+.1f}% from the first "
+                       "half of the timing rounds to the second (drift_pct); the machine's speed was not steady, so these "
+                       "times may not repeat: profile again when it is idle")
     for b in data["batches"]:
         render(b["heaviest"], fmt, title=f"batch {b['batch_size']}: {len(b['heaviest'])} heaviest nodes")
         render(b["blocks"], fmt, title=f"batch {b['batch_size']}: blocks (measured as one stage each)")
