@@ -292,8 +292,6 @@ class Session:
 
     def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
         """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
-        import torch
-
         from paretopipe.models import ModelSpec, example_input
         from paretopipe.stages import compare_outputs, assemble_output
 
