@@ -13,8 +13,12 @@ between the two profiles, so the ``err_ab`` columns also predict them from the m
 profiles (node medians and calibration): the machine's drift over the three, if steady, then
 cancels, and what remains is the profiler's own error plus the noise of shorter windows. Each row
 also shows the first profile's own ``drift%`` (how far its whole-model time moved from the first
-half of its rounds to the second; `paretopipe profile` warns above 5%), and the summary counts the
-misses among steady and drifting profiles. Last, it measures the whole-model slowdown under
+half of its counted rounds to the second; `paretopipe profile` warns above 5%) and ``discarded``,
+the rounds it ran and dropped while waiting for the drift to fall below ``--steady`` (as
+`paretopipe profile --steady`), and the summary counts the misses among steady and drifting
+profiles. With ``--compare-steady`` each row first profiles without waiting (``--steady 0``) and
+measures the whole model right after that profile too: ``err_a0%`` is that profile's error, side by
+side with ``err_a%``, the waiting profile's. Last, it measures the whole-model slowdown under
 ``--cpu-quota 0.5`` (needs root and a cgroup CPU controller), with the CFS period the profiler and
 launcher use and with the longer ones of ``--quota-periods`` for comparison.
 Background CPU use by other processes during the run is printed too, since it disturbs every
@@ -23,11 +27,13 @@ number here. Repeats and warm-up default to those of ``paretopipe profile``.
 Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~12 min)
      python benchmarks/bench_profiler.py --models resnet18,alexnet --batch-sizes 1 --no-quota
      python benchmarks/bench_profiler.py --cpus 0 --no-quota   (pinned, as a testbed device is)
+     python benchmarks/bench_profiler.py --compare-steady --no-quota   (waiting for a steady machine or not)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -120,11 +126,16 @@ def run_model(name: str, args, rows: list[dict]) -> None:
     for bs in args.batch_sizes:
         settings = ProfileSettings(batch_sizes=(bs,), threads=1, repeats=args.repeats, warmup=args.warmup,
                                    min_time_s=args.min_time_s, node_timing=args.node_timing, cpus=args.cpus,
-                                   command=("bench_profiler",))
+                                   steady_pct=args.steady, command=("bench_profiler",))
         waited = wait_quiet(args.quiet, args.max_wait_s)
         bg = Background()
-        b = profile_model(spec, "bench", settings).batch(bs)
         x = example_input(spec, bs)
+        row: dict = {}
+        if args.compare_steady:
+            b0 = profile_model(spec, "bench", dataclasses.replace(settings, steady_pct=0.0)).batch(bs)
+            (again0,) = measure_interleaved([lambda: model(x)], args.repeats, args.min_time_s, args.warmup)
+            row.update({"err_a0%": rel(b0.calibration * b0.node_sum_ms, again0), "drift0%": b0.whole_ms["drift_pct"]})
+        b = profile_model(spec, "bench", settings).batch(bs)
         node_ms = [n.median_ms for n in b.nodes]
         graph = trace(model, x, leaf_modules=spec.leaf_modules)
         cut = middle_block_cut(graph, node_ms)
@@ -136,11 +147,11 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         pred0 = b.calibration * sum(node_ms[: cut + 1])
         pred1 = b.calibration * sum(node_ms[cut + 1:])
         row = {
-            "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
+            **row, "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
             "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
             "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
             "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "drift%": b.whole_ms["drift_pct"],
-            "waited_s": waited,
+            "discarded": b.whole_ms["discarded"], "waited_s": waited,
         }
         if args.agreement:
             other = profile_model(spec, "bench", settings).batch(bs)
@@ -160,7 +171,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
            "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
-           "bg_cpus", "waited_s"]
+           "discarded", "err_a0%", "drift0%", "bg_cpus", "waited_s"]
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -172,7 +183,8 @@ def print_row(row: dict, header: bool) -> None:
     cells = []
     for c in COLUMNS:
         v = row.get(c, "")
-        cells.append((f"{v:+.1f}" if c.endswith("%") and c.startswith(("err", "drift")) else f"{v:.3g}" if isinstance(v, float) else str(v)).rjust(widths[c]))
+        number = isinstance(v, float)
+        cells.append((f"{v:+.1f}" if number and c.endswith("%") and c.startswith(("err", "drift")) else f"{v:.3g}" if number else str(v)).rjust(widths[c]))
     print(" ".join(cells), flush=True)
 
 
@@ -235,6 +247,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=ProfileSettings.warmup, help="as `paretopipe profile --warmup`")
     ap.add_argument("--min-time-s", type=float, default=1.0)
     ap.add_argument("--node-timing", default="sequence", choices=["sequence", "isolated"])
+    ap.add_argument("--steady", type=float, default=ProfileSettings.steady_pct, help="as `paretopipe profile --steady`")
+    ap.add_argument("--compare-steady", action="store_true",
+                    help="also profile without waiting for a steady machine, each profile followed by its own whole-model run")
     ap.add_argument("--no-agreement", dest="agreement", action="store_false", help="skip the second profile")
     ap.add_argument("--no-quota", dest="quota", action="store_false", help="skip the CPU quota check")
     ap.add_argument("--quota-model", default="resnet18")
@@ -258,7 +273,7 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         run_model(name, args, rows)
     if rows:
-        for key in ("err_a%", "err_s0%", "err_s1%", "err_ab%", "err_ab_s0%", "err_ab_s1%"):
+        for key in ("err_a%", "err_s0%", "err_s1%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "err_a0%"):
             errs = [abs(r[key]) for r in rows if key in r]
             if not errs:
                 continue
@@ -267,7 +282,11 @@ def main() -> None:
         steady = [r for r in rows if abs(r["drift%"]) <= STEADY_PCT]
         print(f"{len(steady)} of {len(rows)} profiles were steady (|drift| <= {STEADY_PCT:g}%, no warning from "
               f"`paretopipe profile`); err_a% within 5% for {sum(abs(r['err_a%']) <= 5 for r in steady)} of them, "
-              f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}")
+              f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}; "
+              f"{sum(r['discarded'] > 0 for r in rows)} waited for a steady machine ({sum(r['discarded'] for r in rows)} rounds discarded)")
+        if args.compare_steady:
+            print(f"without waiting (err_a0%): within 5% for {sum(abs(r['err_a0%']) <= 5 for r in rows)} of {len(rows)}; "
+                  f"waiting (err_a%): {sum(abs(r['err_a%']) <= 5 for r in rows)} of {len(rows)}")
         if args.agreement:
             print(f"two profiles: per-node median difference max {max(r['agree_node%'] for r in rows):.1f}%, "
                   f"node-sum difference max {max(r['agree_sum%'] for r in rows):.1f}%")

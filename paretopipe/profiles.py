@@ -1,13 +1,15 @@
 """The profile file: per-node, per-block and whole-model costs of one model on one device.
 
-A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 4``) and
+A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 5``) and
 self-describing: device name, model spec, input shape, batch sizes, the limits it ran under
 (threads, CPUs, CPU quota, instruction set limit), the device fingerprint and the exact command line. For each batch
 size it holds the whole-model time, the sum of node medians, their ratio (the *calibration*, which
 the cost model multiplies node sums by), per-block times and per-node rows in graph order, each
-with its wall-clock and CPU time, and how far the whole-model time drifted while it was measured.
-Version 1 files (no node CPU times), version 2 files (no instruction set limit) and version 3
-files (no drift; read as ``drift_pct: None``) are still read.
+with its wall-clock and CPU time, how far the whole-model time drifted while it was measured, and
+how many rounds were discarded while waiting for a steady machine. Version 1 files (no node CPU
+times), version 2 files (no instruction set limit), version 3 files (no drift; read as
+``drift_pct: None``) and version 4 files (no waiting; read as ``discarded: None`` and
+``method.steady_pct: None``) are still read.
 
 Memory figures are estimates from tensor sizes, not measurements: ``live_nbytes`` of a node is the
 activation bytes alive after it (what a cut there would hold), ``peak_act_nbytes`` the activation
@@ -41,10 +43,11 @@ __all__ = [
 ]
 
 SCHEMA = "paretopipe.profile"
-VERSION = 4
+VERSION = 5
 #: Versions this reader loads: version 1 files have no node CPU times (``cpu_ms``), versions 1-2
-#: no ``isa``, versions 1-3 no ``whole_ms.drift_pct``.
-READS = (1, 2, 3, 4)
+#: no ``isa``, versions 1-3 no ``whole_ms.drift_pct``, versions 1-4 no ``whole_ms.discarded`` and
+#: no ``method.steady_pct`` / ``method.max_rounds_factor``.
+READS = (1, 2, 3, 4, 5)
 _NUM = (int, float)
 
 
@@ -83,11 +86,13 @@ class BlockProfile:
 
 @dataclass(frozen=True)
 class BatchProfile:
-    """Everything measured at one batch size; ``whole_ms`` is {median, iqr, n, drift_pct}.
+    """Everything measured at one batch size; ``whole_ms`` is {median, iqr, n, drift_pct, discarded}.
 
-    ``drift_pct``: how far the whole-model median moved from the first half of the timing rounds
-    to the second, in per cent (+: slower; see :func:`paretopipe.timing.drift_pct`), None in
-    files older than version 4.
+    ``drift_pct``: how far the whole-model median moved from the first half of the counted timing
+    rounds to the second, in per cent (+: slower; see :func:`paretopipe.timing.drift_pct`), None
+    in files older than version 4. ``discarded``: timing rounds run and dropped (the oldest first)
+    while the drift was above the profile's ``method.steady_pct``, None in files older than
+    version 5.
     """
 
     batch_size: int
@@ -258,8 +263,8 @@ _TOP = {
 _MODEL = {"name": (str,), "input_shape": (list,), "weights": (str, type(None)), "weights_sha256": (str, type(None)),
           "seed": (int,), "source": (str,), "leaf_modules": (list,)}
 _METHOD = {"warmup": (int,), "repeats": (int,), "min_time_s": _NUM, "node_timing": (str,), "timer_overhead_ns": (int,),
-           "steady_allocator": (bool,)}
-_WHOLE = {"median": _NUM, "iqr": _NUM, "n": (int,), "drift_pct": (*_NUM, type(None))}
+           "steady_allocator": (bool,), "steady_pct": (*_NUM, type(None)), "max_rounds_factor": (*_NUM, type(None))}
+_WHOLE = {"median": _NUM, "iqr": _NUM, "n": (int,), "drift_pct": (*_NUM, type(None)), "discarded": (int, type(None))}
 _BATCH = {"batch_size": (int,), "whole_ms": (dict,), "node_sum_ms": _NUM, "calibration": _NUM,
           "peak_mem_nbytes": (int,), "blocks": (list,), "nodes": (list,)}
 _BLOCK = {f.name: (str,) if f.name == "name" else (int,) if f.type == "int" else _NUM for f in fields(BlockProfile)}
@@ -277,11 +282,13 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
                           "re-run paretopipe profile with this version")
     node_optional = frozenset({"cpu_ms"}) if isinstance(data, dict) and data.get("version") == 1 else frozenset()
     top_optional = frozenset({"isa"}) if isinstance(data, dict) and data.get("version") in (1, 2) else frozenset()
-    whole_optional = frozenset({"drift_pct"}) if isinstance(data, dict) and data.get("version") in (1, 2, 3) else frozenset()
+    version = data.get("version") if isinstance(data, dict) else None
+    whole_optional = frozenset({"drift_pct", "discarded"}) if version in (1, 2, 3) else frozenset({"discarded"}) if version == 4 else frozenset()
+    method_optional = frozenset({"steady_pct", "max_rounds_factor"}) if version in (1, 2, 3, 4) else frozenset()
     d = c.obj(data, "", _TOP, top_optional)
     c.obj(d["model"], "model", _MODEL)
     c.ints(d["model"]["input_shape"], "model.input_shape", 1)
-    c.obj(d["method"], "method", _METHOD)
+    c.obj(d["method"], "method", _METHOD, method_optional)
     fp = c.obj(d["fingerprint"], "fingerprint", FINGERPRINT_FIELDS, FINGERPRINT_OPTIONAL)
     c.ints(fp["cpus_allowed"], "fingerprint.cpus_allowed")
     for i, arg in enumerate(d["command"]):
@@ -292,7 +299,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
     for i, raw in enumerate(d["batches"]):
         where = f"batches[{i}]"
         b = c.obj(raw, where, _BATCH)
-        whole = {"drift_pct": None, **c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE, whole_optional)}
+        whole = {"drift_pct": None, "discarded": None, **c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE, whole_optional)}
         blocks = tuple(BlockProfile(**c.obj(x, f"{where}.blocks[{j}]", _BLOCK)) for j, x in enumerate(b["blocks"]))
         nodes = tuple(NodeProfile(**c.obj(x, f"{where}.nodes[{j}]", _NODE, node_optional)) for j, x in enumerate(b["nodes"]))
         for j, node in enumerate(nodes):
@@ -308,7 +315,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         device=d["device"], model=dict(d["model"]), model_label=d["model_label"],
         input_shape=c.ints(d["input_shape"], "input_shape", 1), batch_sizes=batch_sizes, threads=d["threads"],
         cpus=None if d["cpus"] is None else c.ints(d["cpus"], "cpus"), cpu_quota=d["cpu_quota"],
-        method=dict(d["method"]), created=d["created"], command=tuple(d["command"]), fingerprint=dict(fp),
+        method={"steady_pct": None, "max_rounds_factor": None, **d["method"]}, created=d["created"], command=tuple(d["command"]), fingerprint=dict(fp),
         batches=tuple(batches), isa=d.get("isa"),
     )
 

@@ -122,6 +122,12 @@ def test_out_of_memory_names_the_batch_and_leaves_no_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_bad_steady_settings_are_one_line_errors(tmp_path):
+    _one_line_error(_run(SLEEPY, "--device", "toy", "--steady", "-1", "-o", str(tmp_path / "p.json")), 2, "steady per cent -1.0 must be >= 0")
+    _one_line_error(_run(SLEEPY, "--device", "toy", "--max-rounds-factor", "0.5", "-o", str(tmp_path / "p.json")), 2, "round factor 0.5")
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_show_conflicts_and_bad_files(tmp_path):
     _one_line_error(_run(SLEEPY, "--show", "x.json"), 2, "not both")
     _one_line_error(_run("--show", str(tmp_path / "none.json")), 2, "file not found")
@@ -144,6 +150,7 @@ def test_show_warns_about_a_profile_taken_while_the_machine_drifted(tmp_path):
     assert shown.exit_code == 0
     warnings = [line for line in shown.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: batch 4: the whole-model time moved +12.3%")
+    assert "after 3 more rounds waiting for it to settle" in warnings[0] and "discarded" in shown.stdout
     assert json.loads(_run("--show", str(tmp_path / "drifted.json"), "-f", "json").stdout)["batches"][1]["drift_pct"] == 12.3
 
 

@@ -34,12 +34,32 @@ def test_sleep_node_median_is_5ms_and_calibration_near_one(sleepy_profile):
 
 def test_drift_is_near_zero_when_steady_and_positive_when_the_machine_slows():
     steady = profile_model(resolve_spec(SLEEPY), "toy", ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 10}))
-    assert abs(steady.batch(1).whole_ms["drift_pct"]) < 10
+    assert abs(steady.batch(1).whole_ms["drift_pct"]) < 10 and steady.batch(1).whole_ms["discarded"] == 0
     # 20 rounds, each calling the sleep 3 times (whole, block, node): the second half of the
     # whole-model samples sleeps ~3 ms more than the first, on ~5 ms
     slowing = profile_model(resolve_spec("tests.fixtures.profiler_models:slowing"), "toy",
-                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20}))
+                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20, "steady_pct": 0}))
     assert 30 < slowing.batch(1).whole_ms["drift_pct"] < 100
+    assert slowing.batch(1).whole_ms["discarded"] == 0 and slowing.method["steady_pct"] == 0
+
+
+def test_rounds_continue_until_the_machine_settles_and_the_oldest_are_discarded():
+    # the sleep lengthens over the first 60 calls (20 rounds) and then stays at 8 ms: the window of
+    # 20 counted rounds slides on until its halves agree, and describes the settled machine
+    settled = profile_model(resolve_spec("tests.fixtures.profiler_models:settling"), "toy",
+                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20}))
+    b = settled.batch(1)
+    assert 5 <= b.whole_ms["discarded"] <= 40 and abs(b.whole_ms["drift_pct"]) <= 5
+    assert b.whole_ms["n"] == b.nodes[0].n == b.blocks[0].n == 20
+    assert 7.5 <= b.nodes[0].median_ms <= 9.5  # 8 ms settled, not the mix of the ramp
+    assert settled.method["steady_pct"] == 5.0 and settled.method["max_rounds_factor"] == 3.0
+
+
+def test_a_machine_that_never_settles_stops_at_the_round_limit_with_its_drift():
+    slowing = profile_model(resolve_spec("tests.fixtures.profiler_models:slowing"), "toy",
+                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 10, "max_rounds_factor": 2.5}))
+    b = slowing.batch(1)
+    assert b.whole_ms["discarded"] == 15 and b.whole_ms["n"] == 10 and b.whole_ms["drift_pct"] > 5
 
 
 def test_linear_flops_and_bytes(sleepy_profile):
@@ -112,7 +132,7 @@ def test_is_oom_recognises_torch_messages():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(batch_sizes=()), dict(batch_sizes=(0,)), dict(batch_sizes=(2, 2)), dict(threads=0), dict(repeats=0),
-     dict(node_timing="random")],
+     dict(node_timing="random"), dict(steady_pct=-1), dict(max_rounds_factor=0.5), dict(steady_pct=float("nan"))],
 )
 def test_bad_settings_are_rejected_before_work(kwargs):
     with pytest.raises(UsageError):

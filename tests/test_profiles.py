@@ -32,7 +32,7 @@ def _batch(bs: int, times: list[float]) -> BatchProfile:
     blocks = tuple(BlockProfile(f"b{k}", 2 * k, min(2 * k + 1, len(times) - 1), 1.0, 0.1, 5,
                                 sum(times[2 * k: 2 * k + 2])) for k in range((len(times) + 1) // 2))
     total = sum(times)
-    return BatchProfile(bs, {"median": 1.2 * total, "iqr": 0.1, "n": 5, "drift_pct": -0.5}, total, 1.2, 4096, blocks, nodes)
+    return BatchProfile(bs, {"median": 1.2 * total, "iqr": 0.1, "n": 5, "drift_pct": -0.5, "discarded": 3}, total, 1.2, 4096, blocks, nodes)
 
 
 def make_profile(device: str = "pi", label: str = "toy") -> Profile:
@@ -40,7 +40,7 @@ def make_profile(device: str = "pi", label: str = "toy") -> Profile:
         device=device, model={**MODEL, "name": label}, model_label=label, input_shape=(3, 8, 8), batch_sizes=(1, 4),
         threads=2, cpus=(0,), cpu_quota=0.5,
         method={"warmup": 2, "repeats": 10, "min_time_s": 1.0, "node_timing": "sequence", "timer_overhead_ns": 40,
-                "steady_allocator": True},
+                "steady_allocator": True, "steady_pct": 5.0, "max_rounds_factor": 3.0},
         created="2026-01-01T00:00:00+00:00", command=("paretopipe", "profile", label), fingerprint=fingerprint(2, 0.5),
         batches=(_batch(1, [1.0, 2.0, 3.0]), _batch(4, [3.0, 5.0, 9.0])),
     )
@@ -50,8 +50,8 @@ def test_round_trip_and_helpers(tmp_path):
     p = make_profile()
     path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "paretopipe.profile" and data["version"] == 4
-    assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5, "drift_pct": -0.5}
+    assert data["schema"] == "paretopipe.profile" and data["version"] == 5
+    assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5, "drift_pct": -0.5, "discarded": 3}
     q = load_profile(path)
     assert q == p
     np.testing.assert_array_equal(q.node_ms(4), [3.0, 5.0, 9.0])
@@ -109,11 +109,13 @@ def test_version_2_files_without_instruction_set_limits_are_read(tmp_path):
 def test_version_3_files_without_drift_are_read_as_drift_none(tmp_path):
     data = json.loads(json.dumps(make_profile().to_dict()))
     for b in data["batches"]:
-        del b["whole_ms"]["drift_pct"]
+        del b["whole_ms"]["drift_pct"], b["whole_ms"]["discarded"]
+    del data["method"]["steady_pct"], data["method"]["max_rounds_factor"]
     data["version"] = 3
     (tmp_path / "v3.json").write_text(json.dumps(data))
     p = load_profile(tmp_path / "v3.json")
     assert [b.whole_ms["drift_pct"] for b in p.batches] == [None, None]
+    assert [b.whole_ms["discarded"] for b in p.batches] == [None, None] and p.method["steady_pct"] is None
     assert p.batch(1).whole_ms["median"] == make_profile().batch(1).whole_ms["median"]
     path = save_profile(p, tmp_path / "again.json")  # saved as the current version, drift still unknown
     assert load_profile(path) == p
@@ -121,6 +123,24 @@ def test_version_3_files_without_drift_are_read_as_drift_none(tmp_path):
     (tmp_path / "v4.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"v4.json: batches\[0\].whole_ms.drift_pct: missing"):
         load_profile(tmp_path / "v4.json")
+
+
+def test_version_4_files_without_waiting_are_read_as_discarded_none(tmp_path):
+    data = json.loads(json.dumps(make_profile().to_dict()))
+    for b in data["batches"]:
+        del b["whole_ms"]["discarded"]
+    del data["method"]["steady_pct"], data["method"]["max_rounds_factor"]
+    data["version"] = 4
+    (tmp_path / "v4.json").write_text(json.dumps(data))
+    p = load_profile(tmp_path / "v4.json")
+    assert [b.whole_ms["discarded"] for b in p.batches] == [None, None]
+    assert [b.whole_ms["drift_pct"] for b in p.batches] == [-0.5, -0.5]
+    assert p.method["steady_pct"] is None and p.method["max_rounds_factor"] is None
+    assert load_profile(save_profile(p, tmp_path / "again.json")) == p  # saved as version 5, still unknown
+    data["version"] = 5
+    (tmp_path / "v5.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"v5.json: method.steady_pct: missing"):
+        load_profile(tmp_path / "v5.json")
 
 
 def test_check_limits_names_the_limit_that_differs():
@@ -174,7 +194,7 @@ def _bad(mutate, field_text, tmp_path):
         (lambda d: d.update(threads="2"), "threads: expected integer"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d.update(schema="other"), "schema"),
-        (lambda d: d.update(version=5), "version 5 is not supported"),
+        (lambda d: d.update(version=6), "version 6 is not supported"),
         (lambda d: d["batches"][0]["whole_ms"].update(drift_pct="1"), "batches[0].whole_ms.drift_pct: expected integer/number/null"),
         (lambda d: d["batches"][0]["nodes"][0].pop("cpu_ms"), "batches[0].nodes[0].cpu_ms: missing"),
         (lambda d: d["batches"][0]["nodes"][0].update(cpu_ms="1"), "batches[0].nodes[0].cpu_ms: expected"),

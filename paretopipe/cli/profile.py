@@ -61,6 +61,8 @@ def profile_command(
     repeats: int = typer.Option(20, "--repeats", help="Minimum timed rounds per batch size."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
     min_time_s: float = typer.Option(1.0, "--min-time-s", help="Keep timing rounds until at least this many seconds."),
+    steady: float = typer.Option(5.0, "--steady", help="While the whole-model time drifts more than this many per cent over the counted rounds, run more and drop the oldest (0: do not wait)."),
+    max_rounds_factor: float = typer.Option(3.0, "--max-rounds-factor", help="Wait for a steady machine for at most this many times the counted rounds in all."),
     node_timing: str = typer.Option("sequence", "--node-timing", help="sequence: nodes in graph order on fresh values; isolated: each node replayed on recorded inputs."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to these CPUs, e.g. 0,1 or 0-3."),
     cpu_quota: Optional[float] = typer.Option(None, "--cpu-quota", help="CPU-seconds per second via a cgroup (like docker --cpus); needs root."),
@@ -95,13 +97,13 @@ def profile_command(
         raise UsageError("missing --device NAME", "name this device as in your testbed file, e.g. --device pi4")
     if not _DEVICE_RE.match(device):
         raise UsageError(f"device name {device!r} is not usable in a file name", "use letters, digits, '.', '_', '-'")
-    profile = _run(_command_line(ctx), model, device, batch_size, threads, repeats, warmup, min_time_s, node_timing, cpus, cpu_quota,
-                   isa, input_shape, weights, leaf, seed, output)
+    profile = _run(_command_line(ctx), model, device, batch_size, threads, repeats, warmup, min_time_s, steady, max_rounds_factor,
+                   node_timing, cpus, cpu_quota, isa, input_shape, weights, leaf, seed, output)
     print_summary(profile, fmt, top)
 
 
-def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_s, node_timing, cpus, cpu_quota,
-         isa, input_shape, weights, leaf, seed, output) -> "Profile":
+def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_s, steady, max_rounds_factor,
+         node_timing, cpus, cpu_quota, isa, input_shape, weights, leaf, seed, output) -> "Profile":
     """Check every argument (creating nothing), then profile, then save atomically."""
     from paretopipe import cgroups
     from paretopipe import isa as isa_limit
@@ -110,7 +112,8 @@ def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_
 
     settings = ProfileSettings(
         batch_sizes=_batch_sizes(batch_size), threads=threads, repeats=repeats, warmup=warmup,
-        min_time_s=min_time_s, node_timing=node_timing,  # type: ignore[arg-type]
+        min_time_s=min_time_s, steady_pct=steady, max_rounds_factor=max_rounds_factor,
+        node_timing=node_timing,  # type: ignore[arg-type]
         cpus=cgroups.parse_cpus(cpus) if cpus is not None else None, cpu_quota=cpu_quota,
         isa=isa, command=command,
     )
@@ -151,7 +154,8 @@ def summary_rows(profile: "Profile", top: int = 10) -> dict[str, Any]:
         cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
         batches.append({
             "batch_size": b.batch_size, "whole_ms": b.whole_ms["median"], "whole_iqr_ms": b.whole_ms["iqr"],
-            "n": b.whole_ms["n"], "drift_pct": b.whole_ms.get("drift_pct"), "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
+            "n": b.whole_ms["n"], "drift_pct": b.whole_ms.get("drift_pct"),
+            "discarded": b.whole_ms.get("discarded"), "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
             "node_cpu_sum_ms": cpu_sum, "planned_by": "cpu" if profile.shares_by_cpu(b.batch_size) else "wall",
             "peak_mem_mib": _mib(b.peak_mem_nbytes),
             "heaviest": [{"index": n.index, "name": n.name, "block": n.block, "median_ms": n.median_ms,
@@ -186,16 +190,17 @@ def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, to
     typer.echo(f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
                f"{profile.method['node_timing']}, {profile.created}")
     typer.echo(describe(profile.fingerprint))
-    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "drift_pct", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
+    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "drift_pct", "discarded", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
     render(data["batches"], fmt, cols, title="Whole model vs sum of nodes")
     if any(b["planned_by"] == "cpu" for b in data["batches"]):
         typer.echo("planned_by cpu: measured under a CPU quota, so plans share the whole-model time out by node CPU time, "
                    "not by wall time (planned_ms)")
     for b in data["batches"]:
         if b["drift_pct"] is not None and abs(b["drift_pct"]) > DRIFT_WARN_PCT:
+            waited = f" (after {b['discarded']} more rounds waiting for it to settle)" if b["discarded"] else ""
             typer.echo(f"warning: batch {b['batch_size']}: the whole-model time moved {b['drift_pct']:+.1f}% from the first "
-                       "half of the timing rounds to the second (drift_pct); the machine's speed was not steady, so these "
-                       "times may not repeat: profile again when it is idle")
+                       f"half of the timing rounds to the second (drift_pct); the machine's speed was not steady{waited}, so "
+                       "these times may not repeat: profile again when it is idle")
     for b in data["batches"]:
         render(b["heaviest"], fmt, title=f"batch {b['batch_size']}: {len(b['heaviest'])} heaviest nodes")
         render(b["blocks"], fmt, title=f"batch {b['batch_size']}: blocks (measured as one stage each)")
