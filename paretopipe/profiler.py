@@ -34,7 +34,11 @@ Method, per batch size:
    than a mix of two speeds. Where it never settles the drift stays recorded (and is warned
    about). On a shared 2-vCPU machine in a noisy hour, 4 of the 5 profiles (of 12) that drifted
    more than 5% missed an independent whole-model run made right after them by more than 5%,
-   against 1 of the 7 steady ones; in 3 of those 4 the drift had the sign of the miss.
+   against 1 of the 7 steady ones. In two later runs side by side (``bench_profiler
+   --compare-steady``), 0 of 24 waiting profiles ended with more than 5% drift against 7 of 24
+   that did not wait; each matched a whole-model run right after it within 5% equally often
+   (15 of 24 both): waiting spares a re-run of a drifting profile, but the machine's speed also
+   changes between a profile and the next run, which no profile sees.
 """
 
 from __future__ import annotations
