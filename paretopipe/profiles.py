@@ -270,6 +270,14 @@ _BATCH = {"batch_size": (int,), "whole_ms": (dict,), "node_sum_ms": _NUM, "calib
 _BLOCK = {f.name: (str,) if f.name == "name" else (int,) if f.type == "int" else _NUM for f in fields(BlockProfile)}
 _NODE = {f.name: (str,) if f.type == "str" else (int,) if f.type == "int" else _NUM for f in fields(NodeProfile)}
 _NODE["cpu_ms"] = (*_NUM, type(None))
+#: Per part of the file, the fields later versions added and the version that added each: older
+#: files may lack them (read as None).
+_ADDED = {"top": {"isa": 3}, "node": {"cpu_ms": 2}, "whole": {"drift_pct": 4, "discarded": 5},
+          "method": {"steady_pct": 5, "max_rounds_factor": 5}}
+
+
+def _optional(part: str, version: int) -> frozenset[str]:
+    return frozenset(k for k, added in _ADDED[part].items() if version < added)
 
 
 def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
@@ -280,15 +288,12 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
     if isinstance(data, dict) and data.get("version") not in READS:
         raise ConfigError(path, "version", f"version {data.get('version')!r} is not supported (this reader: {', '.join(map(str, READS))})",
                           "re-run paretopipe profile with this version")
-    node_optional = frozenset({"cpu_ms"}) if isinstance(data, dict) and data.get("version") == 1 else frozenset()
-    top_optional = frozenset({"isa"}) if isinstance(data, dict) and data.get("version") in (1, 2) else frozenset()
-    version = data.get("version") if isinstance(data, dict) else None
-    whole_optional = frozenset({"drift_pct", "discarded"}) if version in (1, 2, 3) else frozenset({"discarded"}) if version == 4 else frozenset()
-    method_optional = frozenset({"steady_pct", "max_rounds_factor"}) if version in (1, 2, 3, 4) else frozenset()
-    d = c.obj(data, "", _TOP, top_optional)
+    version = data["version"] if isinstance(data, dict) else VERSION
+    node_optional, whole_optional = _optional("node", version), _optional("whole", version)
+    d = c.obj(data, "", _TOP, _optional("top", version))
     c.obj(d["model"], "model", _MODEL)
     c.ints(d["model"]["input_shape"], "model.input_shape", 1)
-    c.obj(d["method"], "method", _METHOD, method_optional)
+    c.obj(d["method"], "method", _METHOD, _optional("method", version))
     fp = c.obj(d["fingerprint"], "fingerprint", FINGERPRINT_FIELDS, FINGERPRINT_OPTIONAL)
     c.ints(fp["cpus_allowed"], "fingerprint.cpus_allowed")
     for i, arg in enumerate(d["command"]):
@@ -299,7 +304,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
     for i, raw in enumerate(d["batches"]):
         where = f"batches[{i}]"
         b = c.obj(raw, where, _BATCH)
-        whole = {"drift_pct": None, "discarded": None, **c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE, whole_optional)}
+        whole = {**dict.fromkeys(_ADDED["whole"]), **c.obj(b["whole_ms"], f"{where}.whole_ms", _WHOLE, whole_optional)}
         blocks = tuple(BlockProfile(**c.obj(x, f"{where}.blocks[{j}]", _BLOCK)) for j, x in enumerate(b["blocks"]))
         nodes = tuple(NodeProfile(**c.obj(x, f"{where}.nodes[{j}]", _NODE, node_optional)) for j, x in enumerate(b["nodes"]))
         for j, node in enumerate(nodes):
@@ -315,7 +320,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         device=d["device"], model=dict(d["model"]), model_label=d["model_label"],
         input_shape=c.ints(d["input_shape"], "input_shape", 1), batch_sizes=batch_sizes, threads=d["threads"],
         cpus=None if d["cpus"] is None else c.ints(d["cpus"], "cpus"), cpu_quota=d["cpu_quota"],
-        method={"steady_pct": None, "max_rounds_factor": None, **d["method"]}, created=d["created"], command=tuple(d["command"]), fingerprint=dict(fp),
+        method={**dict.fromkeys(_ADDED["method"]), **d["method"]}, created=d["created"], command=tuple(d["command"]), fingerprint=dict(fp),
         batches=tuple(batches), isa=d.get("isa"),
     )
 
