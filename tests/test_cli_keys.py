@@ -60,3 +60,11 @@ def test_keys_needs_at_least_one_name() -> None:
 def test_keys_help_has_an_example() -> None:
     result = runner.invoke(app, ["keys", "--help"])
     assert result.exit_code == 0 and "Example: paretopipe keys" in result.stdout
+
+
+def test_tables_and_messages_print_brackets_as_text(tmp_path: Path) -> None:
+    """A Z85 key or a path may contain "[/...]", which rich would otherwise read as a closing tag."""
+    from paretopipe.cli.output import err_console, render
+
+    render([{"public_key": "ab[/7!?s@]cd", "path": "[bold]x"}])
+    err_console.print(f"wrote {tmp_path}/[/x]")

@@ -16,10 +16,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Piped output is not cut to 80 columns: tables only take the width they need.
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-err_console = Console(stderr=True)
+# Messages carry paths, names and keys that may contain "[...]": print them as text, never markup.
+err_console = Console(stderr=True, markup=False)
 
 
 class OutputFormat(str, enum.Enum):
@@ -66,11 +68,11 @@ def render(
             writer.writerow({c: _csv_cell(r.get(c)) for c in cols})
         typer.echo(buf.getvalue(), nl=False)
     else:
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title) if title is not None else None, title_justify="left")
         for c in cols:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*(_cell(r.get(c)) for c in cols))
+            table.add_column(Text(c), overflow="fold")
+        for r in rows:  # cells are data, never markup: a key or path may hold "[/...]"
+            table.add_row(*(Text(_cell(r.get(c))) for c in cols))
         out_console.print(table)
 
 
