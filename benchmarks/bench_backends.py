@@ -151,7 +151,7 @@ def _fingerprint() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mobilenet_v2,resnet18", help="comma-separated torchvision models")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (zmq, rpc), alternating the order")
     parser.add_argument("--items", type=int, default=40, help="timed items in latency mode (3x in throughput mode)")

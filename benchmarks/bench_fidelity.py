@@ -218,7 +218,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="mobilenet_v2,resnet18")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")

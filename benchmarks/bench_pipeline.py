@@ -345,7 +345,7 @@ def details(model: str, batch: int, role: str, runs: list[Run]) -> list[dict[str
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--testbed", type=Path, default=ROOT / "testbed" / "local.toml")
     parser.add_argument("--models", default="mobilenet_v2,resnet18", help="comma-separated model names")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")

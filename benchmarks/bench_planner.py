@@ -51,7 +51,7 @@ def synthetic_instance(n_nodes: int = 400, n_cuts: int = 150, n_devices: int = 4
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=400)
     parser.add_argument("--cuts", type=int, default=150)
     parser.add_argument("--max-stages", type=int, default=4)

@@ -146,7 +146,7 @@ def kernel_ratio(bandwidth_bps: float = 50e6) -> float | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-kernel", action="store_true", help="skip the namespace/tbf comparison")
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")

@@ -301,7 +301,7 @@ def _fmt(value: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     import backends
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default=",".join(backends.available()), help="comma-separated transports")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"subset of: {', '.join(SIZES)}")
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
