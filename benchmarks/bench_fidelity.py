@@ -154,14 +154,14 @@ def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings,
 
 
 def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
-            near: float, recheck: float) -> dict:
+            near: float, recheck: float, min_time_s: float) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
     settings = SweepSettings(model=model, testbed=testbed, networks=tuple(networks), stages=tuple(range(1, stages + 1)),
                              cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
-                             throughput_items=3 * items, repeats=repeats, out=str(run), resume=(run / "manifest.json").exists(),
-                             recheck_s=recheck)
+                             throughput_items=3 * items, min_time_s=min_time_s, repeats=repeats, out=str(run),
+                             resume=(run / "manifest.json").exists(), recheck_s=recheck)
     store = RunStore(run, resume=settings.resume)
     with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
         configs = prepare(settings, store, log, sessions)
@@ -223,6 +223,8 @@ def main() -> None:
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")
     ap.add_argument("--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)")
+    ap.add_argument("--min-time", type=float, default=0.0,
+                    help="seconds per mode: time more items than --items until this long has passed (as `sweep --min-time`)")
     ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
     ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
                     help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
@@ -234,7 +236,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100,
-                       args.recheck)
+                       args.recheck, args.min_time)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()

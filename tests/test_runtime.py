@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 import torch
@@ -94,6 +95,27 @@ def test_three_stage_pipeline_output_is_exact_and_measured(graph):
         assert all(len(st.compute_ms) == 13 for st in stats)  # first result + warm-up + items
         tp = driver.throughput([x], items=20, warmup=3, window=4, batch_size=2)
         assert tp.items == 20 and tp.throughput_ips > 0
+        driver.release()
+
+
+def test_min_time_times_more_items_until_it_has_passed(graph):
+    cuts = [_body_cuts(graph)[0]]
+    x = example_input(SPEC, 2)
+    with pipeline(devices=("a", "b")) as driver:
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
+        t0 = time.perf_counter()
+        lat = driver.latency([x], items=5, warmup=2, min_time_s=0.3)
+        elapsed = time.perf_counter() - t0
+        assert len(lat.latencies_ms) > 5 and sum(lat.latencies_ms) <= 1e3 * elapsed
+        assert lat.summary()["latency_items"] == len(lat.latencies_ms)
+        tp = driver.throughput([x], items=6, warmup=2, window=3, batch_size=2, min_time_s=0.3)
+        assert tp.items > 6 and tp.seconds >= 0.3
+        stats = driver.stats()
+        # every item sent completed and was computed: warm-ups and timed items of both modes
+        assert all(len(st.compute_ms) == 2 + len(lat.latencies_ms) + 2 + tp.items for st in stats)
+        # a minimum time already reached by the counts changes nothing
+        assert len(driver.latency([x], items=4, warmup=0, min_time_s=1e-9).latencies_ms) == 4
+        assert driver.throughput([x], items=4, warmup=1, window=2, batch_size=2, min_time_s=1e-9).items >= 4
         driver.release()
 
 

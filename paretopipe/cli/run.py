@@ -19,6 +19,8 @@ NetworksOption = typer.Option(None, "--networks", help="Network scenarios file [
 IsolationOption = typer.Option("loopback", "--isolation", help="loopback (user-space shaping) or netns (each local worker in "
                                "a network namespace, kernel shaping; needs root).")
 SecureOption = typer.Option(False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys.")
+MinTimeOption = typer.Option(0.0, "--min-time", min=0, help="Seconds: per mode, keep timing items beyond --items until this "
+                             "long has passed, so short configurations are measured over more items (e.g. 2).")
 
 
 def load_testbed_and_scenarios(testbed: Path, networks: Optional[Path]):
@@ -43,6 +45,7 @@ def run_command(
     mode: str = typer.Option("both", "--mode", help="latency, throughput or both."),
     items: int = typer.Option(30, "--items", min=1, help="Timed items per mode (throughput mode times 3x as many)."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Items run before timing starts."),
+    min_time: float = MinTimeOption,
     window: Optional[int] = typer.Option(None, "--window", min=1, help="Items in flight in throughput mode [default: from the plan]."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Ad-hoc plan: items per batch."),
     input_shape: Optional[str] = InputShapeOption,
@@ -70,7 +73,7 @@ def run_command(
     if modes is None:
         raise UsageError(f"unknown mode {mode!r}", "use latency, throughput or both")
     options = MeasureOptions(modes=modes, latency_items=items, throughput_items=3 * items, warmup=warmup,
-                             window=window, timeout_s=timeout)
+                             min_time_s=min_time, window=window, timeout_s=timeout)
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     preflight(tb, backend, isolation=isolation, secure=secure)
     if plan is not None:

@@ -12,7 +12,7 @@ from paretopipe.cli import app
 from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.cli.plan import parse_stages
-from paretopipe.cli.run import IsolationOption, NetworksOption, SecureOption, TestbedOption
+from paretopipe.cli.run import IsolationOption, MinTimeOption, NetworksOption, SecureOption, TestbedOption
 from paretopipe.errors import UsageError
 
 
@@ -31,6 +31,7 @@ def sweep_command(
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
+    min_time: float = MinTimeOption,
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
@@ -78,7 +79,7 @@ def sweep_command(
     settings = SweepSettings(
         model=model, testbed=str(testbed), networks=nets, backends=backends, stages=tuple(ks), cuts=cuts,
         granularity=granularity, batch_size=batch_size, latency_items=items, throughput_items=3 * items,
-        warmup=warmup, repeats=repeats, neighbours=neighbours, near_margin=near / 100, out=str(out), resume=resume, fail_fast=fail_fast,
+        warmup=warmup, min_time_s=min_time, repeats=repeats, neighbours=neighbours, near_margin=near / 100, out=str(out), resume=resume, fail_fast=fail_fast,
         profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
         timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
         weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed, isolation=isolation, secure=secure,

@@ -19,6 +19,7 @@ import torch
 from backends.base import Message, Transport, TransportTimeout
 from paretopipe.errors import TransportError, WorkerError
 from paretopipe.runtime import protocol as P
+from paretopipe.timing import Rounds
 
 
 @dataclass
@@ -156,38 +157,50 @@ class Driver:
         self._send_item(-1, inputs)
         return self._result("the first result").tensors
 
-    def latency(self, inputs: Sequence[torch.Tensor], items: int, warmup: int) -> LatencyResult:
-        """One item in flight, ``warmup`` discarded, then ``items`` timed."""
-        lat = []
-        for i in range(warmup + items):
-            t0 = time.perf_counter_ns()
-            self._send_item(i, inputs)
-            msg = self._result(f"the result of item {i} (latency mode)")
-            if msg.header.get("item") != i:
-                raise TransportError(f"expected the result of item {i}, got item {msg.header.get('item')}")
-            if i >= warmup:
-                lat.append((msg.recv_ns - t0) / 1e6)
+    def latency(self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0) -> LatencyResult:
+        """One item in flight, ``warmup`` discarded, then at least ``items`` timed, and more
+        until the timed items have taken ``min_time_s`` seconds."""
+        lat: list[float] = []
+        for i in range(warmup):
+            self._one_item(i, inputs)
+        for r in Rounds(items, min_time_s):
+            lat.append(self._one_item(warmup + r, inputs))
         return LatencyResult(lat)
 
+    def _one_item(self, i: int, inputs: Sequence[torch.Tensor]) -> float:
+        """Send item ``i`` and wait for its result; returns its latency in ms."""
+        t0 = time.perf_counter_ns()
+        self._send_item(i, inputs)
+        msg = self._result(f"the result of item {i} (latency mode)")
+        if msg.header.get("item") != i:
+            raise TransportError(f"expected the result of item {i}, got item {msg.header.get('item')}")
+        return (msg.recv_ns - t0) / 1e6
+
     def throughput(self, inputs: Sequence[torch.Tensor], items: int, warmup: int, window: int,
-                   batch_size: int) -> ThroughputResult:
-        """``window`` items in flight; time ``items`` completions after ``warmup`` completions."""
-        total = warmup + items
+                   batch_size: int, min_time_s: float = 0.0) -> ThroughputResult:
+        """``window`` items in flight; time at least ``items`` completions after ``warmup``
+        completions, and more until the timed completions span ``min_time_s`` seconds.
+
+        Each result that arrives is replaced by a new item while more are wanted, so the window
+        stays full up to the end; the items in flight when enough have been timed still complete
+        and are timed too."""
+        wanted = warmup + items
         sent = 0
-        for _ in range(min(window, total)):
+        for _ in range(min(window, wanted)):
             self._send_item(sent, inputs)
             sent += 1
-        done, t_start = 0, None
-        while done < total:
-            msg = self._result(f"a result (throughput mode, {done}/{total} done)")
+        done, t_start, t_end = 0, None, 0
+        while done < sent:
+            msg = self._result(f"a result (throughput mode, {done}/{max(wanted, sent)} done)")
             done += 1
             if done == warmup or (warmup == 0 and t_start is None):
                 t_start = msg.recv_ns
             t_end = msg.recv_ns
-            if sent < total:
+            timed_s = (t_end - t_start) / 1e9 if t_start is not None else 0.0
+            if sent < wanted or (t_start is not None and timed_s < min_time_s):
                 self._send_item(sent, inputs)
                 sent += 1
-        measured = items if warmup > 0 else items - 1
+        measured = done - warmup if warmup > 0 else done - 1
         return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
 
     def stats(self) -> list[StageStats]:

@@ -49,6 +49,7 @@ class MeasureOptions:
     latency_items: int = 30
     throughput_items: int = 100
     warmup: int = 5
+    min_time_s: float = 0.0  # per mode: keep timing items beyond the counts until this long has passed
     window: int | None = None  # None: enough to keep every stage and link busy (see _window)
     timeout_s: float = 60.0
     check_output: bool = True
@@ -59,6 +60,8 @@ class MeasureOptions:
             raise UsageError(f"unknown mode(s) {sorted(bad) or self.modes}", "use latency, throughput or both")
         if self.latency_items < 1 or self.throughput_items < 2 or self.warmup < 0:
             raise UsageError("items must be >= 1 (latency) and >= 2 (throughput), warm-up >= 0")
+        if not self.min_time_s >= 0:
+            raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time 2")
 
 
 def _window(plan: Plan, options: MeasureOptions) -> int:
@@ -309,11 +312,12 @@ class Session:
                 exact, diff = compare_outputs(expected, assemble_output(graph, got))
                 row.update(output_exact=exact, output_max_abs_diff=diff)
             if "latency" in options.modes:
-                row.update(self.driver.latency([x], options.latency_items, options.warmup).summary())
+                row.update(self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary())
                 row.update(_stage_columns("lat", self.driver.stats()))
             if "throughput" in options.modes:
                 window = _window(plan, options)
-                row.update(self.driver.throughput([x], options.throughput_items, options.warmup, window, plan.batch_size).summary())
+                row.update(self.driver.throughput([x], options.throughput_items, options.warmup, window, plan.batch_size,
+                                                options.min_time_s).summary())
                 row.update(_stage_columns("tput", self.driver.stats()))
         except WorkerError:
             raise

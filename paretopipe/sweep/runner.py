@@ -46,6 +46,7 @@ class SweepSettings:
     latency_items: int = 20
     throughput_items: int = 60
     warmup: int = 3
+    min_time_s: float = 0.0  # per mode: time more items than the counts until this long has passed
     repeats: int = 1
     neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
     near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
@@ -147,7 +148,7 @@ def _sessions(settings: SweepSettings, sessions: Sessions | None):
 
 
 _COMPARABLE = ("model", "testbed", "networks", "backends", "stages", "cuts", "granularity", "batch_size",
-               "latency_items", "throughput_items", "warmup", "repeats", "isolation")
+               "latency_items", "throughput_items", "warmup", "min_time_s", "repeats", "isolation")
 
 
 def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessions | None = None) -> list[Config]:
@@ -163,7 +164,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
     tb = load_testbed(settings.testbed, scenarios)
     if settings.resume:
         manifest = store.manifest()
-        old = {"isolation": "loopback"} | manifest["settings"]  # runs from before isolation existed
+        old = {"isolation": "loopback", "min_time_s": 0.0} | manifest["settings"]  # runs from before these existed
         check_resume_compatible(old, asdict(settings) | {"resume": False}, _COMPARABLE)
         return _reload(manifest, store.dir, dict(nets))
     for be in settings.backends:
@@ -496,7 +497,7 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
     todo = [c for c in configs if c.key not in done]
     outcome = SweepOutcome(len(configs), 0, len(configs) - len(todo), 0, 0.0)
     options = MeasureOptions(latency_items=settings.latency_items, throughput_items=settings.throughput_items,
-                             warmup=settings.warmup, timeout_s=settings.timeout_s)
+                             warmup=settings.warmup, min_time_s=settings.min_time_s, timeout_s=settings.timeout_s)
     host, commit = socket.gethostname(), store.manifest().get("git_commit")
     t_start = time.perf_counter()
     for backend in dict.fromkeys(c.backend for c in todo):
