@@ -223,8 +223,8 @@ def main() -> None:
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")
     ap.add_argument("--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)")
-    ap.add_argument("--min-time", type=float, default=0.0,
-                    help="seconds per mode: time more items than --items until this long has passed (as `sweep --min-time`)")
+    ap.add_argument("--min-time-s", type=float, default=0.0,
+                    help="seconds per mode: time more items than --items until this long has passed (as `sweep --min-time-s`)")
     ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
     ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
                     help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
@@ -236,7 +236,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100,
-                       args.recheck, args.min_time)
+                       args.recheck, args.min_time_s)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()

@@ -74,7 +74,7 @@ def test_small_sweep_end_to_end(tmp_path):
     again = runner.invoke(app, _args(tmp_path, out))
     assert again.exit_code == 2 and "--resume" in again.stderr
     assert manifest["settings"]["min_time_s"] == 0.0
-    other = runner.invoke(app, [*_args(tmp_path, out, "--min-time", "0.5"), "--resume"])
+    other = runner.invoke(app, [*_args(tmp_path, out, "--min-time-s", "0.5"), "--resume"])
     assert other.exit_code == 2 and "min_time_s was 0.0, now 0.5" in other.stderr
 
     fr = runner.invoke(app, ["front", str(out / "measurements.csv"), "-f", "json", "--plot", str(tmp_path / "f.png")])

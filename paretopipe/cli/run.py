@@ -19,7 +19,7 @@ NetworksOption = typer.Option(None, "--networks", help="Network scenarios file [
 IsolationOption = typer.Option("loopback", "--isolation", help="loopback (user-space shaping) or netns (each local worker in "
                                "a network namespace, kernel shaping; needs root).")
 SecureOption = typer.Option(False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys.")
-MinTimeOption = typer.Option(0.0, "--min-time", min=0, help="Seconds: per mode, keep timing items beyond --items until this "
+MinTimeOption = typer.Option(0.0, "--min-time-s", min=0, help="Seconds: per mode, keep timing items beyond --items until this "
                              "long has passed, so short configurations are measured over more items (e.g. 2).")
 
 

@@ -61,7 +61,7 @@ class MeasureOptions:
         if self.latency_items < 1 or self.throughput_items < 2 or self.warmup < 0:
             raise UsageError("items must be >= 1 (latency) and >= 2 (throughput), warm-up >= 0")
         if not self.min_time_s >= 0:
-            raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time 2")
+            raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time-s 2")
 
 
 def _window(plan: Plan, options: MeasureOptions) -> int:
