@@ -83,6 +83,7 @@ def test_run_an_exported_plan_on_local_workers(tmp_path):
     assert result.exit_code == 0, result.output
     rows = {r["metric"]: r["measured"] for r in json.loads(result.stdout)}
     assert rows["output_exact"] is True
+    assert rows["latency_items"] == 3  # the items timed, as --items asked
 
 
 def test_bad_picks(tmp_path):

@@ -128,8 +128,9 @@ def _describe_links(links_json: str) -> str:
 
 
 def _compare_rows(row: dict, predicted: dict) -> list[dict]:
-    pairs = [("latency_ms_p50", "latency_ms"), ("latency_ms_p95", None), ("latency_ms_p99", None),
-             ("throughput_ips", "throughput_ips"), ("window", None), ("output_exact", None), ("setup_s", None)]
+    pairs = [("latency_ms_p50", "latency_ms"), ("latency_ms_p95", None), ("latency_ms_p99", None), ("latency_items", None),
+             ("throughput_ips", "throughput_ips"), ("throughput_items", None), ("window", None), ("output_exact", None),
+             ("setup_s", None)]
     rows = []
     for key, pkey in pairs:
         if key not in row:
