@@ -39,6 +39,7 @@ import dataclasses
 import os
 import statistics
 import time
+from typing import Sequence
 
 import torch
 
@@ -137,7 +138,9 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             b0 = profile_model(spec, "bench", dataclasses.replace(settings, steady_pct=0.0)).batch(bs)
             (again0,) = measure_interleaved([lambda: model(x)], args.repeats, args.min_time_s, args.warmup)
             row.update({"err_a0%": rel(b0.calibration * b0.node_sum_ms, again0), "drift0%": b0.whole_ms["drift_pct"]})
+        started = time.monotonic()
         b = profile_model(spec, "bench", settings).batch(bs)
+        profile_s = time.monotonic() - started
         node_ms = [n.median_ms for n in b.nodes]
         graph = trace(model, x, leaf_modules=spec.leaf_modules)
         cut = middle_block_cut(graph, node_ms)
@@ -153,15 +156,12 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
             "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
             "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "drift%": b.whole_ms["drift_pct"],
-            "discarded": b.whole_ms["discarded"], "waited_s": waited,
+            "discarded": b.whole_ms["discarded"], "rounds": b.whole_ms["n"],
+            "profile_s": profile_s, "waited_s": waited,
         }
         if args.agreement:
             other = profile_model(spec, "bench", settings).batch(bs)
-            diffs = [abs(m - o.median_ms) / m for m, o in zip(node_ms, other.nodes) if m > 0]
-            row["agree_node%"] = 100 * statistics.median(diffs)
-            row["agree_sum%"] = 100 * abs(other.node_sum_ms - sum(node_ms)) / sum(node_ms)
-            # weighted by node time: the nodes the plans' costs are made of, not the many of a few microseconds
-            row["agree_time%"] = 100 * sum(abs(m - o.median_ms) for m, o in zip(node_ms, other.nodes)) / sum(node_ms)
+            row.update(agreement(node_ms, [o.median_ms for o in other.nodes]))
             # the direct runs sit between the two profiles: their mean cancels drift that is steady over the three
             two = [(m + o.median_ms) / 2 for m, o in zip(node_ms, other.nodes)]
             calib = (b.calibration + other.calibration) / 2
@@ -175,7 +175,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
            "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_time%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
-           "discarded", "err_a0%", "drift0%", "bg_cpus", "waited_s"]
+           "discarded", "rounds", "profile_s", "err_a0%", "drift0%", "bg_cpus", "waited_s"]
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -241,6 +241,15 @@ def quota_check(name: str, args) -> None:
     b = profile_model(spec, "bench", settings).batch(1)
     print(f"profile under quota 0.5: node sum {b.node_sum_ms:.2f} ms, whole {b.whole_ms['median']:.2f} ms, "
           f"calibration {b.calibration:.2f} (calibrated node sum = whole)")
+
+
+def agreement(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Two profiles' node medians compared: the median over nodes of the per-node difference, the
+    differences weighted by node time (the nodes plans' costs are made of, not the many of a few
+    microseconds), and the node-sum difference; all in per cent of ``a``."""
+    return {"agree_node%": 100 * statistics.median(abs(x - y) / x for x, y in zip(a, b) if x > 0),
+            "agree_time%": 100 * sum(abs(x - y) for x, y in zip(a, b)) / sum(a),
+            "agree_sum%": 100 * abs(sum(b) - sum(a)) / sum(a)}
 
 
 def main() -> None:
