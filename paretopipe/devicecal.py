@@ -35,6 +35,10 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   model's input coming in and its output going out, so for stages whose tensors are much smaller
   it errs on the high side.
 
+Each device's one-item end-to-end latencies of both runs are recorded too (``latency_ms``,
+``tail_latency_ms``; ``latency_outside_ms``: the whole-model run's time outside compute, links
+included), for comparison with ``item_overhead_ms``; plans are not priced with them.
+
 All three come from runs seconds apart in one session, so drift of the machine between
 profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then
 measures: see :class:`paretopipe.sweep.runner.Sessions`). The runs are split into rounds that
@@ -90,6 +94,8 @@ class DeviceRuntime:
     rounds: int = 1  # each figure is the median over this many rounds (files from before rounds: 1)
     tail_profile_ms: float | None = None  # the tail stage's calibrated node sum (None: no tail run)
     tail_compute_ms: float | None = None  # its median compute in the worker, one item in flight
+    latency_ms: float | None = None  # median end-to-end latency of the whole-model run, one item in flight (None: older files)
+    tail_latency_ms: float | None = None  # the same for the 2-stage tail run (None: no tail run, or older files)
 
     @property
     def _line(self) -> tuple[float, float]:
@@ -112,6 +118,14 @@ class DeviceRuntime:
         return self._line[1]
 
     @property
+    def latency_outside_ms(self) -> float | None:
+        """One item in flight, what the whole-model run spent outside its stage's compute (both
+        links, receiving, decoding, encoding, sending); None where the latency was not recorded.
+        Recorded for comparison with ``item_overhead_ms`` (measured with the window full), which
+        the cost model prices every stage with."""
+        return None if self.latency_ms is None else self.latency_ms - self.latency_compute_ms
+
+    @property
     def cycle_factor(self) -> float:
         return self.throughput_compute_ms / self.latency_compute_ms
 
@@ -124,7 +138,8 @@ class DeviceRuntime:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"latency_factor": round(self.latency_factor, 4), "cycle_factor": round(self.cycle_factor, 4),
                                "item_overhead_ms": round(self.item_overhead_ms, 4),
-                               "stage_start_ms": round(self.stage_start_ms, 4)}
+                               "stage_start_ms": round(self.stage_start_ms, 4),
+                               "latency_outside_ms": None if self.latency_outside_ms is None else round(self.latency_outside_ms, 4)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeviceRuntime":
@@ -179,6 +194,8 @@ def measure(
     tail_options = MeasureOptions(modes=("latency",), latency_items=per_round, warmup=warmup, timeout_s=timeout_s)
     samples: dict[str, list[tuple[float, float, float]]] = {d: [] for d in plans}
     tail_samples: dict[str, list[float]] = {d: [] for d in tails}
+    latencies: dict[str, list[float]] = {d: [] for d in plans}  # end-to-end, one item in flight
+    tail_latencies: dict[str, list[float]] = {d: [] for d in tails}
     elapsed = dict.fromkeys(plans, 0.0)
     warm = int(rounds > 1 and warm_round)
     for r in range(rounds + warm):
@@ -195,6 +212,7 @@ def measure(
                 raise ParetoPipeError(f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable")
             if r >= warm:  # a warm-up round only warms the workers up
                 samples[device].append((lat, tput, float(row["throughput_ips"])))
+                _add_latency(latencies[device], row)
         for device, tail in tails.items():
             t0 = time.perf_counter()
             row = session.measure(tail, ("local", LinkCondition()), tail_options)
@@ -207,19 +225,35 @@ def measure(
                 raise ParetoPipeError(f"device runtime calibration of {device!r}: tail stage compute time {small} ms is not usable")
             if r >= warm:
                 tail_samples[device].append(small)
+                _add_latency(tail_latencies[device], row)
     out: dict[str, DeviceRuntime] = {}
     for device, plan in plans.items():
         lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
         tail_ms = statistics.median(tail_samples[device]) if tail_samples.get(device) else None
         out[device] = DeviceRuntime(device, float(profile_ms[device]), lat, tput, ips, per_round * rounds,
                                     int(plan.batch_size), rounds,
-                                    float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None, tail_ms)
+                                    float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None, tail_ms,
+                                    _median_or_none(latencies[device]), _median_or_none(tail_latencies.get(device, [])))
         spread = ""
         if rounds > 1:
             lats = [s[0] for s in samples[device]]
             spread = f"; one-item compute {min(lats):.2f}-{max(lats):.2f} ms over {rounds} rounds"
         log(f"device runtime: {out[device].describe()} ({elapsed[device]:.1f} s{spread})")
     return out
+
+
+def _add_latency(acc: list[float], row: dict[str, Any]) -> None:
+    """Append the row's median one-item latency, if it has a usable one."""
+    try:
+        value = float(row["latency_ms_p50"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if value > 0:
+        acc.append(value)
+
+
+def _median_or_none(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
 
 
 def node_scale(runtimes: dict[str, DeviceRuntime] | None,

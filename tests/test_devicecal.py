@@ -132,6 +132,25 @@ def test_a_tail_run_splits_the_factor_into_a_slope_and_a_stage_start_cost():
     assert DeviceRuntime("x", 20.0, 25.0, 25.0, 40.0, 20, batch_size=1).stage_start_ms == 0.0
 
 
+def test_one_item_latencies_are_recorded_beside_the_compute_times():
+    whole, tail = _Plan("W"), _TailPlan("T", 4.0)
+    session = _SequenceSession({
+        whole: [{**_row(25.0, 26.0, 35.0), "latency_ms_p50": 27.5}, {**_row(24.0, 26.0, 35.0), "latency_ms_p50": 26.0},
+                {**_row(26.0, 26.0, 35.0), "latency_ms_p50": 29.0}],
+        tail: [{"lat_stage_compute_ms": "[14.0, 5.8]", "latency_ms_p50": 22.0},
+               {"lat_stage_compute_ms": "[14.0, 5.9]", "latency_ms_p50": 23.0},
+               {"lat_stage_compute_ms": "[14.0, 5.7]", "latency_ms_p50": "nan"}],
+    })
+    out = devicecal.measure(session, {"d": whole}, {"d": 20.0}, items=30, rounds=3, warm_round=False, tails={"d": tail})["d"]
+    assert out.latency_ms == 27.5 and out.latency_outside_ms == pytest.approx(2.5)  # medians 27.5 and 25.0
+    assert out.tail_latency_ms == 22.5 and out.tail_compute_ms == 5.8  # the unusable latency is left out
+    assert out.to_dict()["latency_outside_ms"] == 2.5
+    assert DeviceRuntime.from_dict(json.loads(json.dumps(out.to_dict()))) == out
+    older = DeviceRuntime.from_dict({k: v for k, v in out.to_dict().items() if k not in ("latency_ms", "tail_latency_ms")})
+    assert older.latency_ms is None and older.latency_outside_ms is None and older.to_dict()["latency_outside_ms"] is None
+    assert older.latency_factor == out.latency_factor  # pricing does not use it
+
+
 def test_tail_cut_takes_about_a_sixth_of_the_time():
     node_ms = [10.0, 10.0, 10.0, 10.0, 5.0, 3.0, 2.0]  # total 50: tails after cuts 1, 3, 4, 5 are 30, 10, 5, 2 ms
     assert devicecal.tail_cut(node_ms, [1, 3, 4, 5]) == 1  # 10/50 is closest to 1/6

@@ -56,6 +56,8 @@ def test_small_sweep_end_to_end(tmp_path):
     assert set(runtime) == {"a", "b"} and set(manifest["device_runtime"]) == {"a", "b"}
     for r in runtime.values():  # the line through the whole model and the tail stage
         assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0
+        assert r["latency_ms"] > r["latency_compute_ms"] and r["tail_latency_ms"] > r["tail_compute_ms"]
+        assert r["latency_outside_ms"] == pytest.approx(r["latency_ms"] - r["latency_compute_ms"], abs=1e-3)
         assert r["latency_factor"] * r["profile_ms"] + r["stage_start_ms"] == pytest.approx(r["latency_compute_ms"], rel=1e-3)
     assert rows["calibration"].str.contains("devices a ").all()
     plan = json.loads(next((out / "plans" / "lan").glob("*.json")).read_text())
