@@ -17,8 +17,10 @@ Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan 
 throughput items per pass); its figures are the medians over the passes, as in any sweep.
 Predictions follow device runtime checks at the start of every pass and every ``--recheck``
 seconds within it (default 60 here; the sweep's default is 0, at pass starts only); the same
-measurements are also priced as if each pass had been checked at its start only, for comparison, and the range of
-each device's whole-model time over the checks shows how far the machine drifted meanwhile.
+measurements are also priced as if each pass had been checked at its start only, for comparison,
+and the range of each device's whole-model time over the checks shows how far the machine drifted
+meanwhile. Per scenario it also splits one item's latency, measured and predicted (medians by
+stage count), into the stages' compute and everything outside it.
 
     python benchmarks/bench_fidelity.py                      # everything (several hours)
     python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # 15 min here
@@ -153,6 +155,30 @@ def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings,
     return out
 
 
+def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
+    """Where one item's latency went, measured against predicted, as medians by stage count:
+    the stages' compute (the workers' medians; predicted: the stage times plus each device's
+    stage start cost) and everything else (links, receiving, decoding, encoding, sending;
+    predicted: the links plus each device's ``item_overhead_ms``). Each row is priced by the
+    device runtime check named in its ``calibration``."""
+    by_number = {c["check"]: c for c in checks}
+    parts: dict[int, list[tuple[float, float, float, float]]] = {}
+    for _, r in rows[rows["status"] == "ok"].iterrows():
+        m = re.search(r"\(check (\d+)\)$", str(r["calibration"]))
+        if not m or int(m.group(1)) not in by_number:
+            continue
+        runtimes = by_number[int(m.group(1))]["devices"]
+        devices = str(r["devices"]).split("+")
+        compute = sum(json.loads(r["lat_stage_compute_ms"]))
+        pred_compute = sum(json.loads(r["pred_stage_ms"])) + sum(runtimes[d]["stage_start_ms"] for d in devices)
+        latency, pred = float(r["latency_ms_p50"]), float(r["pred_latency_ms"])
+        parts.setdefault(len(devices), []).append((compute, pred_compute, latency - compute, pred - pred_compute))
+    return "; ".join(
+        f"{k} stage{'s' if k > 1 else ''}: compute {np.median([v[0] for v in vals]):.2f} (predicted {np.median([v[1] for v in vals]):.2f}), "
+        f"outside it {np.median([v[2] for v in vals]):.2f} ({np.median([v[3] for v in vals]):.2f}) ms"
+        for k, vals in sorted(parts.items()))
+
+
 def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
             near: float, recheck: float, min_time_s: float) -> dict:
     testbed = TESTBEDS[stages]
@@ -209,6 +235,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
                f"{rep['throughput_repeat_within_10pct']:.0%}; " if rep["repeat_pairs"] else "")
             + f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
             f"({sorted(full_front)} vs {sorted(sub_front)})")
+        log(f"  {net}: one item's latency, medians by stage count: {latency_split(net_rows, checks)}")
     result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
                   latency_at_start_10pct=start_ok[0] / max(n, 1), throughput_at_start_10pct=start_ok[1] / max(n, 1),
                   latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
