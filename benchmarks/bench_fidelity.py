@@ -66,7 +66,7 @@ from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.runner import CHECKS_FILE, _inputs
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
 from paretopipe.sweep.store import RunStore
-from paretopipe.testbed import DRIVER, load_testbed
+from paretopipe.testbed import load_testbed
 
 TESTBEDS = {2: "testbed/local.toml", 3: "testbed/local-3.toml"}
 
@@ -126,20 +126,26 @@ def device_drift(checks: list[dict]) -> str:
     return ", ".join(f"{d} {min(v):.1f}-{max(v):.1f} ms (median {np.median(v):.1f})" for d, v in per.items())
 
 
-def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict]) -> pd.DataFrame:
+def check_number(row: pd.Series) -> int | None:
+    """The number of the device runtime check that priced ``row`` (its ``calibration`` ends with
+    ``(check N)``), or None."""
+    m = re.search(r"\(check (\d+)\)$", str(row["calibration"]))
+    return int(m.group(1)) if m else None
+
+
+def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict],
+                         inputs) -> pd.DataFrame:
     """``rows`` with every prediction made again as if the pass had been checked only at its start
     (``--recheck 0``): each row priced by the last start (or restart) check of its pass at or
     before the check that priced it. The same measurements, so the two pricings compare free of noise."""
     by_number = {c["check"]: c for c in checks}
     tb = load_testbed(settings.testbed)
-    inputs = _inputs(settings, tb, lambda m: None)
     instances: dict[tuple[str, int], object] = {}
     out = rows.copy()
     for i, r in rows.iterrows():
-        m = re.search(r"\(check (\d+)\)$", str(r["calibration"]))
-        if r["status"] != "ok" or not m:
+        n = check_number(r)
+        if r["status"] != "ok" or n is None:
             continue
-        n = int(m.group(1))
         starts = [c for c in checks if c["check"] <= n and c["reason"] != "recheck" and
                   (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])]
         start = starts[-1]["check"] if starts else n
@@ -158,7 +164,7 @@ def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings,
     return out
 
 
-def priced_with_one_item_overhead(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict]) -> pd.DataFrame:
+def priced_with_one_item_overhead(rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs) -> pd.DataFrame:
     """``rows`` with every latency prediction made again with each device's per-stage overhead
     measured with one item in flight instead of ``item_overhead_ms`` (measured with the window
     full): the check's ``latency_outside_ms`` less what its whole-model run's two unshaped links
@@ -166,19 +172,15 @@ def priced_with_one_item_overhead(run: Path, rows: pd.DataFrame, settings: Sweep
     prediction. The same measurements, so the two pricings compare free of noise."""
     by_number = {c["check"]: c for c in checks}
     tb = load_testbed(settings.testbed)
-    inputs = _inputs(settings, tb, lambda m: None)
-    local = link_models(tb, resolve_network("local", load_scenarios()), inputs.calibration, list(inputs.profiles))
-
-    def transfer_ms(src: str, dst: str, nbytes: int) -> float:
-        link = local[(src, dst)]
-        return link.overhead_ms + nbytes * 8 / link.effective_bandwidth_bps() * 1e3 + link.condition.delay_ms
-
-    whole_links = {d: transfer_ms(DRIVER, d, inputs.graph.input_nbytes()) + transfer_ms(d, DRIVER, inputs.graph.nodes[-1].out_nbytes)
-                   for d in inputs.profiles}
+    devices = list(inputs.profiles)
+    local = build_instance(inputs.graph, inputs.profiles, tb,
+                           link_models(tb, resolve_network("local", load_scenarios()), inputs.calibration, devices),
+                           inputs.granularity)
+    whole_links = dict(zip(devices, local.in_transfer_ms + local.out_transfer_ms))
     out = rows.copy()
     for i, r in rows.iterrows():
-        m = re.search(r"\(check (\d+)\)$", str(r["calibration"]))
-        runtimes = by_number[int(m.group(1))]["devices"] if r["status"] == "ok" and m and int(m.group(1)) in by_number else None
+        n = check_number(r)
+        runtimes = by_number[n]["devices"] if r["status"] == "ok" and n in by_number else None
         devices = str(r["devices"]).split("+")
         if runtimes is None or any(runtimes[d].get("latency_outside_ms") is None for d in devices):
             continue
@@ -196,10 +198,10 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
     by_number = {c["check"]: c for c in checks}
     parts: dict[int, list[tuple[float, float, float, float]]] = {}
     for _, r in rows[rows["status"] == "ok"].iterrows():
-        m = re.search(r"\(check (\d+)\)$", str(r["calibration"]))
-        if not m or int(m.group(1)) not in by_number:
+        n = check_number(r)
+        if n not in by_number:
             continue
-        runtimes = by_number[int(m.group(1))]["devices"]
+        runtimes = by_number[n]["devices"]
         devices = str(r["devices"]).split("+")
         compute = sum(json.loads(r["lat_stage_compute_ms"]))
         pred_compute = sum(json.loads(r["pred_stage_ms"])) + sum(runtimes[d]["stage_start_ms"] for d in devices)
@@ -229,8 +231,9 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
                 lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
     rows = store.rows()
     checks = read_checks(run)
-    at_start = priced_at_pass_start(run, rows, settings, checks)
-    one_item = priced_with_one_item_overhead(run, rows, settings, checks)
+    inputs = _inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
+    at_start = priced_at_pass_start(run, rows, settings, checks, inputs)
+    one_item = priced_with_one_item_overhead(rows, settings, checks, inputs)
     log(f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
         f"whole model, one item: {device_drift(checks)}")
     guided = guided_subset(settings, neighbours, near)
