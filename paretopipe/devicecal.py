@@ -29,15 +29,22 @@ runtime (network ``local``: no shaping): one item in flight, then a full window.
   (window full)`` is the cost model's ``device_item_overhead_ms``: what the device spends per
   item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
   device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
-  the cycle factor plus this, and an item alone pays it at every stage too (the calibrated link
-  overhead is only the transport's share: a device under a 0.5 CPU quota, running the whole
-  model, spent 3.1 ms per item outside compute where the links accounted for 0.3 ms). It is measured with the
-  model's input coming in and its output going out, so for stages whose tensors are much smaller
-  it errs on the high side.
+  the cycle factor plus this (the calibrated link overhead is only the transport's share: a
+  device under a 0.5 CPU quota, running the whole model, spent 3.1 ms per item outside compute
+  where the links accounted for 0.3 ms). It is measured with the model's input coming in and its
+  output going out, so for stages whose tensors are much smaller it errs on the high side;
+- ``latency_overhead_ms(links_ms)`` is the cost model's ``device_latency_overhead_ms``: what an
+  item alone pays outside compute at every stage on the device. The whole-model run's one-item
+  latency is recorded (``latency_ms``; ``latency_outside_ms`` = it less the one-item compute),
+  and what the cost model prices that run's two links at, unshaped, is taken off. With the
+  window full a device spends far longer per item outside compute than with one item in flight
+  (on the local testbed 0.50-1.08 ms against 0.16-0.17 ms), so pricing latency with
+  ``item_overhead_ms`` charged every extra stage ~0.4 ms too much: of the 3-stage mobilenet_v2
+  plans on lan, 91.5% were priced within 10% (mean absolute error 5.9%), and 98.4% (2.9%) priced
+  with one item's overhead (one pass, the same measurements priced both ways). Files from before
+  ``latency_ms`` fall back to ``item_overhead_ms``.
 
-Each device's one-item end-to-end latencies of both runs are recorded too (``latency_ms``,
-``tail_latency_ms``; ``latency_outside_ms``: the whole-model run's time outside compute, links
-included), for comparison with ``item_overhead_ms``; plans are not priced with them.
+The tail run's one-item latency is recorded too (``tail_latency_ms``), for comparison.
 
 All three come from runs seconds apart in one session, so drift of the machine between
 profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then
@@ -60,7 +67,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from paretopipe.errors import ParetoPipeError
 
@@ -121,9 +128,16 @@ class DeviceRuntime:
     def latency_outside_ms(self) -> float | None:
         """One item in flight, what the whole-model run spent outside its stage's compute (both
         links, receiving, decoding, encoding, sending); None where the latency was not recorded.
-        Recorded for comparison with ``item_overhead_ms`` (measured with the window full), which
-        the cost model prices every stage with."""
+        See :meth:`latency_overhead_ms`, what latency predictions use."""
         return None if self.latency_ms is None else self.latency_ms - self.latency_compute_ms
+
+    def latency_overhead_ms(self, links_ms: float) -> float:
+        """What one item in flight spends outside compute at every stage on the device (receiving,
+        decoding, encoding, sending): ``latency_outside_ms`` less ``links_ms``, what the cost model
+        prices the whole-model run's two links at (unshaped), and never below 0;
+        ``item_overhead_ms`` where the latency was not recorded (older files)."""
+        outside = self.latency_outside_ms
+        return self.item_overhead_ms if outside is None else max(0.0, outside - links_ms)
 
     @property
     def cycle_factor(self) -> float:
@@ -148,7 +162,8 @@ class DeviceRuntime:
     def describe(self) -> str:
         start = f", +{self.stage_start_ms:.2f} ms to start a stage" if self.tail_compute_ms is not None else ""
         return (f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when the pipeline "
-                f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute")
+                f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute"
+                + ("" if self.latency_outside_ms is None else f" ({self.latency_outside_ms:.2f} ms with one item, links included)"))
 
 
 def summary(runtimes: dict[str, DeviceRuntime]) -> str:
@@ -256,16 +271,33 @@ def _median_or_none(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def node_scale(runtimes: dict[str, DeviceRuntime] | None,
-               devices: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
-    """(latency factor, cycle factor, per-stage ms) per device in ``devices`` order; 1.0, 1.0 and
-    0.0 where not measured. The per-stage ms, the cost model's ``device_item_overhead_ms``, is
-    what every stage on the device adds beside its nodes: the item overhead outside compute plus
-    the stage start cost."""
+class NodeScale(NamedTuple):
+    """Per device, in the order asked for: what the cost model takes from device runtimes."""
+
+    latency_factor: list[float]  # node times x this (1.0 where not measured)
+    cycle_factor: list[float]  # a stage's compute in a full pipeline x this (1.0)
+    cycle_ms: list[float]  # per stage in a full pipeline: item_overhead_ms + stage_start_ms (0.0)
+    latency_ms: list[float]  # per stage, one item in flight: latency_overhead_ms + stage_start_ms (0.0)
+
+
+def node_scale(runtimes: dict[str, DeviceRuntime] | None, devices: Sequence[str],
+               links_ms: Sequence[float] | None = None) -> NodeScale:
+    """What every stage on each device of ``devices`` costs beside its nodes' profile times.
+
+    ``links_ms[i]`` is what the cost model prices device i's whole-model run's two links at,
+    unshaped (see :meth:`DeviceRuntime.latency_overhead_ms`; 0 when not given). The per-stage
+    ms are the cost model's ``device_item_overhead_ms`` (throughput) and
+    ``device_latency_overhead_ms`` (latency): the item overhead outside compute, with the window
+    full or one item in flight, plus the stage start cost."""
     runtimes = runtimes or {}
-    return ([runtimes[d].latency_factor if d in runtimes else 1.0 for d in devices],
-            [runtimes[d].cycle_factor if d in runtimes else 1.0 for d in devices],
-            [runtimes[d].item_overhead_ms + runtimes[d].stage_start_ms if d in runtimes else 0.0 for d in devices])
+    links = list(links_ms) if links_ms is not None else [0.0] * len(devices)
+    if len(links) != len(devices):
+        raise ValueError(f"links_ms has {len(links)} entries for {len(devices)} devices")
+    rt = [runtimes.get(d) for d in devices]
+    return NodeScale([r.latency_factor if r else 1.0 for r in rt],
+                     [r.cycle_factor if r else 1.0 for r in rt],
+                     [r.item_overhead_ms + r.stage_start_ms if r else 0.0 for r in rt],
+                     [r.latency_overhead_ms(ms) + r.stage_start_ms if r else 0.0 for r, ms in zip(rt, links)])
 
 
 def tail_cut(node_ms: Sequence[float], cut_positions: Sequence[int], share: float = TAIL_SHARE) -> int | None:

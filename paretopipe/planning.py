@@ -163,21 +163,10 @@ def candidate_cuts(graph: ModelGraph, granularity: str) -> list:
     return cuts
 
 
-def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbed: Testbed,
-                   links: dict[tuple[str, str], LinkModel], granularity: str = "node",
-                   window: int | None = None, runtimes: dict[str, DeviceRuntime] | None = None) -> Instance:
-    """The planner's numbers: calibrated node times per device, cut bytes, links, memory.
-
-    With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.devicecal`) a device's
-    node times are scaled to what its worker measured and its stages get its cycle factor and
-    per-item overhead. Devices that share CPUs (:meth:`Testbed.cpu_groups`) are charged together
-    in a full pipeline.
-    """
-    devices = list(profiles)
-    b = graph.batch_size
-    scale, cycle, item_overhead = node_scale(runtimes, devices)
-    node_ms = np.stack([p.profile.planned_node_ms(b) * f for p, f in zip(profiles.values(), scale)])
-    cuts = candidate_cuts(graph, granularity)
+def _link_matrices(links: dict[tuple[str, str], LinkModel], devices: Sequence[str],
+                   shaped: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cost model's (overhead, delay, bandwidth) matrices, index len(devices) the driver; with
+    ``shaped=False`` the transport's own, without the emulated conditions."""
     names = [*devices, DRIVER]
     n = len(names)
     overhead, delay, bandwidth = np.zeros((n, n)), np.zeros((n, n)), np.full((n, n), np.inf)
@@ -185,7 +174,41 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         for j, t in enumerate(names):
             if i != j:
                 lm = links[(s, t)]
-                overhead[i, j], delay[i, j], bandwidth[i, j] = lm.overhead_ms, lm.condition.delay_ms, lm.effective_bandwidth_bps()
+                overhead[i, j] = lm.overhead_ms
+                if shaped:
+                    delay[i, j], bandwidth[i, j] = lm.condition.delay_ms, lm.effective_bandwidth_bps()
+                else:
+                    bandwidth[i, j] = lm.rate_bps
+    return overhead, delay, bandwidth
+
+
+def whole_model_links_ms(graph: ModelGraph, links: dict[tuple[str, str], LinkModel], devices: Sequence[str]) -> list[float]:
+    """Per device, what the cost model prices the two links of a whole-model run on it at without
+    emulated conditions (the input from the driver, the output back): what the device runtime
+    calibration's runs paid on their links (see :meth:`DeviceRuntime.latency_overhead_ms`)."""
+    overhead, _, rate = _link_matrices(links, devices, shaped=False)
+    unshaped = Instance(node_ms=np.zeros((len(devices), 1)), cut_positions=np.array([], dtype=np.int64),
+                        cut_bytes=np.array([]), input_bytes=float(graph.input_nbytes()),
+                        output_bytes=float(graph.output_nbytes()), link_overhead_ms=overhead, link_bandwidth_bps=rate)
+    return (unshaped.in_transfer_ms + unshaped.out_transfer_ms).tolist()
+
+
+def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbed: Testbed,
+                   links: dict[tuple[str, str], LinkModel], granularity: str = "node",
+                   window: int | None = None, runtimes: dict[str, DeviceRuntime] | None = None) -> Instance:
+    """The planner's numbers: calibrated node times per device, cut bytes, links, memory.
+
+    With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.devicecal`) a device's
+    node times are scaled to what its worker measured and its stages get its cycle factor and
+    per-item overheads (with the pipeline full, and with one item in flight). Devices that share
+    CPUs (:meth:`Testbed.cpu_groups`) are charged together in a full pipeline.
+    """
+    devices = list(profiles)
+    b = graph.batch_size
+    scale = node_scale(runtimes, devices, whole_model_links_ms(graph, links, devices) if runtimes else None)
+    node_ms = np.stack([p.profile.planned_node_ms(b) * f for p, f in zip(profiles.values(), scale.latency_factor)])
+    cuts = candidate_cuts(graph, granularity)
+    overhead, delay, bandwidth = _link_matrices(links, devices)
     return Instance(
         node_ms=node_ms,
         cut_positions=np.array([c.index for c in cuts]),
@@ -199,8 +222,9 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         link_overhead_ms=overhead,
         link_delay_ms=delay,
         link_bandwidth_bps=bandwidth,
-        device_cycle_factor=np.array(cycle),
-        device_item_overhead_ms=np.array(item_overhead),
+        device_cycle_factor=np.array(scale.cycle_factor),
+        device_item_overhead_ms=np.array(scale.cycle_ms),
+        device_latency_overhead_ms=np.array(scale.latency_ms),
         device_cpu_group=np.array(testbed.cpu_groups(devices), dtype=np.int64),
         batch_size=b,
         window=window,

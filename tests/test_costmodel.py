@@ -67,6 +67,9 @@ def test_vectorised_matches_hand_computed_plan():
     ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5, 20.9),
     # every stage's device pays its own: 0.5 (c) + 0.25 (a) + 2.5 (b)
     ({"device_item_overhead_ms": [0.25, 2.5, 0.5]}, 6.5, 21.65),
+    # an item alone pays less outside compute than with the pipeline full: latency takes its own
+    ({"device_item_overhead_ms": [0.25, 2.5, 0.5], "device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 6.5, 19.0),
+    ({"device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 4.1, 19.0),
 ])
 def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overheads_add_to_latency(device_fields, bottleneck, latency):
     inst = toy(**device_fields)
@@ -77,7 +80,8 @@ def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overhead
     assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
 
 
-@pytest.mark.parametrize("field, value", [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0)])
+@pytest.mark.parametrize("field, value", [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0),
+                                          ("device_latency_overhead_ms", -1.0)])
 def test_device_runtime_terms_are_checked(field, value):
     with pytest.raises(UsageError, match=field):
         toy(**{field: [1.0 if field == "device_cycle_factor" else 0.0, value, 0.5]})
@@ -145,6 +149,7 @@ def random_instances(draw, integer: bool):
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
         device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
         device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
+        device_latency_overhead_ms=None if rng.random() < 0.5 else rng.choice([0.0, 0.25, 1.0], d),
         device_cpu_group=rng.integers(0, d, d),
         batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
 

@@ -23,8 +23,9 @@ def test_factors_and_round_trip():
     assert DeviceRuntime.from_dict(json.loads(json.dumps(d))) == r
     fast = DeviceRuntime("fast", 10.0, 11.0, 11.0, 90.0, 20, batch_size=1)  # 11.11 ms per item
     assert devicecal.summary({"fast": fast, "slow": r}) == "fast 1.100/1.000+0.11ms slow 1.250/1.200+3.33ms"
+    # no one-item latency recorded: latency is priced with the window-full overhead too
     assert devicecal.node_scale({"slow": r}, ["fast", "slow"]) == (
-        [1.0, 1.25], [1.0, pytest.approx(1.2)], [0.0, pytest.approx(3.3333, abs=1e-4)])
+        [1.0, 1.25], [1.0, pytest.approx(1.2)], [0.0, pytest.approx(3.3333, abs=1e-4)], [0.0, pytest.approx(3.3333, abs=1e-4)])
 
 
 def test_files_without_a_batch_size_give_no_item_overhead():
@@ -148,7 +149,22 @@ def test_one_item_latencies_are_recorded_beside_the_compute_times():
     assert DeviceRuntime.from_dict(json.loads(json.dumps(out.to_dict()))) == out
     older = DeviceRuntime.from_dict({k: v for k, v in out.to_dict().items() if k not in ("latency_ms", "tail_latency_ms")})
     assert older.latency_ms is None and older.latency_outside_ms is None and older.to_dict()["latency_outside_ms"] is None
-    assert older.latency_factor == out.latency_factor  # pricing does not use it
+    assert older.latency_factor == out.latency_factor
+
+
+def test_latency_is_priced_with_the_overhead_of_one_item_in_flight():
+    # one item: 27.5 ms end to end, 25 ms of it compute; the cost model prices the run's two links
+    # at 0.75 ms, so 1.75 ms per stage is the device's own. With the window full: 3.33 ms per item.
+    r = DeviceRuntime("d", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8,
+                      latency_ms=27.5)
+    assert r.latency_overhead_ms(0.75) == pytest.approx(1.75) and r.item_overhead_ms == pytest.approx(3.3333, abs=1e-4)
+    assert r.latency_overhead_ms(5.0) == 0.0  # links priced above what the run took: nothing left, never negative
+    scale = devicecal.node_scale({"d": r}, ["d", "other"], links_ms=[0.75, 0.4])
+    assert scale.latency_ms == [pytest.approx(1.75 + 1.0), 0.0]  # plus the stage start cost, as compute
+    assert scale.cycle_ms == [pytest.approx(3.3333 + 1.0, abs=1e-4), 0.0]
+    assert "(2.50 ms with one item, links included)" in r.describe()
+    with pytest.raises(ValueError, match="links_ms has 1 entries for 2 devices"):
+        devicecal.node_scale({"d": r}, ["d", "other"], links_ms=[0.75])
 
 
 def test_tail_cut_takes_about_a_sixth_of_the_time():

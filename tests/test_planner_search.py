@@ -49,6 +49,8 @@ def instances(draw, integer: bool = True) -> Instance:
         # stages hold a device longer per item in a full pipeline (1.5 keeps sums exact)
         device_cycle_factor=rng.choice([1.0, 1.0, 1.5, 2.0], d) if integer else rng.uniform(0.8, 2.0, d),
         device_item_overhead_ms=rng.choice([0.0, 0.0, 1.0, 2.0], d) if integer else rng.uniform(0.0, 2.0, d),
+        # an item alone pays its own overhead per stage (less than with the pipeline full)
+        device_latency_overhead_ms=rng.choice([0.0, 1.0], d) if integer else rng.uniform(0.0, 1.0, d),
         # half the instances have devices sharing a CPU (their cycles add up in the bottleneck)
         device_cpu_group=rng.integers(0, d, d) if rng.random() < 0.5 else np.arange(d),
         batch_size=draw(st.integers(1, 2)), window=draw(st.sampled_from([None, None, 1, 2])))

@@ -156,6 +156,27 @@ def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck
     assert whole_b.predicted["stage_ms"][0] == pytest.approx(1.5 * b_ms)
     assert whole_b.predicted["bottleneck_ms"] >= 3.0 * b_ms + 0.5 - 1e-9
     assert cal.meta["device_runtime"] == "b 1.500/2.000+0.50ms"
+    # no one-item latency recorded (older files): an item alone is priced with the same overhead
+    assert cal.instance.device_latency_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
+
+
+def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(profiled):
+    from paretopipe.calibration import Calibration, LinkFit
+    from paretopipe.devicecal import DeviceRuntime
+
+    _, tb, spec, graph, profs = profiled
+    # every message costs 0.2 ms plus its bytes at 80 Mbit/s (10 bytes per microsecond)
+    calib = Calibration("toy", "zmq", "process", (LinkFit("a", "b", 0.2, 80e6),))
+    b_ms = float(plan_front(spec, graph, tb, WIFI, profs, [1]).instance.node_ms[1].sum())
+    # one item: 1.2 ms outside compute, end to end; with the window full 0.5 ms per item more than compute
+    runtimes = {"b": DeviceRuntime("b", b_ms, b_ms, b_ms, 1000 / (b_ms + 0.5), 5, batch_size=1, latency_ms=b_ms + 1.2)}
+    cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], calibration=calib, runtimes=runtimes)
+    links = 0.4 + (graph.input_nbytes() + graph.output_nbytes()) / 10e3  # in and out, unshaped: no 5 ms delay
+    assert cal.instance.device_latency_overhead_ms == pytest.approx([0.0, 1.2 - links, 0.0])
+    assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
+    whole_b = cal.plan_for((), (1,))
+    inst = cal.instance
+    assert whole_b.predicted["latency_ms"] == pytest.approx(inst.in_transfer_ms[1] + b_ms + 1.2 - links + inst.out_transfer_ms[1])
 
 
 def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(profiled):

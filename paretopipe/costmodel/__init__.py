@@ -11,9 +11,9 @@ Formulas (index ``D`` in the link matrices is the driver):
 - a message of n bytes over link (s, t): ``busy_ms = overhead[s,t] + n*8/bandwidth[s,t]*1e3``
   (sender and wire occupied), ``transfer_ms = busy_ms + delay[s,t]``.
 - ``latency_ms`` = driver->d_0 transfer + stage and inter-stage transfers in order + d_last->driver,
-  where a stage adds ``stage_ms + device_item_overhead_ms[d_k]`` (what its device spends per item
-  outside compute, receiving and sending: the calibrated link overhead is the transport's share,
-  measured between idle processes, and misses most of it on a slow device).
+  where a stage adds ``stage_ms + device_latency_overhead_ms[d_k]`` (what its device spends on an
+  item alone outside compute, receiving and sending: the calibrated link overhead is the
+  transport's share, measured between idle processes, and misses most of it on a slow device).
 - ``bottleneck_ms`` = max of every stage's cycle (``stage_ms * device_cycle_factor[d_k] +
   device_item_overhead_ms[d_k]``, the time the stage holds its device per item when the pipeline
   is full, receiving and sending included) and every link's busy_ms

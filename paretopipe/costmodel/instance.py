@@ -46,8 +46,10 @@ class Instance:
     ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
     pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
     ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
-    device spends per item outside compute: receiving and sending, which an item's latency pays
-    at every stage too). ``device_cpu_group`` (D,) gives devices that share one CPU the same
+    device spends per item outside compute with the pipeline full: receiving and sending).
+    ``device_latency_overhead_ms`` (D,) is what an item alone pays outside compute at every
+    stage on the device (a stage adds ``stage_ms + device_latency_overhead_ms[d]`` to latency);
+    it defaults to ``device_item_overhead_ms``. ``device_cpu_group`` (D,) gives devices that share one CPU the same
     label: their stages take turns on it, so in a full pipeline their cycles add up (see
     :meth:`shared_cycle_ms`). Optional arrays default to zero bytes, no memory limit, no
     overhead/delay, unlimited links, a cycle factor of 1 and a CPU of its own for every device.
@@ -70,6 +72,7 @@ class Instance:
     link_bandwidth_bps: np.ndarray | None = None
     device_cycle_factor: np.ndarray | None = None
     device_item_overhead_ms: np.ndarray | None = None
+    device_latency_overhead_ms: np.ndarray | None = None
     device_cpu_group: np.ndarray | None = None
     batch_size: int = 1
     window: int | None = None
@@ -109,7 +112,11 @@ class Instance:
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
             put(name, _array(name, np.full(shape, fill) if value is None else value, shape))
-        for name in ("node_param_bytes", "live_bytes", "link_overhead_ms", "link_delay_ms", "device_item_overhead_ms"):
+        one_item = self.device_latency_overhead_ms
+        put("device_latency_overhead_ms", _array("device_latency_overhead_ms",
+                                                 self.device_item_overhead_ms if one_item is None else one_item, (d,)))
+        for name in ("node_param_bytes", "live_bytes", "link_overhead_ms", "link_delay_ms", "device_item_overhead_ms",
+                     "device_latency_overhead_ms"):
             _nonneg(name, getattr(self, name))
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
         if np.any(~np.isfinite(self.device_cycle_factor) | (self.device_cycle_factor <= 0)):
@@ -191,8 +198,8 @@ class Instance:
 
     def stage_latency_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
         """What the stages of ``stage_ms`` add to an item's latency on their ``devices``: compute
-        plus the device's per-item overhead outside compute (receiving and sending)."""
-        return stage_ms + self.device_item_overhead_ms[devices]
+        plus the device's overhead outside compute with one item in flight (receiving and sending)."""
+        return stage_ms + self.device_latency_overhead_ms[devices]
 
     def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
         """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
@@ -271,4 +278,4 @@ class Instance:
         """A bound no plan with at most ``max_stages`` stages can exceed (for rounding margins)."""
         links = (max_stages - 1) * (float(self.cut_transfer_ms.max()) if self.n_cuts else 0.0)
         return (float(self.in_transfer_ms.max()) + float(self.node_ms.max(axis=0).sum()) + links
-                + max_stages * float(self.device_item_overhead_ms.max()) + float(self.out_transfer_ms.max()))
+                + max_stages * float(self.device_latency_overhead_ms.max()) + float(self.out_transfer_ms.max()))
