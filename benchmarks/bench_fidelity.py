@@ -7,9 +7,10 @@ over a candidate cut set (all block cuts for 2 stages; six evenly spaced block c
 to keep the run under an hour). It then reports, over all measured configurations, the share
 whose predicted latency / throughput is within ±10% of the measured value, and what a
 *planner-guided* sweep (the predicted front and the plans predicted near it, `--cuts front`, with
-the sweep's own `--near` and `--neighbours`) would have
-measured: how many configurations, and whether the measured front computed from only those
-configurations equals the measured front of the exhaustive sweep (same measurements, so the
+the sweep's own `--near`, `--neighbours` and `--refine`: rounds that add the plans predicted near
+the front measured so far) would have measured: how many configurations, and whether the
+measured front computed from only those configurations equals the measured front of the
+exhaustive sweep (the exhaustive sweep's measurements stand in for the guided sweep's, so the
 comparison is free of run-to-run noise).
 
 Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan is measured in
@@ -62,7 +63,7 @@ from paretopipe.planning import build_instance, link_models, reprice, whole_mode
 from paretopipe.plans import load_plan, safe_name, write_json_atomic
 from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
-from paretopipe.sweep.runner import CHECKS_FILE, _inputs
+from paretopipe.sweep.runner import CHECKS_FILE, _inputs, near_measured, replan
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
@@ -94,19 +95,32 @@ def ensure_calibration(testbed: str, calibrations: Path) -> None:
     write_json_atomic(cal.to_dict(), path)
 
 
-def guided_subset(settings: SweepSettings, neighbours: int, near: float) -> dict[str, set[str]]:
-    """Per scenario, the plan ids a `--cuts front` sweep plans to measure (planning only, via the
-    sweep's own `prepare`, into a sibling directory)."""
-    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, near_margin=near, out=settings.out + "-guided",
-                                 resume=False)
+def guided_subset(settings: SweepSettings, rows: pd.DataFrame, neighbours: int, near: float,
+                  refine: int) -> dict[str, tuple[set[str], int]]:
+    """Per scenario, the plan ids a `--cuts front` sweep would measure and how many of them its
+    refinement rounds added: the sweep's own `prepare` (planning only, into a sibling directory),
+    then up to ``refine`` rounds of the sweep's own `near_measured`, with the exhaustive sweep's
+    ``rows`` standing in for what the guided sweep would have measured."""
+    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, near_margin=near, refine=refine,
+                                 out=settings.out + "-guided", resume=False)
     shutil.rmtree(guided.out, ignore_errors=True)
     Path(guided.out).mkdir(parents=True)
     shutil.copy(Path(settings.out) / DEVICE_RUNTIME, guided.out)  # price plans exactly as the full sweep did
     configs = prepare(guided, RunStore(guided.out), log)
-    out: dict[str, set[str]] = {}
+    chosen: dict[str, dict[str, object]] = {}
     for c in configs:
-        out.setdefault(c.network, set()).add(c.plan.id)
-    return out
+        chosen.setdefault(c.network, {})[c.plan.id] = c.plan
+    first = {net: len(plans) for net, plans in chosen.items()}
+    planning = replan(guided, Path(guided.out), lambda m: None) if refine else {}
+    ok = rows[(rows["status"] == "ok") & (rows["backend"] == settings.backends[0])]
+    for net, result in planning.items():
+        for _ in range(refine):
+            mine = ok[(ok["network"] == net) & ok["plan_id"].isin(chosen[net])]
+            more = near_measured(result, mine, list(chosen[net].values()), near, neighbours)
+            if not more:
+                break
+            chosen[net].update({p.id: p for p in more})
+    return {net: (set(plans), len(plans) - first[net]) for net, plans in chosen.items()}
 
 
 def read_checks(run: Path) -> list[dict]:
@@ -212,7 +226,7 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
 
 
 def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
-            near: float, recheck: float, min_time_s: float) -> dict:
+            near: float, refine: int, recheck: float, min_time_s: float) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
@@ -234,7 +248,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
     full_window = priced_with_full_window_overhead(rows, settings, checks, inputs)
     log(f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
         f"whole model, one item: {device_drift(checks)}")
-    guided = guided_subset(settings, neighbours, near)
+    guided = guided_subset(settings, rows, neighbours, near, refine)
     result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
     lat_ok = tput_ok = n = 0
     start_ok = [0.0, 0.0]
@@ -258,7 +272,7 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
             lat_rep += rep["latency_repeat_within_10pct"] * rep["repeat_pairs"]
             tput_rep += rep["throughput_repeat_within_10pct"] * rep["repeat_pairs"]
             pairs += rep["repeat_pairs"]
-        subset = guided.get(net, set())
+        subset, refined = guided.get(net, (set(), 0))
         sub = aggregate(net_rows[net_rows["plan_id"].isin(subset)])
         full_front = set(agg.loc[agg["on_front"], "plan_id"])
         sub_front = set(sub.loc[sub["on_front"], "plan_id"])
@@ -271,7 +285,8 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
             f"latency with window-full overheads: {errs_full['latency_within_10pct']:.0%} (MAPE {errs_full['latency_mape_pct']:.1f}%)]; "
             + (f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
                f"{rep['throughput_repeat_within_10pct']:.0%}; " if rep["repeat_pairs"] else "")
-            + f"guided measures {len(subset)}/{len(agg)}, front {'same' if full_front == sub_front else 'DIFFERENT'} "
+            + f"guided measures {len(subset)}/{len(agg)} ({refined} added near the measured front), "
+            f"front {'same' if full_front == sub_front else 'DIFFERENT'} "
             f"({sorted(full_front)} vs {sorted(sub_front)})")
         log(f"  {net}: one item's latency, medians by stage count: {latency_split(net_rows, checks)}")
     result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
@@ -294,6 +309,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
     ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
                     help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
+    ap.add_argument("--refine", type=int, default=SweepSettings.refine,
+                    help="rounds in which a guided sweep adds the plans predicted near the measured front (as `sweep --refine`)")
     ap.add_argument("--recheck", type=float, default=60.0,
                     help="seconds: check the device runtime again within a pass this often (as `sweep --recheck`)")
     ap.add_argument("--near", type=float, default=100 * SweepSettings.near_margin,
@@ -301,7 +318,7 @@ def main() -> None:
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100,
+    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100, args.refine,
                        args.recheck, args.min_time_s)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)

@@ -221,3 +221,24 @@ def test_front_selection_adds_the_plans_predicted_closest_to_the_front(profiled)
     everything = select(result, "front", limit=len(keys), margin=margin)
     assert len(everything) == n_front + 5 and all(score[k] <= 1 + margin for k in everything[n_front:])
     assert select(result, "front", limit=0, margin=margin) == chosen[:n_front]  # never fewer than the front
+
+
+def test_plans_predicted_near_the_measured_front_are_ranked_against_it(profiled):
+    from paretopipe.sweep.candidates import closeness, near_measured_front
+
+    _, tb, spec, graph, profs = profiled
+    result = plan_front(spec, graph, tb, WIFI, profs, [2, 3])
+    df = result.table()
+    keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
+    point = {k: (lat, tput) for k, lat, tput in zip(keys, df["latency_ms"], df["throughput_ips"])}
+    feasible = {k for k, ok in zip(keys, df["feasible"]) if ok}
+    # two plans measured, both 20% slower and 20% less productive than predicted: both on the front
+    measured = sorted(feasible)[:2]
+    front = {k: (point[k][0] * 1.2, point[k][1] / 1.2) for k in measured}
+    fp = np.array(list(front.values()))
+    score = {k: float(closeness(np.array([point[k]]), fp)[0]) for k in feasible - set(measured)}
+    near = near_measured_front(result, front, set(measured), margin=0.10, limit=len(keys))
+    assert near and set(near) == {k for k, v in score.items() if v <= 1.10} and not set(near) & set(measured)
+    assert [score[k] for k in near] == sorted(score[k] for k in near)
+    assert near_measured_front(result, front, set(measured), margin=0.10, limit=2) == near[:2]
+    assert near_measured_front(result, {}, set(measured)) == []

@@ -186,9 +186,9 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
             return row
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
-    st = SweepSettings(model=FACTORY, testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,), cuts="3,5",
-                       latency_items=3, throughput_items=9, profiles=str(tmp_path / "profiles"), out=str(tmp_path / "run"),
-                       **settings)
+    st = SweepSettings(**{"model": FACTORY, "testbed": str(_testbed(tmp_path)), "networks": ("lan",), "stages": (2,),
+                          "cuts": "3,5", "latency_items": 3, "throughput_items": 9, "profiles": str(tmp_path / "profiles"),
+                          "out": str(tmp_path / "run"), **settings})
     store = RunStore(st.out)
     logged: list[str] = []
     with Sessions(st, testbed=None) as pool:
@@ -288,3 +288,30 @@ def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "device_checks.jsonl").exists()
     planned = {c.plan.id: c.plan.predicted["latency_ms"] for c in configs}
     assert rows.set_index("plan_id")["pred_latency_ms"].astype(float).to_dict() == pytest.approx(planned)
+
+
+@pytest.mark.parametrize("refine", [0, 2])
+def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_path, monkeypatch, refine):
+    # Every plan measures the same: all are on the measured front, so every plan not measured yet
+    # is predicted near it, and each refinement round adds --neighbours (1) of them.
+    def reply(plan):
+        if plan.stages == 1:
+            return _whole_model_run(10.0)
+        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+
+    outcome, rows, logged, configs = _fake_sweep(tmp_path, monkeypatch, reply, cuts="front", stages=(1, 2), neighbours=1,
+                                                 refine=refine)
+    first = len(configs)  # the predicted front and one plan near it
+    assert outcome.refined == refine and outcome.configs == first + refine and outcome.measured == first + refine
+    assert len(rows) == first + refine and rows["plan_id"].is_unique and (rows["status"] == "ok").all()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    added = manifest["configurations"][first:]
+    assert [c["plan_id"] for c in added] == rows["plan_id"].tolist()[first:] and not any(c["on_front"] for c in added)
+    assert all((tmp_path / "run" / c["plan"]).is_file() for c in added)
+    assert sum("more plans predicted within 10% of the measured front" in m for m in logged) == refine
+    # a resumed run reloads the added configurations with the rest and measures nothing again
+    from paretopipe.sweep.runner import SweepSettings, _reload
+    from paretopipe.network.conditions import LinkCondition
+
+    assert [c.plan.id for c in _reload(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows["plan_id"].tolist()
+    assert SweepSettings().refine == 3

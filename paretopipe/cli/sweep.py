@@ -28,6 +28,7 @@ def sweep_command(
     granularity: str = typer.Option("block", "--granularity", "-g", help="Candidate cuts for --cuts front/all: block, node, or cut indices like 2,7,15."),
     neighbours: int = typer.Option(12, "--neighbours", min=0, help="With --cuts front: at most this many plans near the front to measure too, per scenario (closest first)."),
     near: float = typer.Option(10.0, "--near", min=0, help="With --cuts front: a plan is near the front when a prediction error of this many percent could put it on it."),
+    refine: int = typer.Option(3, "--refine", min=0, help="With --cuts front: after measuring, up to this many rounds that measure the plans predicted near the measured front too (--neighbours per scenario and round); 0: none."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
@@ -79,7 +80,7 @@ def sweep_command(
     settings = SweepSettings(
         model=model, testbed=str(testbed), networks=nets, backends=backends, stages=tuple(ks), cuts=cuts,
         granularity=granularity, batch_size=batch_size, latency_items=items, throughput_items=3 * items,
-        warmup=warmup, min_time_s=min_time, repeats=repeats, neighbours=neighbours, near_margin=near / 100, out=str(out), resume=resume, fail_fast=fail_fast,
+        warmup=warmup, min_time_s=min_time, repeats=repeats, neighbours=neighbours, near_margin=near / 100, refine=refine, out=str(out), resume=resume, fail_fast=fail_fast,
         profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
         timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
         weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed, isolation=isolation, secure=secure,
@@ -97,7 +98,7 @@ def sweep_command(
             task = bar.add_task("measuring", total=len(configs))
 
             def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, description=what[:60])
+                bar.update(task, completed=done, total=total, description=what[:60])  # refinement adds to the total
 
             try:
                 outcome = runner.execute(settings, store, configs, err_console.print, progress, sessions)
@@ -106,6 +107,7 @@ def sweep_command(
     summaries = analysis.write_reports(store.rows(), Path(out))
     err_console.print(f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
                       + (f"left for --resume {outcome.unmeasured} " if outcome.unmeasured else "")
+                      + (f"({outcome.refined} of them added near the measured front) " if outcome.refined else "")
                       + f"in {outcome.elapsed_s:.0f} s")
     rows = store.rows()
     for s in summaries:

@@ -50,6 +50,7 @@ class SweepSettings:
     repeats: int = 1
     neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
     near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
+    refine: int = 3  # with cuts="front": rounds adding plans predicted near the measured front (refine())
     out: str = "results/run"
     resume: bool = False
     fail_fast: bool = False
@@ -91,6 +92,13 @@ class SweepOutcome:
     elapsed_s: float
     failures: list[str] = field(default_factory=list)
     unmeasured: int = 0  # left for --resume (rpc after a failure)
+    refined: int = 0  # configurations added by refine() rounds
+
+    def then(self, more: "SweepOutcome", added: int) -> "SweepOutcome":
+        """This outcome followed by ``more``, an execute() of the same list with ``added`` more configurations."""
+        return SweepOutcome(more.configs, self.measured + more.measured, self.skipped, self.failed + more.failed,
+                            self.elapsed_s + more.elapsed_s, self.failures + more.failures, more.unmeasured,
+                            self.refined + added)
 
 
 class Sessions:
@@ -333,6 +341,83 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
     return runtimes
 
 
+def replan(settings: SweepSettings, out_dir: Path, log: Log) -> dict[str, Any]:
+    """Per scenario label, the PlanningResult the run's plans were chosen from (priced with the
+    run's device_runtime.json, as :func:`prepare` priced them; planning only, nothing measured)."""
+    import json
+
+    from paretopipe.devicecal import FILENAME, DeviceRuntime
+    from paretopipe.planning import plan_front
+    from paretopipe.testbed import load_testbed
+
+    scenarios = load_scenarios(settings.networks_file)
+    tb = load_testbed(settings.testbed, scenarios)
+    inputs = _inputs(settings, tb, log)
+    path = out_dir / FILENAME
+    runtimes = None
+    if settings.device_runtime and path.exists():
+        runtimes = {d: DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
+    return {label: plan_front(inputs.spec, inputs.graph, tb, (label, cond), inputs.profiles, settings.stages, "auto",
+                              granularity=inputs.granularity, calibration=inputs.calibration, runtimes=runtimes)
+            for label, cond in (resolve_network(n, scenarios) for n in settings.networks)}
+
+
+def near_measured(result: Any, rows: Any, chosen: Sequence[Plan], margin: float, limit: int) -> list[Plan]:
+    """Plans of ``result`` (one scenario's planning) not among ``chosen`` that a prediction error of
+    at most ``margin`` could put on the front measured in ``rows`` (that scenario's measurement
+    rows of one backend), closest first, at most ``limit`` (see
+    :func:`paretopipe.sweep.candidates.near_measured_front`)."""
+    from paretopipe.sweep.analysis import aggregate
+    from paretopipe.sweep.candidates import near_measured_front
+
+    inst = result.instance
+    cut_at = {int(p): i for i, p in enumerate(inst.cut_positions)}
+    dev_at = {d: i for i, d in enumerate(inst.device_names)}
+    keys = {p.id: (tuple(cut_at[c.index] for c in p.cuts), tuple(dev_at[d] for d in p.devices)) for p in chosen}
+    agg = aggregate(rows[rows["plan_id"].isin(keys)]) if len(rows) else rows
+    if not len(agg):
+        return []
+    front = {keys[r["plan_id"]]: (float(r["latency_ms_p50"]), float(r["throughput_ips"]))
+             for _, r in agg[agg["on_front"]].iterrows()}
+    return [result.plan_for(*k) for k in near_measured_front(result, front, set(keys.values()), margin, limit)]
+
+
+def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log) -> list[Config]:
+    """With ``cuts="front"``: the configurations (every backend, ``repeats`` passes) of the plans
+    predicted within ``near_margin`` of each scenario's *measured* front that are not measured yet,
+    at most ``neighbours`` per scenario; added to the manifest. Empty when there are none.
+
+    The predicted front and the plans near it are measured first; a plan the model priced just
+    off the predicted front can still join the measured one (:func:`near_measured`). Call it
+    after :func:`execute`, and :func:`execute` the result, until it returns nothing."""
+    if settings.cuts != "front" or not configs:
+        return []
+    rows = store.rows()
+    ok = rows[rows["status"] == "ok"] if len(rows) else rows
+    backend = settings.backends[0]
+    planning = replan(settings, store.dir, lambda m: None)
+    new: list[Config] = []
+    for label, result in planning.items():
+        chosen = list({c.plan.id: c.plan for c in configs if c.network == label}.values())
+        mine = ok[(ok["network"] == label) & (ok["backend"] == backend)] if len(ok) else ok
+        plans = near_measured(result, mine, chosen, settings.near_margin, settings.neighbours)
+        if not plans:
+            continue
+        pdir = store.dir / "plans" / safe_name(label)
+        for plan in plans:
+            save_plan(plan, pdir / f"{plan.id}.json")
+        log(f"{label}: {len(plans)} more plans predicted within {100 * settings.near_margin:g}% of the measured front: "
+            + ", ".join(p.id for p in plans))
+        cond = next(c.condition for c in configs if c.network == label)
+        new += measurement_order(settings.backends, [((label, cond), [(p, False) for p in plans])], settings.repeats)
+    if new:
+        manifest = store.manifest()
+        store.update_manifest(configurations=manifest["configurations"] + [
+            {"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat, "on_front": False,
+             "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"} for c in new])
+    return new
+
+
 def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
     configs = []
     for c in manifest["configurations"]:
@@ -344,12 +429,21 @@ def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> li
 def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
             progress: Callable[[int, int, str], None] = lambda done, total, what: None,
             sessions: Sessions | None = None) -> SweepOutcome:
-    """Measure every configuration not yet measured; rows are appended as each finishes.
+    """Measure every configuration not yet measured; rows are appended as each finishes. With
+    ``cuts="front"``, then up to ``settings.refine`` rounds of :func:`refine`: the plans predicted
+    near the measured front are measured too, until none is left.
 
     ``sessions``: the pool :func:`prepare` used (see :class:`Sessions`); without one, workers are
     started here and stopped at the end."""
     with _sessions(settings, sessions) as pool:
-        return _execute(settings, store, configs, log, progress, pool)
+        outcome = _execute(settings, store, configs, log, progress, pool)
+        for _ in range(settings.refine):
+            more = [] if outcome.unmeasured else refine(settings, store, configs, log)
+            if not more:
+                break
+            configs = [*configs, *more]
+            outcome = outcome.then(_execute(settings, store, configs, log, progress, pool), len(more))
+        return outcome
 
 
 class _PassCheck:
