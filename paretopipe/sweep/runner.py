@@ -189,8 +189,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
         "networks": {label: cond.to_dict() for label, cond in nets},
         "fingerprint": fingerprint(), "git_commit": commit, "git_dirty": dirty, "started": now(), "finished": None,
         "device_runtime": None if runtimes is None else {d: r.to_dict() for d, r in runtimes.items()},
-        "configurations": [{"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat,
-                            "on_front": c.on_front, "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"} for c in configs],
+        "configurations": [_manifest_entry(c) for c in configs],
     })
     return configs
 
@@ -303,22 +302,32 @@ def measurement_order(backends: Sequence[str], planned: Sequence[tuple[tuple[str
             for r in range(repeats) for plan, on_front in plans]
 
 
+def _saved_runtimes(out_dir: Path) -> dict[str, Any] | None:
+    """The run directory's device_runtime.json, if any. Raises ConfigError if it is unreadable."""
+    import json
+
+    from paretopipe import devicecal
+
+    path = out_dir / devicecal.FILENAME
+    if not path.exists():
+        return None
+    try:
+        return {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again") from None
+
+
 def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log: Log, sessions: Sessions):
     """Run the whole model on every device through the runtime; saved as device_runtime.json.
 
     A device_runtime.json already in the run directory (for the same devices) is used instead, so
     plans made again for a run are priced exactly as before."""
-    import json
-
     from paretopipe import devicecal
     from paretopipe.plans import write_json_atomic
 
     path = out_dir / devicecal.FILENAME
-    if path.exists():
-        try:
-            saved = {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again") from None
+    saved = _saved_runtimes(out_dir)
+    if saved is not None:
         if set(saved) == set(inputs.profiles):
             log(f"device runtime: from {path}: {devicecal.summary(saved)}")
             return saved
@@ -344,19 +353,13 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
 def replan(settings: SweepSettings, out_dir: Path, log: Log) -> dict[str, Any]:
     """Per scenario label, the PlanningResult the run's plans were chosen from (priced with the
     run's device_runtime.json, as :func:`prepare` priced them; planning only, nothing measured)."""
-    import json
-
-    from paretopipe.devicecal import FILENAME, DeviceRuntime
     from paretopipe.planning import plan_front
     from paretopipe.testbed import load_testbed
 
     scenarios = load_scenarios(settings.networks_file)
     tb = load_testbed(settings.testbed, scenarios)
     inputs = _inputs(settings, tb, log)
-    path = out_dir / FILENAME
-    runtimes = None
-    if settings.device_runtime and path.exists():
-        runtimes = {d: DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
+    runtimes = _saved_runtimes(out_dir) if settings.device_runtime else None
     return {label: plan_front(inputs.spec, inputs.graph, tb, (label, cond), inputs.profiles, settings.stages, "auto",
                               granularity=inputs.granularity, calibration=inputs.calibration, runtimes=runtimes)
             for label, cond in (resolve_network(n, scenarios) for n in settings.networks)}
@@ -382,7 +385,8 @@ def near_measured(result: Any, rows: Any, chosen: Sequence[Plan], margin: float,
     return [result.plan_for(*k) for k in near_measured_front(result, front, set(keys.values()), margin, limit)]
 
 
-def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log) -> list[Config]:
+def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
+           planning: dict[str, Any] | None = None) -> list[Config]:
     """With ``cuts="front"``: the configurations (every backend, ``repeats`` passes) of the plans
     predicted within ``near_margin`` of each scenario's *measured* front that are not measured yet,
     at most ``neighbours`` per scenario; added to the manifest. Empty when there are none.
@@ -395,7 +399,7 @@ def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], 
     rows = store.rows()
     ok = rows[rows["status"] == "ok"] if len(rows) else rows
     backend = settings.backends[0]
-    planning = replan(settings, store.dir, lambda m: None)
+    planning = planning if planning is not None else replan(settings, store.dir, lambda m: None)
     new: list[Config] = []
     for label, result in planning.items():
         chosen = list({c.plan.id: c.plan for c in configs if c.network == label}.values())
@@ -412,10 +416,14 @@ def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], 
         new += measurement_order(settings.backends, [((label, cond), [(p, False) for p in plans])], settings.repeats)
     if new:
         manifest = store.manifest()
-        store.update_manifest(configurations=manifest["configurations"] + [
-            {"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat, "on_front": False,
-             "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"} for c in new])
+        store.update_manifest(configurations=manifest["configurations"] + [_manifest_entry(c) for c in new])
     return new
+
+
+def _manifest_entry(c: Config) -> dict[str, Any]:
+    """A configuration as the manifest lists it (what :func:`_reload` reads back)."""
+    return {"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat,
+            "on_front": c.on_front, "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"}
 
 
 def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
@@ -437,8 +445,9 @@ def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config],
     started here and stopped at the end."""
     with _sessions(settings, sessions) as pool:
         outcome = _execute(settings, store, configs, log, progress, pool)
+        planning = replan(settings, store.dir, lambda m: None) if settings.refine and settings.cuts == "front" else None
         for _ in range(settings.refine):
-            more = [] if outcome.unmeasured else refine(settings, store, configs, log)
+            more = [] if outcome.unmeasured else refine(settings, store, configs, log, planning)
             if not more:
                 break
             configs = [*configs, *more]
