@@ -122,11 +122,6 @@ class LinkModel:
     overhead_ms: float = 0.0
     rate_bps: float = float("inf")
 
-    def effective_bandwidth_bps(self) -> float:
-        """Shaped bandwidth and the transport's own rate in series."""
-        inv = (0.0 if self.condition.bandwidth_bps is None else 1.0 / self.condition.bandwidth_bps) + 1.0 / self.rate_bps
-        return float("inf") if inv == 0 else 1.0 / inv
-
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "condition": self.condition.to_dict(), "spec": self.condition.spec(),
                 "overhead_ms": self.overhead_ms, "rate_bps": None if np.isinf(self.rate_bps) else self.rate_bps}
@@ -163,30 +158,29 @@ def candidate_cuts(graph: ModelGraph, granularity: str) -> list:
     return cuts
 
 
-def _link_matrices(links: dict[tuple[str, str], LinkModel], devices: Sequence[str],
-                   shaped: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cost model's (overhead, delay, bandwidth) matrices, index len(devices) the driver; with
-    ``shaped=False`` the transport's own, without the emulated conditions."""
+def _link_matrices(links: dict[tuple[str, str], LinkModel],
+                   devices: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cost model's (overhead, delay, transport rate, shaped rate) matrices, index
+    len(devices) the driver: the transport's own calibrated cost, the emulated conditions on top."""
     names = [*devices, DRIVER]
     n = len(names)
-    overhead, delay, bandwidth = np.zeros((n, n)), np.zeros((n, n)), np.full((n, n), np.inf)
+    overhead, delay = np.zeros((n, n)), np.zeros((n, n))
+    rate, shaped = np.full((n, n), np.inf), np.full((n, n), np.inf)
     for i, s in enumerate(names):
         for j, t in enumerate(names):
             if i != j:
                 lm = links[(s, t)]
-                overhead[i, j] = lm.overhead_ms
-                if shaped:
-                    delay[i, j], bandwidth[i, j] = lm.condition.delay_ms, lm.effective_bandwidth_bps()
-                else:
-                    bandwidth[i, j] = lm.rate_bps
-    return overhead, delay, bandwidth
+                overhead[i, j], delay[i, j], rate[i, j] = lm.overhead_ms, lm.condition.delay_ms, lm.rate_bps
+                if lm.condition.bandwidth_bps is not None:
+                    shaped[i, j] = lm.condition.bandwidth_bps
+    return overhead, delay, rate, shaped
 
 
 def whole_model_links_ms(graph: ModelGraph, links: dict[tuple[str, str], LinkModel], devices: Sequence[str]) -> list[float]:
     """Per device, what the cost model prices the two links of a whole-model run on it at without
     emulated conditions (the input from the driver, the output back): what the device runtime
     calibration's runs paid on their links (see :meth:`DeviceRuntime.latency_overhead_ms`)."""
-    overhead, _, rate = _link_matrices(links, devices, shaped=False)
+    overhead, _, rate, _ = _link_matrices(links, devices)
     unshaped = Instance(node_ms=np.zeros((len(devices), 1)), cut_positions=np.array([], dtype=np.int64),
                         cut_bytes=np.array([]), input_bytes=float(graph.input_nbytes()),
                         output_bytes=float(graph.output_nbytes()), link_overhead_ms=overhead, link_bandwidth_bps=rate)
@@ -208,7 +202,7 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
     scale = node_scale(runtimes, devices, whole_model_links_ms(graph, links, devices) if runtimes else None)
     node_ms = np.stack([p.profile.planned_node_ms(b) * f for p, f in zip(profiles.values(), scale.latency_factor)])
     cuts = candidate_cuts(graph, granularity)
-    overhead, delay, bandwidth = _link_matrices(links, devices)
+    overhead, delay, rate, shaped = _link_matrices(links, devices)
     return Instance(
         node_ms=node_ms,
         cut_positions=np.array([c.index for c in cuts]),
@@ -221,7 +215,8 @@ def build_instance(graph: ModelGraph, profiles: dict[str, DeviceProfile], testbe
         device_mem_bytes=np.array([testbed.device(d).memory_bytes for d in devices]),
         link_overhead_ms=overhead,
         link_delay_ms=delay,
-        link_bandwidth_bps=bandwidth,
+        link_bandwidth_bps=rate,
+        link_shaped_bps=shaped,
         device_cycle_factor=np.array(scale.cycle_factor),
         device_item_overhead_ms=np.array(scale.cycle_ms),
         device_latency_overhead_ms=np.array(scale.latency_ms),

@@ -12,7 +12,7 @@ from paretopipe.calibrate import fit_hops, relay_plan
 from paretopipe.calibration import Calibration, LinkFit, calibration_from_dict, load_calibration
 from paretopipe.cli import app
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.planning import link_models
+from paretopipe.planning import _link_matrices, link_models
 from paretopipe.testbed import load_testbed
 from tests.test_sweep import _testbed
 
@@ -46,8 +46,9 @@ def test_file_round_trip_and_planner_uses_it(tmp_path):
     models = link_models(tb, ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5)), back, ["a", "b"])
     ab = models[("a", "b")]
     assert ab.overhead_ms == 0.25 and ab.condition.delay_ms == 5
-    # shaped bandwidth and the transport's rate in series
-    assert ab.effective_bandwidth_bps() == pytest.approx(1 / (1 / 50e6 + 1 / 8e9))
+    overhead, delay, rate, shaped = _link_matrices(models, ["a", "b"])  # index 2 is the driver
+    assert (overhead[0, 1], delay[0, 1], rate[0, 1], shaped[0, 1]) == (0.25, 5, 8e9, 50e6)
+    assert rate[2, 0] == float("inf") and shaped[2, 0] == float("inf")  # the driver's links are not emulated here
 
 
 def test_relay_plan_carries_exactly_the_bytes():

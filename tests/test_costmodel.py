@@ -43,6 +43,19 @@ def test_three_stage_plan_by_hand():
     assert b.bottleneck_ms == pytest.approx(4.1)  # the driver's input link is the bottleneck
     assert b.throughput_ips == pytest.approx(2 * 1e3 / 4.1)
     assert b.bytes_per_item == pytest.approx((1000 + 2000) / 2)
+
+
+def test_an_emulated_link_adds_to_one_message_and_pipelines_with_the_transport_in_a_stream():
+    shaped = np.full((4, 4), np.inf)
+    shaped[2, 0] = 4e6  # c->a: 1000 B take 2 ms on the emulated wire
+    b = evaluate_plan(toy(link_shaped_bps=shaped), PLAN)
+    assert b.links[1].busy_ms == pytest.approx(2.0)  # max(transport 1.1, wire 2.0)
+    assert b.links[1].transfer_ms == pytest.approx(1.1 + 2.0 + 0.5)  # one message pays both, then the delay
+    shaped[2, 0] = 1e7  # 0.8 ms on the wire: the transport is the slower leg
+    b = evaluate_plan(toy(link_shaped_bps=shaped), PLAN)
+    assert b.links[1].busy_ms == pytest.approx(1.1) and b.links[1].transfer_ms == pytest.approx(1.1 + 0.8 + 0.5)
+    with pytest.raises(UsageError, match="link_shaped_bps"):
+        toy(link_shaped_bps=np.zeros((4, 4)))
     # params + max(entering live set, live bytes of the stage's nodes)
     assert b.stage_mem_bytes == pytest.approx((30 + 4000, 70 + 2000, 110 + 3000))
     assert b.peak_mem_bytes == pytest.approx(4030)
@@ -147,6 +160,7 @@ def random_instances(draw, integer: bool):
         device_mem_bytes=rng.choice([np.inf, 3000.0, 6000.0], d),
         link_overhead_ms=num((d + 1,) * 2, 3),
         link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
+        link_shaped_bps=rng.choice([2e3, 8e3, np.inf], (d + 1, d + 1)),
         device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
         device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
         device_latency_overhead_ms=None if rng.random() < 0.5 else rng.choice([0.0, 0.25, 1.0], d),

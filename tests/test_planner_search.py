@@ -46,6 +46,8 @@ def instances(draw, integer: bool = True) -> Instance:
         link_overhead_ms=ints((d + 1, d + 1), 1), link_delay_ms=ints((d + 1, d + 1), 2),
         # 8 kbit/s makes 1 byte = 1 ms (inexact in binary); 1 kbit/s = 8 ms; inf = free
         link_bandwidth_bps=rng.choice([1e3, 8e3, np.inf], (d + 1, d + 1)),
+        # an emulated link on top: one message pays both, a stream the slower of the two
+        link_shaped_bps=rng.choice([4e3, np.inf, np.inf], (d + 1, d + 1)),
         # stages hold a device longer per item in a full pipeline (1.5 keeps sums exact)
         device_cycle_factor=rng.choice([1.0, 1.0, 1.5, 2.0], d) if integer else rng.uniform(0.8, 2.0, d),
         device_item_overhead_ms=rng.choice([0.0, 0.0, 1.0, 2.0], d) if integer else rng.uniform(0.0, 2.0, d),

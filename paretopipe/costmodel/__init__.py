@@ -8,8 +8,10 @@ search method); :func:`evaluate_plan` gives the full breakdown of one plan (plan
 Formulas (index ``D`` in the link matrices is the driver):
 
 - ``stage_ms[k]`` = sum of ``node_ms[d_k, n]`` over the nodes of stage k.
-- a message of n bytes over link (s, t): ``busy_ms = overhead[s,t] + n*8/bandwidth[s,t]*1e3``
-  (sender and wire occupied), ``transfer_ms = busy_ms + delay[s,t]``.
+- a message of n bytes over link (s, t) costs the transport ``own = overhead[s,t] +
+  n*8/bandwidth[s,t]*1e3`` and an emulated link ``wire = n*8/shaped[s,t]*1e3`` on top:
+  ``transfer_ms = own + wire + delay[s,t]`` (one message pays both in turn) and ``busy_ms =
+  max(own, wire)`` (in a stream the link serialises one message while the transport handles the next).
 - ``latency_ms`` = driver->d_0 transfer + stage and inter-stage transfers in order + d_last->driver,
   where a stage adds ``stage_ms + device_latency_overhead_ms[d_k]`` (what its device spends on an
   item alone outside compute, receiving and sending: the calibrated link overhead is the

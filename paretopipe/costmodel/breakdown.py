@@ -57,11 +57,11 @@ class PlanBreakdown:
 
 def _link(inst: Instance, src: int, dst: int, nbytes: float) -> LinkCost:
     names = (*inst.device_names, "driver")
-    bw = float(inst.link_bandwidth_bps[src, dst])
-    wire_ms = 0.0 if np.isinf(bw) else nbytes * 8.0 / bw * 1e3
-    busy = float(inst.link_overhead_ms[src, dst]) + wire_ms
+    rate, shaped = float(inst.link_bandwidth_bps[src, dst]), float(inst.link_shaped_bps[src, dst])
+    own = float(inst.link_overhead_ms[src, dst]) + (0.0 if np.isinf(rate) else nbytes * 8.0 / rate * 1e3)
+    wire = 0.0 if np.isinf(shaped) else nbytes * 8.0 / shaped * 1e3
     delay = float(inst.link_delay_ms[src, dst])
-    return LinkCost(names[src], names[dst], nbytes, busy, busy + delay)
+    return LinkCost(names[src], names[dst], nbytes, max(own, wire), own + wire + delay)
 
 
 def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:

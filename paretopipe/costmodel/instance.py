@@ -43,6 +43,10 @@ class Instance:
 
     ``node_ms`` is (D, N); ``cut_positions``/``cut_bytes`` are (C,) (a cut at p splits after node
     p); link matrices are (D+1, D+1) with index D the driver (``np.inf`` bandwidth = unlimited).
+    ``link_bandwidth_bps`` is the transport's own rate (with ``link_overhead_ms``, what the
+    sender and receiver spend on a message), ``link_shaped_bps`` an emulated link's rate on top
+    of it: one message pays both in series (latency), a stream of messages is limited by the
+    slower of the two, since the link serialises one message while the transport handles the next.
     ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
     pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
     ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
@@ -70,6 +74,7 @@ class Instance:
     link_overhead_ms: np.ndarray | None = None
     link_delay_ms: np.ndarray | None = None
     link_bandwidth_bps: np.ndarray | None = None
+    link_shaped_bps: np.ndarray | None = None
     device_cycle_factor: np.ndarray | None = None
     device_item_overhead_ms: np.ndarray | None = None
     device_latency_overhead_ms: np.ndarray | None = None
@@ -107,7 +112,8 @@ class Instance:
         defaults = {"node_param_bytes": ((n,), 0.0), "live_bytes": ((n,), 0.0),
                     "device_mem_bytes": ((d,), np.inf), "link_overhead_ms": ((d + 1, d + 1), 0.0),
                     "link_delay_ms": ((d + 1, d + 1), 0.0),
-                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf), "device_cycle_factor": ((d,), 1.0),
+                    "link_bandwidth_bps": ((d + 1, d + 1), np.inf), "link_shaped_bps": ((d + 1, d + 1), np.inf),
+                    "device_cycle_factor": ((d,), 1.0),
                     "device_item_overhead_ms": ((d,), 0.0)}
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
@@ -121,9 +127,9 @@ class Instance:
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
         if np.any(~np.isfinite(self.device_cycle_factor) | (self.device_cycle_factor <= 0)):
             raise UsageError(f"device_cycle_factor must be finite and > 0, got {self.device_cycle_factor.tolist()}")
-        if np.any(self.link_bandwidth_bps <= 0):
-            raise UsageError(f"link_bandwidth_bps must be > 0 (np.inf = unlimited), got "
-                             f"{self.link_bandwidth_bps.min()}")
+        for name in ("link_bandwidth_bps", "link_shaped_bps"):
+            if np.any(getattr(self, name) <= 0):
+                raise UsageError(f"{name} must be > 0 (np.inf = unlimited), got {getattr(self, name).min()}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise UsageError(f"batch_size must be an integer >= 1, got {self.batch_size}")
         put("batch_size", int(self.batch_size))
@@ -237,9 +243,19 @@ class Instance:
         live = np.maximum(table[k, lo], table[k, hi - (1 << k) + 1])
         return params + np.maximum(live, self.entering_bytes[start_b])
 
+    def _legs(self, src: Any, dst: Any, nbytes: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(transport ms, emulated wire ms) of ``nbytes`` on link (src, dst)."""
+        bits = np.asarray(nbytes, dtype=float) * 8.0
+        own = self.link_overhead_ms[src, dst] + bits / self.link_bandwidth_bps[src, dst] * 1e3
+        return own, bits / self.link_shaped_bps[src, dst] * 1e3
+
     def _busy(self, src: Any, dst: Any, nbytes: Any) -> np.ndarray:
-        wire_ms = np.asarray(nbytes, dtype=float) * 8.0 / self.link_bandwidth_bps[src, dst] * 1e3
-        return self.link_overhead_ms[src, dst] + wire_ms
+        own, wire = self._legs(src, dst, nbytes)
+        return np.maximum(own, wire)
+
+    def _transfer(self, src: Any, dst: Any, nbytes: Any) -> np.ndarray:
+        own, wire = self._legs(src, dst, nbytes)
+        return own + wire + self.link_delay_ms[src, dst]
 
     @cached_property
     def in_busy_ms(self) -> np.ndarray:
@@ -248,8 +264,8 @@ class Instance:
 
     @cached_property
     def in_transfer_ms(self) -> np.ndarray:
-        """(D,) transfer ms (busy + delay) of the input from the driver to each device."""
-        return self.in_busy_ms + self.link_delay_ms[self.n_devices, : self.n_devices]
+        """(D,) transfer ms (transport, emulated wire and delay) of the input from the driver to each device."""
+        return self._transfer(self.n_devices, np.arange(self.n_devices), self.input_bytes)
 
     @cached_property
     def out_busy_ms(self) -> np.ndarray:
@@ -258,21 +274,20 @@ class Instance:
 
     @cached_property
     def out_transfer_ms(self) -> np.ndarray:
-        """(D,) transfer ms (busy + delay) of the output from each device to the driver."""
-        return self.out_busy_ms + self.link_delay_ms[: self.n_devices, self.n_devices]
+        """(D,) transfer ms (transport, emulated wire and delay) of the output from each device to the driver."""
+        return self._transfer(np.arange(self.n_devices), self.n_devices, self.output_bytes)
 
     @cached_property
     def cut_busy_ms(self) -> np.ndarray:
         """(D, D, C) busy ms of sending cut c's bytes from device s to device t."""
         d = self.n_devices
-        return self._busy(np.arange(d)[:, None, None], np.arange(d)[None, :, None],
-                          self.cut_bytes[None, None, :])
+        return self._busy(np.arange(d)[:, None, None], np.arange(d)[None, :, None], self.cut_bytes[None, None, :])
 
     @cached_property
     def cut_transfer_ms(self) -> np.ndarray:
-        """(D, D, C) transfer ms (busy + delay) of cut c's bytes from device s to device t."""
+        """(D, D, C) transfer ms (transport, emulated wire and delay) of cut c's bytes from device s to device t."""
         d = self.n_devices
-        return self.cut_busy_ms + self.link_delay_ms[:d, :d, None]
+        return self._transfer(np.arange(d)[:, None, None], np.arange(d)[None, :, None], self.cut_bytes[None, None, :])
 
     def latency_upper_bound_ms(self, max_stages: int) -> float:
         """A bound no plan with at most ``max_stages`` stages can exceed (for rounding margins)."""
