@@ -37,6 +37,10 @@ On the 2-core test machine, with ``--items 7``, the 2-stage runs took 14 min (mo
 
 Run again with the same ``--out``, it measures only what is missing and recomputes every figure
 (so a changed selection, ``--near`` or ``--neighbours``, is compared on the same measurements).
+With ``--reprice`` it measures nothing and prices the measurements in ``--out`` again with this
+version of the cost model, each with the device runtime check that priced it when measured:
+
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --out results/fid3-mnv2-k3-lan --reprice
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -146,35 +151,41 @@ def check_number(row: pd.Series) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def priced_at_pass_start(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict],
-                         inputs) -> pd.DataFrame:
-    """``rows`` with every prediction made again as if the pass had been checked only at its start
-    (``--recheck 0``): each row priced by the last start (or restart) check of its pass at or
-    before the check that priced it. The same measurements, so the two pricings compare free of noise."""
+def priced_by(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs,
+              check_for: Callable[[pd.Series, int], int]) -> pd.DataFrame:
+    """``rows`` with every prediction made again by this version of the cost model, each row with
+    the device runtime of check ``check_for(row, n)``, n being the check that priced it. The same
+    measurements, so two pricings compare free of noise."""
     by_number = {c["check"]: c for c in checks}
     tb = load_testbed(settings.testbed)
     instances: dict[tuple[str, int], object] = {}
     out = rows.copy()
     for i, r in rows.iterrows():
         n = check_number(r)
-        if r["status"] != "ok" or n is None:
+        if r["status"] != "ok" or n not in by_number:
             continue
-        starts = [c for c in checks if c["check"] <= n and c["reason"] != "recheck" and
-                  (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])]
-        start = starts[-1]["check"] if starts else n
-        if start == n:
-            continue
-        if (r["network"], start) not in instances:
-            runtimes = {d: DeviceRuntime.from_dict(x) for d, x in by_number[start]["devices"].items()}
+        use = check_for(r, n)
+        if (r["network"], use) not in instances:
+            runtimes = {d: DeviceRuntime.from_dict(x) for d, x in by_number[use]["devices"].items()}
             links = link_models(tb, resolve_network(r["network"], load_scenarios()), inputs.calibration,
                                 list(inputs.profiles))
-            instances[(r["network"], start)] = build_instance(inputs.graph, inputs.profiles, tb, links, inputs.granularity,
-                                                              runtimes=runtimes)
+            instances[(r["network"], use)] = build_instance(inputs.graph, inputs.profiles, tb, links, inputs.granularity,
+                                                            runtimes=runtimes)
         plan = reprice(load_plan(run / "plans" / safe_name(r["network"]) / f"{r['plan_id']}.json"),
-                       instances[(r["network"], start)], {})
+                       instances[(r["network"], use)], {})
         out.at[i, "pred_latency_ms"] = plan.predicted["latency_ms"]
         out.at[i, "pred_throughput_ips"] = plan.predicted["throughput_ips"]
     return out
+
+
+def pass_start(checks: list[dict]) -> Callable[[pd.Series, int], int]:
+    """For :func:`priced_by`: the last start (or restart) check of a row's pass at or before the
+    check that priced it, as if the pass had been checked at its start only (``--recheck 0``)."""
+    def pick(r: pd.Series, n: int) -> int:
+        starts = [c for c in checks if c["check"] <= n and c["reason"] != "recheck" and
+                  (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])]
+        return starts[-1]["check"] if starts else n
+    return pick
 
 
 def priced_with_full_window_overhead(rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs) -> pd.DataFrame:
@@ -226,7 +237,7 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
 
 
 def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
-            near: float, refine: int, recheck: float, min_time_s: float) -> dict:
+            near: float, refine: int, recheck: float, min_time_s: float, measure: bool = True) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
@@ -234,22 +245,34 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
                              cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
                              throughput_items=3 * items, min_time_s=min_time_s, repeats=repeats, out=str(run),
                              resume=(run / "manifest.json").exists(), recheck_s=recheck)
-    store = RunStore(run, resume=settings.resume)
-    with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
-        configs = prepare(settings, store, log, sessions)
-        log(f"{model}, up to {stages} stages: {len(configs)} configurations")
-        t0 = time.perf_counter()
-        execute(settings, store, configs, log,
-                lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
+    t0 = time.perf_counter()
+    if measure:
+        store = RunStore(run, resume=settings.resume)
+        with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
+            configs = prepare(settings, store, log, sessions)
+            log(f"{model}, up to {stages} stages: {len(configs)} configurations")
+            t0 = time.perf_counter()
+            execute(settings, store, configs, log,
+                    lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
+        count = len(configs)
+    elif not settings.resume:
+        raise SystemExit(f"--reprice: no measurements in {run} (run the benchmark with this --out first)")
+    else:
+        store = RunStore(run, resume=True)
     rows = store.rows()
+    rows = rows[rows["network"].isin(networks)]
     checks = read_checks(run)
     inputs = _inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
-    at_start = priced_at_pass_start(run, rows, settings, checks, inputs)
+    if not measure:  # the measurements as they are, priced by this version of the cost model
+        rows = priced_by(run, rows, settings, checks, inputs, lambda r, n: n)
+        count = int(rows["config"].nunique())
+        log(f"{model}, up to {stages} stages: {count} configurations measured, priced again")
+    at_start = priced_by(run, rows, settings, checks, inputs, pass_start(checks))
     full_window = priced_with_full_window_overhead(rows, settings, checks, inputs)
     log(f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
         f"whole model, one item: {device_drift(checks)}")
     guided = guided_subset(settings, rows, neighbours, near, refine)
-    result = {"model": model, "stages": stages, "configs": len(configs), "minutes": (time.perf_counter() - t0) / 60}
+    result = {"model": model, "stages": stages, "configs": count, "minutes": (time.perf_counter() - t0) / 60}
     lat_ok = tput_ok = n = 0
     start_ok = [0.0, 0.0]
     full_ok = 0.0
@@ -316,10 +339,13 @@ def main() -> None:
     ap.add_argument("--near", type=float, default=100 * SweepSettings.near_margin,
                     help="percent: plans predicted this close to the front are near it (as `sweep --near`)")
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
+    ap.add_argument("--reprice", action="store_true",
+                    help="measure nothing: price the measurements already in --out again with this version of the cost model "
+                         "(each with the device runtime check that priced it) and report the figures")
     args = ap.parse_args()
     out = Path(args.out)
     results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100, args.refine,
-                       args.recheck, args.min_time_s)
+                       args.recheck, args.min_time_s, measure=not args.reprice)
                for m in args.models.split(",") for k in args.stages.split(",")]
     df = pd.DataFrame(results)
     print()
