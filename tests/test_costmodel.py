@@ -43,6 +43,11 @@ def test_three_stage_plan_by_hand():
     assert b.bottleneck_ms == pytest.approx(4.1)  # the driver's input link is the bottleneck
     assert b.throughput_ips == pytest.approx(2 * 1e3 / 4.1)
     assert b.bytes_per_item == pytest.approx((1000 + 2000) / 2)
+    # params + max(entering live set, live bytes of the stage's nodes)
+    assert b.stage_mem_bytes == pytest.approx((30 + 4000, 70 + 2000, 110 + 3000))
+    assert b.peak_mem_bytes == pytest.approx(4030)
+    assert b.feasible  # 3110 <= 3110 on device b
+    assert b.to_dict()["devices"] == ["c", "a", "b"]
 
 
 def test_an_emulated_link_adds_to_one_message_and_pipelines_with_the_transport_in_a_stream():
@@ -56,11 +61,6 @@ def test_an_emulated_link_adds_to_one_message_and_pipelines_with_the_transport_i
     assert b.links[1].busy_ms == pytest.approx(1.1) and b.links[1].transfer_ms == pytest.approx(1.1 + 0.8 + 0.5)
     with pytest.raises(UsageError, match="link_shaped_bps"):
         toy(link_shaped_bps=np.zeros((4, 4)))
-    # params + max(entering live set, live bytes of the stage's nodes)
-    assert b.stage_mem_bytes == pytest.approx((30 + 4000, 70 + 2000, 110 + 3000))
-    assert b.peak_mem_bytes == pytest.approx(4030)
-    assert b.feasible  # 3110 <= 3110 on device b
-    assert b.to_dict()["devices"] == ["c", "a", "b"]
 
 
 def test_vectorised_matches_hand_computed_plan():
