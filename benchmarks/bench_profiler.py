@@ -10,7 +10,11 @@ and right after the profile:
 It then profiles the model a second time and compares the two profiles: ``agree_node%``, the
 median over nodes of the per-node relative difference (most nodes of a model are a few
 microseconds long, and those scatter most); ``agree_time%``, the per-node differences weighted by
-node time (the nodes that plans' costs are made of); ``agree_sum%``, the node-sum difference. The direct runs of (a) and (b) sit
+node time (the nodes that plans' costs are made of); ``agree_sum%``, the node-sum difference;
+``agree_long%``, the median over the nodes of 0.1 ms or longer only; ``shift_short%`` and
+``shift_long%``, the signed median difference of the nodes shorter than 0.1 ms and of the longer
+ones (all short nodes moving together is the machine changing between the profiles, not the
+profiler's sampling noise, which scatters around zero). The direct runs of (a) and (b) sit
 between the two profiles, so the ``err_ab`` columns also predict them from the mean of both
 profiles (node medians and calibration): the machine's drift over the three, if steady, then
 cancels, and what remains is the profiler's own error plus the noise of shorter windows. Each row
@@ -174,7 +178,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
 
 
 COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
-           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_time%", "agree_sum%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
+           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_time%", "agree_sum%", "agree_long%", "shift_short%", "shift_long%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
            "discarded", "rounds", "profile_s", "err_a0%", "drift0%", "bg_cpus", "waited_s"]
 
 
@@ -188,7 +192,7 @@ def print_row(row: dict, header: bool) -> None:
     for c in COLUMNS:
         v = row.get(c, "")
         number = isinstance(v, float)
-        cells.append((f"{v:+.1f}" if number and c.endswith("%") and c.startswith(("err", "drift")) else f"{v:.3g}" if number else str(v)).rjust(widths[c]))
+        cells.append((f"{v:+.1f}" if number and c.endswith("%") and c.startswith(("err", "drift", "shift")) else f"{v:.3g}" if number else str(v)).rjust(widths[c]))
     print(" ".join(cells), flush=True)
 
 
@@ -243,13 +247,29 @@ def quota_check(name: str, args) -> None:
           f"calibration {b.calibration:.2f} (calibrated node sum = whole)")
 
 
+SHORT_MS = 0.1  # nodes shorter than this (mostly element-wise ops of a few to tens of microseconds)
+
+
 def agreement(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     """Two profiles' node medians compared: the median over nodes of the per-node difference, the
     differences weighted by node time (the nodes plans' costs are made of, not the many of a few
-    microseconds), and the node-sum difference; all in per cent of ``a``."""
-    return {"agree_node%": 100 * statistics.median(abs(x - y) / x for x, y in zip(a, b) if x > 0),
-            "agree_time%": 100 * sum(abs(x - y) for x, y in zip(a, b)) / sum(a),
-            "agree_sum%": 100 * abs(sum(b) - sum(a)) / sum(a)}
+    microseconds), and the node-sum difference; all in per cent of ``a``. Then the same median
+    over the nodes of ``SHORT_MS`` or longer only, and the signed median difference of the short
+    and of the long nodes: a shift that moves all short nodes together is the machine changing
+    between the two profiles (memory and cache contention slows element-wise ops far more than
+    convolutions), where scatter around zero is the profiles' own sampling noise."""
+    diffs = [((y - x) / x, x) for x, y in zip(a, b) if x > 0]
+    short = [d for d, x in diffs if x < SHORT_MS]
+    long = [d for d, x in diffs if x >= SHORT_MS]
+    row = {"agree_node%": 100 * statistics.median(abs(d) for d, _ in diffs),
+           "agree_time%": 100 * sum(abs(x - y) for x, y in zip(a, b)) / sum(a),
+           "agree_sum%": 100 * abs(sum(b) - sum(a)) / sum(a)}
+    if long:
+        row["agree_long%"] = 100 * statistics.median(abs(d) for d in long)
+        row["shift_long%"] = 100 * statistics.median(long)
+    if short:
+        row["shift_short%"] = 100 * statistics.median(short)
+    return row
 
 
 def main() -> None:
@@ -303,10 +323,20 @@ def main() -> None:
         if args.agreement:
             for key, what in (("agree_node%", "median over nodes of the per-node difference"),
                               ("agree_time%", "per-node difference weighted by node time"),
-                              ("agree_sum%", "node-sum difference")):
-                vals = [r[key] for r in rows]
+                              ("agree_sum%", "node-sum difference"),
+                              ("agree_long%", f"median over the nodes of {SHORT_MS:g} ms or longer")):
+                vals = [r[key] for r in rows if key in r]
+                if not vals:
+                    continue
                 print(f"two profiles, {what}: median {statistics.median(vals):.1f}%, max {max(vals):.1f}%, "
                       f"within 5%: {sum(v <= 5.0 for v in vals)}/{len(vals)}")
+            shifted = [r for r in rows if r["agree_node%"] > 5.0 and "shift_short%" in r]
+            if shifted:
+                moved_short = ", ".join(f"{r['shift_short%']:+.1f}%" for r in shifted)
+                moved_long = ", ".join(f"{r.get('shift_long%', 0.0):+.1f}%" for r in shifted)
+                print(f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< {SHORT_MS:g} ms) "
+                      f"moved by a median of {moved_short}, the longer ones by {moved_long} "
+                      "(signed: the second profile against the first)")
     if args.quota:
         quota_check(args.quota_model, args)
     print(f"total {time.monotonic() - whole_run.wall:.0f} s; other processes used {whole_run.cpus():.2f} of "
