@@ -333,7 +333,7 @@ def main() -> None:
             shifted = [r for r in rows if r["agree_node%"] > 5.0 and "shift_short%" in r]
             if shifted:
                 moved_short = ", ".join(f"{r['shift_short%']:+.1f}%" for r in shifted)
-                moved_long = ", ".join(f"{r.get('shift_long%', 0.0):+.1f}%" for r in shifted)
+                moved_long = ", ".join(f"{r['shift_long%']:+.1f}%" if "shift_long%" in r else "(none)" for r in shifted)
                 print(f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< {SHORT_MS:g} ms) "
                       f"moved by a median of {moved_short}, the longer ones by {moved_long} "
                       "(signed: the second profile against the first)")
