@@ -107,6 +107,18 @@ class ProfileSettings:
         if self.isa is not None:
             isa.check_name(self.isa)
 
+    def thread_count(self) -> int:
+        """``threads``, or one per CPU the profile can use: the pinned CPUs (else torch's default),
+        but no more than a CPU quota rounds up to. Threads beyond the quota only wait for it, and
+        their throttled waits are long and uneven: resnet18 at batch 1 under a 0.5 quota took 217-434
+        ms (median, three profiles) with 2 threads, against 131-133 ms with 1 (45 ms free)."""
+        if self.threads:
+            return self.threads
+        n = len(self.cpus) if self.cpus else torch.get_num_threads()
+        if self.cpu_quota is not None:
+            n = min(n, max(1, math.ceil(self.cpu_quota)))
+        return n
+
 
 def is_oom(exc: BaseException) -> bool:
     """True for an out-of-memory failure (MemoryError, or torch's RuntimeError saying so)."""
@@ -385,7 +397,7 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
         cgroups.quota_settings(settings.cpu_quota)
         cgroups.check_quota_capability()
     isa.apply(settings.isa)
-    threads = settings.threads or (len(settings.cpus) if settings.cpus else torch.get_num_threads())
+    threads = settings.thread_count()
     steady = steady_allocator()
     model = build_model(spec).to(torch.device(settings.torch_device))
     with cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"), _torch_threads(threads):

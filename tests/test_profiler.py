@@ -139,6 +139,21 @@ def test_bad_settings_are_rejected_before_work(kwargs):
         profile_model(resolve_spec(SLEEPY), "toy", ProfileSettings(**kwargs))
 
 
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [(dict(cpus=(0, 1)), 2), (dict(cpus=(0, 1), cpu_quota=0.5), 1), (dict(cpus=(0, 1), cpu_quota=1.5), 2),
+     (dict(cpus=(0,), cpu_quota=3.0), 1), (dict(threads=4, cpu_quota=0.5), 4)],
+)
+def test_default_threads_are_the_usable_cpus_capped_by_the_quota(kwargs, expected):
+    assert ProfileSettings(**kwargs).thread_count() == expected
+
+
+def test_default_threads_without_limits_are_torch_s(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
+    assert ProfileSettings().thread_count() == 6
+    assert ProfileSettings(cpu_quota=0.25).thread_count() == 1
+
+
 def test_cpus_pinning_is_applied_and_undone():
     import os
 

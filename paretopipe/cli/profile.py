@@ -57,7 +57,7 @@ def profile_command(
     model: Optional[str] = typer.Argument(None, help="A torchvision model name or package.module:factory."),
     device: Optional[str] = typer.Option(None, "--device", "-d", help="Name of this device (as in your testbed file)."),
     batch_size: str = typer.Option("1", "--batch-size", "-b", help="Comma-separated batch sizes, e.g. 1,8."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch intra-op threads [default: one per usable CPU]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch intra-op threads [default: one per usable CPU: the --cpus, at most the --cpu-quota rounded up]."),
     repeats: int = typer.Option(20, "--repeats", help="Minimum timed rounds per batch size."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
     min_time_s: float = typer.Option(1.0, "--min-time-s", help="Keep timing rounds until at least this many seconds."),
