@@ -1,7 +1,7 @@
 """Transports: move tensors and small JSON headers between named endpoints.
 
 The interface (:class:`Transport`, :class:`Endpoint`, :class:`Message`, :class:`TransportOptions`)
-is in :mod:`backends.base`; backends are looked up by name with :func:`get_transport`. A backend
+is in :mod:`paretopipe_backends.base`; backends are looked up by name with :func:`get_transport`. A backend
 is registered by import path, so it is only imported when asked for, and listed by
 :func:`available` only when its module exists.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from backends.base import (
+from paretopipe.errors import CapabilityError, UsageError
+from paretopipe_backends.base import (
     Endpoint,
     Message,
     Transport,
@@ -20,12 +21,11 @@ from backends.base import (
     TransportStats,
     TransportTimeout,
 )
-from backends.codec import ALLOWED_DTYPES, PROTOCOL_VERSION
-from paretopipe.errors import CapabilityError, UsageError
+from paretopipe_backends.codec import ALLOWED_DTYPES, PROTOCOL_VERSION
 
 _REGISTRY: dict[str, str] = {
-    "zmq": "backends.zeromq:ZmqTransport",
-    "rpc": "backends.torch_rpc:TorchRpcTransport",
+    "zmq": "paretopipe_backends.zeromq:ZmqTransport",
+    "rpc": "paretopipe_backends.torch_rpc:TorchRpcTransport",
 }
 
 

@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -27,7 +28,7 @@ from paretopipe.errors import CapabilityError, TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
 
 if TYPE_CHECKING:  # the CURVE settings only matter to the ZeroMQ backend
-    from backends.security import CurveConfig
+    from paretopipe_backends.security import CurveConfig
 
 log = logging.getLogger("paretopipe.transport")
 
@@ -106,7 +107,7 @@ class TransportOptions:
     send_timeout_s: float | None = 30.0
     recv_timeout_s: float | None = None
     linger_s: float = 1.0
-    curve: "CurveConfig | None" = None
+    curve: CurveConfig | None = None
     bind_all_interfaces: bool = False
     shaper_seed: int = 0
 
@@ -242,7 +243,7 @@ class Transport(ABC):
         """Messages/bytes sent and received, rejected messages and their last reasons."""
         return self._stats.snapshot()
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self) -> Transport:
         self.start()
         return self
 
@@ -319,11 +320,11 @@ class Transport(ABC):
         for peer, shaper in shapers.items():
             try:
                 shaper.close(flush=True, timeout_s=max(_SHAPER_WAKE_S, deadline_s - time.perf_counter()))
-            except Exception as exc:  # noqa: BLE001 - every shaper must be closed
+            except Exception as exc:
                 log.warning("%s->%s: shaped link closed with: %s", self.me.name, peer, exc)
         interrupt()
         for peer, shaper in shapers.items():
             try:
                 shaper.close(flush=False, timeout_s=_SHAPER_STOP_S)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("%s->%s: shaped link stopped with: %s", self.me.name, peer, exc)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -157,9 +158,7 @@ def decode(
     envelope = _parse_envelope(views[0])
     src, header, descriptors = _check_envelope(envelope, max_message_nbytes)
     if len(views) != len(descriptors) + 1:
-        raise FrameError(
-            f"{len(views)} frames for {len(descriptors)} tensor(s); expected {len(descriptors) + 1}"
-        )
+        raise FrameError(f"{len(views)} frames for {len(descriptors)} tensor(s); expected {len(descriptors) + 1}")
     for index, (descriptor, view) in enumerate(zip(descriptors, views[1:])):
         if view.nbytes != descriptor[2]:
             raise FrameError(f"tensor #{index}: frame holds {view.nbytes} bytes, envelope says {descriptor[2]}")
@@ -202,7 +201,9 @@ def _parse_envelope(view: memoryview) -> Any:
         raise FrameError(f"envelope is not valid JSON: {exc}") from None
 
 
-def _check_envelope(envelope: Any, max_message_nbytes: int) -> tuple[str, dict, list[tuple[torch.dtype, list[int], int]]]:
+def _check_envelope(
+    envelope: Any, max_message_nbytes: int
+) -> tuple[str, dict, list[tuple[torch.dtype, list[int], int]]]:
     if not isinstance(envelope, dict):
         raise FrameError(f"envelope is a JSON {type(envelope).__name__}, expected an object")
     if "v" not in envelope:

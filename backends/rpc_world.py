@@ -1,4 +1,4 @@
-"""Joining and leaving one ``torch.distributed.rpc`` world, for :mod:`backends.torch_rpc`.
+"""Joining and leaving one ``torch.distributed.rpc`` world, for :mod:`paretopipe_backends.torch_rpc`.
 
 A world is a fixed list of member names in rank order. Rank 0 hosts a TCP key-value store at the
 rendezvous address; every member announces itself and its view of the world there and waits until
@@ -25,15 +25,16 @@ import socket
 import threading
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
 
-from backends.base import log
 from paretopipe.errors import CapabilityError, TransportError, UsageError
+from paretopipe_backends.base import log
 
 _SCHEME = "paretopipe-rpc"
 _NAME = re.compile(r"[A-Za-z0-9_:-]{1,127}")
@@ -84,14 +85,17 @@ class RpcWorld:
     """One member's view of a world: ``names`` in rank order, ``me`` among them, and the
     rendezvous ``(host, port)`` that rank 0 hosts. Raises UsageError for unusable names."""
 
-    def __init__(self, names: Sequence[str], me: str, rendezvous: tuple[str, int],
-                 join_timeout_s: float, close_timeout_s: float) -> None:
+    def __init__(
+        self, names: Sequence[str], me: str, rendezvous: tuple[str, int], join_timeout_s: float, close_timeout_s: float
+    ) -> None:
         self.names = tuple(names)
         converted = [rpc_name(n) for n in self.names]
         bad = [n for n, c in zip(self.names, converted) if not _NAME.fullmatch(c)]
         if bad or len(set(converted)) != len(converted):
-            raise UsageError(f"endpoint names {bad or list(self.names)} cannot all be RPC worker names",
-                             "use distinct names of letters, digits, '_', '-' and '.' (at most 127)")
+            raise UsageError(
+                f"endpoint names {bad or list(self.names)} cannot all be RPC worker names",
+                "use distinct names of letters, digits, '_', '-' and '.' (at most 127)",
+            )
         for label, value in (("join_timeout_s", join_timeout_s), ("close_timeout_s", close_timeout_s)):
             if not value > 0:
                 raise UsageError(f"{label} must be > 0, got {value!r}")
@@ -114,8 +118,10 @@ class RpcWorld:
         global _joined
         with _process_lock:
             if _joined:
-                raise CapabilityError("torch.distributed.rpc joins one world per process and this process already joined one",
-                                      "run each rpc session in a new process")
+                raise CapabilityError(
+                    "torch.distributed.rpc joins one world per process and this process already joined one",
+                    "run each rpc session in a new process",
+                )
             _joined = True  # claimed now; given back below if init_rpc is never reached
         try:
             self._listen_on(my_host)
@@ -140,19 +146,25 @@ class RpcWorld:
                 warnings.filterwarnings("ignore", message=".*as a ProcessGroup")
                 rpc.init_rpc(rpc_name(self.me), rank=self.rank, world_size=len(self.names), rpc_backend_options=options)
             self.in_rpc = True
-        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses
+        except Exception as exc:
             with contextlib.suppress(Exception):  # undo whatever part of RPC came up
                 rpc.shutdown(graceful=False)
-            raise TransportError(f"{self.me}: joining the RPC world at {self.where} failed: {brief(exc)}",
-                                 "did a member stop during the rendezvous? start them all again") from None
+            raise TransportError(
+                f"{self.me}: joining the RPC world at {self.where} failed: {brief(exc)}",
+                "did a member stop during the rendezvous? start them all again",
+            ) from None
         finally:
             _handoff.clear()
 
     def _listen_on(self, my_host: str) -> None:
         interface = interface_of(my_host)
         if interface is None:
-            log.warning("%s: no local interface holds %s; TensorPipe and Gloo will guess where to listen "
-                        "(set TP_SOCKET_IFNAME and GLOO_SOCKET_IFNAME to choose)", self.me, my_host)
+            log.warning(
+                "%s: no local interface holds %s; TensorPipe and Gloo will guess where to listen "
+                "(set TP_SOCKET_IFNAME and GLOO_SOCKET_IFNAME to choose)",
+                self.me,
+                my_host,
+            )
             return
         for var in ("TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
             os.environ.setdefault(var, interface)
@@ -162,9 +174,11 @@ class RpcWorld:
         if self.rank == 0:
             try:
                 return dist.TCPStore(self.host, self.port, None, True, timeout, wait_for_workers=False)
-            except Exception as exc:  # noqa: BLE001
-                raise TransportError(f"{self.me} cannot host the rendezvous at {self.where}: {brief(exc)}",
-                                     "is the port in use? it is the testbed's driver.rpc_port") from None
+            except Exception as exc:
+                raise TransportError(
+                    f"{self.me} cannot host the rendezvous at {self.where}: {brief(exc)}",
+                    "is the port in use? it is the testbed's driver.rpc_port",
+                ) from None
         while True:  # probe quietly: torch logs a stack trace for every refused connection
             try:
                 socket.create_connection((self.host, self.port), timeout=1.0).close()
@@ -173,11 +187,12 @@ class RpcWorld:
                 if time.monotonic() >= deadline:
                     raise TransportError(
                         f"{self.names[0]!r} (rank 0) did not open the rendezvous at {self.where} within {self.join_timeout_s:g} s",
-                        "start it (the driver: 'paretopipe run'); is the address reachable from here?") from None
+                        "start it (the driver: 'paretopipe run'); is the address reachable from here?",
+                    ) from None
                 time.sleep(0.2)
         try:
             return dist.TCPStore(self.host, self.port, None, False, timeout, wait_for_workers=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise TransportError(f"{self.me} cannot reach the rendezvous at {self.where}: {brief(exc)}") from None
 
     def _wait_for_all(self, deadline: float) -> None:
@@ -185,23 +200,28 @@ class RpcWorld:
         store, view = self._store, ",".join(self.names)
         try:
             if store.add(f"{_KEY}count/{self.me}", 1) != 1:
-                raise TransportError(f"another process already joined the rendezvous at {self.where} as {self.me!r}",
-                                     "is an earlier worker still running?")
+                raise TransportError(
+                    f"another process already joined the rendezvous at {self.where} as {self.me!r}",
+                    "is an earlier worker still running?",
+                )
             store.set(f"{_KEY}view/{self.me}", view)
             missing = self._wait_for_keys("view", deadline)
             if missing:
                 raise TransportError(
                     f"{', '.join(map(repr, missing))} did not join the RPC world at {self.where} within {self.join_timeout_s:g} s",
                     "the rpc world is the driver plus every device of the testbed: start 'paretopipe worker "
-                    "--backend rpc' on each")
+                    "--backend rpc' on each",
+                )
             for name in self.names:
                 other = store.get(f"{_KEY}view/{name}").decode()
                 if other != view:
-                    raise TransportError(f"{name!r} expects the RPC world [{other}], {self.me!r} expects [{view}]",
-                                         "use the same testbed file everywhere")
+                    raise TransportError(
+                        f"{name!r} expects the RPC world [{other}], {self.me!r} expects [{view}]",
+                        "use the same testbed file everywhere",
+                    )
         except TransportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the store failed: its host went away
+        except Exception as exc:
             raise TransportError(f"{self.me}: the rendezvous at {self.where} failed: {brief(exc)}") from None
 
     def _wait_for_keys(self, kind: str, deadline: float) -> list[str]:
@@ -226,16 +246,23 @@ class RpcWorld:
             self._store.set(f"{_KEY}closing/{self.me}", "1")
             missing = self._wait_for_keys("closing", time.monotonic() + self.close_timeout_s)
             if missing:
-                log.warning("%s: %s did not close within %g s: shutting RPC down locally (messages in flight "
-                            "to or from them are lost)", self.me, ", ".join(missing), self.close_timeout_s)
+                log.warning(
+                    "%s: %s did not close within %g s: shutting RPC down locally (messages in flight "
+                    "to or from them are lost)",
+                    self.me,
+                    ", ".join(missing),
+                    self.close_timeout_s,
+                )
             else:
                 graceful = True
             self._store.set_timeout(datetime.timedelta(seconds=self.close_timeout_s))  # bounds the shutdown barrier
-        except Exception as exc:  # noqa: BLE001 - the rendezvous host is gone
-            log.warning("%s: the rendezvous at %s is gone (%s): shutting RPC down locally", self.me, self.where, brief(exc))
+        except Exception as exc:
+            log.warning(
+                "%s: the rendezvous at %s is gone (%s): shutting RPC down locally", self.me, self.where, brief(exc)
+            )
         try:
             rpc.shutdown(graceful=graceful, timeout=self.close_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - torch finishes the local shutdown before raising
+        except Exception as exc:
             log.warning("%s: RPC shutdown (graceful=%s): %s", self.me, graceful, brief(exc))
         self._store = None
 

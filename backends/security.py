@@ -16,9 +16,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import zmq
 import zmq.auth
@@ -81,7 +81,9 @@ def generate_keypairs(keys_dir: str | Path, names: Iterable[str], *, force: bool
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create keys directory {base}: {exc.strerror}", "choose another -o directory") from None
+        raise UsageError(
+            f"cannot create keys directory {base}: {exc.strerror}", "choose another -o directory"
+        ) from None
     return [_write_pair(base, name, *paths[name]) for name in names]
 
 
@@ -156,7 +158,7 @@ class CurveConfig:
     allowed_clients: Mapping[bytes, str] = field(default_factory=dict)
 
     @classmethod
-    def from_dir(cls, keys_dir: str | Path, me: str) -> "CurveConfig":
+    def from_dir(cls, keys_dir: str | Path, me: str) -> CurveConfig:
         """Use ``keys_dir/ME.key_secret`` as our pair; every ``*.key`` there is a peer and allowed.
 
         Raises ConfigError if a file is missing or malformed.
@@ -167,7 +169,7 @@ class CurveConfig:
         return cls(public, secret, peer_keys=public_keys, allowed_clients={k: n for n, k in public_keys.items()})
 
     @classmethod
-    def from_key_prefixes(cls, me: str, keys: Mapping[str, str | Path]) -> "CurveConfig":
+    def from_key_prefixes(cls, me: str, keys: Mapping[str, str | Path]) -> CurveConfig:
         """Keys as a testbed names them: ``{endpoint: "keys/NAME"}`` (file names without suffix).
 
         Our pair is ``keys[me] + ".key_secret"``; every endpoint's ``.key`` is a peer key and is
@@ -175,7 +177,7 @@ class CurveConfig:
         """
         if me not in keys:
             raise ConfigError(
-                "testbed", me, "has no CURVE key", f"add key = \"keys/{me}\" (create it with: paretopipe keys {me})"
+                "testbed", me, "has no CURVE key", f'add key = "keys/{me}" (create it with: paretopipe keys {me})'
             )
         public_keys = {name: load_public_key(f"{prefix}{PUBLIC_SUFFIX}") for name, prefix in keys.items()}
         public, secret = load_keypair(f"{keys[me]}{SECRET_SUFFIX}")
@@ -187,7 +189,9 @@ class CurveConfig:
             return self.peer_keys[peer]
         except KeyError:
             raise ConfigError(
-                f"{peer}{PUBLIC_SUFFIX}", None, f"no CURVE public key for peer {peer!r}",
+                f"{peer}{PUBLIC_SUFFIX}",
+                None,
+                f"no CURVE public key for peer {peer!r}",
                 f"copy {peer}{PUBLIC_SUFFIX} into the keys directory",
             ) from None
 
@@ -262,7 +266,7 @@ class CurveAuthenticator:
             self._started = False
             self._auth.stop()
 
-    def __enter__(self) -> "CurveAuthenticator":
+    def __enter__(self) -> CurveAuthenticator:
         self.start()
         return self
 

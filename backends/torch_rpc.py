@@ -7,7 +7,7 @@ a plan does not use -- and the rendezvous is ``tcp://driver.host:driver.rpc_port
 driver. Built from endpoints alone, the world is ``me`` and the peers in name order (or ``world``)
 and rank 0's endpoint is the rendezvous. :meth:`start` waits up to ``join_timeout_s`` (testbed
 devices: 10 minutes, the driver: 1 minute) and names whoever did not come. A process joins at most one world in its life (see
-:mod:`backends.rpc_world`); the CLI runs one session per process.
+:mod:`paretopipe_backends.rpc_world`); the CLI runs one session per process.
 
 *Sending.* ``send`` is ``rpc_async(peer, _deliver, args=(src, header, tensors))``: no hub, a stage
 calls the next stage directly. In the receiving process ``_deliver`` stamps ``recv_ns`` and queues
@@ -33,7 +33,7 @@ do, the RPC shutdown is graceful (a barrier); if one is gone or late it is local
 flight to or from that member is lost and a warning names it. ``close`` never waits much longer
 than ``2 * linger_s + 2 * close_timeout_s``.
 
-Threading: see :mod:`backends.base`; :meth:`close` from any thread wakes a blocked send or recv.
+Threading: see :mod:`paretopipe_backends.base`; :meth:`close` from any thread wakes a blocked send or recv.
 """
 
 from __future__ import annotations
@@ -42,16 +42,25 @@ import collections
 import queue
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed.rpc as rpc
 
-from backends.base import Endpoint, Message, Transport, TransportClosed, TransportOptions, TransportTimeout, log
-from backends.codec import encode, frames_nbytes
-from backends.rpc_world import RpcWorld, brief, rpc_name
 from paretopipe.errors import CapabilityError, TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
+from paretopipe_backends.base import (
+    Endpoint,
+    Message,
+    Transport,
+    TransportClosed,
+    TransportOptions,
+    TransportTimeout,
+    log,
+)
+from paretopipe_backends.codec import encode, frames_nbytes
+from paretopipe_backends.rpc_world import RpcWorld, brief, rpc_name
 
 #: Printed by ``paretopipe run/worker --backend rpc`` and logged by every rpc transport at start.
 TRUST_WARNING = (
@@ -69,7 +78,7 @@ MIN_CALL_TIMEOUT_S = 60.0
 _LOCK_WAIT_S = 5.0
 _CLOSED = object()
 _receiver_lock = threading.Lock()
-_receiver: "TorchRpcTransport | None" = None  # where this process's _deliver calls go
+_receiver: TorchRpcTransport | None = None  # where this process's _deliver calls go
 
 
 def _deliver(src: str, header: Any, tensors: Any) -> None:
@@ -103,13 +112,16 @@ class TorchRpcTransport(Transport):
     ) -> None:
         super().__init__(me, peers, shaping=shaping, options=options)
         if self.options.curve is not None:
-            raise UsageError("CURVE encryption (--secure) is only available with the zmq backend",
-                             "the rpc backend is for trusted networks; use --backend zmq --secure")
+            raise UsageError(
+                "CURVE encryption (--secure) is only available with the zmq backend",
+                "the rpc backend is for trusted networks; use --backend zmq --secure",
+            )
         names = [me.name, *self.peers]
         world = tuple(world) if world is not None else tuple(sorted(names))
         if sorted(world) != sorted(names):
-            raise UsageError(f"world {list(world)} must list {me.name!r} and every peer exactly once",
-                             f"members: {sorted(names)}")
+            raise UsageError(
+                f"world {list(world)} must list {me.name!r} and every peer exactly once", f"members: {sorted(names)}"
+            )
         if rendezvous is None:
             first = self.me if world[0] == me.name else self.peers[world[0]]
             if first.port == 0:
@@ -128,8 +140,15 @@ class TorchRpcTransport(Transport):
         self._started = self._closed = False
 
     @classmethod
-    def for_testbed(cls, testbed: Any, me: str, *, options: TransportOptions | None = None,
-                    shaping: Mapping[str, LinkCondition] | None = None, **kwargs: Any) -> "TorchRpcTransport":
+    def for_testbed(
+        cls,
+        testbed: Any,
+        me: str,
+        *,
+        options: TransportOptions | None = None,
+        shaping: Mapping[str, LinkCondition] | None = None,
+        **kwargs: Any,
+    ) -> TorchRpcTransport:
         """Endpoint ``me`` of a testbed's world: the driver is rank 0, then the devices in file
         order; the rendezvous is ``driver.host:driver.rpc_port``. The driver waits
         ``JOIN_TIMEOUT_S`` for everyone, a device ``WORKER_JOIN_TIMEOUT_S``. Raises UsageError for
@@ -141,8 +160,15 @@ class TorchRpcTransport(Transport):
         if me not in eps:
             raise UsageError(f"{testbed.path}: no endpoint named {me!r}", f"known: {', '.join(eps)}")
         kwargs.setdefault("join_timeout_s", JOIN_TIMEOUT_S if me == DRIVER else WORKER_JOIN_TIMEOUT_S)
-        return cls(eps[me], {n: e for n, e in eps.items() if n != me}, shaping=shaping, options=options,
-                   world=list(eps), rendezvous=(testbed.driver.host, testbed.driver.rpc_port), **kwargs)
+        return cls(
+            eps[me],
+            {n: e for n, e in eps.items() if n != me},
+            shaping=shaping,
+            options=options,
+            world=list(eps),
+            rendezvous=(testbed.driver.host, testbed.driver.rpc_port),
+            **kwargs,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -159,14 +185,18 @@ class TorchRpcTransport(Transport):
         try:
             with _receiver_lock:
                 if _receiver is not None:
-                    raise CapabilityError(f"another rpc transport ({_receiver.me}) is running in this process",
-                                          "a process joins one RPC world; run each session in a new process")
+                    raise CapabilityError(
+                        f"another rpc transport ({_receiver.me}) is running in this process",
+                        "a process joins one RPC world; run each session in a new process",
+                    )
                 _receiver, self._claimed = self, True  # before init_rpc: peers may call us right after
             log.warning("%s: %s", self.me.name, TRUST_WARNING)
             self.world.join(self.me.host, rpc_timeout_s=max(MIN_CALL_TIMEOUT_S, self.options.send_timeout_s or 0.0))
             self._up = True
             self._open_shapers(self._send_now)
-            log.debug("%s: rank %d of %s at %s", self.me.name, self.world.rank, list(self.world.names), self.world.where)
+            log.debug(
+                "%s: rank %d of %s at %s", self.me.name, self.world.rank, list(self.world.names), self.world.where
+            )
         except BaseException:
             self.close()
             raise
@@ -221,8 +251,14 @@ class TorchRpcTransport(Transport):
         if self._closed or not self._up:
             raise TransportClosed(f"transport {self.me} is {'closed' if self._closed else 'not started'}")
         opts = self.options
-        frames = encode(self.me.name, header, tensors, zero_copy_threshold_nbytes=0,
-                        max_header_nbytes=opts.max_header_nbytes, max_message_nbytes=opts.max_message_nbytes)
+        frames = encode(
+            self.me.name,
+            header,
+            tensors,
+            zero_copy_threshold_nbytes=0,
+            max_header_nbytes=opts.max_header_nbytes,
+            max_message_nbytes=opts.max_message_nbytes,
+        )
         nbytes = frames_nbytes(frames)
         payload = (dict(header), [t.detach().cpu() for t in tensors])
         self._dispatch(peer, payload, nbytes, self._send_now)
@@ -237,7 +273,9 @@ class TorchRpcTransport(Transport):
             if not self._up:
                 raise TransportClosed(f"transport {self.me} closed before a message to {peer!r} went out")
             try:
-                future = rpc.rpc_async(rpc_name(peer), _deliver, args=(self.me.name, *payload), timeout=self._call_timeout_s)
+                future = rpc.rpc_async(
+                    rpc_name(peer), _deliver, args=(self.me.name, *payload), timeout=self._call_timeout_s
+                )
             except RuntimeError as exc:
                 raise TransportError(f"cannot send to peer {self.peers[peer]}: {brief(exc)}") from None
             self._pending[peer].append(future)
@@ -256,7 +294,9 @@ class TorchRpcTransport(Transport):
                 if remaining is not None and remaining <= 0:
                     raise TransportTimeout(
                         f"peer {self.peers[peer]} did not take a message within {timeout_s:g} s "
-                        f"({len(self._pending[peer])} undelivered)", "is it running? is it overloaded?")
+                        f"({len(self._pending[peer])} undelivered)",
+                        "is it running? is it overloaded?",
+                    )
                 self._room.wait(0.25 if remaining is None else min(0.25, remaining))
         self._reap(peer, raise_errors=True)
 
@@ -271,16 +311,20 @@ class TorchRpcTransport(Transport):
             future = pending.popleft()
             try:
                 future.wait()
-            except Exception as exc:  # noqa: BLE001 - RPC errors are RuntimeErrors with a text
+            except Exception as exc:
                 text = brief(exc)
                 if not raise_errors:
                     log.warning("%s: a message to %s was not delivered: %s", self.me.name, peer, text)
                 elif "timeout" in text.lower() or "timed out" in text.lower():
-                    raise TransportTimeout(f"a message to peer {self.peers[peer]} was not delivered within "
-                                           f"{self._call_timeout_s:g} s", "is it running? is the link very slow?") from None
+                    raise TransportTimeout(
+                        f"a message to peer {self.peers[peer]} was not delivered within {self._call_timeout_s:g} s",
+                        "is it running? is the link very slow?",
+                    ) from None
                 else:
-                    raise TransportError(f"a message to peer {self.peers[peer]} was not delivered: {text}",
-                                         "is its process still running?") from None
+                    raise TransportError(
+                        f"a message to peer {self.peers[peer]} was not delivered: {text}",
+                        "is its process still running?",
+                    ) from None
 
     # -- receiving ---------------------------------------------------------------------------------
 
@@ -314,8 +358,14 @@ class TorchRpcTransport(Transport):
                 raise TransportError(f"sender {src!r} is not a peer")
             if not isinstance(tensors, list):
                 raise TransportError(f"tensors arrived as a {type(tensors).__name__}, expected a list")
-            frames = encode(src, header, tensors, zero_copy_threshold_nbytes=0,
-                            max_header_nbytes=opts.max_header_nbytes, max_message_nbytes=opts.max_message_nbytes)
+            frames = encode(
+                src,
+                header,
+                tensors,
+                zero_copy_threshold_nbytes=0,
+                max_header_nbytes=opts.max_header_nbytes,
+                max_message_nbytes=opts.max_message_nbytes,
+            )
         except TransportError as exc:
             self._stats.reject(str(exc))
             log.warning("%s: dropped a malformed message: %s", self.me.name, exc)

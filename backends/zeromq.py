@@ -2,7 +2,7 @@
 
 Fixed ends bind, senders connect: each endpoint binds a PULL socket at ``tcp://host:port`` and
 connects one PUSH socket to every peer's PULL socket. A message is one multipart message (see
-:mod:`backends.codec`); large tensor buffers go out with ``copy=False``. ``ZMQ_IMMEDIATE`` is set
+:mod:`paretopipe_backends.codec`); large tensor buffers go out with ``copy=False``. ``ZMQ_IMMEDIATE`` is set
 on PUSH sockets, so ``send`` waits (up to ``send_timeout_s``) for a completed connection instead
 of queueing for a peer that is down or refuses our CURVE key. ``ZMQ_MAXMSGSIZE`` on the PULL
 socket makes libzmq drop (and disconnect) a sender whose frame exceeds ``max_message_nbytes``;
@@ -10,7 +10,7 @@ the codec bounds the whole message. Malformed messages are dropped, counted and 
 ``recv`` keeps waiting. With ``options.curve`` the PULL socket is a CURVE server that accepts only
 allow-listed client keys, and a message's claimed ``src`` must match the name of the key it used.
 
-Threading: see :mod:`backends.base`. Every socket belongs to the context of its transport; a
+Threading: see :mod:`paretopipe_backends.base`. Every socket belongs to the context of its transport; a
 ``send`` or ``recv`` waits in ``zmq_poll`` together with a wake-up pipe, so :meth:`close` from any
 thread interrupts them promptly.
 """
@@ -22,15 +22,16 @@ import math
 import os
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import zmq
 
-from backends.base import Endpoint, Message, Transport, TransportClosed, TransportTimeout, log
-from backends.codec import decode, encode, frames_nbytes
-from backends.security import CurveAuthenticator, configure_client, configure_server
 from paretopipe.errors import FrameError, TransportError
+from paretopipe_backends.base import Endpoint, Message, Transport, TransportClosed, TransportTimeout, log
+from paretopipe_backends.codec import decode, encode, frames_nbytes
+from paretopipe_backends.security import CurveAuthenticator, configure_client, configure_server
 
 #: Longest wait, in seconds, for a thread blocked in send/recv to notice close().
 _CLOSE_WAIT_S = 5.0
@@ -116,7 +117,9 @@ class ZmqTransport(Transport):
             try:
                 push.connect(zmq_address(peer.host, peer.port))
             except zmq.ZMQError as exc:
-                raise TransportError(f"cannot connect to peer {peer}: {exc}", "check the peer's host and port") from None
+                raise TransportError(
+                    f"cannot connect to peer {peer}: {exc}", "check the peer's host and port"
+                ) from None
         self._recv_poller = zmq.Poller()
         self._recv_poller.register(pull, zmq.POLLIN)
         self._recv_poller.register(self._wake_r, zmq.POLLIN)
@@ -290,7 +293,9 @@ class ZmqTransport(Transport):
                     raise FrameError(f"sender claims to be {src!r} but its CURVE key belongs to {owner!r}")
         except FrameError as exc:
             self._stats.reject(str(exc))
-            log.warning("%s: dropped a malformed message (%d frames, %d bytes): %s", self.me.name, len(frames), nbytes, exc)
+            log.warning(
+                "%s: dropped a malformed message (%d frames, %d bytes): %s", self.me.name, len(frames), nbytes, exc
+            )
             return None
         self._stats.messages_received += 1
         self._stats.bytes_received += nbytes

@@ -27,13 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BACKENDS = ("zmq", "rpc")
-METRICS = {"latency_ms_p50": "latency p50 (ms)", "latency_ms_p95": "latency p95 (ms)", "throughput_ips": "throughput (items/s)"}
+METRICS = {
+    "latency_ms_p50": "latency p50 (ms)",
+    "latency_ms_p95": "latency p95 (ms)",
+    "throughput_ips": "throughput (items/s)",
+}
 
 
 def middle_block_cut(model: str) -> tuple[int, str]:
     """``(index, node name)`` of the block-boundary cut nearest the middle of the node order."""
-    from paretopipe.graph import trace_spec
-    from paretopipe.models import resolve_spec
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import resolve_spec
 
     graph = trace_spec(resolve_spec(model), 1)
     middle = len(graph.nodes) / 2
@@ -42,17 +46,26 @@ def middle_block_cut(model: str) -> tuple[int, str]:
 
 
 def _plan(model: str, cut: int, devices: tuple[str, str]):
-    from paretopipe.graph import trace_spec
-    from paretopipe.models import resolve_spec
-    from paretopipe.plans import Plan, PlanCut
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.plan.plan_file import Plan, PlanCut
 
     spec = resolve_spec(model)
     c = trace_spec(spec, 1).cut(cut)
-    return Plan(model=spec.to_dict(), batch_size=1, cuts=(PlanCut(c.index, c.after, c.tensors, c.nbytes),), devices=devices)
+    return Plan(
+        model=spec.to_dict(), batch_size=1, cuts=(PlanCut(c.index, c.after, c.tensors, c.nbytes),), devices=devices
+    )
 
 
-def _measure(backend: str, testbed: str, plans: list[tuple[str, int]], devices: tuple[str, str], items: int,
-             warmup: int, out: mp.Queue) -> None:
+def _measure(
+    backend: str,
+    testbed: str,
+    plans: list[tuple[str, int]],
+    devices: tuple[str, str],
+    items: int,
+    warmup: int,
+    out: mp.Queue,
+) -> None:
     """One backend, one session, every plan (runs in its own process)."""
     import logging
 
@@ -69,7 +82,7 @@ def _measure(backend: str, testbed: str, plans: list[tuple[str, int]], devices: 
                 row = session.measure(_plan(model, cut, devices), ("local", LinkCondition()), options)
                 kept = {k: row[k] for k in (*METRICS, "output_exact", "output_max_abs_diff")}
                 rows.append({"model": model, "cut": cut, "backend": backend, **kept})
-    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+    except BaseException as exc:
         out.put(("error", f"{backend}: {type(exc).__name__}: {exc}"))
         return
     out.put(("rows", rows))
@@ -97,9 +110,12 @@ def run(models: list[str], rounds: int, items: int, warmup: int, testbed: str) -
     ctx = mp.get_context("spawn")
     rows: list[dict] = []
     for r in range(rounds):
-        for backend in (BACKENDS if r % 2 == 0 else BACKENDS[::-1]):
-            print(f"[round {r + 1}/{rounds}] {backend}: measuring {', '.join(f'{m}@{c}' for m, c in plans)}...",
-                  file=sys.stderr, flush=True)
+        for backend in BACKENDS if r % 2 == 0 else BACKENDS[::-1]:
+            print(
+                f"[round {r + 1}/{rounds}] {backend}: measuring {', '.join(f'{m}@{c}' for m, c in plans)}...",
+                file=sys.stderr,
+                flush=True,
+            )
             out = ctx.Queue()
             proc = ctx.Process(target=_measure, args=(backend, testbed, plans, ("fast", "slow"), items, warmup, out))
             proc.start()
@@ -146,8 +162,10 @@ def _fingerprint() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}; "
-            f"load average {os.getloadavg()[0]:.2f} at start")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f} at start"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,14 +180,21 @@ def main(argv: list[str] | None = None) -> None:
     models = [m for m in args.models.split(",") if m]
     rounds, items = (1, 15) if args.quick else (args.rounds, args.items)
     print(f"# {args.testbed}, network local, batch 1, stages on fast+slow; {_fingerprint()}")
-    from backends.torch_rpc import TRUST_WARNING
+    from paretopipe_backends.torch_rpc import TRUST_WARNING
 
     print(f"# rpc: {TRUST_WARNING}", file=sys.stderr)
     rows = run(models, rounds, items, args.warmup, args.testbed)
-    inexact = sorted({f"{r['model']}/{r['backend']} (max abs diff {r['output_max_abs_diff']:.2g})"
-                      for r in rows if r["output_exact"] is not True})
-    print(f"# {rounds} round(s), {items} latency items and {3 * items} throughput items per plan; "
-          f"outputs bit-equal to the unsplit model: {'all' if not inexact else 'not for ' + ', '.join(inexact)}")
+    inexact = sorted(
+        {
+            f"{r['model']}/{r['backend']} (max abs diff {r['output_max_abs_diff']:.2g})"
+            for r in rows
+            if r["output_exact"] is not True
+        }
+    )
+    print(
+        f"# {rounds} round(s), {items} latency items and {3 * items} throughput items per plan; "
+        f"outputs bit-equal to the unsplit model: {'all' if not inexact else 'not for ' + ', '.join(inexact)}"
+    )
     print_table(summarize(rows, models))
 
 

@@ -51,25 +51,25 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from paretopipe.calibrate import calibrate
-from paretopipe.calibration import default_path
-from paretopipe.devicecal import FILENAME as DEVICE_RUNTIME
-from paretopipe.devicecal import DeviceRuntime, node_scale
-from paretopipe.graph import trace_spec
-from paretopipe.models import resolve_spec
+from paretopipe.calibrate.device_runtime import FILENAME as DEVICE_RUNTIME
+from paretopipe.calibrate.device_runtime import DeviceRuntime, node_scale
+from paretopipe.calibrate.link_file import default_path
+from paretopipe.calibrate.link_measure import calibrate
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
-from paretopipe.planning import build_instance, link_models, reprice, whole_model_links_ms
-from paretopipe.plans import load_plan, safe_name, write_json_atomic
+from paretopipe.plan.plan_file import load_plan, safe_name, write_json_atomic
 from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
-from paretopipe.sweep.runner import CHECKS_FILE, _inputs, near_measured, replan
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
+from paretopipe.sweep.predict import build_instance, link_models, reprice, whole_model_links_ms
+from paretopipe.sweep.runner import CHECKS_FILE, _inputs, near_measured, replan
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
 
@@ -100,14 +100,22 @@ def ensure_calibration(testbed: str, calibrations: Path) -> None:
     write_json_atomic(cal.to_dict(), path)
 
 
-def guided_subset(settings: SweepSettings, rows: pd.DataFrame, neighbours: int, near: float,
-                  refine: int) -> dict[str, tuple[set[str], int]]:
+def guided_subset(
+    settings: SweepSettings, rows: pd.DataFrame, neighbours: int, near: float, refine: int
+) -> dict[str, tuple[set[str], int]]:
     """Per scenario, the plan ids a `--cuts front` sweep would measure and how many of them its
     refinement rounds added: the sweep's own `prepare` (planning only, into a sibling directory),
     then up to ``refine`` rounds of the sweep's own `near_measured`, with the exhaustive sweep's
     ``rows`` standing in for what the guided sweep would have measured."""
-    guided = dataclasses.replace(settings, cuts="front", neighbours=neighbours, near_margin=near, refine=refine,
-                                 out=settings.out + "-guided", resume=False)
+    guided = dataclasses.replace(
+        settings,
+        cuts="front",
+        neighbours=neighbours,
+        near_margin=near,
+        refine=refine,
+        out=settings.out + "-guided",
+        resume=False,
+    )
     shutil.rmtree(guided.out, ignore_errors=True)
     Path(guided.out).mkdir(parents=True)
     shutil.copy(Path(settings.out) / DEVICE_RUNTIME, guided.out)  # price plans exactly as the full sweep did
@@ -151,8 +159,14 @@ def check_number(row: pd.Series) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def priced_by(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs,
-              check_for: Callable[[pd.Series, int], int]) -> pd.DataFrame:
+def priced_by(
+    run: Path,
+    rows: pd.DataFrame,
+    settings: SweepSettings,
+    checks: list[dict],
+    inputs,
+    check_for: Callable[[pd.Series, int], int],
+) -> pd.DataFrame:
     """``rows`` with every prediction made again by this version of the cost model, each row with
     the device runtime of check ``check_for(row, n)``, n being the check that priced it. The same
     measurements, so two pricings compare free of noise."""
@@ -167,12 +181,17 @@ def priced_by(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: li
         use = check_for(r, n)
         if (r["network"], use) not in instances:
             runtimes = {d: DeviceRuntime.from_dict(x) for d, x in by_number[use]["devices"].items()}
-            links = link_models(tb, resolve_network(r["network"], load_scenarios()), inputs.calibration,
-                                list(inputs.profiles))
-            instances[(r["network"], use)] = build_instance(inputs.graph, inputs.profiles, tb, links, inputs.granularity,
-                                                            runtimes=runtimes)
-        plan = reprice(load_plan(run / "plans" / safe_name(r["network"]) / f"{r['plan_id']}.json"),
-                       instances[(r["network"], use)], {})
+            links = link_models(
+                tb, resolve_network(r["network"], load_scenarios()), inputs.calibration, list(inputs.profiles)
+            )
+            instances[(r["network"], use)] = build_instance(
+                inputs.graph, inputs.profiles, tb, links, inputs.granularity, runtimes=runtimes
+            )
+        plan = reprice(
+            load_plan(run / "plans" / safe_name(r["network"]) / f"{r['plan_id']}.json"),
+            instances[(r["network"], use)],
+            {},
+        )
         out.at[i, "pred_latency_ms"] = plan.predicted["latency_ms"]
         out.at[i, "pred_throughput_ips"] = plan.predicted["throughput_ips"]
     return out
@@ -181,14 +200,23 @@ def priced_by(run: Path, rows: pd.DataFrame, settings: SweepSettings, checks: li
 def pass_start(checks: list[dict]) -> Callable[[pd.Series, int], int]:
     """For :func:`priced_by`: the last start (or restart) check of a row's pass at or before the
     check that priced it, as if the pass had been checked at its start only (``--recheck 0``)."""
+
     def pick(r: pd.Series, n: int) -> int:
-        starts = [c for c in checks if c["check"] <= n and c["reason"] != "recheck" and
-                  (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])]
+        starts = [
+            c
+            for c in checks
+            if c["check"] <= n
+            and c["reason"] != "recheck"
+            and (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])
+        ]
         return starts[-1]["check"] if starts else n
+
     return pick
 
 
-def priced_with_full_window_overhead(rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs) -> pd.DataFrame:
+def priced_with_full_window_overhead(
+    rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs
+) -> pd.DataFrame:
     """``rows`` with every latency prediction made again with each device's per-stage overhead
     measured with the window full (``item_overhead_ms``, what throughput is priced with) instead of
     with one item in flight (:meth:`DeviceRuntime.latency_overhead_ms`), as the cost model priced
@@ -197,8 +225,9 @@ def priced_with_full_window_overhead(rows: pd.DataFrame, settings: SweepSettings
     by_number = {c["check"]: c for c in checks}
     tb = load_testbed(settings.testbed)
     devices = list(inputs.profiles)
-    links_ms = whole_model_links_ms(inputs.graph, link_models(tb, resolve_network("local", load_scenarios()),
-                                                              inputs.calibration, devices), devices)
+    links_ms = whole_model_links_ms(
+        inputs.graph, link_models(tb, resolve_network("local", load_scenarios()), inputs.calibration, devices), devices
+    )
     shifts: dict[int, dict[str, float]] = {}
     out = rows.copy()
     for i, r in rows.iterrows():
@@ -206,9 +235,13 @@ def priced_with_full_window_overhead(rows: pd.DataFrame, settings: SweepSettings
         if r["status"] != "ok" or n not in by_number:
             continue
         if n not in shifts:
-            scale = node_scale({d: DeviceRuntime.from_dict(x) for d, x in by_number[n]["devices"].items()}, devices, links_ms)
+            scale = node_scale(
+                {d: DeviceRuntime.from_dict(x) for d, x in by_number[n]["devices"].items()}, devices, links_ms
+            )
             shifts[n] = {d: full - one for d, full, one in zip(devices, scale.cycle_ms, scale.latency_ms)}
-        out.at[i, "pred_latency_ms"] = float(r["pred_latency_ms"]) + sum(shifts[n][d] for d in str(r["devices"]).split("+"))
+        out.at[i, "pred_latency_ms"] = float(r["pred_latency_ms"]) + sum(
+            shifts[n][d] for d in str(r["devices"]).split("+")
+        )
     return out
 
 
@@ -233,18 +266,42 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
     return "; ".join(
         f"{k} stage{'s' if k > 1 else ''}: compute {np.median([v[0] for v in vals]):.2f} (predicted {np.median([v[1] for v in vals]):.2f}), "
         f"outside it {np.median([v[2] for v in vals]):.2f} ({np.median([v[3] for v in vals]):.2f}) ms"
-        for k, vals in sorted(parts.items()))
+        for k, vals in sorted(parts.items())
+    )
 
 
-def run_one(model: str, stages: int, networks: list[str], out: Path, items: int, repeats: int, neighbours: int,
-            near: float, refine: int, recheck: float, min_time_s: float, measure: bool = True) -> dict:
+def run_one(
+    model: str,
+    stages: int,
+    networks: list[str],
+    out: Path,
+    items: int,
+    repeats: int,
+    neighbours: int,
+    near: float,
+    refine: int,
+    recheck: float,
+    min_time_s: float,
+    measure: bool = True,
+) -> dict:
     testbed = TESTBEDS[stages]
     ensure_calibration(testbed, Path("calibrations"))
     run = out / f"{model}-k{stages}"
-    settings = SweepSettings(model=model, testbed=testbed, networks=tuple(networks), stages=tuple(range(1, stages + 1)),
-                             cuts="all", granularity=candidate_cuts(model, stages), latency_items=items,
-                             throughput_items=3 * items, min_time_s=min_time_s, repeats=repeats, out=str(run),
-                             resume=(run / "manifest.json").exists(), recheck_s=recheck)
+    settings = SweepSettings(
+        model=model,
+        testbed=testbed,
+        networks=tuple(networks),
+        stages=tuple(range(1, stages + 1)),
+        cuts="all",
+        granularity=candidate_cuts(model, stages),
+        latency_items=items,
+        throughput_items=3 * items,
+        min_time_s=min_time_s,
+        repeats=repeats,
+        out=str(run),
+        resume=(run / "manifest.json").exists(),
+        recheck_s=recheck,
+    )
     t0 = time.perf_counter()
     if measure:
         store = RunStore(run, resume=settings.resume)
@@ -252,8 +309,14 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
             configs = prepare(settings, store, log, sessions)
             log(f"{model}, up to {stages} stages: {len(configs)} configurations")
             t0 = time.perf_counter()
-            execute(settings, store, configs, log,
-                    lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None, sessions)
+            execute(
+                settings,
+                store,
+                configs,
+                log,
+                lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None,
+                sessions,
+            )
         count = len(configs)
     elif not settings.resume:
         raise SystemExit(f"--reprice: no measurements in {run} (run the benchmark with this --out first)")
@@ -269,8 +332,10 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
         log(f"{model}, up to {stages} stages: {count} configurations measured, priced again")
     at_start = priced_by(run, rows, settings, checks, inputs, pass_start(checks))
     full_window = priced_with_full_window_overhead(rows, settings, checks, inputs)
-    log(f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
-        f"whole model, one item: {device_drift(checks)}")
+    log(
+        f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
+        f"whole model, one item: {device_drift(checks)}"
+    )
     guided = guided_subset(settings, rows, neighbours, near, refine)
     result = {"model": model, "stages": stages, "configs": count, "minutes": (time.perf_counter() - t0) / 60}
     lat_ok = tput_ok = n = 0
@@ -302,22 +367,33 @@ def run_one(model: str, stages: int, networks: list[str], out: Path, items: int,
         fronts_equal.append(full_front == sub_front)
         guided_count += len(subset)
         total_count += len(agg)
-        log(f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
+        log(
+            f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
             f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%) "
             f"[priced at pass starts only: {errs_start['latency_within_10pct']:.0%} / {errs_start['throughput_within_10pct']:.0%}; "
             f"latency with window-full overheads: {errs_full['latency_within_10pct']:.0%} (MAPE {errs_full['latency_mape_pct']:.1f}%)]; "
-            + (f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
-               f"{rep['throughput_repeat_within_10pct']:.0%}; " if rep["repeat_pairs"] else "")
+            + (
+                f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
+                f"{rep['throughput_repeat_within_10pct']:.0%}; "
+                if rep["repeat_pairs"]
+                else ""
+            )
             + f"guided measures {len(subset)}/{len(agg)} ({refined} added near the measured front), "
             f"front {'same' if full_front == sub_front else 'DIFFERENT'} "
-            f"({sorted(full_front)} vs {sorted(sub_front)})")
+            f"({sorted(full_front)} vs {sorted(sub_front)})"
+        )
         log(f"  {net}: one item's latency, medians by stage count: {latency_split(net_rows, checks)}")
-    result.update(latency_within_10pct=lat_ok / max(n, 1), throughput_within_10pct=tput_ok / max(n, 1),
-                  latency_at_start_10pct=start_ok[0] / max(n, 1), throughput_at_start_10pct=start_ok[1] / max(n, 1),
-                  latency_full_window_10pct=full_ok / max(n, 1),
-                  latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
-                  throughput_repeat_10pct=tput_rep / pairs if pairs else float("nan"),
-                  guided_share=guided_count / max(total_count, 1), fronts_equal=all(fronts_equal))
+    result.update(
+        latency_within_10pct=lat_ok / max(n, 1),
+        throughput_within_10pct=tput_ok / max(n, 1),
+        latency_at_start_10pct=start_ok[0] / max(n, 1),
+        throughput_at_start_10pct=start_ok[1] / max(n, 1),
+        latency_full_window_10pct=full_ok / max(n, 1),
+        latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
+        throughput_repeat_10pct=tput_rep / pairs if pairs else float("nan"),
+        guided_share=guided_count / max(total_count, 1),
+        fronts_equal=all(fronts_equal),
+    )
     return result
 
 
@@ -326,27 +402,69 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_v2,resnet18")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")
-    ap.add_argument("--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)")
-    ap.add_argument("--min-time-s", type=float, default=0.0,
-                    help="seconds per mode: time more items than --items until this long has passed (as `sweep --min-time-s`)")
-    ap.add_argument("--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians")
-    ap.add_argument("--neighbours", type=int, default=SweepSettings.neighbours,
-                    help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)")
-    ap.add_argument("--refine", type=int, default=SweepSettings.refine,
-                    help="rounds in which a guided sweep adds the plans predicted near the measured front (as `sweep --refine`)")
-    ap.add_argument("--recheck", type=float, default=60.0,
-                    help="seconds: check the device runtime again within a pass this often (as `sweep --recheck`)")
-    ap.add_argument("--near", type=float, default=100 * SweepSettings.near_margin,
-                    help="percent: plans predicted this close to the front are near it (as `sweep --near`)")
+    ap.add_argument(
+        "--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)"
+    )
+    ap.add_argument(
+        "--min-time-s",
+        type=float,
+        default=0.0,
+        help="seconds per mode: time more items than --items until this long has passed (as `sweep --min-time-s`)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="passes over each scenario's plans; a plan's figures are the medians"
+    )
+    ap.add_argument(
+        "--neighbours",
+        type=int,
+        default=SweepSettings.neighbours,
+        help="at most this many plans near the front a guided sweep adds (as `sweep --neighbours`)",
+    )
+    ap.add_argument(
+        "--refine",
+        type=int,
+        default=SweepSettings.refine,
+        help="rounds in which a guided sweep adds the plans predicted near the measured front (as `sweep --refine`)",
+    )
+    ap.add_argument(
+        "--recheck",
+        type=float,
+        default=60.0,
+        help="seconds: check the device runtime again within a pass this often (as `sweep --recheck`)",
+    )
+    ap.add_argument(
+        "--near",
+        type=float,
+        default=100 * SweepSettings.near_margin,
+        help="percent: plans predicted this close to the front are near it (as `sweep --near`)",
+    )
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
-    ap.add_argument("--reprice", action="store_true",
-                    help="measure nothing: price the measurements already in --out again with this version of the cost model "
-                         "(each with the device runtime check that priced it) and report the figures")
+    ap.add_argument(
+        "--reprice",
+        action="store_true",
+        help="measure nothing: price the measurements already in --out again with this version of the cost model "
+        "(each with the device runtime check that priced it) and report the figures",
+    )
     args = ap.parse_args()
     out = Path(args.out)
-    results = [run_one(m, int(k), args.networks.split(","), out, args.items, args.repeats, args.neighbours, args.near / 100, args.refine,
-                       args.recheck, args.min_time_s, measure=not args.reprice)
-               for m in args.models.split(",") for k in args.stages.split(",")]
+    results = [
+        run_one(
+            m,
+            int(k),
+            args.networks.split(","),
+            out,
+            args.items,
+            args.repeats,
+            args.neighbours,
+            args.near / 100,
+            args.refine,
+            args.recheck,
+            args.min_time_s,
+            measure=not args.reprice,
+        )
+        for m in args.models.split(",")
+        for k in args.stages.split(",")
+    ]
     df = pd.DataFrame(results)
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -356,18 +474,26 @@ def main() -> None:
     print(f"\nall {total} configurations: latency within ±10%: {lat:.1%}, throughput within ±10%: {tput:.1%}")
     lat0 = (df["latency_at_start_10pct"] * df["configs"]).sum() / total
     tput0 = (df["throughput_at_start_10pct"] * df["configs"]).sum() / total
-    print(f"the same measurements priced with the check at the start of each pass only (as --recheck 0): "
-          f"latency {lat0:.1%}, throughput {tput0:.1%}")
+    print(
+        f"the same measurements priced with the check at the start of each pass only (as --recheck 0): "
+        f"latency {lat0:.1%}, throughput {tput0:.1%}"
+    )
     lat1 = (df["latency_full_window_10pct"] * df["configs"]).sum() / total
-    print(f"latency priced with each device's overhead measured with the window full (not with one item in flight): {lat1:.1%}")
+    print(
+        f"latency priced with each device's overhead measured with the window full (not with one item in flight): {lat1:.1%}"
+    )
     rep = df[df["latency_repeat_10pct"].notna()]
     if len(rep):
         w = rep["configs"] / rep["configs"].sum()
-        print("the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
-              "(how far single passes scatter; the line above compares with medians over passes): "
-              f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}")
-    print(f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
-          f"same measured front in every case: {bool(df['fronts_equal'].all())}")
+        print(
+            "the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
+            "(how far single passes scatter; the line above compares with medians over passes): "
+            f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}"
+        )
+    print(
+        f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
+        f"same measured front in every case: {bool(df['fronts_equal'].all())}"
+    )
     print(f"measurements: {out}/*/measurements.csv")
 
 

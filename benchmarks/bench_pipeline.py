@@ -51,25 +51,26 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import torch
 
-from paretopipe.cgroups import find_controller  # noqa: E402
-from paretopipe.fingerprint import describe, fingerprint  # noqa: E402
-from paretopipe.graph import ModelGraph, trace_spec  # noqa: E402
-from paretopipe.models import ModelSpec, resolve_spec  # noqa: E402
-from paretopipe.network.conditions import load_scenarios, resolve_network  # noqa: E402
-from paretopipe.plans import Plan, PlanCut  # noqa: E402
-from paretopipe.runtime.driver import StageStats  # noqa: E402
-from paretopipe.runtime.session import MeasureOptions, Session  # noqa: E402
-from paretopipe.runtime.endpoints import render_testbed, with_free_ports  # noqa: E402
-from paretopipe.testbed import load_testbed  # noqa: E402
+from paretopipe.host.cgroups import find_controller
+from paretopipe.host.fingerprint import describe, fingerprint
+from paretopipe.model.graph import ModelGraph, trace_spec
+from paretopipe.model.registry import ModelSpec, resolve_spec
+from paretopipe.network.conditions import load_scenarios, resolve_network
+from paretopipe.plan.plan_file import Plan, PlanCut
+from paretopipe.runtime.driver import StageStats
+from paretopipe.runtime.endpoints import render_testbed, with_free_ports
+from paretopipe.runtime.session import MeasureOptions, Session
+from paretopipe.testbed import load_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +141,7 @@ class CpuMonitor:
             self.peak_pct = max(self.peak_pct, self._other_pct(last, now))
             last = now
 
-    def __enter__(self) -> "CpuMonitor":
+    def __enter__(self) -> CpuMonitor:
         self._first, self.peak_pct, self.mean_pct = self._sample(), 0.0, 0.0
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="cpu-monitor", daemon=True)
@@ -190,7 +191,9 @@ def set_cfs_period(pids: dict[str, int], period_us: int) -> dict[str, str]:
             continue
         new_quota = round(quota * period_us / period)
         if new_quota < 1000:
-            raise SystemExit(f"--cfs-period-us {period_us} gives {device} a quota of {new_quota} us; the kernel needs >= 1000")
+            raise SystemExit(
+                f"--cfs-period-us {period_us} gives {device} a quota of {new_quota} us; the kernel needs >= 1000"
+            )
         if ctl.version == 1:
             (group / "cpu.cfs_period_us").write_text(str(period_us))
             (group / "cpu.cfs_quota_us").write_text(str(new_quota))
@@ -245,27 +248,54 @@ class PipelineBench:
 
         session.driver.throughput = cpu_counting_throughput  # CPU per item of each stage's process
         tb = session.testbed
-        self.shares = [tb.device(d).cpu_quota or float(min(tb.device(d).threads, len(tb.device(d).cpus or [0]))) for d in devices]
+        self.shares = [
+            tb.device(d).cpu_quota or float(min(tb.device(d).threads, len(tb.device(d).cpus or [0]))) for d in devices
+        ]
 
     def run(self, spec: ModelSpec, graph: ModelGraph, cut: int, items: int, check_output: bool = False) -> Run:
         """Measure one plan; repeat it while other processes disturb it (up to ``--retries``)."""
         c = graph.cut(cut)
-        plan = Plan(model=spec.to_dict(), batch_size=graph.batch_size,
-                    cuts=(PlanCut(c.index, c.after, c.tensors, c.nbytes),), devices=self.devices)
-        options = MeasureOptions(modes=("throughput",), throughput_items=items, warmup=self.args.warmup,
-                                 window=self.args.window, check_output=check_output)
+        plan = Plan(
+            model=spec.to_dict(),
+            batch_size=graph.batch_size,
+            cuts=(PlanCut(c.index, c.after, c.tensors, c.nbytes),),
+            devices=self.devices,
+        )
+        options = MeasureOptions(
+            modes=("throughput",),
+            throughput_items=items,
+            warmup=self.args.warmup,
+            window=self.args.window,
+            check_output=check_output,
+        )
         for attempt in range(self.args.retries + 1):
             with self.monitor as mon:
                 row = self.session.measure(plan, self.scenario, options)
-            means = [statistics.fmean(s.compute_ms[self.args.warmup:] or s.compute_ms)
-                     for s in sorted(self._last_stats, key=lambda s: s.stage)]
-            run = Run(cut, row["throughput_ips"], means, json.loads(row["tput_stage_compute_ms"]), row["window"],
-                      row["throughput_items"], mon.mean_pct, mon.peak_pct, self._last_stats, row.get("output_exact"),
-                      self._phase_cpu_ms, self.shares)
+            means = [
+                statistics.fmean(s.compute_ms[self.args.warmup :] or s.compute_ms)
+                for s in sorted(self._last_stats, key=lambda s: s.stage)
+            ]
+            run = Run(
+                cut,
+                row["throughput_ips"],
+                means,
+                json.loads(row["tput_stage_compute_ms"]),
+                row["window"],
+                row["throughput_items"],
+                mon.mean_pct,
+                mon.peak_pct,
+                self._last_stats,
+                row.get("output_exact"),
+                self._phase_cpu_ms,
+                self.shares,
+            )
             if mon.peak_pct <= self.args.max_other_cpu or attempt == self.args.retries:
                 return run
             self.discarded += 1
-            print(f"    (other processes used up to {mon.peak_pct:.0f}% of a CPU: run discarded, repeating)", file=sys.stderr)
+            print(
+                f"    (other processes used up to {mon.peak_pct:.0f}% of a CPU: run discarded, repeating)",
+                file=sys.stderr,
+            )
         raise AssertionError("unreachable")
 
 
@@ -316,12 +346,22 @@ def summarize(model: str, batch: int, role: str, graph: ModelGraph, runs: list[R
     ratios = sorted(r.ratio(batch) for r in runs)
     mid = sorted(runs, key=lambda r: r.ratio(batch))[(len(runs) - 1) // 2]
     return {
-        "model": model, "batch": batch, "plan": role, "cut": f"{mid.cut}:{graph.nodes[mid.cut].name}",
-        "compute_ms": _ms_list(mid.compute_ms), "bound_ips": batch * 1000.0 / mid.bottleneck_ms,
-        "measured_ips": mid.throughput_ips, "ratio": mid.ratio(batch), "ratio_p50": mid.ratio_p50(batch),
-        "ratio_range": f"{ratios[0]:.3f}-{ratios[-1]:.3f}", "cpu_bound_ips": mid.cpu_bound_ips(batch),
-        "of_cpu_bound": mid.throughput_ips / mid.cpu_bound_ips(batch), "window": mid.window, "items": mid.items,
-        "other_peak": f"{max(r.other_peak_pct for r in runs):.0f}%", "discarded": discarded,
+        "model": model,
+        "batch": batch,
+        "plan": role,
+        "cut": f"{mid.cut}:{graph.nodes[mid.cut].name}",
+        "compute_ms": _ms_list(mid.compute_ms),
+        "bound_ips": batch * 1000.0 / mid.bottleneck_ms,
+        "measured_ips": mid.throughput_ips,
+        "ratio": mid.ratio(batch),
+        "ratio_p50": mid.ratio_p50(batch),
+        "ratio_range": f"{ratios[0]:.3f}-{ratios[-1]:.3f}",
+        "cpu_bound_ips": mid.cpu_bound_ips(batch),
+        "of_cpu_bound": mid.throughput_ips / mid.cpu_bound_ips(batch),
+        "window": mid.window,
+        "items": mid.items,
+        "other_peak": f"{max(r.other_peak_pct for r in runs):.0f}%",
+        "discarded": discarded,
         "exact": runs[0].exact,
     }
 
@@ -332,15 +372,25 @@ def details(model: str, batch: int, role: str, runs: list[Run]) -> list[dict[str
     for rep, run in enumerate(runs):
         for s in run.stats:
             wall, cpu = statistics.median(s.compute_ms), statistics.median(s.compute_cpu_ms or [float("nan")])
-            out.append({
-                "model": model, "batch": batch, "plan": role, "rep": rep, "device": s.device,
-                "compute_p50": wall, "compute_mean": statistics.fmean(s.compute_ms),
-                "cpu_p50": cpu, "wall/cpu": wall / cpu, "proc_cpu/item": run.cpu_ms_per_item[s.stage],
-                "wait_p50": statistics.median(s.wait_ms) if s.wait_ms else None,
-                "send_p50": statistics.median(s.send_ms) if s.send_ms else None,
-                "ips": run.throughput_ips, "other_mean": f"{run.other_cpu_pct:.0f}%",
-                "other_peak": f"{run.other_peak_pct:.0f}%",
-            })
+            out.append(
+                {
+                    "model": model,
+                    "batch": batch,
+                    "plan": role,
+                    "rep": rep,
+                    "device": s.device,
+                    "compute_p50": wall,
+                    "compute_mean": statistics.fmean(s.compute_ms),
+                    "cpu_p50": cpu,
+                    "wall/cpu": wall / cpu,
+                    "proc_cpu/item": run.cpu_ms_per_item[s.stage],
+                    "wait_p50": statistics.median(s.wait_ms) if s.wait_ms else None,
+                    "send_p50": statistics.median(s.send_ms) if s.send_ms else None,
+                    "ips": run.throughput_ips,
+                    "other_mean": f"{run.other_cpu_pct:.0f}%",
+                    "other_peak": f"{run.other_peak_pct:.0f}%",
+                }
+            )
     return out
 
 
@@ -355,13 +405,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-seconds", type=float, default=1.0, help="about how long each balancing probe runs")
     parser.add_argument("--warmup", type=int, default=10, help="completions discarded before timing")
     parser.add_argument("--window", type=int, default=None, help="items in flight [default: the session's]")
-    parser.add_argument("--driver-cpus", default=None,
-                        help="pin the driver here instead of the testbed's [driver] cpus, e.g. 0 or 0,1; 'none' leaves it unpinned")
-    parser.add_argument("--cfs-period-us", type=int, default=0,
-                        help="CFS period of the workers' quota cgroups, e.g. 2000; 0 keeps the launcher's")
-    parser.add_argument("--max-other-cpu", type=float, default=30.0,
-                        help="discard and repeat a run if, in some half second, other processes used more "
-                             "than this (%% of one CPU)")
+    parser.add_argument(
+        "--driver-cpus",
+        default=None,
+        help="pin the driver here instead of the testbed's [driver] cpus, e.g. 0 or 0,1; 'none' leaves it unpinned",
+    )
+    parser.add_argument(
+        "--cfs-period-us",
+        type=int,
+        default=0,
+        help="CFS period of the workers' quota cgroups, e.g. 2000; 0 keeps the launcher's",
+    )
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=30.0,
+        help="discard and repeat a run if, in some half second, other processes used more than this (%% of one CPU)",
+    )
     parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run before keeping it")
     parser.add_argument("--details", action="store_true", help="also print the balancing scan and per-stage timings")
     parser.add_argument("--quick", action="store_true", help="one repeat, shorter runs")
@@ -379,7 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)  # the driver's reference run must not leave busy threads behind
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda text: print(text, file=sys.stderr, flush=True)
     path, tmp = prepare_testbed(args.testbed, args.driver_cpus)
     testbed = load_testbed(path)
     rows: list[dict[str, Any]] = []
@@ -391,10 +451,14 @@ def main(argv: list[str] | None = None) -> None:
             if args.cfs_period_us and session.workers is not None:
                 applied = set_cfs_period(session.workers.pids(), args.cfs_period_us)
                 period = ", ".join(f"{d} {v}" for d, v in applied.items()) or "none"
-            devs = ", ".join(f"{d.name}: CPUs {list(d.cpus or [])} quota {d.cpu_quota or 'none'}" for d in testbed.devices)
+            devs = ", ".join(
+                f"{d.name}: CPUs {list(d.cpus or [])} quota {d.cpu_quota or 'none'}" for d in testbed.devices
+            )
             print(f"# {describe(fingerprint(threads=1))}")
-            print(f"# testbed {args.testbed.name} ({devs}); network local; zmq; quota cgroups {period}; "
-                  f"load average {os.getloadavg()[0]:.2f} at start")
+            print(
+                f"# testbed {args.testbed.name} ({devs}); network local; zmq; quota cgroups {period}; "
+                f"load average {os.getloadavg()[0]:.2f} at start"
+            )
             bench = PipelineBench(session, args.devices, args)
             for model in args.models:
                 spec = resolve_spec(model)
@@ -402,9 +466,16 @@ def main(argv: list[str] | None = None) -> None:
                     graph = trace_spec(spec, batch)
                     log(f"[{model} batch {batch}] scanning {len(graph.cuts_at('block'))} block cuts")
                     probes = scan(bench, spec, graph, log)
-                    scans.extend({"model": model, "batch": batch, "cut": f"{c}:{graph.nodes[c].name}",
-                                  "compute_ms": _ms_list(r.compute_ms), "other_peak": f"{r.other_peak_pct:.0f}%"}
-                                 for c, r in probes.items())
+                    scans.extend(
+                        {
+                            "model": model,
+                            "batch": batch,
+                            "cut": f"{c}:{graph.nodes[c].name}",
+                            "compute_ms": _ms_list(r.compute_ms),
+                            "other_peak": f"{r.other_peak_pct:.0f}%",
+                        }
+                        for c, r in probes.items()
+                    )
                     balanced = min(probes, key=lambda c: probes[c].bottleneck_ms)
                     fastest = max(probes, key=lambda c: probes[c].throughput_ips)
                     plans = [("balanced", balanced)] + ([("fastest", fastest)] if fastest != balanced else [])
@@ -414,27 +485,69 @@ def main(argv: list[str] | None = None) -> None:
                         for rep in range(args.repeats):
                             runs.append(bench.run(spec, graph, cut, items, check_output=rep == 0))
                             r = runs[-1]
-                            log(f"  {role} cut {cut} rep {rep}: {r.throughput_ips:.2f} ips, bound "
-                                f"{batch * 1000 / r.bottleneck_ms:.2f}, ratio {r.ratio(batch):.3f}, other CPU peak {r.other_peak_pct:.0f}%")
+                            log(
+                                f"  {role} cut {cut} rep {rep}: {r.throughput_ips:.2f} ips, bound "
+                                f"{batch * 1000 / r.bottleneck_ms:.2f}, ratio {r.ratio(batch):.3f}, other CPU peak {r.other_peak_pct:.0f}%"
+                            )
                         rows.append(summarize(model, batch, role, graph, runs, bench.discarded - before))
                         more.extend(details(model, batch, role, runs))
     finally:
         tmp.cleanup()
     print()
-    print_table(rows, ["model", "batch", "plan", "cut", "compute_ms", "bound_ips", "measured_ips", "ratio", "ratio_p50",
-                       "ratio_range", "cpu_bound_ips", "of_cpu_bound", "window", "items", "other_peak", "discarded", "exact"])
-    print(f"\nratio = measured throughput / (batch / max(stage compute)), both from the same run, stage compute "
-          f"being each worker's mean per-item compute time (ratio_p50: the same with medians); median of "
-          f"{args.repeats} run(s), range in ratio_range. other_peak: most CPU other processes used in any half "
-          f"second of a kept run (runs above {args.max_other_cpu:g}% were discarded and repeated, see 'discarded').\n"
-          "cpu_bound_ips = batch * min over stages of (the device's CPU share / its worker process's CPU time per item "
-          "in the same run, compute plus receiving and sending); of_cpu_bound = measured / cpu_bound_ips.")
+    print_table(
+        rows,
+        [
+            "model",
+            "batch",
+            "plan",
+            "cut",
+            "compute_ms",
+            "bound_ips",
+            "measured_ips",
+            "ratio",
+            "ratio_p50",
+            "ratio_range",
+            "cpu_bound_ips",
+            "of_cpu_bound",
+            "window",
+            "items",
+            "other_peak",
+            "discarded",
+            "exact",
+        ],
+    )
+    print(
+        f"\nratio = measured throughput / (batch / max(stage compute)), both from the same run, stage compute "
+        f"being each worker's mean per-item compute time (ratio_p50: the same with medians); median of "
+        f"{args.repeats} run(s), range in ratio_range. other_peak: most CPU other processes used in any half "
+        f"second of a kept run (runs above {args.max_other_cpu:g}% were discarded and repeated, see 'discarded').\n"
+        "cpu_bound_ips = batch * min over stages of (the device's CPU share / its worker process's CPU time per item "
+        "in the same run, compute plus receiving and sending); of_cpu_bound = measured / cpu_bound_ips."
+    )
     if args.details:
         print("\nbalancing scan (stage compute medians of a short run at every block cut):")
         print_table(scans, ["model", "batch", "cut", "compute_ms", "other_peak"])
         print("\nper-stage timings (ms) of every kept run:")
-        print_table(more, ["model", "batch", "plan", "rep", "device", "compute_p50", "compute_mean", "cpu_p50",
-                           "wall/cpu", "proc_cpu/item", "wait_p50", "send_p50", "ips", "other_mean", "other_peak"])
+        print_table(
+            more,
+            [
+                "model",
+                "batch",
+                "plan",
+                "rep",
+                "device",
+                "compute_p50",
+                "compute_mean",
+                "cpu_p50",
+                "wall/cpu",
+                "proc_cpu/item",
+                "wait_p50",
+                "send_p50",
+                "ips",
+                "other_mean",
+                "other_peak",
+            ],
+        )
 
 
 if __name__ == "__main__":

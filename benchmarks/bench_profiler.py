@@ -43,17 +43,17 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from paretopipe import cgroups
 from paretopipe.cli.profile import DRIFT_WARN_PCT
 from paretopipe.errors import ParetoPipeError
-from paretopipe.graph import trace
-from paretopipe.models import build_model, example_input, resolve_spec
-from paretopipe.profiler import ProfileSettings, profile_model
-from paretopipe.timing import Rounds, median, steady_allocator
+from paretopipe.host import cgroups
+from paretopipe.host.timing import Rounds, median, steady_allocator
+from paretopipe.model.graph import trace
+from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.profile.measure import ProfileSettings, profile_model
 
 SEED_MODELS = "mobilenet_v2,resnet18,resnet50,vgg16,alexnet,inception_v3"
 STEADY_PCT = DRIFT_WARN_PCT
@@ -131,9 +131,17 @@ def run_model(name: str, args, rows: list[dict]) -> None:
     spec = resolve_spec(name)
     model = build_model(spec)
     for bs in args.batch_sizes:
-        settings = ProfileSettings(batch_sizes=(bs,), threads=1, repeats=args.repeats, warmup=args.warmup,
-                                   min_time_s=args.min_time_s, node_timing=args.node_timing, cpus=args.cpus,
-                                   steady_pct=args.steady, command=("bench_profiler",))
+        settings = ProfileSettings(
+            batch_sizes=(bs,),
+            threads=1,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            min_time_s=args.min_time_s,
+            node_timing=args.node_timing,
+            cpus=args.cpus,
+            steady_pct=args.steady,
+            command=("bench_profiler",),
+        )
         waited = wait_quiet(args.quiet, args.max_wait_s)
         bg = Background()
         x = example_input(spec, bs)
@@ -152,16 +160,30 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         with torch.no_grad():
             mid = s0(x)
         whole_again, meas0, meas1 = measure_interleaved(
-            [lambda: model(x), lambda: s0(x), lambda: s1(*mid)], args.repeats, args.min_time_s, args.warmup)
+            [lambda: model(x), lambda: s0(x), lambda: s1(*mid)], args.repeats, args.min_time_s, args.warmup
+        )
         pred0 = b.calibration * sum(node_ms[: cut + 1])
-        pred1 = b.calibration * sum(node_ms[cut + 1:])
+        pred1 = b.calibration * sum(node_ms[cut + 1 :])
         row = {
-            **row, "model": name, "batch": bs, "whole_ms": b.whole_ms["median"], "calib": b.calibration,
-            "again_ms": whole_again, "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
-            "cut_after": graph.nodes[cut].name, "s0_pred": pred0, "s0_meas": meas0, "err_s0%": rel(pred0, meas0),
-            "s1_pred": pred1, "s1_meas": meas1, "err_s1%": rel(pred1, meas1), "drift%": b.whole_ms["drift_pct"],
-            "discarded": b.whole_ms["discarded"], "rounds": b.whole_ms["n"],
-            "profile_s": profile_s, "waited_s": waited,
+            **row,
+            "model": name,
+            "batch": bs,
+            "whole_ms": b.whole_ms["median"],
+            "calib": b.calibration,
+            "again_ms": whole_again,
+            "err_a%": rel(b.calibration * b.node_sum_ms, whole_again),
+            "cut_after": graph.nodes[cut].name,
+            "s0_pred": pred0,
+            "s0_meas": meas0,
+            "err_s0%": rel(pred0, meas0),
+            "s1_pred": pred1,
+            "s1_meas": meas1,
+            "err_s1%": rel(pred1, meas1),
+            "drift%": b.whole_ms["drift_pct"],
+            "discarded": b.whole_ms["discarded"],
+            "rounds": b.whole_ms["n"],
+            "profile_s": profile_s,
+            "waited_s": waited,
         }
         if args.agreement:
             other = profile_model(spec, "bench", settings).batch(bs)
@@ -171,15 +193,44 @@ def run_model(name: str, args, rows: list[dict]) -> None:
             calib = (b.calibration + other.calibration) / 2
             row["err_ab%"] = rel(calib * sum(two), whole_again)
             row["err_ab_s0%"] = rel(calib * sum(two[: cut + 1]), meas0)
-            row["err_ab_s1%"] = rel(calib * sum(two[cut + 1:]), meas1)
+            row["err_ab_s1%"] = rel(calib * sum(two[cut + 1 :]), meas1)
         row["bg_cpus"] = bg.cpus()
         rows.append(row)
         print_row(row, header=len(rows) == 1)
 
 
-COLUMNS = ["model", "batch", "whole_ms", "calib", "again_ms", "err_a%", "cut_after", "s0_pred", "s0_meas", "err_s0%",
-           "s1_pred", "s1_meas", "err_s1%", "agree_node%", "agree_time%", "agree_sum%", "agree_long%", "shift_short%", "shift_long%", "err_ab%", "err_ab_s0%", "err_ab_s1%", "drift%",
-           "discarded", "rounds", "profile_s", "err_a0%", "drift0%", "bg_cpus", "waited_s"]
+COLUMNS = [
+    "model",
+    "batch",
+    "whole_ms",
+    "calib",
+    "again_ms",
+    "err_a%",
+    "cut_after",
+    "s0_pred",
+    "s0_meas",
+    "err_s0%",
+    "s1_pred",
+    "s1_meas",
+    "err_s1%",
+    "agree_node%",
+    "agree_time%",
+    "agree_sum%",
+    "agree_long%",
+    "shift_short%",
+    "shift_long%",
+    "err_ab%",
+    "err_ab_s0%",
+    "err_ab_s1%",
+    "drift%",
+    "discarded",
+    "rounds",
+    "profile_s",
+    "err_a0%",
+    "drift0%",
+    "bg_cpus",
+    "waited_s",
+]
 
 
 def print_row(row: dict, header: bool) -> None:
@@ -192,7 +243,15 @@ def print_row(row: dict, header: bool) -> None:
     for c in COLUMNS:
         v = row.get(c, "")
         number = isinstance(v, float)
-        cells.append((f"{v:+.1f}" if number and c.endswith("%") and c.startswith(("err", "drift", "shift")) else f"{v:.3g}" if number else str(v)).rjust(widths[c]))
+        cells.append(
+            (
+                f"{v:+.1f}"
+                if number and c.endswith("%") and c.startswith(("err", "drift", "shift"))
+                else f"{v:.3g}"
+                if number
+                else str(v)
+            ).rjust(widths[c])
+        )
     print(" ".join(cells), flush=True)
 
 
@@ -232,19 +291,38 @@ def quota_check(name: str, args) -> None:
             return
         after_mean, after_med = timed_run(lambda: model(x), seconds, args.warmup)
         free = (free_mean + after_mean) / 2
-        factors.append((period or default_period, period is None, free, lim_mean, lim_mean / free,
-                        lim_med / ((free_med + after_med) / 2)))
+        factors.append(
+            (
+                period or default_period,
+                period is None,
+                free,
+                lim_mean,
+                lim_mean / free,
+                lim_med / ((free_med + after_med) / 2),
+            )
+        )
         free_mean, free_med = after_mean, after_med
     print(f"quota 0.5 CPU on {name} batch 1, mean ms per forward (free = mean of the free runs before and after):")
     for period, is_default, free, lim, factor, factor_med in factors:
         mark = "  <- used by the profiler and the launcher" if is_default else ""
-        print(f"  period {period:>6} us: free {free:.2f} -> {lim:.2f} ms, slowdown x{factor:.2f} "
-              f"(medians x{factor_med:.2f}; expected ~2){mark}")
-    settings = ProfileSettings(batch_sizes=(1,), threads=1, repeats=args.repeats, warmup=args.warmup,
-                               min_time_s=seconds, cpu_quota=0.5, command=("bench_profiler",))
+        print(
+            f"  period {period:>6} us: free {free:.2f} -> {lim:.2f} ms, slowdown x{factor:.2f} "
+            f"(medians x{factor_med:.2f}; expected ~2){mark}"
+        )
+    settings = ProfileSettings(
+        batch_sizes=(1,),
+        threads=1,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        min_time_s=seconds,
+        cpu_quota=0.5,
+        command=("bench_profiler",),
+    )
     b = profile_model(spec, "bench", settings).batch(1)
-    print(f"profile under quota 0.5: node sum {b.node_sum_ms:.2f} ms, whole {b.whole_ms['median']:.2f} ms, "
-          f"calibration {b.calibration:.2f} (calibrated node sum = whole)")
+    print(
+        f"profile under quota 0.5: node sum {b.node_sum_ms:.2f} ms, whole {b.whole_ms['median']:.2f} ms, "
+        f"calibration {b.calibration:.2f} (calibrated node sum = whole)"
+    )
 
 
 SHORT_MS = 0.1  # nodes shorter than this (mostly element-wise ops of a few to tens of microseconds)
@@ -261,9 +339,11 @@ def agreement(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     diffs = [((y - x) / x, x) for x, y in zip(a, b) if x > 0]
     short = [d for d, x in diffs if x < SHORT_MS]
     long = [d for d, x in diffs if x >= SHORT_MS]
-    row = {"agree_node%": 100 * statistics.median(abs(d) for d, _ in diffs),
-           "agree_time%": 100 * sum(abs(x - y) for x, y in zip(a, b)) / sum(a),
-           "agree_sum%": 100 * abs(sum(b) - sum(a)) / sum(a)}
+    row = {
+        "agree_node%": 100 * statistics.median(abs(d) for d, _ in diffs),
+        "agree_time%": 100 * sum(abs(x - y) for x, y in zip(a, b)) / sum(a),
+        "agree_sum%": 100 * abs(sum(b) - sum(a)) / sum(a),
+    }
     if long:
         row["agree_long%"] = 100 * statistics.median(abs(d) for d in long)
         row["shift_long%"] = 100 * statistics.median(long)
@@ -281,14 +361,22 @@ def main() -> None:
     ap.add_argument("--min-time-s", type=float, default=1.0)
     ap.add_argument("--node-timing", default="sequence", choices=["sequence", "isolated"])
     ap.add_argument("--steady", type=float, default=ProfileSettings.steady_pct, help="as `paretopipe profile --steady`")
-    ap.add_argument("--compare-steady", action="store_true",
-                    help="also profile without waiting for a steady machine, each profile followed by its own whole-model run")
+    ap.add_argument(
+        "--compare-steady",
+        action="store_true",
+        help="also profile without waiting for a steady machine, each profile followed by its own whole-model run",
+    )
     ap.add_argument("--no-agreement", dest="agreement", action="store_false", help="skip the second profile")
     ap.add_argument("--no-quota", dest="quota", action="store_false", help="skip the CPU quota check")
     ap.add_argument("--quota-model", default="resnet18")
-    ap.add_argument("--quota-periods", default="4000,10000,100000",
-                    help="CFS periods (us) to compare with the default one in the quota check")
-    ap.add_argument("--cpus", default=None, help="pin the whole benchmark (profiles and direct runs) to these CPUs, e.g. 0")
+    ap.add_argument(
+        "--quota-periods",
+        default="4000,10000,100000",
+        help="CFS periods (us) to compare with the default one in the quota check",
+    )
+    ap.add_argument(
+        "--cpus", default=None, help="pin the whole benchmark (profiles and direct runs) to these CPUs, e.g. 0"
+    )
     ap.add_argument("--quiet", type=float, default=0.2, help="wait until other processes use fewer CPUs than this")
     ap.add_argument("--max-wait-s", type=float, default=30.0, help="longest wait for a quiet machine per model")
     args = ap.parse_args()
@@ -301,8 +389,10 @@ def main() -> None:
     steady_allocator()  # as the profiler does: no page faults from malloc returning memory every pass
     whole_run = Background()
     rows: list[dict] = []
-    print(f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement"
-          + (f", pinned to CPUs {list(args.cpus)}" if args.cpus else ""))
+    print(
+        f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement"
+        + (f", pinned to CPUs {list(args.cpus)}" if args.cpus else "")
+    )
     for name in filter(None, args.models.split(",")):
         run_model(name, args, rows)
     if rows:
@@ -311,36 +401,50 @@ def main() -> None:
             if not errs:
                 continue
             within = sum(e <= 5.0 for e in errs)
-            print(f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}")
+            print(
+                f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}"
+            )
         steady = [r for r in rows if abs(r["drift%"]) <= STEADY_PCT]
-        print(f"{len(steady)} of {len(rows)} profiles were steady (|drift| <= {STEADY_PCT:g}%, no warning from "
-              f"`paretopipe profile`); err_a% within 5% for {sum(abs(r['err_a%']) <= 5 for r in steady)} of them, "
-              f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}; "
-              f"{sum(r['discarded'] > 0 for r in rows)} waited for a steady machine ({sum(r['discarded'] for r in rows)} rounds discarded)")
+        print(
+            f"{len(steady)} of {len(rows)} profiles were steady (|drift| <= {STEADY_PCT:g}%, no warning from "
+            f"`paretopipe profile`); err_a% within 5% for {sum(abs(r['err_a%']) <= 5 for r in steady)} of them, "
+            f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}; "
+            f"{sum(r['discarded'] > 0 for r in rows)} waited for a steady machine ({sum(r['discarded'] for r in rows)} rounds discarded)"
+        )
         if args.compare_steady:
-            print(f"without waiting (err_a0%): within 5% for {sum(abs(r['err_a0%']) <= 5 for r in rows)} of {len(rows)}; "
-                  f"waiting (err_a%): {sum(abs(r['err_a%']) <= 5 for r in rows)} of {len(rows)}")
+            print(
+                f"without waiting (err_a0%): within 5% for {sum(abs(r['err_a0%']) <= 5 for r in rows)} of {len(rows)}; "
+                f"waiting (err_a%): {sum(abs(r['err_a%']) <= 5 for r in rows)} of {len(rows)}"
+            )
         if args.agreement:
-            for key, what in (("agree_node%", "median over nodes of the per-node difference"),
-                              ("agree_time%", "per-node difference weighted by node time"),
-                              ("agree_sum%", "node-sum difference"),
-                              ("agree_long%", f"median over the nodes of {SHORT_MS:g} ms or longer")):
+            for key, what in (
+                ("agree_node%", "median over nodes of the per-node difference"),
+                ("agree_time%", "per-node difference weighted by node time"),
+                ("agree_sum%", "node-sum difference"),
+                ("agree_long%", f"median over the nodes of {SHORT_MS:g} ms or longer"),
+            ):
                 vals = [r[key] for r in rows if key in r]
                 if not vals:
                     continue
-                print(f"two profiles, {what}: median {statistics.median(vals):.1f}%, max {max(vals):.1f}%, "
-                      f"within 5%: {sum(v <= 5.0 for v in vals)}/{len(vals)}")
+                print(
+                    f"two profiles, {what}: median {statistics.median(vals):.1f}%, max {max(vals):.1f}%, "
+                    f"within 5%: {sum(v <= 5.0 for v in vals)}/{len(vals)}"
+                )
             shifted = [r for r in rows if r["agree_node%"] > 5.0 and "shift_short%" in r]
             if shifted:
                 moved_short = ", ".join(f"{r['shift_short%']:+.1f}%" for r in shifted)
                 moved_long = ", ".join(f"{r['shift_long%']:+.1f}%" if "shift_long%" in r else "(none)" for r in shifted)
-                print(f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< {SHORT_MS:g} ms) "
-                      f"moved by a median of {moved_short}, the longer ones by {moved_long} "
-                      "(signed: the second profile against the first)")
+                print(
+                    f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< {SHORT_MS:g} ms) "
+                    f"moved by a median of {moved_short}, the longer ones by {moved_long} "
+                    "(signed: the second profile against the first)"
+                )
     if args.quota:
         quota_check(args.quota_model, args)
-    print(f"total {time.monotonic() - whole_run.wall:.0f} s; other processes used {whole_run.cpus():.2f} of "
-          f"{os.cpu_count()} CPUs meanwhile (bg_cpus: the same per row)")
+    print(
+        f"total {time.monotonic() - whole_run.wall:.0f} s; other processes used {whole_run.cpus():.2f} of "
+        f"{os.cpu_count()} CPUs meanwhile (bg_cpus: the same per row)"
+    )
 
 
 if __name__ == "__main__":

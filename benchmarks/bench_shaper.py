@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paretopipe.network.conditions import LinkCondition, parse_condition  # noqa: E402
-from paretopipe.network.shaper import ShapedSender  # noqa: E402
+from paretopipe.network.conditions import LinkCondition, parse_condition
+from paretopipe.network.shaper import ShapedSender
 
 
 def submit_cost(n: int = 100_000) -> tuple[float, float]:
@@ -139,8 +139,11 @@ def kernel_ratio(bandwidth_bps: float = 50e6) -> float | None:
     with NamespaceNetwork(["a", "b"], {("a", "b"): LinkCondition(bandwidth_bps=bandwidth_bps)}) as net:
         srv = subprocess.Popen(net.exec_argv("b", ["iperf3", "-s", "-1"]), stdout=subprocess.DEVNULL)
         time.sleep(0.3)
-        out = subprocess.run(net.exec_argv("a", ["iperf3", "-c", net.address("b"), "-t", "3", "-O", "1", "-J"]),
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            net.exec_argv("a", ["iperf3", "-c", net.address("b"), "-t", "3", "-O", "1", "-J"]),
+            capture_output=True,
+            text=True,
+        )
         srv.wait(10)
     return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / bandwidth_bps
 
@@ -153,18 +156,27 @@ def main() -> None:
     ns, rate = submit_cost()
     print(f"(a) submit: {ns:.0f} ns median; delivered {rate:,.0f} msg/s (unlimited link, no-op send)")
     late = lateness_us()
-    print(f"(b) lateness after computed arrival: p50 {late[len(late) // 2]:.0f} us, "
-          f"p99 {late[int(len(late) * 0.99)]:.0f} us, max {late[-1]:.0f} us, min {late[0]:.0f} us")
+    print(
+        f"(b) lateness after computed arrival: p50 {late[len(late) // 2]:.0f} us, "
+        f"p99 {late[int(len(late) * 0.99)]:.0f} us, max {late[-1]:.0f} us, min {late[0]:.0f} us"
+    )
     print("(c) loopback TCP through the shaper, 100 Mbit/s + 50 ms, measured/expected (median of 5):")
     for n, r in transfer_ratios().items():
-        print(f"      {n:>10,} B  expected {parse_condition('bandwidth=100mbit delay=50ms').transfer_ms(n):7.1f} ms"
-              f"  ratio {r:.4f}")
+        print(
+            f"      {n:>10,} B  expected {parse_condition('bandwidth=100mbit delay=50ms').transfer_ms(n):7.1f} ms"
+            f"  ratio {r:.4f}"
+        )
     print(f"(d) streaming 64 KiB messages at 50 Mbit/s: achieved/set payload rate {streaming_ratio():.4f}")
     if not args.no_kernel:
         k = kernel_ratio()
-        print("(e) kernel tbf 50 Mbit/s between namespaces, iperf3 goodput/set: "
-              + (f"{k:.4f} (header-free ceiling 1448/1514 = {1448 / 1514:.4f})" if k is not None
-                 else "skipped (needs root and iperf3)"))
+        print(
+            "(e) kernel tbf 50 Mbit/s between namespaces, iperf3 goodput/set: "
+            + (
+                f"{k:.4f} (header-free ceiling 1448/1514 = {1448 / 1514:.4f})"
+                if k is not None
+                else "skipped (needs root and iperf3)"
+            )
+        )
 
 
 if __name__ == "__main__":

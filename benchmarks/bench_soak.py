@@ -25,12 +25,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paretopipe.graph import trace_spec  # noqa: E402
-from paretopipe.models import example_input, resolve_spec  # noqa: E402
-from paretopipe.network.conditions import load_scenarios, resolve_network  # noqa: E402
-from paretopipe.plans import Plan, PlanCut  # noqa: E402
-from paretopipe.runtime.session import Session  # noqa: E402
-from paretopipe.testbed import load_testbed  # noqa: E402
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.network.conditions import load_scenarios, resolve_network
+from paretopipe.plan.plan_file import Plan, PlanCut
+from paretopipe.runtime.session import Session
+from paretopipe.testbed import load_testbed
 
 MB = 1 << 20
 
@@ -60,13 +60,20 @@ def main() -> None:
     graph = trace_spec(spec, 1)
     blocks = [c for c in graph.cuts if c.is_block]
     cut = next(c for c in graph.cuts if c.index == args.cut) if args.cut is not None else blocks[len(blocks) // 2]
-    plan = Plan(model=spec.to_dict(), batch_size=1, cuts=(PlanCut(cut.index, cut.after, cut.tensors, cut.nbytes),),
-                devices=devices)
+    plan = Plan(
+        model=spec.to_dict(),
+        batch_size=1,
+        cuts=(PlanCut(cut.index, cut.after, cut.tensors, cut.nbytes),),
+        devices=devices,
+    )
     scenario = resolve_network(args.network, load_scenarios())
     x = example_input(spec, 1)
     duration_s = args.minutes * 60
-    print(f"soak: {args.model} cut after {cut.after} (#{cut.index}, {cut.nbytes / 1e3:.0f} kB) on {'+'.join(devices)}, "
-          f"{tb.name}, network {scenario[0]}, window {args.window}, {args.minutes:g} min, {args.isolation}", flush=True)
+    print(
+        f"soak: {args.model} cut after {cut.after} (#{cut.index}, {cut.nbytes / 1e3:.0f} kB) on {'+'.join(devices)}, "
+        f"{tb.name}, network {scenario[0]}, window {args.window}, {args.minutes:g} min, {args.isolation}",
+        flush=True,
+    )
 
     rows = []
     with Session(tb, isolation=args.isolation, startup_timeout_s=180, timeout_s=120) as session:
@@ -80,8 +87,11 @@ def main() -> None:
             elapsed = time.monotonic() - t0
             if elapsed >= next_sample or elapsed >= duration_s:
                 rows.append((elapsed, items_done, rate, _sample(procs)))
-                print(f"  {elapsed / 60:6.1f} min  {items_done:8d} items  {rate:6.1f} items/s  " + "  ".join(
-                    f"{n} {rss:7.1f} MB {fds:3d} fds" for n, (rss, fds) in rows[-1][3].items()), flush=True)
+                print(
+                    f"  {elapsed / 60:6.1f} min  {items_done:8d} items  {rate:6.1f} items/s  "
+                    + "  ".join(f"{n} {rss:7.1f} MB {fds:3d} fds" for n, (rss, fds) in rows[-1][3].items()),
+                    flush=True,
+                )
                 next_sample += duration_s / (args.samples + 1)
                 if elapsed >= duration_s:
                     break
@@ -100,8 +110,10 @@ def main() -> None:
         hours = np.array([r[0] for r in rows]) / 3600
         slope = np.polyfit(hours[warm:], rss[warm:], 1)[0] if len(rows) - warm >= 2 else float("nan")
         fds = (rows[0][3][n][1], rows[-1][3][n][1])
-        print(f"{n:8s} {rss[0]:9.1f} {rss[-1]:8.1f} {rss[-1] - rss[0]:+9.1f} ({(rss[-1] / rss[0] - 1) * 100:+5.1f}%) "
-              f"{rss[-1] - rss[warm]:+14.1f} {slope:+12.2f}   {fds[0]} -> {fds[1]}")
+        print(
+            f"{n:8s} {rss[0]:9.1f} {rss[-1]:8.1f} {rss[-1] - rss[0]:+9.1f} ({(rss[-1] / rss[0] - 1) * 100:+5.1f}%) "
+            f"{rss[-1] - rss[warm]:+14.1f} {slope:+12.2f}   {fds[0]} -> {fds[1]}"
+        )
     total_s = rows[-1][0]
     print(f"\n{items_done} items in {total_s / 60:.1f} min ({items_done / total_s:.1f} items/s on average)")
 

@@ -26,12 +26,13 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
 HOST = "127.0.0.1"
 SIZES = {"4KB": 4 << 10, "64KB": 64 << 10, "1MB": 1 << 20, "16MB": 16 << 20, "64MB": 64 << 20}
@@ -47,6 +48,7 @@ class Link(Protocol):
 
 
 # -- raw TCP baseline ----------------------------------------------------------------------------
+
 
 def _recv_exact(sock: socket.socket, view: memoryview) -> None:
     while view:
@@ -125,8 +127,9 @@ class TcpLink:
 
 # -- any Transport backend -----------------------------------------------------------------------
 
+
 def _transport_peer(name: str, client_port: int, peer_port: int, port_queue: mp.Queue) -> None:
-    import backends
+    import paretopipe_backends as backends
 
     torch.set_num_threads(1)
     cls = backends.get_transport(name)
@@ -153,7 +156,7 @@ class TransportLink:
     """A registered Transport backend, driven only through the Transport interface."""
 
     def __init__(self, name: str) -> None:
-        import backends
+        import paretopipe_backends as backends
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -187,6 +190,7 @@ class TransportLink:
 
 # -- measurement -----------------------------------------------------------------------------------
 
+
 def overhead_us(link: Link, n: int, warmup: int) -> tuple[float, float, float]:
     """One-way time of a small message: (median, p10, p90) of round trip / 2, in microseconds."""
     payload = torch.zeros(1)
@@ -216,7 +220,7 @@ def rate_mb_s(link: Link, nbytes: int, repeats: int, budget_nbytes: int) -> tupl
 
 def codec_us(n: int = 20000) -> tuple[float, float]:
     """In-process cost of the wire codec for the small message: (encode, decode) in microseconds."""
-    from backends.codec import decode, encode
+    from paretopipe_backends.codec import decode, encode
 
     payload = torch.zeros(1)
     frames = encode("client", {"op": "echo"}, [payload])
@@ -299,7 +303,7 @@ def _fmt(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import backends
+    import paretopipe_backends as backends
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default=",".join(backends.available()), help="comma-separated transports")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+
+import tomllib
 
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.isa import LEVELS as ISA_LEVELS
+from paretopipe.host.isa import LEVELS as ISA_LEVELS
 from paretopipe.network.conditions import LinkCondition, resolve_network
 
 DRIVER = "driver"
@@ -31,7 +33,7 @@ class Device:
     threads: int = 1
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
-    isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.isa)
+    isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.host.isa)
     memory_bytes: float = float("inf")
     key: str | None = None
 
@@ -182,7 +184,9 @@ class _Fields:
             raise ConfigError(path, f"{where}.{unknown[0]}", "unknown key", f"known keys: {', '.join(sorted(allowed))}")
         self.table = table
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., check=None, hint: str | None = None) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., check=None, hint: str | None = None
+    ) -> Any:
         name = f"{self.where}.{key}" if self.where else key
         if key not in self.table:
             if default is ...:
@@ -208,15 +212,28 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(p, None, f"not valid TOML: {exc}") from None
     top = _Fields(p, "", data, {"name", "description", "driver", "devices", "links"})
-    port_ok = lambda v: 0 < v < 65536  # noqa: E731
+    port_ok = lambda v: 0 < v < 65536
     devices_raw = top.get("devices", list, hint="add [[devices]] tables")
     if not devices_raw:
         raise ConfigError(p, "devices", "no devices", "add at least one [[devices]] table")
     devices = []
     for i, raw in enumerate(devices_raw):
-        f = _Fields(p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key"})
-        name = f.get("name", str, check=lambda v: v and v != DRIVER and re.fullmatch(r"[A-Za-z0-9_.-]+", v), hint="letters, digits, _ . -; not 'driver'")
-        cpus = f.get("cpus", list, None, check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v), hint="a list of CPU numbers, e.g. [0]")
+        f = _Fields(
+            p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key"}
+        )
+        name = f.get(
+            "name",
+            str,
+            check=lambda v: v and v != DRIVER and re.fullmatch(r"[A-Za-z0-9_.-]+", v),
+            hint="letters, digits, _ . -; not 'driver'",
+        )
+        cpus = f.get(
+            "cpus",
+            list,
+            None,
+            check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v),
+            hint="a list of CPU numbers, e.g. [0]",
+        )
         try:
             memory = parse_memory(raw.get("memory", "unlimited"))
         except UsageError as exc:
@@ -228,7 +245,13 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
                 port=f.get("port", int, check=port_ok, hint="1..65535"),
                 threads=f.get("threads", int, 1, check=lambda v: v >= 1),
                 cpus=tuple(cpus) if cpus else None,
-                cpu_quota=float(q) if (q := f.get("cpu_quota", (int, float), None, check=lambda v: v > 0, hint="CPU-seconds per second, e.g. 0.5")) else None,
+                cpu_quota=float(q)
+                if (
+                    q := f.get(
+                        "cpu_quota", (int, float), None, check=lambda v: v > 0, hint="CPU-seconds per second, e.g. 0.5"
+                    )
+                )
+                else None,
                 isa=f.get("isa", str, None, check=lambda v: v in ISA_LEVELS, hint=f"one of {', '.join(ISA_LEVELS)}"),
                 memory_bytes=memory,
                 key=f.get("key", str, None),
@@ -243,7 +266,13 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
         if ep in endpoints[:i]:
             raise ConfigError(p, f"devices[{i}].port", f"{ep[0]}:{ep[1]} is used by another device")
     d = _Fields(p, "driver", data.get("driver", {}), {"host", "port", "device", "rpc_port", "key", "cpus"})
-    driver_cpus = d.get("cpus", list, None, check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v), hint="a list of CPU numbers, e.g. [1]")
+    driver_cpus = d.get(
+        "cpus",
+        list,
+        None,
+        check=lambda v: v and all(isinstance(c, int) and c >= 0 for c in v),
+        hint="a list of CPU numbers, e.g. [1]",
+    )
     driver = Driver(
         host=d.get("host", str, "127.0.0.1"),
         port=d.get("port", int, 5550, check=port_ok),

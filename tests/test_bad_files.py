@@ -45,10 +45,19 @@ jitter = "1ms"
 """
 
 PLAN = {
-    "schema": "paretopipe.plan", "version": 1, "id": "c3-a+b",
+    "schema": "paretopipe.plan",
+    "version": 1,
+    "id": "c3-a+b",
     "model": {"name": MODEL, "input_shape": [3, 16, 16], "source": "factory", "seed": 0},
-    "batch_size": 1, "cuts": [{"index": 3, "after": "body_1_0", "tensors": ["body_1_0", "stem"], "nbytes": 16384}],
-    "devices": ["a", "b"], "network": "lan", "links": [], "predicted": {}, "profiles": [], "testbed": None, "meta": {},
+    "batch_size": 1,
+    "cuts": [{"index": 3, "after": "body_1_0", "tensors": ["body_1_0", "stem"], "nbytes": 16384}],
+    "devices": ["a", "b"],
+    "network": "lan",
+    "links": [],
+    "predicted": {},
+    "profiles": [],
+    "testbed": None,
+    "meta": {},
 }
 
 
@@ -62,7 +71,7 @@ def _drop_line(text: str, line: str, occurrence: int = 0) -> str:
 def _sub(text: str, old: str, new: str, occurrence: int = 0) -> str:
     parts = text.split(old)
     assert len(parts) > occurrence + 1, old
-    return old.join(parts[: occurrence + 1]) + new + old.join(parts[occurrence + 1:])
+    return old.join(parts[: occurrence + 1]) + new + old.join(parts[occurrence + 1 :])
 
 
 def _error_line(result, path: Path) -> str:
@@ -87,27 +96,42 @@ TESTBED_CASES = {
     "link-dst-missing": (lambda t: _drop_line(t, 'dst = "b"'), "links[0].dst: missing"),
     "link-network-missing": (lambda t: _drop_line(t, 'network = "wifi"'), "links[0].network: missing"),
     "name-type": (lambda t: t.replace('name = "bad"', "name = 5"), "name: invalid value"),
-    "description-type": (lambda t: t.replace('description = "a testbed to break"', "description = []"), "description: invalid value"),
+    "description-type": (
+        lambda t: t.replace('description = "a testbed to break"', "description = []"),
+        "description: invalid value",
+    ),
     "devices-type": (lambda t: "devices = 5\n" + t.split("[[devices]]")[0], "devices: invalid value"),
     "device-type": (lambda t: "devices = [5]\n" + t.split("[[devices]]")[0], "devices[0]: must be a table"),
-    "driver-type": (lambda t: 'driver = 5\n' + t.split("[driver]")[1].split("\n", 3)[3], "driver: must be a table"),
+    "driver-type": (lambda t: "driver = 5\n" + t.split("[driver]")[1].split("\n", 3)[3], "driver: must be a table"),
     "port-type": (lambda t: t.replace("port = 5551", 'port = "5551"'), "devices[0].port: invalid value"),
     "port-range": (lambda t: t.replace("port = 5551", "port = 70000"), "devices[0].port: invalid value"),
-    "threads-type": (lambda t: t.replace("port = 5551", "port = 5551\nthreads = 1.5"), "devices[0].threads: invalid value"),
+    "threads-type": (
+        lambda t: t.replace("port = 5551", "port = 5551\nthreads = 1.5"),
+        "devices[0].threads: invalid value",
+    ),
     "cpus-type": (lambda t: t.replace("port = 5551", 'port = 5551\ncpus = "0"'), "devices[0].cpus: invalid value"),
-    "quota-type": (lambda t: t.replace("port = 5551", 'port = 5551\ncpu_quota = "half"'), "devices[0].cpu_quota: invalid value"),
+    "quota-type": (
+        lambda t: t.replace("port = 5551", 'port = 5551\ncpu_quota = "half"'),
+        "devices[0].cpu_quota: invalid value",
+    ),
     "memory-type": (lambda t: t.replace("port = 5551", "port = 5551\nmemory = true"), "devices[0].memory"),
     "memory-unit": (lambda t: t.replace("port = 5551", 'port = 5551\nmemory = "2 parsecs"'), "devices[0].memory"),
     "key-type": (lambda t: t.replace("port = 5551", "port = 5551\nkey = 7"), "devices[0].key: invalid value"),
     "driver-port-type": (lambda t: t.replace("port = 5550", "port = [5550]"), "driver.port: invalid value"),
-    "driver-device-unknown": (lambda t: t.replace("port = 5550", 'port = 5550\ndevice = "zz"'), "driver.device: invalid value"),
+    "driver-device-unknown": (
+        lambda t: t.replace("port = 5550", 'port = 5550\ndevice = "zz"'),
+        "driver.device: invalid value",
+    ),
     "links-type": (lambda t: "links = 5\n" + t.split("[[links]]")[0], "links: invalid value"),
     "link-network-type": (lambda t: t.replace('network = "wifi"', "network = 5"), "links[0].network: invalid value"),
     "link-network-unknown": (lambda t: t.replace('network = "wifi"', 'network = "moon"'), "links[0].network"),
     "unknown-top": (lambda t: "colour = 1\n" + t, "colour: unknown key"),
     "unknown-driver": (lambda t: t.replace("port = 5550", "port = 5550\nspeed = 1"), "driver.speed: unknown key"),
     "unknown-device": (lambda t: t.replace("port = 5552", "port = 5552\nspeed = 1"), "devices[1].speed: unknown key"),
-    "unknown-link": (lambda t: t.replace('network = "wifi"', 'network = "wifi"\nspeed = 1'), "links[0].speed: unknown key"),
+    "unknown-link": (
+        lambda t: t.replace('network = "wifi"', 'network = "wifi"\nspeed = 1'),
+        "links[0].speed: unknown key",
+    ),
     "duplicate-device": (lambda t: t.replace('name = "b"', 'name = "a"'), "devices[1].name"),
 }
 
@@ -117,8 +141,9 @@ def test_bad_testbed(tmp_path: Path, case: str):
     change, expected = TESTBED_CASES[case]
     path = tmp_path / "testbed.toml"
     path.write_text(change(TESTBED))
-    result = runner.invoke(app, ["plan", MODEL, "--testbed", str(path), "--profiles", str(tmp_path / "p"),
-                                 "-o", str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["plan", MODEL, "--testbed", str(path), "--profiles", str(tmp_path / "p"), "-o", str(tmp_path / "out")]
+    )
     assert expected in _error_line(result, path)
     assert not (tmp_path / "out").exists()
 
@@ -146,8 +171,25 @@ def test_bad_networks_file(tmp_path: Path, case: str):
     path.write_text(change(NETWORKS))
     tb = tmp_path / "testbed.toml"
     tb.write_text(TESTBED.split("[[links]]")[0])
-    result = runner.invoke(app, ["sweep", MODEL, "--testbed", str(tb), "--networks", str(path), "--network", "wifi",
-                                 "--stages", "2", "--profiles", str(tmp_path / "p"), "-o", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            MODEL,
+            "--testbed",
+            str(tb),
+            "--networks",
+            str(path),
+            "--network",
+            "wifi",
+            "--stages",
+            "2",
+            "--profiles",
+            str(tmp_path / "p"),
+            "-o",
+            str(tmp_path / "run"),
+        ],
+    )
     assert expected in _error_line(result, path)
     assert not (tmp_path / "run").exists()
 
@@ -163,6 +205,7 @@ def _without(key: str):
             target = target[int(k[5:-1])] if k.startswith("cuts[") else target[k]
         del target[last]
         return plan
+
     return change
 
 
@@ -174,12 +217,15 @@ def _with(key: str, value):
             target = target["cuts"][int(k[5:-1])] if k.startswith("cuts[") else target[k]
         target[last] = value
         return plan
+
     return change
 
 
 PLAN_CASES = {
-    **{f"missing-{k}": (_without(k), f"{k}: missing") for k in
-       ("schema", "version", "model", "model.name", "model.input_shape", "batch_size", "cuts", "devices")},
+    **{
+        f"missing-{k}": (_without(k), f"{k}: missing")
+        for k in ("schema", "version", "model", "model.name", "model.input_shape", "batch_size", "cuts", "devices")
+    },
     "missing-cut-index": (lambda p: (p["cuts"][0].pop("index"), p)[1], "cuts[0].index: missing"),
     "missing-cut-after": (lambda p: (p["cuts"][0].pop("after"), p)[1], "cuts[0].after: missing"),
     "schema-value": (_with("schema", "paretopipe.profile"), "schema"),
@@ -222,12 +268,15 @@ def test_bad_plan(tmp_path: Path, case: str):
     assert expected in _error_line(result, path)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "a plan must be a JSON object"),
-    ("", "not valid JSON"),
-    ("\udcff", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "a plan must be a JSON object"),
+        ("", "not valid JSON"),
+        ("\udcff", "not valid JSON"),
+    ],
+)
 def test_unreadable_plan(tmp_path: Path, text: str, expected: str):
     path = tmp_path / "plan.json"
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
@@ -240,7 +289,7 @@ def test_unreadable_plan(tmp_path: Path, text: str, expected: str):
 def test_the_unchanged_files_are_valid(tmp_path: Path):
     """The bases the cases break are themselves accepted (so every failure above is the change's)."""
     from paretopipe.network.conditions import load_scenarios
-    from paretopipe.plans import plan_from_dict
+    from paretopipe.plan.plan_file import plan_from_dict
     from paretopipe.testbed import load_testbed
 
     (tmp_path / "n.toml").write_text(NETWORKS)

@@ -8,11 +8,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from paretopipe.calibrate import fit_hops, relay_plan
-from paretopipe.calibration import Calibration, LinkFit, calibration_from_dict, load_calibration
+from paretopipe.calibrate.link_file import Calibration, LinkFit, calibration_from_dict, load_calibration
+from paretopipe.calibrate.link_measure import fit_hops, relay_plan
 from paretopipe.cli import app
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.planning import _link_matrices, link_models
+from paretopipe.sweep.predict import _link_matrices, link_models
 from paretopipe.testbed import load_testbed
 from tests.test_sweep import _testbed
 
@@ -58,8 +58,22 @@ def test_relay_plan_carries_exactly_the_bytes():
 
 def test_calibrate_command_on_a_local_testbed(tmp_path):
     tb = _testbed(tmp_path)
-    result = runner.invoke(app, ["calibrate", "--testbed", str(tb), "--sizes", "1024,1048576", "--items", "5",
-                                 "-o", str(tmp_path / "cal"), "-f", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--testbed",
+            str(tb),
+            "--sizes",
+            "1024,1048576",
+            "--items",
+            "5",
+            "-o",
+            str(tmp_path / "cal"),
+            "-f",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * 4  # (a, b, a>b, b>a) x 2 sizes

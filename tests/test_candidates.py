@@ -10,11 +10,15 @@ from paretopipe.sweep.candidates import closeness, near_front, neighbours
 
 def test_closeness_is_the_improvement_factor_that_escapes_the_front():
     front = np.array([[10.0, 50.0], [20.0, 100.0]])  # (latency ms, throughput items/s)
-    pts = np.array([[10.0, 50.0],    # on the front
-                    [11.0, 45.0],    # 10% on latency (or 11% on throughput) from (10, 50)
-                    [22.0, 90.0],    # dominated by (20, 100): 10% on latency or 11% on throughput
-                    [5.0, 10.0],     # fastest of all: not dominated
-                    [40.0, 25.0]])   # dominated by both; latency x2 or throughput x2 (by 10, 50), x4 by the other
+    pts = np.array(
+        [
+            [10.0, 50.0],  # on the front
+            [11.0, 45.0],  # 10% on latency (or 11% on throughput) from (10, 50)
+            [22.0, 90.0],  # dominated by (20, 100): 10% on latency or 11% on throughput
+            [5.0, 10.0],  # fastest of all: not dominated
+            [40.0, 25.0],
+        ]
+    )  # dominated by both; latency x2 or throughput x2 (by 10, 50), x4 by the other
     assert closeness(pts, front) == pytest.approx([1.0, 1.1, 1.1, 1.0, 2.0])
     assert closeness(pts, np.empty((0, 2))) == pytest.approx(np.ones(5))
 
@@ -26,9 +30,25 @@ def test_neighbours_move_one_cut_or_swap_devices():
 
 
 def test_plans_near_the_front_come_closest_first_within_the_margin():
-    scores = {((1,), (0, 1)): 1.5, ((3,), (0, 1)): 1.03, ((2,), (1, 0)): 1.08, ((5,), (0, 1)): 1.01,
-              ((4,), (1, 0)): 1.03, ((6,), (0, 1)): 1.1}
-    assert near_front(scores, 0.10, room=10) == [((5,), (0, 1)), ((3,), (0, 1)), ((4,), (1, 0)), ((2,), (1, 0)), ((6,), (0, 1))]
-    assert near_front(scores, 0.05, room=10) == [((5,), (0, 1)), ((3,), (0, 1)), ((4,), (1, 0))]  # ties keep their order
+    scores = {
+        ((1,), (0, 1)): 1.5,
+        ((3,), (0, 1)): 1.03,
+        ((2,), (1, 0)): 1.08,
+        ((5,), (0, 1)): 1.01,
+        ((4,), (1, 0)): 1.03,
+        ((6,), (0, 1)): 1.1,
+    }
+    assert near_front(scores, 0.10, room=10) == [
+        ((5,), (0, 1)),
+        ((3,), (0, 1)),
+        ((4,), (1, 0)),
+        ((2,), (1, 0)),
+        ((6,), (0, 1)),
+    ]
+    assert near_front(scores, 0.05, room=10) == [
+        ((5,), (0, 1)),
+        ((3,), (0, 1)),
+        ((4,), (1, 0)),
+    ]  # ties keep their order
     assert near_front(scores, 0.10, room=2) == [((5,), (0, 1)), ((3,), (0, 1))]
     assert near_front(scores, 0.10, room=-3) == [] and near_front({}, 0.1, 5) == []

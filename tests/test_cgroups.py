@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from paretopipe import cgroups
 from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.host import cgroups
 
 
 def test_parse_cpus():
@@ -117,7 +117,10 @@ def test_cleanup_stale_removes_groups_of_dead_owners(tmp_path, monkeypatch):
     (ctl.parent / "someone-else").mkdir()
     removed = cgroups.cleanup_stale(ctl)
     assert [p.name for p in removed] == [f"worker-{dead.pid}-abc123"]
-    assert sorted(p.name for p in ctl.parent.iterdir() if p.is_dir()) == ["someone-else", f"worker-{os.getpid()}-def456"]
+    assert sorted(p.name for p in ctl.parent.iterdir() if p.is_dir()) == [
+        "someone-else",
+        f"worker-{os.getpid()}-def456",
+    ]
 
 
 def test_pin_cpus_sets_every_thread_and_restores():
@@ -147,7 +150,9 @@ def _busy_child(seconds: float) -> subprocess.Popen:
 def test_real_quota_limits_a_child_and_is_removed():
     child = _busy_child(3.0)
     try:
-        with cgroups.limit_process(child.pid, cpus=[min(os.sched_getaffinity(0))], cpu_quota_fraction=0.25, label="t") as _:
+        with cgroups.limit_process(
+            child.pid, cpus=[min(os.sched_getaffinity(0))], cpu_quota_fraction=0.25, label="t"
+        ) as _:
             ctl = cgroups.find_controller()
             group = ctl.cgroup_of(child.pid)
             assert group.parent == ctl.parent and group.name.startswith("t-")

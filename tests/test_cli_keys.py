@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from backends.security import CurveConfig, load_keypair
 from paretopipe.cli import app
+from paretopipe_backends.security import CurveConfig, load_keypair
 
 runner = CliRunner()
 

@@ -31,7 +31,9 @@ def test_models_lists_inception_shape_as_csv():
 
 
 def test_cuts_block_json_and_verify():
-    result = runner.invoke(app, ["cuts", "resnet18", "-g", "block", "--input-shape", "3x32x32", "--verify", "--format", "json"])
+    result = runner.invoke(
+        app, ["cuts", "resnet18", "-g", "block", "--input-shape", "3x32x32", "--verify", "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 14 and all(r["exact"] for r in rows)

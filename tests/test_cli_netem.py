@@ -39,16 +39,21 @@ def test_apply_dry_run_prints_commands_for_a_netem_host():
 
 
 def test_apply_dry_run_without_netem_says_what_is_not_applied():
-    result = run("apply", "--dev", "eth0", "--network", "bandwidth=5mbit delay=200ms loss=1%",
-                 "--dry-run", "--assume", "tbf,htb")
+    result = run(
+        "apply", "--dev", "eth0", "--network", "bandwidth=5mbit delay=200ms loss=1%", "--dry-run", "--assume", "tbf,htb"
+    )
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[1] == "tc qdisc add dev eth0 root handle 1: tbf rate 5mbit burst 3028 limit 134100"
+    assert (
+        result.stdout.splitlines()[1] == "tc qdisc add dev eth0 root handle 1: tbf rate 5mbit burst 3028 limit 134100"
+    )
     assert "not applied by the kernel: delay (needs netem" in result.stderr
     assert "user-space shaper applies the delay instead; loss is applied only by netem" in result.stderr
 
 
 def test_apply_dry_run_with_ports():
-    result = run("apply", "--dev", "wlan0", "--network", "wifi", "--ports", "5550-5551", "--dry-run", "--assume", "tbf,htb,bfifo")
+    result = run(
+        "apply", "--dev", "wlan0", "--network", "wifi", "--ports", "5550-5551", "--dry-run", "--assume", "tbf,htb,bfifo"
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
     assert out[1] == "tc qdisc add dev wlan0 root handle 1: htb"
@@ -111,9 +116,11 @@ def test_apply_on_missing_device_is_a_usage_error():
 def test_apply_show_clear_for_real_inside_a_namespace():
     """The CLI runs inside a namespace so the host's own interfaces are never touched."""
     with NamespaceNetwork(["a", "b"]) as net:
+
         def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run(net.exec_argv("a", [sys.executable, "-m", "paretopipe", "netem", *args]),
-                                  capture_output=True, text=True)
+            return subprocess.run(
+                net.exec_argv("a", [sys.executable, "-m", "paretopipe", "netem", *args]), capture_output=True, text=True
+            )
 
         applied = cli("apply", "--dev", "eth0", "--network", "4g", "--format", "csv")
         assert applied.returncode == 0, applied.stderr

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from paretopipe import cgroups
 from paretopipe.cli import app
-from paretopipe.profiles import load_profile
+from paretopipe.host import cgroups
+from paretopipe.profile.profile_file import load_profile
 
 runner = CliRunner()
 SLEEPY = "tests.fixtures.profiler_models:sleepy"
@@ -65,12 +65,16 @@ def test_option_defaults_are_the_profilers():
     those of ProfileSettings, which the benchmarks and the library use."""
     from typer.main import get_command
 
-    from paretopipe.profiler import ProfileSettings
+    from paretopipe.profile.measure import ProfileSettings
 
     params = {p.name: p.default for p in get_command(app).commands["profile"].params}
     settings = ProfileSettings()
     assert (params["repeats"], params["warmup"], params["min_time_s"], params["node_timing"]) == (
-        settings.repeats, settings.warmup, settings.min_time_s, settings.node_timing)
+        settings.repeats,
+        settings.warmup,
+        settings.min_time_s,
+        settings.node_timing,
+    )
 
 
 def test_explicit_output_and_cpus(tmp_path):
@@ -103,7 +107,7 @@ def test_bad_arguments(tmp_path, monkeypatch, args, code, text):
 
 def test_unwritable_output_is_checked_before_profiling(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr("paretopipe.profiler.profile_model", lambda *a, **k: pytest.fail("profiled anyway"))
+    monkeypatch.setattr("paretopipe.profile.measure.profile_model", lambda *a, **k: pytest.fail("profiled anyway"))
     _one_line_error(_run(SLEEPY, "-d", "x", "-o", str(tmp_path / "file" / "p.json"), *FAST), 2, "is not a directory")
     _one_line_error(_run(SLEEPY, "-d", "x", "-o", str(tmp_path), *FAST), 2, "is a directory")
     assert os.listdir(tmp_path) == ["file"]
@@ -111,8 +115,10 @@ def test_unwritable_output_is_checked_before_profiling(tmp_path, monkeypatch):
 
 def test_quota_without_root_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(cgroups, "_is_root", lambda: False)
-    monkeypatch.setattr("paretopipe.profiler.profile_model", lambda *a, **k: pytest.fail("profiled anyway"))
-    _one_line_error(_run(SLEEPY, "-d", "x", "-o", str(tmp_path / "p.json"), "--cpu-quota", "0.5", *FAST), 3, "needs root")
+    monkeypatch.setattr("paretopipe.profile.measure.profile_model", lambda *a, **k: pytest.fail("profiled anyway"))
+    _one_line_error(
+        _run(SLEEPY, "-d", "x", "-o", str(tmp_path / "p.json"), "--cpu-quota", "0.5", *FAST), 3, "needs root"
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -123,8 +129,16 @@ def test_out_of_memory_names_the_batch_and_leaves_no_file(tmp_path):
 
 
 def test_bad_steady_settings_are_one_line_errors(tmp_path):
-    _one_line_error(_run(SLEEPY, "--device", "toy", "--steady", "-1", "-o", str(tmp_path / "p.json")), 2, "steady per cent -1.0 must be >= 0")
-    _one_line_error(_run(SLEEPY, "--device", "toy", "--max-rounds-factor", "0.5", "-o", str(tmp_path / "p.json")), 2, "round factor 0.5")
+    _one_line_error(
+        _run(SLEEPY, "--device", "toy", "--steady", "-1", "-o", str(tmp_path / "p.json")),
+        2,
+        "steady per cent -1.0 must be >= 0",
+    )
+    _one_line_error(
+        _run(SLEEPY, "--device", "toy", "--max-rounds-factor", "0.5", "-o", str(tmp_path / "p.json")),
+        2,
+        "round factor 0.5",
+    )
     assert not (tmp_path / "p.json").exists()
 
 
@@ -136,7 +150,7 @@ def test_show_conflicts_and_bad_files(tmp_path):
 
 
 def test_show_warns_about_a_profile_taken_while_the_machine_drifted(tmp_path):
-    from paretopipe.profiles import save_profile
+    from paretopipe.profile.profile_file import save_profile
     from tests.test_profiles import make_profile
 
     steady = make_profile()  # drift -0.5%
@@ -144,14 +158,19 @@ def test_show_warns_about_a_profile_taken_while_the_machine_drifted(tmp_path):
     shown = _run("--show", str(tmp_path / "steady.json"))
     assert shown.exit_code == 0 and "drift_pct" in shown.stdout and "not steady" not in shown.stdout
     b = steady.batches[1]
-    drifted = dataclasses.replace(steady, batches=(steady.batches[0], dataclasses.replace(b, whole_ms={**b.whole_ms, "drift_pct": 12.3})))
+    drifted = dataclasses.replace(
+        steady, batches=(steady.batches[0], dataclasses.replace(b, whole_ms={**b.whole_ms, "drift_pct": 12.3}))
+    )
     save_profile(drifted, tmp_path / "drifted.json")
     shown = _run("--show", str(tmp_path / "drifted.json"))
     assert shown.exit_code == 0
     warnings = [line for line in shown.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: batch 4: the whole-model time moved +12.3%")
     assert "after 3 more rounds waiting for it to settle" in warnings[0] and "discarded" in shown.stdout
-    assert json.loads(_run("--show", str(tmp_path / "drifted.json"), "-f", "json").stdout)["batches"][1]["drift_pct"] == 12.3
+    assert (
+        json.loads(_run("--show", str(tmp_path / "drifted.json"), "-f", "json").stdout)["batches"][1]["drift_pct"]
+        == 12.3
+    )
 
 
 @pytest.mark.cgroup
@@ -169,18 +188,27 @@ def test_real_cpu_quota_is_recorded_and_removed(tmp_path):
 
 
 def test_unknown_isa_fails_before_any_work(tmp_path):
-    _one_line_error(_run(SLEEPY, "-d", "x", "-o", str(tmp_path / "p.json"), "--isa", "neon", *FAST), 2,
-                    "unknown instruction set limit 'neon'")
+    _one_line_error(
+        _run(SLEEPY, "-d", "x", "-o", str(tmp_path / "p.json"), "--isa", "neon", *FAST),
+        2,
+        "unknown instruction set limit 'neon'",
+    )
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs"
+)
 def test_isa_profile_runs_and_records_the_limit(tmp_path):
     # a new process: torch reads the limit before its first kernel, which this test process has run
     out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, "-m", "paretopipe", "profile", SLEEPY, "-d", "x", "-o", str(out),
-                           "--isa", "sse41", *FAST], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "paretopipe", "profile", SLEEPY, "-d", "x", "-o", str(out), "--isa", "sse41", *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 0, proc.stderr
     p = load_profile(out)
     assert p.isa == "sse41" and p.fingerprint["isa"] == "sse41"

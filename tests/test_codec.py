@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backends.codec import ALLOWED_DTYPES, MAX_NDIM, PROTOCOL_VERSION, decode, encode, frames_nbytes
 from paretopipe.errors import FrameError, TransportError
+from paretopipe_backends.codec import ALLOWED_DTYPES, MAX_NDIM, PROTOCOL_VERSION, decode, encode, frames_nbytes
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -146,6 +146,7 @@ def test_bool_and_bfloat16_round_trip_bits() -> None:
 
 # -- rejections ---------------------------------------------------------------------------------
 
+
 def _descriptor(dtype: str = "float32", shape: list | None = None, nbytes: int | None = None) -> dict:
     shape = [2] if shape is None else shape
     itemsize = ALLOWED_DTYPES[dtype].itemsize if dtype in ALLOWED_DTYPES else 4
@@ -176,10 +177,22 @@ def _descriptor(dtype: str = "float32", shape: list | None = None, nbytes: int |
         ([raw(envelope(tensors=[_descriptor("complex64")])), b"\0" * 8], "dtype 'complex64' is not allowed"),
         ([raw(envelope(tensors=[{"dtype": "object", "shape": [1], "nbytes": 8}])), b"\0" * 8], "not allowed"),
         ([raw(envelope(tensors=[{"dtype": 5, "shape": [1], "nbytes": 4}])), b"\0" * 4], "dtype 5 is not allowed"),
-        ([raw(envelope(tensors=[{"dtype": "float32", "shape": 2, "nbytes": 8}])), b"\0" * 8], "not a list of non-negative"),
-        ([raw(envelope(tensors=[{"dtype": "float32", "shape": [-1], "nbytes": 0}])), b""], "not a list of non-negative"),
-        ([raw(envelope(tensors=[{"dtype": "float32", "shape": [2.0], "nbytes": 8}])), b"\0" * 8], "not a list of non-negative"),
-        ([raw(envelope(tensors=[{"dtype": "float32", "shape": [True], "nbytes": 4}])), b"\0" * 4], "not a list of non-negative"),
+        (
+            [raw(envelope(tensors=[{"dtype": "float32", "shape": 2, "nbytes": 8}])), b"\0" * 8],
+            "not a list of non-negative",
+        ),
+        (
+            [raw(envelope(tensors=[{"dtype": "float32", "shape": [-1], "nbytes": 0}])), b""],
+            "not a list of non-negative",
+        ),
+        (
+            [raw(envelope(tensors=[{"dtype": "float32", "shape": [2.0], "nbytes": 8}])), b"\0" * 8],
+            "not a list of non-negative",
+        ),
+        (
+            [raw(envelope(tensors=[{"dtype": "float32", "shape": [True], "nbytes": 4}])), b"\0" * 4],
+            "not a list of non-negative",
+        ),
         ([raw(envelope(tensors=[_descriptor(shape=[1] * (MAX_NDIM + 1))])), b"\0" * 4], "dimensions, at most"),
         ([raw(envelope(tensors=[_descriptor(nbytes=7)])), b"\0" * 7], r"nbytes 7 != prod\(\[2\]\) \* 4 = 8"),
         ([raw(envelope(tensors=[_descriptor(nbytes=-8)])), b""], "not a non-negative integer"),
@@ -189,7 +202,10 @@ def _descriptor(dtype: str = "float32", shape: list | None = None, nbytes: int |
         ([raw(envelope(tensors=[_descriptor("bool", [2])])), b"\x01\x02"], "bytes other than 0 and 1"),
         ([b'{"v": 1, "v": 1, "src": "a", "header": {}, "tensors": []}'], "duplicate key 'v'"),
         ([raw(envelope()).replace(b'"header": {}', b'"header": {"x": NaN}')], "holds NaN"),
-        ([b'{"v": 1, "src": "a", "header": ' + b"[" * 5000 + b"]" * 5000 + b', "tensors": []}'], "nested too deeply|not valid JSON"),
+        (
+            [b'{"v": 1, "src": "a", "header": ' + b"[" * 5000 + b"]" * 5000 + b', "tensors": []}'],
+            "nested too deeply|not valid JSON",
+        ),
         ([b'{"v": 1, "src": "a", "header": {"n": ' + b"9" * 5000 + b'}, "tensors": []}'], "not valid JSON"),
     ],
 )
@@ -223,6 +239,7 @@ def test_non_buffer_frames_are_rejected() -> None:
 
 # -- encode refuses what a receiver would reject -------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "header, tensors, reason",
     [
@@ -246,6 +263,7 @@ def test_encode_refuses_message_above_bound() -> None:
 
 
 # -- fuzzing ------------------------------------------------------------------------------------
+
 
 def _check_result(frames: list[bytes], result: tuple[str, dict, list[torch.Tensor]]) -> None:
     """A successful decode must agree with the frames it came from, byte for byte."""
@@ -294,9 +312,12 @@ descriptor_like = st.fixed_dictionaries(
 @given(
     st.dictionaries(st.sampled_from(["v", "src", "header", "tensors", "x"]), json_values, max_size=5)
     | st.fixed_dictionaries(
-        {"v": st.just(PROTOCOL_VERSION) | json_values, "src": st.text(max_size=4) | json_values,
-         "header": st.dictionaries(st.text(max_size=4), json_values, max_size=3) | json_values,
-         "tensors": st.lists(descriptor_like, max_size=3) | json_values}
+        {
+            "v": st.just(PROTOCOL_VERSION) | json_values,
+            "src": st.text(max_size=4) | json_values,
+            "header": st.dictionaries(st.text(max_size=4), json_values, max_size=3) | json_values,
+            "tensors": st.lists(descriptor_like, max_size=3) | json_values,
+        }
     ),
     st.lists(st.binary(max_size=64), max_size=4),
 )

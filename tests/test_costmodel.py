@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paretopipe.costmodel import Instance, Plan, evaluate_plan, evaluate_plans
 from paretopipe.errors import CutError, UsageError
+from paretopipe.plan.costmodel import Instance, Plan, evaluate_plan, evaluate_plans
 
 
 def toy(**overrides) -> Instance:
@@ -17,12 +17,21 @@ def toy(**overrides) -> Instance:
     delay = np.full((4, 4), 0.5)
     delay[3, 2] = 2.0  # driver -> dev2
     args = dict(
-        node_ms=[[1.0] * 6, [2.0] * 6, [0.5] * 6], cut_positions=[1, 3, 4],
-        cut_bytes=[1000.0, 2000.0, 3000.0], input_bytes=4000.0, output_bytes=500.0,
-        node_param_bytes=[10, 20, 30, 40, 50, 60], live_bytes=[100, 1000, 50, 2000, 3000, 500],
-        input_live_bytes=4000.0, device_mem_bytes=[np.inf, 3110.0, np.inf],
-        link_overhead_ms=overhead, link_delay_ms=delay, link_bandwidth_bps=np.full((4, 4), 8e6),
-        batch_size=2, device_names=("a", "b", "c"))
+        node_ms=[[1.0] * 6, [2.0] * 6, [0.5] * 6],
+        cut_positions=[1, 3, 4],
+        cut_bytes=[1000.0, 2000.0, 3000.0],
+        input_bytes=4000.0,
+        output_bytes=500.0,
+        node_param_bytes=[10, 20, 30, 40, 50, 60],
+        live_bytes=[100, 1000, 50, 2000, 3000, 500],
+        input_live_bytes=4000.0,
+        device_mem_bytes=[np.inf, 3110.0, np.inf],
+        link_overhead_ms=overhead,
+        link_delay_ms=delay,
+        link_bandwidth_bps=np.full((4, 4), 8e6),
+        batch_size=2,
+        device_names=("a", "b", "c"),
+    )
     args.update(overrides)
     return Instance(**args)
 
@@ -37,8 +46,7 @@ def test_three_stage_plan_by_hand():
     # driver->c: 0.1 + 4 ms wire (+2 delay); c->a 1000 B; a->b 2000 B; b->driver 500 B
     assert [link.busy_ms for link in b.links] == pytest.approx([4.1, 1.1, 2.1, 0.6])
     assert [link.transfer_ms for link in b.links] == pytest.approx([6.1, 1.6, 2.6, 1.1])
-    assert [(link.src, link.dst) for link in b.links] == [("driver", "c"), ("c", "a"),
-                                                         ("a", "b"), ("b", "driver")]
+    assert [(link.src, link.dst) for link in b.links] == [("driver", "c"), ("c", "a"), ("a", "b"), ("b", "driver")]
     assert b.latency_ms == pytest.approx(6.1 + 1.0 + 1.6 + 2.0 + 2.6 + 4.0 + 1.1)
     assert b.bottleneck_ms == pytest.approx(4.1)  # the driver's input link is the bottleneck
     assert b.throughput_ips == pytest.approx(2 * 1e3 / 4.1)
@@ -71,20 +79,25 @@ def test_vectorised_matches_hand_computed_plan():
     assert m.feasible[0]
 
 
-@pytest.mark.parametrize("device_fields, bottleneck, latency", [
-    # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
-    # (was the 4.1 ms input link); an item alone still takes 4 ms there (latency unchanged)
-    ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0, 18.4),
-    # plus 2.5 ms per item receiving and sending outside compute, which a lone item pays too
-    ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5, 20.9),
-    ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5, 20.9),
-    # every stage's device pays its own: 0.5 (c) + 0.25 (a) + 2.5 (b)
-    ({"device_item_overhead_ms": [0.25, 2.5, 0.5]}, 6.5, 21.65),
-    # an item alone pays less outside compute than with the pipeline full: latency takes its own
-    ({"device_item_overhead_ms": [0.25, 2.5, 0.5], "device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 6.5, 19.0),
-    ({"device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 4.1, 19.0),
-])
-def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overheads_add_to_latency(device_fields, bottleneck, latency):
+@pytest.mark.parametrize(
+    "device_fields, bottleneck, latency",
+    [
+        # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
+        # (was the 4.1 ms input link); an item alone still takes 4 ms there (latency unchanged)
+        ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0, 18.4),
+        # plus 2.5 ms per item receiving and sending outside compute, which a lone item pays too
+        ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5, 20.9),
+        ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5, 20.9),
+        # every stage's device pays its own: 0.5 (c) + 0.25 (a) + 2.5 (b)
+        ({"device_item_overhead_ms": [0.25, 2.5, 0.5]}, 6.5, 21.65),
+        # an item alone pays less outside compute than with the pipeline full: latency takes its own
+        ({"device_item_overhead_ms": [0.25, 2.5, 0.5], "device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 6.5, 19.0),
+        ({"device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 4.1, 19.0),
+    ],
+)
+def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overheads_add_to_latency(
+    device_fields, bottleneck, latency
+):
     inst = toy(**device_fields)
     b = evaluate_plan(inst, PLAN)
     m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
@@ -93,8 +106,10 @@ def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overhead
     assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
 
 
-@pytest.mark.parametrize("field, value", [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0),
-                                          ("device_latency_overhead_ms", -1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0), ("device_latency_overhead_ms", -1.0)],
+)
 def test_device_runtime_terms_are_checked(field, value):
     with pytest.raises(UsageError, match=field):
         toy(**{field: [1.0 if field == "device_cycle_factor" else 0.0, value, 0.5]})
@@ -117,9 +132,14 @@ def test_memory_limit_makes_plan_infeasible():
 
 def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
     # three devices, b and c on one CPU; stages of 2, 3 and 4 ms, free links
-    inst = Instance(node_ms=np.array([[2.0, 3.0, 4.0]] * 3), cut_positions=np.array([0, 1]), cut_bytes=np.zeros(2),
-                    device_cycle_factor=np.array([1.0, 1.0, 1.5]), device_item_overhead_ms=np.array([0.0, 0.5, 0.0]),
-                    device_cpu_group=np.array([0, 1, 1]))
+    inst = Instance(
+        node_ms=np.array([[2.0, 3.0, 4.0]] * 3),
+        cut_positions=np.array([0, 1]),
+        cut_bytes=np.zeros(2),
+        device_cycle_factor=np.array([1.0, 1.0, 1.5]),
+        device_item_overhead_ms=np.array([0.0, 0.5, 0.0]),
+        device_cpu_group=np.array([0, 1, 1]),
+    )
     np.testing.assert_array_equal(inst.shared_cpus, [[0.0, 1.0, 1.0]])
     m = evaluate_plans(inst, np.array([[0, 1]]), np.array([[0, 1, 2]]))
     # b holds its CPU 3 + 0.5 ms, c 4 x 1.5 ms: together 9.5 ms per item, more than any one stage
@@ -127,8 +147,14 @@ def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
     assert evaluate_plan(inst, Plan((0, 1), (0, 1, 2))).bottleneck_ms == pytest.approx(9.5)
     alone = evaluate_plans(inst, np.array([[0, 1]]), np.array([[1, 0, 2]]))  # b 2.5, a 3, c 6: b and c 8.5
     assert alone.bottleneck_ms[0] == pytest.approx(8.5)
-    separate = Instance(**{**{f: getattr(inst, f) for f in ("node_ms", "cut_positions", "cut_bytes", "device_cycle_factor",
-                                                            "device_item_overhead_ms")}})
+    separate = Instance(
+        **{
+            **{
+                f: getattr(inst, f)
+                for f in ("node_ms", "cut_positions", "cut_bytes", "device_cycle_factor", "device_item_overhead_ms")
+            }
+        }
+    )
     assert separate.shared_cpus.shape == (0, 3)
     assert evaluate_plans(separate, np.array([[0, 1]]), np.array([[0, 1, 2]])).bottleneck_ms[0] == pytest.approx(6.0)
     with pytest.raises(UsageError, match="device_cpu_group must be 3 integer labels"):
@@ -148,24 +174,32 @@ def random_instances(draw, integer: bool):
     n = draw(st.integers(2, 12))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     if integer:
-        num = lambda shape, hi: rng.integers(0, hi, shape).astype(float)  # noqa: E731
+        num = lambda shape, hi: rng.integers(0, hi, shape).astype(float)
     else:
-        num = lambda shape, hi: rng.uniform(0, hi, shape)  # noqa: E731
+        num = lambda shape, hi: rng.uniform(0, hi, shape)
     c = int(rng.integers(1, n))
     bandwidth = rng.choice([1e3, 8e3, 1e6, np.inf], (d + 1, d + 1))
     return Instance(
-        node_ms=num((d, n), 5), cut_positions=np.sort(rng.choice(n - 1, c, replace=False)),
-        cut_bytes=num(c, 5000), input_bytes=float(num((), 5000)), output_bytes=float(num((), 50)),
-        node_param_bytes=num(n, 100), live_bytes=num(n, 5000), input_live_bytes=float(num((), 99)),
+        node_ms=num((d, n), 5),
+        cut_positions=np.sort(rng.choice(n - 1, c, replace=False)),
+        cut_bytes=num(c, 5000),
+        input_bytes=float(num((), 5000)),
+        output_bytes=float(num((), 50)),
+        node_param_bytes=num(n, 100),
+        live_bytes=num(n, 5000),
+        input_live_bytes=float(num((), 99)),
         device_mem_bytes=rng.choice([np.inf, 3000.0, 6000.0], d),
         link_overhead_ms=num((d + 1,) * 2, 3),
-        link_delay_ms=num((d + 1,) * 2, 3), link_bandwidth_bps=bandwidth,
+        link_delay_ms=num((d + 1,) * 2, 3),
+        link_bandwidth_bps=bandwidth,
         link_shaped_bps=rng.choice([2e3, 8e3, np.inf], (d + 1, d + 1)),
         device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
         device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
         device_latency_overhead_ms=None if rng.random() < 0.5 else rng.choice([0.0, 0.25, 1.0], d),
         device_cpu_group=rng.integers(0, d, d),
-        batch_size=int(rng.integers(1, 4)), window=draw(st.sampled_from([None, 1, 3])))
+        batch_size=int(rng.integers(1, 4)),
+        window=draw(st.sampled_from([None, 1, 3])),
+    )
 
 
 def _random_plans(inst: Instance, k: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

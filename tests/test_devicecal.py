@@ -7,15 +7,22 @@ from dataclasses import dataclass
 
 import pytest
 
-from paretopipe import devicecal
-from paretopipe.devicecal import DeviceRuntime
+from paretopipe.calibrate import device_runtime as devicecal
+from paretopipe.calibrate.device_runtime import DeviceRuntime
 from paretopipe.errors import ParetoPipeError
 
 
 def test_factors_and_round_trip():
     # 30 items/s at batch 1 is 33.33 ms per item, 3.33 ms of it outside the 30 ms of compute
-    r = DeviceRuntime("slow", profile_ms=20.0, latency_compute_ms=25.0, throughput_compute_ms=30.0, throughput_ips=30.0,
-                      items=20, batch_size=1)
+    r = DeviceRuntime(
+        "slow",
+        profile_ms=20.0,
+        latency_compute_ms=25.0,
+        throughput_compute_ms=30.0,
+        throughput_ips=30.0,
+        items=20,
+        batch_size=1,
+    )
     assert r.latency_factor == pytest.approx(1.25) and r.cycle_factor == pytest.approx(1.2)
     assert r.item_overhead_ms == pytest.approx(1000 / 30 - 30)
     d = r.to_dict()
@@ -25,12 +32,24 @@ def test_factors_and_round_trip():
     assert devicecal.summary({"fast": fast, "slow": r}) == "fast 1.100/1.000+0.11ms slow 1.250/1.200+3.33ms"
     # no one-item latency recorded: latency is priced with the window-full overhead too
     assert devicecal.node_scale({"slow": r}, ["fast", "slow"]) == (
-        [1.0, 1.25], [1.0, pytest.approx(1.2)], [0.0, pytest.approx(3.3333, abs=1e-4)], [0.0, pytest.approx(3.3333, abs=1e-4)])
+        [1.0, 1.25],
+        [1.0, pytest.approx(1.2)],
+        [0.0, pytest.approx(3.3333, abs=1e-4)],
+        [0.0, pytest.approx(3.3333, abs=1e-4)],
+    )
 
 
 def test_files_without_a_batch_size_give_no_item_overhead():
-    old = {"device": "slow", "profile_ms": 20.0, "latency_compute_ms": 25.0, "throughput_compute_ms": 30.0,
-           "throughput_ips": 30.0, "items": 20, "latency_factor": 1.25, "cycle_factor": 1.2}
+    old = {
+        "device": "slow",
+        "profile_ms": 20.0,
+        "latency_compute_ms": 25.0,
+        "throughput_compute_ms": 30.0,
+        "throughput_ips": 30.0,
+        "items": 20,
+        "latency_factor": 1.25,
+        "cycle_factor": 1.2,
+    }
     r = DeviceRuntime.from_dict(old)
     assert r.batch_size is None and r.item_overhead_ms == 0.0 and r.cycle_factor == pytest.approx(1.2)
     # faster than its own compute (the window overlapped a batch's work): no negative overhead
@@ -57,8 +76,12 @@ class _Session:
 
 def test_measure_reads_the_worker_medians_of_each_device():
     p1, p2 = _Plan("P1"), _Plan("P2", batch_size=2)
-    session = _Session({p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[13.2]", "throughput_ips": 70.0},
-                        p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[36.0]", "throughput_ips": 50.0}})
+    session = _Session(
+        {
+            p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[13.2]", "throughput_ips": 70.0},
+            p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[36.0]", "throughput_ips": 50.0},
+        }
+    )
     out = devicecal.measure(session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7)
     assert out["fast"].latency_factor == pytest.approx(1.2) and out["fast"].cycle_factor == pytest.approx(1.1)
     assert out["slow"].latency_factor == pytest.approx(1.2) and out["slow"].cycle_factor == pytest.approx(1.2)
@@ -90,10 +113,12 @@ def _row(lat, tput, ips):
 
 def test_rounds_visit_every_device_in_turn_and_one_slow_window_does_not_move_the_median():
     fast, slow = _Plan("F"), _Plan("S")
-    session = _SequenceSession({
-        fast: [_row(15.0, 15.0, 60.0), _row(11.0, 11.0, 88.0), _row(11.2, 11.4, 86.0), _row(10.8, 11.2, 87.0)],
-        slow: [_row(50.0, 50.0, 20.0), _row(26.0, 25.0, 38.0), _row(39.0, 37.0, 24.0), _row(25.0, 26.0, 37.0)],
-    })  # the first round (fresh workers) is slow and not counted; round 2 of the counted ones ran slow
+    session = _SequenceSession(
+        {
+            fast: [_row(15.0, 15.0, 60.0), _row(11.0, 11.0, 88.0), _row(11.2, 11.4, 86.0), _row(10.8, 11.2, 87.0)],
+            slow: [_row(50.0, 50.0, 20.0), _row(26.0, 25.0, 38.0), _row(39.0, 37.0, 24.0), _row(25.0, 26.0, 37.0)],
+        }
+    )  # the first round (fresh workers) is slow and not counted; round 2 of the counted ones ran slow
     out = devicecal.measure(session, {"fast": fast, "slow": slow}, {"fast": 10.0, "slow": 20.0}, items=60, rounds=3)
     assert session.order == [("F", 20, 60), ("S", 20, 60)] * 4  # interleaved, items split over the rounds
     assert out["slow"].latency_compute_ms == 26.0 and out["slow"].throughput_compute_ms == 26.0
@@ -135,28 +160,42 @@ def test_a_tail_run_splits_the_factor_into_a_slope_and_a_stage_start_cost():
 
 def test_one_item_latencies_are_recorded_beside_the_compute_times():
     whole, tail = _Plan("W"), _TailPlan("T", 4.0)
-    session = _SequenceSession({
-        whole: [{**_row(25.0, 26.0, 35.0), "latency_ms_p50": 27.5}, {**_row(24.0, 26.0, 35.0), "latency_ms_p50": 26.0},
-                {**_row(26.0, 26.0, 35.0), "latency_ms_p50": 29.0}],
-        tail: [{"lat_stage_compute_ms": "[14.0, 5.8]", "latency_ms_p50": 22.0},
-               {"lat_stage_compute_ms": "[14.0, 5.9]", "latency_ms_p50": 23.0},
-               {"lat_stage_compute_ms": "[14.0, 5.7]", "latency_ms_p50": "nan"}],
-    })
-    out = devicecal.measure(session, {"d": whole}, {"d": 20.0}, items=30, rounds=3, warm_round=False, tails={"d": tail})["d"]
+    session = _SequenceSession(
+        {
+            whole: [
+                {**_row(25.0, 26.0, 35.0), "latency_ms_p50": 27.5},
+                {**_row(24.0, 26.0, 35.0), "latency_ms_p50": 26.0},
+                {**_row(26.0, 26.0, 35.0), "latency_ms_p50": 29.0},
+            ],
+            tail: [
+                {"lat_stage_compute_ms": "[14.0, 5.8]", "latency_ms_p50": 22.0},
+                {"lat_stage_compute_ms": "[14.0, 5.9]", "latency_ms_p50": 23.0},
+                {"lat_stage_compute_ms": "[14.0, 5.7]", "latency_ms_p50": "nan"},
+            ],
+        }
+    )
+    out = devicecal.measure(
+        session, {"d": whole}, {"d": 20.0}, items=30, rounds=3, warm_round=False, tails={"d": tail}
+    )["d"]
     assert out.latency_ms == 27.5 and out.latency_outside_ms == pytest.approx(2.5)  # medians 27.5 and 25.0
     assert out.tail_latency_ms == 22.5 and out.tail_compute_ms == 5.8  # the unusable latency is left out
     assert out.to_dict()["latency_outside_ms"] == 2.5
     assert DeviceRuntime.from_dict(json.loads(json.dumps(out.to_dict()))) == out
-    older = DeviceRuntime.from_dict({k: v for k, v in out.to_dict().items() if k not in ("latency_ms", "tail_latency_ms")})
-    assert older.latency_ms is None and older.latency_outside_ms is None and older.to_dict()["latency_outside_ms"] is None
+    older = DeviceRuntime.from_dict(
+        {k: v for k, v in out.to_dict().items() if k not in ("latency_ms", "tail_latency_ms")}
+    )
+    assert (
+        older.latency_ms is None and older.latency_outside_ms is None and older.to_dict()["latency_outside_ms"] is None
+    )
     assert older.latency_factor == out.latency_factor
 
 
 def test_latency_is_priced_with_the_overhead_of_one_item_in_flight():
     # one item: 27.5 ms end to end, 25 ms of it compute; the cost model prices the run's two links
     # at 0.75 ms, so 1.75 ms per stage is the device's own. With the window full: 3.33 ms per item.
-    r = DeviceRuntime("d", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8,
-                      latency_ms=27.5)
+    r = DeviceRuntime(
+        "d", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8, latency_ms=27.5
+    )
     assert r.latency_overhead_ms(0.75) == pytest.approx(1.75) and r.item_overhead_ms == pytest.approx(3.3333, abs=1e-4)
     assert r.latency_overhead_ms(5.0) == 0.0  # links priced above what the run took: nothing left, never negative
     scale = devicecal.node_scale({"d": r}, ["d", "other"], links_ms=[0.75, 0.4])
@@ -176,11 +215,17 @@ def test_tail_cut_takes_about_a_sixth_of_the_time():
 
 def test_measure_runs_the_tails_in_latency_mode_and_fits_the_line():
     p1, p2, t1, t2 = _Plan("P1"), _Plan("P2"), _TailPlan("T1", 2.0), _TailPlan("T2", 5.0)
-    session = _Session({p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[12.0]", "throughput_ips": 80.0},
-                        p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[30.0]", "throughput_ips": 30.0},
-                        t1: {"lat_stage_compute_ms": "[27.0, 3.0]"}, t2: {"lat_stage_compute_ms": "[10.0, 7.0]"}})
-    out = devicecal.measure(session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7,
-                            tails={"fast": t1, "slow": t2})
+    session = _Session(
+        {
+            p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[12.0]", "throughput_ips": 80.0},
+            p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[30.0]", "throughput_ips": 30.0},
+            t1: {"lat_stage_compute_ms": "[27.0, 3.0]"},
+            t2: {"lat_stage_compute_ms": "[10.0, 7.0]"},
+        }
+    )
+    out = devicecal.measure(
+        session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7, tails={"fast": t1, "slow": t2}
+    )
     assert out["fast"].latency_factor == pytest.approx(9 / 8) and out["fast"].stage_start_ms == pytest.approx(0.75)
     assert out["slow"].latency_factor == pytest.approx(23 / 20) and out["slow"].stage_start_ms == pytest.approx(1.25)
     assert [s[1:] for s in session.seen][2:] == [("local", 7, 100)] * 2  # latency mode only (the options' default)

@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.export import export_plan, load_artifact
-from paretopipe.graph import trace_spec
-from paretopipe.models import ModelSpec, example_input
-from paretopipe.plans import Plan, PlanCut, load_plan, save_plan
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import ModelSpec, example_input
+from paretopipe.model.stages import run_chain
+from paretopipe.plan.plan_file import Plan, PlanCut, load_plan, save_plan
 from paretopipe.runtime.artifacts import ArtifactStageBuilder
 from paretopipe.runtime.protocol import StageSpec
-from paretopipe.stages import run_chain
+from paretopipe.sweep.export import export_plan, load_artifact
 from paretopipe.sweep.store import RunStore
 from tests.test_sweep import _testbed
 
@@ -33,11 +33,26 @@ def _fake_run(tmp_path):
         graph = trace_spec(ModelSpec.from_dict(MODEL))
         plan = Plan(model=MODEL, batch_size=1, cuts=(PlanCut(cut, graph.nodes[cut].name),), devices=("a", "b"))
         save_plan(plan, run / "plans" / "wifi" / f"{plan.id}.json")
-        store.append({"network": "wifi", "backend": "zmq", "plan_id": plan.id, "repeat": 0, "status": "ok",
-                      "stages": 2, "cuts": str(cut), "cut_nodes": plan.cuts[0].after, "devices": "a+b",
-                      "latency_ms_p50": lat, "latency_ms_p95": lat, "throughput_ips": tput,
-                      "pred_latency_ms": lat, "pred_throughput_ips": tput, "pred_on_front": True,
-                      "lat_stage_compute_ms": "[1, 1]"})
+        store.append(
+            {
+                "network": "wifi",
+                "backend": "zmq",
+                "plan_id": plan.id,
+                "repeat": 0,
+                "status": "ok",
+                "stages": 2,
+                "cuts": str(cut),
+                "cut_nodes": plan.cuts[0].after,
+                "devices": "a+b",
+                "latency_ms_p50": lat,
+                "latency_ms_p95": lat,
+                "throughput_ips": tput,
+                "pred_latency_ms": lat,
+                "pred_throughput_ips": tput,
+                "pred_on_front": True,
+                "lat_stage_compute_ms": "[1, 1]",
+            }
+        )
     store.write_manifest({"schema": "paretopipe.run", "version": 1})
     return run
 
@@ -62,10 +77,21 @@ def test_builder_prefers_the_exported_file_and_checks_its_hash(tmp_path):
     run = _fake_run(tmp_path)
     _, plan = export_plan(run, "wifi", "knee", tmp_path / "plans")
     art = plan.meta["artifacts"][1]
-    spec = StageSpec("c", 1, 2, MODEL, 1, plan.cut_indices, tuple(c.after for c in plan.cuts), "driver",
-                     artifact={"file": art["file"], "sha256": art["sha256"]})
+    spec = StageSpec(
+        "c",
+        1,
+        2,
+        MODEL,
+        1,
+        plan.cut_indices,
+        tuple(c.after for c in plan.cuts),
+        "driver",
+        artifact={"file": art["file"], "sha256": art["sha256"]},
+    )
     fallback_calls = []
-    builder = ArtifactStageBuilder(tmp_path / "plans", fallback=lambda s: fallback_calls.append(s) or torch.nn.Identity())
+    builder = ArtifactStageBuilder(
+        tmp_path / "plans", fallback=lambda s: fallback_calls.append(s) or torch.nn.Identity()
+    )
     builder.build(spec)
     assert builder.loaded and not fallback_calls
     (tmp_path / "plans" / art["file"]).write_bytes(b"tampered")
@@ -78,8 +104,22 @@ def test_builder_prefers_the_exported_file_and_checks_its_hash(tmp_path):
 def test_run_an_exported_plan_on_local_workers(tmp_path):
     run = _fake_run(tmp_path)
     path, _ = export_plan(run, "wifi", "max-throughput", tmp_path / "plans")
-    result = runner.invoke(app, ["run", "--plan", str(path), "--testbed", str(_testbed(tmp_path)), "--items", "3",
-                                 "--mode", "latency", "-f", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--plan",
+            str(path),
+            "--testbed",
+            str(_testbed(tmp_path)),
+            "--items",
+            "3",
+            "--mode",
+            "latency",
+            "-f",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = {r["metric"]: r["measured"] for r in json.loads(result.stdout)}
     assert rows["output_exact"] is True

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import psutil
@@ -25,27 +25,36 @@ from typer.testing import CliRunner
 from paretopipe.cli import app
 from paretopipe.errors import WorkerError
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.plans import Plan, PlanCut
+from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.sweep.runner import Config, SweepSettings, execute
 from paretopipe.sweep.store import RunStore
 from tests.test_runtime import _free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
-SLEEPY = {"name": "tests.fixtures.pipeline_models:sleepy", "input_shape": [8], "source": "factory", "seed": 0,
-          "leaf_modules": ["Sleep"]}
+SLEEPY = {
+    "name": "tests.fixtures.pipeline_models:sleepy",
+    "input_shape": [8],
+    "source": "factory",
+    "seed": 0,
+    "leaf_modules": ["Sleep"],
+}
 CUTS = {1: PlanCut(1, "steps_1"), 2: PlanCut(2, "steps_2")}
 # Three configurations; the fault hits the second, where b runs the second stage.
-PLANS = [Plan(model=SLEEPY, batch_size=1, cuts=(CUTS[c],), devices=d) for c, d in
-         [(1, ("b", "a")), (1, ("a", "b")), (2, ("a", "b"))]]
+PLANS = [
+    Plan(model=SLEEPY, batch_size=1, cuts=(CUTS[c],), devices=d)
+    for c, d in [(1, ("b", "a")), (1, ("a", "b")), (2, ("a", "b"))]
+]
 TIMEOUT_S = 2.0
 
 
 def _testbed(tmp_path: Path) -> Path:
     p0, p1, p2 = _free_ports(3)
     path = tmp_path / "tb.toml"
-    path.write_text(f'name = "faults"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-                    f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n')
+    path.write_text(
+        f'name = "faults"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
+    )
     return path
 
 
@@ -62,9 +71,13 @@ def _worker(device: str, parent_pid: int | None = None) -> psutil.Process:
 
 def _workers_left(parent_pid: int | None = None) -> list[psutil.Process]:
     parent = str(parent_pid or os.getpid())
-    return [p for p in psutil.process_iter(["cmdline", "status"])
-            if "--parent-pid" in (p.info["cmdline"] or []) and parent in p.info["cmdline"]
-            and p.info["status"] != psutil.STATUS_ZOMBIE]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline", "status"])
+        if "--parent-pid" in (p.info["cmdline"] or [])
+        and parent in p.info["cmdline"]
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
 
 
 def kill(device: str) -> None:
@@ -76,19 +89,42 @@ def stop(device: str) -> None:
 
 
 def link_down(device: str) -> None:
-    ns = subprocess.run(["ip", "netns", "identify", str(_worker(device).pid)], capture_output=True, text=True).stdout.strip()
+    ns = subprocess.run(
+        ["ip", "netns", "identify", str(_worker(device).pid)], capture_output=True, text=True
+    ).stdout.strip()
     assert ns, f"worker {device} is not in a named namespace"
     subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
 
 
-def _sweep(tmp_path: Path, fault: Callable[[str], None] | None, *, isolation: str = "loopback", resume: bool = False,
-           fail_fast: bool = False, at: int = 1, delay_s: float = 0.3):
+def _sweep(
+    tmp_path: Path,
+    fault: Callable[[str], None] | None,
+    *,
+    isolation: str = "loopback",
+    resume: bool = False,
+    fail_fast: bool = False,
+    at: int = 1,
+    delay_s: float = 0.3,
+):
     """Run the three configurations; ``fault("b")`` fires ``delay_s`` into configuration ``at``."""
     out = tmp_path / "run"
     tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else _testbed(tmp_path)
-    settings = SweepSettings(model=SLEEPY["name"], testbed=str(tb), networks=("lan",), stages=(2,), cuts="1,2",
-                             latency_items=5, throughput_items=10, warmup=1, out=str(out), timeout_s=TIMEOUT_S,
-                             isolation=isolation, fail_fast=fail_fast, resume=resume, pass_check=False)
+    settings = SweepSettings(
+        model=SLEEPY["name"],
+        testbed=str(tb),
+        networks=("lan",),
+        stages=(2,),
+        cuts="1,2",
+        latency_items=5,
+        throughput_items=10,
+        warmup=1,
+        out=str(out),
+        timeout_s=TIMEOUT_S,
+        isolation=isolation,
+        fail_fast=fail_fast,
+        resume=resume,
+        pass_check=False,
+    )
     store = RunStore(out, resume=resume)
     if not resume:
         store.write_manifest({"settings": asdict(settings), "git_commit": None})
@@ -163,10 +199,32 @@ def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
 @pytest.mark.slow  # the same through the CLI (profiles, sweeps, resumes): about 20 s
 def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "paretopipe", "sweep", "tests.fixtures.toy_models:skipnet", "--testbed",
-            str(_testbed(tmp_path)), "--network", "lan", "--stages", "2", "--cuts", "3,5", "--items", "30",
-            "--warmup", "1", "--profiles", str(tmp_path / "profiles"), "-o", str(out), "--timeout", str(TIMEOUT_S),
-            "--fail-fast"]
+    argv = [
+        sys.executable,
+        "-m",
+        "paretopipe",
+        "sweep",
+        "tests.fixtures.toy_models:skipnet",
+        "--testbed",
+        str(_testbed(tmp_path)),
+        "--network",
+        "lan",
+        "--stages",
+        "2",
+        "--cuts",
+        "3,5",
+        "--items",
+        "30",
+        "--warmup",
+        "1",
+        "--profiles",
+        str(tmp_path / "profiles"),
+        "-o",
+        str(out),
+        "--timeout",
+        str(TIMEOUT_S),
+        "--fail-fast",
+    ]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     csv = out / "measurements.csv"
     try:
@@ -200,8 +258,16 @@ def _fake_sweep(tmp_path: Path, monkeypatch, session_cls, backend: str):
 
     monkeypatch.setattr(session_mod, "Session", session_cls)
     out = tmp_path / "run"
-    settings = SweepSettings(model=SLEEPY["name"], testbed=str(_testbed(tmp_path)), networks=("lan",), stages=(2,),
-                             cuts="1,2", backends=(backend,), out=str(out), pass_check=False)
+    settings = SweepSettings(
+        model=SLEEPY["name"],
+        testbed=str(_testbed(tmp_path)),
+        networks=("lan",),
+        stages=(2,),
+        cuts="1,2",
+        backends=(backend,),
+        out=str(out),
+        pass_check=False,
+    )
     store = RunStore(out)
     store.write_manifest({"settings": asdict(settings), "git_commit": None})
     return settings, store, [Config("lan", LinkCondition(), backend, plan, 0, False) for plan in PLANS]
@@ -275,6 +341,15 @@ def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_mea
         pool.get("zmq")
         pool.get("rpc")
     assert events == [
-        ("open zmq", 1), (f"measure {PLANS[0].id}", 1), (f"measure {PLANS[1].id}", 1), ("close zmq", 1),
-        ("open zmq", 2), (f"measure {PLANS[2].id}", 2), ("close zmq", 2),  # a backend's session ends with its loop
-        ("open zmq", 3), ("close zmq", 3), ("open rpc", 4), ("close rpc", 4)]
+        ("open zmq", 1),
+        (f"measure {PLANS[0].id}", 1),
+        (f"measure {PLANS[1].id}", 1),
+        ("close zmq", 1),
+        ("open zmq", 2),
+        (f"measure {PLANS[2].id}", 2),
+        ("close zmq", 2),  # a backend's session ends with its loop
+        ("open zmq", 3),
+        ("close zmq", 3),
+        ("open rpc", 4),
+        ("close rpc", 4),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from paretopipe import fingerprint as fpmod
+from paretopipe.host import fingerprint as fpmod
 
 
 def test_fields_and_types():
@@ -36,5 +36,5 @@ def test_cgroup_cpu_limit_of_a_missing_pid_is_none():
 
 
 def test_fingerprint_does_not_import_torch():
-    code = "import sys, paretopipe.fingerprint as f; f.fingerprint(); assert 'torch' not in sys.modules"
+    code = "import sys, paretopipe.host.fingerprint as f; f.fingerprint(); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

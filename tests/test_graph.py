@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from paretopipe.errors import CutError, ModelError
-from paretopipe.graph import trace, trace_spec
-from paretopipe.models import build_model, example_input, resolve_spec
-from paretopipe.stages import run_chain, verify, verification_cut_sets
+from paretopipe.model.graph import trace, trace_spec
+from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.model.stages import run_chain, verification_cut_sets, verify
 
 
 def _toy(factory: str, shape=None):
@@ -99,19 +99,23 @@ def test_params_before_cut_accumulate():
 # Real models: every block cut and a sample of node cuts reproduce the model bit for bit.
 # (name, input side) - smallest inputs the models accept, to keep the suite fast.
 SEED_MODELS = [
-    ("mobilenet_v2", 64), ("resnet18", 64), ("resnet50", 64), ("vgg16", 32), ("alexnet", 64),
+    ("mobilenet_v2", 64),
+    ("resnet18", 64),
+    ("resnet50", 64),
+    ("vgg16", 32),
+    ("alexnet", 64),
     ("inception_v3", 75),
 ]
 OTHER_FAMILIES = [
-    ("densenet121", 64),         # dense concatenation: many tensors cross inside blocks
-    ("efficientnet_b0", 64),     # squeeze-excitation, stochastic depth (identity in eval)
-    ("vit_b_16", 224),           # attention, class token, constants from get_attr
-    ("swin_t", 64),              # windowed attention, relative position bias buffers
-    ("regnet_y_400mf", 64),      # grouped convolutions + SE
+    ("densenet121", 64),  # dense concatenation: many tensors cross inside blocks
+    ("efficientnet_b0", 64),  # squeeze-excitation, stochastic depth (identity in eval)
+    ("vit_b_16", 224),  # attention, class token, constants from get_attr
+    ("swin_t", 64),  # windowed attention, relative position bias buffers
+    ("regnet_y_400mf", 64),  # grouped convolutions + SE
     ("shufflenet_v2_x0_5", 64),  # channel split/shuffle, non-tensor shape values
-    ("googlenet", 64),           # inception branches
-    ("convnext_tiny", 64),       # layer scale parameters, permutes
-    ("resnext50_32x4d", 64),     # grouped bottlenecks
+    ("googlenet", 64),  # inception branches
+    ("convnext_tiny", 64),  # layer scale parameters, permutes
+    ("resnext50_32x4d", 64),  # grouped bottlenecks
 ]
 
 

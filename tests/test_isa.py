@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from paretopipe import isa
 from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.host import isa
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 needs_x86 = pytest.mark.skipif(not X86, reason="instruction set limits are for x86-64 CPUs")
@@ -46,8 +46,9 @@ def test_other_cpus_are_refused_with_a_hint(monkeypatch):
 @needs_x86
 def test_a_fresh_process_runs_its_kernels_at_the_limit():
     out = _python(
-        "from paretopipe import isa; import torch, json; isa.apply('sse41'); torch.ones(64).relu();"
-        "print(json.dumps(isa.describe_env()))")
+        "from paretopipe.host import isa; import torch, json; isa.apply('sse41'); torch.ones(64).relu();"
+        "print(json.dumps(isa.describe_env()))"
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"cpu_capability": "DEFAULT", "dnnl_max_cpu_isa": "SSE41"}
 
@@ -55,10 +56,13 @@ def test_a_fresh_process_runs_its_kernels_at_the_limit():
 @needs_x86
 def test_a_limit_after_torch_computed_is_refused():
     out = _python(
-        "import torch; from paretopipe import isa; torch.ones(64).relu(); have = isa.current_capability()\n"
+        "import torch; from paretopipe.host import isa; torch.ones(64).relu(); have = isa.current_capability()\n"
         "if have == 'DEFAULT': raise SystemExit(3)\n"
-        "try:\n    isa.apply('sse41')\nexcept Exception as e:\n    print(type(e).__name__, e)")
+        "try:\n    isa.apply('sse41')\nexcept Exception as e:\n    print(type(e).__name__, e)"
+    )
     if out.returncode == 3:
         pytest.skip("this CPU runs torch's portable kernels anyway")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("CapabilityError") and "not DEFAULT" in out.stdout and "start a new process" in out.stdout
+    assert (
+        out.stdout.startswith("CapabilityError") and "not DEFAULT" in out.stdout and "start a new process" in out.stdout
+    )

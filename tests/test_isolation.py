@@ -19,7 +19,7 @@ from paretopipe.errors import UsageError
 from paretopipe.network.capabilities import HostCapabilities
 from paretopipe.network.conditions import LinkCondition, parse_condition
 from paretopipe.network.netns import NamespaceNetwork, _pick_subnet, host_device_name, list_namespaces
-from paretopipe.plans import Plan, PlanCut
+from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.endpoints import relocated, render_testbed
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
@@ -36,9 +36,11 @@ QUICK = MeasureOptions(modes=("latency",), latency_items=3, warmup=1)
 def _testbed(tmp_path: Path) -> Path:
     p0, p1, p2 = _free_ports(3)
     path = tmp_path / "tb.toml"
-    path.write_text(f'name = "iso"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-                    f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n')
+    path.write_text(
+        f'name = "iso"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
+    )
     return path
 
 
@@ -51,7 +53,12 @@ def _workers_of(parent_pid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline", "status"]):
         cmd = p.info["cmdline"] or []
-        if "worker" in cmd and "--parent-pid" in cmd and str(parent_pid) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+        if (
+            "worker" in cmd
+            and "--parent-pid" in cmd
+            and str(parent_pid) in cmd
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             out.append(p)
     return out
 
@@ -72,8 +79,14 @@ def _nothing_left(prefix: str, parent_pid: int, timeout_s: float = 10.0) -> None
 
 
 def test_host_node_joins_the_bridge_from_the_callers_namespace():
-    net = NamespaceNetwork(["a", "b"], {("driver", "a"): parse_condition("bandwidth=20mbit")}, prefix="ppn-1-abcd",
-                           subnet="10.78.3.0/24", host_node="driver", caps=NO_NETEM)
+    net = NamespaceNetwork(
+        ["a", "b"],
+        {("driver", "a"): parse_condition("bandwidth=20mbit")},
+        prefix="ppn-1-abcd",
+        subnet="10.78.3.0/24",
+        host_node="driver",
+        caps=NO_NETEM,
+    )
     dev = host_device_name("ppn-1-abcd")
     assert len(dev) <= 15 and dev == net.device("driver")
     assert net.namespaces == ["ppn-1-abcd-a", "ppn-1-abcd-b", "ppn-1-abcd-_bridge"]
@@ -127,17 +140,28 @@ def test_isolation_is_checked_before_any_work(tmp_path):
 @pytest.mark.netns
 def test_reshape_replaces_shaping_and_restores_gso():
     def qdisc(net, node):
-        argv = ["tc"] + ([] if node == "driver" else ["-n", net.namespace(node)]) + ["qdisc", "show", "dev", net.device(node)]
+        argv = (
+            ["tc"]
+            + ([] if node == "driver" else ["-n", net.namespace(node)])
+            + ["qdisc", "show", "dev", net.device(node)]
+        )
         return subprocess.run(argv, capture_output=True, text=True).stdout
 
     def gso_segs(net, node):
-        argv = ["ip"] + ([] if node == "driver" else ["-n", net.namespace(node)]) + ["-d", "link", "show", net.device(node)]
+        argv = (
+            ["ip"]
+            + ([] if node == "driver" else ["-n", net.namespace(node)])
+            + ["-d", "link", "show", net.device(node)]
+        )
         out = subprocess.run(argv, capture_output=True, text=True).stdout.split()
         return int(out[out.index("gso_max_segs") + 1])
 
     with NamespaceNetwork(["a", "b"], subnet="auto", host_node="driver") as net:
         prefix = net.prefix
-        first = {("a", "b"): parse_condition("bandwidth=20mbit delay=5ms"), ("driver", "a"): parse_condition("bandwidth=200mbit")}
+        first = {
+            ("a", "b"): parse_condition("bandwidth=20mbit delay=5ms"),
+            ("driver", "a"): parse_condition("bandwidth=200mbit"),
+        }
         for _ in range(2):  # idempotent
             net.reshape(first)
             assert net.mechanisms[("a", "b")]["bandwidth"] == "tc-htb"
@@ -165,8 +189,11 @@ def test_netns_run_gives_exact_output_and_leaves_nothing(tmp_path):
             ss = subprocess.run(session.net.exec_argv(name, ["ss", "-Htln"]), capture_output=True, text=True).stdout
             listening = {line.split()[3].rsplit(":", 1)[0] for line in ss.splitlines()}
             assert listening == {session.net.address(name)}, "a worker binds exactly its testbed address"
-        row = session.measure(plan, ("lan", parse_condition("bandwidth=100mbit delay=1ms")),
-                              MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
+        row = session.measure(
+            plan,
+            ("lan", parse_condition("bandwidth=100mbit delay=1ms")),
+            MeasureOptions(latency_items=5, throughput_items=10, warmup=1),
+        )
     assert row["output_exact"] is True and row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
     assert row["isolation"] == "netns"
     links = json.loads(row["links"])
@@ -205,9 +232,28 @@ def test_error_inside_a_netns_session_leaves_nothing(tmp_path):
 @pytest.mark.netns
 def test_ctrl_c_during_a_netns_run_leaves_nothing(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paretopipe", "run", "tests.fixtures.toy_models:skipnet", "--cuts", "3", "--devices", "a,b",
-         "--testbed", str(_testbed(tmp_path)), "--items", "100000", "--isolation", "netns", "--network", "bandwidth=50mbit"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "paretopipe",
+            "run",
+            "tests.fixtures.toy_models:skipnet",
+            "--cuts",
+            "3",
+            "--devices",
+            "a,b",
+            "--testbed",
+            str(_testbed(tmp_path)),
+            "--items",
+            "100000",
+            "--isolation",
+            "netns",
+            "--network",
+            "bandwidth=50mbit",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60

@@ -16,7 +16,7 @@ import pytest
 
 from paretopipe.errors import WorkerError
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.plans import Plan, PlanCut
+from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
 from tests.test_runtime import _free_ports
@@ -94,7 +94,9 @@ def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
     assert not (Path("/sys/fs/cgroup/cpu") / group.lstrip("/")).exists()
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs"
+)
 def test_isa_worker_starts_with_the_limit_and_computes_exactly(tmp_path):
     tb_path = _testbed(tmp_path, isa="sse41")
     with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
@@ -112,9 +114,24 @@ def test_isa_worker_starts_with_the_limit_and_computes_exactly(tmp_path):
 def test_ctrl_c_stops_run_and_workers(tmp_path):
     tb_path = _testbed(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paretopipe", "run", "tests.fixtures.toy_models:skipnet", "--cuts", "3",
-         "--devices", "a,b", "--testbed", str(tb_path), "--items", "100000"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "paretopipe",
+            "run",
+            "tests.fixtures.toy_models:skipnet",
+            "--cuts",
+            "3",
+            "--devices",
+            "a,b",
+            "--testbed",
+            str(tb_path),
+            "--items",
+            "100000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 60

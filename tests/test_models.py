@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paretopipe.errors import ModelError, UsageError
-from paretopipe.models import (
+from paretopipe.model.registry import (
     ModelSpec,
     build_model,
     list_models,

@@ -16,7 +16,9 @@ from paretopipe.network.conditions import LinkCondition, parse_condition
 from paretopipe.network.netns import NamespaceNetwork, cleanup_stale, list_namespaces, new_prefix
 
 NO_NETEM = HostCapabilities.assumed(qdiscs={"tbf", "htb", "bfifo"})
-needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is not installed (apt-get install -y iperf3)")
+needs_iperf3 = pytest.mark.skipif(
+    shutil.which("iperf3") is None, reason="iperf3 is not installed (apt-get install -y iperf3)"
+)
 
 
 def _links_in(ns: str) -> list[str]:
@@ -36,15 +38,20 @@ def _ours(prefix: str) -> list[str]:
 
 def _reachable(net: NamespaceNetwork, src: str, dst: str) -> bool:
     """A TCP connect from ``src`` to a closed port of ``dst``: refused (RST) means reachable."""
-    probe = ("import errno, socket, sys; s = socket.socket(); s.settimeout(1); "
-             f"sys.exit(0 if s.connect_ex(({net.address(dst)!r}, 9)) == errno.ECONNREFUSED else 1)")
+    probe = (
+        "import errno, socket, sys; s = socket.socket(); s.settimeout(1); "
+        f"sys.exit(0 if s.connect_ex(({net.address(dst)!r}, 9)) == errno.ECONNREFUSED else 1)"
+    )
     return subprocess.run(net.exec_argv(src, [sys.executable, "-c", probe]), capture_output=True).returncode == 0
 
 
 def _iperf3_bps(net: NamespaceNetwork, src: str, dst: str, seconds: int = 3, port: int = 5201) -> float:
     """Goodput src -> dst measured by the receiver, first second omitted (queue fill)."""
-    server = subprocess.Popen(net.exec_argv(dst, ["iperf3", "-s", "-1", "-B", net.address(dst), "-p", str(port)]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        net.exec_argv(dst, ["iperf3", "-s", "-1", "-B", net.address(dst), "-p", str(port)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):  # wait until the server listens
             ss = subprocess.run(net.exec_argv(dst, ["ss", "-ltn"]), capture_output=True, text=True).stdout
@@ -52,8 +59,12 @@ def _iperf3_bps(net: NamespaceNetwork, src: str, dst: str, seconds: int = 3, por
                 break
             time.sleep(0.02)
         out = subprocess.run(
-            net.exec_argv(src, ["iperf3", "-c", net.address(dst), "-p", str(port), "-t", str(seconds), "-O", "1", "-J"]),
-            capture_output=True, text=True, timeout=seconds + 20,
+            net.exec_argv(
+                src, ["iperf3", "-c", net.address(dst), "-p", str(port), "-t", str(seconds), "-O", "1", "-J"]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 20,
         )
         assert out.returncode == 0, out.stdout[-500:] + out.stderr[-500:]
         return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
@@ -94,7 +105,10 @@ def test_three_nodes_use_a_bridge_in_its_own_namespace():
 
 
 def test_shaping_plans_and_residual_without_netem():
-    links = {("a", "b"): parse_condition("bandwidth=20mbit delay=10ms"), ("b", "a"): parse_condition("bandwidth=50mbit")}
+    links = {
+        ("a", "b"): parse_condition("bandwidth=20mbit delay=10ms"),
+        ("b", "a"): parse_condition("bandwidth=50mbit"),
+    }
     net = NamespaceNetwork(["a", "b", "c"], links, prefix="ppn-1-abcd", caps=NO_NETEM)
     plans = net.shaping_plans(NO_NETEM)
     assert set(plans) == {"a", "b"}
@@ -208,8 +222,9 @@ def test_link_down_and_up():
             time.sleep(0.1)
         else:
             pytest.fail("link did not come back")
-        qdisc = subprocess.run(["tc", "-n", net.namespace("a"), "qdisc", "show", "dev", "eth0"],
-                               capture_output=True, text=True).stdout
+        qdisc = subprocess.run(
+            ["tc", "-n", net.namespace("a"), "qdisc", "show", "dev", "eth0"], capture_output=True, text=True
+        ).stdout
         assert "tbf" in qdisc and "rate 10Mbit" in qdisc
 
 
@@ -230,8 +245,11 @@ def test_tbf_between_two_namespaces_measures_the_set_bandwidth():
 @pytest.mark.netns
 @needs_iperf3
 def test_bridge_per_destination_shaping_is_asymmetric():
-    links = {("a", "b"): parse_condition("bandwidth=20mbit"), ("b", "a"): parse_condition("bandwidth=50mbit"),
-             ("a", "c"): parse_condition("bandwidth=5mbit")}
+    links = {
+        ("a", "b"): parse_condition("bandwidth=20mbit"),
+        ("b", "a"): parse_condition("bandwidth=50mbit"),
+        ("a", "c"): parse_condition("bandwidth=5mbit"),
+    }
     before = _root_links()
     with NamespaceNetwork(["a", "b", "c"], links) as net:
         prefix = net.prefix

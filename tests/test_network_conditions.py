@@ -96,7 +96,7 @@ def test_bad_scenario_file_names_file_and_field(tmp_path):
     bad.write_text('[slow]\nbandwidth = "2mbps"\n')
     with pytest.raises(ConfigError, match=r"net.toml: slow.bandwidth: ambiguous bandwidth unit"):
         load_scenarios(bad)
-    bad.write_text('[slow]\ndelay = 10\n')
+    bad.write_text("[slow]\ndelay = 10\n")
     with pytest.raises(ConfigError, match="must be a string with a unit"):
         load_scenarios(bad)
     bad.write_text("not toml [")

@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from paretopipe.errors import UsageError
-from paretopipe.pareto import hypervolume, knee_point, non_dominated_mask
+from paretopipe.plan.pareto import hypervolume, knee_point, non_dominated_mask
 
 
 def test_known_front_with_ties_and_max_sense():
@@ -22,8 +22,7 @@ def test_known_front_with_ties_and_max_sense():
 
 
 def test_one_objective_keeps_all_minima():
-    assert non_dominated_mask(np.array([[3.0], [1.0], [1.0], [2.0]]), ["min"]).tolist() == [
-        False, True, True, False]
+    assert non_dominated_mask(np.array([[3.0], [1.0], [1.0], [2.0]]), ["min"]).tolist() == [False, True, True, False]
 
 
 def test_empty_input():
@@ -37,10 +36,12 @@ def _pymoo_first_front(G: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 4).flatmap(
-    lambda m: arrays(np.int64, st.tuples(st.integers(1, 60), st.just(m)),
-                     elements=st.integers(0, 6))),
-       st.lists(st.sampled_from(["min", "max"]), min_size=4, max_size=4))
+@given(
+    st.integers(1, 4).flatmap(
+        lambda m: arrays(np.int64, st.tuples(st.integers(1, 60), st.just(m)), elements=st.integers(0, 6))
+    ),
+    st.lists(st.sampled_from(["min", "max"]), min_size=4, max_size=4),
+)
 def test_matches_pymoo_first_front(F, senses):
     senses = senses[: F.shape[1]]
     sign = np.array([1 if s == "min" else -1 for s in senses])

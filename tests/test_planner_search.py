@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paretopipe.costmodel import Instance
 from paretopipe.errors import UsageError
-from paretopipe.pareto import hypervolume
-from paretopipe.planner import AUTO_EXHAUSTIVE_MAX, search, space_size
-from paretopipe.planner.labels import prune_labels
-from paretopipe.planner.localsearch import neighbours
-from paretopipe.planner.nsga2 import repair_plans
+from paretopipe.plan.costmodel import Instance
+from paretopipe.plan.pareto import hypervolume
+from paretopipe.plan.search import AUTO_EXHAUSTIVE_MAX, search, space_size
+from paretopipe.plan.search.labels import prune_labels
+from paretopipe.plan.search.localsearch import neighbours
+from paretopipe.plan.search.nsga2 import repair_plans
 
 
 @st.composite
@@ -33,17 +33,23 @@ def instances(draw, integer: bool = True) -> Instance:
     n = int(rng.integers(2, 13))
     c = int(rng.integers(n // 2, min(10, n - 1) + 1))
     if integer:
-        ints = lambda shape, hi: rng.integers(0, hi + 1, shape).astype(float)  # noqa: E731
+        ints = lambda shape, hi: rng.integers(0, hi + 1, shape).astype(float)
     else:
-        ints = lambda shape, hi: rng.uniform(0, hi, shape) * rng.integers(0, 2, shape)  # noqa: E731
+        ints = lambda shape, hi: rng.uniform(0, hi, shape) * rng.integers(0, 2, shape)
     params = ints(n, 3)
     mem = np.where(rng.random(d) < 0.5, np.inf, params.sum() * rng.uniform(0.3, 1.0, d) + 4)
     return Instance(
-        node_ms=ints((d, n), 3), cut_positions=np.sort(rng.choice(n - 1, c, replace=False)),
-        cut_bytes=ints(c, 4), input_bytes=float(rng.integers(0, 5)),
-        output_bytes=float(rng.integers(0, 3)), node_param_bytes=params, live_bytes=ints(n, 4),
-        input_live_bytes=float(rng.integers(0, 5)), device_mem_bytes=np.round(mem),
-        link_overhead_ms=ints((d + 1, d + 1), 1), link_delay_ms=ints((d + 1, d + 1), 2),
+        node_ms=ints((d, n), 3),
+        cut_positions=np.sort(rng.choice(n - 1, c, replace=False)),
+        cut_bytes=ints(c, 4),
+        input_bytes=float(rng.integers(0, 5)),
+        output_bytes=float(rng.integers(0, 3)),
+        node_param_bytes=params,
+        live_bytes=ints(n, 4),
+        input_live_bytes=float(rng.integers(0, 5)),
+        device_mem_bytes=np.round(mem),
+        link_overhead_ms=ints((d + 1, d + 1), 1),
+        link_delay_ms=ints((d + 1, d + 1), 2),
         # 8 kbit/s makes 1 byte = 1 ms (inexact in binary); 1 kbit/s = 8 ms; inf = free
         link_bandwidth_bps=rng.choice([1e3, 8e3, np.inf], (d + 1, d + 1)),
         # an emulated link on top: one message pays both, a stream the slower of the two
@@ -55,8 +61,9 @@ def instances(draw, integer: bool = True) -> Instance:
         device_latency_overhead_ms=rng.choice([0.0, 1.0], d) if integer else rng.uniform(0.0, 1.0, d),
         # half the instances have devices sharing a CPU (their cycles add up in the bottleneck)
         device_cpu_group=rng.integers(0, d, d) if rng.random() < 0.5 else np.arange(d),
-        batch_size=draw(st.integers(1, 2)), window=draw(st.sampled_from([None, None, 1, 2])))
-
+        batch_size=draw(st.integers(1, 2)),
+        window=draw(st.sampled_from([None, None, 1, 2])),
+    )
 
 
 def _assert_same_front(inst: Instance, objectives: tuple[str, ...]) -> None:
@@ -87,15 +94,16 @@ def test_exact_equals_exhaustive_with_bytes(inst):
 
 
 @settings(max_examples=200, deadline=None)
-@given(instances(), st.sampled_from([("bytes", "throughput"), ("latency", "bytes"),
-                                     ("latency", "throughput", "memory"), ("latency",)]))
+@given(
+    instances(),
+    st.sampled_from([("bytes", "throughput"), ("latency", "bytes"), ("latency", "throughput", "memory"), ("latency",)]),
+)
 def test_exact_equals_exhaustive_other_objective_sets(inst, objectives):
     _assert_same_front(inst, objectives)
 
 
 @settings(max_examples=200, deadline=None)
-@given(instances(integer=False), st.sampled_from([("latency", "throughput"),
-                                                  ("latency", "throughput", "bytes")]))
+@given(instances(integer=False), st.sampled_from([("latency", "throughput"), ("latency", "throughput", "bytes")]))
 def test_exact_equals_exhaustive_on_float_data(inst, objectives):
     _assert_same_front(inst, objectives)
 
@@ -105,8 +113,12 @@ def _naive_prune(group, strict, tols, loose):
     keep = np.ones(len(group), dtype=bool)
     for p in range(len(group)):
         for q in range(len(group)):
-            if (group[q] == group[p] and np.all(S[q] <= S[p]) and np.all(L[q] <= L[p])
-                    and np.any(S[q] < S[p] - np.asarray(tols))):
+            if (
+                group[q] == group[p]
+                and np.all(S[q] <= S[p])
+                and np.all(L[q] <= L[p])
+                and np.any(S[q] < S[p] - np.asarray(tols))
+            ):
                 keep[p] = False
     return keep
 
@@ -127,8 +139,13 @@ def two_device_toy(**overrides) -> Instance:
     """3 nodes; dev0 runs each in 1 ms, dev1 in 2 ms; both cuts carry 500 B = 0.5 ms."""
     links = np.full((3, 3), np.inf)
     links[0, 1] = links[1, 0] = 8e6
-    args = dict(node_ms=[[1, 1, 1], [2, 2, 2]], cut_positions=[0, 1], cut_bytes=[500, 500],
-                link_bandwidth_bps=links, device_names=("fast", "slow"))
+    args = dict(
+        node_ms=[[1, 1, 1], [2, 2, 2]],
+        cut_positions=[0, 1],
+        cut_bytes=[500, 500],
+        link_bandwidth_bps=links,
+        device_names=("fast", "slow"),
+    )
     args.update(overrides)
     return Instance(**args)
 
@@ -165,8 +182,7 @@ def test_two_device_front_with_window_and_memory_by_hand():
 def test_space_size_and_counts():
     assert space_size(10, 4, [1]) == 4
     assert space_size(10, 4, [2]) == 10 * 12
-    assert space_size(150, 4, range(1, 5)) == sum(
-        math.comb(150, k - 1) * math.perm(4, k) for k in range(1, 5))
+    assert space_size(150, 4, range(1, 5)) == sum(math.comb(150, k - 1) * math.perm(4, k) for k in range(1, 5))
     assert space_size(2, 3, [4]) == 0
 
 
@@ -174,9 +190,12 @@ def test_auto_picks_a_method_by_space_size():
     small = search(two_device_toy(), range(1, 3))
     assert small.method == "exhaustive"
     rng = np.random.default_rng(0)
-    big = Instance(node_ms=rng.uniform(0.1, 2, (4, 60)), cut_positions=np.arange(59),
-                   cut_bytes=rng.uniform(1e3, 1e5, 59),
-                   link_bandwidth_bps=np.full((5, 5), 1e8))
+    big = Instance(
+        node_ms=rng.uniform(0.1, 2, (4, 60)),
+        cut_positions=np.arange(59),
+        cut_bytes=rng.uniform(1e3, 1e5, 59),
+        link_bandwidth_bps=np.full((5, 5), 1e8),
+    )
     assert space_size(59, 4, range(2, 5)) >= AUTO_EXHAUSTIVE_MAX
     assert search(big).method == "exact"
     only_throughput = search(big, stages=[2, 3, 4], objectives=("throughput",), generations=10)
@@ -214,8 +233,7 @@ def _hv_ratio(inst: Instance, stages, **kwargs) -> float:
     ga = search(inst, stages, method="nsga2", seed=0, **kwargs)
     F = exact.objective_matrix(True)
     ref = (F[:, 0].max() * 1.1, F[:, 1].min() * 0.9)
-    return hypervolume(ga.objective_matrix(True), ref, ga.senses()) / hypervolume(
-        F, ref, exact.senses())
+    return hypervolume(ga.objective_matrix(True), ref, ga.senses()) / hypervolume(F, ref, exact.senses())
 
 
 def _four_device_instance(n_nodes: int, n_cuts: int, seed: int = 0) -> Instance:
@@ -223,10 +241,16 @@ def _four_device_instance(n_nodes: int, n_cuts: int, seed: int = 0) -> Instance:
     base = np.exp(rng.uniform(np.log(0.01), np.log(5.0), n_nodes))
     live = np.exp(rng.uniform(np.log(1e3), np.log(1e6), n_nodes))
     cuts = np.sort(rng.choice(n_nodes - 1, n_cuts, replace=False))
-    return Instance(node_ms=np.array([1.0, 1.6, 2.5, 4.0])[:, None] * base, cut_positions=cuts,
-                    cut_bytes=live[cuts], input_bytes=1.5e5, output_bytes=4e3,
-                    link_overhead_ms=np.full((5, 5), 0.1), link_delay_ms=np.full((5, 5), 0.5),
-                    link_bandwidth_bps=rng.uniform(10e6, 100e6, (5, 5)))
+    return Instance(
+        node_ms=np.array([1.0, 1.6, 2.5, 4.0])[:, None] * base,
+        cut_positions=cuts,
+        cut_bytes=live[cuts],
+        input_bytes=1.5e5,
+        output_bytes=4e3,
+        link_overhead_ms=np.full((5, 5), 0.1),
+        link_delay_ms=np.full((5, 5), 0.5),
+        link_bandwidth_bps=rng.uniform(10e6, 100e6, (5, 5)),
+    )
 
 
 def test_nsga2_reaches_99_percent_of_exact_hypervolume():
@@ -252,7 +276,7 @@ def test_repair_and_neighbours_give_legal_plans(n_devices, seed):
     X = rng.integers(-3, 15, (20, 2 * k - 1))
     fixed = repair_plans(X, n_cuts, n_devices, k)
     for rows in (fixed, neighbours(fixed, k, n_cuts, n_devices)):
-        cuts, devs = rows[:, : k - 1], rows[:, k - 1:]
+        cuts, devs = rows[:, : k - 1], rows[:, k - 1 :]
         assert np.all(np.diff(cuts, axis=1) > 0) and cuts.min(initial=0) >= 0
         assert cuts.max(initial=0) < n_cuts
         assert all(len(set(d)) == k for d in devs.tolist()) and devs.max() < n_devices
@@ -260,15 +284,23 @@ def test_repair_and_neighbours_give_legal_plans(n_devices, seed):
 
 
 def test_pure_modules_do_not_import_torch():
-    modules = ["paretopipe.costmodel", "paretopipe.pareto", "paretopipe.planner",
-               *(f"paretopipe.planner.{m}" for m in ("search", "exact", "exhaustive", "labels",
-                                                      "nsga2", "localsearch", "space",
-                                                      "objectives"))]
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
-            + "from paretopipe.planner import search\nfrom paretopipe.costmodel import Instance\n"
-            + "search(Instance(node_ms=[[1.0, 2.0], [2.0, 1.0]], cut_positions=[0], "
-            + "cut_bytes=[1.0]), stages=[1, 2], method='nsga2', generations=2, pop_size=4)\n"
-            + "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    modules = [
+        "paretopipe.plan.costmodel",
+        "paretopipe.plan.pareto",
+        "paretopipe.plan.search",
+        *(
+            f"paretopipe.plan.search.{m}"
+            for m in ("dispatch", "exact", "exhaustive", "labels", "nsga2", "localsearch", "space", "objectives")
+        ),
+    ]
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "from paretopipe.plan.search import search\nfrom paretopipe.plan.costmodel import Instance\n"
+        + "search(Instance(node_ms=[[1.0, 2.0], [2.0, 1.0]], cut_positions=[0], "
+        + "cut_bytes=[1.0]), stages=[1, 2], method='nsga2', generations=2, pop_size=4)\n"
+        + "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -278,6 +310,10 @@ def test_every_plan_of_a_space_is_enumerated_once():
     r = search(inst, range(1, 5), method="exhaustive", keep="all")
     keys = list(zip(r.plans["cut_indices"], r.plans["device_indices"]))
     assert len(keys) == len(set(keys)) == space_size(5, 4, range(1, 5))
-    expected = {(c, d) for k in range(1, 5) for c in itertools.combinations(range(5), k - 1)
-                for d in itertools.permutations(range(4), k)}
+    expected = {
+        (c, d)
+        for k in range(1, 5)
+        for c in itertools.combinations(range(5), k - 1)
+        for d in itertools.permutations(range(4), k)
+    }
     assert set(keys) == expected

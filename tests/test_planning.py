@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.graph import trace_spec
-from paretopipe.models import resolve_spec
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import resolve_spec
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.planning import gather_profiles, plan_front
-from paretopipe.plans import load_plan
+from paretopipe.plan.plan_file import load_plan
+from paretopipe.sweep.predict import gather_profiles, plan_front
 from paretopipe.testbed import load_testbed
 
 FACTORY = "tests.fixtures.toy_models:skipnet"
@@ -27,10 +27,12 @@ runner = CliRunner()
 
 def _write_testbed(directory: Path, memory: str = "1GiB", remote: bool = False) -> Path:
     host = "192.0.2.10" if remote else "127.0.0.1"
-    text = (f'name = "toy"\n[driver]\nhost = "127.0.0.1"\nport = 7550\n'
-            f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = 7551\nmemory = "{memory}"\n'
-            f'[[devices]]\nname = "b"\nhost = "{host}"\nport = 7552\nmemory = "{memory}"\n'
-            f'[[devices]]\nname = "c"\nhost = "127.0.0.1"\nport = 7553\nmemory = "{memory}"\n')
+    text = (
+        f'name = "toy"\n[driver]\nhost = "127.0.0.1"\nport = 7550\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = 7551\nmemory = "{memory}"\n'
+        f'[[devices]]\nname = "b"\nhost = "{host}"\nport = 7552\nmemory = "{memory}"\n'
+        f'[[devices]]\nname = "c"\nhost = "127.0.0.1"\nport = 7553\nmemory = "{memory}"\n'
+    )
     p = directory / "toy.toml"
     p.write_text(text)
     return p
@@ -62,7 +64,7 @@ def test_front_is_consistent_and_plans_round_trip(profiled, tmp_path):
     assert df["on_front"].any() and df["knee"].sum() == 1
     row = int(np.flatnonzero(df["on_front"])[0])
     plan = result.plan(row)
-    from paretopipe.plans import save_plan
+    from paretopipe.plan.plan_file import save_plan
 
     path = save_plan(plan, tmp_path / "p.json")
     back = load_plan(path)
@@ -108,8 +110,25 @@ def test_profile_of_another_batch_is_refused(profiled):
 def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
     d, *_ = profiled
     out = tmp_path / "out"
-    result = runner.invoke(app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--network", "4g",
-                                 "--stages", "1..2", "--profiles", str(d / "profiles"), "-o", str(out), "-f", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            FACTORY,
+            "--testbed",
+            str(d / "toy.toml"),
+            "--network",
+            "4g",
+            "--stages",
+            "1..2",
+            "--profiles",
+            str(d / "profiles"),
+            "-o",
+            str(out),
+            "-f",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     front = json.loads(result.stdout)
     df = pd.read_csv(out / "front.csv")
@@ -118,15 +137,20 @@ def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
         assert load_plan(out / f"{row['plan_id']}.json").network == "4g"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--stages", "5"], "5 stages need 5 devices"),
-    (["--network", "moon"], "unknown network scenario 'moon'"),
-    (["--method", "magic"], "unknown method"),
-    (["--stages", "x"], "cannot read stages"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--stages", "5"], "5 stages need 5 devices"),
+        (["--network", "moon"], "unknown network scenario 'moon'"),
+        (["--method", "magic"], "unknown method"),
+        (["--stages", "x"], "cannot read stages"),
+    ],
+)
 def test_plan_cli_bad_input(profiled, args, message):
     d, *_ = profiled
-    result = runner.invoke(app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args])
+    result = runner.invoke(
+        app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args]
+    )
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -139,7 +163,7 @@ def test_granularity_can_be_a_list_of_cut_indices(profiled):
 
 
 def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck(profiled):
-    from paretopipe.devicecal import DeviceRuntime
+    from paretopipe.calibrate.device_runtime import DeviceRuntime
 
     _, tb, spec, graph, profs = profiled
     base = plan_front(spec, graph, tb, WIFI, profs, [1, 2])
@@ -161,8 +185,8 @@ def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck
 
 
 def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(profiled):
-    from paretopipe.calibration import Calibration, LinkFit
-    from paretopipe.devicecal import DeviceRuntime
+    from paretopipe.calibrate.device_runtime import DeviceRuntime
+    from paretopipe.calibrate.link_file import Calibration, LinkFit
 
     _, tb, spec, graph, profs = profiled
     # every message costs 0.2 ms plus its bytes at 80 Mbit/s (10 bytes per microsecond)
@@ -176,24 +200,35 @@ def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(p
     assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
     whole_b = cal.plan_for((), (1,))
     inst = cal.instance
-    assert whole_b.predicted["latency_ms"] == pytest.approx(inst.in_transfer_ms[1] + b_ms + 1.2 - links + inst.out_transfer_ms[1])
+    assert whole_b.predicted["latency_ms"] == pytest.approx(
+        inst.in_transfer_ms[1] + b_ms + 1.2 - links + inst.out_transfer_ms[1]
+    )
 
 
 def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(profiled):
-    from paretopipe.devicecal import DeviceRuntime
-    from paretopipe.planning import reprice
+    from paretopipe.calibrate.device_runtime import DeviceRuntime
+    from paretopipe.sweep.predict import reprice
 
     _, tb, spec, graph, profs = profiled
     base = plan_front(spec, graph, tb, WIFI, profs, [1, 2])
     b_ms = float(base.instance.node_ms[1].sum())
-    slower = plan_front(spec, graph, tb, WIFI, profs, [1, 2],
-                        runtimes={"b": DeviceRuntime("b", b_ms, 2.0 * b_ms, 2.0 * b_ms, 1000 / (2.0 * b_ms), 5)})
+    slower = plan_front(
+        spec,
+        graph,
+        tb,
+        WIFI,
+        profs,
+        [1, 2],
+        runtimes={"b": DeviceRuntime("b", b_ms, 2.0 * b_ms, 2.0 * b_ms, 1000 / (2.0 * b_ms), 5)},
+    )
     plan = base.plan_for((0,), (0, 1))
     same = reprice(plan, base.instance, {})
     assert same == plan
     again = reprice(plan, slower.instance, {"device_runtime": "b twice as slow"})
     assert again.predicted == slower.plan_for((0,), (0, 1)).predicted
-    assert again.predicted["stage_ms"] == pytest.approx([plan.predicted["stage_ms"][0], 2 * plan.predicted["stage_ms"][1]])
+    assert again.predicted["stage_ms"] == pytest.approx(
+        [plan.predicted["stage_ms"][0], 2 * plan.predicted["stage_ms"][1]]
+    )
     assert again.id == plan.id and again.cuts == plan.cuts and again.meta["device_runtime"] == "b twice as slow"
     other = plan_front(spec, graph, tb, WIFI, profs, [1, 2], granularity="block")
     missing = next(c for c in base.instance.cut_positions if c not in other.instance.cut_positions.tolist())
@@ -212,7 +247,9 @@ def test_front_selection_adds_the_plans_predicted_closest_to_the_front(profiled)
     point = {k: (lat, tput) for k, lat, tput in zip(keys, df["latency_ms"], df["throughput_ips"])}
     front = [k for k, on in zip(keys, df["on_front"]) if on]
     fp = np.array([point[k] for k in front])
-    score = {k: float(closeness(np.array([point[k]]), fp)[0]) for k, ok in zip(keys, df["feasible"]) if ok and k not in front}
+    score = {
+        k: float(closeness(np.array([point[k]]), fp)[0]) for k, ok in zip(keys, df["feasible"]) if ok and k not in front
+    }
     margin = sorted(score.values())[4] - 1 + 1e-9  # five plans within it
     chosen = select(result, "front", limit=n_front + 3, margin=margin)
     assert set(chosen[:n_front]) == set(front) and len(chosen) == n_front + 3

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from paretopipe.errors import CapabilityError, UsageError
-from paretopipe.graph import trace_spec
-from paretopipe.models import example_input, resolve_spec
-from paretopipe.profiler import ProfileSettings, block_runs, capture, is_oom, profile_model, range_stage
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.profile.measure import ProfileSettings, block_runs, capture, is_oom, profile_model, range_stage
 
 SLEEPY = "tests.fixtures.profiler_models:sleepy"
 FAST = dict(threads=1, repeats=5, warmup=1, min_time_s=0.0)
@@ -37,8 +37,11 @@ def test_drift_is_near_zero_when_steady_and_positive_when_the_machine_slows():
     assert abs(steady.batch(1).whole_ms["drift_pct"]) < 10 and steady.batch(1).whole_ms["discarded"] == 0
     # 20 rounds, each calling the sleep 3 times (whole, block, node): the second half of the
     # whole-model samples sleeps ~3 ms more than the first, on ~5 ms
-    slowing = profile_model(resolve_spec("tests.fixtures.profiler_models:slowing"), "toy",
-                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20, "steady_pct": 0}))
+    slowing = profile_model(
+        resolve_spec("tests.fixtures.profiler_models:slowing"),
+        "toy",
+        ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20, "steady_pct": 0}),
+    )
     assert 30 < slowing.batch(1).whole_ms["drift_pct"] < 100
     assert slowing.batch(1).whole_ms["discarded"] == 0 and slowing.method["steady_pct"] == 0
 
@@ -46,8 +49,11 @@ def test_drift_is_near_zero_when_steady_and_positive_when_the_machine_slows():
 def test_rounds_continue_until_the_machine_settles_and_the_oldest_are_discarded():
     # the sleep lengthens over the first 60 calls (20 rounds) and then stays at 8 ms: the window of
     # 20 counted rounds slides on until its halves agree, and describes the settled machine
-    settled = profile_model(resolve_spec("tests.fixtures.profiler_models:settling"), "toy",
-                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20}))
+    settled = profile_model(
+        resolve_spec("tests.fixtures.profiler_models:settling"),
+        "toy",
+        ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 20}),
+    )
     b = settled.batch(1)
     assert 5 <= b.whole_ms["discarded"] <= 40 and abs(b.whole_ms["drift_pct"]) <= 5
     assert b.whole_ms["n"] == b.nodes[0].n == b.blocks[0].n == 20
@@ -56,8 +62,11 @@ def test_rounds_continue_until_the_machine_settles_and_the_oldest_are_discarded(
 
 
 def test_a_machine_that_never_settles_stops_at_the_round_limit_with_its_drift():
-    slowing = profile_model(resolve_spec("tests.fixtures.profiler_models:slowing"), "toy",
-                            ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 10, "max_rounds_factor": 2.5}))
+    slowing = profile_model(
+        resolve_spec("tests.fixtures.profiler_models:slowing"),
+        "toy",
+        ProfileSettings(batch_sizes=(1,), **{**FAST, "repeats": 10, "max_rounds_factor": 2.5}),
+    )
     b = slowing.batch(1)
     assert b.whole_ms["discarded"] == 15 and b.whole_ms["n"] == 10 and b.whole_ms["drift_pct"] > 5
 
@@ -131,8 +140,17 @@ def test_is_oom_recognises_torch_messages():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(batch_sizes=()), dict(batch_sizes=(0,)), dict(batch_sizes=(2, 2)), dict(threads=0), dict(repeats=0),
-     dict(node_timing="random"), dict(steady_pct=-1), dict(max_rounds_factor=0.5), dict(steady_pct=float("nan"))],
+    [
+        dict(batch_sizes=()),
+        dict(batch_sizes=(0,)),
+        dict(batch_sizes=(2, 2)),
+        dict(threads=0),
+        dict(repeats=0),
+        dict(node_timing="random"),
+        dict(steady_pct=-1),
+        dict(max_rounds_factor=0.5),
+        dict(steady_pct=float("nan")),
+    ],
 )
 def test_bad_settings_are_rejected_before_work(kwargs):
     with pytest.raises(UsageError):
@@ -141,8 +159,13 @@ def test_bad_settings_are_rejected_before_work(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs, expected",
-    [(dict(cpus=(0, 1)), 2), (dict(cpus=(0, 1), cpu_quota=0.5), 1), (dict(cpus=(0, 1), cpu_quota=1.5), 2),
-     (dict(cpus=(0,), cpu_quota=3.0), 1), (dict(threads=4, cpu_quota=0.5), 4)],
+    [
+        (dict(cpus=(0, 1)), 2),
+        (dict(cpus=(0, 1), cpu_quota=0.5), 1),
+        (dict(cpus=(0, 1), cpu_quota=1.5), 2),
+        (dict(cpus=(0,), cpu_quota=3.0), 1),
+        (dict(threads=4, cpu_quota=0.5), 4),
+    ],
 )
 def test_default_threads_are_the_usable_cpus_capped_by_the_quota(kwargs, expected):
     assert ProfileSettings(**kwargs).thread_count() == expected
@@ -158,6 +181,8 @@ def test_cpus_pinning_is_applied_and_undone():
     import os
 
     before = os.sched_getaffinity(0)
-    p = profile_model(resolve_spec(SLEEPY), "toy", ProfileSettings(cpus=(0,), threads=1, repeats=2, warmup=0, min_time_s=0.0))
+    p = profile_model(
+        resolve_spec(SLEEPY), "toy", ProfileSettings(cpus=(0,), threads=1, repeats=2, warmup=0, min_time_s=0.0)
+    )
     assert p.cpus == (0,) and p.fingerprint["cpus_allowed"] == [0]
     assert os.sched_getaffinity(0) == before

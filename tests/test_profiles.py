@@ -10,38 +10,91 @@ import sys
 import numpy as np
 import pytest
 
-from paretopipe import profiles
+from paretopipe.profile import profile_file as profiles
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.fingerprint import fingerprint
-from paretopipe.profiles import (
-    BatchProfile, BlockProfile, NodeProfile, Profile, check_writable, default_path, find_profile, load_profile,
-    profile_from_dict, save_profile,
+from paretopipe.host.fingerprint import fingerprint
+from paretopipe.profile.profile_file import (
+    BatchProfile,
+    BlockProfile,
+    NodeProfile,
+    Profile,
+    check_writable,
+    default_path,
+    find_profile,
+    load_profile,
+    profile_from_dict,
+    save_profile,
 )
 
-MODEL = {"name": "toy", "input_shape": [3, 8, 8], "weights": None, "weights_sha256": None, "seed": 0,
-         "source": "torchvision", "leaf_modules": []}
+MODEL = {
+    "name": "toy",
+    "input_shape": [3, 8, 8],
+    "weights": None,
+    "weights_sha256": None,
+    "seed": 0,
+    "source": "torchvision",
+    "leaf_modules": [],
+}
 
 
 def _batch(bs: int, times: list[float]) -> BatchProfile:
     nodes = tuple(
-        NodeProfile(index=i, name=f"n{i}", op="call_module", target=f"m{i}", block=f"b{i // 2}", median_ms=t,
-                    iqr_ms=t / 10, n=5, out_nbytes=100 * bs, param_nbytes=40, flops=1000 * bs,
-                    live_nbytes=100 * bs, peak_act_nbytes=200 * bs)
+        NodeProfile(
+            index=i,
+            name=f"n{i}",
+            op="call_module",
+            target=f"m{i}",
+            block=f"b{i // 2}",
+            median_ms=t,
+            iqr_ms=t / 10,
+            n=5,
+            out_nbytes=100 * bs,
+            param_nbytes=40,
+            flops=1000 * bs,
+            live_nbytes=100 * bs,
+            peak_act_nbytes=200 * bs,
+        )
         for i, t in enumerate(times)
     )
-    blocks = tuple(BlockProfile(f"b{k}", 2 * k, min(2 * k + 1, len(times) - 1), 1.0, 0.1, 5,
-                                sum(times[2 * k: 2 * k + 2])) for k in range((len(times) + 1) // 2))
+    blocks = tuple(
+        BlockProfile(f"b{k}", 2 * k, min(2 * k + 1, len(times) - 1), 1.0, 0.1, 5, sum(times[2 * k : 2 * k + 2]))
+        for k in range((len(times) + 1) // 2)
+    )
     total = sum(times)
-    return BatchProfile(bs, {"median": 1.2 * total, "iqr": 0.1, "n": 5, "drift_pct": -0.5, "discarded": 3}, total, 1.2, 4096, blocks, nodes)
+    return BatchProfile(
+        bs,
+        {"median": 1.2 * total, "iqr": 0.1, "n": 5, "drift_pct": -0.5, "discarded": 3},
+        total,
+        1.2,
+        4096,
+        blocks,
+        nodes,
+    )
 
 
 def make_profile(device: str = "pi", label: str = "toy") -> Profile:
     return Profile(
-        device=device, model={**MODEL, "name": label}, model_label=label, input_shape=(3, 8, 8), batch_sizes=(1, 4),
-        threads=2, cpus=(0,), cpu_quota=0.5,
-        method={"warmup": 2, "repeats": 10, "min_time_s": 1.0, "node_timing": "sequence", "timer_overhead_ns": 40,
-                "steady_allocator": True, "steady_pct": 5.0, "max_rounds_factor": 3.0},
-        created="2026-01-01T00:00:00+00:00", command=("paretopipe", "profile", label), fingerprint=fingerprint(2, 0.5),
+        device=device,
+        model={**MODEL, "name": label},
+        model_label=label,
+        input_shape=(3, 8, 8),
+        batch_sizes=(1, 4),
+        threads=2,
+        cpus=(0,),
+        cpu_quota=0.5,
+        method={
+            "warmup": 2,
+            "repeats": 10,
+            "min_time_s": 1.0,
+            "node_timing": "sequence",
+            "timer_overhead_ns": 40,
+            "steady_allocator": True,
+            "steady_pct": 5.0,
+            "max_rounds_factor": 3.0,
+        },
+        created="2026-01-01T00:00:00+00:00",
+        command=("paretopipe", "profile", label),
+        fingerprint=fingerprint(2, 0.5),
         batches=(_batch(1, [1.0, 2.0, 3.0]), _batch(4, [3.0, 5.0, 9.0])),
     )
 
@@ -51,7 +104,13 @@ def test_round_trip_and_helpers(tmp_path):
     path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
     data = json.loads(path.read_text())
     assert data["schema"] == "paretopipe.profile" and data["version"] == 5
-    assert data["batches"][1]["whole_ms"] == {"median": pytest.approx(20.4), "iqr": 0.1, "n": 5, "drift_pct": -0.5, "discarded": 3}
+    assert data["batches"][1]["whole_ms"] == {
+        "median": pytest.approx(20.4),
+        "iqr": 0.1,
+        "n": 5,
+        "drift_pct": -0.5,
+        "discarded": 3,
+    }
     q = load_profile(path)
     assert q == p
     np.testing.assert_array_equal(q.node_ms(4), [3.0, 5.0, 9.0])
@@ -62,7 +121,13 @@ def test_round_trip_and_helpers(tmp_path):
 def _with_cpu(p: Profile, cpu_quota: float | None, cpu: list[float]) -> Profile:
     b = p.batches[0]
     nodes = tuple(NodeProfile(**{**n.__dict__, "cpu_ms": c}) for n, c in zip(b.nodes, cpu))
-    return Profile(**{**p.__dict__, "cpu_quota": cpu_quota, "batches": (BatchProfile(**{**b.__dict__, "nodes": nodes}), *p.batches[1:])})
+    return Profile(
+        **{
+            **p.__dict__,
+            "cpu_quota": cpu_quota,
+            "batches": (BatchProfile(**{**b.__dict__, "nodes": nodes}), *p.batches[1:]),
+        }
+    )
 
 
 def test_planned_node_times_share_the_whole_model_by_cpu_time_under_a_quota():
@@ -146,7 +211,9 @@ def test_version_4_files_without_waiting_are_read_as_discarded_none(tmp_path):
 def test_check_limits_names_the_limit_that_differs():
     p = Profile(**{**make_profile().__dict__, "isa": "sse41"})  # quota 0.5 and isa sse41
     p.check_limits(0.5, "sse41")
-    with pytest.raises(ConfigError, match=r"cpu_quota: profiled with cpu_quota 0.5 but the device has None.*without --cpu-quota"):
+    with pytest.raises(
+        ConfigError, match=r"cpu_quota: profiled with cpu_quota 0.5 but the device has None.*without --cpu-quota"
+    ):
         p.check_limits(None, "sse41")
     with pytest.raises(ConfigError, match=r"isa: profiled with isa 'sse41' but the device has 'avx2'.*with --isa avx2"):
         p.check_limits(0.5, "avx2")
@@ -169,7 +236,9 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
 
 def test_nan_is_refused_before_writing(tmp_path):
     p = make_profile()
-    bad = Profile(**{**p.__dict__, "batches": (BatchProfile(1, {"median": float("nan"), "iqr": 0, "n": 1}, 1, 1, 1, (), ()),)})
+    bad = Profile(
+        **{**p.__dict__, "batches": (BatchProfile(1, {"median": float("nan"), "iqr": 0, "n": 1}, 1, 1, 1, (), ()),)}
+    )
     with pytest.raises(ValueError):
         save_profile(bad, tmp_path / "p.json")
     assert os.listdir(tmp_path) == []
@@ -195,7 +264,10 @@ def _bad(mutate, field_text, tmp_path):
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d.update(schema="other"), "schema"),
         (lambda d: d.update(version=6), "version 6 is not supported"),
-        (lambda d: d["batches"][0]["whole_ms"].update(drift_pct="1"), "batches[0].whole_ms.drift_pct: expected integer/number/null"),
+        (
+            lambda d: d["batches"][0]["whole_ms"].update(drift_pct="1"),
+            "batches[0].whole_ms.drift_pct: expected integer/number/null",
+        ),
         (lambda d: d["batches"][0]["nodes"][0].pop("cpu_ms"), "batches[0].nodes[0].cpu_ms: missing"),
         (lambda d: d["batches"][0]["nodes"][0].update(cpu_ms="1"), "batches[0].nodes[0].cpu_ms: expected"),
         (lambda d: d["model"].pop("seed"), "model.seed: missing"),
@@ -279,5 +351,5 @@ def test_check_writable(tmp_path):
 
 
 def test_profiles_module_does_not_import_torch():
-    code = "import sys, paretopipe.profiles; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, paretopipe.profile.profile_file; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 
-from backends.base import Endpoint, TransportOptions
-from backends.zeromq import ZmqTransport
 from paretopipe.errors import TransportError, WorkerError
-from paretopipe.graph import trace_spec
-from paretopipe.models import example_input, resolve_spec
+from paretopipe.model.graph import trace_spec
+from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.model.stages import assemble_output, compare_outputs
 from paretopipe.runtime.driver import Driver
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.runtime.worker import Worker
-from paretopipe.stages import assemble_output, compare_outputs
+from paretopipe_backends.base import Endpoint, TransportOptions
+from paretopipe_backends.zeromq import ZmqTransport
 
 SPEC = resolve_spec("tests.fixtures.toy_models:skipnet")
 
@@ -64,8 +64,10 @@ def pipeline(devices=("a", "b", "c"), start=None, options=None):
 def _specs(graph, cuts, devices, config="cfg1"):
     names = tuple(graph.nodes[c].name for c in cuts)
     hops = [*devices, "driver"]
-    return [StageSpec(config, k, len(devices), SPEC.to_dict(), graph.batch_size, tuple(cuts), names, hops[k + 1])
-            for k in range(len(devices))]
+    return [
+        StageSpec(config, k, len(devices), SPEC.to_dict(), graph.batch_size, tuple(cuts), names, hops[k + 1])
+        for k in range(len(devices))
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,15 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from backends.base import Endpoint, TransportOptions, TransportTimeout
-from backends.security import CurveConfig, generate_keypairs
-from backends.zeromq import ZmqTransport
 from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.plans import Plan, PlanCut
+from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import MeasureOptions, Session, preflight
 from paretopipe.testbed import load_testbed
+from paretopipe_backends.base import Endpoint, TransportOptions, TransportTimeout
+from paretopipe_backends.security import CurveConfig, generate_keypairs
+from paretopipe_backends.zeromq import ZmqTransport
 from tests.test_runtime import _free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +32,14 @@ runner = CliRunner()
 def _testbed(tmp_path: Path, keys: dict[str, str] | None = None, host_b: str = "127.0.0.1") -> Path:
     """A local testbed; ``keys`` maps endpoint -> key prefix (omitted endpoints get no key)."""
     keys = keys or {}
-    line = lambda name: f'key = "{keys[name]}"\n' if name in keys else ""  # noqa: E731
+    line = lambda name: f'key = "{keys[name]}"\n' if name in keys else ""
     p0, p1, p2 = _free_ports(3)
     path = tmp_path / "tb.toml"
-    path.write_text(f'name = "sec"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n{line("driver")}'
-                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n{line("a")}'
-                    f'[[devices]]\nname = "b"\nhost = "{host_b}"\nport = {p2}\ncpus = [1]\n{line("b")}')
+    path.write_text(
+        f'name = "sec"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n{line("driver")}'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n{line("a")}'
+        f'[[devices]]\nname = "b"\nhost = "{host_b}"\nport = {p2}\ncpus = [1]\n{line("b")}'
+    )
     return path
 
 
@@ -68,11 +70,25 @@ def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_tes
         rogue_curve = CurveConfig.from_key_prefixes("driver", {**keys, "driver": tmp_path / "rogue" / "driver"})
         real_curve = CurveConfig.from_key_prefixes("driver", {**keys, "driver": tmp_path / "keys" / "driver"})
         a = tb.device("a")
-        setup = {"kind": "setup", "spec": {"config": "rogue", "stage": 0, "stages": 1, "model": SKIPNET,
-                                           "batch_size": 1, "cuts": [], "cut_names": [], "next_peer": "driver"}}
+        setup = {
+            "kind": "setup",
+            "spec": {
+                "config": "rogue",
+                "stage": 0,
+                "stages": 1,
+                "model": SKIPNET,
+                "batch_size": 1,
+                "cuts": [],
+                "cut_names": [],
+                "next_peer": "driver",
+            },
+        }
         for curve in (rogue_curve, None, real_curve):
-            peer = ZmqTransport(Endpoint("driver", "127.0.0.1", 0), {"a": Endpoint("a", a.host, a.port)},
-                                options=TransportOptions(send_timeout_s=1.0, curve=curve))
+            peer = ZmqTransport(
+                Endpoint("driver", "127.0.0.1", 0),
+                {"a": Endpoint("a", a.host, a.port)},
+                options=TransportOptions(send_timeout_s=1.0, curve=curve),
+            )
             with peer:
                 if curve is real_curve:
                     peer.send("a", {"kind": "ping", "nonce": "control"})
@@ -93,25 +109,46 @@ def test_missing_key_is_one_error_naming_the_file_and_field_before_any_work(tmp_
     path = _testbed(tmp_path, {n: str(tmp_path / "keys" / n) for n in ("driver", "a")})
     with pytest.raises(ConfigError, match=r"devices\[1\]\.key: missing"):
         preflight(load_testbed(path), "zmq", secure=True)
-    result = runner.invoke(app, ["run", "tests.fixtures.toy_models:skipnet", "--cuts", "3", "--devices", "a,b",
-                                 "--testbed", str(path), "--secure"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "tests.fixtures.toy_models:skipnet",
+            "--cuts",
+            "3",
+            "--devices",
+            "a,b",
+            "--testbed",
+            str(path),
+            "--secure",
+        ],
+    )
     assert result.exit_code == 2
     line = _one_error_line(result)
     assert str(path) in line and "devices[1].key" in line
     # a key named in the testbed whose files are missing: same shape, the file named too
-    broken = _testbed(tmp_path, {"driver": str(tmp_path / "keys" / "driver"), "a": str(tmp_path / "keys" / "a"),
-                                 "b": str(tmp_path / "nowhere" / "b")})
+    broken = _testbed(
+        tmp_path,
+        {
+            "driver": str(tmp_path / "keys" / "driver"),
+            "a": str(tmp_path / "keys" / "a"),
+            "b": str(tmp_path / "nowhere" / "b"),
+        },
+    )
     result = runner.invoke(app, ["worker", "--testbed", str(broken), "--device", "b", "--secure"])
     assert result.exit_code == 2
     line = _one_error_line(result)
     assert str(broken) in line and "devices[1].key" in line and "key file not found" in line
 
 
-@pytest.mark.parametrize("command", [
-    ["run", "tests.fixtures.toy_models:skipnet", "--cuts", "3", "--devices", "a,b"],
-    ["sweep", "tests.fixtures.toy_models:skipnet", "--network", "lan", "--stages", "2", "--cuts", "3"],
-    ["worker", "--device", "a"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "tests.fixtures.toy_models:skipnet", "--cuts", "3", "--devices", "a,b"],
+        ["sweep", "tests.fixtures.toy_models:skipnet", "--network", "lan", "--stages", "2", "--cuts", "3"],
+        ["worker", "--device", "a"],
+    ],
+)
 def test_secure_with_rpc_is_refused_with_one_line(secure_testbed: Path, tmp_path: Path, command: list[str]):
     extra = ["-o", str(tmp_path / "run")] if command[0] == "sweep" else []
     result = runner.invoke(app, [*command, "--testbed", str(secure_testbed), "--backend", "rpc", "--secure", *extra])
@@ -125,7 +162,9 @@ def test_secure_with_rpc_is_refused_with_one_line(secure_testbed: Path, tmp_path
 def _listening(pid: int, timeout_s: float = 60.0) -> set[str]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        found = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp") if c.status == "LISTEN"}
+        found = {
+            f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp") if c.status == "LISTEN"
+        }
         if found:
             return found
         time.sleep(0.1)
@@ -135,11 +174,19 @@ def _listening(pid: int, timeout_s: float = 60.0) -> set[str]:
 def test_worker_binds_exactly_its_testbed_address_unless_bind_all(tmp_path: Path):
     path = _testbed(tmp_path, host_b="127.0.0.2")
     port_b = load_testbed(path).device("b").port
-    exact = subprocess.Popen([sys.executable, "-m", "paretopipe", "worker", "--testbed", str(path), "--device", "b"],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    exact = subprocess.Popen(
+        [sys.executable, "-m", "paretopipe", "worker", "--testbed", str(path), "--device", "b"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     port_a = load_testbed(path).device("a").port
-    anywhere = subprocess.Popen([sys.executable, "-m", "paretopipe", "worker", "--testbed", str(path), "--device", "a",
-                                 "--bind-all"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    anywhere = subprocess.Popen(
+        [sys.executable, "-m", "paretopipe", "worker", "--testbed", str(path), "--device", "a", "--bind-all"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert _listening(exact.pid) == {f"127.0.0.2:{port_b}"}
         assert _listening(anywhere.pid) == {f"0.0.0.0:{port_a}"}

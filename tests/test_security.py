@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends import Endpoint, TransportOptions, TransportTimeout
-from backends.security import (
+from paretopipe.errors import ConfigError, UsageError
+from paretopipe_backends import Endpoint, TransportOptions, TransportTimeout
+from paretopipe_backends.security import (
     CurveConfig,
     generate_keypair,
     generate_keypairs,
@@ -22,14 +23,14 @@ from backends.security import (
     load_public_key,
     load_public_keys,
 )
-from backends.zeromq import ZmqTransport
-from paretopipe.errors import ConfigError, UsageError
+from paretopipe_backends.zeromq import ZmqTransport
 
 HOST = "127.0.0.1"
 MARKER = b"PARETOPIPE-PLAINTEXT-MARKER-0123456789"
 
 
 # -- key files ----------------------------------------------------------------------------------
+
 
 def test_generate_keypair_writes_zmq_certificates(tmp_path: Path) -> None:
     pair = generate_keypair(tmp_path / "keys", "dev0")
@@ -124,6 +125,7 @@ def test_curve_config_from_testbed_key_prefixes(tmp_path: Path) -> None:
 
 # -- CURVE links ----------------------------------------------------------------------------------
 
+
 class Relay:
     """A TCP relay that forwards one port to another and records what the client sent."""
 
@@ -135,7 +137,7 @@ class Relay:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Relay:
         self._thread.start()
         return self
 
@@ -258,7 +260,9 @@ def test_sender_name_must_match_its_key(keys: Path) -> None:
 
 def test_missing_peer_key_fails_at_start(keys: Path) -> None:
     curve = CurveConfig.from_dir(keys, "client")
-    t = ZmqTransport(Endpoint("client", HOST, 0), {"dev9": Endpoint("dev9", HOST, 1)}, options=TransportOptions(curve=curve))
+    t = ZmqTransport(
+        Endpoint("client", HOST, 0), {"dev9": Endpoint("dev9", HOST, 1)}, options=TransportOptions(curve=curve)
+    )
     with pytest.raises(ConfigError, match="no CURVE public key for peer 'dev9'"):
         t.start()
     t.close()

@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-from backends import Endpoint, TransportOptions
-from backends.base import Transport
-from backends.zeromq import ZmqTransport
 from paretopipe.errors import TransportError
 from paretopipe.runtime.sender import SendThread
+from paretopipe_backends import Endpoint, TransportOptions
+from paretopipe_backends.base import Transport
+from paretopipe_backends.zeromq import ZmqTransport
 from tests.test_zeromq import HOST, free_ports
 
 

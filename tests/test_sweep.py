@@ -26,16 +26,36 @@ runner = CliRunner()
 def _testbed(directory: Path) -> Path:
     p0, p1, p2 = _free_ports(3)
     path = directory / "tb.toml"
-    path.write_text(f'name = "sw"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-                    f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-                    f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n')
+    path.write_text(
+        f'name = "sw"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
+        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
+    )
     return path
 
 
 def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
-    return ["sweep", FACTORY, "--testbed", str(_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
-            "--network", "lan,wifi", "--stages", "2", "--cuts", "3,5", "--items", "3", "--warmup", "1",
-            "--profiles", str(tmp / "profiles"), "-o", str(out), *extra]
+    return [
+        "sweep",
+        FACTORY,
+        "--testbed",
+        str(_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
+        "--network",
+        "lan,wifi",
+        "--stages",
+        "2",
+        "--cuts",
+        "3,5",
+        "--items",
+        "3",
+        "--warmup",
+        "1",
+        "--profiles",
+        str(tmp / "profiles"),
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def test_small_sweep_end_to_end(tmp_path):
@@ -58,7 +78,9 @@ def test_small_sweep_end_to_end(tmp_path):
         assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0
         assert r["latency_ms"] > r["latency_compute_ms"] and r["tail_latency_ms"] > r["tail_compute_ms"]
         assert r["latency_outside_ms"] == pytest.approx(r["latency_ms"] - r["latency_compute_ms"], abs=1e-3)
-        assert r["latency_factor"] * r["profile_ms"] + r["stage_start_ms"] == pytest.approx(r["latency_compute_ms"], rel=1e-3)
+        assert r["latency_factor"] * r["profile_ms"] + r["stage_start_ms"] == pytest.approx(
+            r["latency_compute_ms"], rel=1e-3
+        )
     assert rows["calibration"].str.contains("devices a ").all()
     plan = json.loads(next((out / "plans" / "lan").glob("*.json")).read_text())
     assert plan["meta"]["device_runtime"].startswith("a ")
@@ -112,11 +134,14 @@ def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
     assert f"skipped {len(partial)}" in resumed.stderr
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--network", "lan,moon"], "unknown network scenario 'moon'"),
-    (["--cuts", "9999"], "not legal cut"),
-    (["--backend", "pigeon"], "unknown transport 'pigeon'"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--network", "lan,moon"], "unknown network scenario 'moon'"),
+        (["--cuts", "9999"], "not legal cut"),
+        (["--backend", "pigeon"], "unknown transport 'pigeon'"),
+    ],
+)
 def test_sweep_bad_input_is_one_line(tmp_path, extra, message):
     result = runner.invoke(app, [*_args(tmp_path, tmp_path / "run"), *extra])
     assert result.exit_code == 2, result.output
@@ -131,16 +156,21 @@ def test_resume_needs_a_run(tmp_path):
 def test_repeat_agreement_counts_ordered_pairs_of_passes_of_one_plan():
     from paretopipe.sweep.analysis import repeat_agreement
 
-    rows = pd.DataFrame([
-        {"plan_id": "a", "status": "ok", "latency_ms_p50": v, "throughput_ips": 100.0} for v in (10.0, 10.5, 12.0)
-    ] + [
-        {"plan_id": "b", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},  # one pass: no pair
-        {"plan_id": "c", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},
-        {"plan_id": "c", "status": "failed", "latency_ms_p50": float("nan"), "throughput_ips": float("nan")},
-    ])
+    rows = pd.DataFrame(
+        [{"plan_id": "a", "status": "ok", "latency_ms_p50": v, "throughput_ips": 100.0} for v in (10.0, 10.5, 12.0)]
+        + [
+            {"plan_id": "b", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},  # one pass: no pair
+            {"plan_id": "c", "status": "ok", "latency_ms_p50": 5.0, "throughput_ips": 50.0},
+            {"plan_id": "c", "status": "failed", "latency_ms_p50": float("nan"), "throughput_ips": float("nan")},
+        ]
+    )
     out = repeat_agreement(rows)
     # 10 and 10.5 are within 10% of each other both ways; 12 is not within 10% of either, either way
-    assert out == {"repeat_pairs": 6.0, "latency_repeat_within_10pct": pytest.approx(2 / 6), "throughput_repeat_within_10pct": 1.0}
+    assert out == {
+        "repeat_pairs": 6.0,
+        "latency_repeat_within_10pct": pytest.approx(2 / 6),
+        "throughput_repeat_within_10pct": 1.0,
+    }
     single = repeat_agreement(rows[rows["plan_id"] != "a"])
     assert single["repeat_pairs"] == 0 and pd.isna(single["latency_repeat_within_10pct"])
 
@@ -151,10 +181,21 @@ def test_repeats_are_passes_over_the_plans_of_each_scenario():
 
     lan, wifi = ("lan", LinkCondition()), ("wifi", LinkCondition(bandwidth_bps=50e6))
     planned = [(lan, [("P1", True), ("P2", False)]), (wifi, [("P3", True)])]
-    order = [(c.backend, c.network, c.plan, c.repeat, c.on_front) for c in measurement_order(["zmq", "rpc"], planned, 2)]
-    assert order == [(be, *rest) for be in ("zmq", "rpc") for rest in [
-        ("lan", "P1", 0, True), ("lan", "P2", 0, False), ("lan", "P1", 1, True), ("lan", "P2", 1, False),
-        ("wifi", "P3", 0, True), ("wifi", "P3", 1, True)]]
+    order = [
+        (c.backend, c.network, c.plan, c.repeat, c.on_front) for c in measurement_order(["zmq", "rpc"], planned, 2)
+    ]
+    assert order == [
+        (be, *rest)
+        for be in ("zmq", "rpc")
+        for rest in [
+            ("lan", "P1", 0, True),
+            ("lan", "P2", 0, False),
+            ("lan", "P1", 1, True),
+            ("lan", "P2", 1, False),
+            ("wifi", "P3", 0, True),
+            ("wifi", "P3", 1, True),
+        ]
+    ]
 
 
 def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
@@ -182,13 +223,27 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
                 return {"lat_stage_compute_ms": json.dumps([1.0, measured * plan.predicted["stage_ms"][-1] / planned])}
             row = reply(plan)
             if plan.stages == 1:
-                self.whole[plan.devices[0]] = (plan.predicted["stage_ms"][0], json.loads(row["lat_stage_compute_ms"])[0])
+                self.whole[plan.devices[0]] = (
+                    plan.predicted["stage_ms"][0],
+                    json.loads(row["lat_stage_compute_ms"])[0],
+                )
             return row
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
-    st = SweepSettings(**{"model": FACTORY, "testbed": str(_testbed(tmp_path)), "networks": ("lan",), "stages": (2,),
-                          "cuts": "3,5", "latency_items": 3, "throughput_items": 9, "profiles": str(tmp_path / "profiles"),
-                          "out": str(tmp_path / "run"), **settings})
+    st = SweepSettings(
+        **{
+            "model": FACTORY,
+            "testbed": str(_testbed(tmp_path)),
+            "networks": ("lan",),
+            "stages": (2,),
+            "cuts": "3,5",
+            "latency_items": 3,
+            "throughput_items": 9,
+            "profiles": str(tmp_path / "profiles"),
+            "out": str(tmp_path / "run"),
+            **settings,
+        }
+    )
     store = RunStore(st.out)
     logged: list[str] = []
     with Sessions(st, testbed=None) as pool:
@@ -198,7 +253,11 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
 
 
 def _whole_model_run(ms: float) -> dict:
-    return {"lat_stage_compute_ms": json.dumps([ms]), "tput_stage_compute_ms": json.dumps([ms]), "throughput_ips": 1e3 / ms}
+    return {
+        "lat_stage_compute_ms": json.dumps([ms]),
+        "tput_stage_compute_ms": json.dumps([ms]),
+        "throughput_ips": 1e3 / ms,
+    }
 
 
 def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_path, monkeypatch):
@@ -220,10 +279,14 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
     outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     assert (outcome.measured, outcome.failed) == (7, 1)
     checks = [m for m in logged if m.startswith("lan zmq pass")]
-    assert [m.split(":")[0].split(",")[0] for m in checks] == ["lan zmq pass 1"] * 2 + ["lan zmq pass 2"] * 4  # two devices each
+    assert [m.split(":")[0].split(",")[0] for m in checks] == ["lan zmq pass 1"] * 2 + [
+        "lan zmq pass 2"
+    ] * 4  # two devices each
     assert [("(workers restarted):" in m) for m in checks] == [False] * 4 + [True] * 2
     assert rows["calibration"].str.fullmatch(r".* \(check \d+\)").all()
-    stage_ms = rows.assign(s=rows["pred_stage_ms"].map(lambda s: sum(json.loads(s)))).pivot(index="plan_id", columns="repeat", values="s")
+    stage_ms = rows.assign(s=rows["pred_stage_ms"].map(lambda s: sum(json.loads(s)))).pivot(
+        index="plan_id", columns="repeat", values="s"
+    )
     assert stage_ms[1].div(stage_ms[0]).round(3).eq(2.0).all()  # twice the compute in pass 2, predicted so
 
 
@@ -250,8 +313,9 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
     assert outcome.measured == 3 * per_pass and per_pass >= 4
     recorded = [json.loads(line) for line in (tmp_path / "run" / runner.CHECKS_FILE).read_text().splitlines()]
     first = rows[rows["repeat"] == 0].reset_index()
-    assert first["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int).tolist() == \
-        [1, 1, 1] + [2] * min(3, per_pass - 3) + [3] * (per_pass - 6)
+    assert first["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int).tolist() == [1, 1, 1] + [2] * min(
+        3, per_pass - 3
+    ) + [3] * (per_pass - 6)
     assert [r["reason"] for r in recorded[:2]] == ["start", "recheck"] and recorded[0]["check"] == 1
     assert {r["repeat"] for r in recorded if r["reason"] == "start"} == {0, 1, 2}
     assert all(set(r["devices"]) == {"a", "b"} and r["error"] is None for r in recorded)
@@ -260,7 +324,9 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
     check = rows["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int)
     at_check_1 = rows["pred_stage_ms"].map(lambda s: sum(json.loads(s))) / 1.1 ** (check - 1)
     assert check.max() == len(recorded) >= 6
-    assert at_check_1.groupby(rows["plan_id"]).agg(lambda v: v.max() / v.min()).max() == pytest.approx(1.0, abs=1e-4)  # stage ms kept to 4 decimals
+    assert at_check_1.groupby(rows["plan_id"]).agg(lambda v: v.max() / v.min()).max() == pytest.approx(
+        1.0, abs=1e-4
+    )  # stage ms kept to 4 decimals
 
 
 def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch):
@@ -281,8 +347,9 @@ def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch)
 
 
 def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
-    _, rows, logged, configs = _fake_sweep(tmp_path, monkeypatch, lambda plan: {**_whole_model_run(10.0), "latency_ms_p50": 30.0},
-                                           pass_check=False)
+    _, rows, logged, configs = _fake_sweep(
+        tmp_path, monkeypatch, lambda plan: {**_whole_model_run(10.0), "latency_ms_p50": 30.0}, pass_check=False
+    )
     assert not [m for m in logged if " pass " in m]
     assert len(rows) == 4 and not rows["calibration"].str.contains("check").any()
     assert not (tmp_path / "run" / "device_checks.jsonl").exists()
@@ -299,8 +366,9 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
             return _whole_model_run(10.0)
         return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
 
-    outcome, rows, logged, configs = _fake_sweep(tmp_path, monkeypatch, reply, cuts="front", stages=(1, 2), neighbours=1,
-                                                 refine=refine)
+    outcome, rows, logged, configs = _fake_sweep(
+        tmp_path, monkeypatch, reply, cuts="front", stages=(1, 2), neighbours=1, refine=refine
+    )
     first = len(configs)  # the predicted front and one plan near it
     assert outcome.refined == refine and outcome.configs == first + refine and outcome.measured == first + refine
     assert len(rows) == first + refine and rows["plan_id"].is_unique and (rows["status"] == "ok").all()
@@ -310,8 +378,10 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
     assert all((tmp_path / "run" / c["plan"]).is_file() for c in added)
     assert sum("more plans predicted within 10% of the measured front" in m for m in logged) == refine
     # a resumed run reloads the added configurations with the rest and measures nothing again
-    from paretopipe.sweep.runner import SweepSettings, _reload
     from paretopipe.network.conditions import LinkCondition
+    from paretopipe.sweep.runner import SweepSettings, _reload
 
-    assert [c.plan.id for c in _reload(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows["plan_id"].tolist()
+    assert [c.plan.id for c in _reload(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows[
+        "plan_id"
+    ].tolist()
     assert SweepSettings().refine == 3

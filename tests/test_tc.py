@@ -105,7 +105,12 @@ def test_apply_with_netem_tbf_child():
         "tc qdisc add dev eth0 parent 1:1 handle 10: tbf rate 20mbit burst 10000 limit 185000",
     ]
     # the queue holds a round trip (2 * (30 + 5) ms = 70 ms > 50 ms) of data: 10000 + 175000 bytes
-    assert plan.mechanisms["*"] == {"bandwidth": "tc-tbf", "delay": "tc-netem", "jitter": "tc-netem", "loss": "tc-netem"}
+    assert plan.mechanisms["*"] == {
+        "bandwidth": "tc-tbf",
+        "delay": "tc-netem",
+        "jitter": "tc-netem",
+        "loss": "tc-netem",
+    }
     assert plan.not_applied() == {}
     # deleting a root qdisc that is not there is tolerated, so apply and clear are idempotent
     assert "Cannot delete qdisc with handle of zero" in plan.commands[0].tolerate
@@ -169,11 +174,15 @@ def test_per_destination_htb_in_namespace():
 
 def test_per_destination_delay_only_with_netem_uses_unlimited_class():
     plan = build_per_destination("eth0", {"10.0.0.9": parse_condition("delay=40ms")}, FULL, ports=((7000, 7000),))
-    assert ("tc class add dev eth0 parent 1: classid 1:10 htb rate 10gbit ceil 10gbit burst 5000000 cburst 5000000 "
-            "quantum 200000") in lines(plan)
+    assert (
+        "tc class add dev eth0 parent 1: classid 1:10 htb rate 10gbit ceil 10gbit burst 5000000 cburst 5000000 "
+        "quantum 200000"
+    ) in lines(plan)
     assert "tc qdisc add dev eth0 parent 1:10 handle 10: netem delay 40ms limit 4954" in lines(plan)
-    dst_and_port = ("tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.0.0.9/32 "
-                    "match ip protocol 6 0xff match ip dport 7000 0xffff flowid 1:10")
+    dst_and_port = (
+        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.0.0.9/32 "
+        "match ip protocol 6 0xff match ip dport 7000 0xffff flowid 1:10"
+    )
     assert dst_and_port in lines(plan)
 
 
@@ -212,7 +221,11 @@ def test_mechanisms_auto_without_netem_sends_delay_to_userspace():
 
 def test_mechanisms_each_path():
     assert choose_mechanisms(FOURG, FULL, "kernel") == {
-        "bandwidth": "tc-tbf", "delay": "tc-netem", "jitter": "tc-netem", "loss": "tc-netem"}
+        "bandwidth": "tc-tbf",
+        "delay": "tc-netem",
+        "jitter": "tc-netem",
+        "loss": "tc-netem",
+    }
     assert choose_mechanisms(FOURG, FULL, "kernel", classful=True)["bandwidth"] == "tc-htb"
     user = choose_mechanisms(FOURG, FULL, "userspace")
     assert user["bandwidth"] == user["delay"] == user["jitter"] == "userspace"
@@ -229,7 +242,11 @@ def test_mechanisms_each_path():
 def test_describe_rows():
     rows = describe(FOURG, choose_mechanisms(FOURG, NO_NETEM, "kernel"))
     assert [(r["part"], r["requested"]) for r in rows] == [
-        ("bandwidth", "20mbit"), ("delay", "30ms"), ("jitter", "5ms"), ("loss", "0.1%")]
+        ("bandwidth", "20mbit"),
+        ("delay", "30ms"),
+        ("jitter", "5ms"),
+        ("loss", "0.1%"),
+    ]
 
 
 # ---- capabilities -----------------------------------------------------------------------------
@@ -267,8 +284,12 @@ def test_real_probe_on_this_host_finds_tbf_htb_and_no_netem():
 def test_run_command_maps_errors():
     with pytest.raises(CapabilityError, match="not installed"):
         run_command(Command(("definitely-not-a-tool-xyz",)))
-    ok = run_command(Command(("sh", "-c", "echo 'Cannot delete qdisc with handle of zero' >&2; exit 2"),
-                             tolerate=("Cannot delete qdisc",)))
+    ok = run_command(
+        Command(
+            ("sh", "-c", "echo 'Cannot delete qdisc with handle of zero' >&2; exit 2"),
+            tolerate=("Cannot delete qdisc",),
+        )
+    )
     assert ok.returncode == 2 and ok.tolerated
     with pytest.raises(UsageError, match="Cannot find device"):
         run_command(Command(("sh", "-c", "echo 'Cannot find device \"nope0\"' >&2; exit 1")))

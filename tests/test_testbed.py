@@ -29,9 +29,19 @@ def test_the_local_slow_device_is_limited_to_128_bit_vectors():
 
 def test_devices_whose_cpus_overlap_on_one_host_share_a_cpu(tmp_path):
     text = ""
-    for i, (host, cpus) in enumerate([("127.0.0.1", [0]), ("127.0.0.1", [1]), ("127.0.0.1", [1, 2]),
-                                       ("10.0.0.2", [1]), ("127.0.0.1", None), ("127.0.0.1", [2])]):
-        text += f'[[devices]]\nname = "d{i}"\nhost = "{host}"\nport = {7000 + i}\n' + (f"cpus = {cpus}\n" if cpus else "")
+    for i, (host, cpus) in enumerate(
+        [
+            ("127.0.0.1", [0]),
+            ("127.0.0.1", [1]),
+            ("127.0.0.1", [1, 2]),
+            ("10.0.0.2", [1]),
+            ("127.0.0.1", None),
+            ("127.0.0.1", [2]),
+        ]
+    ):
+        text += f'[[devices]]\nname = "d{i}"\nhost = "{host}"\nport = {7000 + i}\n' + (
+            f"cpus = {cpus}\n" if cpus else ""
+        )
     tb = load_testbed(_write(tmp_path, text))
     assert tb.cpu_groups() == [0, 1, 1, 3, 4, 1]  # d1, d2 and d5 overlap (through d2); another host or no cpus: alone
     assert tb.cpu_groups(["d5", "d0", "d2"]) == [0, 1, 0]
@@ -137,8 +147,9 @@ def test_with_free_ports_moves_only_the_ports(tmp_path):
     moved = with_free_ports(tb)
     ports = [moved.driver.port, moved.driver.rpc_port, *(d.port for d in moved.devices)]
     assert len(set(ports)) == len(ports) and all(p > 0 for p in ports)
-    assert [(d.name, d.cpus, d.cpu_quota, d.threads) for d in moved.devices] == \
-        [(d.name, d.cpus, d.cpu_quota, d.threads) for d in tb.devices]
+    assert [(d.name, d.cpus, d.cpu_quota, d.threads) for d in moved.devices] == [
+        (d.name, d.cpus, d.cpu_quota, d.threads) for d in tb.devices
+    ]
     path = tmp_path / "copy.toml"
     path.write_text(render_testbed(moved))
     again = load_testbed(path)

@@ -8,7 +8,17 @@ import time
 import pytest
 
 from paretopipe.errors import UsageError
-from paretopipe.timing import Rounds, Stat, drift_pct, iqr, median, percentile, repeat_until, steady_allocator, timer_overhead_ns
+from paretopipe.host.timing import (
+    Rounds,
+    Stat,
+    drift_pct,
+    iqr,
+    median,
+    percentile,
+    repeat_until,
+    steady_allocator,
+    timer_overhead_ns,
+)
 
 
 def test_percentiles_interpolate_like_numpy():

@@ -16,11 +16,11 @@ import torch
 import zmq
 from typer.testing import CliRunner
 
-from backends import Endpoint, TransportOptions, get_transport
-from backends.codec import encode, frames_nbytes
-from backends.security import CurveConfig
-from backends.torch_rpc import TRUST_WARNING, TorchRpcTransport
 from paretopipe.errors import TransportError, UsageError
+from paretopipe_backends import Endpoint, TransportOptions, get_transport
+from paretopipe_backends.codec import encode, frames_nbytes
+from paretopipe_backends.security import CurveConfig
+from paretopipe_backends.torch_rpc import TRUST_WARNING, TorchRpcTransport
 from tests.test_zeromq import free_ports
 
 HOST = "127.0.0.1"
@@ -45,7 +45,7 @@ def _member(name: str, eps: dict, kwargs: dict, commands: mp.Queue, results: mp.
     t = TorchRpcTransport(eps[name], peers, **kwargs)
     try:
         t.start()
-    except Exception as exc:  # noqa: BLE001 - reported to the test
+    except Exception as exc:
         results.put(("err", exc))
         return
     results.put(("ok", "started"))
@@ -80,14 +80,14 @@ def _member(name: str, eps: dict, kwargs: dict, commands: mp.Queue, results: mp.
             else:
                 raise ValueError(op)
             results.put(("ok", value))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.put(("err", exc))
 
 
 def _error_of(call) -> str:
     try:
         call()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return type(exc).__name__
     return "no error"
 
@@ -141,8 +141,12 @@ def world():
     """Members a (rank 0, hosts the rendezvous), b and c; c shapes its link to b (150 ms delay)."""
     from paretopipe.network.conditions import LinkCondition
 
-    members = _world(["a", "b", "c"], extra={"c": {"shaping": {"b": LinkCondition(delay_ms=150)}}},
-                     options=TransportOptions(send_timeout_s=5.0), close_timeout_s=5.0)
+    members = _world(
+        ["a", "b", "c"],
+        extra={"c": {"shaping": {"b": LinkCondition(delay_ms=150)}}},
+        options=TransportOptions(send_timeout_s=5.0),
+        close_timeout_s=5.0,
+    )
     yield members
     _stop(members.values())
 
@@ -216,7 +220,9 @@ def test_trust_warning_is_logged_and_printed(world, tmp_path: Path) -> None:
     assert any(TRUST_WARNING in line for line in world["a"]("logs"))
     from paretopipe.cli import app
 
-    result = CliRunner().invoke(app, ["worker", "--backend", "rpc", "--device", "x", "--testbed", str(tmp_path / "none.toml")])
+    result = CliRunner().invoke(
+        app, ["worker", "--backend", "rpc", "--device", "x", "--testbed", str(tmp_path / "none.toml")]
+    )
     assert result.exit_code == 2 and "file not found" in result.stderr
     assert f"warning: {TRUST_WARNING}" in " ".join(result.stderr.split())
 
@@ -254,10 +260,14 @@ def test_missing_member_is_named_within_the_timeout() -> None:
     pa, pb = free_ports(2)
     a, ghost = Endpoint("a", HOST, pa), Endpoint("ghost", HOST, pb)
     start = time.monotonic()
-    with pytest.raises(TransportError, match=r"'ghost' did not join the RPC world at tcp://127\.0\.0\.1:\d+ within 1\.5 s"):
+    with pytest.raises(
+        TransportError, match=r"'ghost' did not join the RPC world at tcp://127\.0\.0\.1:\d+ within 1\.5 s"
+    ):
         TorchRpcTransport(a, {"ghost": ghost}, join_timeout_s=1.5).start()
     assert time.monotonic() - start < 6
-    with pytest.raises(TransportError, match=r"'a' \(rank 0\) did not open the rendezvous at tcp://127\.0\.0\.1:\d+ within 1\.5 s"):
+    with pytest.raises(
+        TransportError, match=r"'a' \(rank 0\) did not open the rendezvous at tcp://127\.0\.0\.1:\d+ within 1\.5 s"
+    ):
         TorchRpcTransport(ghost, {"a": a}, join_timeout_s=1.5).start()
     assert time.monotonic() - start < 12
 
@@ -287,7 +297,7 @@ def test_dead_member_fails_sends_and_close_is_bounded() -> None:
 
 def _run_session(tb_path: str, out: mp.Queue) -> None:
     from paretopipe.network.conditions import LinkCondition
-    from paretopipe.plans import Plan, PlanCut
+    from paretopipe.plan.plan_file import Plan, PlanCut
     from paretopipe.runtime.session import MeasureOptions, Session
     from paretopipe.testbed import load_testbed
 
@@ -295,9 +305,11 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
     plan = Plan(model=model, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
     try:
         with Session(load_testbed(tb_path), "rpc", startup_timeout_s=60) as session:
-            row = session.measure(plan, ("local", LinkCondition()), MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
+            row = session.measure(
+                plan, ("local", LinkCondition()), MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
+            )
         out.put(("ok", row))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         out.put(("err", f"{type(exc).__name__}: {exc}"))
 
 

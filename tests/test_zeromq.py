@@ -11,12 +11,12 @@ import pytest
 import torch
 import zmq
 
-import backends
-from backends import Endpoint, Message, Transport, TransportClosed, TransportOptions, TransportTimeout
-from backends.codec import encode
-from backends.zeromq import ZmqTransport, zmq_address
+import paretopipe_backends as backends
 from paretopipe.errors import TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
+from paretopipe_backends import Endpoint, Message, Transport, TransportClosed, TransportOptions, TransportTimeout
+from paretopipe_backends.codec import encode
+from paretopipe_backends.zeromq import ZmqTransport, zmq_address
 
 HOST = "127.0.0.1"
 
@@ -90,10 +90,23 @@ def test_messages_arrive_in_order(pair) -> None:
     [
         ([b"this is not json"], "not valid JSON"),
         ([json.dumps({"v": 99, "src": "x", "header": {}, "tensors": []}).encode()], "protocol version 99"),
-        ([json.dumps({"v": 1, "src": "x", "header": {}, "tensors": [
-            {"dtype": "float32", "shape": [4], "nbytes": 16}]}).encode()], "1 frames for 1 tensor"),
-        ([json.dumps({"v": 1, "src": "x", "header": {}, "tensors": [
-            {"dtype": "object", "shape": [1], "nbytes": 8}]}).encode(), b"\0" * 8], "dtype 'object' is not allowed"),
+        (
+            [
+                json.dumps(
+                    {"v": 1, "src": "x", "header": {}, "tensors": [{"dtype": "float32", "shape": [4], "nbytes": 16}]}
+                ).encode()
+            ],
+            "1 frames for 1 tensor",
+        ),
+        (
+            [
+                json.dumps(
+                    {"v": 1, "src": "x", "header": {}, "tensors": [{"dtype": "object", "shape": [1], "nbytes": 8}]}
+                ).encode(),
+                b"\0" * 8,
+            ],
+            "dtype 'object' is not allowed",
+        ),
     ],
     ids=["not-json", "version", "frame-count", "dtype"],
 )
@@ -138,7 +151,12 @@ def test_frame_above_max_message_size_is_dropped_by_libzmq() -> None:
     with ZmqTransport(b, {}, options=small) as tb, ZmqTransport(a, {"b": b}) as ta:
         ctx, sock = raw_push(tb.me)
         try:
-            header = {"v": 1, "src": "x", "header": {}, "tensors": [{"dtype": "uint8", "shape": [2 << 20], "nbytes": 2 << 20}]}
+            header = {
+                "v": 1,
+                "src": "x",
+                "header": {},
+                "tensors": [{"dtype": "uint8", "shape": [2 << 20], "nbytes": 2 << 20}],
+            }
             sock.send_multipart([json.dumps(header).encode(), bytes(2 << 20)])
             time.sleep(0.2)
             ta.send("b", {"ok": 1}, [torch.zeros(10)])
@@ -216,14 +234,16 @@ def test_close_is_quick_and_idempotent() -> None:
 
 def test_close_from_another_thread_interrupts_blocked_recv_and_send() -> None:
     (port,) = free_ports(1)
-    t = ZmqTransport(Endpoint("a", HOST, 0), {"gone": Endpoint("gone", HOST, port)}, options=TransportOptions(send_timeout_s=60))
+    t = ZmqTransport(
+        Endpoint("a", HOST, 0), {"gone": Endpoint("gone", HOST, port)}, options=TransportOptions(send_timeout_s=60)
+    )
     t.start()
     errors: dict[str, BaseException] = {}
 
     def run(name, fn):
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors[name] = exc
 
     threads = [
@@ -289,6 +309,7 @@ def test_ipv6_loopback() -> None:
 
 # -- user-space shaping ----------------------------------------------------------------------------
 
+
 def test_shaping_adds_serialisation_and_delay() -> None:
     pytest.importorskip("paretopipe.network.shaper")
     condition = LinkCondition(bandwidth_bps=20e6, delay_ms=40.0)
@@ -328,7 +349,9 @@ def test_close_delivers_shaped_messages_due_within_linger(delay_ms: float, deliv
     pytest.importorskip("paretopipe.network.shaper")
     with ZmqTransport(Endpoint("b", HOST, 0), {}) as tb:
         opts = TransportOptions(linger_s=0.5)
-        ta = ZmqTransport(Endpoint("a", HOST, 0), {"b": tb.me}, shaping={"b": LinkCondition(delay_ms=delay_ms)}, options=opts)
+        ta = ZmqTransport(
+            Endpoint("a", HOST, 0), {"b": tb.me}, shaping={"b": LinkCondition(delay_ms=delay_ms)}, options=opts
+        )
         ta.start()
         ta.send("b", {"late": True})
         start = time.perf_counter()
@@ -348,13 +371,14 @@ def test_shaping_for_unknown_peer_is_refused() -> None:
 
 # -- interface and registry ------------------------------------------------------------------------
 
+
 def test_registry_knows_zmq_and_lists_rpc_only_when_present() -> None:
     import importlib.util
 
     assert backends.get_transport("zmq") is ZmqTransport
     assert issubclass(ZmqTransport, Transport) and ZmqTransport.name == "zmq"
     assert "zmq" in backends.available()
-    has_rpc = importlib.util.find_spec("backends.torch_rpc") is not None
+    has_rpc = importlib.util.find_spec("paretopipe_backends.torch_rpc") is not None
     assert ("rpc" in backends.available()) == has_rpc
     if not has_rpc:
         with pytest.raises(UsageError, match="transport 'rpc' is not available.*available: zmq"):
@@ -406,6 +430,7 @@ def test_set_shaping_replaces_the_link_condition_between_runs():
     a_ep, b_ep = Endpoint("a", "127.0.0.1", 0), Endpoint("b", "127.0.0.1", 0)
     with ZmqTransport(b_ep, {}) as b:
         with ZmqTransport(a_ep, {"b": b.me}) as a:
+
             def one_way_ms() -> float:
                 t0 = time.perf_counter_ns()
                 a.send("b", {"k": 1})

@@ -16,7 +16,7 @@ from paretopipe.errors import ParetoPipeError
 
 
 class _Group(TyperGroup):
-    def invoke(self, ctx):  # noqa: ANN001 - the command-line framework's context
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ParetoPipeError as exc:
@@ -40,14 +40,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
-    from paretopipe.cli import run as _run  # noqa: F401
-    from paretopipe.cli import plan as _plan  # noqa: F401
-    from paretopipe.cli import sweep as _sweep  # noqa: F401
-    from paretopipe.cli import export as _export  # noqa: F401
     from paretopipe.cli import calibrate as _calibrate  # noqa: F401
+    from paretopipe.cli import export as _export  # noqa: F401
     from paretopipe.cli import keys as _keys  # noqa: F401
+    from paretopipe.cli import models as _models  # noqa: F401  (commands register on import)
+    from paretopipe.cli import plan as _plan  # noqa: F401
     from paretopipe.cli import profile as _profile  # noqa: F401
+    from paretopipe.cli import run as _run  # noqa: F401
+    from paretopipe.cli import sweep as _sweep  # noqa: F401
     from paretopipe.cli.netem import netem_app
 
     app.add_typer(netem_app, name="netem")

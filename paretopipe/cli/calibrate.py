@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,8 +15,10 @@ from paretopipe.cli.run import BackendOption, IsolationOption, NetworksOption, T
 def calibrate_command(
     testbed: Path = TestbedOption,
     backend: str = BackendOption,
-    network: str = typer.Option("local", "--network", "-n", help="Scenario to calibrate under (its own delay and bandwidth are subtracted)."),
-    networks: Optional[Path] = NetworksOption,
+    network: str = typer.Option(
+        "local", "--network", "-n", help="Scenario to calibrate under (its own delay and bandwidth are subtracted)."
+    ),
+    networks: Path | None = NetworksOption,
     sizes: str = typer.Option("1024,65536,1048576,4194304", "--sizes", help="Message sizes in bytes."),
     items: int = typer.Option(20, "--items", min=3, help="Timed round trips per path and size."),
     out: Path = typer.Option(Path("calibrations"), "--out", "-o", help="Directory for the calibration file."),
@@ -32,10 +33,10 @@ def calibrate_command(
     Calibrate each backend and isolation you sweep with.
     Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq --isolation loopback
     """
-    from paretopipe.calibrate import calibrate, fit_quality
-    from paretopipe.calibration import default_path
+    from paretopipe.calibrate.link_file import default_path
+    from paretopipe.calibrate.link_measure import calibrate, fit_quality
     from paretopipe.network.conditions import resolve_network
-    from paretopipe.plans import write_json_atomic
+    from paretopipe.plan.plan_file import write_json_atomic
     from paretopipe.runtime.session import Session
 
     size_list = parse_int_list(sizes, "--sizes")
@@ -47,8 +48,15 @@ def calibrate_command(
     write_json_atomic(cal.to_dict(), path)
     edge = next(l for l in cal.links if l.src == "driver")
     mid = next((l for l in cal.links if "driver" not in (l.src, l.dst)), edge)
-    desc = lambda l: f"{l.overhead_ms:.3f} ms + bytes / " + ("unlimited" if l.rate_bps == float("inf") else f"{l.rate_bps / 1e9:.2f} Gbit/s")  # noqa: E731
-    render(raw, fmt, ["path", "nbytes", "latency_ms_p50", "residual_ms", "fitted_ms"],
-           title=f"{tb.name} over {backend}: driver hop {desc(edge)}; device hop {desc(mid)} "
-                 f"(median fit error {fit_quality(raw):.1%})")
+    desc = lambda l: (
+        f"{l.overhead_ms:.3f} ms + bytes / "
+        + ("unlimited" if l.rate_bps == float("inf") else f"{l.rate_bps / 1e9:.2f} Gbit/s")
+    )
+    render(
+        raw,
+        fmt,
+        ["path", "nbytes", "latency_ms_p50", "residual_ms", "fitted_ms"],
+        title=f"{tb.name} over {backend}: driver hop {desc(edge)}; device hop {desc(mid)} "
+        f"(median fit error {fit_quality(raw):.1%})",
+    )
     err_console.print(f"wrote {path}")

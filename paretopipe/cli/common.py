@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
 if TYPE_CHECKING:
-    from paretopipe.models import ModelSpec
+    from paretopipe.model.registry import ModelSpec
 
 ModelArg = typer.Argument(..., help="A torchvision model name (see 'paretopipe models') or package.module:factory.")
-InputShapeOption = typer.Option(None, "--input-shape", help="Input shape without batch, e.g. 3x224x224 [default: the model's].")
+InputShapeOption = typer.Option(
+    None, "--input-shape", help="Input shape without batch, e.g. 3x224x224 [default: the model's]."
+)
 WeightsOption = typer.Option(None, "--weights", help="A checkpoint (state dict) to load; random weights otherwise.")
 LeafOption = typer.Option(None, "--leaf", help="Keep this module (qualified or class name) as one node; repeatable.")
 SeedOption = typer.Option(0, "--seed", help="Seed of the random weights.")
@@ -19,13 +21,13 @@ SeedOption = typer.Option(0, "--seed", help="Seed of the random weights.")
 
 def model_spec(
     model: str,
-    input_shape: Optional[str] = None,
-    weights: Optional[Path] = None,
-    leaf: Optional[list[str]] = None,
+    input_shape: str | None = None,
+    weights: Path | None = None,
+    leaf: list[str] | None = None,
     seed: int = 0,
-) -> "ModelSpec":
+) -> ModelSpec:
     """Resolve the shared model options into a ModelSpec (raises ParetoPipeError on bad input)."""
-    from paretopipe.models import parse_input_shape, resolve_spec
+    from paretopipe.model.registry import parse_input_shape, resolve_spec
 
     shape = parse_input_shape(input_shape) if input_shape else None
     return resolve_spec(model, input_shape=shape, weights=weights, seed=seed, leaf_modules=tuple(leaf or ()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,9 @@ def export_command(
     run_dir: Path = typer.Argument(..., help="A sweep's run directory (results/RUN)."),
     scenario: str = typer.Option(..., "--scenario", "-s", help="Network scenario measured in the run, e.g. wifi."),
     pick: str = typer.Option("knee", "--pick", help="knee, min-latency, max-throughput, or a plan id."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Which backend's measurements (when the run has several)."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Which backend's measurements (when the run has several)."
+    ),
     out: Path = typer.Option(Path("plans"), "--out", "-o", help="Directory for the plan file and its stage artifacts."),
     fmt: OutputFormat = FormatOption,
 ) -> None:
@@ -25,10 +26,12 @@ def export_command(
     Each device needs only its own stage file; 'paretopipe run --plan' and 'paretopipe worker
     --artifacts DIR' use them. Example: paretopipe export results/run --scenario wifi --pick knee -o plans/
     """
-    from paretopipe.export import export_plan
+    from paretopipe.sweep.export import export_plan
 
     path, plan = export_plan(run_dir, scenario, pick, out, backend)
-    rows = [{"stage": a["stage"], "device": a["device"], "file": str(out / a["file"]), "MB": a["nbytes"] / 1e6}
-            for a in plan.meta["artifacts"]]
+    rows = [
+        {"stage": a["stage"], "device": a["device"], "file": str(out / a["file"]), "MB": a["nbytes"] / 1e6}
+        for a in plan.meta["artifacts"]
+    ]
     render(rows, fmt, title=f"{plan.id} ({pick} of {scenario}): measured {plan.meta['measured']}")
     err_console.print(f"wrote {path}; copy each stage file to its device")

@@ -13,7 +13,9 @@ from paretopipe.cli.output import FormatOption, OutputFormat, err_console, rende
 @app.command("keys")
 def keys_command(
     names: list[str] = typer.Argument(..., help="Endpoint names (devices and the driver), one key pair each."),
-    output: Path = typer.Option(Path("keys"), "--output", "-o", help="Directory for the key files (created if missing)."),
+    output: Path = typer.Option(
+        Path("keys"), "--output", "-o", help="Directory for the key files (created if missing)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace key files that already exist."),
     fmt: OutputFormat = FormatOption,
 ) -> None:
@@ -25,11 +27,16 @@ def keys_command(
     key is not listed cannot deliver anything.
     Example: paretopipe keys driver dev0 dev1 -o keys/
     """
-    from backends.security import generate_keypairs
+    from paretopipe_backends.security import generate_keypairs
 
     pairs = generate_keypairs(output, names, force=force)
     rows = [
-        {"name": p.name, "public_file": str(p.public_file), "secret_file": str(p.secret_file), "public_key": p.public_key}
+        {
+            "name": p.name,
+            "public_file": str(p.public_file),
+            "secret_file": str(p.secret_file),
+            "public_key": p.public_key,
+        }
         for p in pairs
     ]
     render(rows, fmt)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,7 +18,7 @@ def models_command(fmt: OutputFormat = FormatOption) -> None:
 
     Example: paretopipe models --format csv
     """
-    from paretopipe.models import list_models
+    from paretopipe.model.registry import list_models
 
     rows = [
         {"model": m.name, "params": m.num_params, "input_shape": "x".join(map(str, m.input_shape))}
@@ -31,13 +30,22 @@ def models_command(fmt: OutputFormat = FormatOption) -> None:
 @app.command("cuts")
 def cuts_command(
     model: str = ModelArg,
-    granularity: str = typer.Option("node", "--granularity", "-g", help="node: every legal position; block: boundaries of top-level blocks where one tensor crosses."),
+    granularity: str = typer.Option(
+        "node",
+        "--granularity",
+        "-g",
+        help="node: every legal position; block: boundaries of top-level blocks where one tensor crosses.",
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch (bytes scale with it)."),
-    input_shape: Optional[str] = InputShapeOption,
-    weights: Optional[Path] = WeightsOption,
-    leaf: Optional[list[str]] = LeafOption,
+    input_shape: str | None = InputShapeOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
-    verify: bool = typer.Option(False, "--verify", help="Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output equals the model's, bit for bit."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output equals the model's, bit for bit.",
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """List the legal cuts of a model: where it can be split and what crosses each cut.
@@ -47,8 +55,8 @@ def cuts_command(
     """
     if granularity not in ("node", "block"):
         raise UsageError(f"unknown granularity {granularity!r}", "use node or block")
-    from paretopipe.graph import trace_spec
-    from paretopipe.models import example_input
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import example_input
 
     spec = model_spec(model, input_shape, weights, leaf, seed)
     graph = trace_spec(spec, batch_size)
@@ -80,7 +88,7 @@ def _verify(graph, cut_indices: list[int], x, rows: list[dict]) -> int:
     """Verify each single cut and a few multi-stage sets; fill rows; return the failure count."""
     import torch
 
-    from paretopipe.stages import compare_outputs, run_chain, assemble_output, verification_cut_sets
+    from paretopipe.model.stages import assemble_output, compare_outputs, run_chain, verification_cut_sets
 
     with torch.no_grad():
         expected = graph.model(x.clone())

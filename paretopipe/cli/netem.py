@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -48,7 +47,9 @@ def _assumed_caps(assume: str) -> HostCapabilities:
     qdiscs = {q.strip() for q in assume.split(",") if q.strip()}
     unknown = qdiscs - known
     if unknown or not qdiscs:
-        raise UsageError(f"--assume {assume!r}: unknown qdisc(s) {sorted(unknown)}", f"choose from {', '.join(sorted(known))}")
+        raise UsageError(
+            f"--assume {assume!r}: unknown qdisc(s) {sorted(unknown)}", f"choose from {', '.join(sorted(known))}"
+        )
     return HostCapabilities.assumed(qdiscs=qdiscs)
 
 
@@ -58,14 +59,18 @@ def apply_cmd(
     network: str = typer.Option(
         ..., "--network", "-n", help="Scenario name from networks.toml, or 'bandwidth=20mbit delay=10ms ...'."
     ),
-    ports: Optional[str] = typer.Option(
+    ports: str | None = typer.Option(
         None, "--ports", help="Shape only TCP traffic to/from these ports, e.g. 5550-5600 or 5555,6000."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the tc commands instead of running them."),
-    assume: Optional[str] = typer.Option(
-        None, "--assume", help="With --dry-run: qdiscs the target host has (e.g. netem,tbf,htb) instead of probing this one."
+    assume: str | None = typer.Option(
+        None,
+        "--assume",
+        help="With --dry-run: qdiscs the target host has (e.g. netem,tbf,htb) instead of probing this one.",
     ),
-    networks_file: Optional[Path] = typer.Option(None, "--networks-file", help="Scenario file (default testbed/networks.toml)."),
+    networks_file: Path | None = typer.Option(
+        None, "--networks-file", help="Scenario file (default testbed/networks.toml)."
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Shape the egress of an interface like a scenario; say what was applied and by which mechanism.
@@ -79,8 +84,9 @@ def apply_cmd(
     """
     _check_dev(dev)
     if assume is not None and not dry_run:
-        raise UsageError("--assume describes another host and only works with --dry-run",
-                         "drop --assume to apply on this host")
+        raise UsageError(
+            "--assume describes another host and only works with --dry-run", "drop --assume to apply on this host"
+        )
     if not dry_run:
         _require_device(dev)
     label, condition = resolve_network(network, load_scenarios(networks_file))
@@ -91,10 +97,14 @@ def apply_cmd(
         caps = probe_capabilities()
         if not caps.can_tc:
             if not dry_run:
-                raise CapabilityError("kernel traffic control is not available here: " + "; ".join(caps.notes),
-                                      "run as root, or use --dry-run to see the commands")
-            _note("note: could not probe this host (" + "; ".join(caps.notes) + "); "
-                  "assuming netem, tbf and htb. Use --assume to choose.")
+                raise CapabilityError(
+                    "kernel traffic control is not available here: " + "; ".join(caps.notes),
+                    "run as root, or use --dry-run to see the commands",
+                )
+            _note(
+                "note: could not probe this host (" + "; ".join(caps.notes) + "); "
+                "assuming netem, tbf and htb. Use --assume to choose."
+            )
             caps = HostCapabilities.assumed()
     plan = build_apply(dev, condition, caps, ports=port_ranges, path="kernel")
     mechanisms = plan.mechanisms["*"]
@@ -102,8 +112,11 @@ def apply_cmd(
     if dry_run:
         for cmd in plan.commands:
             typer.echo(str(cmd))
-        _note(f"{label}: " + "; ".join(f"{r['part']} {r['requested']} -> {r['mechanism']}" for r in rows)
-              if rows else f"{label}: nothing to shape; the root qdisc is cleared")
+        _note(
+            f"{label}: " + "; ".join(f"{r['part']} {r['requested']} -> {r['mechanism']}" for r in rows)
+            if rows
+            else f"{label}: nothing to shape; the root qdisc is cleared"
+        )
     else:
         run_commands(plan.commands, rollback=build_clear(dev), echo=_note)
         render(rows, fmt, columns=["part", "requested", "mechanism"], title=f"{dev}: {label}")
@@ -113,8 +126,10 @@ def apply_cmd(
         _note(f"not applied by the kernel: {parts}.")
         shaped = [p for p in ("bandwidth", "delay", "jitter") if p in missing]
         if shaped:
-            _note(f"In paretopipe runs the user-space shaper applies the {' and '.join(shaped)} instead"
-                  + ("; loss is applied only by netem." if "loss" in missing else "."))
+            _note(
+                f"In paretopipe runs the user-space shaper applies the {' and '.join(shaped)} instead"
+                + ("; loss is applied only by netem." if "loss" in missing else ".")
+            )
 
 
 @netem_app.command("clear")
@@ -142,7 +157,7 @@ def clear_cmd(
 
 @netem_app.command("show")
 def show_cmd(
-    dev: Optional[str] = typer.Option(None, "--dev", help="Interface to show (default: every interface)."),
+    dev: str | None = typer.Option(None, "--dev", help="Interface to show (default: every interface)."),
 ) -> None:
     """Show the qdiscs (with statistics), classes and filters on an interface, as tc prints them.
 

@@ -11,7 +11,8 @@ import io
 import json
 import math
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import typer
 from rich.console import Console

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -32,21 +31,25 @@ def plan_command(
     model: str = ModelArg,
     testbed: Path = TestbedOption,
     network: str = typer.Option("wifi", "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..'."),
-    networks: Optional[Path] = NetworksOption,
+    networks: Path | None = NetworksOption,
     stages: str = typer.Option("2..4", "--stages", "-k", help="Stage counts, e.g. 2, 2..4 (at most the device count)."),
     profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
-    auto_profile: bool = typer.Option(True, "--auto-profile/--no-auto-profile", help="Profile local devices that have no profile."),
+    auto_profile: bool = typer.Option(
+        True, "--auto-profile/--no-auto-profile", help="Profile local devices that have no profile."
+    ),
     method: str = typer.Option("auto", "--method", help="exact, exhaustive, nsga2 or auto."),
     objectives: str = typer.Option("latency,throughput", "--objectives", help="latency,throughput[,bytes][,memory]."),
-    granularity: str = typer.Option("node", "--granularity", "-g", help="Candidate cuts: node, block, or cut indices like 2,7,15."),
+    granularity: str = typer.Option(
+        "node", "--granularity", "-g", help="Candidate cuts: node, block, or cut indices like 2,7,15."
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     backend: str = BackendOption,
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
-    input_shape: Optional[str] = InputShapeOption,
-    weights: Optional[Path] = WeightsOption,
-    leaf: Optional[list[str]] = LeafOption,
+    input_shape: str | None = InputShapeOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory [default: plans/MODEL-NETWORK]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory [default: plans/MODEL-NETWORK]."),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Predict latency and throughput of every plan and write the Pareto front and its plans.
@@ -55,13 +58,13 @@ def plan_command(
     'paretopipe run --plan'), and front.png. Example:
     paretopipe plan resnet18 --testbed testbed/local-3.toml --network wifi --stages 2..3
     """
-    from paretopipe.calibration import find_calibration
-    from paretopipe.graph import trace_spec
+    from paretopipe.calibrate.link_file import find_calibration
+    from paretopipe.model.graph import trace_spec
     from paretopipe.network.conditions import resolve_network
-    from paretopipe.planner import METHODS, OBJECTIVES
-    from paretopipe.planning import front_frame, gather_profiles, plan_front
-    from paretopipe.plans import safe_name, save_plan
-    from paretopipe.plots import plot_front
+    from paretopipe.plan.plan_file import safe_name, save_plan
+    from paretopipe.plan.search import METHODS, OBJECTIVES
+    from paretopipe.sweep.plots import plot_front
+    from paretopipe.sweep.predict import front_frame, gather_profiles, plan_front
 
     ks = parse_stages(stages)
     objs = [o.strip() for o in objectives.split(",") if o.strip()]
@@ -72,22 +75,28 @@ def plan_command(
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
     if max(ks) > len(tb.devices):
-        raise UsageError(f"--stages {stages}: {max(ks)} stages need {max(ks)} devices, {tb.path} has {len(tb.devices)}",
-                         f"use at most {len(tb.devices)}")
+        raise UsageError(
+            f"--stages {stages}: {max(ks)} stages need {max(ks)} devices, {tb.path} has {len(tb.devices)}",
+            f"use at most {len(tb.devices)}",
+        )
     spec = model_spec(model, input_shape, weights, leaf, seed)
     out_dir = out or Path("plans") / f"{spec.label}-{safe_name(scenario[0])}"
     graph = trace_spec(spec, batch_size)
     profs = gather_profiles(spec, graph, tb, batch_size, profiles, auto_profile, log=err_console.print)
     cal = find_calibration(tb.name, backend, "loopback", [calibrations])
     if cal is None:
-        err_console.print(f"no link calibration for {tb.name}/{backend} in {calibrations}/: transfers priced from the "
-                          "network scenario alone (run 'paretopipe calibrate' for per-message overheads)")
+        err_console.print(
+            f"no link calibration for {tb.name}/{backend} in {calibrations}/: transfers priced from the "
+            "network scenario alone (run 'paretopipe calibrate' for per-message overheads)"
+        )
     else:
         err_console.print(f"using link calibration {tb.name}/{backend}/{cal.isolation} ({cal.created})")
     result = plan_front(spec, graph, tb, scenario, profs, ks, method, objs, granularity, cal, seed=seed)
     r = result.search
-    err_console.print(f"{r.method}: {r.space_size:,} plans in the space, {r.n_evaluated:,} evaluated, "
-                      f"{int(r.on_front.sum())} on the front, {r.elapsed_s:.2f} s")
+    err_console.print(
+        f"{r.method}: {r.space_size:,} plans in the space, {r.n_evaluated:,} evaluated, "
+        f"{int(r.on_front.sum())} on the front, {r.elapsed_s:.2f} s"
+    )
     df = front_frame(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "front.csv", index=False)
@@ -96,7 +105,10 @@ def plan_command(
     title = f"{spec.label}, {tb.name}, network {scenario[0]} ({scenario[1].spec()}), batch {batch_size}: predicted"
     plot_front(df, out_dir / "front.png", title)
     front = df[df["on_front"]].sort_values("latency_ms")
-    render(front.to_dict("records"), fmt,
-           ["plan_id", "stages", "cuts", "devices", "latency_ms", "throughput_ips", "bytes_per_item", "knee"],
-           title=f"predicted Pareto front ({len(front)} plans)")
+    render(
+        front.to_dict("records"),
+        fmt,
+        ["plan_id", "stages", "cuts", "devices", "latency_ms", "throughput_ips", "bytes_per_item", "knee"],
+        title=f"predicted Pareto front ({len(front)} plans)",
+    )
     err_console.print(f"wrote {out_dir}/front.csv, front.png and {len(front)} plan files")

@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,7 +16,7 @@ from paretopipe.cli.output import FormatOption, OutputFormat, err_console, rende
 from paretopipe.errors import UsageError
 
 if TYPE_CHECKING:
-    from paretopipe.profiles import Profile
+    from paretopipe.profile.profile_file import Profile
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: The summary warns about a batch whose whole-model time drifted more than this (per cent).
@@ -54,25 +54,51 @@ def _command_line(ctx: typer.Context) -> tuple[str, ...]:
 @app.command("profile")
 def profile_command(
     ctx: typer.Context,
-    model: Optional[str] = typer.Argument(None, help="A torchvision model name or package.module:factory."),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Name of this device (as in your testbed file)."),
+    model: str | None = typer.Argument(None, help="A torchvision model name or package.module:factory."),
+    device: str | None = typer.Option(None, "--device", "-d", help="Name of this device (as in your testbed file)."),
     batch_size: str = typer.Option("1", "--batch-size", "-b", help="Comma-separated batch sizes, e.g. 1,8."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch intra-op threads [default: one per usable CPU: the --cpus, at most the --cpu-quota rounded up]."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="Torch intra-op threads [default: one per usable CPU: the --cpus, at most the --cpu-quota rounded up].",
+    ),
     repeats: int = typer.Option(20, "--repeats", help="Minimum timed rounds per batch size."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed rounds first."),
     min_time_s: float = typer.Option(1.0, "--min-time-s", help="Keep timing rounds until at least this many seconds."),
-    steady: float = typer.Option(5.0, "--steady", help="While the whole-model time drifts more than this many per cent over the counted rounds, run more and drop the oldest (0: do not wait)."),
-    max_rounds_factor: float = typer.Option(3.0, "--max-rounds-factor", help="Wait for a steady machine for at most this many times the counted rounds in all."),
-    node_timing: str = typer.Option("sequence", "--node-timing", help="sequence: nodes in graph order on fresh values; isolated: each node replayed on recorded inputs."),
-    cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to these CPUs, e.g. 0,1 or 0-3."),
-    cpu_quota: Optional[float] = typer.Option(None, "--cpu-quota", help="CPU-seconds per second via a cgroup (like docker --cpus); needs root."),
-    isa: Optional[str] = typer.Option(None, "--isa", help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD."),
-    input_shape: Optional[str] = InputShapeOption,
-    weights: Optional[Path] = WeightsOption,
-    leaf: Optional[list[str]] = LeafOption,
+    steady: float = typer.Option(
+        5.0,
+        "--steady",
+        help="While the whole-model time drifts more than this many per cent over the counted rounds, run more and drop the oldest (0: do not wait).",
+    ),
+    max_rounds_factor: float = typer.Option(
+        3.0,
+        "--max-rounds-factor",
+        help="Wait for a steady machine for at most this many times the counted rounds in all.",
+    ),
+    node_timing: str = typer.Option(
+        "sequence",
+        "--node-timing",
+        help="sequence: nodes in graph order on fresh values; isolated: each node replayed on recorded inputs.",
+    ),
+    cpus: str | None = typer.Option(None, "--cpus", help="Pin to these CPUs, e.g. 0,1 or 0-3."),
+    cpu_quota: float | None = typer.Option(
+        None, "--cpu-quota", help="CPU-seconds per second via a cgroup (like docker --cpus); needs root."
+    ),
+    isa: str | None = typer.Option(
+        None,
+        "--isa",
+        help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD.",
+    ),
+    input_shape: str | None = InputShapeOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Profile file [default: profiles/DEVICE-MODEL.json]."),
-    show: Optional[Path] = typer.Option(None, "--show", help="Print the summary of a saved profile instead of profiling."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Profile file [default: profiles/DEVICE-MODEL.json]."
+    ),
+    show: Path | None = typer.Option(
+        None, "--show", help="Print the summary of a saved profile instead of profiling."
+    ),
     top: int = typer.Option(10, "--top", min=1, help="How many of the heaviest nodes to list."),
     fmt: OutputFormat = FormatOption,
 ) -> None:
@@ -84,7 +110,7 @@ def profile_command(
     Example: paretopipe profile resnet18 --device pi4 --batch-size 1,8 --threads 4
     (then: paretopipe profile --show profiles/pi4-resnet18.json)
     """
-    from paretopipe.profiles import load_profile
+    from paretopipe.profile.profile_file import load_profile
 
     if show is not None:
         if model is not None:
@@ -97,25 +123,70 @@ def profile_command(
         raise UsageError("missing --device NAME", "name this device as in your testbed file, e.g. --device pi4")
     if not _DEVICE_RE.match(device):
         raise UsageError(f"device name {device!r} is not usable in a file name", "use letters, digits, '.', '_', '-'")
-    profile = _run(_command_line(ctx), model, device, batch_size, threads, repeats, warmup, min_time_s, steady, max_rounds_factor,
-                   node_timing, cpus, cpu_quota, isa, input_shape, weights, leaf, seed, output)
+    profile = _run(
+        _command_line(ctx),
+        model,
+        device,
+        batch_size,
+        threads,
+        repeats,
+        warmup,
+        min_time_s,
+        steady,
+        max_rounds_factor,
+        node_timing,
+        cpus,
+        cpu_quota,
+        isa,
+        input_shape,
+        weights,
+        leaf,
+        seed,
+        output,
+    )
     print_summary(profile, fmt, top)
 
 
-def _run(command, model, device, batch_size, threads, repeats, warmup, min_time_s, steady, max_rounds_factor,
-         node_timing, cpus, cpu_quota, isa, input_shape, weights, leaf, seed, output) -> "Profile":
+def _run(
+    command,
+    model,
+    device,
+    batch_size,
+    threads,
+    repeats,
+    warmup,
+    min_time_s,
+    steady,
+    max_rounds_factor,
+    node_timing,
+    cpus,
+    cpu_quota,
+    isa,
+    input_shape,
+    weights,
+    leaf,
+    seed,
+    output,
+) -> Profile:
     """Check every argument (creating nothing), then profile, then save atomically."""
-    from paretopipe import cgroups
-    from paretopipe import isa as isa_limit
-    from paretopipe.profiler import ProfileSettings, profile_model
-    from paretopipe.profiles import check_writable, default_path, save_profile
+    from paretopipe.host import cgroups
+    from paretopipe.host import isa as isa_limit
+    from paretopipe.profile.measure import ProfileSettings, profile_model
+    from paretopipe.profile.profile_file import check_writable, default_path, save_profile
 
     settings = ProfileSettings(
-        batch_sizes=_batch_sizes(batch_size), threads=threads, repeats=repeats, warmup=warmup,
-        min_time_s=min_time_s, steady_pct=steady, max_rounds_factor=max_rounds_factor,
+        batch_sizes=_batch_sizes(batch_size),
+        threads=threads,
+        repeats=repeats,
+        warmup=warmup,
+        min_time_s=min_time_s,
+        steady_pct=steady,
+        max_rounds_factor=max_rounds_factor,
         node_timing=node_timing,  # type: ignore[arg-type]
-        cpus=cgroups.parse_cpus(cpus) if cpus is not None else None, cpu_quota=cpu_quota,
-        isa=isa, command=command,
+        cpus=cgroups.parse_cpus(cpus) if cpus is not None else None,
+        cpu_quota=cpu_quota,
+        isa=isa,
+        command=command,
     )
     settings.check()
     if cpu_quota is not None:
@@ -145,33 +216,60 @@ def _mib(nbytes: float) -> float:
     return nbytes / 2**20
 
 
-def summary_rows(profile: "Profile", top: int = 10) -> dict[str, Any]:
+def summary_rows(profile: Profile, top: int = 10) -> dict[str, Any]:
     """The summary as plain data: per batch the totals, heaviest nodes and blocks."""
     batches = []
     for b in profile.batches:
         planned = profile.planned_node_ms(b.batch_size)
         heaviest = sorted(b.nodes, key=lambda n: planned[n.index], reverse=True)[:top]
         cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
-        batches.append({
-            "batch_size": b.batch_size, "whole_ms": b.whole_ms["median"], "whole_iqr_ms": b.whole_ms["iqr"],
-            "n": b.whole_ms["n"], "drift_pct": b.whole_ms.get("drift_pct"),
-            "discarded": b.whole_ms.get("discarded"), "node_sum_ms": b.node_sum_ms, "calibration": b.calibration,
-            "node_cpu_sum_ms": cpu_sum, "planned_by": "cpu" if profile.shares_by_cpu(b.batch_size) else "wall",
-            "peak_mem_mib": _mib(b.peak_mem_nbytes),
-            "heaviest": [{"index": n.index, "name": n.name, "block": n.block, "median_ms": n.median_ms,
-                          "iqr_ms": n.iqr_ms, "cpu_ms": n.cpu_ms, "planned_ms": float(planned[n.index]),
-                          "share_pct": 100 * planned[n.index] / b.whole_ms["median"] if b.whole_ms["median"] else 0.0,
-                          "mflops": n.flops / 1e6, "out_kib": n.out_nbytes / 1024} for n in heaviest],
-            "blocks": [{"block": x.name, "nodes": f"{x.first}-{x.last}", "median_ms": x.median_ms, "iqr_ms": x.iqr_ms,
-                        "node_sum_ms": x.node_sum_ms, "ratio": x.median_ms / x.node_sum_ms if x.node_sum_ms else None}
-                       for x in b.blocks],
-        })
+        batches.append(
+            {
+                "batch_size": b.batch_size,
+                "whole_ms": b.whole_ms["median"],
+                "whole_iqr_ms": b.whole_ms["iqr"],
+                "n": b.whole_ms["n"],
+                "drift_pct": b.whole_ms.get("drift_pct"),
+                "discarded": b.whole_ms.get("discarded"),
+                "node_sum_ms": b.node_sum_ms,
+                "calibration": b.calibration,
+                "node_cpu_sum_ms": cpu_sum,
+                "planned_by": "cpu" if profile.shares_by_cpu(b.batch_size) else "wall",
+                "peak_mem_mib": _mib(b.peak_mem_nbytes),
+                "heaviest": [
+                    {
+                        "index": n.index,
+                        "name": n.name,
+                        "block": n.block,
+                        "median_ms": n.median_ms,
+                        "iqr_ms": n.iqr_ms,
+                        "cpu_ms": n.cpu_ms,
+                        "planned_ms": float(planned[n.index]),
+                        "share_pct": 100 * planned[n.index] / b.whole_ms["median"] if b.whole_ms["median"] else 0.0,
+                        "mflops": n.flops / 1e6,
+                        "out_kib": n.out_nbytes / 1024,
+                    }
+                    for n in heaviest
+                ],
+                "blocks": [
+                    {
+                        "block": x.name,
+                        "nodes": f"{x.first}-{x.last}",
+                        "median_ms": x.median_ms,
+                        "iqr_ms": x.iqr_ms,
+                        "node_sum_ms": x.node_sum_ms,
+                        "ratio": x.median_ms / x.node_sum_ms if x.node_sum_ms else None,
+                    }
+                    for x in b.blocks
+                ],
+            }
+        )
     return {"device": profile.device, "model": profile.model_label, "batches": batches}
 
 
-def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, top: int = 10) -> None:
+def print_summary(profile: Profile, fmt: OutputFormat = OutputFormat.table, top: int = 10) -> None:
     """Print a profile's summary on stdout (table, JSON object, or per-node CSV)."""
-    from paretopipe.fingerprint import describe
+    from paretopipe.host.fingerprint import describe
 
     fmt = OutputFormat(fmt)
     data = summary_rows(profile, top)
@@ -179,28 +277,52 @@ def print_summary(profile: "Profile", fmt: OutputFormat = OutputFormat.table, to
         typer.echo(json.dumps({**data, "fingerprint": profile.fingerprint}, indent=2))
         return
     if fmt is OutputFormat.csv:
-        rows = [{"batch_size": b.batch_size, **{k: getattr(n, k) for k in n.__dataclass_fields__}}
-                for b in profile.batches for n in b.nodes]
+        rows = [
+            {"batch_size": b.batch_size, **{k: getattr(n, k) for k in n.__dataclass_fields__}}
+            for b in profile.batches
+            for n in b.nodes
+        ]
         render(rows, fmt)
         return
     shape = "x".join(map(str, profile.input_shape))
-    limits = f"{profile.threads} threads" + (f", CPUs {list(profile.cpus)}" if profile.cpus else "") + (
-        f", quota {profile.cpu_quota:g} CPU" if profile.cpu_quota is not None else "") + (
-        f", kernels limited to {profile.isa}" if profile.isa else "")
-    typer.echo(f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
-               f"{profile.method['node_timing']}, {profile.created}")
+    limits = (
+        f"{profile.threads} threads"
+        + (f", CPUs {list(profile.cpus)}" if profile.cpus else "")
+        + (f", quota {profile.cpu_quota:g} CPU" if profile.cpu_quota is not None else "")
+        + (f", kernels limited to {profile.isa}" if profile.isa else "")
+    )
+    typer.echo(
+        f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
+        f"{profile.method['node_timing']}, {profile.created}"
+    )
     typer.echo(describe(profile.fingerprint))
-    cols = ["batch_size", "whole_ms", "whole_iqr_ms", "n", "drift_pct", "discarded", "node_sum_ms", "calibration", "node_cpu_sum_ms", "planned_by", "peak_mem_mib"]
+    cols = [
+        "batch_size",
+        "whole_ms",
+        "whole_iqr_ms",
+        "n",
+        "drift_pct",
+        "discarded",
+        "node_sum_ms",
+        "calibration",
+        "node_cpu_sum_ms",
+        "planned_by",
+        "peak_mem_mib",
+    ]
     render(data["batches"], fmt, cols, title="Whole model vs sum of nodes")
     if any(b["planned_by"] == "cpu" for b in data["batches"]):
-        typer.echo("planned_by cpu: measured under a CPU quota, so plans share the whole-model time out by node CPU time, "
-                   "not by wall time (planned_ms)")
+        typer.echo(
+            "planned_by cpu: measured under a CPU quota, so plans share the whole-model time out by node CPU time, "
+            "not by wall time (planned_ms)"
+        )
     for b in data["batches"]:
         if b["drift_pct"] is not None and abs(b["drift_pct"]) > DRIFT_WARN_PCT:
             waited = f" (after {b['discarded']} more rounds waiting for it to settle)" if b["discarded"] else ""
-            typer.echo(f"warning: batch {b['batch_size']}: the whole-model time moved {b['drift_pct']:+.1f}% from the first "
-                       f"half of the timing rounds to the second (drift_pct); the machine's speed was not steady{waited}, so "
-                       "these times may not repeat: profile again when it is idle")
+            typer.echo(
+                f"warning: batch {b['batch_size']}: the whole-model time moved {b['drift_pct']:+.1f}% from the first "
+                f"half of the timing rounds to the second (drift_pct); the machine's speed was not steady{waited}, so "
+                "these times may not repeat: profile again when it is idle"
+            )
     for b in data["batches"]:
         render(b["heaviest"], fmt, title=f"batch {b['batch_size']}: {len(b['heaviest'])} heaviest nodes")
         render(b["blocks"], fmt, title=f"batch {b['batch_size']}: blocks (measured as one stage each)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,17 +12,30 @@ from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, Weig
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
 from paretopipe.errors import UsageError
 
-TestbedOption = typer.Option(Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links).")
+TestbedOption = typer.Option(
+    Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links)."
+)
 BackendOption = typer.Option("zmq", "--backend", help="Transport: zmq or rpc.")
 NetworksOption = typer.Option(None, "--networks", help="Network scenarios file [default: testbed/networks.toml].")
-IsolationOption = typer.Option("loopback", "--isolation", help="loopback (user-space shaping) or netns (each local worker in "
-                               "a network namespace, kernel shaping; needs root).")
-SecureOption = typer.Option(False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys.")
-MinTimeOption = typer.Option(0.0, "--min-time-s", min=0, help="Seconds: per mode, keep timing items beyond --items until this "
-                             "long has passed, so short configurations are measured over more items (e.g. 2).")
+IsolationOption = typer.Option(
+    "loopback",
+    "--isolation",
+    help="loopback (user-space shaping) or netns (each local worker in "
+    "a network namespace, kernel shaping; needs root).",
+)
+SecureOption = typer.Option(
+    False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys."
+)
+MinTimeOption = typer.Option(
+    0.0,
+    "--min-time-s",
+    min=0,
+    help="Seconds: per mode, keep timing items beyond --items until this "
+    "long has passed, so short configurations are measured over more items (e.g. 2).",
+)
 
 
-def load_testbed_and_scenarios(testbed: Path, networks: Optional[Path]):
+def load_testbed_and_scenarios(testbed: Path, networks: Path | None):
     """Read the scenarios and the testbed file (the testbed may name scenarios in its links)."""
     from paretopipe.network.conditions import load_scenarios
     from paretopipe.testbed import load_testbed
@@ -34,23 +46,31 @@ def load_testbed_and_scenarios(testbed: Path, networks: Optional[Path]):
 
 @app.command("run")
 def run_command(
-    model: Optional[str] = typer.Argument(None, help="With --cuts/--devices: run an ad-hoc plan of this model."),
-    plan: Optional[Path] = typer.Option(None, "--plan", "-p", help="A plan file written by 'paretopipe plan' or 'export'."),
-    cuts: Optional[str] = typer.Option(None, "--cuts", help="Ad-hoc plan: cut indices, e.g. 17,42 (see 'paretopipe cuts')."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="Ad-hoc plan: one device per stage, e.g. fast,slow."),
+    model: str | None = typer.Argument(None, help="With --cuts/--devices: run an ad-hoc plan of this model."),
+    plan: Path | None = typer.Option(
+        None, "--plan", "-p", help="A plan file written by 'paretopipe plan' or 'export'."
+    ),
+    cuts: str | None = typer.Option(
+        None, "--cuts", help="Ad-hoc plan: cut indices, e.g. 17,42 (see 'paretopipe cuts')."
+    ),
+    devices: str | None = typer.Option(None, "--devices", help="Ad-hoc plan: one device per stage, e.g. fast,slow."),
     testbed: Path = TestbedOption,
     backend: str = BackendOption,
-    network: Optional[str] = typer.Option(None, "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..' [default: the plan's]."),
-    networks: Optional[Path] = NetworksOption,
+    network: str | None = typer.Option(
+        None, "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..' [default: the plan's]."
+    ),
+    networks: Path | None = NetworksOption,
     mode: str = typer.Option("both", "--mode", help="latency, throughput or both."),
     items: int = typer.Option(30, "--items", min=1, help="Timed items per mode (throughput mode times 3x as many)."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Items run before timing starts."),
     min_time: float = MinTimeOption,
-    window: Optional[int] = typer.Option(None, "--window", min=1, help="Items in flight in throughput mode [default: from the plan]."),
+    window: int | None = typer.Option(
+        None, "--window", min=1, help="Items in flight in throughput mode [default: from the plan]."
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Ad-hoc plan: items per batch."),
-    input_shape: Optional[str] = InputShapeOption,
-    weights: Optional[Path] = WeightsOption,
-    leaf: Optional[list[str]] = LeafOption,
+    input_shape: str | None = InputShapeOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply or result."),
     isolation: str = IsolationOption,
@@ -68,41 +88,58 @@ def run_command(
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")
     if model is not None and (cuts is None or devices is None):
-        raise UsageError("an ad-hoc plan needs both --cuts and --devices", "e.g. paretopipe run resnet18 --cuts 26 --devices fast,slow")
+        raise UsageError(
+            "an ad-hoc plan needs both --cuts and --devices",
+            "e.g. paretopipe run resnet18 --cuts 26 --devices fast,slow",
+        )
     modes = {"both": ("latency", "throughput"), "latency": ("latency",), "throughput": ("throughput",)}.get(mode)
     if modes is None:
         raise UsageError(f"unknown mode {mode!r}", "use latency, throughput or both")
-    options = MeasureOptions(modes=modes, latency_items=items, throughput_items=3 * items, warmup=warmup,
-                             min_time_s=min_time, window=window, timeout_s=timeout)
+    options = MeasureOptions(
+        modes=modes,
+        latency_items=items,
+        throughput_items=3 * items,
+        warmup=warmup,
+        min_time_s=min_time,
+        window=window,
+        timeout_s=timeout,
+    )
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     preflight(tb, backend, isolation=isolation, secure=secure)
     if plan is not None:
-        from paretopipe.plans import load_plan
+        from paretopipe.plan.plan_file import load_plan
 
         the_plan = load_plan(plan)
     else:
         the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed)
     scenario = resolve_network(network or the_plan.network, scenarios)
     if backend == "rpc":
-        from backends.torch_rpc import TRUST_WARNING
+        from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
-    err_console.print(f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})")
+    err_console.print(
+        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})"
+    )
     # an exported plan: local workers run the stage files that sit beside it
     artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None
     with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure, artifacts=artifacts) as session:
         row = session.measure(the_plan, scenario, options)
     render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
-    err_console.print(f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
-                      markup=False, highlight=False)
+    err_console.print(
+        f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
+        markup=False,
+        highlight=False,
+    )
     if row.get("output_exact") is False:
-        err_console.print(f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}"
-                          " (devices whose kernels differ from the driver's, e.g. an isa limit, round differently)")
+        err_console.print(
+            f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}"
+            " (devices whose kernels differ from the driver's, e.g. an isa limit, round differently)"
+        )
 
 
 def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed):
-    from paretopipe.graph import trace_spec
-    from paretopipe.plans import Plan, PlanCut
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.plan.plan_file import Plan, PlanCut
 
     spec = model_spec(model, input_shape, weights, leaf, seed)
     graph = trace_spec(spec, batch_size)
@@ -112,8 +149,12 @@ def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, se
         raise UsageError(f"{len(chosen)} cuts need {len(chosen) + 1} devices, got {names}")
     if len(set(names)) != len(names):
         raise UsageError(f"a device runs at most one stage, got {names}")
-    return Plan(model=spec.to_dict(), batch_size=batch_size,
-                cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in chosen), devices=tuple(names))
+    return Plan(
+        model=spec.to_dict(),
+        batch_size=batch_size,
+        cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in chosen),
+        devices=tuple(names),
+    )
 
 
 def _describe_links(links_json: str) -> str:
@@ -128,9 +169,17 @@ def _describe_links(links_json: str) -> str:
 
 
 def _compare_rows(row: dict, predicted: dict) -> list[dict]:
-    pairs = [("latency_ms_p50", "latency_ms"), ("latency_ms_p95", None), ("latency_ms_p99", None), ("latency_items", None),
-             ("throughput_ips", "throughput_ips"), ("throughput_items", None), ("window", None), ("output_exact", None),
-             ("setup_s", None)]
+    pairs = [
+        ("latency_ms_p50", "latency_ms"),
+        ("latency_ms_p95", None),
+        ("latency_ms_p99", None),
+        ("latency_items", None),
+        ("throughput_ips", "throughput_ips"),
+        ("throughput_items", None),
+        ("window", None),
+        ("output_exact", None),
+        ("setup_s", None),
+    ]
     rows = []
     for key, pkey in pairs:
         if key not in row:
@@ -141,7 +190,14 @@ def _compare_rows(row: dict, predicted: dict) -> list[dict]:
         rows.append({"metric": key, "measured": measured, "predicted": pred, "error_pct": err})
     for key in ("lat_stage_compute_ms", "tput_stage_compute_ms", "tput_stage_send_ms"):
         if key in row:
-            rows.append({"metric": key, "measured": row[key], "predicted": (predicted.get("stage_ms") if key == "lat_stage_compute_ms" else None), "error_pct": None})
+            rows.append(
+                {
+                    "metric": key,
+                    "measured": row[key],
+                    "predicted": (predicted.get("stage_ms") if key == "lat_stage_compute_ms" else None),
+                    "error_pct": None,
+                }
+            )
     return rows
 
 
@@ -150,12 +206,20 @@ def worker_command(
     device: str = typer.Option(..., "--device", "-d", help="This device's name in the testbed file."),
     testbed: Path = TestbedOption,
     backend: str = BackendOption,
-    networks: Optional[Path] = NetworksOption,
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads [default: the testbed's]."),
-    parent_pid: Optional[int] = typer.Option(None, "--parent-pid", hidden=True, help="Exit when this process is gone."),
-    bind_all: bool = typer.Option(False, "--bind-all", help="Listen on every interface instead of the testbed's address."),
-    secure: bool = typer.Option(False, "--secure", help="Accept only CURVE-authenticated peers whose keys the testbed lists."),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Directory of exported plans: run a stage from its exported file when the plan has one."),
+    networks: Path | None = NetworksOption,
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads [default: the testbed's]."),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True, help="Exit when this process is gone."),
+    bind_all: bool = typer.Option(
+        False, "--bind-all", help="Listen on every interface instead of the testbed's address."
+    ),
+    secure: bool = typer.Option(
+        False, "--secure", help="Accept only CURVE-authenticated peers whose keys the testbed lists."
+    ),
+    artifacts: Path | None = typer.Option(
+        None,
+        "--artifacts",
+        help="Directory of exported plans: run a stage from its exported file when the plan has one.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message."),
 ) -> None:
     """Serve pipeline stages for one device until the driver says stop (or Ctrl-C).
@@ -165,18 +229,18 @@ def worker_command(
     """
     import torch
 
-    from backends.base import TransportOptions
-    from paretopipe import isa
-    from paretopipe.process import pid_alive
+    from paretopipe.host import isa
+    from paretopipe.host.process import pid_alive
+    from paretopipe.host.timing import steady_allocator
     from paretopipe.runtime.endpoints import make_transport
     from paretopipe.runtime.worker import StageBuilder, Worker
-    from paretopipe.timing import steady_allocator
+    from paretopipe_backends.base import TransportOptions
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if secure and backend != "zmq":
         raise UsageError(f"--secure needs the zmq backend, not {backend!r}", "PyTorch RPC cannot be authenticated here")
     if backend == "rpc":
-        from backends.torch_rpc import TRUST_WARNING
+        from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
@@ -197,8 +261,10 @@ def worker_command(
 
     with transport:
         where = f"*:{dev.port}" if bind_all else dev.address
-        err_console.print(f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
-                          f"{torch.get_num_threads()} threads" + (f", kernels limited to {dev.isa}" if dev.isa else ""))
+        err_console.print(
+            f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
+            f"{torch.get_num_threads()} threads" + (f", kernels limited to {dev.isa}" if dev.isa else "")
+        )
         build = StageBuilder().build
         if artifacts is not None:
             from paretopipe.runtime.artifacts import ArtifactStageBuilder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,33 +20,78 @@ def sweep_command(
     model: str = typer.Argument("mobilenet_v2", help="Model name or package.module:factory."),
     testbed: Path = TestbedOption,
     backend: str = typer.Option("zmq", "--backend", help="zmq, rpc or both."),
-    network: str = typer.Option("lan,wifi,4g", "--network", "-n", help="Comma-separated scenarios (names from the networks file)."),
-    networks: Optional[Path] = NetworksOption,
-    stages: Optional[str] = typer.Option(None, "--stages", "-k", help="Stage counts, e.g. 2 or 1..3 [default: 1..min(3, devices)]."),
-    cuts: str = typer.Option("front", "--cuts", help="front (predicted front + plans near it), all (every plan over the --granularity cuts), block (= all at block cuts), or cut sets like 26,40,17.42."),
-    granularity: str = typer.Option("block", "--granularity", "-g", help="Candidate cuts for --cuts front/all: block, node, or cut indices like 2,7,15."),
-    neighbours: int = typer.Option(12, "--neighbours", min=0, help="With --cuts front: at most this many plans near the front to measure too, per scenario (closest first)."),
-    near: float = typer.Option(10.0, "--near", min=0, help="With --cuts front: a plan is near the front when a prediction error of this many percent could put it on it."),
-    refine: int = typer.Option(3, "--refine", min=0, help="With --cuts front: after measuring, up to this many rounds that measure the plans predicted near the measured front too (--neighbours per scenario and round); 0: none."),
+    network: str = typer.Option(
+        "lan,wifi,4g", "--network", "-n", help="Comma-separated scenarios (names from the networks file)."
+    ),
+    networks: Path | None = NetworksOption,
+    stages: str | None = typer.Option(
+        None, "--stages", "-k", help="Stage counts, e.g. 2 or 1..3 [default: 1..min(3, devices)]."
+    ),
+    cuts: str = typer.Option(
+        "front",
+        "--cuts",
+        help="front (predicted front + plans near it), all (every plan over the --granularity cuts), block (= all at block cuts), or cut sets like 26,40,17.42.",
+    ),
+    granularity: str = typer.Option(
+        "block",
+        "--granularity",
+        "-g",
+        help="Candidate cuts for --cuts front/all: block, node, or cut indices like 2,7,15.",
+    ),
+    neighbours: int = typer.Option(
+        12,
+        "--neighbours",
+        min=0,
+        help="With --cuts front: at most this many plans near the front to measure too, per scenario (closest first).",
+    ),
+    near: float = typer.Option(
+        10.0,
+        "--near",
+        min=0,
+        help="With --cuts front: a plan is near the front when a prediction error of this many percent could put it on it.",
+    ),
+    refine: int = typer.Option(
+        3,
+        "--refine",
+        min=0,
+        help="With --cuts front: after measuring, up to this many rounds that measure the plans predicted near the measured front too (--neighbours per scenario and round); 0: none.",
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
     min_time: float = MinTimeOption,
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed configuration."),
     profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
-    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."),
-    device_runtime: bool = typer.Option(True, "--device-runtime/--no-device-runtime", help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see README, Calibration)."),
-    pass_check: bool = typer.Option(True, "--pass-check/--no-pass-check", help="With --device-runtime: measure it again (a few seconds) at the start of every pass and predict the pass's plans with it, so predictions follow the machine's drift."),
-    recheck: float = typer.Option(0.0, "--recheck", min=0, help="With pass checks: also check again within a pass once this many seconds have passed since the last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass."),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=1, help="Seconds to wait for any reply before a configuration fails."
+    ),
+    device_runtime: bool = typer.Option(
+        True,
+        "--device-runtime/--no-device-runtime",
+        help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see README, Calibration).",
+    ),
+    pass_check: bool = typer.Option(
+        True,
+        "--pass-check/--no-pass-check",
+        help="With --device-runtime: measure it again (a few seconds) at the start of every pass and predict the pass's plans with it, so predictions follow the machine's drift.",
+    ),
+    recheck: float = typer.Option(
+        0.0,
+        "--recheck",
+        min=0,
+        help="With pass checks: also check again within a pass once this many seconds have passed since the last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass.",
+    ),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
-    input_shape: Optional[str] = InputShapeOption,
-    weights: Optional[Path] = WeightsOption,
-    leaf: Optional[list[str]] = LeafOption,
+    input_shape: str | None = InputShapeOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
 ) -> None:
     """Profile, plan, and measure plans on the testbed under each network scenario: the main job.
@@ -57,11 +101,11 @@ def sweep_command(
     runs mobilenet_v2 on testbed/local.toml over lan, wifi and 4g. Example: paretopipe sweep
     resnet18 --network wifi,3g --stages 2 -o results/r18
     """
-    from paretopipe.models import parse_input_shape
+    from paretopipe.model.registry import parse_input_shape
+    from paretopipe.network.conditions import load_scenarios
     from paretopipe.sweep import SweepSettings, analysis, runner
     from paretopipe.sweep.store import RunStore
     from paretopipe.testbed import load_testbed
-    from paretopipe.network.conditions import load_scenarios
 
     backends = ("zmq", "rpc") if backend == "both" else tuple(b.strip() for b in backend.split(",") if b.strip())
     nets = tuple(n.strip() for n in network.split(",") if n.strip())
@@ -78,23 +122,65 @@ def sweep_command(
             raise UsageError("--resume needs -o RUN_DIR (the run to continue)")
         out = Path("results") / f"{model.rsplit(':', 1)[-1]}-{tb.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = SweepSettings(
-        model=model, testbed=str(testbed), networks=nets, backends=backends, stages=tuple(ks), cuts=cuts,
-        granularity=granularity, batch_size=batch_size, latency_items=items, throughput_items=3 * items,
-        warmup=warmup, min_time_s=min_time, repeats=repeats, neighbours=neighbours, near_margin=near / 100, refine=refine, out=str(out), resume=resume, fail_fast=fail_fast,
-        profiles=str(profiles), calibrations=str(calibrations), networks_file=str(networks) if networks else None,
-        timeout_s=timeout, input_shape=parse_input_shape(input_shape) if input_shape else None,
-        weights=str(weights) if weights else None, leaf=tuple(leaf or ()), seed=seed, isolation=isolation, secure=secure,
-        device_runtime=device_runtime, pass_check=pass_check, recheck_s=recheck,
+        model=model,
+        testbed=str(testbed),
+        networks=nets,
+        backends=backends,
+        stages=tuple(ks),
+        cuts=cuts,
+        granularity=granularity,
+        batch_size=batch_size,
+        latency_items=items,
+        throughput_items=3 * items,
+        warmup=warmup,
+        min_time_s=min_time,
+        repeats=repeats,
+        neighbours=neighbours,
+        near_margin=near / 100,
+        refine=refine,
+        out=str(out),
+        resume=resume,
+        fail_fast=fail_fast,
+        profiles=str(profiles),
+        calibrations=str(calibrations),
+        networks_file=str(networks) if networks else None,
+        timeout_s=timeout,
+        input_shape=parse_input_shape(input_shape) if input_shape else None,
+        weights=str(weights) if weights else None,
+        leaf=tuple(leaf or ()),
+        seed=seed,
+        isolation=isolation,
+        secure=secure,
+        device_runtime=device_runtime,
+        pass_check=pass_check,
+        recheck_s=recheck,
     )
     store = RunStore(out, resume=resume)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     # one pool of workers for the device runtime calibration and the measurements (runner.Sessions)
     with runner.Sessions(settings, tb) as sessions:
         configs = runner.prepare(settings, store, err_console.print, sessions)
-        err_console.print(f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        err_console.print(
+            f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}"
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
             task = bar.add_task("measuring", total=len(configs))
 
             def progress(done: int, total: int, what: str) -> None:
@@ -105,22 +191,42 @@ def sweep_command(
             finally:
                 store.update_manifest(finished=runner.now())
     summaries = analysis.write_reports(store.rows(), Path(out))
-    err_console.print(f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
-                      + (f"left for --resume {outcome.unmeasured} " if outcome.unmeasured else "")
-                      + (f"({outcome.refined} of them added near the measured front) " if outcome.refined else "")
-                      + f"in {outcome.elapsed_s:.0f} s")
+    err_console.print(
+        f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "
+        + (f"left for --resume {outcome.unmeasured} " if outcome.unmeasured else "")
+        + (f"({outcome.refined} of them added near the measured front) " if outcome.refined else "")
+        + f"in {outcome.elapsed_s:.0f} s"
+    )
     rows = store.rows()
     for s in summaries:
         group = rows[(rows["network"] == s["network"]) & (rows["backend"] == s["backend"])]
         agg = analysis.aggregate(group)
         front = agg[agg["on_front"]].sort_values("latency_ms_p50") if len(agg) else agg
-        render(front.to_dict("records"), OutputFormat.table,
-               ["plan_id", "devices", "latency_ms_p50", "throughput_ips", "pred_latency_ms", "pred_throughput_ips", "knee"],
-               title=f"measured front: {s['network']} / {s['backend']} (predictions within ±10%: latency "
-                     f"{s['latency_within_10pct']:.0%}, throughput {s['throughput_within_10pct']:.0%}"
-                     + ("" if not s["repeat_pairs"] else f"; passes within ±10% of each other: "
-                        f"{s['latency_repeat_within_10pct']:.0%}, {s['throughput_repeat_within_10pct']:.0%}") + ")")
-    err_console.print(f"plots and fronts: {out}/<network>/<backend>/ (front.png, predicted_vs_measured.png, latency_breakdown.png)")
+        render(
+            front.to_dict("records"),
+            OutputFormat.table,
+            [
+                "plan_id",
+                "devices",
+                "latency_ms_p50",
+                "throughput_ips",
+                "pred_latency_ms",
+                "pred_throughput_ips",
+                "knee",
+            ],
+            title=f"measured front: {s['network']} / {s['backend']} (predictions within ±10%: latency "
+            f"{s['latency_within_10pct']:.0%}, throughput {s['throughput_within_10pct']:.0%}"
+            + (
+                ""
+                if not s["repeat_pairs"]
+                else f"; passes within ±10% of each other: "
+                f"{s['latency_repeat_within_10pct']:.0%}, {s['throughput_repeat_within_10pct']:.0%}"
+            )
+            + ")",
+        )
+    err_console.print(
+        f"plots and fronts: {out}/<network>/<backend>/ (front.png, predicted_vs_measured.png, latency_breakdown.png)"
+    )
     if outcome.failed and fail_fast:
         raise typer.Exit(1)
 
@@ -131,8 +237,10 @@ def front_command(
     x: str = typer.Option("latency_ms_p50", "--x", help="Column to minimise."),
     y: str = typer.Option("throughput_ips", "--y", help="Column to maximise."),
     senses: str = typer.Option("min,max", "--senses", help="min/max for x and y."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the front as a PNG."),
-    group_by: str = typer.Option("network,backend", "--group-by", help="Columns that split the rows into separate fronts (those present)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write the front as a PNG."),
+    group_by: str = typer.Option(
+        "network,backend", "--group-by", help="Columns that split the rows into separate fronts (those present)."
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Recompute the Pareto front of any measurements CSV and print its rows.
@@ -165,7 +273,7 @@ def front_command(
     cols = [c for c in [*groups, "plan_id", "devices", x, y] if c in front.columns]
     render(front.to_dict("records"), fmt, cols, title=f"Pareto front of {csv_file} ({x} {sense[0]}, {y} {sense[1]})")
     if plot is not None:
-        from paretopipe.plots import plot_front
+        from paretopipe.sweep.plots import plot_front
 
         df = df.assign(on_front=df.index.isin(front.index))
         label = "plan_id" if "plan_id" in df else None

@@ -51,11 +51,18 @@ class HostCapabilities:
         cls,
         qdiscs: frozenset[str] | set[str] = frozenset({"netem", "tbf", "htb", "bfifo"}),
         classifiers: frozenset[str] | set[str] = frozenset({"u32"}),
-    ) -> "HostCapabilities":
+    ) -> HostCapabilities:
         """A host assumed (not probed) to be root with these qdiscs: for dry runs and other hosts."""
         return cls(
-            is_root=True, tc_path="tc", ip_path="ip", netns=True, veth=True, bridge=True,
-            qdiscs=frozenset(qdiscs), classifiers=frozenset(classifiers), probed=True,
+            is_root=True,
+            tc_path="tc",
+            ip_path="ip",
+            netns=True,
+            veth=True,
+            bridge=True,
+            qdiscs=frozenset(qdiscs),
+            classifiers=frozenset(classifiers),
+            probed=True,
             notes=("assumed, not probed on this host",),
         )
 
@@ -74,10 +81,16 @@ class HostCapabilities:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "is_root": self.is_root, "tc_path": self.tc_path, "ip_path": self.ip_path,
-            "netns": self.netns, "veth": self.veth, "bridge": self.bridge,
-            "qdiscs": sorted(self.qdiscs), "classifiers": sorted(self.classifiers),
-            "probed": self.probed, "notes": list(self.notes),
+            "is_root": self.is_root,
+            "tc_path": self.tc_path,
+            "ip_path": self.ip_path,
+            "netns": self.netns,
+            "veth": self.veth,
+            "bridge": self.bridge,
+            "qdiscs": sorted(self.qdiscs),
+            "classifiers": sorted(self.classifiers),
+            "probed": self.probed,
+            "notes": list(self.notes),
         }
 
     def rows(self) -> list[dict[str, str]]:
@@ -87,39 +100,68 @@ class HostCapabilities:
             return "yes" if ok else "no"
 
         rows = [
-            {"capability": "root", "available": yn(self.is_root), "detail": "" if self.is_root else "kernel shaping needs root"},
-            {"capability": "tc", "available": yn(self.tc_path is not None), "detail": self.tc_path or "install iproute2"},
-            {"capability": "ip", "available": yn(self.ip_path is not None), "detail": self.ip_path or "install iproute2"},
+            {
+                "capability": "root",
+                "available": yn(self.is_root),
+                "detail": "" if self.is_root else "kernel shaping needs root",
+            },
+            {
+                "capability": "tc",
+                "available": yn(self.tc_path is not None),
+                "detail": self.tc_path or "install iproute2",
+            },
+            {
+                "capability": "ip",
+                "available": yn(self.ip_path is not None),
+                "detail": self.ip_path or "install iproute2",
+            },
             {"capability": "netns", "available": yn(self.netns), "detail": "ip netns add"},
             {"capability": "veth", "available": yn(self.veth), "detail": "veth pairs"},
             {"capability": "bridge", "available": yn(self.bridge), "detail": "linux bridge (3+ namespaces)"},
         ]
         for kind in PROBED_QDISCS:
             ok = self.has_qdisc(kind)
-            rows.append({"capability": f"qdisc {kind}", "available": yn(ok) if self.probed else "unknown",
-                         "detail": _QDISC_ROLE[kind]})
+            rows.append(
+                {
+                    "capability": f"qdisc {kind}",
+                    "available": yn(ok) if self.probed else "unknown",
+                    "detail": _QDISC_ROLE[kind],
+                }
+            )
         for kind in PROBED_CLASSIFIERS:
             ok = self.can_tc and kind in self.classifiers
-            rows.append({"capability": f"filter {kind}", "available": yn(ok) if self.probed else "unknown",
-                         "detail": _FILTER_ROLE[kind]})
+            rows.append(
+                {
+                    "capability": f"filter {kind}",
+                    "available": yn(ok) if self.probed else "unknown",
+                    "detail": _FILTER_ROLE[kind],
+                }
+            )
         return rows
 
     def summary(self) -> str:
         """A few readable lines: what was found and what that means for each part of a condition."""
-        lines = [f"{r['capability']}: {r['available']}" + (f" ({r['detail']})" if r["detail"] else "") for r in self.rows()]
+        lines = [
+            f"{r['capability']}: {r['available']}" + (f" ({r['detail']})" if r["detail"] else "") for r in self.rows()
+        ]
         lines.extend(f"note: {n}" for n in self.notes)
         if not self.can_tc:
-            lines.append("=> no kernel shaping here: bandwidth, delay and jitter use the user-space shaper; "
-                         "loss is not applied")
+            lines.append(
+                "=> no kernel shaping here: bandwidth, delay and jitter use the user-space shaper; loss is not applied"
+            )
         else:
             bw = [k for k in ("tbf", "htb") if self.has_qdisc(k)]
-            lines.append(f"=> bandwidth by the kernel ({'/'.join('tc-' + k for k in bw)})" if bw
-                         else "=> bandwidth by the user-space shaper (no tbf/htb)")
+            lines.append(
+                f"=> bandwidth by the kernel ({'/'.join('tc-' + k for k in bw)})"
+                if bw
+                else "=> bandwidth by the user-space shaper (no tbf/htb)"
+            )
             if self.has_netem:
                 lines.append("=> delay, jitter and loss by the kernel (tc-netem)")
             else:
-                lines.append("=> no netem: delay and jitter by the user-space shaper in paretopipe runs; "
-                             "loss is not applied")
+                lines.append(
+                    "=> no netem: delay and jitter by the user-space shaper in paretopipe runs; loss is not applied"
+                )
         return "\n".join(lines)
 
 
@@ -190,15 +232,39 @@ def _probe() -> HostCapabilities:
             _run([tc, "-n", ns, "qdisc", "add", "dev", "pa", "root", "handle", "1:", "htb"])
             _run([tc, "-n", ns, "class", "add", "dev", "pa", "parent", "1:", "classid", "1:1", "htb", "rate", "1mbit"])
             for prio, (kind, args) in enumerate(_FILTER_PROBES.items(), start=1):
-                ok, err = _run([tc, "-n", ns, "filter", "add", "dev", "pa", "parent", "1:", "protocol", "ip",
-                                "prio", str(prio), *args])
+                ok, err = _run(
+                    [
+                        tc,
+                        "-n",
+                        ns,
+                        "filter",
+                        "add",
+                        "dev",
+                        "pa",
+                        "parent",
+                        "1:",
+                        "protocol",
+                        "ip",
+                        "prio",
+                        str(prio),
+                        *args,
+                    ]
+                )
                 if ok:
                     classifiers.add(kind)
                 else:
                     notes.append(f"filter {kind} refused: {err}")
         return HostCapabilities(
-            is_root=True, tc_path=tc, ip_path=ip, netns=True, veth=True, bridge=bridge,
-            qdiscs=frozenset(qdiscs), classifiers=frozenset(classifiers), probed=True, notes=tuple(notes),
+            is_root=True,
+            tc_path=tc,
+            ip_path=ip,
+            netns=True,
+            veth=True,
+            bridge=bridge,
+            qdiscs=frozenset(qdiscs),
+            classifiers=frozenset(classifiers),
+            probed=True,
+            notes=tuple(notes),
         )
     finally:
         _run([ip, "-n", ns, "link", "del", "pa"])

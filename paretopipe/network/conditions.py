@@ -7,10 +7,12 @@ is applied (kernel ``tc`` or the user-space shaper) is decided elsewhere and rec
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+import tomllib
 
 from paretopipe.errors import ConfigError, UsageError
 
@@ -59,7 +61,7 @@ class LinkCondition:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LinkCondition":
+    def from_dict(cls, data: Mapping[str, Any]) -> LinkCondition:
         return cls(**{k: data[k] for k in ("bandwidth_bps", "delay_ms", "jitter_ms", "loss_pct") if k in data})
 
     def spec(self) -> str:
@@ -203,13 +205,20 @@ def load_scenarios(path: str | Path | None = None) -> dict[str, LinkCondition]:
 
 def _check_field(path: Path, where: str, key: str, value: Any) -> None:
     """Raise ConfigError(path, where) unless ``key = value`` is a known, readable scenario field."""
-    parsers = {"bandwidth": parse_rate, "delay": parse_duration_ms, "jitter": lambda t: parse_duration_ms(t, "jitter"),
-               "loss": parse_loss_pct, "description": str}
+    parsers = {
+        "bandwidth": parse_rate,
+        "delay": parse_duration_ms,
+        "jitter": lambda t: parse_duration_ms(t, "jitter"),
+        "loss": parse_loss_pct,
+        "description": str,
+    }
     if key not in parsers:
         raise ConfigError(path, where, "unknown key", f"known keys: {', '.join(sorted(parsers))}")
     if not isinstance(value, str):
         what = "a string with a unit" if key in _FIELDS else "a string"
-        raise ConfigError(path, where, f"must be {what}, got {value!r}", f'e.g. {key} = "{_EXAMPLE.get(key, "a few words")}"')
+        raise ConfigError(
+            path, where, f"must be {what}, got {value!r}", f'e.g. {key} = "{_EXAMPLE.get(key, "a few words")}"'
+        )
     try:
         parsers[key](value)
     except UsageError as exc:

@@ -15,7 +15,8 @@ applied only by netem (where TCP then retransmits for real) and is otherwise rec
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 from paretopipe.errors import UsageError
 from paretopipe.network.capabilities import HostCapabilities
@@ -109,6 +110,7 @@ def residual_condition(condition: LinkCondition, mechanisms: Mapping[str, str]) 
 
     Loss is never part of it (see the module docstring).
     """
+
     def keep(part: str) -> bool:
         return mechanisms.get(part) == USERSPACE
 
@@ -121,6 +123,7 @@ def residual_condition(condition: LinkCondition, mechanisms: Mapping[str, str]) 
 
 def kernel_condition(condition: LinkCondition, mechanisms: Mapping[str, str]) -> LinkCondition:
     """The part of ``condition`` the kernel applies (parts marked ``tc-*``)."""
+
     def keep(part: str) -> bool:
         return is_kernel(mechanisms.get(part, NONE))
 
@@ -135,7 +138,7 @@ def kernel_condition(condition: LinkCondition, mechanisms: Mapping[str, str]) ->
 def not_applied(mechanisms: Mapping[str, str]) -> dict[str, str]:
     """The parts that nothing applies, with the reason: ``{"loss": "needs netem (kernel has none)"}``."""
     prefix = f"{NOT_APPLIED}: "
-    return {p: m[len(prefix):] for p, m in mechanisms.items() if m.startswith(prefix)}
+    return {p: m[len(prefix) :] for p, m in mechanisms.items() if m.startswith(prefix)}
 
 
 def describe(condition: LinkCondition, mechanisms: Mapping[str, str]) -> list[dict[str, str]]:
@@ -146,8 +149,4 @@ def describe(condition: LinkCondition, mechanisms: Mapping[str, str]) -> list[di
         "jitter": f"{condition.jitter_ms:g}ms" if condition.jitter_ms else "",
         "loss": f"{condition.loss_pct:g}%" if condition.loss_pct else "",
     }
-    return [
-        {"part": p, "requested": requested[p], "mechanism": mechanisms.get(p, NONE)}
-        for p in PARTS
-        if requested[p]
-    ]
+    return [{"part": p, "requested": requested[p], "mechanism": mechanisms.get(p, NONE)} for p in PARTS if requested[p]]

@@ -33,15 +33,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.host.process import pid_alive
 from paretopipe.network.capabilities import HostCapabilities, probe_capabilities
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.network.mechanism import residual_condition
 from paretopipe.network.shell import Command, run_command
 from paretopipe.network.tc import PortRange, TcPlan, build_apply, build_clear, build_per_destination
-from paretopipe.process import pid_alive
 
 log = logging.getLogger("paretopipe.network")
 
@@ -52,7 +52,18 @@ GSO_DEFAULT_SEGS = 65535  # what a new veth has
 AUTO_SUBNET_POOL = "10.78.0.0/15"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NO_NETNS = ("No such file or directory", "Cannot find device", "Cannot open network namespace")
-_ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable", "blackhole", "prohibit", "throw", "nat"}
+_ROUTE_TYPES = {
+    "unicast",
+    "local",
+    "broadcast",
+    "multicast",
+    "anycast",
+    "unreachable",
+    "blackhole",
+    "prohibit",
+    "throw",
+    "nat",
+}
 
 
 def new_prefix(base: str = DEFAULT_BASE) -> str:
@@ -114,8 +125,10 @@ class NamespaceNetwork:
             hosts = net.hosts()
             self._addresses = {n: str(next(hosts)) for n in self.all_nodes}
         except (ValueError, StopIteration):
-            raise UsageError(f"subnet {subnet!r} cannot address {len(self.all_nodes)} nodes",
-                             "give an IPv4 network such as 10.77.0.0/24") from None
+            raise UsageError(
+                f"subnet {subnet!r} cannot address {len(self.all_nodes)} nodes",
+                "give an IPv4 network such as 10.77.0.0/24",
+            ) from None
         self.subnet, self.prefixlen = str(net), net.prefixlen
 
     # ---- queries ------------------------------------------------------------------------------
@@ -182,19 +195,37 @@ class NamespaceNetwork:
             cmds.append(_ip("link", "add", "name", DEV, "netns", a, "type", "veth", "peer", "name", DEV, "netns", b))
         else:
             br = self.bridge_namespace
-            cmds += [_ip("-n", br, "link", "add", "name", "br0", "type", "bridge"), _ip("-n", br, "link", "set", "br0", "up")]
+            cmds += [
+                _ip("-n", br, "link", "add", "name", "br0", "type", "bridge"),
+                _ip("-n", br, "link", "set", "br0", "up"),
+            ]
             for i, node in enumerate(self.all_nodes):
                 port = f"p{i}"
                 here = () if node == self.host_node else ("netns", self.namespace(node))
                 cmds += [
-                    _ip("link", "add", "name", self.device(node), *here, "type", "veth", "peer", "name", port, "netns", br),
+                    _ip(
+                        "link",
+                        "add",
+                        "name",
+                        self.device(node),
+                        *here,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        port,
+                        "netns",
+                        br,
+                    ),
                     _ip("-n", br, "link", "set", port, "master", "br0"),
                     _ip("-n", br, "link", "set", port, "up"),
                 ]
         for node in self.all_nodes:
             dev = self.device(node)
-            cmds += [_ip(*self._n(node), "addr", "add", f"{self.address(node)}/{self.prefixlen}", "dev", dev),
-                     _ip(*self._n(node), "link", "set", dev, "up")]
+            cmds += [
+                _ip(*self._n(node), "addr", "add", f"{self.address(node)}/{self.prefixlen}", "dev", dev),
+                _ip(*self._n(node), "link", "set", dev, "up"),
+            ]
         return cmds
 
     def shaping_plans(self, caps: HostCapabilities) -> dict[str, TcPlan]:
@@ -215,7 +246,8 @@ class NamespaceNetwork:
 
     def _slow_nodes(self) -> set[str]:
         return {
-            src for (src, dst), mech in self.mechanisms.items()
+            src
+            for (src, dst), mech in self.mechanisms.items()
             if mech.get("bandwidth", "").startswith("tc-")
             and (self.links[(src, dst)].bandwidth_bps or float("inf")) < GSO_OFF_BELOW_BPS
         }
@@ -234,7 +266,7 @@ class NamespaceNetwork:
         slow = self._slow_nodes()
         return [self._gso(n, 1) for n in self.all_nodes if n in slow]
 
-    def __enter__(self) -> "NamespaceNetwork":
+    def __enter__(self) -> NamespaceNetwork:
         self.start()
         return self
 
@@ -250,8 +282,10 @@ class NamespaceNetwork:
         """Create and shape everything; on any failure (or Ctrl-C) remove what was made, then raise."""
         caps = self._caps or probe_capabilities()
         if not (caps.is_root and caps.ip_path and caps.netns):
-            raise CapabilityError("network namespaces are not available here",
-                                  "run as root with iproute2; see `paretopipe netem preflight`")
+            raise CapabilityError(
+                "network namespaces are not available here",
+                "run as root with iproute2; see `paretopipe netem preflight`",
+            )
         if self.bridge_namespace and not caps.bridge:
             raise CapabilityError("a linux bridge cannot be created here", "3+ namespaces need a bridge")
         self._active = True
@@ -274,8 +308,10 @@ class NamespaceNetwork:
         used = _used_networks()
         if any(ipaddress.ip_network(self.subnet).overlaps(u) for u in used):
             if not self._auto_subnet:
-                raise UsageError(f"subnet {self.subnet} is already routed in this namespace",
-                                 "choose another subnet, or subnet='auto'")
+                raise UsageError(
+                    f"subnet {self.subnet} is already routed in this namespace",
+                    "choose another subnet, or subnet='auto'",
+                )
             self._set_subnet(_pick_subnet(used))
 
     def reshape(self, links: Mapping[tuple[str, str], LinkCondition]) -> None:
@@ -348,7 +384,9 @@ class NamespaceNetwork:
         if interrupted:
             raise KeyboardInterrupt
         if left:
-            raise CapabilityError(f"could not remove {left}", "remove them with `ip netns del NAME` / `ip link del NAME`")
+            raise CapabilityError(
+                f"could not remove {left}", "remove them with `ip netns del NAME` / `ip link del NAME`"
+            )
 
 
 def _validate(nodes: list[str], links: Mapping[tuple[str, str], LinkCondition], prefix: str) -> None:
@@ -358,8 +396,10 @@ def _validate(nodes: list[str], links: Mapping[tuple[str, str], LinkCondition], 
         raise UsageError(f"node names repeat in {nodes}")
     for name in [*nodes, prefix]:
         if not _NAME.fullmatch(name):
-            raise UsageError(f"bad namespace/node name {name!r}",
-                             "use letters, digits, '_', '.', '-', starting with a letter or digit")
+            raise UsageError(
+                f"bad namespace/node name {name!r}",
+                "use letters, digits, '_', '.', '-', starting with a letter or digit",
+            )
     for src, dst in links:
         if src not in nodes or dst not in nodes or src == dst:
             raise UsageError(f"link {src!r} -> {dst!r} is not between two different nodes", f"nodes: {nodes}")
@@ -376,7 +416,9 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
     except FileNotFoundError:  # no iproute2: nothing can be routed by us either; start() says so
         return used
-    candidates = [(t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in (l.split() for l in routes.splitlines()) if t]
+    candidates = [
+        (t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in (l.split() for l in routes.splitlines()) if t
+    ]
     candidates += [t[t.index("inet") + 1] for t in (l.split() for l in addrs.splitlines()) if "inet" in t]
     for c in candidates:
         with contextlib.suppress(ValueError):

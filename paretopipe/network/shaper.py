@@ -23,8 +23,9 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from paretopipe.errors import TransportError, UsageError
 from paretopipe.network.capabilities import HostCapabilities
@@ -77,12 +78,12 @@ def schedule(condition: LinkCondition, messages: Sequence[tuple[float, int]], se
 class ShaperStats:
     """Counters of one :class:`ShapedSender` (a snapshot)."""
 
-    messages: int = 0        # submitted
-    nbytes: int = 0          # submitted bytes
-    sent: int = 0            # handed to the real send function
-    dropped: int = 0         # discarded by close(flush=False)
+    messages: int = 0  # submitted
+    nbytes: int = 0  # submitted bytes
+    sent: int = 0  # handed to the real send function
+    dropped: int = 0  # discarded by close(flush=False)
     queued_ms_total: float = 0.0  # sum over messages of (arrival - submission)
-    late_ms_max: float = 0.0      # worst delay of a real send after its computed arrival
+    late_ms_max: float = 0.0  # worst delay of a real send after its computed arrival
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,8 +112,9 @@ class ShapedSender:
         self.name = name
         self.mechanisms = choose_mechanisms(condition, _NO_KERNEL, "userspace")
         if condition.loss_pct > 0:
-            log.warning("shaper %s: loss %g%% is not applied (%s)", name or "-", condition.loss_pct,
-                        self.mechanisms["loss"])
+            log.warning(
+                "shaper %s: loss %g%% is not applied (%s)", name or "-", condition.loss_pct, self.mechanisms["loss"]
+            )
         self._send = send
         self._schedule = LinkSchedule(condition, seed)
         self._queue: deque[tuple[float, Any]] = deque()
@@ -168,8 +170,10 @@ class ShapedSender:
             self._cond.notify_all()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            raise TransportError(f"shaped link {self.name!r} did not drain within {timeout_s:g} s",
-                                 "close(flush=False) drops pending messages")
+            raise TransportError(
+                f"shaped link {self.name!r} did not drain within {timeout_s:g} s",
+                "close(flush=False) drops pending messages",
+            )
         with self._cond:
             self._raise_pending_error()
 
@@ -178,7 +182,7 @@ class ShapedSender:
             self._error_reported = True
             raise self._error
 
-    def __enter__(self) -> "ShapedSender":
+    def __enter__(self) -> ShapedSender:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -207,7 +211,7 @@ class ShapedSender:
                 pass
             try:
                 self._send(payload)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:
                 with self._cond:
                     self._error = exc
                     self._counts["dropped"] += len(self._queue)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from paretopipe.errors import CapabilityError, UsageError
 
@@ -61,7 +61,9 @@ def run_command(cmd: Command, timeout_s: float = 30.0) -> CommandResult:
     try:
         proc = subprocess.run(cmd.argv, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:
-        raise CapabilityError(f"{cmd.argv[0]!r} is not installed", "install iproute2 (apt-get install iproute2)") from None
+        raise CapabilityError(
+            f"{cmd.argv[0]!r} is not installed", "install iproute2 (apt-get install iproute2)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise CapabilityError(f"`{cmd}` did not finish within {timeout_s:g} s") from None
     result = CommandResult(cmd, proc.returncode, proc.stdout, proc.stderr)
@@ -109,7 +111,7 @@ def run_commands(
         for cmd in rollback:
             try:
                 run_command(cmd, timeout_s)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
+            except Exception:
                 pass
         raise
     return results

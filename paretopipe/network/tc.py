@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from paretopipe.errors import UsageError
 from paretopipe.network.capabilities import HostCapabilities
@@ -192,8 +192,15 @@ def _has_netem_part(c: LinkCondition) -> bool:
 def _tbf_args(c: LinkCondition) -> list[str]:
     assert c.bandwidth_bps is not None
     bw = c.bandwidth_bps
-    return ["tbf", "rate", tc_rate(bw), "burst", str(burst_bytes(bw)),
-            "limit", str(queue_limit_bytes(bw, c.delay_ms, c.jitter_ms))]
+    return [
+        "tbf",
+        "rate",
+        tc_rate(bw),
+        "burst",
+        str(burst_bytes(bw)),
+        "limit",
+        str(queue_limit_bytes(bw, c.delay_ms, c.jitter_ms)),
+    ]
 
 
 def build_apply(
@@ -262,9 +269,30 @@ def _htb_tree(
         minor = f"{FIRST_CLASS_MINOR + i:x}"
         rate_bps = c.bandwidth_bps if c.bandwidth_bps is not None else UNLIMITED_HTB_RATE_BPS
         rate, burst = tc_rate(rate_bps), str(burst_bytes(rate_bps))
-        cmds.append(_tc(netns, "class", "add", "dev", dev, "parent", "1:", "classid", f"1:{minor}", "htb",
-                        "rate", rate, "ceil", rate, "burst", burst, "cburst", burst,
-                        "quantum", str(htb_quantum_bytes(rate_bps))))
+        cmds.append(
+            _tc(
+                netns,
+                "class",
+                "add",
+                "dev",
+                dev,
+                "parent",
+                "1:",
+                "classid",
+                f"1:{minor}",
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+                "burst",
+                burst,
+                "cburst",
+                burst,
+                "quantum",
+                str(htb_quantum_bytes(rate_bps)),
+            )
+        )
         leaf = ("parent", f"1:{minor}", "handle", f"{minor}:")
         if _has_netem_part(c):
             cmds.append(_tc(netns, "qdisc", "add", "dev", dev, *leaf, *_netem_args(c)))
@@ -272,18 +300,52 @@ def _htb_tree(
             limit = queue_limit_bytes(c.bandwidth_bps, c.delay_ms, c.jitter_ms)
             cmds.append(_tc(netns, "qdisc", "add", "dev", dev, *leaf, "bfifo", "limit", str(limit)))
         dst_match = ["match", "ip", "dst", f"{dst}/32"] if dst else []
-        matches = [dst_match] if not ports else [
-            dst_match + ["match", "ip", "protocol", "6", "0xff", "match", "ip", field, str(value), f"0x{mask:04x}"]
-            for lo, hi in ports for value, mask in port_blocks(lo, hi) for field in ("dport", "sport")
-        ]
+        matches = (
+            [dst_match]
+            if not ports
+            else [
+                dst_match + ["match", "ip", "protocol", "6", "0xff", "match", "ip", field, str(value), f"0x{mask:04x}"]
+                for lo, hi in ports
+                for value, mask in port_blocks(lo, hi)
+                for field in ("dport", "sport")
+            ]
+        )
         for m in matches:
-            cmds.append(_tc(netns, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
-                            "u32", *m, "flowid", f"1:{minor}"))
+            cmds.append(
+                _tc(
+                    netns,
+                    "filter",
+                    "add",
+                    "dev",
+                    dev,
+                    "parent",
+                    "1:",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    "1",
+                    "u32",
+                    *m,
+                    "flowid",
+                    f"1:{minor}",
+                )
+            )
     return cmds
 
 
 __all__ = [
-    "TcPlan", "build_apply", "build_per_destination", "build_clear", "build_show", "parse_ports",
-    "port_blocks", "burst_bytes", "queue_limit_bytes", "netem_limit_packets", "htb_quantum_bytes",
-    "tc_rate", "tc_time", "tc_percent",
+    "TcPlan",
+    "build_apply",
+    "build_per_destination",
+    "build_clear",
+    "build_show",
+    "parse_ports",
+    "port_blocks",
+    "burst_bytes",
+    "queue_limit_bytes",
+    "netem_limit_packets",
+    "htb_quantum_bytes",
+    "tc_rate",
+    "tc_time",
+    "tc_percent",
 ]

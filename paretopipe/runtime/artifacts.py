@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -25,7 +25,7 @@ class ArtifactStageBuilder:
         self.loaded: list[str] = []
 
     def build(self, spec: StageSpec) -> torch.nn.Module:
-        from paretopipe.export import load_artifact
+        from paretopipe.sweep.export import load_artifact
 
         if spec.artifact is not None:
             path = self.directory / spec.artifact["file"]
@@ -33,5 +33,9 @@ class ArtifactStageBuilder:
                 module = load_artifact(path, spec.artifact["sha256"])
                 self.loaded.append(str(path))
                 return module
-            log.warning("exported stage %s not found in %s: building the stage from the model", spec.artifact["file"], self.directory)
+            log.warning(
+                "exported stage %s not found in %s: building the stage from the model",
+                spec.artifact["file"],
+                self.directory,
+            )
         return self.fallback(spec)

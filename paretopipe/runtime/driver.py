@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from backends.base import Message, Transport, TransportTimeout
 from paretopipe.errors import TransportError, WorkerError
+from paretopipe.host.timing import Rounds
 from paretopipe.runtime import protocol as P
-from paretopipe.timing import Rounds
+from paretopipe_backends.base import Message, Transport, TransportTimeout
 
 
 @dataclass
@@ -53,8 +54,12 @@ class ThroughputResult:
         return self.items * self.batch_size / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> dict[str, float]:
-        return {"throughput_ips": self.throughput_ips, "throughput_items": self.items,
-                "throughput_s": self.seconds, "window": self.window}
+        return {
+            "throughput_ips": self.throughput_ips,
+            "throughput_items": self.items,
+            "throughput_s": self.seconds,
+            "window": self.window,
+        }
 
 
 @dataclass
@@ -74,9 +79,13 @@ class StageStats:
     compute_cpu_ms: list[float] = field(default_factory=list)
 
     def medians(self) -> dict[str, float]:
-        med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
-        return {"compute_ms": med(self.compute_ms), "compute_cpu_ms": med(self.compute_cpu_ms),
-                "wait_ms": med(self.wait_ms), "send_ms": med(self.send_ms)}
+        med = lambda v: float(np.median(v)) if v else float("nan")
+        return {
+            "compute_ms": med(self.compute_ms),
+            "compute_cpu_ms": med(self.compute_cpu_ms),
+            "wait_ms": med(self.wait_ms),
+            "send_ms": med(self.send_ms),
+        }
 
 
 class Driver:
@@ -86,8 +95,13 @@ class Driver:
     died (the launcher knows). ``timeout_s`` bounds every wait for a reply or a result.
     """
 
-    def __init__(self, transport: Transport, timeout_s: float = 30.0, check_alive: Callable[[], None] | None = None,
-                 addresses: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        timeout_s: float = 30.0,
+        check_alive: Callable[[], None] | None = None,
+        addresses: dict[str, str] | None = None,
+    ) -> None:
         self.transport = transport
         self.timeout_s = timeout_s
         self.check_alive = check_alive or (lambda: None)
@@ -102,8 +116,10 @@ class Driver:
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                raise TransportError(f"timed out after {timeout_s or self.timeout_s:g} s waiting for {waiting_for}",
-                                     "is the worker running and reachable? see 'paretopipe worker --help'")
+                raise TransportError(
+                    f"timed out after {timeout_s or self.timeout_s:g} s waiting for {waiting_for}",
+                    "is the worker running and reachable? see 'paretopipe worker --help'",
+                )
             try:
                 msg = self.transport.recv(timeout_s=min(0.25, remaining))
             except TransportTimeout:
@@ -118,8 +134,9 @@ class Driver:
                 return msg
 
     # -- configuration -------------------------------------------------------------------------
-    def setup(self, devices: Sequence[str], specs: Sequence[P.StageSpec],
-              timeout_s: float | None = None) -> dict[str, dict[str, Any]]:
+    def setup(
+        self, devices: Sequence[str], specs: Sequence[P.StageSpec], timeout_s: float | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Send stage k's spec to ``devices[k]`` and wait until all are ready; returns their ready
         headers. A worker that does not answer raises TransportError naming the device and address.
         """
@@ -132,12 +149,17 @@ class Driver:
         while len(ready) < len(specs):
             missing = [d for d in self.devices if d not in ready]
             try:
-                msg = self._recv(lambda m: m.header.get("kind") == P.READY and m.header.get("config") == self.config,
-                                 "ready", max(0.01, deadline - time.perf_counter()))
+                msg = self._recv(
+                    lambda m: m.header.get("kind") == P.READY and m.header.get("config") == self.config,
+                    "ready",
+                    max(0.01, deadline - time.perf_counter()),
+                )
             except TransportError:
                 names = ", ".join(f"{d} at {self.addresses.get(d, '?')}" for d in missing)
-                raise TransportError(f"no answer from {names} within {timeout_s or self.timeout_s:g} s",
-                                     "start it with 'paretopipe worker --testbed T --device NAME' and check the address/firewall") from None
+                raise TransportError(
+                    f"no answer from {names} within {timeout_s or self.timeout_s:g} s",
+                    "start it with 'paretopipe worker --testbed T --device NAME' and check the address/firewall",
+                ) from None
             ready[str(msg.header["device"])] = dict(msg.header)
         return ready
 
@@ -157,7 +179,9 @@ class Driver:
         self._send_item(-1, inputs)
         return self._result("the first result").tensors
 
-    def latency(self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0) -> LatencyResult:
+    def latency(
+        self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0
+    ) -> LatencyResult:
         """One item in flight, ``warmup`` discarded, then at least ``items`` timed, and more
         until the timed items have taken ``min_time_s`` seconds."""
         lat: list[float] = []
@@ -176,8 +200,15 @@ class Driver:
             raise TransportError(f"expected the result of item {i}, got item {msg.header.get('item')}")
         return (msg.recv_ns - t0) / 1e6
 
-    def throughput(self, inputs: Sequence[torch.Tensor], items: int, warmup: int, window: int,
-                   batch_size: int, min_time_s: float = 0.0) -> ThroughputResult:
+    def throughput(
+        self,
+        inputs: Sequence[torch.Tensor],
+        items: int,
+        warmup: int,
+        window: int,
+        batch_size: int,
+        min_time_s: float = 0.0,
+    ) -> ThroughputResult:
         """``window`` items in flight; time at least ``items`` completions after ``warmup``
         completions, and more until the timed completions span ``min_time_s`` seconds.
 
@@ -216,12 +247,23 @@ class Driver:
             h = got[device].header
             names = h.get("series", [])
             if not isinstance(names, list) or len(names) != len(got[device].tensors):
-                raise TransportError(f"{device} sent statistics with series {names!r} "
-                                     f"but {len(got[device].tensors)} tensor(s)", "run the same paretopipe version everywhere")
+                raise TransportError(
+                    f"{device} sent statistics with series {names!r} but {len(got[device].tensors)} tensor(s)",
+                    "run the same paretopipe version everywhere",
+                )
             series = {str(n): t.tolist() for n, t in zip(names, got[device].tensors)}
-            ms = lambda key: [v / 1e6 for v in series.get(key, [])]  # noqa: E731
-            out.append(StageStats(device, k, ms("compute_ns"), ms("wait_ns"), ms("send_ns"), h.get("transport", {}),
-                                  ms("compute_cpu_ns")))
+            ms = lambda key: [v / 1e6 for v in series.get(key, [])]
+            out.append(
+                StageStats(
+                    device,
+                    k,
+                    ms("compute_ns"),
+                    ms("wait_ns"),
+                    ms("send_ns"),
+                    h.get("transport", {}),
+                    ms("compute_cpu_ns"),
+                )
+            )
         return out
 
     def release(self) -> None:
@@ -239,8 +281,11 @@ class Driver:
         nonce = uuid.uuid4().hex[:8]
         deadline = time.perf_counter() + timeout_s
         self._send_control(device, {"kind": P.PING, "nonce": nonce}, deadline)
-        msg = self._recv(lambda m: m.header.get("kind") == P.PONG and m.header.get("nonce") == nonce,
-                         f"{device}'s answer to a ping", max(0.01, deadline - time.perf_counter()))
+        msg = self._recv(
+            lambda m: m.header.get("kind") == P.PONG and m.header.get("nonce") == nonce,
+            f"{device}'s answer to a ping",
+            max(0.01, deadline - time.perf_counter()),
+        )
         return dict(msg.header)
 
     def _send_control(self, device: str, header: dict[str, Any], deadline: float | None = None) -> None:
@@ -254,8 +299,10 @@ class Driver:
             except TransportTimeout:
                 self.check_alive()
                 if time.perf_counter() >= deadline:
-                    raise TransportError(f"cannot reach {device} at {self.addresses.get(device, '?')}",
-                                         "is its worker running? check the address and firewall") from None
+                    raise TransportError(
+                        f"cannot reach {device} at {self.addresses.get(device, '?')}",
+                        "is its worker running? check the address and firewall",
+                    ) from None
 
     def stop(self, devices: Sequence[str]) -> None:
         """Ask workers to exit (no reply expected)."""

@@ -12,17 +12,18 @@ import dataclasses
 import json
 import math
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
-from backends import get_transport
-from backends.base import Endpoint, Transport, TransportOptions
 from paretopipe.errors import ConfigError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.testbed import DRIVER, Testbed
+from paretopipe_backends import get_transport
+from paretopipe_backends.base import Endpoint, Transport, TransportOptions
 
 if TYPE_CHECKING:
-    from backends.security import CurveConfig
+    from paretopipe_backends.security import CurveConfig
 
 
 def endpoints(testbed: Testbed) -> dict[str, Endpoint]:
@@ -66,9 +67,13 @@ def key_prefixes(testbed: Testbed) -> dict[str, str]:
     out = {}
     for field, name, key in fields:
         if not key:
-            raise ConfigError(testbed.path, field, f"missing: --secure needs a CURVE key pair for every endpoint ({name} has none)",
-                              f'create keys with: paretopipe keys {" ".join(n for _, n, _ in fields)} -o keys, '
-                              f'then add key = "keys/{name}"')
+            raise ConfigError(
+                testbed.path,
+                field,
+                f"missing: --secure needs a CURVE key pair for every endpoint ({name} has none)",
+                f"create keys with: paretopipe keys {' '.join(n for _, n, _ in fields)} -o keys, "
+                f'then add key = "keys/{name}"',
+            )
         p = Path(key).expanduser()
         if not p.is_absolute() and not Path(f"{p}.key").exists():
             beside = Path(testbed.path).resolve().parent / p
@@ -77,10 +82,10 @@ def key_prefixes(testbed: Testbed) -> dict[str, str]:
     return out
 
 
-def curve_config(testbed: Testbed, me: str) -> "CurveConfig":
+def curve_config(testbed: Testbed, me: str) -> CurveConfig:
     """The CURVE settings of endpoint ``me``: its pair, and every testbed endpoint's public key as
     peer key and allow-list. Raises ConfigError (missing ``key`` field, missing or bad key file)."""
-    from backends.security import CurveConfig
+    from paretopipe_backends.security import CurveConfig
 
     prefixes = key_prefixes(testbed)
     try:
@@ -97,10 +102,12 @@ def relocated(testbed: Testbed, hosts: Mapping[str, str]) -> Testbed:
     """A copy of ``testbed`` whose driver and devices have the hosts in ``hosts`` (by endpoint
     name; others keep theirs) and absolute key paths, e.g. the addresses of network namespaces."""
     keys = key_prefixes(testbed) if testbed.driver.key and all(d.key for d in testbed.devices) else {}
-    devices = tuple(dataclasses.replace(d, host=hosts.get(d.name, d.host), key=keys.get(d.name, d.key))
-                    for d in testbed.devices)
-    driver = dataclasses.replace(testbed.driver, host=hosts.get(DRIVER, testbed.driver.host),
-                                 key=keys.get(DRIVER, testbed.driver.key))
+    devices = tuple(
+        dataclasses.replace(d, host=hosts.get(d.name, d.host), key=keys.get(d.name, d.key)) for d in testbed.devices
+    )
+    driver = dataclasses.replace(
+        testbed.driver, host=hosts.get(DRIVER, testbed.driver.host), key=keys.get(DRIVER, testbed.driver.key)
+    )
     return dataclasses.replace(testbed, devices=devices, driver=driver)
 
 
@@ -126,17 +133,38 @@ def render_testbed(testbed: Testbed, comment: str = "") -> str:
     q = json.dumps  # a JSON string is a valid TOML basic string
 
     def table(values: dict) -> list[str]:
-        return [f"{k} = {q(v) if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)}"
-                for k, v in values.items() if v is not None]
+        return [
+            f"{k} = {q(v) if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)}"
+            for k, v in values.items()
+            if v is not None
+        ]
 
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += [f"name = {q(testbed.name)}", f"description = {q(testbed.description)}", "", "[driver]"]
     drv = testbed.driver
-    lines += table({"host": drv.host, "port": drv.port, "device": drv.device, "rpc_port": drv.rpc_port,
-                    "key": drv.key, "cpus": drv.cpus})
+    lines += table(
+        {
+            "host": drv.host,
+            "port": drv.port,
+            "device": drv.device,
+            "rpc_port": drv.rpc_port,
+            "key": drv.key,
+            "cpus": drv.cpus,
+        }
+    )
     for d in testbed.devices:
         memory = None if math.isinf(d.memory_bytes) else int(d.memory_bytes)
-        lines += ["", "[[devices]]"] + table({"name": d.name, "host": d.host, "port": d.port, "threads": d.threads,
-                                              "cpus": d.cpus, "cpu_quota": d.cpu_quota, "isa": d.isa, "memory": memory,
-                                              "key": d.key})
+        lines += ["", "[[devices]]"] + table(
+            {
+                "name": d.name,
+                "host": d.host,
+                "port": d.port,
+                "threads": d.threads,
+                "cpus": d.cpus,
+                "cpu_quota": d.cpu_quota,
+                "isa": d.isa,
+                "memory": memory,
+                "key": d.key,
+            }
+        )
     return "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
 Each emulated device is a ``paretopipe worker`` subprocess pinned to its CPUs, with its torch
 thread count, under its cgroup CPU quota (the same mechanism as ``paretopipe profile
---cpu-quota``) and its instruction set limit (:mod:`paretopipe.isa`, as ``--isa``). Workers die with the launcher (parent-death signal, and they poll the parent's
+--cpu-quota``) and its instruction set limit (:mod:`paretopipe.host.isa`, as ``--isa``). Workers die with the launcher (parent-death signal, and they poll the parent's
 pid); on exit, error or Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup
 removed.
 """
@@ -17,12 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from paretopipe import isa
-from paretopipe.cgroups import limit_process
 from paretopipe.errors import UsageError, WorkerError
+from paretopipe.host import isa
+from paretopipe.host.cgroups import limit_process
 from paretopipe.testbed import Device, Testbed
 
 _PR_SET_PDEATHSIG = 1
@@ -85,19 +85,48 @@ class LocalWorkers:
             raise
 
     def _start_one(self, d: Device) -> None:
-        argv = [*self.argv_prefix(d.name), sys.executable, "-m", "paretopipe", "worker",
-                "--testbed", self.testbed_path, "--device", d.name, "--backend", self.backend,
-                "--threads", str(d.threads), "--parent-pid", str(os.getpid()), *self.extra_args]
-        env = dict(os.environ, OMP_NUM_THREADS=str(d.threads), MKL_NUM_THREADS=str(d.threads), PYTHONUNBUFFERED="1",
-                   **isa.env_for(d.isa))
+        argv = [
+            *self.argv_prefix(d.name),
+            sys.executable,
+            "-m",
+            "paretopipe",
+            "worker",
+            "--testbed",
+            self.testbed_path,
+            "--device",
+            d.name,
+            "--backend",
+            self.backend,
+            "--threads",
+            str(d.threads),
+            "--parent-pid",
+            str(os.getpid()),
+            *self.extra_args,
+        ]
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(d.threads),
+            MKL_NUM_THREADS=str(d.threads),
+            PYTHONUNBUFFERED="1",
+            **isa.env_for(d.isa),
+        )
         log = open(self.log_path(d.name), "wb")
         self._stack.callback(log.close)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self.procs[d.name] = proc
         # Limits apply to the process and all its threads; torch starts its pools later, and
         # threads inherit the affinity mask and the cgroup of the thread that creates them.
-        self._stack.enter_context(limit_process(proc.pid, cpus=d.cpus, cpu_quota_fraction=d.cpu_quota, label=f"worker-{d.name}"))
+        self._stack.enter_context(
+            limit_process(proc.pid, cpus=d.cpus, cpu_quota_fraction=d.cpu_quota, label=f"worker-{d.name}")
+        )
 
     def check_alive(self) -> None:
         """Raise WorkerError for the first worker process that has exited."""
@@ -141,7 +170,7 @@ class LocalWorkers:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "LocalWorkers":
+    def __enter__(self) -> LocalWorkers:
         self.start()
         return self
 

@@ -13,12 +13,21 @@ earlier configuration (after a timeout, say) are recognised and dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from paretopipe.errors import FrameError
 
-SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED = "setup", "ready", "item", "result", "stats", "release", "released"
+SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED = (
+    "setup",
+    "ready",
+    "item",
+    "result",
+    "stats",
+    "release",
+    "released",
+)
 PING, PONG, STOP, ERROR = "ping", "pong", "stop", "error"
 KINDS = {SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED, PING, PONG, STOP, ERROR}
 
@@ -47,7 +56,7 @@ class StageSpec:
         return {"kind": SETUP, "spec": d}
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> "StageSpec":
+    def from_header(cls, header: Mapping[str, Any]) -> StageSpec:
         """Validate a setup header. Raises FrameError saying what is wrong."""
         spec = header.get("spec")
         if not isinstance(spec, dict):
@@ -64,8 +73,9 @@ class StageSpec:
                 next_peer=str(spec["next_peer"]),
                 threads=None if spec.get("threads") is None else int(spec["threads"]),
                 shaping={str(k): dict(v) for k, v in spec.get("shaping", {}).items()},
-                artifact=None if spec.get("artifact") is None else {"file": str(spec["artifact"]["file"]),
-                                                                    "sha256": str(spec["artifact"]["sha256"])},
+                artifact=None
+                if spec.get("artifact") is None
+                else {"file": str(spec["artifact"]["file"]), "sha256": str(spec["artifact"]["sha256"])},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FrameError(f"malformed setup spec: {exc!r}") from None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from backends.base import Transport
+from paretopipe_backends.base import Transport
 
 _STOP = object()
 
@@ -67,7 +68,7 @@ class SendThread:
                 t0 = time.perf_counter_ns()
                 self.transport.send(peer, header, tensors)
                 self._record(t0, timed)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            except BaseException as exc:
                 self._error = exc
                 return
             finally:
@@ -95,7 +96,7 @@ class SendThread:
             self._thread.join(timeout=drain_timeout_s)
         self._raise_pending()
 
-    def __enter__(self) -> "SendThread":
+    def __enter__(self) -> SendThread:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,13 +28,14 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from paretopipe.errors import CapabilityError, ParetoPipeError, TransportError, UsageError, WorkerError
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.plans import Plan
+from paretopipe.plan.plan_file import Plan
 from paretopipe.runtime.driver import Driver, StageStats
 from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
 from paretopipe.runtime.protocol import StageSpec
@@ -78,8 +79,9 @@ def _window(plan: Plan, options: MeasureOptions) -> int:
 ISOLATIONS = ("loopback", "netns")
 
 
-def preflight(testbed: Testbed, backend: str, *, isolation: str = "loopback", secure: bool = False,
-              launch: bool | None = None) -> None:
+def preflight(
+    testbed: Testbed, backend: str, *, isolation: str = "loopback", secure: bool = False, launch: bool | None = None
+) -> None:
     """Check that a session can start, before any work: isolation, backend, keys, capabilities.
 
     Raises UsageError (unknown isolation, ``secure`` with a backend other than zmq, namespaces for
@@ -90,18 +92,24 @@ def preflight(testbed: Testbed, backend: str, *, isolation: str = "loopback", se
         raise UsageError(f"unknown isolation {isolation!r}", f"use {' or '.join(ISOLATIONS)}")
     launch = testbed.all_local if launch is None else launch
     if secure and backend != "zmq":
-        raise UsageError(f"--secure needs the zmq backend, not {backend!r}",
-                         "PyTorch RPC pickles and cannot be authenticated here: run it on a trusted network only")
+        raise UsageError(
+            f"--secure needs the zmq backend, not {backend!r}",
+            "PyTorch RPC pickles and cannot be authenticated here: run it on a trusted network only",
+        )
     if isolation == "netns":
         if not launch:
-            raise UsageError(f"--isolation netns needs a local testbed; {testbed.path} has devices on other hosts",
-                             "on real devices shape the NIC with 'paretopipe netem apply' instead")
+            raise UsageError(
+                f"--isolation netns needs a local testbed; {testbed.path} has devices on other hosts",
+                "on real devices shape the NIC with 'paretopipe netem apply' instead",
+            )
         from paretopipe.network.capabilities import probe_capabilities
 
         caps = probe_capabilities()
         if not (caps.is_root and caps.ip_path and caps.netns and caps.bridge):
-            raise CapabilityError("--isolation netns needs root, iproute2, network namespaces and a bridge",
-                                  "see 'paretopipe netem preflight', or use --isolation loopback")
+            raise CapabilityError(
+                "--isolation netns needs root, iproute2, network namespaces and a bridge",
+                "see 'paretopipe netem preflight', or use --isolation loopback",
+            )
     if secure:
         for name in [DRIVER, *(testbed.device_names if launch else ())]:
             curve_config(testbed, name)
@@ -118,10 +126,20 @@ class Session:
     stage device gets to answer a ping when a result is late. Raises what :func:`preflight` raises.
     """
 
-    def __init__(self, testbed: Testbed, backend: str = "zmq", *, launch: bool | None = None,
-                 startup_timeout_s: float = 120.0, timeout_s: float = 60.0, log_dir: str | None = None,
-                 isolation: str = "loopback", secure: bool = False, ping_timeout_s: float | None = None,
-                 artifacts: str | None = None) -> None:
+    def __init__(
+        self,
+        testbed: Testbed,
+        backend: str = "zmq",
+        *,
+        launch: bool | None = None,
+        startup_timeout_s: float = 120.0,
+        timeout_s: float = 60.0,
+        log_dir: str | None = None,
+        isolation: str = "loopback",
+        secure: bool = False,
+        ping_timeout_s: float | None = None,
+        artifacts: str | None = None,
+    ) -> None:
         preflight(testbed, backend, isolation=isolation, secure=secure, launch=launch)
         self.testbed = testbed
         self.backend = backend
@@ -141,7 +159,7 @@ class Session:
         self._graphs: dict[str, Any] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         try:
             self._start()
         except BaseException:
@@ -153,29 +171,37 @@ class Session:
         self._stack.close()
 
     def _start(self) -> None:
+        from paretopipe.host.timing import steady_allocator
         from paretopipe.runtime.launcher import LocalWorkers
-
-        from paretopipe.timing import steady_allocator
 
         steady_allocator()  # the driver decodes results too: reuse freed buffers, as workers do
         if self.launch and self.testbed.driver.cpus:
-            from paretopipe.cgroups import pin_cpus
+            from paretopipe.host.cgroups import pin_cpus
 
             self._stack.enter_context(pin_cpus(self.testbed.driver.cpus))
         worker_testbed, prefix = None, None
         if self.isolation == "netns":
             worker_testbed, prefix = self._enter_namespaces()
         if self.launch:
-            self.workers = self._stack.enter_context(LocalWorkers(
-                self.testbed, self.backend, testbed_path=worker_testbed, argv_prefix=prefix, log_dir=self.log_dir,
-                extra_args=(["--secure"] if self.secure else []) + (["--artifacts", self.artifacts] if self.artifacts else [])))
-        from backends.base import TransportOptions
+            self.workers = self._stack.enter_context(
+                LocalWorkers(
+                    self.testbed,
+                    self.backend,
+                    testbed_path=worker_testbed,
+                    argv_prefix=prefix,
+                    log_dir=self.log_dir,
+                    extra_args=(["--secure"] if self.secure else [])
+                    + (["--artifacts", self.artifacts] if self.artifacts else []),
+                )
+            )
+        from paretopipe_backends.base import TransportOptions
 
         # A short send timeout: control sends to a worker that is not up yet are retried by the
         # driver between liveness checks instead of blocking for long.
         curve = curve_config(self.run_testbed, DRIVER) if self.secure else None
-        self.transport = make_transport(self.backend, self.run_testbed, DRIVER,
-                                        options=TransportOptions(send_timeout_s=2.0, curve=curve))
+        self.transport = make_transport(
+            self.backend, self.run_testbed, DRIVER, options=TransportOptions(send_timeout_s=2.0, curve=curve)
+        )
         self._stack.enter_context(self.transport)
         addresses = {name: f"{ep.host}:{ep.port}" for name, ep in endpoints(self.run_testbed).items()}
         check = self.workers.check_alive if self.workers is not None else None
@@ -189,11 +215,14 @@ class Session:
 
         cleanup_stale()  # namespaces (and their host veths) of runs whose driver was killed
         self.net = net = self._stack.enter_context(
-            NamespaceNetwork(self.testbed.device_names, subnet="auto", host_node=DRIVER, path=self.path))
+            NamespaceNetwork(self.testbed.device_names, subnet="auto", host_node=DRIVER, path=self.path)
+        )
         self.run_testbed = relocated(self.testbed, {n: net.address(n) for n in net.all_nodes})
         directory = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="paretopipe-netns-")))
         path = directory / f"{self.testbed.name}-netns.toml"
-        path.write_text(render_testbed(self.run_testbed, f"{self.testbed.path} with the addresses of namespaces {net.prefix}-*"))
+        path.write_text(
+            render_testbed(self.run_testbed, f"{self.testbed.path} with the addresses of namespaces {net.prefix}-*")
+        )
         return path, (lambda device: net.exec_argv(device, []))
 
     def _wait_for_workers(self) -> None:
@@ -210,8 +239,8 @@ class Session:
     # -- one configuration ---------------------------------------------------------------------
     def graph_for(self, plan: Plan):
         """The traced graph of the plan's model (cached), used for checks and the reference."""
-        from paretopipe.graph import trace_spec
-        from paretopipe.models import ModelSpec
+        from paretopipe.model.graph import trace_spec
+        from paretopipe.model.registry import ModelSpec
 
         key = json.dumps([plan.model, plan.batch_size], sort_keys=True)
         if key not in self._graphs:
@@ -238,11 +267,22 @@ class Session:
             else:
                 mech = choose_mechanisms(cond, caps, self.path)
                 residual = residual_condition(cond, mech)
-            out.append({"src": src, "dst": dst, "label": label, "condition": cond.to_dict(),
-                        "spec": cond.spec(), "mechanism": dict(mech), "userspace": residual})
+            out.append(
+                {
+                    "src": src,
+                    "dst": dst,
+                    "label": label,
+                    "condition": cond.to_dict(),
+                    "spec": cond.spec(),
+                    "mechanism": dict(mech),
+                    "userspace": residual,
+                }
+            )
         return out
 
-    def setup(self, plan: Plan, scenario: tuple[str, LinkCondition]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    def setup(
+        self, plan: Plan, scenario: tuple[str, LinkCondition]
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """Check ``plan`` against its model, shape its links and build its stages on the devices.
 
         Returns ``(links, ready)``: the links as :meth:`links` gives them and each device's ready
@@ -253,20 +293,33 @@ class Session:
         cuts = graph.check_cuts(plan.cut_indices)
         names = [c.after for c in cuts]
         if names != [c.after for c in plan.cuts]:
-            raise UsageError(f"plan {plan.id}: cuts {list(plan.cut_indices)} are nodes {names} in this model, "
-                             f"not {[c.after for c in plan.cuts]}", "was the plan made for another model version or input shape?")
+            raise UsageError(
+                f"plan {plan.id}: cuts {list(plan.cut_indices)} are nodes {names} in this model, "
+                f"not {[c.after for c in plan.cuts]}",
+                "was the plan made for another model version or input shape?",
+            )
         for d in plan.devices:
             self.testbed.device(d)
         links = self.links(plan, scenario)
         config = Driver.new_config_id()
         hops = [*plan.devices, DRIVER]
-        artifacts = {int(a["stage"]): {"file": a["file"], "sha256": a["sha256"]} for a in plan.meta.get("artifacts", [])}
+        artifacts = {
+            int(a["stage"]): {"file": a["file"], "sha256": a["sha256"]} for a in plan.meta.get("artifacts", [])
+        }
         specs = [
-            StageSpec(config=config, stage=k, stages=plan.stages, model=dict(plan.model), batch_size=plan.batch_size,
-                      cuts=plan.cut_indices, cut_names=tuple(names), next_peer=hops[k + 1],
-                      threads=self.testbed.device(d).threads,
-                      shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()},
-                      artifact=artifacts.get(k))
+            StageSpec(
+                config=config,
+                stage=k,
+                stages=plan.stages,
+                model=dict(plan.model),
+                batch_size=plan.batch_size,
+                cuts=plan.cut_indices,
+                cut_names=tuple(names),
+                next_peer=hops[k + 1],
+                threads=self.testbed.device(d).threads,
+                shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()},
+                artifact=artifacts.get(k),
+            )
             for k, d in enumerate(plan.devices)
         ]
         self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
@@ -295,16 +348,20 @@ class Session:
 
     def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
         """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
-        from paretopipe.models import ModelSpec, example_input
-        from paretopipe.stages import compare_outputs, assemble_output
+        from paretopipe.model.registry import ModelSpec, example_input
+        from paretopipe.model.stages import assemble_output, compare_outputs
 
         graph = self.graph_for(plan)
         x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
         t0 = time.perf_counter()
         links, ready = self.setup(plan, scenario)
-        row: dict[str, Any] = {"config": self.driver.config, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "isolation": self.isolation, "shaping": shaping_summary(links),
-                               "setup_s": time.perf_counter() - t0}
+        row: dict[str, Any] = {
+            "config": self.driver.config,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "isolation": self.isolation,
+            "shaping": shaping_summary(links),
+            "setup_s": time.perf_counter() - t0,
+        }
         try:
             if options.check_output:
                 expected = self._reference(graph, plan, x)
@@ -312,12 +369,17 @@ class Session:
                 exact, diff = compare_outputs(expected, assemble_output(graph, got))
                 row.update(output_exact=exact, output_max_abs_diff=diff)
             if "latency" in options.modes:
-                row.update(self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary())
+                row.update(
+                    self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary()
+                )
                 row.update(_stage_columns("lat", self.driver.stats()))
             if "throughput" in options.modes:
                 window = _window(plan, options)
-                row.update(self.driver.throughput([x], options.throughput_items, options.warmup, window, plan.batch_size,
-                                                options.min_time_s).summary())
+                row.update(
+                    self.driver.throughput(
+                        [x], options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
+                    ).summary()
+                )
                 row.update(_stage_columns("tput", self.driver.stats()))
         except WorkerError:
             raise
@@ -339,22 +401,32 @@ class Session:
             except WorkerError as exc:  # the launcher saw it exit meanwhile
                 return exc
             except TransportError:
-                return WorkerError(device, f"did not answer a ping within {t:g} s after: {cause.message}",
-                                   "the worker is stopped, hung or cut off from the network")
+                return WorkerError(
+                    device,
+                    f"did not answer a ping within {t:g} s after: {cause.message}",
+                    "the worker is stopped, hung or cut off from the network",
+                )
         return cause
 
 
 def shaping_summary(links: Sequence[Mapping[str, Any]]) -> str:
     """How a row's links were shaped: the mechanisms used, e.g. ``tc-htb+userspace``, or ``none``."""
-    kinds = {("not-applied" if m.startswith("not-applied") else m)
-             for link in links for m in link["mechanism"].values() if m != "none"}
+    kinds = {
+        ("not-applied" if m.startswith("not-applied") else m)
+        for link in links
+        for m in link["mechanism"].values()
+        if m != "none"
+    }
     return "+".join(sorted(kinds)) or "none"
 
 
 def _stage_columns(prefix: str, stats: Sequence[StageStats]) -> dict[str, Any]:
     """Per-stage medians as JSON lists, e.g. ``lat_stage_compute_ms = [4.1, 9.8]``."""
     med = [s.medians() for s in stats]
-    return {f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med]) for k in ("compute_ms", "compute_cpu_ms", "wait_ms", "send_ms")}
+    return {
+        f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med])
+        for k in ("compute_ms", "compute_cpu_ms", "wait_ms", "send_ms")
+    }
 
 
 def scenario_label(scenario: tuple[str, LinkCondition]) -> str:

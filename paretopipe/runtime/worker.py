@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from backends.base import Message, Transport, TransportTimeout
 from paretopipe.errors import FrameError, ParetoPipeError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.runtime import protocol as P
 from paretopipe.runtime.sender import SendThread
+from paretopipe_backends.base import Message, Transport, TransportTimeout
 
 log = logging.getLogger("paretopipe.worker")
 DRIVER = "driver"
@@ -80,12 +81,14 @@ class Worker:
                         return
                 except (FrameError, ParetoPipeError) as exc:
                     self._report(msg, f"{exc}")
-                except Exception as exc:  # noqa: BLE001 - a stage error must not kill the worker
+                except Exception as exc:
                     log.exception("%s: error while handling %s", self.device, msg.header.get("kind"))
                     self._report(msg, f"{type(exc).__name__}: {exc}")
 
     def _report(self, msg: Message, error: str) -> None:
-        self.sender.submit(DRIVER, {"kind": P.ERROR, "device": self.device, "config": msg.header.get("config"), "error": error})
+        self.sender.submit(
+            DRIVER, {"kind": P.ERROR, "device": self.device, "config": msg.header.get("config"), "error": error}
+        )
 
     def _handle(self, msg: Message) -> bool:
         kind = P.kind_of(msg.header)
@@ -99,7 +102,9 @@ class Worker:
             self.stage = None
             self.sender.submit(DRIVER, {"kind": P.RELEASED, "device": self.device})
         elif kind == P.PING:
-            self.sender.submit(DRIVER, {"kind": P.PONG, "device": self.device, "nonce": msg.header.get("nonce"), "pid": os.getpid()})
+            self.sender.submit(
+                DRIVER, {"kind": P.PONG, "device": self.device, "nonce": msg.header.get("nonce"), "pid": os.getpid()}
+            )
         elif kind == P.STOP:
             return False
         else:
@@ -118,8 +123,15 @@ class Worker:
         build_ms = (time.perf_counter_ns() - t0) / 1e6
         self.sender.submit(
             DRIVER,
-            {"kind": P.READY, "device": self.device, "config": spec.config, "stage": spec.stage,
-             "build_ms": build_ms, "threads": torch.get_num_threads(), "pid": os.getpid()},
+            {
+                "kind": P.READY,
+                "device": self.device,
+                "config": spec.config,
+                "stage": spec.stage,
+                "build_ms": build_ms,
+                "threads": torch.get_num_threads(),
+                "pid": os.getpid(),
+            },
         )
 
     def _run_item(self, msg: Message) -> None:
@@ -151,14 +163,22 @@ class Worker:
 
     def _send_stats(self, msg: Message) -> None:
         stage = self.stage
-        body: dict[str, Any] = {"kind": P.STATS, "device": self.device, "stale_items": self.stale_items,
-                                "transport": self.transport.stats}
+        body: dict[str, Any] = {
+            "kind": P.STATS,
+            "device": self.device,
+            "stale_items": self.stale_items,
+            "transport": self.transport.stats,
+        }
         tensors: list[torch.Tensor] = []
         if stage is not None:
             # Per-item timings travel as int64 tensors named in the header: as JSON lists they
             # would outgrow the header bound after a couple of thousand items.
-            series = {"compute_ns": stage.compute_ns, "compute_cpu_ns": stage.compute_cpu_ns,
-                      "wait_ns": stage.wait_ns, "send_ns": self.sender.take_send_ns()}
+            series = {
+                "compute_ns": stage.compute_ns,
+                "compute_cpu_ns": stage.compute_cpu_ns,
+                "wait_ns": stage.wait_ns,
+                "send_ns": self.sender.take_send_ns(),
+            }
             body.update(config=stage.spec.config, stage=stage.spec.stage, items=stage.items, series=list(series))
             tensors = [torch.tensor(v, dtype=torch.int64) for v in series.values()]
             if msg.header.get("reset", True):
@@ -176,8 +196,8 @@ class StageBuilder:
     def build(self, spec: P.StageSpec) -> torch.nn.Module:
         import json
 
-        from paretopipe.graph import trace_spec
-        from paretopipe.models import ModelSpec
+        from paretopipe.model.graph import trace_spec
+        from paretopipe.model.registry import ModelSpec
 
         key = json.dumps([spec.model, spec.batch_size], sort_keys=True)
         graph = self._graphs.get(key)

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from paretopipe.errors import UsageError
-from paretopipe.pareto import knee_point, non_dominated_mask
-from paretopipe.plans import safe_name
+from paretopipe.plan.pareto import knee_point, non_dominated_mask
+from paretopipe.plan.plan_file import safe_name
 
-FRONT_COLUMNS = ["plan_id", "stages", "cuts", "cut_nodes", "devices", "repeats", "latency_ms_p50", "latency_ms_p95",
-                 "throughput_ips", "pred_latency_ms", "pred_throughput_ips", "latency_err_pct", "throughput_err_pct",
-                 "on_front", "knee", "pred_on_front"]
+FRONT_COLUMNS = [
+    "plan_id",
+    "stages",
+    "cuts",
+    "cut_nodes",
+    "devices",
+    "repeats",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "throughput_ips",
+    "pred_latency_ms",
+    "pred_throughput_ips",
+    "latency_err_pct",
+    "throughput_err_pct",
+    "on_front",
+    "knee",
+    "pred_on_front",
+]
 
 
-def measured_front(df: pd.DataFrame, x: str = "latency_ms_p50", y: str = "throughput_ips",
-                   senses: Sequence[str] = ("min", "max")) -> pd.Series:
+def measured_front(
+    df: pd.DataFrame, x: str = "latency_ms_p50", y: str = "throughput_ips", senses: Sequence[str] = ("min", "max")
+) -> pd.Series:
     """Boolean Series: rows of ``df`` on the Pareto front of columns x and y (NaN rows never are)."""
     for col in (x, y):
         if col not in df:
@@ -39,10 +55,16 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["plan_id", "stages", "cuts", "cut_nodes", "devices"]
     ok = ok.assign(cuts=ok["cuts"].fillna(""), cut_nodes=ok["cut_nodes"].fillna(""))
     num = ["latency_ms_p50", "latency_ms_p95", "throughput_ips", "pred_latency_ms", "pred_throughput_ips"]
-    agg = ok.groupby(keys, dropna=False).agg(
-        repeats=("repeat", "count"), pred_on_front=("pred_on_front", "first"),
-        lat_stage_compute_ms=("lat_stage_compute_ms", "first"),
-        **{c: (c, "median") for c in num}).reset_index()
+    agg = (
+        ok.groupby(keys, dropna=False)
+        .agg(
+            repeats=("repeat", "count"),
+            pred_on_front=("pred_on_front", "first"),
+            lat_stage_compute_ms=("lat_stage_compute_ms", "first"),
+            **{c: (c, "median") for c in num},
+        )
+        .reset_index()
+    )
     agg["latency_err_pct"] = (agg["pred_latency_ms"] - agg["latency_ms_p50"]) / agg["latency_ms_p50"] * 100
     agg["throughput_err_pct"] = (agg["pred_throughput_ips"] - agg["throughput_ips"]) / agg["throughput_ips"] * 100
     agg["on_front"] = measured_front(agg)
@@ -94,7 +116,7 @@ def write_reports(rows: pd.DataFrame, out_dir: Path) -> list[dict[str, object]]:
     """Per (network, backend): front.csv, front.png, predicted_vs_measured.png,
     latency_breakdown.png and errors.csv under ``out_dir/<network>/<backend>/``. Returns one
     summary row per group (also written to ``out_dir/summary.csv``)."""
-    from paretopipe.plots import plot_front, plot_latency_breakdown, plot_predicted_vs_measured
+    from paretopipe.sweep.plots import plot_front, plot_latency_breakdown, plot_predicted_vs_measured
 
     summaries = []
     for (network, backend), group in rows.groupby(["network", "backend"], sort=False):
@@ -103,22 +125,46 @@ def write_reports(rows: pd.DataFrame, out_dir: Path) -> list[dict[str, object]]:
         d.mkdir(parents=True, exist_ok=True)
         failed = int((group["status"] != "ok").sum())
         errs = error_summary(agg) | repeat_agreement(group)
-        summaries.append({"network": network, "backend": backend, "measured": int(len(agg)), "failed": failed,
-                          "front": int(agg["on_front"].sum()) if len(agg) else 0, **errs, "dir": str(d)})
+        summaries.append(
+            {
+                "network": network,
+                "backend": backend,
+                "measured": int(len(agg)),
+                "failed": failed,
+                "front": int(agg["on_front"].sum()) if len(agg) else 0,
+                **errs,
+                "dir": str(d),
+            }
+        )
         if agg.empty:
             continue
-        agg["label"] = agg["cuts"].astype(str).where(agg["cuts"].astype(str) != "", "whole") + " " + agg["devices"].astype(str)
+        agg["label"] = (
+            agg["cuts"].astype(str).where(agg["cuts"].astype(str) != "", "whole") + " " + agg["devices"].astype(str)
+        )
         agg[FRONT_COLUMNS].to_csv(d / "front.csv", index=False)
         pd.DataFrame([errs]).to_csv(d / "errors.csv", index=False)
         spec = group["network_spec"].iloc[0]
         model = group["model"].iloc[0]
-        plot_front(agg, d / "front.png", f"{model}: measured, network {network} ({spec}), {backend}",
-                   x="latency_ms_p50", y="throughput_ips", label_col="label", predicted=agg)
-        plot_predicted_vs_measured(agg, d / "predicted_vs_measured.png",
-                                   f"{model}, {network}, {backend}: latency within ±10%: {errs['latency_within_10pct']:.0%}, "
-                                   f"throughput: {errs['throughput_within_10pct']:.0%}")
-        plot_latency_breakdown(agg.sort_values("latency_ms_p50"), d / "latency_breakdown.png",
-                               f"{model}, {network}, {backend}: where the latency goes", label_col="label")
+        plot_front(
+            agg,
+            d / "front.png",
+            f"{model}: measured, network {network} ({spec}), {backend}",
+            x="latency_ms_p50",
+            y="throughput_ips",
+            label_col="label",
+            predicted=agg,
+        )
+        plot_predicted_vs_measured(
+            agg,
+            d / "predicted_vs_measured.png",
+            f"{model}, {network}, {backend}: latency within ±10%: {errs['latency_within_10pct']:.0%}, "
+            f"throughput: {errs['throughput_within_10pct']:.0%}",
+        )
+        plot_latency_breakdown(
+            agg.sort_values("latency_ms_p50"),
+            d / "latency_breakdown.png",
+            f"{model}, {network}, {backend}: where the latency goes",
+            label_col="label",
+        )
     pd.DataFrame(summaries).to_csv(out_dir / "summary.csv", index=False)
     return summaries
-

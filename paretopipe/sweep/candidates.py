@@ -14,13 +14,13 @@ it measured, until none is left.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from paretopipe.costmodel import Plan as CostPlan
-from paretopipe.costmodel import evaluate_plan
 from paretopipe.errors import UsageError
+from paretopipe.plan.costmodel import Plan as CostPlan
+from paretopipe.plan.costmodel import evaluate_plan
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (cut indices into the instance's cuts, device indices)
 NEAR_MARGIN = 0.10  # measure plans a prediction error this large could put on the front
@@ -61,7 +61,7 @@ def near_front(scores: dict[Key, float], margin: float, room: int) -> list[Key]:
     """The keys of ``scores`` (their :func:`closeness`) within ``1 + margin`` of the front,
     closest first (ties in the order given), at most ``room`` of them."""
     near = [(score, i, key) for i, (key, score) in enumerate(scores.items()) if score <= 1.0 + margin]
-    return [key for _, _, key in sorted(near)[:max(room, 0)]]
+    return [key for _, _, key in sorted(near)[: max(room, 0)]]
 
 
 def select(result, how: str, limit: int = 24, margin: float = NEAR_MARGIN) -> list[Key]:
@@ -76,8 +76,10 @@ def select(result, how: str, limit: int = 24, margin: float = NEAR_MARGIN) -> li
     keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
     if how == "all":
         if result.search.kept != "all":
-            raise UsageError(f"the plan space has {result.search.space_size:,} plans, too many to measure all",
-                             "use --cuts front or --cuts block")
+            raise UsageError(
+                f"the plan space has {result.search.space_size:,} plans, too many to measure all",
+                "use --cuts front or --cuts block",
+            )
         return [k for k, ok in zip(keys, feasible) if ok]
     if how == "front":
         on = df["on_front"].to_numpy(bool)
@@ -98,8 +100,8 @@ def _scores(result, front: Sequence[Key], front_points: np.ndarray, skip: set[Ke
     points = np.column_stack([df["latency_ms"].to_numpy(float), df["throughput_ips"].to_numpy(float)])
     scores: dict[Key, float] = {}
     for lo in range(0, len(keys), _CHUNK):  # closeness is (plans x front) at a time
-        part = closeness(points[lo:lo + _CHUNK], front_points)
-        for key, score, ok in zip(keys[lo:lo + _CHUNK], part, feasible[lo:lo + _CHUNK]):
+        part = closeness(points[lo : lo + _CHUNK], front_points)
+        for key, score, ok in zip(keys[lo : lo + _CHUNK], part, feasible[lo : lo + _CHUNK]):
             if ok and key not in skip:
                 scores[key] = float(score)
     inst, seen = result.instance, set(keys)
@@ -111,8 +113,9 @@ def _scores(result, front: Sequence[Key], front_points: np.ndarray, skip: set[Ke
     return scores
 
 
-def near_measured_front(result, front: dict[Key, tuple[float, float]], measured: set[Key],
-                        margin: float = NEAR_MARGIN, limit: int = 12) -> list[Key]:
+def near_measured_front(
+    result, front: dict[Key, tuple[float, float]], measured: set[Key], margin: float = NEAR_MARGIN, limit: int = 12
+) -> list[Key]:
     """Plans not in ``measured`` that a prediction error of at most ``margin`` could put on the
     *measured* front: their predicted point within ``1 + margin`` of it (:func:`closeness`),
     closest first, at most ``limit``; drawn from every plan the search scored and the measured
@@ -139,7 +142,9 @@ def parse_cut_list(text: str, positions: Sequence[int]) -> list[tuple[int, ...]]
         try:
             pos = [int(v) for v in item.split(".")]
         except ValueError:
-            raise UsageError(f"cannot read cut set {item!r}", "e.g. --cuts 26,40,17.42 (a '.' joins cuts of one plan)") from None
+            raise UsageError(
+                f"cannot read cut set {item!r}", "e.g. --cuts 26,40,17.42 (a '.' joins cuts of one plan)"
+            ) from None
         bad = [p for p in pos if p not in index]
         if bad:
             raise UsageError(f"{bad} not legal cut(s)", "run 'paretopipe cuts MODEL' to list them")

@@ -13,13 +13,14 @@ import contextlib
 import functools
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.network.conditions import LinkCondition, load_scenarios, resolve_network
-from paretopipe.plans import Plan, load_plan, safe_name, save_plan
+from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.store import RunStore, check_resume_compatible, now
 
 Log = Callable[[str], None]
@@ -64,7 +65,7 @@ class SweepSettings:
     seed: int = 0
     isolation: str = "loopback"  # loopback | netns
     secure: bool = False
-    device_runtime: bool = True  # run the whole model on each device first (paretopipe.devicecal)
+    device_runtime: bool = True  # run the whole model on each device first (paretopipe.calibrate.device_runtime)
     pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (_PassCheck)
     recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
 
@@ -94,11 +95,18 @@ class SweepOutcome:
     unmeasured: int = 0  # left for --resume (rpc after a failure)
     refined: int = 0  # configurations added by refine() rounds
 
-    def then(self, more: "SweepOutcome", added: int) -> "SweepOutcome":
+    def then(self, more: SweepOutcome, added: int) -> SweepOutcome:
         """This outcome followed by ``more``, an execute() of the same list with ``added`` more configurations."""
-        return SweepOutcome(more.configs, self.measured + more.measured, self.skipped, self.failed + more.failed,
-                            self.elapsed_s + more.elapsed_s, self.failures + more.failures, more.unmeasured,
-                            self.refined + added)
+        return SweepOutcome(
+            more.configs,
+            self.measured + more.measured,
+            self.skipped,
+            self.failed + more.failed,
+            self.elapsed_s + more.elapsed_s,
+            self.failures + more.failures,
+            more.unmeasured,
+            self.refined + added,
+        )
 
 
 class Sessions:
@@ -124,8 +132,9 @@ class Sessions:
             self.drop(other)
         if backend not in self._open:
             st = self.settings
-            self._open[backend] = Session(self.testbed, backend, timeout_s=st.timeout_s, isolation=st.isolation,
-                                          secure=st.secure).__enter__()
+            self._open[backend] = Session(
+                self.testbed, backend, timeout_s=st.timeout_s, isolation=st.isolation, secure=st.secure
+            ).__enter__()
         return self._open[backend]
 
     def drop(self, backend: str) -> None:
@@ -135,7 +144,7 @@ class Sessions:
             with contextlib.suppress(Exception):
                 session.__exit__(None, None, None)
 
-    def __enter__(self) -> "Sessions":
+    def __enter__(self) -> Sessions:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -155,8 +164,22 @@ def _sessions(settings: SweepSettings, sessions: Sessions | None):
         yield own
 
 
-_COMPARABLE = ("model", "testbed", "networks", "backends", "stages", "cuts", "granularity", "batch_size",
-               "latency_items", "throughput_items", "warmup", "min_time_s", "repeats", "isolation")
+_COMPARABLE = (
+    "model",
+    "testbed",
+    "networks",
+    "backends",
+    "stages",
+    "cuts",
+    "granularity",
+    "batch_size",
+    "latency_items",
+    "throughput_items",
+    "warmup",
+    "min_time_s",
+    "repeats",
+    "isolation",
+)
 
 
 def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessions | None = None) -> list[Config]:
@@ -164,7 +187,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
 
     Pass the :class:`Sessions` that :func:`execute` will use, so the device runtime calibration
     runs on the workers that are then measured."""
-    from paretopipe.fingerprint import fingerprint, git_commit
+    from paretopipe.host.fingerprint import fingerprint, git_commit
     from paretopipe.testbed import load_testbed
 
     scenarios = load_scenarios(settings.networks_file)
@@ -176,23 +199,30 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
         check_resume_compatible(old, asdict(settings) | {"resume": False}, _COMPARABLE)
         return _reload(manifest, store.dir, dict(nets))
     for be in settings.backends:
-        from backends import get_transport
+        from paretopipe_backends import get_transport
 
         get_transport(be)  # unknown backend: fail before any work
     with _sessions(settings, sessions) as pool:
         planned, runtimes = _plan_all(settings, tb, nets, store.dir, log, pool)
     configs = measurement_order(settings.backends, planned, settings.repeats)
     commit, dirty = git_commit()
-    store.write_manifest({
-        "schema": "paretopipe.run", "version": 1, "settings": asdict(settings) | {"resume": False},
-        "testbed": {"path": tb.path, "name": tb.name, "text": Path(tb.path).read_text()},
-        "networks": {label: cond.to_dict() for label, cond in nets},
-        "fingerprint": fingerprint(), "git_commit": commit, "git_dirty": dirty, "started": now(), "finished": None,
-        "device_runtime": None if runtimes is None else {d: r.to_dict() for d, r in runtimes.items()},
-        "configurations": [_manifest_entry(c) for c in configs],
-    })
+    store.write_manifest(
+        {
+            "schema": "paretopipe.run",
+            "version": 1,
+            "settings": asdict(settings) | {"resume": False},
+            "testbed": {"path": tb.path, "name": tb.name, "text": Path(tb.path).read_text()},
+            "networks": {label: cond.to_dict() for label, cond in nets},
+            "fingerprint": fingerprint(),
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "started": now(),
+            "finished": None,
+            "device_runtime": None if runtimes is None else {d: r.to_dict() for d, r in runtimes.items()},
+            "configurations": [_manifest_entry(c) for c in configs],
+        }
+    )
     return configs
-
 
 
 @dataclass
@@ -209,10 +239,19 @@ class _Inputs:
     @functools.cached_property
     def _local(self):
         """Every 1-stage plan on the unshaped network (planned once; both run lists come from it)."""
-        from paretopipe.planning import plan_front
+        from paretopipe.sweep.predict import plan_front
 
-        return plan_front(self.spec, self.graph, self.testbed, ("local", LinkCondition()), self.profiles, (1,), "exhaustive",
-                          granularity=self.granularity, calibration=self.calibration)
+        return plan_front(
+            self.spec,
+            self.graph,
+            self.testbed,
+            ("local", LinkCondition()),
+            self.profiles,
+            (1,),
+            "exhaustive",
+            granularity=self.granularity,
+            calibration=self.calibration,
+        )
 
     def whole_model_plans(self) -> dict[str, Plan]:
         """Per device, the plan that runs the whole model on it (what the device runtime calibration runs)."""
@@ -223,7 +262,7 @@ class _Inputs:
         """Per device, a 2-stage plan ending with a short tail of the model on it (about
         ``devicecal.TAIL_SHARE`` of its time), the head on the next device: what the device runtime
         calibration runs for the stage start cost. Empty with one device or no cut."""
-        from paretopipe.devicecal import tail_cut
+        from paretopipe.calibrate.device_runtime import tail_cut
 
         local = self._local
         inst = local.instance
@@ -239,10 +278,10 @@ class _Inputs:
 
 def _inputs(settings: SweepSettings, tb, log: Log) -> _Inputs:
     """Trace the model, gather (or measure) a profile per device, find the link calibration."""
-    from paretopipe.calibration import find_calibration
-    from paretopipe.graph import trace_spec
-    from paretopipe.models import resolve_spec
-    from paretopipe.planning import gather_profiles
+    from paretopipe.calibrate.link_file import find_calibration
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.sweep.predict import gather_profiles
 
     spec = resolve_spec(settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf)
     if max(settings.stages) > len(tb.devices):
@@ -250,30 +289,54 @@ def _inputs(settings: SweepSettings, tb, log: Log) -> _Inputs:
     graph = trace_spec(spec, settings.batch_size)
     profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
     cal = find_calibration(tb.name, settings.backends[0], settings.isolation, [settings.calibrations])
-    granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(settings.cuts, "node")
+    granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(
+        settings.cuts, "node"
+    )
     return _Inputs(spec, graph, tb, profiles, cal, granularity)
 
 
 def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessions: Sessions):
     """Per scenario, the plans to measure (with whether each is on the predicted front), and the
     device runtime calibration the predictions used (None if off)."""
-    from paretopipe.planning import front_frame, plan_front
     from paretopipe.sweep.candidates import parse_cut_list, select, with_all_assignments
+    from paretopipe.sweep.predict import front_frame, plan_front
 
     inputs = _inputs(settings, tb, log)
-    spec, graph, profiles, cal, granularity = inputs.spec, inputs.graph, inputs.profiles, inputs.calibration, inputs.granularity
+    spec, graph, profiles, cal, granularity = (
+        inputs.spec,
+        inputs.graph,
+        inputs.profiles,
+        inputs.calibration,
+        inputs.granularity,
+    )
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
     runtimes = _device_runtime(settings, inputs, out_dir, log, sessions) if settings.device_runtime else None
     out = []
     for scenario in nets:
-        result = plan_front(spec, graph, tb, scenario, profiles, settings.stages, "auto",
-                            granularity=granularity, calibration=cal, runtimes=runtimes)
+        result = plan_front(
+            spec,
+            graph,
+            tb,
+            scenario,
+            profiles,
+            settings.stages,
+            "auto",
+            granularity=granularity,
+            calibration=cal,
+            runtimes=runtimes,
+        )
         if how in ("front", "all", "block"):
-            keys = select(result, "front" if how == "front" else "all", limit=settings.neighbours + int(result.search.on_front.sum()),
-                          margin=settings.near_margin)
+            keys = select(
+                result,
+                "front" if how == "front" else "all",
+                limit=settings.neighbours + int(result.search.on_front.sum()),
+                margin=settings.near_margin,
+            )
         else:
-            keys = with_all_assignments(parse_cut_list(how, list(result.instance.cut_positions)), result.instance.n_devices)
+            keys = with_all_assignments(
+                parse_cut_list(how, list(result.instance.cut_positions)), result.instance.n_devices
+            )
         front = result.search.front_keys()
         plans = [(result.plan_for(*k), (k[0], k[1]) in front) for k in keys]
         pdir = out_dir / "plans" / safe_name(scenario[0])
@@ -282,31 +345,44 @@ def _plan_all(settings: SweepSettings, tb, nets, out_dir: Path, log: Log, sessio
         (out_dir / safe_name(scenario[0])).mkdir(parents=True, exist_ok=True)
         front_frame(result).to_csv(out_dir / safe_name(scenario[0]) / "predicted.csv", index=False)
         on_front = sum(f for _, f in plans)
-        near = f", {len(plans) - on_front} predicted within {100 * settings.near_margin:g}% of it" if how == "front" else ""
-        log(f"{scenario[0]}: {len(plans)} plans to measure ({on_front} on the predicted front{near}) "
-            f"of {result.search.space_size:,} in the space")
+        near = (
+            f", {len(plans) - on_front} predicted within {100 * settings.near_margin:g}% of it"
+            if how == "front"
+            else ""
+        )
+        log(
+            f"{scenario[0]}: {len(plans)} plans to measure ({on_front} on the predicted front{near}) "
+            f"of {result.search.space_size:,} in the space"
+        )
         out.append((scenario, plans))
     return out, runtimes
 
 
-def measurement_order(backends: Sequence[str], planned: Sequence[tuple[tuple[str, LinkCondition], Sequence[tuple[Any, bool]]]],
-                      repeats: int) -> list[Config]:
+def measurement_order(
+    backends: Sequence[str],
+    planned: Sequence[tuple[tuple[str, LinkCondition], Sequence[tuple[Any, bool]]]],
+    repeats: int,
+) -> list[Config]:
     """The configurations in the order they are measured: per backend and scenario, ``repeats``
     passes over the scenario's plans.
 
     Repeats are passes, not back-to-back runs of one plan: a slow minute of the machine then
     touches one repeat of several plans, which the median over repeats discards, instead of every
     repeat of one plan."""
-    return [Config(label, cond, be, plan, r, on_front)
-            for be in backends for (label, cond), plans in planned
-            for r in range(repeats) for plan, on_front in plans]
+    return [
+        Config(label, cond, be, plan, r, on_front)
+        for be in backends
+        for (label, cond), plans in planned
+        for r in range(repeats)
+        for plan, on_front in plans
+    ]
 
 
 def _saved_runtimes(out_dir: Path) -> dict[str, Any] | None:
     """The run directory's device_runtime.json, if any. Raises ConfigError if it is unreadable."""
     import json
 
-    from paretopipe import devicecal
+    from paretopipe.calibrate import device_runtime as devicecal
 
     path = out_dir / devicecal.FILENAME
     if not path.exists():
@@ -314,7 +390,9 @@ def _saved_runtimes(out_dir: Path) -> dict[str, Any] | None:
     try:
         return {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again") from None
+        raise ConfigError(
+            str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again"
+        ) from None
 
 
 def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log: Log, sessions: Sessions):
@@ -322,8 +400,8 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
 
     A device_runtime.json already in the run directory (for the same devices) is used instead, so
     plans made again for a run are priced exactly as before."""
-    from paretopipe import devicecal
-    from paretopipe.plans import write_json_atomic
+    from paretopipe.calibrate import device_runtime as devicecal
+    from paretopipe.plan.plan_file import write_json_atomic
 
     path = out_dir / devicecal.FILENAME
     saved = _saved_runtimes(out_dir)
@@ -334,35 +412,68 @@ def _device_runtime(settings: SweepSettings, inputs: _Inputs, out_dir: Path, log
 
     backend = next((b for b in settings.backends if b != "rpc"), None)
     if backend is None:
-        log("device runtime: not measured before planning (an RPC session can only be opened once per process); "
-            + ("plans are chosen from the profiles alone and every pass measures it in its own RPC session"
-               if settings.pass_check else "predictions use the profiles alone")
-            + ": add --backend both to calibrate over zmq first")
+        log(
+            "device runtime: not measured before planning (an RPC session can only be opened once per process); "
+            + (
+                "plans are chosen from the profiles alone and every pass measures it in its own RPC session"
+                if settings.pass_check
+                else "predictions use the profiles alone"
+            )
+            + ": add --backend both to calibrate over zmq first"
+        )
         return None
     plans = inputs.whole_model_plans()
     profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
-    runtimes = devicecal.measure(sessions.get(backend), plans, profile_ms, items=max(devicecal.MIN_ITEMS, settings.latency_items),
-                                 warmup=settings.warmup, timeout_s=settings.timeout_s, log=log, rounds=devicecal.ROUNDS,
-                                 tails=inputs.tail_plans())
-    write_json_atomic({"schema": "paretopipe.device_runtime", "version": 1, "created": now(),
-                       "backend": backend, "isolation": settings.isolation,
-                       "devices": {d: r.to_dict() for d, r in runtimes.items()}}, path)
+    runtimes = devicecal.measure(
+        sessions.get(backend),
+        plans,
+        profile_ms,
+        items=max(devicecal.MIN_ITEMS, settings.latency_items),
+        warmup=settings.warmup,
+        timeout_s=settings.timeout_s,
+        log=log,
+        rounds=devicecal.ROUNDS,
+        tails=inputs.tail_plans(),
+    )
+    write_json_atomic(
+        {
+            "schema": "paretopipe.device_runtime",
+            "version": 1,
+            "created": now(),
+            "backend": backend,
+            "isolation": settings.isolation,
+            "devices": {d: r.to_dict() for d, r in runtimes.items()},
+        },
+        path,
+    )
     return runtimes
 
 
 def replan(settings: SweepSettings, out_dir: Path, log: Log) -> dict[str, Any]:
     """Per scenario label, the PlanningResult the run's plans were chosen from (priced with the
     run's device_runtime.json, as :func:`prepare` priced them; planning only, nothing measured)."""
-    from paretopipe.planning import plan_front
+    from paretopipe.sweep.predict import plan_front
     from paretopipe.testbed import load_testbed
 
     scenarios = load_scenarios(settings.networks_file)
     tb = load_testbed(settings.testbed, scenarios)
     inputs = _inputs(settings, tb, log)
     runtimes = _saved_runtimes(out_dir) if settings.device_runtime else None
-    return {label: plan_front(inputs.spec, inputs.graph, tb, (label, cond), inputs.profiles, settings.stages, "auto",
-                              granularity=inputs.granularity, calibration=inputs.calibration, runtimes=runtimes)
-            for label, cond in (resolve_network(n, scenarios) for n in settings.networks)}
+    return {
+        label: plan_front(
+            inputs.spec,
+            inputs.graph,
+            tb,
+            (label, cond),
+            inputs.profiles,
+            settings.stages,
+            "auto",
+            granularity=inputs.granularity,
+            calibration=inputs.calibration,
+            runtimes=runtimes,
+        )
+        for label, cond in (resolve_network(n, scenarios) for n in settings.networks)
+    }
 
 
 def near_measured(result: Any, rows: Any, chosen: Sequence[Plan], margin: float, limit: int) -> list[Plan]:
@@ -380,13 +491,20 @@ def near_measured(result: Any, rows: Any, chosen: Sequence[Plan], margin: float,
     agg = aggregate(rows[rows["plan_id"].isin(keys)]) if len(rows) else rows
     if not len(agg):
         return []
-    front = {keys[r["plan_id"]]: (float(r["latency_ms_p50"]), float(r["throughput_ips"]))
-             for _, r in agg[agg["on_front"]].iterrows()}
+    front = {
+        keys[r["plan_id"]]: (float(r["latency_ms_p50"]), float(r["throughput_ips"]))
+        for _, r in agg[agg["on_front"]].iterrows()
+    }
     return [result.plan_for(*k) for k in near_measured_front(result, front, set(keys.values()), margin, limit)]
 
 
-def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
-           planning: dict[str, Any] | None = None) -> list[Config]:
+def refine(
+    settings: SweepSettings,
+    store: RunStore,
+    configs: Sequence[Config],
+    log: Log,
+    planning: dict[str, Any] | None = None,
+) -> list[Config]:
     """With ``cuts="front"``: the configurations (every backend, ``repeats`` passes) of the plans
     predicted within ``near_margin`` of each scenario's *measured* front that are not measured yet,
     at most ``neighbours`` per scenario; added to the manifest. Empty when there are none.
@@ -410,8 +528,10 @@ def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], 
         pdir = store.dir / "plans" / safe_name(label)
         for plan in plans:
             save_plan(plan, pdir / f"{plan.id}.json")
-        log(f"{label}: {len(plans)} more plans predicted within {100 * settings.near_margin:g}% of the measured front: "
-            + ", ".join(p.id for p in plans))
+        log(
+            f"{label}: {len(plans)} more plans predicted within {100 * settings.near_margin:g}% of the measured front: "
+            + ", ".join(p.id for p in plans)
+        )
         cond = next(c.condition for c in configs if c.network == label)
         new += measurement_order(settings.backends, [((label, cond), [(p, False) for p in plans])], settings.repeats)
     if new:
@@ -422,21 +542,34 @@ def refine(settings: SweepSettings, store: RunStore, configs: Sequence[Config], 
 
 def _manifest_entry(c: Config) -> dict[str, Any]:
     """A configuration as the manifest lists it (what :func:`_reload` reads back)."""
-    return {"network": c.network, "backend": c.backend, "plan_id": c.plan.id, "repeat": c.repeat,
-            "on_front": c.on_front, "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json"}
+    return {
+        "network": c.network,
+        "backend": c.backend,
+        "plan_id": c.plan.id,
+        "repeat": c.repeat,
+        "on_front": c.on_front,
+        "plan": f"plans/{safe_name(c.network)}/{c.plan.id}.json",
+    }
 
 
 def _reload(manifest: dict, out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
     configs = []
     for c in manifest["configurations"]:
         plan = load_plan(out_dir / c["plan"])
-        configs.append(Config(c["network"], nets[c["network"]], c["backend"], plan, int(c["repeat"]), bool(c["on_front"])))
+        configs.append(
+            Config(c["network"], nets[c["network"]], c["backend"], plan, int(c["repeat"]), bool(c["on_front"]))
+        )
     return configs
 
 
-def execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
-            progress: Callable[[int, int, str], None] = lambda done, total, what: None,
-            sessions: Sessions | None = None) -> SweepOutcome:
+def execute(
+    settings: SweepSettings,
+    store: RunStore,
+    configs: Sequence[Config],
+    log: Log,
+    progress: Callable[[int, int, str], None] = lambda done, total, what: None,
+    sessions: Sessions | None = None,
+) -> SweepOutcome:
     """Measure every configuration not yet measured; rows are appended as each finishes. With
     ``cuts="front"``, then up to ``settings.refine`` rounds of :func:`refine`: the plans predicted
     near the measured front are measured too, until none is left.
@@ -527,7 +660,7 @@ class _PassCheck:
         """Measure the device runtime in ``session`` before ``cfg``. If that fails, plans are priced
         as at the last check that worked (as when the sweep was planned if none did) until the next
         one; a dead worker then fails the next configuration, which restarts the workers as usual."""
-        from paretopipe import devicecal
+        from paretopipe.calibrate import device_runtime as devicecal
 
         self._instances.clear()
         t0 = _clock()
@@ -535,21 +668,40 @@ class _PassCheck:
         try:
             self._setup()
             self.runtimes = devicecal.measure(
-                session, self._whole, {d: p.predicted["stage_ms"][0] for d, p in self._whole.items()},
-                items=max(devicecal.PASS_ITEMS, self.settings.latency_items), warmup=self.settings.warmup,
-                timeout_s=self.settings.timeout_s, log=lambda m: self.log(f"{what}: {m}"), rounds=devicecal.ROUNDS,
-                warm_round=False, tails=self._tails)
+                session,
+                self._whole,
+                {d: p.predicted["stage_ms"][0] for d, p in self._whole.items()},
+                items=max(devicecal.PASS_ITEMS, self.settings.latency_items),
+                warmup=self.settings.warmup,
+                timeout_s=self.settings.timeout_s,
+                log=lambda m: self.log(f"{what}: {m}"),
+                rounds=devicecal.ROUNDS,
+                warm_round=False,
+                tails=self._tails,
+            )
         except (ParetoPipeError, OSError) as exc:
             error = str(exc)
-            self.log(f"{what}: device runtime check failed ({exc}); until the next check, plans are priced "
-                     + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned"))
+            self.log(
+                f"{what}: device runtime check failed ({exc}); until the next check, plans are priced "
+                + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned")
+            )
         took = _clock() - t0
         self.next_due = _clock() + max(self.settings.recheck_s, RECHECK_COST * took)
         self.count += error is None
-        self._record({"check": self.count if error is None else None, "time": now(), "pass": what, "reason": why,
-                      "network": cfg.network, "backend": cfg.backend, "repeat": cfg.repeat, "seconds": round(took, 3),
-                      "error": error,
-                      "devices": {d: r.to_dict() for d, r in self.runtimes.items()} if error is None else None})
+        self._record(
+            {
+                "check": self.count if error is None else None,
+                "time": now(),
+                "pass": what,
+                "reason": why,
+                "network": cfg.network,
+                "backend": cfg.backend,
+                "repeat": cfg.repeat,
+                "seconds": round(took, 3),
+                "error": error,
+                "devices": {d: r.to_dict() for d, r in self.runtimes.items()} if error is None else None,
+            }
+        )
 
     def _recorded(self) -> int:
         """The highest check number in ``CHECKS_FILE`` so far (0 if there is none)."""
@@ -576,38 +728,57 @@ class _PassCheck:
 
     def price(self, cfg: Config) -> Config:
         """``cfg`` with its plan priced with the latest check that worked (unchanged if none did)."""
-        from paretopipe.devicecal import summary
-        from paretopipe.planning import build_instance, link_models, reprice
+        from paretopipe.calibrate.device_runtime import summary
+        from paretopipe.sweep.predict import build_instance, link_models, reprice
 
         if self.runtimes is None:
             return cfg
         inputs = self._setup()
         if cfg.network not in self._instances:  # emptied by every check
             links = link_models(inputs.testbed, (cfg.network, cfg.condition), inputs.calibration, list(inputs.profiles))
-            self._instances[cfg.network] = build_instance(inputs.graph, inputs.profiles, inputs.testbed, links,
-                                                          inputs.granularity, runtimes=self.runtimes)
-        plan = reprice(cfg.plan, self._instances[cfg.network],
-                       {"device_runtime": summary(self.runtimes) + f" (check {self.count})"})
+            self._instances[cfg.network] = build_instance(
+                inputs.graph, inputs.profiles, inputs.testbed, links, inputs.granularity, runtimes=self.runtimes
+            )
+        plan = reprice(
+            cfg.plan,
+            self._instances[cfg.network],
+            {"device_runtime": summary(self.runtimes) + f" (check {self.count})"},
+        )
         return replace(cfg, plan=plan)
 
 
-def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config], log: Log,
-             progress: Callable[[int, int, str], None], sessions: Sessions) -> SweepOutcome:
+def _execute(
+    settings: SweepSettings,
+    store: RunStore,
+    configs: Sequence[Config],
+    log: Log,
+    progress: Callable[[int, int, str], None],
+    sessions: Sessions,
+) -> SweepOutcome:
     from paretopipe.runtime.session import MeasureOptions
 
     check = _PassCheck(settings, log) if settings.device_runtime and settings.pass_check else None
     done = store.done()
     todo = [c for c in configs if c.key not in done]
     outcome = SweepOutcome(len(configs), 0, len(configs) - len(todo), 0, 0.0)
-    options = MeasureOptions(latency_items=settings.latency_items, throughput_items=settings.throughput_items,
-                             warmup=settings.warmup, min_time_s=settings.min_time_s, timeout_s=settings.timeout_s)
+    options = MeasureOptions(
+        latency_items=settings.latency_items,
+        throughput_items=settings.throughput_items,
+        warmup=settings.warmup,
+        min_time_s=settings.min_time_s,
+        timeout_s=settings.timeout_s,
+    )
     host, commit = socket.gethostname(), store.manifest().get("git_commit")
     t_start = time.perf_counter()
     for backend in dict.fromkeys(c.backend for c in todo):
         mine = [c for c in todo if c.backend == backend]
         try:
             for i, cfg in enumerate(mine):
-                progress(outcome.skipped + outcome.measured + outcome.failed, len(configs), f"{cfg.network} {backend} {cfg.plan.id}")
+                progress(
+                    outcome.skipped + outcome.measured + outcome.failed,
+                    len(configs),
+                    f"{cfg.network} {backend} {cfg.plan.id}",
+                )
                 session = sessions.get(backend)
                 if check is not None:
                     check.ensure(session, cfg)
@@ -638,8 +809,10 @@ def _execute(settings: SweepSettings, store: RunStore, configs: Sequence[Config]
                     # torch.distributed.rpc cannot be joined twice by one process: the workers cannot be
                     # restarted here, so the rest waits for --resume (a new process) instead of failing.
                     outcome.unmeasured += len(mine) - i - 1
-                    log(f"{len(mine) - i - 1} rpc configuration(s) left unmeasured: a process joins one RPC world, "
-                        "so run the same command with --resume to measure them")
+                    log(
+                        f"{len(mine) - i - 1} rpc configuration(s) left unmeasured: a process joins one RPC world, "
+                        "so run the same command with --resume to measure them"
+                    )
                     break
         finally:
             sessions.drop(backend)
@@ -654,14 +827,28 @@ def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | Non
     p = cfg.plan
     pred = p.predicted
     return {
-        "network": cfg.network, "network_spec": cfg.condition.spec(), "backend": cfg.backend, "isolation": settings.isolation,
-        "model": p.model_label, "batch_size": p.batch_size, "plan_id": p.id, "stages": p.stages,
-        "cuts": " ".join(str(c.index) for c in p.cuts), "cut_nodes": " ".join(c.after for c in p.cuts),
-        "devices": "+".join(p.devices), "repeat": cfg.repeat,
-        "pred_latency_ms": pred.get("latency_ms"), "pred_throughput_ips": pred.get("throughput_ips"),
-        "pred_bottleneck_ms": pred.get("bottleneck_ms"), "pred_bytes_per_item": pred.get("bytes_per_item"),
-        "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]), "pred_on_front": cfg.on_front,
-        "shaping": None, "calibration": _calibration_note(p.meta), "host": host, "commit": commit,
+        "network": cfg.network,
+        "network_spec": cfg.condition.spec(),
+        "backend": cfg.backend,
+        "isolation": settings.isolation,
+        "model": p.model_label,
+        "batch_size": p.batch_size,
+        "plan_id": p.id,
+        "stages": p.stages,
+        "cuts": " ".join(str(c.index) for c in p.cuts),
+        "cut_nodes": " ".join(c.after for c in p.cuts),
+        "devices": "+".join(p.devices),
+        "repeat": cfg.repeat,
+        "pred_latency_ms": pred.get("latency_ms"),
+        "pred_throughput_ips": pred.get("throughput_ips"),
+        "pred_bottleneck_ms": pred.get("bottleneck_ms"),
+        "pred_bytes_per_item": pred.get("bytes_per_item"),
+        "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]),
+        "pred_on_front": cfg.on_front,
+        "shaping": None,
+        "calibration": _calibration_note(p.meta),
+        "host": host,
+        "commit": commit,
         "started": now(),
     }
 

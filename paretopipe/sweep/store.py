@@ -11,33 +11,77 @@ import csv
 import json
 import os
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.plans import write_json_atomic
+from paretopipe.plan.plan_file import write_json_atomic
 
 # The columns of measurements.csv, in order (documented in the README).
 COLUMNS = [
     # what was measured
-    "config", "network", "network_spec", "backend", "isolation", "model", "batch_size", "plan_id", "stages",
-    "cuts", "cut_nodes", "devices", "repeat", "status", "error", "failed_device",
+    "config",
+    "network",
+    "network_spec",
+    "backend",
+    "isolation",
+    "model",
+    "batch_size",
+    "plan_id",
+    "stages",
+    "cuts",
+    "cut_nodes",
+    "devices",
+    "repeat",
+    "status",
+    "error",
+    "failed_device",
     # measured
-    "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean", "latency_items",
-    "throughput_ips", "throughput_items", "throughput_s", "window", "output_exact", "output_max_abs_diff",
-    "lat_stage_compute_ms", "lat_stage_compute_cpu_ms", "lat_stage_wait_ms", "lat_stage_send_ms",
-    "tput_stage_compute_ms", "tput_stage_compute_cpu_ms", "tput_stage_wait_ms", "tput_stage_send_ms",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "latency_ms_p99",
+    "latency_ms_mean",
+    "latency_items",
+    "throughput_ips",
+    "throughput_items",
+    "throughput_s",
+    "window",
+    "output_exact",
+    "output_max_abs_diff",
+    "lat_stage_compute_ms",
+    "lat_stage_compute_cpu_ms",
+    "lat_stage_wait_ms",
+    "lat_stage_send_ms",
+    "tput_stage_compute_ms",
+    "tput_stage_compute_cpu_ms",
+    "tput_stage_wait_ms",
+    "tput_stage_send_ms",
     # predicted by the cost model for the same plan
-    "pred_latency_ms", "pred_throughput_ips", "pred_bottleneck_ms", "pred_bytes_per_item", "pred_stage_ms",
+    "pred_latency_ms",
+    "pred_throughput_ips",
+    "pred_bottleneck_ms",
+    "pred_bytes_per_item",
+    "pred_stage_ms",
     "pred_on_front",
     # how it was measured
-    "links", "shaping", "calibration", "threads", "started", "duration_s", "setup_s", "host", "commit",
+    "links",
+    "shaping",
+    "calibration",
+    "threads",
+    "started",
+    "duration_s",
+    "setup_s",
+    "host",
+    "commit",
 ]
 KEY = ("network", "backend", "plan_id", "repeat")
 # Read back as text even when they look like numbers ("102" is a cut list, not a float).
-TEXT_COLUMNS = {c: str for c in ("cuts", "cut_nodes", "devices", "plan_id", "network", "backend", "error", "failed_device")}
+TEXT_COLUMNS = {
+    c: str for c in ("cuts", "cut_nodes", "devices", "plan_id", "network", "backend", "error", "failed_device")
+}
 
 
 def config_key(row: Mapping[str, Any]) -> tuple[str, str, str, int]:
@@ -52,7 +96,9 @@ class RunStore:
         self.csv_path = self.dir / "measurements.csv"
         self.manifest_path = self.dir / "manifest.json"
         if self.csv_path.exists() and not resume:
-            raise UsageError(f"{self.dir} already holds measurements", "add --resume to continue it, or choose another -o")
+            raise UsageError(
+                f"{self.dir} already holds measurements", "add --resume to continue it, or choose another -o"
+            )
         if resume and not self.manifest_path.exists():
             raise UsageError(f"nothing to resume in {self.dir} (no manifest.json)", "run without --resume first")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -114,5 +160,7 @@ def check_resume_compatible(old: Mapping[str, Any], new: Mapping[str, Any], keys
     new = json.loads(json.dumps(dict(new), default=str))  # tuples compare as the lists JSON stored
     for k in keys:
         if old.get(k) != new.get(k):
-            raise UsageError(f"cannot resume: {k} was {old.get(k)!r}, now {new.get(k)!r}",
-                             "resume with the same arguments, or start a new run with another -o")
+            raise UsageError(
+                f"cannot resume: {k} was {old.get(k)!r}, now {new.get(k)!r}",
+                "resume with the same arguments, or start a new run with another -o",
+            )

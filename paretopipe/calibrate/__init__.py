@@ -1,0 +1,8 @@
+"""Calibration: how the runtime really behaves next to the profiles, stored as files.
+
+- :mod:`.link_file`: link calibrations (per-message overhead and rate of each link), the file.
+- :mod:`.link_measure`: measuring them through the real runtime (``paretopipe calibrate``).
+- :mod:`.device_runtime`: how a device runs its stages inside a worker, next to its profile.
+
+See ``docs/calibration.md``.
+"""

@@ -1,0 +1,346 @@
+"""Device runtime calibration: how a device runs the model inside a worker, next to its profile.
+
+A profile times the model in a tight loop on an otherwise idle device. A stage worker runs the
+same computation differently: as a traced module, on inputs that arrive over the network, with
+the driver and other workers beside it, and, with a full pipeline, with every device busy at
+once. Over five sweeps on the local testbed a worker took 0-23% longer than its profile with one
+item in flight, and a full pipeline changed that by a further -11% to +10%; the figures move
+from run to run, which is why they are measured at the start of every sweep.
+
+Before planning, a sweep therefore runs the whole model once on each device through the real
+runtime (network ``local``: no shaping): one item in flight, then a full window. Per device:
+
+- ``latency_factor`` multiplies the device's node times, and ``stage_start_ms`` is added to every
+  stage on the device: what latency predictions use. A stage's compute in a worker is not just
+  proportional to its nodes' times: whatever the worker ran between two items (receiving,
+  decoding, the driver or another device on the same core) has pushed the stage's weights and
+  activations out of the caches, and every stage pays for bringing them back. Over the 2-stage
+  plans of the local testbed, stage compute fitted ``0.93-1.01 x predicted + 0.5-0.8 ms`` on
+  either device, so a stage of 4 ms computed 15-20% longer than a whole-model factor predicts.
+  Both come from two runs per device: the whole model, and a short *tail* stage (the last
+  block cuts, about a sixth of the device's time) with the model's head on another device. The
+  line through the two (compute vs profile ms) gives the factor (its slope) and the start cost
+  (where it meets zero). Without a tail run (one device, or files from before it) the factor is
+  the whole-model ratio and the start cost 0;
+- ``cycle_factor = median compute (window full) / median compute (one item in flight)`` is the
+  cost model's ``device_cycle_factor``: how much longer a stage holds the device per item when
+  the pipeline is full, what throughput predictions use;
+- ``item_overhead_ms = time per item with the window full (batch / throughput) - median compute
+  (window full)`` is the cost model's ``device_item_overhead_ms``: what the device spends per
+  item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
+  device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
+  the cycle factor plus this (the calibrated link overhead is only the transport's share: a
+  device under a 0.5 CPU quota, running the whole model, spent 3.1 ms per item outside compute
+  where the links accounted for 0.3 ms). It is measured with the model's input coming in and its
+  output going out, so for stages whose tensors are much smaller it errs on the high side;
+- ``latency_overhead_ms(links_ms)`` is the cost model's ``device_latency_overhead_ms``: what an
+  item alone pays outside compute at every stage on the device. The whole-model run's one-item
+  latency is recorded (``latency_ms``; ``latency_outside_ms`` = it less the one-item compute),
+  and what the cost model prices that run's two links at, unshaped, is taken off. With the
+  window full a device spends far longer per item outside compute than with one item in flight
+  (on the local testbed 0.50-1.08 ms against 0.16-0.17 ms), so pricing latency with
+  ``item_overhead_ms`` charged every extra stage ~0.4 ms too much: of the 3-stage mobilenet_v2
+  plans on lan, 91.5% were priced within 10% (mean absolute error 5.9%), and 98.4% (2.9%) priced
+  with one item's overhead (one pass, the same measurements priced both ways). Files from before
+  ``latency_ms`` fall back to ``item_overhead_ms``.
+
+The tail run's one-item latency is recorded too (``tail_latency_ms``), for comparison.
+
+All three come from runs seconds apart in one session, so drift of the machine between
+profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then
+measures: see :class:`paretopipe.sweep.runner.Sessions`). The runs are split into rounds that
+visit every device in turn, and each figure is the median over the rounds: on the local testbed a
+single window of a few seconds sometimes ran 20% slow (the quota'd device once gave x1.55 where
+the sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every
+plan that uses the device. With rounds, one slow window moves one sample of three. A round before
+them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
+
+A sweep measures it again, more briefly (``PASS_ITEMS`` in ``ROUNDS`` rounds, no warm-up round),
+at the start of every pass (and, with ``sweep --recheck``, again within a pass) and predicts the
+plans with the latest check (:class:`paretopipe.sweep.runner._PassCheck`): the machine drifts by
+more than 10% over minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from paretopipe.errors import ParetoPipeError
+
+#: Where a run directory keeps the device runtime calibration of its sweep.
+FILENAME = "device_runtime.json"
+#: Fewest timed items per device and mode: a CPU quota's compute times drift by +-10% over
+#: seconds on the local testbed, so a calibration averages over a few seconds at least.
+MIN_ITEMS = 60
+#: Rounds the items are split into (each round visits every device; the median round counts).
+ROUNDS = 3
+#: Fewest timed items per device of the check at the start of every sweep pass, in ``ROUNDS``
+#: rounds without a warm-up round (the workers are warm): a few seconds per pass. One round of 20
+#: items (0.6 s on a device under a 0.5 CPU quota) was too short: slow windows of the machine of up to a
+#: second made two of six checks price a pass 45% slow that then ran at the usual speed.
+PASS_ITEMS = 30
+#: The tail stage of the start-cost run: about this share of a device's whole-model time.
+TAIL_SHARE = 1 / 6
+
+
+@dataclass(frozen=True)
+class DeviceRuntime:
+    """One device's whole-model run in a worker, next to its profile (times in ms)."""
+
+    device: str
+    profile_ms: float  # the profile's whole-model median at this batch size
+    latency_compute_ms: float  # median compute per item in the worker, one item in flight
+    throughput_compute_ms: float  # median compute per item in the worker, window full
+    throughput_ips: float
+    items: int  # timed items in one-item-in-flight mode, over all rounds
+    batch_size: int | None = None  # None in files from before item_overhead_ms: no overhead then
+    rounds: int = 1  # each figure is the median over this many rounds (files from before rounds: 1)
+    tail_profile_ms: float | None = None  # the tail stage's calibrated node sum (None: no tail run)
+    tail_compute_ms: float | None = None  # its median compute in the worker, one item in flight
+    latency_ms: float | None = (
+        None  # median end-to-end latency of the whole-model run, one item in flight (None: older files)
+    )
+    tail_latency_ms: float | None = None  # the same for the 2-stage tail run (None: no tail run, or older files)
+
+    @property
+    def _line(self) -> tuple[float, float]:
+        """(slope, start ms) of compute = slope x profile ms + start through the whole model and
+        the tail stage; the whole-model ratio and 0 without a usable tail run."""
+        ratio = (self.latency_compute_ms / self.profile_ms, 0.0)
+        small, small_ms = self.tail_profile_ms, self.tail_compute_ms
+        if small is None or small_ms is None or not 0 < small < self.profile_ms:
+            return ratio
+        slope = (self.latency_compute_ms - small_ms) / (self.profile_ms - small)
+        start = self.latency_compute_ms - slope * self.profile_ms
+        return (slope, start) if slope > 0 and start >= 0 else ratio
+
+    @property
+    def latency_factor(self) -> float:
+        return self._line[0]
+
+    @property
+    def stage_start_ms(self) -> float:
+        return self._line[1]
+
+    @property
+    def latency_outside_ms(self) -> float | None:
+        """One item in flight, what the whole-model run spent outside its stage's compute (both
+        links, receiving, decoding, encoding, sending); None where the latency was not recorded.
+        See :meth:`latency_overhead_ms`, what latency predictions use."""
+        return None if self.latency_ms is None else self.latency_ms - self.latency_compute_ms
+
+    def latency_overhead_ms(self, links_ms: float) -> float:
+        """What one item in flight spends outside compute at every stage on the device (receiving,
+        decoding, encoding, sending): ``latency_outside_ms`` less ``links_ms``, what the cost model
+        prices the whole-model run's two links at (unshaped), and never below 0;
+        ``item_overhead_ms`` where the latency was not recorded (older files)."""
+        outside = self.latency_outside_ms
+        return self.item_overhead_ms if outside is None else max(0.0, outside - links_ms)
+
+    @property
+    def cycle_factor(self) -> float:
+        return self.throughput_compute_ms / self.latency_compute_ms
+
+    @property
+    def item_overhead_ms(self) -> float:
+        if self.batch_size is None or not self.throughput_ips > 0:
+            return 0.0
+        return max(0.0, self.batch_size * 1e3 / self.throughput_ips - self.throughput_compute_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "latency_factor": round(self.latency_factor, 4),
+            "cycle_factor": round(self.cycle_factor, 4),
+            "item_overhead_ms": round(self.item_overhead_ms, 4),
+            "stage_start_ms": round(self.stage_start_ms, 4),
+            "latency_outside_ms": None if self.latency_outside_ms is None else round(self.latency_outside_ms, 4),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeviceRuntime:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def describe(self) -> str:
+        start = f", +{self.stage_start_ms:.2f} ms to start a stage" if self.tail_compute_ms is not None else ""
+        return (
+            f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when the pipeline "
+            f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute"
+            + (
+                ""
+                if self.latency_outside_ms is None
+                else f" ({self.latency_outside_ms:.2f} ms with one item, links included)"
+            )
+        )
+
+
+def summary(runtimes: dict[str, DeviceRuntime]) -> str:
+    """One compact line for result rows and logs, e.g. ``fast 1.102/1.010+0.31ms slow 1.261/1.099+0.95ms``
+    (latency factor / cycle factor + per-item overhead, plus the stage start cost where measured:
+    ``fast 0.981+0.52/1.010+0.31ms``)."""
+
+    def one(d: str, r: DeviceRuntime) -> str:
+        start = f"+{r.stage_start_ms:.2f}" if r.tail_compute_ms is not None else ""
+        return f"{d} {r.latency_factor:.3f}{start}/{r.cycle_factor:.3f}+{r.item_overhead_ms:.2f}ms"
+
+    return " ".join(one(d, r) for d, r in runtimes.items())
+
+
+def measure(
+    session: Any,
+    plans: dict[str, Any],
+    profile_ms: dict[str, float],
+    items: int = 20,
+    warmup: int = 3,
+    timeout_s: float = 60.0,
+    log: Callable[[str], None] = lambda m: None,
+    rounds: int = 1,
+    warm_round: bool = True,
+    tails: dict[str, Any] | None = None,
+) -> dict[str, DeviceRuntime]:
+    """Run each device's whole-model ``plans[device]`` in ``session`` and compare with its profile.
+
+    ``items`` timed items (three times as many with the window full) are split into ``rounds``
+    rounds, each visiting every device in turn; compute times and throughput are the medians over
+    the rounds. ``tails[device]`` (optional) is a 2-stage plan whose last stage, a short tail of
+    the model, runs on ``device``: it runs in every round too, one item in flight, for the stage
+    start cost. With more than one round and ``warm_round``, one more round of the same size runs
+    first to warm the workers up and is not counted. Raises ParetoPipeError (naming the device) if
+    a run fails or reports no compute time.
+    """
+    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.runtime.session import MeasureOptions
+
+    rounds = max(1, min(rounds, items))
+    per_round = items // rounds
+    options = MeasureOptions(
+        latency_items=per_round, throughput_items=3 * per_round, warmup=warmup, timeout_s=timeout_s
+    )
+    tails = {d: t for d, t in (tails or {}).items() if d in plans}
+    tail_options = MeasureOptions(modes=("latency",), latency_items=per_round, warmup=warmup, timeout_s=timeout_s)
+    samples: dict[str, list[tuple[float, float, float]]] = {d: [] for d in plans}
+    tail_samples: dict[str, list[float]] = {d: [] for d in tails}
+    latencies: dict[str, list[float]] = {d: [] for d in plans}  # end-to-end, one item in flight
+    tail_latencies: dict[str, list[float]] = {d: [] for d in tails}
+    elapsed = dict.fromkeys(plans, 0.0)
+    warm = int(rounds > 1 and warm_round)
+    for r in range(rounds + warm):
+        for device, plan in plans.items():
+            t0 = time.perf_counter()
+            row = session.measure(plan, ("local", LinkCondition()), options)
+            elapsed[device] += time.perf_counter() - t0
+            try:
+                lat = float(json.loads(row["lat_stage_compute_ms"])[0])
+                tput = float(json.loads(row["tput_stage_compute_ms"])[0])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ParetoPipeError(
+                    f"device runtime calibration of {device!r}: the worker reported no compute times"
+                ) from None
+            if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
+                raise ParetoPipeError(
+                    f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable"
+                )
+            if r >= warm:  # a warm-up round only warms the workers up
+                samples[device].append((lat, tput, float(row["throughput_ips"])))
+                _add_latency(latencies[device], row)
+        for device, tail in tails.items():
+            t0 = time.perf_counter()
+            row = session.measure(tail, ("local", LinkCondition()), tail_options)
+            elapsed[device] += time.perf_counter() - t0
+            try:
+                small = float(json.loads(row["lat_stage_compute_ms"])[-1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ParetoPipeError(
+                    f"device runtime calibration of {device!r}: the worker reported no compute time for the tail stage"
+                ) from None
+            if not small > 0:
+                raise ParetoPipeError(
+                    f"device runtime calibration of {device!r}: tail stage compute time {small} ms is not usable"
+                )
+            if r >= warm:
+                tail_samples[device].append(small)
+                _add_latency(tail_latencies[device], row)
+    out: dict[str, DeviceRuntime] = {}
+    for device, plan in plans.items():
+        lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
+        tail_ms = statistics.median(tail_samples[device]) if tail_samples.get(device) else None
+        out[device] = DeviceRuntime(
+            device,
+            float(profile_ms[device]),
+            lat,
+            tput,
+            ips,
+            per_round * rounds,
+            int(plan.batch_size),
+            rounds,
+            float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None,
+            tail_ms,
+            _median_or_none(latencies[device]),
+            _median_or_none(tail_latencies.get(device, [])),
+        )
+        spread = ""
+        if rounds > 1:
+            lats = [s[0] for s in samples[device]]
+            spread = f"; one-item compute {min(lats):.2f}-{max(lats):.2f} ms over {rounds} rounds"
+        log(f"device runtime: {out[device].describe()} ({elapsed[device]:.1f} s{spread})")
+    return out
+
+
+def _add_latency(acc: list[float], row: dict[str, Any]) -> None:
+    """Append the row's median one-item latency, if it has a usable one."""
+    try:
+        value = float(row["latency_ms_p50"])
+    except (KeyError, TypeError, ValueError):
+        return
+    if value > 0:
+        acc.append(value)
+
+
+def _median_or_none(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+class NodeScale(NamedTuple):
+    """Per device, in the order asked for: what the cost model takes from device runtimes."""
+
+    latency_factor: list[float]  # node times x this (1.0 where not measured)
+    cycle_factor: list[float]  # a stage's compute in a full pipeline x this (1.0)
+    cycle_ms: list[float]  # per stage in a full pipeline: item_overhead_ms + stage_start_ms (0.0)
+    latency_ms: list[float]  # per stage, one item in flight: latency_overhead_ms + stage_start_ms (0.0)
+
+
+def node_scale(
+    runtimes: dict[str, DeviceRuntime] | None, devices: Sequence[str], links_ms: Sequence[float] | None = None
+) -> NodeScale:
+    """What every stage on each device of ``devices`` costs beside its nodes' profile times.
+
+    ``links_ms[i]`` is what the cost model prices device i's whole-model run's two links at,
+    unshaped (see :meth:`DeviceRuntime.latency_overhead_ms`; 0 when not given). The per-stage
+    ms are the cost model's ``device_item_overhead_ms`` (throughput) and
+    ``device_latency_overhead_ms`` (latency): the item overhead outside compute, with the window
+    full or one item in flight, plus the stage start cost."""
+    runtimes = runtimes or {}
+    links = list(links_ms) if links_ms is not None else [0.0] * len(devices)
+    if len(links) != len(devices):
+        raise ValueError(f"links_ms has {len(links)} entries for {len(devices)} devices")
+    rt = [runtimes.get(d) for d in devices]
+    return NodeScale(
+        [r.latency_factor if r else 1.0 for r in rt],
+        [r.cycle_factor if r else 1.0 for r in rt],
+        [r.item_overhead_ms + r.stage_start_ms if r else 0.0 for r in rt],
+        [r.latency_overhead_ms(ms) + r.stage_start_ms if r else 0.0 for r, ms in zip(rt, links)],
+    )
+
+
+def tail_cut(node_ms: Sequence[float], cut_positions: Sequence[int], share: float = TAIL_SHARE) -> int | None:
+    """Index into ``cut_positions`` of the cut whose tail (the nodes after it) comes closest to
+    ``share`` of the total of ``node_ms``; None without cuts."""
+    total = float(sum(node_ms))
+    if not len(cut_positions) or total <= 0:
+        return None
+    tails = [float(sum(node_ms[p + 1 :])) / total for p in cut_positions]
+    return min(range(len(tails)), key=lambda i: (abs(tails[i] - share), -i))

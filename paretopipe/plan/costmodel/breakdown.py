@@ -1,0 +1,115 @@
+"""Single-plan breakdown, computed node by node: for plan files, plots and cross-checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paretopipe.plan.costmodel.evaluate import Plan, _throughput
+from paretopipe.plan.costmodel.instance import Instance
+
+__all__ = ["LinkCost", "PlanBreakdown", "evaluate_plan"]
+
+
+@dataclass(frozen=True)
+class LinkCost:
+    """One message of a plan: who sends how many bytes to whom, and what it costs."""
+
+    src: str
+    dst: str
+    nbytes: float
+    busy_ms: float
+    transfer_ms: float
+
+
+@dataclass(frozen=True)
+class PlanBreakdown:
+    """Everything predicted about one plan, stage by stage and link by link."""
+
+    plan: Plan
+    cut_positions: tuple[int, ...]
+    device_names: tuple[str, ...]
+    stage_nodes: tuple[tuple[int, int], ...]  # (first, last) node of each stage, inclusive
+    stage_ms: tuple[float, ...]
+    stage_mem_bytes: tuple[float, ...]
+    links: tuple[LinkCost, ...]  # driver->stage 0, stage k->k+1 ..., last->driver
+    latency_ms: float
+    bottleneck_ms: float
+    throughput_ips: float
+    bytes_per_item: float
+    peak_mem_bytes: float
+    feasible: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (lists, floats, str)."""
+        return {
+            "cut_indices": list(self.plan.cut_indices),
+            "cut_positions": list(self.cut_positions),
+            "devices": list(self.device_names),
+            "stage_nodes": [list(s) for s in self.stage_nodes],
+            "stage_ms": list(self.stage_ms),
+            "stage_mem_bytes": list(self.stage_mem_bytes),
+            "links": [vars(link).copy() for link in self.links],
+            "latency_ms": self.latency_ms,
+            "bottleneck_ms": self.bottleneck_ms,
+            "throughput_ips": self.throughput_ips,
+            "bytes_per_item": self.bytes_per_item,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "feasible": self.feasible,
+        }
+
+
+def _link(inst: Instance, src: int, dst: int, nbytes: float) -> LinkCost:
+    names = (*inst.device_names, "driver")
+    rate, shaped = float(inst.link_bandwidth_bps[src, dst]), float(inst.link_shaped_bps[src, dst])
+    own = float(inst.link_overhead_ms[src, dst]) + (0.0 if np.isinf(rate) else nbytes * 8.0 / rate * 1e3)
+    wire = 0.0 if np.isinf(shaped) else nbytes * 8.0 / shaped * 1e3
+    delay = float(inst.link_delay_ms[src, dst])
+    return LinkCost(names[src], names[dst], nbytes, max(own, wire), own + wire + delay)
+
+
+def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
+    """Full breakdown of one plan, computed node by node (independently of evaluate_plans).
+
+    Raises CutError/UsageError if the plan does not fit the instance.
+    """
+    plan.validate(inst)
+    positions = tuple(int(inst.cut_positions[c]) for c in plan.cut_indices)
+    spans = list(zip((-1, *positions), (*positions, inst.n_nodes - 1)))
+    driver = inst.n_devices
+    route = (driver, *plan.devices, driver)
+    sizes = (inst.input_bytes, *(float(inst.cut_bytes[c]) for c in plan.cut_indices), inst.output_bytes)
+    links = tuple(_link(inst, route[i], route[i + 1], sizes[i]) for i in range(len(route) - 1))
+    stage_ms, stage_mem = [], []
+    for k, ((prev, last), dev) in enumerate(zip(spans, plan.devices)):
+        nodes = range(prev + 1, last + 1)
+        stage_ms.append(sum(float(inst.node_ms[dev, n]) for n in nodes))
+        entering = inst.input_live_bytes if k == 0 else sizes[k]
+        live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
+        stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
+    overhead = sum(float(inst.device_latency_overhead_ms[d]) for d in plan.devices)
+    latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(l.transfer_ms for l in links[1:])
+    cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
+    shared = [
+        sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)
+        for g in {int(inst.device_cpu_group[d]) for d in plan.devices}
+    ]  # devices on one CPU take turns
+    bottleneck = max(max(cycle), max(shared), max(link.busy_ms for link in links))
+    feasible = all(m <= inst.device_mem_bytes[d] for m, d in zip(stage_mem, plan.devices))
+    return PlanBreakdown(
+        plan=plan,
+        cut_positions=positions,
+        device_names=tuple(inst.device_names[d] for d in plan.devices),
+        stage_nodes=tuple((a + 1, b) for a, b in spans),
+        stage_ms=tuple(stage_ms),
+        stage_mem_bytes=tuple(stage_mem),
+        links=links,
+        latency_ms=latency,
+        bottleneck_ms=bottleneck,
+        throughput_ips=float(_throughput(inst, bottleneck, latency)),
+        bytes_per_item=sum(sizes[1:-1]) / inst.batch_size,
+        peak_mem_bytes=max(stage_mem),
+        feasible=bool(feasible),
+    )

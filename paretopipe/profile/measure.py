@@ -1,0 +1,475 @@
+"""Measure a model on this device: per-node, per-block and whole-model time, FLOPs, bytes.
+
+Method, per batch size:
+
+1. One forward pass of the model (a warm-up that also catches out-of-memory early), then trace it
+   (:func:`paretopipe.model.graph.trace`: same nodes and order as ``paretopipe cuts``).
+2. One interpreted forward pass records every node's inputs and output, and counts its FLOPs with
+   :class:`torch.utils.flop_counter.FlopCounterMode`.
+3. Rounds, each timing, with :func:`time.perf_counter_ns`: the whole model once, every block once
+   (a block's consecutive nodes built as one stage module by :mod:`paretopipe.model.stages`), and every
+   node once. Interleaving rounds spreads drift (frequency, other load) evenly over everything.
+   Nodes are timed either ``"sequence"`` (default: the graph is executed node by node in order,
+   each node on the fresh outputs of the nodes before it, as in a real forward, so caches are as
+   warm as they would be) or ``"isolated"`` (each node replayed alone on its recorded inputs).
+   ``warmup`` untimed rounds come first; rounds repeat until at least ``repeats`` rounds AND
+   ``min_time_s`` seconds. The median timer overhead is subtracted from every sample. Each node's
+   CPU time (:func:`time.process_time_ns`, read just outside its wall-clock window) is recorded
+   too: under a CPU quota a node's wall time depends on where in the quota period it falls (short
+   nodes mostly slip through before the budget runs out, the throttled wait lands on whichever
+   node is running then), while its CPU time is its own work, so there the cost model shares the
+   whole-model time out over nodes by CPU time (see :meth:`paretopipe.profile.profile_file.Profile.planned_node_ms`).
+   Before anything, :func:`paretopipe.host.timing.steady_allocator` stops glibc from unmapping and
+   re-faulting activation memory on every pass (it doubled some forward times, depending on the
+   process's allocation history).
+4. Calibration = whole-model median / sum of node medians: the cost model multiplies node sums by
+   it to account for the work between nodes that no node timer sees.
+5. Drift = how far the whole-model median moved from the first half of the rounds to the second
+   (:func:`paretopipe.host.timing.drift_pct`). Interleaving keeps the calibration ratio consistent
+   while the machine's speed changes, but not the times themselves: a profile whose drift is more
+   than a few per cent was taken on a machine that was not steady, and will not repeat that well.
+   So while the drift of the counted rounds is above ``steady_pct``, more rounds run and the
+   window of counted rounds slides on (the oldest are discarded), up to ``max_rounds_factor``
+   times the counted rounds in all: the profile then describes the machine as it settled rather
+   than a mix of two speeds. Where it never settles the drift stays recorded (and is warned
+   about). On a shared 2-vCPU machine in a noisy hour, 4 of the 5 profiles (of 12) that drifted
+   more than 5% missed an independent whole-model run made right after them by more than 5%,
+   against 1 of the 7 steady ones. In two later runs side by side (``bench_profiler
+   --compare-steady``), 0 of 24 waiting profiles ended with more than 5% drift against 7 of 24
+   that did not wait; each matched a whole-model run right after it within 5% equally often
+   (15 of 24 both): waiting spares a re-run of a drifting profile, but the machine's speed also
+   changes between a profile and the next run, which no profile sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.fx as fx
+from torch.utils.flop_counter import FlopCounterMode
+
+from paretopipe.errors import CapabilityError, UsageError
+from paretopipe.host import cgroups, isa
+from paretopipe.host.fingerprint import fingerprint
+from paretopipe.host.timing import Rounds, Stat, drift_pct, steady_allocator, timer_overhead_ns
+from paretopipe.model.graph import Cut, ModelGraph, trace
+from paretopipe.model.registry import ModelSpec, build_model, example_input
+from paretopipe.model.stages import build_stages
+from paretopipe.profile.profile_file import BatchProfile, BlockProfile, NodeProfile, Profile
+
+__all__ = [
+    "ProfileSettings",
+    "profile_model",
+    "profile_batch",
+    "Capture",
+    "capture",
+    "block_runs",
+    "range_stage",
+    "is_oom",
+]
+
+NodeTiming = Literal["sequence", "isolated"]
+Progress = Callable[[int, str, int, int], None]  # (batch_size, phase, done, total)
+_COMPUTE = ("call_module", "call_function", "call_method")
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to profile: batch sizes, threads, repeat policy, CPU limits, node timing method."""
+
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    repeats: int = 20
+    warmup: int = 2
+    min_time_s: float = 1.0
+    steady_pct: float = 5.0
+    max_rounds_factor: float = 3.0
+    node_timing: NodeTiming = "sequence"
+    cpus: tuple[int, ...] | None = None
+    cpu_quota: float | None = None
+    isa: str | None = None
+    torch_device: str = "cpu"
+    command: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
+
+    def check(self) -> None:
+        """Raise UsageError for a bad setting (called before any work)."""
+        if (
+            not self.batch_sizes
+            or any(b < 1 for b in self.batch_sizes)
+            or len(set(self.batch_sizes)) != len(self.batch_sizes)
+        ):
+            raise UsageError(
+                f"batch sizes {list(self.batch_sizes)} must be distinct integers >= 1", "e.g. --batch-size 1,8"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"thread count {self.threads} must be >= 1")
+        if self.repeats < 1 or self.warmup < 0 or self.min_time_s < 0:
+            raise UsageError(
+                f"repeats {self.repeats} must be >= 1, warmup {self.warmup} and min time {self.min_time_s} s >= 0"
+            )
+        if not self.steady_pct >= 0 or not self.max_rounds_factor >= 1:
+            raise UsageError(
+                f"steady per cent {self.steady_pct} must be >= 0 (0: do not wait) and the round factor "
+                f"{self.max_rounds_factor} >= 1",
+                "e.g. --steady 5 --max-rounds-factor 3",
+            )
+        if self.node_timing not in ("sequence", "isolated"):
+            raise UsageError(f"unknown node timing {self.node_timing!r}", "use sequence or isolated")
+        if self.isa is not None:
+            isa.check_name(self.isa)
+
+    def thread_count(self) -> int:
+        """``threads``, or one per CPU the profile can use: the pinned CPUs (else torch's default),
+        but no more than a CPU quota rounds up to. Threads beyond the quota only wait for it, and
+        their throttled waits are long and uneven: resnet18 at batch 1 under a 0.5 quota took 217-434
+        ms (median, three profiles) with 2 threads, against 131-133 ms with 1 (45 ms free)."""
+        if self.threads:
+            return self.threads
+        n = len(self.cpus) if self.cpus else torch.get_num_threads()
+        if self.cpu_quota is not None:
+            n = min(n, max(1, math.ceil(self.cpu_quota)))
+        return n
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory failure (MemoryError, or torch's RuntimeError saying so)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError)
+        and any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+    )
+
+
+def _sync_for(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+@dataclass
+class Capture:
+    """One interpreted forward pass: each compute node's (args, kwargs), output and FLOPs."""
+
+    inputs: dict[fx.Node, tuple[tuple[Any, ...], dict[str, Any]]]
+    values: dict[str, Any]
+    flops: dict[fx.Node, int]
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=False)
+        self.record = Capture({}, {}, {})
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in _COMPUTE:
+            out = super().run_node(n)
+        else:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.record.inputs[n] = (args, kwargs)
+            with FlopCounterMode(display=False) as counter:
+                out = getattr(self, n.op)(n.target, args, kwargs)
+            self.record.flops[n] = int(counter.get_total_flops())
+        self.record.values[n.name] = out
+        return out
+
+
+def capture(graph: ModelGraph, inputs: Sequence[torch.Tensor]) -> Capture:
+    """Run the traced graph once, recording what every node saw and produced, and its FLOPs."""
+    rec = _Recorder(graph.gm)
+    with torch.no_grad():
+        rec.run(*inputs)
+    return rec.record
+
+
+def _runner(gm: fx.GraphModule, node: fx.Node) -> Callable[..., Any]:
+    """A callable running ``node`` on its (already resolved) args and kwargs."""
+    if node.op == "call_module":
+        return gm.get_submodule(str(node.target))
+    if node.op == "call_function":
+        return node.target  # type: ignore[return-value]
+    name = str(node.target)
+    return lambda obj, *args, **kwargs: getattr(obj, name)(*args, **kwargs)
+
+
+def block_runs(graph: ModelGraph) -> list[tuple[str, int, int]]:
+    """Maximal runs of consecutive nodes in the same block: (block, first, last)."""
+    runs: list[tuple[str, int, int]] = []
+    for info in graph.nodes:
+        if runs and runs[-1][0] == info.block and runs[-1][2] == info.index - 1:
+            runs[-1] = (info.block, runs[-1][1], info.index)
+        else:
+            runs.append((info.block, info.index, info.index))
+    return runs
+
+
+def _cut_after(graph: ModelGraph, index: int) -> Cut:
+    live = graph.live_values(index)
+    return Cut(index, graph.nodes[index].name, tuple(v.name for v in live), 0, 0, False)
+
+
+def range_stage(graph: ModelGraph, first: int, last: int) -> tuple[fx.GraphModule, list[str]]:
+    """The stage module running nodes ``first..last`` and the names of the values it takes."""
+    cuts = ([_cut_after(graph, first - 1)] if first > 0 else []) + (
+        [_cut_after(graph, last)] if last < len(graph.nodes) - 1 else []
+    )
+    stage = build_stages(graph, cuts)[1 if first > 0 else 0]
+    return stage, [n.name for n in stage.graph.nodes if n.op == "placeholder"]
+
+
+class _Sequence:
+    """Execute the graph node by node, timing each node, freeing values after their last use."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        gm = graph.gm
+        order = list(gm.graph.nodes)
+        last_use = {n: i for i, n in enumerate(order)}
+        for i, n in enumerate(order):
+            for inp in n.all_input_nodes:
+                last_use[inp] = i
+        self.placeholders = graph.placeholders
+        self.constants = {n: _fetch(gm, str(n.target)) for n in order if n.op == "get_attr"}
+        self.steps = []
+        for i, n in enumerate(order):
+            if n.op in _COMPUTE:
+                dead = [v for v in n.all_input_nodes if last_use[v] == i and v.op != "get_attr"]
+                self.steps.append((n, _runner(gm, n), dead))
+
+    def run(self, inputs: Sequence[torch.Tensor], sync: Callable[[], None]) -> list[tuple[int, int]]:
+        """(wall ns, CPU ns) of every node, in order."""
+        env: dict[fx.Node, Any] = dict(self.constants)
+        env.update(zip(self.placeholders, inputs))
+        clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
+        samples = []
+        for node, fn, dead in self.steps:
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            sync()
+            c0 = cpu_clock()
+            t0 = clock()
+            env[node] = fn(*args, **kwargs)
+            sync()
+            t1 = clock()
+            samples.append((t1 - t0, cpu_clock() - c0))
+            del args, kwargs
+            for v in dead:
+                del env[v]
+        return samples
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> int:
+    sync()
+    t0 = time.perf_counter_ns()
+    fn()
+    sync()
+    return time.perf_counter_ns() - t0
+
+
+def _timed_cpu(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[int, int]:
+    """(wall ns, CPU ns) of ``fn()``; the CPU clock is read outside the wall-clock window."""
+    sync()
+    c0 = time.process_time_ns()
+    wall = _timed(fn, sync)
+    return wall, time.process_time_ns() - c0
+
+
+def profile_batch(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    batch_size: int,
+    settings: ProfileSettings,
+    progress: Progress | None = None,
+) -> BatchProfile:
+    """Measure ``model`` at one batch size (see the module docstring). Raises CapabilityError on OOM."""
+    report = progress or (lambda *a: None)
+    device = torch.device(settings.torch_device)
+    sync = _sync_for(device)
+    try:
+        x = example_input(spec, batch_size).to(device)
+        report(batch_size, "first pass", 0, 1)
+        with torch.no_grad():
+            model(x)
+        graph = trace(model, x, leaf_modules=spec.leaf_modules)
+        report(batch_size, "capturing node inputs and FLOPs", 0, 1)
+        rec = capture(graph, [x])
+        return _measure(graph, rec, x, batch_size, settings, sync, report)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_oom(exc):
+            raise
+        gc.collect()
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        start = text.find("can't allocate")
+        raise CapabilityError(
+            f"batch size {batch_size} runs out of memory on this device ({text[max(start, 0) :][:120]})",
+            "profile smaller batch sizes with --batch-size",
+        ) from None
+
+
+def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync, report) -> BatchProfile:
+    model, n_nodes = graph.model, len(graph.nodes)
+    blocks = []
+    for name, first, last in block_runs(graph):
+        stage, in_names = range_stage(graph, first, last)
+        blocks.append((name, first, last, stage, [rec.values[v] for v in in_names]))
+    replays = [(_runner(graph.gm, n), *rec.inputs[n]) for n in graph.fx_nodes]
+    seq = _Sequence(graph) if settings.node_timing == "sequence" else None
+    overhead, cpu_overhead = timer_overhead_ns(), timer_overhead_ns(clock=time.process_time_ns)
+    whole_ns: list[int] = []
+    block_ns: list[list[int]] = [[] for _ in blocks]
+    node_ns: list[list[int]] = [[] for _ in range(n_nodes)]
+    node_cpu_ns: list[list[int]] = [[] for _ in range(n_nodes)]
+
+    def one_round(keep: bool) -> None:
+        w = _timed(lambda: model(x), sync)
+        b = [_timed(lambda: stage(*ins), sync) for _, _, _, stage, ins in blocks]
+        if seq is not None:
+            nodes = seq.run([x], sync)
+        else:
+            nodes = [_timed_cpu(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
+        if keep:
+            whole_ns.append(w)
+            for acc, s in zip(block_ns, b):
+                acc.append(s)
+            for acc, acc_cpu, (s, c) in zip(node_ns, node_cpu_ns, nodes):
+                acc.append(s)
+                acc_cpu.append(c)
+
+    with torch.no_grad():
+        for i in range(settings.warmup):
+            report(batch_size, "warm-up", i, settings.warmup)
+            one_round(False)
+        rounds = Rounds(settings.repeats, settings.min_time_s)
+        for i in rounds:
+            report(batch_size, "timing", i, rounds.estimate())
+            one_round(True)
+        report(batch_size, "timing", rounds.done, rounds.done)
+        window = rounds.done
+        extra = max(0, math.ceil(window * settings.max_rounds_factor) - window)
+        while (
+            settings.steady_pct
+            and abs(drift_pct(whole_ns[-window:])) > settings.steady_pct
+            and len(whole_ns) - window < extra
+        ):
+            report(batch_size, "waiting for a steady machine", len(whole_ns) - window, extra)
+            one_round(True)
+        discarded = len(whole_ns) - window
+        for acc in (whole_ns, *block_ns, *node_ns, *node_cpu_ns):
+            del acc[:discarded]
+
+    node_stats = [Stat.from_ns(s, overhead) for s in node_ns]
+    node_cpu = [Stat.from_ns(s, cpu_overhead).median_ms for s in node_cpu_ns]
+    node_sum = sum(s.median_ms for s in node_stats)
+    whole = Stat.from_ns(whole_ns, overhead)
+    live = graph.live_nbytes()
+    live_before = [graph.input_nbytes(), *live[:-1]]
+    nodes = tuple(
+        NodeProfile(
+            index=info.index,
+            name=info.name,
+            op=info.op,
+            target=info.target,
+            block=info.block,
+            median_ms=st.median_ms,
+            iqr_ms=st.iqr_ms,
+            n=st.n,
+            out_nbytes=info.out_nbytes,
+            param_nbytes=info.param_nbytes,
+            flops=rec.flops[fxn],
+            live_nbytes=live[info.index],
+            peak_act_nbytes=live_before[info.index] + info.out_nbytes,
+            cpu_ms=cpu,
+        )
+        for info, fxn, st, cpu in zip(graph.nodes, graph.fx_nodes, node_stats, node_cpu)
+    )
+    block_rows = []
+    for (name, first, last, _, _), samples in zip(blocks, block_ns):
+        st = Stat.from_ns(samples, overhead)
+        block_rows.append(
+            BlockProfile(
+                name, first, last, st.median_ms, st.iqr_ms, st.n, sum(s.median_ms for s in node_stats[first : last + 1])
+            )
+        )
+    params = sum(n.param_nbytes for n in nodes)
+    return BatchProfile(
+        batch_size=batch_size,
+        whole_ms={**whole.to_dict(), "drift_pct": drift_pct(whole_ns), "discarded": discarded},
+        node_sum_ms=node_sum,
+        calibration=whole.median_ms / node_sum if node_sum > 0 else 1.0,
+        peak_mem_nbytes=params + max((n.peak_act_nbytes for n in nodes), default=0),
+        blocks=tuple(block_rows),
+        nodes=nodes,
+    )
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progress: Progress | None = None) -> Profile:
+    """Profile ``spec`` on this machine under ``settings`` (CPU pinning and quota applied here).
+
+    Returns the :class:`Profile` (not yet saved). Raises UsageError for bad settings,
+    CapabilityError for a quota without root/cgroups or an instruction set limit this process
+    cannot take (both before any work), or an out-of-memory batch.
+    """
+    settings.check()
+    if settings.cpu_quota is not None:
+        cgroups.quota_settings(settings.cpu_quota)
+        cgroups.check_quota_capability()
+    isa.apply(settings.isa)
+    threads = settings.thread_count()
+    steady = steady_allocator()
+    model = build_model(spec).to(torch.device(settings.torch_device))
+    with (
+        cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"),
+        _torch_threads(threads),
+    ):
+        batches = tuple(profile_batch(model, spec, b, settings, progress) for b in settings.batch_sizes)
+        fp = fingerprint(threads=threads, cpu_quota=settings.cpu_quota, isa=settings.isa)
+    return Profile(
+        device=device,
+        model=spec.to_dict(),
+        model_label=spec.label,
+        input_shape=tuple(spec.input_shape),
+        batch_sizes=tuple(settings.batch_sizes),
+        threads=threads,
+        cpus=settings.cpus,
+        cpu_quota=settings.cpu_quota,
+        isa=settings.isa,
+        method={
+            "warmup": settings.warmup,
+            "repeats": settings.repeats,
+            "min_time_s": settings.min_time_s,
+            "steady_pct": settings.steady_pct,
+            "max_rounds_factor": settings.max_rounds_factor,
+            "node_timing": settings.node_timing,
+            "timer_overhead_ns": timer_overhead_ns(),
+            "steady_allocator": steady,
+        },
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=tuple(settings.command),
+        fingerprint=fp,
+        batches=batches,
+    )
