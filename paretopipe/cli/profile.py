@@ -96,9 +96,7 @@ def profile_command(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Profile file [default: profiles/DEVICE-MODEL.json]."
     ),
-    show: Path | None = typer.Option(
-        None, "--show", help="Print the summary of a saved profile instead of profiling."
-    ),
+    show: Path | None = typer.Option(None, "--show", help="Print the summary of a saved profile instead of profiling."),
     top: int = typer.Option(10, "--top", min=1, help="How many of the heaviest nodes to list."),
     fmt: OutputFormat = FormatOption,
 ) -> None:

@@ -61,9 +61,7 @@ def sweep_command(
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
     min_time: float = MinTimeOption,
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."
-    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed configuration."),
     profiles: Path = typer.Option(Path("profiles"), "--profiles", help="Directory of device profiles."),

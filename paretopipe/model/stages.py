@@ -110,9 +110,7 @@ def compare_outputs(expected: Any, actual: Any) -> tuple[bool, float]:
     return exact, diff
 
 
-def verify(
-    graph: ModelGraph, cut_sets: Sequence[Sequence[int]], inputs: Sequence[torch.Tensor]
-) -> list[VerifyResult]:
+def verify(graph: ModelGraph, cut_sets: Sequence[Sequence[int]], inputs: Sequence[torch.Tensor]) -> list[VerifyResult]:
     """Split at each cut set, chain the stages, and compare with the unsplit model's output."""
     with torch.no_grad():
         expected = graph.model(*(t.clone() for t in inputs))
