@@ -23,6 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import results_file
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="items run before timing starts, per mode")
     parser.add_argument("--testbed", default="testbed/local.toml", help="testbed file with devices fast and slow")
     parser.add_argument("--quick", action="store_true", help="one round of 15 items")
+    results_file.add_save_option(parser)
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     rounds, items = (1, 15) if args.quick else (args.rounds, args.items)
@@ -199,4 +202,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("backends", main)

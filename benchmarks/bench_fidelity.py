@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import results_file
 
 from paretopipe.calibrate.device_runtime import FILENAME as DEVICE_RUNTIME
 from paretopipe.calibrate.device_runtime import DeviceRuntime, node_scale
@@ -445,6 +446,7 @@ def main() -> None:
         help="measure nothing: price the measurements already in --out again with this version of the cost model "
         "(each with the device runtime check that priced it) and report the figures",
     )
+    results_file.add_save_option(ap)
     args = ap.parse_args()
     out = Path(args.out)
     results = [
@@ -498,4 +500,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("fidelity", main)

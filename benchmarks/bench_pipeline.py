@@ -59,6 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
+import results_file
 import torch
 
 from paretopipe.host.cgroups import find_controller
@@ -425,6 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run before keeping it")
     parser.add_argument("--details", action="store_true", help="also print the balancing scan and per-stage timings")
     parser.add_argument("--quick", action="store_true", help="one repeat, shorter runs")
+    results_file.add_save_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.seconds, args.probe_seconds = 1, 2.0, 0.6
@@ -551,4 +553,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("pipeline", main)

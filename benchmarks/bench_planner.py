@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results_file
+
 from paretopipe.plan.costmodel import Instance
 from paretopipe.plan.pareto import hypervolume
 from paretopipe.plan.search import search, space_size
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--max-stages", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-exhaustive", action="store_true")
+    results_file.add_save_option(parser)
     args = parser.parse_args()
     inst = synthetic_instance(args.nodes, args.cuts, 4, args.seed)
     stages = range(1, args.max_stages + 1)
@@ -105,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("planner", main)

@@ -45,6 +45,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
+import results_file
 import torch
 
 from paretopipe.cli.profile import DRIFT_WARN_PCT
@@ -379,6 +380,7 @@ def main() -> None:
     )
     ap.add_argument("--quiet", type=float, default=0.2, help="wait until other processes use fewer CPUs than this")
     ap.add_argument("--max-wait-s", type=float, default=30.0, help="longest wait for a quiet machine per model")
+    results_file.add_save_option(ap)
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.quota_periods = [int(p) for p in args.quota_periods.split(",") if p]
@@ -448,4 +450,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("profiler", main)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results_file
+
 from paretopipe.network.conditions import LinkCondition, parse_condition
 from paretopipe.network.shaper import ShapedSender
 
@@ -151,6 +153,7 @@ def kernel_ratio(bandwidth_bps: float = 50e6) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-kernel", action="store_true", help="skip the namespace/tbf comparison")
+    results_file.add_save_option(ap)
     args = ap.parse_args()
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
     ns, rate = submit_cost()
@@ -180,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("shaper", main)

@@ -25,6 +25,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results_file
+
 from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import example_input, resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--network", default="local", help="scenario name or condition (default: unshaped)")
     ap.add_argument("--window", type=int, default=6, help="items in flight (default 6)")
     ap.add_argument("--isolation", default="loopback", choices=["loopback", "netns"])
+    results_file.add_save_option(ap)
     args = ap.parse_args()
 
     tb = load_testbed(args.testbed)
@@ -119,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("soak", main)

@@ -32,6 +32,7 @@ from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results_file
 import torch
 
 HOST = "127.0.0.1"
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default=",".join(backends.available()), help="comma-separated transports")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"subset of: {', '.join(SIZES)}")
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
+    results_file.add_save_option(parser)
     args = parser.parse_args(argv)
     names = [n for n in args.backends.split(",") if n]
     for name in names:
@@ -326,4 +328,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("transport", main)
