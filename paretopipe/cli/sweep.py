@@ -72,7 +72,7 @@ def sweep_command(
     device_runtime: bool = typer.Option(
         True,
         "--device-runtime/--no-device-runtime",
-        help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see README, Calibration).",
+        help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see docs/calibration.md).",
     ),
     pass_check: bool = typer.Option(
         True,
