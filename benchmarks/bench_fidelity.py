@@ -17,7 +17,7 @@ Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan 
 ``--repeats`` passes over its scenario's plans (``--items`` latency items, three times as many
 throughput items per pass); its figures are the medians over the passes, as in any sweep.
 Predictions follow device runtime checks at the start of every pass and every ``--recheck``
-seconds within it (default 60 here; the sweep's default is 0, at pass starts only); the same
+seconds within it (default 60 in this benchmark; the sweep's default is 0, at pass starts only); the same
 measurements are also priced as if each pass had been checked at its start only, for comparison,
 and the range of each device's whole-model time over the checks shows how far the machine drifted
 meanwhile. The same latencies are priced once more with each device's per-stage overhead
@@ -26,11 +26,9 @@ item in flight (``latency_overhead_ms``), as the cost model priced latency befor
 (medians by stage count), into the stages' compute and everything outside it.
 
     python benchmarks/bench_fidelity.py                      # everything (several hours)
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # 15 min here
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # one case
 
-On the 2-core test machine, with ``--items 7``, the 2-stage runs took 14 min (mobilenet_v2) and
-38 min (resnet18), each pass's device runtime check included; mobilenet_v2 with 3 stages took
-6 min for lan alone:
+Narrower runs:
 
     python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --items 7
     python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi

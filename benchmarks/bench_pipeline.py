@@ -16,7 +16,7 @@ fast -> slow:
    reports for that same run (warm-up items left out), and the ratio is measured throughput /
    bound. The mean, not the median: a stage that computes N items is busy for N times their mean,
    so no pipeline can beat 1 / mean, while per-item times on a shared CPU are skewed to the right
-   (the median understates the stage's cost by a few per cent here). ``ratio_p50`` shows the ratio against
+   (the median understates the stage's cost). ``ratio_p50`` shows the ratio against
    the bound from medians (``tput_stage_compute_ms`` of ``Session.measure``) for comparison. The
    table shows the median ratio over the repeats.
 3. *Explain.* ``cpu_bound_ips`` is a second bound from the same run: batch * min over stages of

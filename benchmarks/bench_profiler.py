@@ -30,7 +30,7 @@ launcher use and with the longer ones of ``--quota-periods`` for comparison.
 Background CPU use by other processes during the run is printed too, since it disturbs every
 number here. Repeats and warm-up default to those of ``paretopipe profile``.
 
-Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8; ~12 min)
+Run: python benchmarks/bench_profiler.py                 (six seed models, batch 1 and 8)
      python benchmarks/bench_profiler.py --models resnet18,alexnet --batch-sizes 1 --no-quota
      python benchmarks/bench_profiler.py --cpus 0 --no-quota   (pinned, as a testbed device is)
      python benchmarks/bench_profiler.py --compare-steady --no-quota   (waiting for a steady machine or not)

@@ -14,7 +14,7 @@ Measures, on this machine:
     between two namespaces, iperf3 goodput / set rate (goodput excludes the 66 B of headers per
     1514 B frame that tbf counts, so about 0.956 is exact).
 
-Run: python benchmarks/bench_shaper.py            (~20 s)
+Run: python benchmarks/bench_shaper.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Testbed files: the devices a pipeline runs on, the driver, and per-directed-link overrides.
 
-A testbed is TOML (see ``testbed/local.toml`` and the README). No torch import: the planner and
+A testbed is TOML (see ``testbed/local.toml`` and docs/testbeds.md). No torch import: the planner and
 the network layer read it too. Every problem is a ConfigError naming the file and the field.
 """
 

@@ -1,64 +1,18 @@
 """Device runtime calibration: how a device runs the model inside a worker, next to its profile.
 
-A profile times the model in a tight loop on an otherwise idle device. A stage worker runs the
-same computation differently: as a traced module, on inputs that arrive over the network, with
-the driver and other workers beside it, and, with a full pipeline, with every device busy at
-once. Over five sweeps on the local testbed a worker took 0-23% longer than its profile with one
-item in flight, and a full pipeline changed that by a further -11% to +10%; the figures move
-from run to run, which is why they are measured at the start of every sweep.
+:func:`measure` runs the whole model on each device through the real runtime (one item in flight,
+then a full window) and a short tail stage of it (one item in flight, the head on another device),
+in rounds that visit every device in turn. It returns a :class:`DeviceRuntime` per device whose
+figures are medians over the rounds, and raises ParetoPipeError, naming the device, if a run
+fails. From them the cost model takes, per device (:func:`node_scale`): ``latency_factor`` (node
+times x it) and ``stage_start_ms`` (the line through the two one-item runs), ``cycle_factor``
+(compute with the window full / with one item in flight), ``item_overhead_ms`` (time per item
+outside compute with the window full) and :meth:`DeviceRuntime.latency_overhead_ms` (what one
+item alone spends outside compute). A sweep runs it before planning (:data:`MIN_ITEMS` items in
+:data:`ROUNDS` rounds) and, more briefly (:data:`PASS_ITEMS`), at the start of every pass; the
+figures go to ``RUN/device_runtime.json`` (:data:`FILENAME`, :meth:`DeviceRuntime.to_dict`).
 
-Before planning, a sweep therefore runs the whole model once on each device through the real
-runtime (network ``local``: no shaping): one item in flight, then a full window. Per device:
-
-- ``latency_factor`` multiplies the device's node times, and ``stage_start_ms`` is added to every
-  stage on the device: what latency predictions use. A stage's compute in a worker is not just
-  proportional to its nodes' times: whatever the worker ran between two items (receiving,
-  decoding, the driver or another device on the same core) has pushed the stage's weights and
-  activations out of the caches, and every stage pays for bringing them back. Over the 2-stage
-  plans of the local testbed, stage compute fitted ``0.93-1.01 x predicted + 0.5-0.8 ms`` on
-  either device, so a stage of 4 ms computed 15-20% longer than a whole-model factor predicts.
-  Both come from two runs per device: the whole model, and a short *tail* stage (the last
-  block cuts, about a sixth of the device's time) with the model's head on another device. The
-  line through the two (compute vs profile ms) gives the factor (its slope) and the start cost
-  (where it meets zero). Without a tail run (one device, or files from before it) the factor is
-  the whole-model ratio and the start cost 0;
-- ``cycle_factor = median compute (window full) / median compute (one item in flight)`` is the
-  cost model's ``device_cycle_factor``: how much longer a stage holds the device per item when
-  the pipeline is full, what throughput predictions use;
-- ``item_overhead_ms = time per item with the window full (batch / throughput) - median compute
-  (window full)`` is the cost model's ``device_item_overhead_ms``: what the device spends per
-  item outside its stage's compute (receiving, decoding, encoding and sending; on a single-core
-  device none of it overlaps compute). A stage's cycle in a full pipeline is its compute times
-  the cycle factor plus this (the calibrated link overhead is only the transport's share: a
-  device under a 0.5 CPU quota, running the whole model, spent 3.1 ms per item outside compute
-  where the links accounted for 0.3 ms). It is measured with the model's input coming in and its
-  output going out, so for stages whose tensors are much smaller it errs on the high side;
-- ``latency_overhead_ms(links_ms)`` is the cost model's ``device_latency_overhead_ms``: what an
-  item alone pays outside compute at every stage on the device. The whole-model run's one-item
-  latency is recorded (``latency_ms``; ``latency_outside_ms`` = it less the one-item compute),
-  and what the cost model prices that run's two links at, unshaped, is taken off. With the
-  window full a device spends far longer per item outside compute than with one item in flight
-  (on the local testbed 0.50-1.08 ms against 0.16-0.17 ms), so pricing latency with
-  ``item_overhead_ms`` charged every extra stage ~0.4 ms too much: of the 3-stage mobilenet_v2
-  plans on lan, 91.5% were priced within 10% (mean absolute error 5.9%), and 98.4% (2.9%) priced
-  with one item's overhead (one pass, the same measurements priced both ways). Files from before
-  ``latency_ms`` fall back to ``item_overhead_ms``.
-
-The tail run's one-item latency is recorded too (``tail_latency_ms``), for comparison.
-
-All three come from runs seconds apart in one session, so drift of the machine between
-profiling and the sweep is absorbed as well (a sweep runs the calibration on the workers it then
-measures: see :class:`paretopipe.sweep.runner.Sessions`). The runs are split into rounds that
-visit every device in turn, and each figure is the median over the rounds: on the local testbed a
-single window of a few seconds sometimes ran 20% slow (the quota'd device once gave x1.55 where
-the sweep's own whole-model run a minute later gave x1.30), and such a window then mispriced every
-plan that uses the device. With rounds, one slow window moves one sample of three. A round before
-them warms freshly started workers up and is not counted: their first seconds ran up to 30% slower.
-
-A sweep measures it again, more briefly (``PASS_ITEMS`` in ``ROUNDS`` rounds, no warm-up round),
-at the start of every pass (and, with ``sweep --recheck``, again within a pass) and predicts the
-plans with the latest check (:class:`paretopipe.sweep.runner._PassCheck`): the machine drifts by
-more than 10% over minutes.
+What each figure means and why it is measured: docs/calibration.md.
 """
 
 from __future__ import annotations
@@ -74,15 +28,14 @@ from paretopipe.errors import ParetoPipeError
 
 #: Where a run directory keeps the device runtime calibration of its sweep.
 FILENAME = "device_runtime.json"
-#: Fewest timed items per device and mode: a CPU quota's compute times drift by +-10% over
-#: seconds on the local testbed, so a calibration averages over a few seconds at least.
+#: Fewest timed items per device and mode, so that a calibration averages over a few seconds at
+#: least (a device's compute time wanders over seconds, more so under a CPU quota).
 MIN_ITEMS = 60
 #: Rounds the items are split into (each round visits every device; the median round counts).
 ROUNDS = 3
 #: Fewest timed items per device of the check at the start of every sweep pass, in ``ROUNDS``
-#: rounds without a warm-up round (the workers are warm): a few seconds per pass. One round of 20
-#: items (0.6 s on a device under a 0.5 CPU quota) was too short: slow windows of the machine of up to a
-#: second made two of six checks price a pass 45% slow that then ran at the usual speed.
+#: rounds without a warm-up round (the workers are warm): a few seconds per pass, long enough that
+#: one slow second of the machine does not misprice a whole pass.
 PASS_ITEMS = 30
 #: The tail stage of the start-cost run: about this share of a device's whole-model time.
 TAIL_SHARE = 1 / 6

@@ -44,9 +44,9 @@ __all__ = [
 PARENT = "paretopipe"
 # The shortest period the kernel allows for the quota (its minimum quota is 1 ms per period, so
 # 2 ms for 0.5 CPU): throttling then comes in slices of about a millisecond, and a quota behaves
-# like a uniformly slower CPU. With 10 ms periods, items a few ms long ran at full speed until
-# the budget ran out and then stopped for the rest of the period, so a half-speed device took
-# 1.1x its CPU time on one item and 2.1x under load, and neither profile nor plan could say which.
+# like a uniformly slower CPU. With longer periods, items a few ms long run at full speed until
+# the budget runs out and then stop for the rest of the period, so a device's time per item
+# depends on how busy the pipeline is, which neither a profile nor a plan can tell.
 MIN_QUOTA_US = 1_000
 _NAME_RE = re.compile(r"^(?P<label>[A-Za-z0-9_.]+)-(?P<owner>\d+)-(?P<token>[0-9a-f]+)$")
 _MOUNTS = "/proc/self/mounts"

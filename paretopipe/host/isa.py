@@ -11,11 +11,9 @@ kernel runs, so they must be set before a process computes anything:
 - ``avx512``: ``avx512`` and ``AVX512_CORE`` (512 bit).
 
 Unlike a CPU quota, this slows the computation itself rather than taking the CPU away, so the
-emulated device is as steady as the real core it runs on. On the local testbed's 2-vCPU machine
-resnet18 at batch 1 took 29-31 ms natively, 42-43 ms limited to ``avx2`` and 93-95 ms limited to
-``sse41`` in 2-second windows, while a 0.5 CPU quota gave 61-83 ms. The slowdown differs per
-operation (dense convolutions lose most, depthwise ones and element-wise operations less), as it
-does between real CPUs, which is what profiles per device are for.
+emulated device is as steady as the real core it runs on. The slowdown differs per operation
+(dense convolutions lose most, depthwise ones and element-wise operations less), as it does
+between real CPUs, which is what profiles per device are for. See docs/testbeds.md.
 
 Nothing here imports torch at module level.
 """

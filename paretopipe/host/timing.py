@@ -36,9 +36,9 @@ def steady_allocator() -> bool:
     """Make glibc malloc keep freed memory for reuse instead of returning it to the kernel.
 
     By default glibc serves large blocks (activations) with mmap and gives them back on free, so
-    every forward pass may page-fault all its activations in again (zeroed by the kernel): on this
-    project's test machine that made a mobilenet_v2 batch-8 forward 2.3x slower, depending on the
-    allocation history of the process. Raising the mmap and trim thresholds to 1 GiB makes
+    every forward pass may page-fault all its activations in again (zeroed by the kernel), which
+    can make a forward pass several times slower, depending on the allocation history of the
+    process. Raising the mmap and trim thresholds to 1 GiB makes
     freed blocks stay in the heap and be reused, so timings reflect compute, not page faults.
     Process-wide and permanent; workers that run stages should call it too, so profiles and runs
     agree. Returns True if applied (glibc), False elsewhere.

@@ -259,9 +259,9 @@ class NamespaceNetwork:
         """Turn off GSO (``gso_max_segs 1``) on nodes whose egress the kernel shapes below 100 Mbit/s.
 
         A real link that slow carries MTU-sized packets; a veth with GSO hands the qdisc 64 KiB
-        super-packets, which tbf/htb queues at low rates drop or pass in bursts (measured: a 2 Mbit/s
-        tbf gave 76% of its rate with GSO, 96% -- the TCP goodput ceiling -- without). Above
-        100 Mbit/s GSO stays on: without it this kind of host tops out near 450 Mbit/s.
+        super-packets, which tbf/htb queues at low rates drop or pass in bursts, well below the set
+        rate. Above 100 Mbit/s GSO stays on: without it a veth cannot carry high rates. See
+        docs/network-emulation.md.
         """
         slow = self._slow_nodes()
         return [self._gso(n, 1) for n in self.all_nodes if n in slow]

@@ -34,7 +34,7 @@ from paretopipe.network.mechanism import choose_mechanisms
 
 log = logging.getLogger("paretopipe.network")
 
-SPIN_S = 200e-6  # the last part of every wait is a busy spin: timed waits overshoot by ~50-100 us
+SPIN_S = 200e-6  # the last part of every wait is a busy spin: a timed sleep overshoots its deadline
 
 
 class LinkSchedule:

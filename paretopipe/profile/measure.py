@@ -1,44 +1,18 @@
 """Measure a model on this device: per-node, per-block and whole-model time, FLOPs, bytes.
 
-Method, per batch size:
+Per batch size: one warm-up pass (which also catches out-of-memory), one interpreted pass that
+records every node's inputs, output and FLOPs, then interleaved timing rounds (after ``warmup``
+untimed ones, until at least ``repeats`` rounds and ``min_time_s`` seconds) that each time the
+whole model, every block (as a stage module) and every node once with
+:func:`time.perf_counter_ns`, plus each node's CPU time, minus the timers' own overhead. Nodes run
+``"sequence"`` (in graph order on fresh values) or ``"isolated"`` (replayed on recorded inputs).
+The calibration ratio is whole-model median / sum of node medians. While the whole-model time
+drifts more than ``steady_pct`` between the first and second half of the counted rounds, more
+rounds run and the oldest are dropped, up to ``max_rounds_factor`` times as many rounds in all.
+Raises :class:`~paretopipe.errors.ParetoPipeError` subclasses for bad settings, limits the host
+cannot apply and out-of-memory batches.
 
-1. One forward pass of the model (a warm-up that also catches out-of-memory early), then trace it
-   (:func:`paretopipe.model.graph.trace`: same nodes and order as ``paretopipe cuts``).
-2. One interpreted forward pass records every node's inputs and output, and counts its FLOPs with
-   :class:`torch.utils.flop_counter.FlopCounterMode`.
-3. Rounds, each timing, with :func:`time.perf_counter_ns`: the whole model once, every block once
-   (a block's consecutive nodes built as one stage module by :mod:`paretopipe.model.stages`), and every
-   node once. Interleaving rounds spreads drift (frequency, other load) evenly over everything.
-   Nodes are timed either ``"sequence"`` (default: the graph is executed node by node in order,
-   each node on the fresh outputs of the nodes before it, as in a real forward, so caches are as
-   warm as they would be) or ``"isolated"`` (each node replayed alone on its recorded inputs).
-   ``warmup`` untimed rounds come first; rounds repeat until at least ``repeats`` rounds AND
-   ``min_time_s`` seconds. The median timer overhead is subtracted from every sample. Each node's
-   CPU time (:func:`time.process_time_ns`, read just outside its wall-clock window) is recorded
-   too: under a CPU quota a node's wall time depends on where in the quota period it falls (short
-   nodes mostly slip through before the budget runs out, the throttled wait lands on whichever
-   node is running then), while its CPU time is its own work, so there the cost model shares the
-   whole-model time out over nodes by CPU time (see :meth:`paretopipe.profile.profile_file.Profile.planned_node_ms`).
-   Before anything, :func:`paretopipe.host.timing.steady_allocator` stops glibc from unmapping and
-   re-faulting activation memory on every pass (it doubled some forward times, depending on the
-   process's allocation history).
-4. Calibration = whole-model median / sum of node medians: the cost model multiplies node sums by
-   it to account for the work between nodes that no node timer sees.
-5. Drift = how far the whole-model median moved from the first half of the rounds to the second
-   (:func:`paretopipe.host.timing.drift_pct`). Interleaving keeps the calibration ratio consistent
-   while the machine's speed changes, but not the times themselves: a profile whose drift is more
-   than a few per cent was taken on a machine that was not steady, and will not repeat that well.
-   So while the drift of the counted rounds is above ``steady_pct``, more rounds run and the
-   window of counted rounds slides on (the oldest are discarded), up to ``max_rounds_factor``
-   times the counted rounds in all: the profile then describes the machine as it settled rather
-   than a mix of two speeds. Where it never settles the drift stays recorded (and is warned
-   about). On a shared 2-vCPU machine in a noisy hour, 4 of the 5 profiles (of 12) that drifted
-   more than 5% missed an independent whole-model run made right after them by more than 5%,
-   against 1 of the 7 steady ones. In two later runs side by side (``bench_profiler
-   --compare-steady``), 0 of 24 waiting profiles ended with more than 5% drift against 7 of 24
-   that did not wait; each matched a whole-model run right after it within 5% equally often
-   (15 of 24 both): waiting spares a re-run of a drifting profile, but the machine's speed also
-   changes between a profile and the next run, which no profile sees.
+How and why, step by step: docs/profiling.md.
 """
 
 from __future__ import annotations
@@ -130,9 +104,8 @@ class ProfileSettings:
 
     def thread_count(self) -> int:
         """``threads``, or one per CPU the profile can use: the pinned CPUs (else torch's default),
-        but no more than a CPU quota rounds up to. Threads beyond the quota only wait for it, and
-        their throttled waits are long and uneven: resnet18 at batch 1 under a 0.5 quota took 217-434
-        ms (median, three profiles) with 2 threads, against 131-133 ms with 1 (45 ms free)."""
+        but no more than a CPU quota rounds up to: threads beyond the quota only wait for it, and
+        their throttled waits are long and uneven (see docs/profiling.md)."""
         if self.threads:
             return self.threads
         n = len(self.cpus) if self.cpus else torch.get_num_threads()

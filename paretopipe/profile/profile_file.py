@@ -171,10 +171,9 @@ class Profile:
         """The node times the cost model uses at ``batch_size``; they add up to the whole-model median.
 
         Normally each node's wall-clock median times the calibration. Under a CPU quota the wall
-        times of single nodes say more about where the quota period ended than about their work
-        (on a device under a 0.5 CPU quota one resnet18 block's nodes added up to 2.9 ms
-        while the block, timed as one stage, took 7.2 ms, and a stage's predicted time was off by
-        up to 40%); there the whole-model median is shared out by node CPU time instead.
+        times of single nodes say more about where the quota period ended than about their work,
+        so there the whole-model median is shared out by node CPU time instead (see
+        docs/profiling.md).
         """
         b = self.batch(batch_size)
         if self.shares_by_cpu(batch_size):

@@ -124,8 +124,7 @@ def near_measured_front(
     ``front`` maps the plans of the measured front to their measured (latency ms, throughput);
     ``measured`` holds every plan measured (or chosen) so far. The predicted front is a guess;
     once it is measured, plans the model priced just off it can still beat what was measured
-    (on the local testbed a 3-stage plan 8% over-priced in throughput joined the measured front
-    that no 3-stage plan of the predicted one was on)."""
+    (see docs/sweeps.md)."""
     if not front:
         return []
     keys = list(front)

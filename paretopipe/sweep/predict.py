@@ -427,7 +427,7 @@ def plan_front(
 
 
 def front_frame(result: PlanningResult) -> pd.DataFrame:
-    """The CSV view of every evaluated plan (documented columns, see the README)."""
+    """The CSV view of every evaluated plan (columns documented in docs/file-formats.md)."""
     df = result.table()
     df["cuts"] = [" ".join(str(p) for p in pos) for pos in df["cut_positions"]]
     df["cut_nodes"] = [" ".join(n) for n in df["cut_nodes"]]

@@ -20,7 +20,7 @@ import pandas as pd
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.plan.plan_file import write_json_atomic
 
-# The columns of measurements.csv, in order (documented in the README).
+# The columns of measurements.csv, in order (documented in docs/file-formats.md).
 COLUMNS = [
     # what was measured
     "config",

@@ -29,7 +29,7 @@ from paretopipe.plan.search.space import PlanBatch, check_stages, space_size, st
 __all__ = ["SearchResult", "search", "METHODS", "AUTO_EXHAUSTIVE_MAX", "KEEP_ALL_MAX"]
 
 METHODS = ("auto", "exhaustive", "exact", "nsga2")
-AUTO_EXHAUSTIVE_MAX = 200_000  # plans; below this auto enumerates (and keeps) everything: < ~0.5 s
+AUTO_EXHAUSTIVE_MAX = 200_000  # plans; below this auto enumerates (and keeps) everything
 KEEP_ALL_MAX = 200_000  # plans; keep="auto" keeps every evaluated plan up to this many
 
 
