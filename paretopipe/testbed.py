@@ -287,7 +287,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     for i, raw in enumerate(top.get("links", list, [])):
         f = _Fields(p, f"links[{i}]", raw, {"src", "dst", "network"})
         src = f.get("src", str, check=lambda v: v in names, hint=f"one of {', '.join(names)}")
-        dst = f.get("dst", str, check=lambda v: v in names and v != src, hint="another device")
+        dst = f.get("dst", str, check=lambda v, src=src: v in names and v != src, hint="another device")
         spec = f.get("network", str, hint="a scenario name or e.g. 'bandwidth=20mbit delay=10ms'")
         try:
             label, cond = resolve_network(spec, scenarios if scenarios is not None else _scenarios())

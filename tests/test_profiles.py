@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from paretopipe.profile import profile_file as profiles
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.host.fingerprint import fingerprint
+from paretopipe.profile import profile_file as profiles
 from paretopipe.profile.profile_file import (
     BatchProfile,
     BlockProfile,

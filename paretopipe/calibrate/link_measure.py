@@ -144,9 +144,9 @@ def fit_hops(raw: Sequence[dict]) -> tuple[tuple[float, float], tuple[float, flo
 
 def predict_ms(cal: Calibration, devices: int, nbytes: int) -> float:
     """Transport time the fit predicts for a relay path through ``devices`` devices."""
-    edge = next(l for l in cal.links if l.src == DRIVER)
-    mid = next((l for l in cal.links if DRIVER not in (l.src, l.dst)), edge)
-    hop = lambda l: l.overhead_ms + (0.0 if np.isinf(l.rate_bps) else nbytes * 8 / l.rate_bps * 1e3)
+    edge = next(link for link in cal.links if link.src == DRIVER)
+    mid = next((link for link in cal.links if DRIVER not in (link.src, link.dst)), edge)
+    hop = lambda link: link.overhead_ms + (0.0 if np.isinf(link.rate_bps) else nbytes * 8 / link.rate_bps * 1e3)
     return 2 * hop(edge) + (devices - 1) * hop(mid)
 
 

@@ -44,7 +44,10 @@ def cuts_command(
     verify: bool = typer.Option(
         False,
         "--verify",
-        help="Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output equals the model's, bit for bit.",
+        help=(
+            "Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output "
+            "equals the model's, bit for bit."
+        ),
     ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
@@ -78,7 +81,10 @@ def cuts_command(
     if verify:
         failures = _verify(graph, [c.index for c in cuts], example_input(spec, batch_size), rows)
         columns += ["exact", "max_abs_diff"]
-    title = f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, input {'x'.join(map(str, spec.input_shape))}"
+    shape = "x".join(map(str, spec.input_shape))
+    title = (
+        f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, input {shape}"
+    )
     render(rows, fmt, columns, title=title)
     if failures:
         raise typer.Exit(1)

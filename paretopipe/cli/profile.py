@@ -68,7 +68,10 @@ def profile_command(
     steady: float = typer.Option(
         5.0,
         "--steady",
-        help="While the whole-model time drifts more than this many per cent over the counted rounds, run more and drop the oldest (0: do not wait).",
+        help=(
+            "While the whole-model time drifts more than this many per cent over the counted rounds, run "
+            "more and drop the oldest (0: do not wait)."
+        ),
     ),
     max_rounds_factor: float = typer.Option(
         3.0,
@@ -87,7 +90,10 @@ def profile_command(
     isa: str | None = typer.Option(
         None,
         "--isa",
-        help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD.",
+        help=(
+            "Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a "
+            "CPU with narrower SIMD."
+        ),
     ),
     input_shape: str | None = InputShapeOption,
     weights: Path | None = WeightsOption,

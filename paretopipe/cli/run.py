@@ -118,7 +118,8 @@ def run_command(
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     err_console.print(
-        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})"
+        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} "
+        f"({scenario[1].spec()})"
     )
     # an exported plan: local workers run the stage files that sit beside it
     artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None

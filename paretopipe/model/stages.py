@@ -49,7 +49,7 @@ def build_stages(graph: ModelGraph, cuts: Sequence[Cut]) -> list[fx.GraphModule]
             for inp in node.all_input_nodes:
                 if inp not in env and inp.op == "get_attr":
                     env[inp] = g.node_copy(inp)
-            env[node] = g.node_copy(node, lambda n: env[n])
+            env[node] = g.node_copy(node, env.__getitem__)
         g.output(tuple(env[by_name[name]] for name in out_names))
         stage = fx.GraphModule(graph.gm, g, class_name=f"Stage{k}")
         stage.eval()

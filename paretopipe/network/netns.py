@@ -416,10 +416,9 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
     except FileNotFoundError:  # no iproute2: nothing can be routed by us either; start() says so
         return used
-    candidates = [
-        (t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in (l.split() for l in routes.splitlines()) if t
-    ]
-    candidates += [t[t.index("inet") + 1] for t in (l.split() for l in addrs.splitlines()) if "inet" in t]
+    route_fields = (line.split() for line in routes.splitlines())
+    candidates = [(t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in route_fields if t]
+    candidates += [t[t.index("inet") + 1] for t in (line.split() for line in addrs.splitlines()) if "inet" in t]
     for c in candidates:
         with contextlib.suppress(ValueError):
             if c != "default":

@@ -337,11 +337,14 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
 
     def one_round(keep: bool) -> None:
         w = _timed(lambda: model(x), sync)
-        b = [_timed(lambda: stage(*ins), sync) for _, _, _, stage, ins in blocks]
+        b = [_timed(lambda stage=stage, ins=ins: stage(*ins), sync) for _, _, _, stage, ins in blocks]
         if seq is not None:
             nodes = seq.run([x], sync)
         else:
-            nodes = [_timed_cpu(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
+            nodes = [
+                _timed_cpu(lambda fn=fn, args=args, kwargs=kwargs: fn(*args, **kwargs), sync)
+                for fn, args, kwargs in replays
+            ]
         if keep:
             whole_ns.append(w)
             for acc, s in zip(block_ns, b):

@@ -220,7 +220,8 @@ class Profile:
             raise ConfigError(
                 where,
                 "nodes",
-                f"node names differ from the traced graph ({len(ours)} vs {len(node_names)} nodes, first difference at {first})",
+                f"node names differ from the traced graph ({len(ours)} vs {len(node_names)} nodes, first "
+                f"difference at {first})",
                 redo + " (the model or torch version changed)",
             )
 

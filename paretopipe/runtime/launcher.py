@@ -2,9 +2,9 @@
 
 Each emulated device is a ``paretopipe worker`` subprocess pinned to its CPUs, with its torch
 thread count, under its cgroup CPU quota (the same mechanism as ``paretopipe profile
---cpu-quota``) and its instruction set limit (:mod:`paretopipe.host.isa`, as ``--isa``). Workers die with the launcher (parent-death signal, and they poll the parent's
-pid); on exit, error or Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup
-removed.
+--cpu-quota``) and its instruction set limit (:mod:`paretopipe.host.isa`, as ``--isa``). Workers
+die with the launcher (parent-death signal, and they poll the parent's pid); on exit, error or
+Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup removed.
 """
 
 from __future__ import annotations

@@ -232,7 +232,8 @@ class Session:
                 self.driver.ping(name, timeout_s=self.startup_timeout_s)
             except TransportError:
                 raise TransportError(
-                    f"worker {name!r} at {self.run_testbed.device(name).address} did not answer within {self.startup_timeout_s:g} s",
+                    f"worker {name!r} at {self.run_testbed.device(name).address} did not answer within "
+                    f"{self.startup_timeout_s:g} s",
                     f"start it with 'paretopipe worker --testbed {self.testbed.path} --device {name}'",
                 ) from None
 
