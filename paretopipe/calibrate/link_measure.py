@@ -63,7 +63,8 @@ def relay_plan(nbytes: int, devices: Sequence[str]) -> Plan:
 
 def paths(devices: Sequence[str], max_pairs: int = 6) -> list[tuple[str, ...]]:
     """Every device alone, and up to ``max_pairs`` ordered pairs of devices."""
-    return [(d,) for d in devices] + list(itertools.permutations(devices, 2))[:max_pairs]
+    alone: list[tuple[str, ...]] = [(d,) for d in devices]
+    return alone + list(itertools.permutations(devices, 2))[:max_pairs]
 
 
 def emulated_ms(testbed: Testbed, scenario: tuple[str, LinkCondition], path: Sequence[str], nbytes: int) -> float:

@@ -186,7 +186,7 @@ def _run(
         min_time_s=min_time_s,
         steady_pct=steady,
         max_rounds_factor=max_rounds_factor,
-        node_timing=node_timing,  # type: ignore[arg-type]
+        node_timing=node_timing,
         cpus=cgroups.parse_cpus(cpus) if cpus is not None else None,
         cpu_quota=cpu_quota,
         isa=isa,
@@ -226,7 +226,8 @@ def summary_rows(profile: Profile, top: int = 10) -> dict[str, Any]:
     for b in profile.batches:
         planned = profile.planned_node_ms(b.batch_size)
         heaviest = sorted(b.nodes, key=lambda n: planned[n.index], reverse=True)[:top]
-        cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
+        cpu_times = [n.cpu_ms for n in b.nodes if n.cpu_ms is not None]
+        cpu_sum = sum(cpu_times) if len(cpu_times) == len(b.nodes) else None
         batches.append(
             {
                 "batch_size": b.batch_size,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -169,7 +171,7 @@ def _describe_links(links_json: str) -> str:
     return "; ".join(parts)
 
 
-def _compare_rows(row: dict, predicted: dict) -> list[dict]:
+def _compare_rows(row: dict, predicted: Mapping[str, Any]) -> list[dict]:
     pairs = [
         ("latency_ms_p50", "latency_ms"),
         ("latency_ms_p95", None),

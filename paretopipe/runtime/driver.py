@@ -232,6 +232,7 @@ class Driver:
                 self._send_item(sent, inputs)
                 sent += 1
         measured = done - warmup if warmup > 0 else done - 1
+        assert t_start is not None  # set by the first timed completion; items >= 1
         return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
 
     def stats(self) -> list[StageStats]:

@@ -31,9 +31,11 @@ def pick_row(agg: pd.DataFrame, pick: str) -> pd.Series:
     if pick == "knee":
         return agg[agg["knee"]].iloc[0]
     if pick == "min-latency":
-        return agg.loc[agg["latency_ms_p50"].idxmin()]
+        best: Any = agg["latency_ms_p50"].idxmin()
+        return agg.loc[best]
     if pick == "max-throughput":
-        return agg.loc[agg["throughput_ips"].idxmax()]
+        best = agg["throughput_ips"].idxmax()
+        return agg.loc[best]
     match = agg[agg["plan_id"] == pick]
     if match.empty:
         raise UsageError(f"no measured plan {pick!r}", f"use {', '.join(PICKS)} or one of: {', '.join(agg['plan_id'])}")
