@@ -54,6 +54,7 @@ from paretopipe.host import cgroups
 from paretopipe.host.timing import Rounds, median, steady_allocator
 from paretopipe.model.graph import trace
 from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.model.stages import split_stages
 from paretopipe.profile.measure import ProfileSettings, profile_model
 
 SEED_MODELS = "mobilenet_v2,resnet18,resnet50,vgg16,alexnet,inception_v3"
@@ -157,7 +158,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         node_ms = [n.median_ms for n in b.nodes]
         graph = trace(model, x, leaf_modules=spec.leaf_modules)
         cut = middle_block_cut(graph, node_ms)
-        s0, s1 = graph.split([cut])
+        s0, s1 = split_stages(graph, [cut])
         with torch.no_grad():
             mid = s0(x)
         whole_again, meas0, meas1 = measure_interleaved(

@@ -94,7 +94,13 @@ def _verify(graph, cut_indices: list[int], x, rows: list[dict]) -> int:
     """Verify each single cut and a few multi-stage sets; fill rows; return the failure count."""
     import torch
 
-    from paretopipe.model.stages import assemble_output, compare_outputs, run_chain, verification_cut_sets
+    from paretopipe.model.stages import (
+        assemble_output,
+        compare_outputs,
+        run_chain,
+        split_stages,
+        verification_cut_sets,
+    )
 
     with torch.no_grad():
         expected = graph.model(x.clone())
@@ -104,7 +110,7 @@ def _verify(graph, cut_indices: list[int], x, rows: list[dict]) -> int:
     from paretopipe.cli.output import iter_progress
 
     for cut_set in iter_progress(sets, f"verifying {len(sets)} cut sets"):
-        leaves = run_chain(graph.split(cut_set), x.clone())
+        leaves = run_chain(split_stages(graph, cut_set), x.clone())
         exact, diff = compare_outputs(expected, assemble_output(graph, leaves))
         failures += not exact
         if len(cut_set) == 1:
