@@ -14,6 +14,7 @@ thread: a ``send`` or ``recv`` blocked at that moment raises :class:`TransportCl
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -280,7 +281,7 @@ class Transport(ABC):
         for offset, peer in enumerate(shaped):
             self._shapers[peer] = ShapedSender(
                 self.shaping[peer],
-                send=lambda payload, _peer=peer: real_send(_peer, payload),
+                send=functools.partial(real_send, peer),
                 seed=self.options.shaper_seed + offset,
                 name=f"{self.me.name}->{peer}",
             )

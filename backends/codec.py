@@ -123,7 +123,7 @@ def _tensor_to_buffer(index: int, tensor: torch.Tensor, threshold: int) -> tuple
     if nbytes == 0:
         return {"dtype": wire, "shape": list(t.shape), "nbytes": 0}, b""
     # numpy exposes the tensor's memory as a buffer; bfloat16, which numpy lacks, as int16.
-    raw = memoryview((t.view(torch.int16) if wire == "bfloat16" else t).numpy()).cast("B")
+    raw = (t.view(torch.int16) if wire == "bfloat16" else t).numpy().data.cast("B")
     buffer: bytes | memoryview = raw if nbytes >= threshold else raw.tobytes()
     return {"dtype": wire, "shape": list(t.shape), "nbytes": nbytes}, buffer
 

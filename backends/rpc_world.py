@@ -186,7 +186,8 @@ class RpcWorld:
             except OSError:
                 if time.monotonic() >= deadline:
                     raise TransportError(
-                        f"{self.names[0]!r} (rank 0) did not open the rendezvous at {self.where} within {self.join_timeout_s:g} s",
+                        f"{self.names[0]!r} (rank 0) did not open the rendezvous at {self.where} within "
+                        f"{self.join_timeout_s:g} s",
                         "start it (the driver: 'paretopipe run'); is the address reachable from here?",
                     ) from None
                 time.sleep(0.2)
@@ -208,7 +209,8 @@ class RpcWorld:
             missing = self._wait_for_keys("view", deadline)
             if missing:
                 raise TransportError(
-                    f"{', '.join(map(repr, missing))} did not join the RPC world at {self.where} within {self.join_timeout_s:g} s",
+                    f"{', '.join(map(repr, missing))} did not join the RPC world at {self.where} within "
+                    f"{self.join_timeout_s:g} s",
                     "the rpc world is the driver plus every device of the testbed: start 'paretopipe worker "
                     "--backend rpc' on each",
                 )

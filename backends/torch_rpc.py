@@ -6,8 +6,9 @@ driver (rank 0) plus every device of the file in file order -- all of them must 
 a plan does not use -- and the rendezvous is ``tcp://driver.host:driver.rpc_port``, hosted by the
 driver. Built from endpoints alone, the world is ``me`` and the peers in name order (or ``world``)
 and rank 0's endpoint is the rendezvous. :meth:`start` waits up to ``join_timeout_s`` (testbed
-devices: 10 minutes, the driver: 1 minute) and names whoever did not come. A process joins at most one world in its life (see
-:mod:`paretopipe_backends.rpc_world`); the CLI runs one session per process.
+devices: 10 minutes, the driver: 1 minute) and names whoever did not come. A process joins at most
+one world in its life (see :mod:`paretopipe_backends.rpc_world`); the CLI runs one session per
+process.
 
 *Sending.* ``send`` is ``rpc_async(peer, _deliver, args=(src, header, tensors))``: no hub, a stage
 calls the next stage directly. In the receiving process ``_deliver`` stamps ``recv_ns`` and queues

@@ -254,8 +254,8 @@ class ZmqTransport(Transport):
         if timeout_s is None:
             timeout_s = self.options.recv_timeout_s
         with self._recv_lock:
-            pull = self._pull
-            if pull is None or self._closed:
+            pull, poller = self._pull, self._recv_poller
+            if pull is None or poller is None or self._closed:
                 raise TransportClosed(f"transport {self.me} is {'closed' if self._closed else 'not started'}")
             deadline = None if timeout_s is None else time.perf_counter() + timeout_s
             while True:
@@ -264,7 +264,7 @@ class ZmqTransport(Transport):
                 try:
                     frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
-                    events = dict(self._recv_poller.poll(_poll_ms(deadline)))
+                    events = dict(poller.poll(_poll_ms(deadline)))
                     if self._wake_r in events:
                         raise TransportClosed(f"transport {self.me} closed while receiving") from None
                     if pull not in events and deadline is not None and time.perf_counter() >= deadline:
@@ -304,7 +304,8 @@ class ZmqTransport(Transport):
 
 def _user_id(frame: zmq.Frame) -> str | None:
     try:
-        return frame.get("User-Id")
+        user_id = frame.get("User-Id")
+        return user_id if isinstance(user_id, str) else None
     except zmq.ZMQError:
         return None
 

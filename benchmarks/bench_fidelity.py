@@ -22,8 +22,9 @@ measurements are also priced as if each pass had been checked at its start only,
 and the range of each device's whole-model time over the checks shows how far the machine drifted
 meanwhile. The same latencies are priced once more with each device's per-stage overhead
 measured with the window full (``item_overhead_ms``, as throughput is priced) instead of with one
-item in flight (``latency_overhead_ms``), as the cost model priced latency before. Per scenario it also splits one item's latency, measured and predicted
-(medians by stage count), into the stages' compute and everything outside it.
+item in flight (``latency_overhead_ms``), as the cost model priced latency before. Per scenario it
+also splits one item's latency, measured and predicted (medians by stage count), into the stages'
+compute and everything outside it.
 
     python benchmarks/bench_fidelity.py                      # everything (several hours)
     python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # one case
@@ -38,7 +39,7 @@ Run again with the same ``--out``, it measures only what is missing and recomput
 With ``--reprice`` it measures nothing and prices the measurements in ``--out`` again with this
 version of the cost model, each with the device runtime check that priced it when measured:
 
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --out results/fid3-mnv2-k3-lan --reprice
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --out results/fid3 --reprice
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
         latency, pred = float(r["latency_ms_p50"]), float(r["pred_latency_ms"])
         parts.setdefault(len(devices), []).append((compute, pred_compute, latency - compute, pred - pred_compute))
     return "; ".join(
-        f"{k} stage{'s' if k > 1 else ''}: compute {np.median([v[0] for v in vals]):.2f} (predicted {np.median([v[1] for v in vals]):.2f}), "
+        f"{k} stage{'s' if k > 1 else ''}: compute {np.median([v[0] for v in vals]):.2f} (predicted "
+        f"{np.median([v[1] for v in vals]):.2f}), "
         f"outside it {np.median([v[2] for v in vals]):.2f} ({np.median([v[3] for v in vals]):.2f}) ms"
         for k, vals in sorted(parts.items())
     )
@@ -369,8 +371,10 @@ def run_one(
         log(
             f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
             f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%) "
-            f"[priced at pass starts only: {errs_start['latency_within_10pct']:.0%} / {errs_start['throughput_within_10pct']:.0%}; "
-            f"latency with window-full overheads: {errs_full['latency_within_10pct']:.0%} (MAPE {errs_full['latency_mape_pct']:.1f}%)]; "
+            f"[priced at pass starts only: {errs_start['latency_within_10pct']:.0%} / "
+            f"{errs_start['throughput_within_10pct']:.0%}; "
+            f"latency with window-full overheads: {errs_full['latency_within_10pct']:.0%} (MAPE "
+            f"{errs_full['latency_mape_pct']:.1f}%)]; "
             + (
                 f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
                 f"{rep['throughput_repeat_within_10pct']:.0%}; "
@@ -480,7 +484,8 @@ def main() -> None:
     )
     lat1 = (df["latency_full_window_10pct"] * df["configs"]).sum() / total
     print(
-        f"latency priced with each device's overhead measured with the window full (not with one item in flight): {lat1:.1%}"
+        "latency priced with each device's overhead measured with the window full (not with one item in "
+        f"flight): {lat1:.1%}"
     )
     rep = df[df["latency_repeat_10pct"].notna()]
     if len(rep):
@@ -488,10 +493,12 @@ def main() -> None:
         print(
             "the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
             "(how far single passes scatter; the line above compares with medians over passes): "
-            f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput {(rep['throughput_repeat_10pct'] * w).sum():.1%}"
+            f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput "
+            f"{(rep['throughput_repeat_10pct'] * w).sum():.1%}"
         )
     print(
-        f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the configurations; "
+        f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the "
+        "configurations; "
         f"same measured front in every case: {bool(df['fronts_equal'].all())}"
     )
     print(f"measurements: {out}/*/measurements.csv")

@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
                             r = runs[-1]
                             log(
                                 f"  {role} cut {cut} rep {rep}: {r.throughput_ips:.2f} ips, bound "
-                                f"{batch * 1000 / r.bottleneck_ms:.2f}, ratio {r.ratio(batch):.3f}, other CPU peak {r.other_peak_pct:.0f}%"
+                                f"{batch * 1000 / r.bottleneck_ms:.2f}, ratio {r.ratio(batch):.3f}, other "
+                                f"CPU peak {r.other_peak_pct:.0f}%"
                             )
                         rows.append(summarize(model, batch, role, graph, runs, bench.discarded - before))
                         more.extend(details(model, batch, role, runs))

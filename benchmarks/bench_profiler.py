@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -54,6 +55,7 @@ from paretopipe.host import cgroups
 from paretopipe.host.timing import Rounds, median, steady_allocator
 from paretopipe.model.graph import trace
 from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.model.stages import split_stages
 from paretopipe.profile.measure import ProfileSettings, profile_model
 
 SEED_MODELS = "mobilenet_v2,resnet18,resnet50,vgg16,alexnet,inception_v3"
@@ -149,7 +151,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         row: dict = {}
         if args.compare_steady:
             b0 = profile_model(spec, "bench", dataclasses.replace(settings, steady_pct=0.0)).batch(bs)
-            (again0,) = measure_interleaved([lambda: model(x)], args.repeats, args.min_time_s, args.warmup)
+            (again0,) = measure_interleaved([functools.partial(model, x)], args.repeats, args.min_time_s, args.warmup)
             row.update({"err_a0%": rel(b0.calibration * b0.node_sum_ms, again0), "drift0%": b0.whole_ms["drift_pct"]})
         started = time.monotonic()
         b = profile_model(spec, "bench", settings).batch(bs)
@@ -157,11 +159,14 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         node_ms = [n.median_ms for n in b.nodes]
         graph = trace(model, x, leaf_modules=spec.leaf_modules)
         cut = middle_block_cut(graph, node_ms)
-        s0, s1 = graph.split([cut])
+        s0, s1 = split_stages(graph, [cut])
         with torch.no_grad():
             mid = s0(x)
         whole_again, meas0, meas1 = measure_interleaved(
-            [lambda: model(x), lambda: s0(x), lambda: s1(*mid)], args.repeats, args.min_time_s, args.warmup
+            [functools.partial(model, x), functools.partial(s0, x), functools.partial(s1, *mid)],
+            args.repeats,
+            args.min_time_s,
+            args.warmup,
         )
         pred0 = b.calibration * sum(node_ms[: cut + 1])
         pred1 = b.calibration * sum(node_ms[cut + 1 :])
@@ -392,8 +397,8 @@ def main() -> None:
     whole_run = Background()
     rows: list[dict] = []
     print(
-        f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s per measurement"
-        + (f", pinned to CPUs {list(args.cpus)}" if args.cpus else "")
+        f"one thread, node timing {args.node_timing}, >= {args.repeats} repeats and >= {args.min_time_s} s "
+        "per measurement" + (f", pinned to CPUs {list(args.cpus)}" if args.cpus else "")
     )
     for name in filter(None, args.models.split(",")):
         run_model(name, args, rows)
@@ -404,14 +409,17 @@ def main() -> None:
                 continue
             within = sum(e <= 5.0 for e in errs)
             print(
-                f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: {within}/{len(errs)}"
+                f"{key}: |error| median {statistics.median(errs):.1f}%, max {max(errs):.1f}%, within 5%: "
+                f"{within}/{len(errs)}"
             )
         steady = [r for r in rows if abs(r["drift%"]) <= STEADY_PCT]
         print(
             f"{len(steady)} of {len(rows)} profiles were steady (|drift| <= {STEADY_PCT:g}%, no warning from "
             f"`paretopipe profile`); err_a% within 5% for {sum(abs(r['err_a%']) <= 5 for r in steady)} of them, "
-            f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other {len(rows) - len(steady)}; "
-            f"{sum(r['discarded'] > 0 for r in rows)} waited for a steady machine ({sum(r['discarded'] for r in rows)} rounds discarded)"
+            f"for {sum(abs(r['err_a%']) <= 5 for r in rows if r not in steady)} of the other "
+            f"{len(rows) - len(steady)}; "
+            f"{sum(r['discarded'] > 0 for r in rows)} waited for a steady machine "
+            f"({sum(r['discarded'] for r in rows)} rounds discarded)"
         )
         if args.compare_steady:
             print(
@@ -437,7 +445,8 @@ def main() -> None:
                 moved_short = ", ".join(f"{r['shift_short%']:+.1f}%" for r in shifted)
                 moved_long = ", ".join(f"{r['shift_long%']:+.1f}%" if "shift_long%" in r else "(none)" for r in shifted)
                 print(
-                    f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< {SHORT_MS:g} ms) "
+                    f"the {len(shifted)} profile pairs apart by more than 5% over nodes: short nodes (< "
+                    f"{SHORT_MS:g} ms) "
                     f"moved by a median of {moved_short}, the longer ones by {moved_long} "
                     "(signed: the second profile against the first)"
                 )

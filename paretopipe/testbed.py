@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.host.isa import LEVELS as ISA_LEVELS
@@ -121,11 +120,11 @@ class Testbed:
         The driver's links are those of the device it shares a host with (``driver.device``);
         a driver with no device sits next to the pipeline and its links are not shaped.
         """
-        src, dst = self._resolve_driver(src), self._resolve_driver(dst)
-        if src is None or dst is None or src == dst:
+        src_device, dst_device = self._resolve_driver(src), self._resolve_driver(dst)
+        if src_device is None or dst_device is None or src_device == dst_device:
             return "local", LinkCondition()
         for o in self.links:
-            if o.src == src and o.dst == dst:
+            if o.src == src_device and o.dst == dst_device:
                 return o.label, o.condition
         return scenario
 
@@ -287,7 +286,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     for i, raw in enumerate(top.get("links", list, [])):
         f = _Fields(p, f"links[{i}]", raw, {"src", "dst", "network"})
         src = f.get("src", str, check=lambda v: v in names, hint=f"one of {', '.join(names)}")
-        dst = f.get("dst", str, check=lambda v: v in names and v != src, hint="another device")
+        dst = f.get("dst", str, check=lambda v, src=src: v in names and v != src, hint="another device")
         spec = f.get("network", str, hint="a scenario name or e.g. 'bandwidth=20mbit delay=10ms'")
         try:
             label, cond = resolve_network(spec, scenarios if scenarios is not None else _scenarios())

@@ -79,4 +79,4 @@ def test_calibrate_command_on_a_local_testbed(tmp_path):
     assert len(rows) == 2 * 4  # (a, b, a>b, b>a) x 2 sizes
     assert all(r["latency_ms_p50"] > 0 for r in rows)
     cal = load_calibration(tmp_path / "cal" / "sw-zmq-loopback.json")
-    assert {(l.src, l.dst) for l in cal.links} >= {("driver", "a"), ("a", "b"), ("b", "driver")}
+    assert {(link.src, link.dst) for link in cal.links} >= {("driver", "a"), ("a", "b"), ("b", "driver")}

@@ -58,8 +58,10 @@ def test_apply_dry_run_with_ports():
     out = result.stdout.splitlines()
     assert out[1] == "tc qdisc add dev wlan0 root handle 1: htb"
     assert out[-2:] == [
-        "tc filter add dev wlan0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport 5550 0xfffe flowid 1:10",
-        "tc filter add dev wlan0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport 5550 0xfffe flowid 1:10",
+        "tc filter add dev wlan0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport "
+        "5550 0xfffe flowid 1:10",
+        "tc filter add dev wlan0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport "
+        "5550 0xfffe flowid 1:10",
     ]
 
 

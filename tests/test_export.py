@@ -11,13 +11,14 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.model.export import load_artifact
 from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import ModelSpec, example_input
-from paretopipe.model.stages import run_chain
+from paretopipe.model.stages import run_chain, split_stages
 from paretopipe.plan.plan_file import Plan, PlanCut, load_plan, save_plan
 from paretopipe.runtime.artifacts import ArtifactStageBuilder
 from paretopipe.runtime.protocol import StageSpec
-from paretopipe.sweep.export import export_plan, load_artifact
+from paretopipe.sweep.export import export_plan
 from paretopipe.sweep.store import RunStore
 from tests.test_sweep import _testbed
 
@@ -65,7 +66,7 @@ def test_export_writes_stage_programs_that_reproduce_the_stages(tmp_path):
     arts = back.meta["artifacts"]
     assert [a["device"] for a in arts] == ["a", "b"] and back.meta["measured"]["latency_ms_p50"] == 4.0
     graph = trace_spec(ModelSpec.from_dict(MODEL))
-    stages = graph.split([5])
+    stages = split_stages(graph, [5])
     x = example_input(ModelSpec.from_dict(MODEL))
     mid = run_chain(stages[:1], x)
     loaded = [load_artifact(tmp_path / "plans" / a["file"], a["sha256"]) for a in arts]

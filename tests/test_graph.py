@@ -8,7 +8,7 @@ import torch
 from paretopipe.errors import CutError, ModelError
 from paretopipe.model.graph import trace, trace_spec
 from paretopipe.model.registry import build_model, example_input, resolve_spec
-from paretopipe.model.stages import run_chain, verification_cut_sets, verify
+from paretopipe.model.stages import run_chain, split_stages, verification_cut_sets, verify
 
 
 def _toy(factory: str, shape=None):
@@ -32,7 +32,7 @@ def test_three_stage_split_passes_skip_through_the_middle_stage():
     spec, g = _toy("skipnet")
     body = [c.index for c in g.cuts if g.nodes[c.index].name.startswith("body")]
     cuts = [body[0], body[-2]]
-    stages = g.split(cuts)
+    stages = split_stages(g, cuts)
     assert len(stages) == 3
     x = example_input(spec, 2)
     out = run_chain(stages, x)
@@ -56,11 +56,11 @@ def test_cut_validation_names_valid_range():
     _, g = _toy("skipnet")
     top = len(g.nodes) - 2
     with pytest.raises(CutError, match=f"0..{top}"):
-        g.split([top + 1])
+        split_stages(g, [top + 1])
     with pytest.raises(CutError, match="strictly increasing"):
-        g.split([3, 3])
+        split_stages(g, [3, 3])
     with pytest.raises(CutError, match="out of range"):
-        g.split([-1])
+        split_stages(g, [-1])
 
 
 def test_untraceable_module_is_named_with_a_fix():

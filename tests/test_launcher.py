@@ -88,7 +88,7 @@ def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
     with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
         pid = session.workers.pids()["b"]
         groups = Path(f"/proc/{pid}/cgroup").read_text()
-        cpu_lines = [l.split(":", 2) for l in groups.splitlines()]
+        cpu_lines = [line.split(":", 2) for line in groups.splitlines()]
         group = next(path for _, ctrl, path in cpu_lines if "cpu" in ctrl.split(",") or ctrl == "")
         assert group.startswith("/paretopipe/worker_b-")
     assert not (Path("/sys/fs/cgroup/cpu") / group.lstrip("/")).exists()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -281,28 +279,6 @@ def test_repair_and_neighbours_give_legal_plans(n_devices, seed):
         assert cuts.max(initial=0) < n_cuts
         assert all(len(set(d)) == k for d in devs.tolist()) and devs.max() < n_devices
     assert np.array_equal(repair_plans(fixed, n_cuts, n_devices, k), fixed)  # idempotent
-
-
-def test_pure_modules_do_not_import_torch():
-    modules = [
-        "paretopipe.plan.costmodel",
-        "paretopipe.plan.pareto",
-        "paretopipe.plan.search",
-        *(
-            f"paretopipe.plan.search.{m}"
-            for m in ("dispatch", "exact", "exhaustive", "labels", "nsga2", "localsearch", "space", "objectives")
-        ),
-    ]
-    code = (
-        "import sys\n"
-        + "".join(f"import {m}\n" for m in modules)
-        + "from paretopipe.plan.search import search\nfrom paretopipe.plan.costmodel import Instance\n"
-        + "search(Instance(node_ms=[[1.0, 2.0], [2.0, 1.0]], cut_positions=[0], "
-        + "cut_bytes=[1.0]), stages=[1, 2], method='nsga2', generations=2, pop_size=4)\n"
-        + "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_every_plan_of_a_space_is_enumerated_once():

@@ -73,7 +73,7 @@ def test_front_is_consistent_and_plans_round_trip(profiled, tmp_path):
     # every cut in the plan is named as in the traced graph
     assert [c.after for c in back.cuts] == [graph.nodes[c.index].name for c in back.cuts]
     # link conditions recorded along the path driver -> stages -> driver
-    assert [(l["src"], l["dst"]) for l in back.links][0][0] == "driver"
+    assert [(link["src"], link["dst"]) for link in back.links][0][0] == "driver"
 
 
 def test_more_stages_than_devices(profiled):

@@ -137,12 +137,17 @@ def test_apply_with_port_filter_htb_and_u32():
     assert lines(plan) == [
         "tc qdisc del dev eth0 root",
         "tc qdisc add dev eth0 root handle 1: htb",
-        "tc class add dev eth0 parent 1: classid 1:10 htb rate 10mbit ceil 10mbit burst 5000 cburst 5000 quantum 125000",
+        "tc class add dev eth0 parent 1: classid 1:10 htb rate 10mbit ceil 10mbit burst 5000 cburst 5000 "
+        "quantum 125000",
         "tc qdisc add dev eth0 parent 1:10 handle 10: netem delay 5ms limit 1000",
-        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport 5555 0xffff flowid 1:10",
-        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport 5555 0xffff flowid 1:10",
-        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport 6000 0xfffe flowid 1:10",
-        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport 6000 0xfffe flowid 1:10",
+        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport "
+        "5555 0xffff flowid 1:10",
+        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport "
+        "5555 0xffff flowid 1:10",
+        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip dport "
+        "6000 0xfffe flowid 1:10",
+        "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip protocol 6 0xff match ip sport "
+        "6000 0xfffe flowid 1:10",
     ]
     assert plan.mechanisms["*"]["bandwidth"] == "tc-htb"
 
@@ -162,10 +167,12 @@ def test_per_destination_htb_in_namespace():
     assert lines(plan) == [
         "tc -n ppn-1-abcd-a qdisc del dev eth0 root",
         "tc -n ppn-1-abcd-a qdisc add dev eth0 root handle 1: htb",
-        "tc -n ppn-1-abcd-a class add dev eth0 parent 1: classid 1:10 htb rate 20mbit ceil 20mbit burst 10000 cburst 10000 quantum 200000",
+        "tc -n ppn-1-abcd-a class add dev eth0 parent 1: classid 1:10 htb rate 20mbit ceil 20mbit burst "
+        "10000 cburst 10000 quantum 200000",
         "tc -n ppn-1-abcd-a qdisc add dev eth0 parent 1:10 handle 10: bfifo limit 141072",
         "tc -n ppn-1-abcd-a filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.77.0.2/32 flowid 1:10",
-        "tc -n ppn-1-abcd-a class add dev eth0 parent 1: classid 1:11 htb rate 50mbit ceil 50mbit burst 25000 cburst 25000 quantum 200000",
+        "tc -n ppn-1-abcd-a class add dev eth0 parent 1: classid 1:11 htb rate 50mbit ceil 50mbit burst "
+        "25000 cburst 25000 quantum 200000",
         "tc -n ppn-1-abcd-a qdisc add dev eth0 parent 1:11 handle 11: bfifo limit 337500",
         "tc -n ppn-1-abcd-a filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.77.0.3/32 flowid 1:11",
     ]

@@ -64,7 +64,7 @@ def _member(name: str, eps: dict, kwargs: dict, commands: mp.Queue, results: mp.
                 value = list(records.lines)
             elif op == "close_while_receiving":  # close from another thread than a blocked recv
                 errors: list[str] = []
-                thread = threading.Thread(target=lambda: errors.append(_error_of(t.recv)))
+                thread = threading.Thread(target=lambda errors=errors: errors.append(_error_of(t.recv)))
                 thread.start()
                 time.sleep(0.3)
                 start = time.monotonic()

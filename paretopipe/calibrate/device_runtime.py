@@ -121,7 +121,8 @@ class DeviceRuntime:
     def describe(self) -> str:
         start = f", +{self.stage_start_ms:.2f} ms to start a stage" if self.tail_compute_ms is not None else ""
         return (
-            f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when the pipeline "
+            f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when "
+            "the pipeline "
             f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute"
             + (
                 ""

@@ -2,8 +2,9 @@
 
 ``paretopipe calibrate`` measures them by relaying messages of several sizes through the runtime
 and fits ``one_way_ms = overhead_ms + nbytes * 8 / rate_bps * 1e3`` per hop (the link's emulated
-delay and bandwidth are known and applied on top; see :mod:`paretopipe.calibrate.link_measure`). The planner reads the file for the testbed and
-backend it plans for; without one it assumes no overhead and an unlimited transport, and says so.
+delay and bandwidth are known and applied on top; see :mod:`paretopipe.calibrate.link_measure`).
+The planner reads the file for the testbed and backend it plans for; without one it assumes no
+overhead and an unlimited transport, and says so.
 No torch import.
 """
 

@@ -63,7 +63,8 @@ def relay_plan(nbytes: int, devices: Sequence[str]) -> Plan:
 
 def paths(devices: Sequence[str], max_pairs: int = 6) -> list[tuple[str, ...]]:
     """Every device alone, and up to ``max_pairs`` ordered pairs of devices."""
-    return [(d,) for d in devices] + list(itertools.permutations(devices, 2))[:max_pairs]
+    alone: list[tuple[str, ...]] = [(d,) for d in devices]
+    return alone + list(itertools.permutations(devices, 2))[:max_pairs]
 
 
 def emulated_ms(testbed: Testbed, scenario: tuple[str, LinkCondition], path: Sequence[str], nbytes: int) -> float:
@@ -144,9 +145,9 @@ def fit_hops(raw: Sequence[dict]) -> tuple[tuple[float, float], tuple[float, flo
 
 def predict_ms(cal: Calibration, devices: int, nbytes: int) -> float:
     """Transport time the fit predicts for a relay path through ``devices`` devices."""
-    edge = next(l for l in cal.links if l.src == DRIVER)
-    mid = next((l for l in cal.links if DRIVER not in (l.src, l.dst)), edge)
-    hop = lambda l: l.overhead_ms + (0.0 if np.isinf(l.rate_bps) else nbytes * 8 / l.rate_bps * 1e3)
+    edge = next(link for link in cal.links if link.src == DRIVER)
+    mid = next((link for link in cal.links if DRIVER not in (link.src, link.dst)), edge)
+    hop = lambda link: link.overhead_ms + (0.0 if np.isinf(link.rate_bps) else nbytes * 8 / link.rate_bps * 1e3)
     return 2 * hop(edge) + (devices - 1) * hop(mid)
 
 

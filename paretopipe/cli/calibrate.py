@@ -46,11 +46,11 @@ def calibrate_command(
         cal, raw = calibrate(session, tb, scenario, size_list, items, log=err_console.print)
     path = default_path(tb.name, backend, cal.isolation, out)
     write_json_atomic(cal.to_dict(), path)
-    edge = next(l for l in cal.links if l.src == "driver")
-    mid = next((l for l in cal.links if "driver" not in (l.src, l.dst)), edge)
-    desc = lambda l: (
-        f"{l.overhead_ms:.3f} ms + bytes / "
-        + ("unlimited" if l.rate_bps == float("inf") else f"{l.rate_bps / 1e9:.2f} Gbit/s")
+    edge = next(link for link in cal.links if link.src == "driver")
+    mid = next((link for link in cal.links if "driver" not in (link.src, link.dst)), edge)
+    desc = lambda link: (
+        f"{link.overhead_ms:.3f} ms + bytes / "
+        + ("unlimited" if link.rate_bps == float("inf") else f"{link.rate_bps / 1e9:.2f} Gbit/s")
     )
     render(
         raw,

@@ -44,7 +44,10 @@ def cuts_command(
     verify: bool = typer.Option(
         False,
         "--verify",
-        help="Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output equals the model's, bit for bit.",
+        help=(
+            "Split at every listed cut (and a few random 3- and 4-stage sets) and check the chained output "
+            "equals the model's, bit for bit."
+        ),
     ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
@@ -78,7 +81,10 @@ def cuts_command(
     if verify:
         failures = _verify(graph, [c.index for c in cuts], example_input(spec, batch_size), rows)
         columns += ["exact", "max_abs_diff"]
-    title = f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, input {'x'.join(map(str, spec.input_shape))}"
+    shape = "x".join(map(str, spec.input_shape))
+    title = (
+        f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, input {shape}"
+    )
     render(rows, fmt, columns, title=title)
     if failures:
         raise typer.Exit(1)
@@ -88,7 +94,13 @@ def _verify(graph, cut_indices: list[int], x, rows: list[dict]) -> int:
     """Verify each single cut and a few multi-stage sets; fill rows; return the failure count."""
     import torch
 
-    from paretopipe.model.stages import assemble_output, compare_outputs, run_chain, verification_cut_sets
+    from paretopipe.model.stages import (
+        assemble_output,
+        compare_outputs,
+        run_chain,
+        split_stages,
+        verification_cut_sets,
+    )
 
     with torch.no_grad():
         expected = graph.model(x.clone())
@@ -98,7 +110,7 @@ def _verify(graph, cut_indices: list[int], x, rows: list[dict]) -> int:
     from paretopipe.cli.output import iter_progress
 
     for cut_set in iter_progress(sets, f"verifying {len(sets)} cut sets"):
-        leaves = run_chain(graph.split(cut_set), x.clone())
+        leaves = run_chain(split_stages(graph, cut_set), x.clone())
         exact, diff = compare_outputs(expected, assemble_output(graph, leaves))
         failures += not exact
         if len(cut_set) == 1:

@@ -25,7 +25,7 @@ out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240
 err_console = Console(stderr=True, markup=False)
 
 
-class OutputFormat(str, enum.Enum):
+class OutputFormat(enum.StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -51,7 +51,7 @@ def _cell(value: Any) -> str:
 
 
 def render(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[Any, Any]],
     fmt: OutputFormat | str = OutputFormat.table,
     columns: Sequence[str] | None = None,
     title: str | None = None,

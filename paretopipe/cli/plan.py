@@ -101,7 +101,8 @@ def plan_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "front.csv", index=False)
     for row in df.index[df["on_front"]]:
-        save_plan(result.plan(int(row)), out_dir / f"{df.at[row, 'plan_id']}.json")
+        plan_id = str(df.at[row, "plan_id"])
+        save_plan(result.plan(int(row)), out_dir / f"{plan_id}.json")
     title = f"{spec.label}, {tb.name}, network {scenario[0]} ({scenario[1].spec()}), batch {batch_size}: predicted"
     plot_front(df, out_dir / "front.png", title)
     front = df[df["on_front"]].sort_values("latency_ms")

@@ -68,7 +68,10 @@ def profile_command(
     steady: float = typer.Option(
         5.0,
         "--steady",
-        help="While the whole-model time drifts more than this many per cent over the counted rounds, run more and drop the oldest (0: do not wait).",
+        help=(
+            "While the whole-model time drifts more than this many per cent over the counted rounds, run "
+            "more and drop the oldest (0: do not wait)."
+        ),
     ),
     max_rounds_factor: float = typer.Option(
         3.0,
@@ -87,7 +90,10 @@ def profile_command(
     isa: str | None = typer.Option(
         None,
         "--isa",
-        help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD.",
+        help=(
+            "Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a "
+            "CPU with narrower SIMD."
+        ),
     ),
     input_shape: str | None = InputShapeOption,
     weights: Path | None = WeightsOption,
@@ -180,7 +186,7 @@ def _run(
         min_time_s=min_time_s,
         steady_pct=steady,
         max_rounds_factor=max_rounds_factor,
-        node_timing=node_timing,  # type: ignore[arg-type]
+        node_timing=node_timing,
         cpus=cgroups.parse_cpus(cpus) if cpus is not None else None,
         cpu_quota=cpu_quota,
         isa=isa,
@@ -220,7 +226,8 @@ def summary_rows(profile: Profile, top: int = 10) -> dict[str, Any]:
     for b in profile.batches:
         planned = profile.planned_node_ms(b.batch_size)
         heaviest = sorted(b.nodes, key=lambda n: planned[n.index], reverse=True)[:top]
-        cpu_sum = sum(n.cpu_ms for n in b.nodes) if all(n.cpu_ms is not None for n in b.nodes) else None
+        cpu_times = [n.cpu_ms for n in b.nodes if n.cpu_ms is not None]
+        cpu_sum = sum(cpu_times) if len(cpu_times) == len(b.nodes) else None
         batches.append(
             {
                 "batch_size": b.batch_size,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -118,7 +120,8 @@ def run_command(
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     err_console.print(
-        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} ({scenario[1].spec()})"
+        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} "
+        f"({scenario[1].spec()})"
     )
     # an exported plan: local workers run the stage files that sit beside it
     artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None
@@ -168,7 +171,7 @@ def _describe_links(links_json: str) -> str:
     return "; ".join(parts)
 
 
-def _compare_rows(row: dict, predicted: dict) -> list[dict]:
+def _compare_rows(row: dict, predicted: Mapping[str, Any]) -> list[dict]:
     pairs = [
         ("latency_ms_p50", "latency_ms"),
         ("latency_ms_p95", None),

@@ -30,7 +30,10 @@ def sweep_command(
     cuts: str = typer.Option(
         "front",
         "--cuts",
-        help="front (predicted front + plans near it), all (every plan over the --granularity cuts), block (= all at block cuts), or cut sets like 26,40,17.42.",
+        help=(
+            "front (predicted front + plans near it), all (every plan over the --granularity cuts), block "
+            "(= all at block cuts), or cut sets like 26,40,17.42."
+        ),
     ),
     granularity: str = typer.Option(
         "block",
@@ -48,13 +51,19 @@ def sweep_command(
         10.0,
         "--near",
         min=0,
-        help="With --cuts front: a plan is near the front when a prediction error of this many percent could put it on it.",
+        help=(
+            "With --cuts front: a plan is near the front when a prediction error of this many percent could "
+            "put it on it."
+        ),
     ),
     refine: int = typer.Option(
         3,
         "--refine",
         min=0,
-        help="With --cuts front: after measuring, up to this many rounds that measure the plans predicted near the measured front too (--neighbours per scenario and round); 0: none.",
+        help=(
+            "With --cuts front: after measuring, up to this many rounds that measure the plans predicted "
+            "near the measured front too (--neighbours per scenario and round); 0: none."
+        ),
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
@@ -72,18 +81,27 @@ def sweep_command(
     device_runtime: bool = typer.Option(
         True,
         "--device-runtime/--no-device-runtime",
-        help="Before planning, run the whole model on each device through the runtime and scale its profile to what the worker measured (see docs/calibration.md).",
+        help=(
+            "Before planning, run the whole model on each device through the runtime and scale its profile "
+            "to what the worker measured (see docs/calibration.md)."
+        ),
     ),
     pass_check: bool = typer.Option(
         True,
         "--pass-check/--no-pass-check",
-        help="With --device-runtime: measure it again (a few seconds) at the start of every pass and predict the pass's plans with it, so predictions follow the machine's drift.",
+        help=(
+            "With --device-runtime: measure it again (a few seconds) at the start of every pass and predict "
+            "the pass's plans with it, so predictions follow the machine's drift."
+        ),
     ),
     recheck: float = typer.Option(
         0.0,
         "--recheck",
         min=0,
-        help="With pass checks: also check again within a pass once this many seconds have passed since the last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass.",
+        help=(
+            "With pass checks: also check again within a pass once this many seconds have passed since the "
+            "last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass."
+        ),
     ),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
@@ -167,7 +185,8 @@ def sweep_command(
     with runner.Sessions(settings, tb) as sessions:
         configs = runner.prepare(settings, store, err_console.print, sessions)
         err_console.print(
-            f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x {repeats} repeats) -> {out}"
+            f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x "
+            f"{repeats} repeats) -> {out}"
         )
         with Progress(
             TextColumn("{task.description}"),

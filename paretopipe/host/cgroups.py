@@ -107,7 +107,7 @@ def check_quota_capability() -> Controller:
     """The controller to use for a CPU quota. Raises CapabilityError (before any work) if none."""
     if not _is_root():
         raise CapabilityError(
-            "a CPU quota needs root to create a cgroup (running as uid %d)" % os.geteuid(),
+            f"a CPU quota needs root to create a cgroup (running as uid {os.geteuid()})",
             "run as root (e.g. sudo), or drop --cpu-quota and limit the device with --cpus/--threads",
         )
     ctl = find_controller()

@@ -315,15 +315,6 @@ class ModelGraph:
                 raise CutError(f"cut indices must be strictly increasing, got {indices}")
         return [self.cut(i) for i in indices]
 
-    def split(self, cut_indices: Sequence[int]) -> list[fx.GraphModule]:
-        """K stage modules for K-1 cuts; each takes and returns its live tensors as a tuple.
-
-        Chaining them (:func:`paretopipe.model.stages.run_chain`) reproduces the model's output.
-        """
-        from paretopipe.model.stages import build_stages
-
-        return build_stages(self, self.check_cuts(cut_indices))
-
     def __repr__(self) -> str:
         return f"ModelGraph({type(self.model).__name__}, {len(self.nodes)} nodes, {len(self._cuts)} legal cuts)"
 

@@ -224,7 +224,8 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
     if result.missing_keys or result.unexpected_keys:
         raise ModelError(
             f"weights file {str(p)!r} does not fit the model: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+            f"(e.g. {result.missing_keys[:2]}), {len(result.unexpected_keys)} unexpected (e.g. "
+            f"{result.unexpected_keys[:2]})"
         )
 
 

@@ -49,12 +49,21 @@ def build_stages(graph: ModelGraph, cuts: Sequence[Cut]) -> list[fx.GraphModule]
             for inp in node.all_input_nodes:
                 if inp not in env and inp.op == "get_attr":
                     env[inp] = g.node_copy(inp)
-            env[node] = g.node_copy(node, lambda n: env[n])
+            env[node] = g.node_copy(node, env.__getitem__)
         g.output(tuple(env[by_name[name]] for name in out_names))
         stage = fx.GraphModule(graph.gm, g, class_name=f"Stage{k}")
         stage.eval()
         stages.append(stage)
     return stages
+
+
+def split_stages(graph: ModelGraph, cut_indices: Sequence[int]) -> list[fx.GraphModule]:
+    """K stage modules for K-1 cut indices; each takes and returns its live tensors as a tuple.
+
+    Chaining them (:func:`run_chain`) reproduces the model's output. Raises CutError for cut
+    indices that are out of range, not strictly increasing, or not legal cuts.
+    """
+    return build_stages(graph, graph.check_cuts(cut_indices))
 
 
 def run_chain(stages: Sequence[torch.nn.Module], *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -116,7 +125,7 @@ def verify(graph: ModelGraph, cut_sets: Sequence[Sequence[int]], inputs: Sequenc
         expected = graph.model(*(t.clone() for t in inputs))
     results = []
     for cut_set in cut_sets:
-        stages = graph.split(cut_set)
+        stages = split_stages(graph, cut_set)
         leaves = run_chain(stages, *(t.clone() for t in inputs))
         exact, diff = compare_outputs(expected, assemble_output(graph, leaves))
         results.append(VerifyResult(tuple(cut_set), exact, diff))

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 # Minimal arguments that make each qdisc valid, attached as root handle 1: of the probe device.
 _QDISC_PROBES: dict[str, tuple[str, ...]] = {
@@ -271,5 +272,5 @@ def _probe() -> HostCapabilities:
         _run([ip, "netns", "del", ns])
 
 
-def _with(base: HostCapabilities, **changes: object) -> HostCapabilities:
+def _with(base: HostCapabilities, **changes: Any) -> HostCapabilities:
     return replace(base, **changes)

@@ -7,12 +7,11 @@ is applied (kernel ``tc`` or the user-space shaper) is decided elsewhere and rec
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from paretopipe.errors import ConfigError, UsageError
 
@@ -205,7 +204,7 @@ def load_scenarios(path: str | Path | None = None) -> dict[str, LinkCondition]:
 
 def _check_field(path: Path, where: str, key: str, value: Any) -> None:
     """Raise ConfigError(path, where) unless ``key = value`` is a known, readable scenario field."""
-    parsers = {
+    parsers: dict[str, Callable[[str], object]] = {
         "bandwidth": parse_rate,
         "delay": parse_duration_ms,
         "jitter": lambda t: parse_duration_ms(t, "jitter"),

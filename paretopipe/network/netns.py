@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -33,7 +34,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from paretopipe.errors import CapabilityError, UsageError
 from paretopipe.host.process import pid_alive
@@ -163,7 +164,8 @@ class NamespaceNetwork:
 
     def residual(self, src: str, dst: str) -> LinkCondition:
         """What the user-space shaper must still apply on ``src -> dst`` (ideal if nothing)."""
-        self._check_node(src), self._check_node(dst)
+        self._check_node(src)
+        self._check_node(dst)
         cond = self.links.get((src, dst), LinkCondition())
         return residual_condition(cond, self.mechanisms.get((src, dst), {}))
 
@@ -365,9 +367,9 @@ class NamespaceNetwork:
         if not self._active:
             return
         interrupted = False
-        steps = [lambda ns=ns: _remove_namespace(ns) for ns in self.namespaces]
-        if self.host_dev:
-            steps.insert(0, lambda: run_command(_ip("link", "del", self.host_dev, tolerate=_NO_NETNS)))
+        steps: list[Callable[[], object]] = [functools.partial(_remove_namespace, ns) for ns in self.namespaces]
+        if host_dev := self.host_dev:
+            steps.insert(0, lambda: run_command(_ip("link", "del", host_dev, tolerate=_NO_NETNS)))
         for step in steps:
             try:
                 step()
@@ -410,16 +412,15 @@ def _validate(nodes: list[str], links: Mapping[tuple[str, str], LinkCondition], 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 route destination and interface network of the caller's namespace."""
-    used = []
+    used: list[ipaddress.IPv4Network] = []
     try:
         routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
         addrs = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
     except FileNotFoundError:  # no iproute2: nothing can be routed by us either; start() says so
         return used
-    candidates = [
-        (t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in (l.split() for l in routes.splitlines()) if t
-    ]
-    candidates += [t[t.index("inet") + 1] for t in (l.split() for l in addrs.splitlines()) if "inet" in t]
+    route_fields = (line.split() for line in routes.splitlines())
+    candidates = [(t[1] if t[0] in _ROUTE_TYPES and len(t) > 1 else t[0]) for t in route_fields if t]
+    candidates += [t[t.index("inet") + 1] for t in (line.split() for line in addrs.splitlines()) if "inet" in t]
     for c in candidates:
         with contextlib.suppress(ValueError):
             if c != "default":
@@ -429,7 +430,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
 
 def _pick_subnet(used: Sequence[ipaddress.IPv4Network]) -> str:
     """A /24 of the pool that overlaps nothing in ``used`` (random start). Raises CapabilityError."""
-    pool = list(ipaddress.ip_network(AUTO_SUBNET_POOL).subnets(new_prefix=24))
+    pool = list(ipaddress.IPv4Network(AUTO_SUBNET_POOL).subnets(new_prefix=24))
     start = random.randrange(len(pool))
     for net in pool[start:] + pool[:start]:
         if not any(net.overlaps(u) for u in used):

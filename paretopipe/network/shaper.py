@@ -122,7 +122,7 @@ class ShapedSender:
         self._closing = False
         self._error: BaseException | None = None
         self._error_reported = False
-        self._counts = {f.name: 0 for f in fields(ShaperStats)}  # mutated under self._cond
+        self._counts: dict[str, Any] = {f.name: 0 for f in fields(ShaperStats)}  # mutated under self._cond
         self._thread = threading.Thread(target=self._run, name=f"shaper-{name or id(self)}", daemon=True)
         self._thread.start()
 

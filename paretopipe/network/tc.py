@@ -248,7 +248,9 @@ def build_per_destination(
     Traffic to other addresses is not shaped. ``plan.mechanisms`` is keyed by address.
     """
     mechanisms = {dst: choose_mechanisms(c, caps, path, classful=True) for dst, c in links.items()}
-    classes = [(dst, kernel_condition(c, mechanisms[dst])) for dst, c in links.items()]
+    classes: list[tuple[str | None, LinkCondition]] = [
+        (dst, kernel_condition(c, mechanisms[dst])) for dst, c in links.items()
+    ]
     classes = [(dst, k) for dst, k in classes if not k.is_ideal]
     cmds = build_clear(dev, netns)
     if classes:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
         where: Mapping[str, Any] = data,
         prefix: str = "",
         default: Any = ...,
-        check=None,
+        check: Callable[[Any], bool] | None = None,
     ) -> Any:
         if key not in where:
             if default is ...:

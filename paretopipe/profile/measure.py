@@ -246,6 +246,11 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
+def _bound(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """``fn`` bound to its arguments: the closure the timed loops call."""
+    return lambda: fn(*args, **kwargs)
+
+
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> int:
     sync()
     t0 = time.perf_counter_ns()
@@ -308,13 +313,16 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
     node_ns: list[list[int]] = [[] for _ in range(n_nodes)]
     node_cpu_ns: list[list[int]] = [[] for _ in range(n_nodes)]
 
+    block_calls = [_bound(stage, *ins) for _, _, _, stage, ins in blocks]
+    node_calls = [_bound(fn, *args, **kwargs) for fn, args, kwargs in replays]
+
     def one_round(keep: bool) -> None:
         w = _timed(lambda: model(x), sync)
-        b = [_timed(lambda: stage(*ins), sync) for _, _, _, stage, ins in blocks]
+        b = [_timed(call, sync) for call in block_calls]
         if seq is not None:
             nodes = seq.run([x], sync)
         else:
-            nodes = [_timed_cpu(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
+            nodes = [_timed_cpu(call, sync) for call in node_calls]
         if keep:
             whole_ns.append(w)
             for acc, s in zip(block_ns, b):
@@ -441,7 +449,7 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
             "timer_overhead_ns": timer_overhead_ns(),
             "steady_allocator": steady,
         },
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         command=tuple(settings.command),
         fingerprint=fp,
         batches=batches,

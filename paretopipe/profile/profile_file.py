@@ -219,7 +219,8 @@ class Profile:
             raise ConfigError(
                 where,
                 "nodes",
-                f"node names differ from the traced graph ({len(ours)} vs {len(node_names)} nodes, first difference at {first})",
+                f"node names differ from the traced graph ({len(ours)} vs {len(node_names)} nodes, first "
+                f"difference at {first})",
                 redo + " (the model or torch version changed)",
             )
 
@@ -328,8 +329,12 @@ _BATCH = {
     "blocks": (list,),
     "nodes": (list,),
 }
-_BLOCK = {f.name: (str,) if f.name == "name" else (int,) if f.type == "int" else _NUM for f in fields(BlockProfile)}
-_NODE = {f.name: (str,) if f.type == "str" else (int,) if f.type == "int" else _NUM for f in fields(NodeProfile)}
+_BLOCK: dict[str, tuple[type, ...]] = {
+    f.name: (str,) if f.name == "name" else (int,) if f.type == "int" else _NUM for f in fields(BlockProfile)
+}
+_NODE: dict[str, tuple[type, ...]] = {
+    f.name: (str,) if f.type == "str" else (int,) if f.type == "int" else _NUM for f in fields(NodeProfile)
+}
 _NODE["cpu_ms"] = (*_NUM, type(None))
 #: Per part of the file, the fields later versions added and the version that added each: older
 #: files may lack them (read as None).
@@ -369,7 +374,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         if not isinstance(arg, str):
             raise ConfigError(path, f"command[{i}]", f"expected a string, got {arg!r}")
     batch_sizes = c.ints(d["batch_sizes"], "batch_sizes", 1)
-    batches = []
+    batches: list[BatchProfile] = []
     for i, raw in enumerate(d["batches"]):
         where = f"batches[{i}]"
         b = c.obj(raw, where, _BATCH)

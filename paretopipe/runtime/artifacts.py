@@ -25,7 +25,7 @@ class ArtifactStageBuilder:
         self.loaded: list[str] = []
 
     def build(self, spec: StageSpec) -> torch.nn.Module:
-        from paretopipe.sweep.export import load_artifact
+        from paretopipe.model.export import load_artifact
 
         if spec.artifact is not None:
             path = self.directory / spec.artifact["file"]

@@ -232,6 +232,7 @@ class Driver:
                 self._send_item(sent, inputs)
                 sent += 1
         measured = done - warmup if warmup > 0 else done - 1
+        assert t_start is not None  # set by the first timed completion; items >= 1
         return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
 
     def stats(self) -> list[StageStats]:
@@ -251,17 +252,16 @@ class Driver:
                     f"{device} sent statistics with series {names!r} but {len(got[device].tensors)} tensor(s)",
                     "run the same paretopipe version everywhere",
                 )
-            series = {str(n): t.tolist() for n, t in zip(names, got[device].tensors)}
-            ms = lambda key: [v / 1e6 for v in series.get(key, [])]
+            series_ms = {str(n): [v / 1e6 for v in t.tolist()] for n, t in zip(names, got[device].tensors)}
             out.append(
                 StageStats(
                     device,
                     k,
-                    ms("compute_ns"),
-                    ms("wait_ns"),
-                    ms("send_ns"),
+                    series_ms.get("compute_ns", []),
+                    series_ms.get("wait_ns", []),
+                    series_ms.get("send_ns", []),
                     h.get("transport", {}),
-                    ms("compute_cpu_ns"),
+                    series_ms.get("compute_cpu_ns", []),
                 )
             )
         return out

@@ -2,9 +2,9 @@
 
 Each emulated device is a ``paretopipe worker`` subprocess pinned to its CPUs, with its torch
 thread count, under its cgroup CPU quota (the same mechanism as ``paretopipe profile
---cpu-quota``) and its instruction set limit (:mod:`paretopipe.host.isa`, as ``--isa``). Workers die with the launcher (parent-death signal, and they poll the parent's
-pid); on exit, error or Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup
-removed.
+--cpu-quota``) and its instruction set limit (:mod:`paretopipe.host.isa`, as ``--isa``). Workers
+die with the launcher (parent-death signal, and they poll the parent's pid); on exit, error or
+Ctrl-C every worker is stopped (SIGTERM, then SIGKILL) and every cgroup removed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from paretopipe.errors import UsageError, WorkerError
@@ -49,7 +49,7 @@ class LocalWorkers:
         backend: str = "zmq",
         devices: Sequence[str] | None = None,
         testbed_path: str | Path | None = None,
-        argv_prefix=None,
+        argv_prefix: Callable[[str], list[str]] | None = None,
         log_dir: str | Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -64,7 +64,7 @@ class LocalWorkers:
                 "start 'paretopipe worker --testbed T --device NAME' on each of them instead",
             )
         self.testbed_path = str(testbed_path or testbed.path)
-        self.argv_prefix = argv_prefix or (lambda device: [])
+        self.argv_prefix: Callable[[str], list[str]] = argv_prefix or (lambda device: [])
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="paretopipe-workers-")
         self.log_dir = Path(log_dir or self._tmp.name)  # type: ignore[union-attr]
         self.extra_args = list(extra_args)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paretopipe.errors import CapabilityError, ParetoPipeError, TransportError, UsageError, WorkerError
 from paretopipe.network.conditions import LinkCondition
@@ -40,6 +40,10 @@ from paretopipe.runtime.driver import Driver, StageStats
 from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import DRIVER, Testbed
+
+if TYPE_CHECKING:
+    from paretopipe.network.netns import NamespaceNetwork
+    from paretopipe.runtime.launcher import LocalWorkers
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,8 @@ class Session:
         self.artifacts = artifacts  # where local workers find exported stage files
         self.path = "auto" if isolation == "netns" else "userspace"
         self._stack = contextlib.ExitStack()
-        self.workers = None
-        self.net = None  # the NamespaceNetwork in netns mode
+        self.workers: LocalWorkers | None = None
+        self.net: NamespaceNetwork | None = None  # the NamespaceNetwork in netns mode
         self.run_testbed = testbed  # the testbed with the addresses actually used
         self._graphs: dict[str, Any] = {}
 
@@ -232,7 +236,8 @@ class Session:
                 self.driver.ping(name, timeout_s=self.startup_timeout_s)
             except TransportError:
                 raise TransportError(
-                    f"worker {name!r} at {self.run_testbed.device(name).address} did not answer within {self.startup_timeout_s:g} s",
+                    f"worker {name!r} at {self.run_testbed.device(name).address} did not answer within "
+                    f"{self.startup_timeout_s:g} s",
                     f"start it with 'paretopipe worker --testbed {self.testbed.path} --device {name}'",
                 ) from None
 

@@ -198,6 +198,7 @@ class StageBuilder:
 
         from paretopipe.model.graph import trace_spec
         from paretopipe.model.registry import ModelSpec
+        from paretopipe.model.stages import split_stages
 
         key = json.dumps([spec.model, spec.batch_size], sort_keys=True)
         graph = self._graphs.get(key)
@@ -210,4 +211,4 @@ class StageBuilder:
                 f"cuts {list(spec.cuts)} are nodes {names} here but {list(spec.cut_names)} in the plan: "
                 "the model differs between driver and worker (versions, weights, input shape?)"
             )
-        return graph.split(spec.cuts)[spec.stage]
+        return split_stages(graph, spec.cuts)[spec.stage]

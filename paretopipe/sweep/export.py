@@ -31,9 +31,11 @@ def pick_row(agg: pd.DataFrame, pick: str) -> pd.Series:
     if pick == "knee":
         return agg[agg["knee"]].iloc[0]
     if pick == "min-latency":
-        return agg.loc[agg["latency_ms_p50"].idxmin()]
+        best: Any = agg["latency_ms_p50"].idxmin()
+        return agg.loc[best]
     if pick == "max-throughput":
-        return agg.loc[agg["throughput_ips"].idxmax()]
+        best = agg["throughput_ips"].idxmax()
+        return agg.loc[best]
     match = agg[agg["plan_id"] == pick]
     if match.empty:
         raise UsageError(f"no measured plan {pick!r}", f"use {', '.join(PICKS)} or one of: {', '.join(agg['plan_id'])}")
@@ -42,25 +44,25 @@ def pick_row(agg: pd.DataFrame, pick: str) -> pd.Series:
 
 def export_stages(plan: Plan, out_dir: Path) -> list[dict[str, Any]]:
     """Write ``stage-<k>-<device>.pt2`` for every stage; returns their descriptions."""
+    from paretopipe.model.export import export_stage
     from paretopipe.model.graph import trace_spec
-    from paretopipe.model.stages import run_chain
+    from paretopipe.model.stages import run_chain, split_stages
 
     spec = ModelSpec.from_dict(dict(plan.model))
     graph = trace_spec(spec, plan.batch_size)
-    stages = graph.split(plan.cut_indices)
+    stages = split_stages(graph, plan.cut_indices)
     inputs: tuple[torch.Tensor, ...] = (example_input(spec, plan.batch_size),)
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts = []
     for k, (stage, device) in enumerate(zip(stages, plan.devices)):
+        path = out_dir / f"stage-{k}-{safe_name(device)}.pt2"
         try:
-            program = torch.export.export(stage, inputs)
+            export_stage(stage, inputs, path)
         except Exception as exc:  # torch.export raises many types for unsupported ops
             raise UsageError(
                 f"torch.export cannot export stage {k} of {plan.id}: {str(exc).splitlines()[0]}",
                 "workers can still build the stage from the model spec: use the plan file alone",
             ) from None
-        path = out_dir / f"stage-{k}-{safe_name(device)}.pt2"
-        torch.export.save(program, path)
         artifacts.append(
             {
                 "stage": k,
@@ -135,11 +137,3 @@ def _plain(value: Any) -> Any:
         return json.loads(json.dumps(value.item() if hasattr(value, "item") else value))
     except (TypeError, ValueError):
         return str(value)
-
-
-def load_artifact(path: str | Path, sha256: str | None = None) -> torch.nn.Module:
-    """Load a stage program written by :func:`export_stages`, checking its SHA-256."""
-    p = Path(path)
-    if sha256 is not None and sha256_file(p) != sha256:
-        raise ConfigError(p, None, "differs from the exported stage (SHA-256 mismatch)", "copy the file again")
-    return torch.export.load(str(p)).module()

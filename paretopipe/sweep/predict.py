@@ -406,7 +406,8 @@ def plan_front(
         raise ConfigError(
             testbed.path,
             "devices[*].memory",
-            f"no plan fits the devices' memory limits {worst} (smallest peak {result.plans['peak_mem_bytes'].min():.3g} bytes)",
+            f"no plan fits the devices' memory limits {worst} (smallest peak "
+            f"{result.plans['peak_mem_bytes'].min():.3g} bytes)",
             "raise a device's memory limit or use more stages",
         )
     meta = {

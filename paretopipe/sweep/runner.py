@@ -13,7 +13,7 @@ import contextlib
 import functools
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -853,12 +853,11 @@ def _base_row(cfg: Config, settings: SweepSettings, host: str, commit: str | Non
     }
 
 
-def _calibration_note(meta: dict[str, Any]) -> str | None:
+def _calibration_note(meta: Mapping[str, Any]) -> str | None:
     """What the prediction was calibrated with: the link calibration's id, then the device runtime
     terms (latency factor/cycle factor+item overhead per device), e.g.
     ``local/zmq/loopback; devices fast 1.073/1.036+0.53ms``."""
     parts = [meta.get("calibration")]
     if meta.get("device_runtime"):
         parts.append(f"devices {meta['device_runtime']}")
-    parts = [p for p in parts if p]
-    return "; ".join(parts) or None
+    return "; ".join(str(p) for p in parts if p) or None

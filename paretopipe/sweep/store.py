@@ -84,7 +84,7 @@ TEXT_COLUMNS = {
 }
 
 
-def config_key(row: Mapping[str, Any]) -> tuple[str, str, str, int]:
+def config_key(row: Mapping[Any, Any]) -> tuple[str, str, str, int]:
     return (str(row["network"]), str(row["backend"]), str(row["plan_id"]), int(row["repeat"]))
 
 

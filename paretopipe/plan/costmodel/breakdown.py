@@ -90,7 +90,7 @@ def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
         live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
         stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
     overhead = sum(float(inst.device_latency_overhead_ms[d]) for d in plan.devices)
-    latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(l.transfer_ms for l in links[1:])
+    latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(link.transfer_ms for link in links[1:])
     cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
     shared = [
         sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)

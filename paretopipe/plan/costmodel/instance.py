@@ -20,7 +20,7 @@ __all__ = ["Instance"]
 
 
 def _array(name: str, value: Any, shape: tuple[int, ...], dtype: type = float) -> np.ndarray:
-    arr = np.array(value, dtype=dtype, copy=True)
+    arr: np.ndarray = np.array(value, dtype=dtype, copy=True)
     if arr.shape != shape:
         raise UsageError(
             f"{name} has shape {arr.shape}, expected {shape}",
@@ -69,24 +69,28 @@ class Instance:
     cut_bytes: np.ndarray
     input_bytes: float = 0.0
     output_bytes: float = 0.0
-    node_param_bytes: np.ndarray | None = None
-    live_bytes: np.ndarray | None = None
+    # The optional arrays below may be given as None (their default); __post_init__ replaces None by the
+    # default array, so on an Instance every one of them is an array, which is what the annotations say.
+    node_param_bytes: np.ndarray = None  # type: ignore[assignment]
+    live_bytes: np.ndarray = None  # type: ignore[assignment]
     input_live_bytes: float = 0.0
-    device_mem_bytes: np.ndarray | None = None
-    link_overhead_ms: np.ndarray | None = None
-    link_delay_ms: np.ndarray | None = None
-    link_bandwidth_bps: np.ndarray | None = None
-    link_shaped_bps: np.ndarray | None = None
-    device_cycle_factor: np.ndarray | None = None
-    device_item_overhead_ms: np.ndarray | None = None
-    device_latency_overhead_ms: np.ndarray | None = None
-    device_cpu_group: np.ndarray | None = None
+    device_mem_bytes: np.ndarray = None  # type: ignore[assignment]
+    link_overhead_ms: np.ndarray = None  # type: ignore[assignment]
+    link_delay_ms: np.ndarray = None  # type: ignore[assignment]
+    link_bandwidth_bps: np.ndarray = None  # type: ignore[assignment]
+    link_shaped_bps: np.ndarray = None  # type: ignore[assignment]
+    device_cycle_factor: np.ndarray = None  # type: ignore[assignment]
+    device_item_overhead_ms: np.ndarray = None  # type: ignore[assignment]
+    device_latency_overhead_ms: np.ndarray = None  # type: ignore[assignment]
+    device_cpu_group: np.ndarray = None  # type: ignore[assignment]
     batch_size: int = 1
     window: int | None = None
     device_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
         node_ms = np.array(self.node_ms, dtype=float)
         if node_ms.ndim != 2 or node_ms.shape[0] < 1 or node_ms.shape[1] < 1:
             raise UsageError(f"node_ms must be a non-empty (devices, nodes) array, got shape {node_ms.shape}")
@@ -217,16 +221,16 @@ class Instance:
         """(C+1,) live bytes entering a stage that starts at boundary b (b = 0 .. C)."""
         return np.concatenate(([self.input_live_bytes], self.cut_bytes))
 
-    def stage_ms(self, devices: np.ndarray, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
+    def stage_ms(self, devices: np.ndarray | int, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
         return self._cum_ms_at[devices, end_b] - self._cum_ms_at[devices, start_b]
 
-    def stage_latency_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
+    def stage_latency_ms(self, devices: np.ndarray | int, stage_ms: np.ndarray) -> np.ndarray:
         """What the stages of ``stage_ms`` add to an item's latency on their ``devices``: compute
         plus the device's overhead outside compute with one item in flight (receiving and sending)."""
         return stage_ms + self.device_latency_overhead_ms[devices]
 
-    def stage_cycle_ms(self, devices: np.ndarray, stage_ms: np.ndarray) -> np.ndarray:
+    def stage_cycle_ms(self, devices: np.ndarray | int, stage_ms: np.ndarray) -> np.ndarray:
         """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
         return stage_ms * self.device_cycle_factor[devices] + self.device_item_overhead_ms[devices]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def mutate_plans(X: np.ndarray, n_cuts: int, n_devices: int, k: int, rng: np.ran
         step = rng.geometric(0.3, X.shape[0]) * rng.choice([-1, 1], X.shape[0])
         X[rows, cut] += np.where(move == 0, step, 0)
         X[rows, cut] = np.where(move == 1, rng.integers(0, n_cuts, X.shape[0]), X[rows, cut])
-        a, b = rng.integers(0, k, X.shape[0]), rng.integers(0, k, X.shape[0])
+        a, b = rng.integers(0, k, len(X)), rng.integers(0, k, len(X))
         swap = move == 2
         da, db = X[rows, k - 1 + a].copy(), X[rows, k - 1 + b].copy()
         X[rows[swap], k - 1 + a[swap]] = db[swap]
@@ -96,27 +97,27 @@ def initial_plans(n: int, n_cuts: int, n_devices: int, k: int, rng: np.random.Ge
     return repair_plans(np.concatenate((cuts, perms[np.arange(n) % len(perms)]), axis=1), n_cuts, n_devices, k)
 
 
-def _problem_classes():
+def _problem_classes() -> tuple[Any, Any, Any, Any]:
     from pymoo.core.crossover import Crossover
     from pymoo.core.mutation import Mutation
     from pymoo.core.problem import Problem
     from pymoo.core.repair import Repair
 
     class PlanCrossover(Crossover):
-        def __init__(self, **kwargs):
+        def __init__(self, **kwargs: Any) -> None:
             super().__init__(2, 2, **kwargs)
 
-        def _do(self, problem, X, *args, random_state=None, **kwargs):
+        def _do(self, problem: Any, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
             a, b = np.rint(X[0]).astype(np.int64), np.rint(X[1]).astype(np.int64)
             return np.stack([cross_plans(a, b, problem.k, random_state), cross_plans(b, a, problem.k, random_state)])
 
     class PlanMutation(Mutation):
-        def _do(self, problem, X, *args, random_state=None, **kwargs):
+        def _do(self, problem: Any, X: np.ndarray, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
             inst = problem.inst
             return mutate_plans(X, inst.n_cuts, inst.n_devices, problem.k, random_state)
 
     class PlanRepair(Repair):
-        def _do(self, problem, X, **kwargs):
+        def _do(self, problem: Any, X: np.ndarray, **kwargs: Any) -> np.ndarray:
             return repair_plans(X, problem.inst.n_cuts, problem.inst.n_devices, problem.k)
 
     class PlanProblem(Problem):
@@ -130,7 +131,7 @@ def _problem_classes():
                 n_var=2 * k - 1, n_obj=len(objectives), n_ieq_constr=1, xl=np.zeros(2 * k - 1), xu=xu, vtype=int
             )
 
-        def _evaluate(self, X, out, *args, **kwargs):
+        def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
             X = repair_plans(X, self.inst.n_cuts, self.inst.n_devices, self.k)
             self.archive.append(X)
             m = evaluate_plans(self.inst, X[:, : self.k - 1], X[:, self.k - 1 :], check=False)
