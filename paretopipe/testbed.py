@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
+    import tomli as tomllib
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.host.isa import LEVELS as ISA_LEVELS

@@ -7,11 +7,16 @@ is applied (kernel ``tc`` or the user-space shaper) is decided elsewhere and rec
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
+    import tomli as tomllib
 
 from paretopipe.errors import ConfigError, UsageError
 
