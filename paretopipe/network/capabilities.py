@@ -268,7 +268,7 @@ def _probe() -> HostCapabilities:
             notes=tuple(notes),
         )
     finally:
-        _run([ip, "-n", ns, "link", "del", "pa"])
+        _run([ip, "-n", ns, "link", "del", "dev", "pa"])
         _run([ip, "netns", "del", ns])
 
 

@@ -369,7 +369,7 @@ class NamespaceNetwork:
         interrupted = False
         steps: list[Callable[[], object]] = [functools.partial(_remove_namespace, ns) for ns in self.namespaces]
         if host_dev := self.host_dev:
-            steps.insert(0, lambda: run_command(_ip("link", "del", host_dev, tolerate=_NO_NETNS)))
+            steps.insert(0, lambda: run_command(_ip("link", "del", "dev", host_dev, tolerate=_NO_NETNS)))
         for step in steps:
             try:
                 step()
@@ -483,7 +483,7 @@ def _remove_namespace(ns: str) -> None:
     for line in links.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name != "lo":
-            run_command(_ip("-n", ns, "link", "del", name, tolerate=_NO_NETNS))
+            run_command(_ip("-n", ns, "link", "del", "dev", name, tolerate=_NO_NETNS))
     run_command(_ip("netns", "del", ns, tolerate=_NO_NETNS))
 
 
