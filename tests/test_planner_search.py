@@ -229,7 +229,7 @@ def test_auto_picks_a_method_by_cost_estimate():
     assert costs["exact"] * 3 < costs["exhaustive"]
     only_throughput = search(big, stages=[2, 3, 4], objectives=("throughput",), generations=10)
     assert only_throughput.method == "nsga2"
-    # K = 2 only: each plan is one label too, and a label costs more than scoring a plan
+    # K = 2 only: every plan is a label too, a close call, which goes to exhaustive
     pairs = _chain(12, 1600)
     assert space_size(1600, 12, [2]) >= AUTO_EXHAUSTIVE_MAX
     chosen = search(pairs, stages=[2], keep="front")

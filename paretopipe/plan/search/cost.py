@@ -1,10 +1,11 @@
 """A-priori cost estimates of the exhaustive and exact searches, so ``auto`` can pick the faster.
 
-Both are counts of array elements the method creates, weighted by a per-element cost measured
-relative to each other (only the ratio matters):
+Both are counts of array elements a method creates, times a weight per element; the weights are
+per-element times measured relative to each other (only the ratio matters):
 
 - exhaustive: plans x stages, sum over K of comb(C, K-1) * perm(D, K) * K (every plan is scored,
-  O(K) work each);
+  O(K) work each), weighted by :data:`EXHAUSTIVE_WEIGHTS` per number of objectives (reducing
+  chunks to their fronts costs more with three or four objectives);
 - exact: labels the DP creates before pruning, sum over layers j = 1 .. Kmax-1 and last cut e of
   states(j) * L(prefixes) * fan-out. ``states(j)`` counts (used devices, last device) pairs of the
   device sequences the DP builds (canonical ones when identical devices are merged);
@@ -13,13 +14,15 @@ relative to each other (only the ratio matters):
   devices a stage may go on next. ``L(m)`` is the expected number of non-dominated points among
   m random points with ``d`` compared components beyond the first (the kept labels):
   ``min(m, (ln m + 1)^d / d!)``; ``d`` counts the strict components beyond one, the loose ones
-  and one per shared CPU. Pruning two loose components costs :data:`TWO_LOOSE_WEIGHT` times
-more per label; more than two (or two strict ones) compares each label with the kept ones, so
-those labels cost L times more.
+  and one per shared CPU. The weight, :data:`EXACT_WEIGHTS`, depends on how
+  :func:`~paretopipe.plan.search.labels.prune_labels` prunes the labels: one strict and one loose
+  component ("one"), one strict and two loose ("two"), more loose ones ("pairwise"), two strict
+  ones ("two strict").
 
-The label estimate is rough (labels depend on the data: it was within 0.75-1.6x of the labels
-created on the benchmark instances). The weights are set above the measured per-element cost
-ratios (about 2-5), so that where the two estimates are close, exhaustive is chosen.
+Rule (:func:`~paretopipe.plan.search.dispatch.search` with ``method="auto"``, above
+``AUTO_EXHAUSTIVE_MAX`` plans): exact when its cost is below exhaustive's, else exhaustive. The
+label estimate was within 0.7-1.6x of the labels created on the benchmark instances; the weights
+are rounded up from the measured per-element ratios, so close calls go to exhaustive.
 """
 
 from __future__ import annotations
@@ -32,16 +35,16 @@ import numpy as np
 from paretopipe.plan.costmodel import Instance
 from paretopipe.plan.search.symmetry import device_classes
 
-__all__ = ["exhaustive_cost", "exact_cost", "exact_labels", "EXACT_WEIGHT", "EXHAUSTIVE_WEIGHT", "TWO_LOOSE_WEIGHT"]
+__all__ = ["exhaustive_cost", "exact_cost", "exact_labels", "EXACT_WEIGHTS", "EXHAUSTIVE_WEIGHTS"]
 
-EXHAUSTIVE_WEIGHT = 1.0  # per plan-stage scored
-EXACT_WEIGHT = 4.0  # per label created and pruned with one loose component, relative to the above
-TWO_LOOSE_WEIGHT = 2.0  # extra factor per label when pruning compares two loose components
+EXHAUSTIVE_WEIGHTS = {1: 1.0, 2: 1.0, 3: 8.0, 4: 20.0}  # per plan-stage scored, by objective count
+EXACT_WEIGHTS = {"one": 2.0, "two": 6.0, "pairwise": 6.0, "two strict": 40.0}  # per label created
 
 
-def exhaustive_cost(n_cuts: int, n_devices: int, stages: Sequence[int]) -> float:
-    """Plan-stages exhaustive enumeration scores, times its weight."""
-    return EXHAUSTIVE_WEIGHT * float(sum(math.comb(n_cuts, k - 1) * math.perm(n_devices, k) * k for k in stages))
+def exhaustive_cost(n_cuts: int, n_devices: int, stages: Sequence[int], n_objectives: int = 2) -> float:
+    """Plan-stages exhaustive enumeration scores, times their weight."""
+    plan_stages = sum(math.comb(n_cuts, k - 1) * math.perm(n_devices, k) * k for k in stages)
+    return EXHAUSTIVE_WEIGHTS[min(max(n_objectives, 1), 4)] * float(plan_stages)
 
 
 def _sequences(sizes: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,14 +81,16 @@ def _kept(m: float, d: int) -> float:
 
 def _shape(inst: Instance, objectives: Sequence[str]) -> tuple[int, str]:
     """(d, pruning path) of the exact DP's labels: compared components beyond the first, and
-    "one", "two" or "pairwise" as :func:`~paretopipe.plan.search.labels.prune_labels` goes."""
+    the :data:`EXACT_WEIGHTS` key of how they are pruned."""
     n_strict = len({"latency", "bytes"} & set(objectives))
     n_loose = len({"throughput", "memory"} & set(objectives))
     if "throughput" in objectives and inst.window is not None and "latency" not in objectives:
         n_loose += 1
     n_shared = inst.shared_cpus.shape[0] if "throughput" in objectives else 0
     d = max(0, n_strict - 1) + n_loose + n_shared
-    if n_strict > 1 or n_shared > 1 or n_loose + min(n_shared, 1) > 2:
+    if n_strict > 1:
+        return d, "two strict"
+    if n_shared > 1 or n_loose + min(n_shared, 1) > 2:
         return d, "pairwise"
     return d, "two" if n_loose + n_shared == 2 else "one"
 
@@ -115,9 +120,4 @@ def exact_labels(inst: Instance, stages: Sequence[int], objectives: Sequence[str
 
 def exact_cost(inst: Instance, stages: Sequence[int], objectives: Sequence[str], symmetry: bool = True) -> float:
     """Estimated cost of the exact DP: labels created times their pruning weight."""
-    labels = exact_labels(inst, stages, objectives, symmetry)
-    d, path = _shape(inst, objectives)
-    if path == "pairwise":  # each label meets the kept labels of its state
-        per_state = labels / max(1.0, inst.n_cuts * inst.n_devices)
-        return EXACT_WEIGHT * labels * _kept(per_state, d)
-    return EXACT_WEIGHT * labels * (TWO_LOOSE_WEIGHT if path == "two" else 1.0)
+    return EXACT_WEIGHTS[_shape(inst, objectives)[1]] * exact_labels(inst, stages, objectives, symmetry)

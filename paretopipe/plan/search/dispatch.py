@@ -127,7 +127,7 @@ def _choose(
     if not exact_supports(objectives):
         return "nsga2", {}
     costs = {
-        "exhaustive": exhaustive_cost(inst.n_cuts, inst.n_devices, stages),
+        "exhaustive": exhaustive_cost(inst.n_cuts, inst.n_devices, stages, len(objectives)),
         "exact": exact_cost(inst, stages, objectives, symmetry),
     }
     return ("exact" if costs["exact"] < costs["exhaustive"] else "exhaustive"), costs
