@@ -13,8 +13,10 @@ that later floating-point additions can introduce (the planner uses 1e-9 of an u
 
 A loose component may be compared against a *target* of p instead of p's own value (q's value
 <= p's target, where target >= value): the caller uses it when it can prove that values up to
-the target cannot make any completion of q worse than the same completion of p. The relation
-stays transitive within a group, which lets the general algorithm compare only against survivors.
+the target cannot make any completion of q worse than the same completion of p. The targets must
+keep the relation transitive within a group (the planner's, max(value, bottleneck - F) with the
+bottleneck compared as such and F fixed per group, do): the algorithms compare labels only with
+labels not pruned yet.
 """
 
 from __future__ import annotations
