@@ -15,6 +15,7 @@ from paretopipe.errors import UsageError
 from paretopipe.plan.costmodel import Instance
 from paretopipe.plan.pareto import hypervolume
 from paretopipe.plan.search import AUTO_EXHAUSTIVE_MAX, search, space_size
+from paretopipe.plan.search.cost import exact_labels
 from paretopipe.plan.search.labels import prune_labels
 from paretopipe.plan.search.localsearch import neighbours
 from paretopipe.plan.search.nsga2 import repair_plans
@@ -69,9 +70,13 @@ def _assert_same_front(inst: Instance, objectives: tuple[str, ...]) -> None:
     if space_size(inst.n_cuts, inst.n_devices, stages) == 0:
         return
     full = search(inst, stages, method="exhaustive", objectives=objectives)
-    exact = search(inst, stages, method="exact", objectives=objectives)
+    exact = search(inst, stages, method="exact", objectives=objectives, symmetry=False)
     assert full.n_evaluated == full.space_size
     assert full.front_keys() == exact.front_keys()
+    # with identical devices merged (random devices are sometimes identical): the same vectors
+    merged = search(inst, stages, method="exact", objectives=objectives)
+    F3 = merged.objective_matrix(True)
+    assert set(map(tuple, F3.tolist())) == set(map(tuple, exact.objective_matrix(True).tolist()))
     # the same objective values, and nothing infeasible on either front
     F1, F2 = full.objective_matrix(True), exact.objective_matrix(True)
     assert sorted(map(tuple, F1.tolist())) == sorted(map(tuple, F2.tolist()))
@@ -106,15 +111,16 @@ def test_exact_equals_exhaustive_on_float_data(inst, objectives):
     _assert_same_front(inst, objectives)
 
 
-def _naive_prune(group, strict, tols, loose):
+def _naive_prune(group, strict, tols, loose, targets=None):
     S, L = np.column_stack(strict), np.column_stack(loose) if loose else np.zeros((len(group), 0))
+    T = np.column_stack(targets) if targets else L
     keep = np.ones(len(group), dtype=bool)
     for p in range(len(group)):
         for q in range(len(group)):
             if (
                 group[q] == group[p]
                 and np.all(S[q] <= S[p])
-                and np.all(L[q] <= L[p])
+                and np.all(L[q] <= T[p])
                 and np.any(S[q] < S[p] - np.asarray(tols))
             ):
                 keep[p] = False
@@ -122,7 +128,7 @@ def _naive_prune(group, strict, tols, loose):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 2), st.integers(0, 2), st.integers(1, 40), st.integers(0, 2**32 - 1))
+@given(st.integers(1, 2), st.integers(0, 3), st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_label_pruning_matches_its_definition(n_strict, n_loose, n, seed):
     rng = np.random.default_rng(seed)
     group = rng.integers(0, 3, n)
@@ -131,6 +137,20 @@ def test_label_pruning_matches_its_definition(n_strict, n_loose, n, seed):
     tols = [0.5] * n_strict
     expected = _naive_prune(group, strict, tols, loose)
     assert prune_labels(group, strict, tols, loose).tolist() == expected.tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, 3), st.integers(1, 60), st.integers(0, 2**32 - 1))
+def test_label_pruning_with_targets_matches_its_definition(n_loose, n, seed):
+    # The planner's targets for a shared CPU: max(value, bottleneck - F), F fixed per group.
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 3, n)
+    strict = [rng.integers(0, 5, n).astype(float)]
+    loose = [rng.integers(0, 5, n).astype(float) for _ in range(n_loose)]
+    future = rng.integers(0, 4, 3)[group]
+    targets = [None] + [np.maximum(lo, loose[0] - future) if rng.random() < 0.7 else None for lo in loose[1:]]
+    expected = _naive_prune(group, strict, [0.5], loose, [lo if t is None else t for lo, t in zip(loose, targets)])
+    assert prune_labels(group, strict, [0.5], loose, targets).tolist() == expected.tolist()
 
 
 def two_device_toy(**overrides) -> Instance:
@@ -184,20 +204,46 @@ def test_space_size_and_counts():
     assert space_size(2, 3, [4]) == 0
 
 
-def test_auto_picks_a_method_by_space_size():
-    small = search(two_device_toy(), range(1, 3))
-    assert small.method == "exhaustive"
-    rng = np.random.default_rng(0)
-    big = Instance(
-        node_ms=rng.uniform(0.1, 2, (4, 60)),
-        cut_positions=np.arange(59),
-        cut_bytes=rng.uniform(1e3, 1e5, 59),
-        link_bandwidth_bps=np.full((5, 5), 1e8),
+def _chain(n_devices: int, n_cuts: int, cpu_group=None, seed: int = 0) -> Instance:
+    rng = np.random.default_rng(seed)
+    return Instance(
+        node_ms=rng.uniform(0.1, 2, (n_devices, n_cuts + 1)),
+        cut_positions=np.arange(n_cuts),
+        cut_bytes=rng.uniform(1e3, 1e5, n_cuts),
+        link_bandwidth_bps=np.full((n_devices + 1, n_devices + 1), 1e8),
+        device_cpu_group=cpu_group,
     )
+
+
+def test_auto_picks_a_method_by_cost_estimate():
+    small = search(two_device_toy(), range(1, 3))
+    assert small.method == "exhaustive" and "cost_estimates" not in small.details
+    # 4 devices, 59 cuts, K = 2..4: ~10^6 plans (3.2 M plan-stages) against ~10^5 labels
+    big = _chain(4, 59)
     assert space_size(59, 4, range(2, 5)) >= AUTO_EXHAUSTIVE_MAX
-    assert search(big).method == "exact"
+    chosen = search(big)
+    assert chosen.method == "exact"
+    costs = chosen.details["cost_estimates"]
+    assert costs["exact"] * 3 < costs["exhaustive"]
     only_throughput = search(big, stages=[2, 3, 4], objectives=("throughput",), generations=10)
     assert only_throughput.method == "nsga2"
+    # K = 2 only: every plan is a label too, a close call, which goes to exhaustive
+    pairs = _chain(12, 1600)
+    assert space_size(1600, 12, [2]) >= AUTO_EXHAUSTIVE_MAX
+    chosen = search(pairs, stages=[2], keep="front")
+    assert chosen.method == "exhaustive"
+    assert chosen.details["cost_estimates"]["exhaustive"] < chosen.details["cost_estimates"]["exact"]
+
+
+@pytest.mark.parametrize(
+    "case, cpu_group, stages",
+    [("plain", None, range(1, 5)), ("shared", [0, 0, 1, 2], range(1, 5)), ("plain K<=3", None, range(1, 4))],
+)
+def test_exact_cost_estimate_tracks_the_labels_created(case, cpu_group, stages):
+    inst = _four_device_instance(n_nodes=80, n_cuts=40, cpu_group=cpu_group)
+    result = search(inst, stages, method="exact")
+    estimate = exact_labels(inst, tuple(stages), result.objectives)
+    assert 1 / 3 < estimate / result.details["created"] < 3, case
 
 
 def test_result_contents():
@@ -234,7 +280,7 @@ def _hv_ratio(inst: Instance, stages, **kwargs) -> float:
     return hypervolume(ga.objective_matrix(True), ref, ga.senses()) / hypervolume(F, ref, exact.senses())
 
 
-def _four_device_instance(n_nodes: int, n_cuts: int, seed: int = 0) -> Instance:
+def _four_device_instance(n_nodes: int, n_cuts: int, seed: int = 0, cpu_group=None) -> Instance:
     rng = np.random.default_rng(seed)
     base = np.exp(rng.uniform(np.log(0.01), np.log(5.0), n_nodes))
     live = np.exp(rng.uniform(np.log(1e3), np.log(1e6), n_nodes))
@@ -248,6 +294,7 @@ def _four_device_instance(n_nodes: int, n_cuts: int, seed: int = 0) -> Instance:
         link_overhead_ms=np.full((5, 5), 0.1),
         link_delay_ms=np.full((5, 5), 0.5),
         link_bandwidth_bps=rng.uniform(10e6, 100e6, (5, 5)),
+        device_cpu_group=cpu_group,
     )
 
 

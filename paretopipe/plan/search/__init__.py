@@ -2,8 +2,9 @@
 latency/throughput (and optionally bytes, memory) Pareto front. Pure numpy, no torch.
 
 Modules: :mod:`space` (counting and enumerating plans), :mod:`objectives`, :mod:`exhaustive`,
-:mod:`exact` (dynamic programming, with :mod:`labels` for dominance pruning), :mod:`nsga2`
-(with :mod:`localsearch` polishing its front), and :mod:`search` (the entry point and result).
+:mod:`exact` (dynamic programming, with :mod:`labels` for dominance pruning and :mod:`symmetry`
+for identical devices), :mod:`nsga2` (with :mod:`localsearch` polishing its front), :mod:`cost`
+(the estimates ``auto`` chooses by), and :mod:`dispatch` (the entry point and result).
 """
 
 from paretopipe.plan.search.dispatch import AUTO_EXHAUSTIVE_MAX, METHODS, SearchResult, search

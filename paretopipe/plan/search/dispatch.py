@@ -4,8 +4,10 @@
 - ``exact``: dynamic programming with dominance pruning; the same front as exhaustive, ties
   included, when the objectives include latency or bytes;
 - ``nsga2``: pymoo's NSGA-II, for objective sets exact does not cover or as a cross-check;
-- ``auto``: exhaustive below :data:`AUTO_EXHAUSTIVE_MAX` plans, else exact when it supports the
-  objectives, else nsga2. :attr:`SearchResult.method` says which one ran.
+- ``auto``: exhaustive below :data:`AUTO_EXHAUSTIVE_MAX` plans (it keeps them all for a plot);
+  above, when exact supports the objectives, whichever of exact and exhaustive has the lower
+  a-priori cost estimate (:mod:`cost`: scored plan-stages against DP labels), else nsga2.
+  :attr:`SearchResult.method` says which one ran, ``details["cost_estimates"]`` the estimates.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 
 from paretopipe.errors import UsageError
 from paretopipe.plan.costmodel import Instance, Plan, PlanBreakdown, evaluate_plan
+from paretopipe.plan.search.cost import exact_cost, exhaustive_cost
 from paretopipe.plan.search.exact import exact_search, exact_supports
 from paretopipe.plan.search.exhaustive import exhaustive_search, front_of_batches
 from paretopipe.plan.search.nsga2 import DEFAULT_GENERATIONS, DEFAULT_POLISH_ROUNDS, DEFAULT_POP_SIZE, nsga2_search
@@ -107,7 +110,9 @@ def _frame(inst: Instance, batches: list[PlanBatch], on_front: list[np.ndarray])
     return frame
 
 
-def _choose(method: str, size: int, objectives: tuple[str, ...]) -> str:
+def _choose(
+    method: str, inst: Instance, stages: tuple[int, ...], objectives: tuple[str, ...], symmetry: bool
+) -> tuple[str, dict[str, float]]:
     if method not in METHODS:
         raise UsageError(f"unknown search method {method!r}", f"choose one of {', '.join(METHODS)}")
     if method == "exact" and not exact_supports(objectives):
@@ -116,10 +121,16 @@ def _choose(method: str, size: int, objectives: tuple[str, ...]) -> str:
             "use method='nsga2' or 'exhaustive'",
         )
     if method != "auto":
-        return method
-    if size < AUTO_EXHAUSTIVE_MAX:
-        return "exhaustive"
-    return "exact" if exact_supports(objectives) else "nsga2"
+        return method, {}
+    if space_size(inst.n_cuts, inst.n_devices, stages) < AUTO_EXHAUSTIVE_MAX:
+        return "exhaustive", {}
+    if not exact_supports(objectives):
+        return "nsga2", {}
+    costs = {
+        "exhaustive": exhaustive_cost(inst.n_cuts, inst.n_devices, stages, len(objectives)),
+        "exact": exact_cost(inst, stages, objectives, symmetry),
+    }
+    return ("exact" if costs["exact"] < costs["exhaustive"] else "exhaustive"), costs
 
 
 def search(
@@ -132,6 +143,7 @@ def search(
     pop_size: int = DEFAULT_POP_SIZE,
     generations: int = DEFAULT_GENERATIONS,
     polish_rounds: int = DEFAULT_POLISH_ROUNDS,
+    symmetry: bool = True,
 ) -> SearchResult:
     """Find the Pareto front of ``inst`` over plans with K stages, K in ``stages``.
 
@@ -139,7 +151,9 @@ def search(
     maximised, memory = largest stage peak minimised). ``keep`` = "all" returns every evaluated
     plan, "front" only the front, "auto" all up to :data:`KEEP_ALL_MAX` evaluated plans (exact
     and nsga2 evaluate only candidates). ``seed``, ``pop_size`` and ``generations`` apply to
-    nsga2. Stage counts with no plan (K > devices or K-1 > cuts) contribute nothing.
+    nsga2. Stage counts with no plan (K > devices or K-1 > cuts) contribute nothing. With
+    ``symmetry``, exact builds one plan per relabelling of identical devices (the canonical one,
+    see :mod:`exact`); exhaustive and nsga2 search every plan either way.
 
     Returns a :class:`SearchResult`. Raises UsageError for an unknown method/objective/keep,
     bad stage counts, an empty plan space, or exact with objectives it does not support.
@@ -151,7 +165,7 @@ def search(
     size = space_size(inst.n_cuts, inst.n_devices, usable)
     if keep not in ("auto", "all", "front"):
         raise UsageError(f"unknown keep={keep!r}", "use 'auto', 'all' or 'front'")
-    chosen = _choose(method, size, objectives)
+    chosen, costs = _choose(method, inst, usable, objectives, symmetry)
     if size == 0:
         raise UsageError(
             f"no plan has {list(requested)} stages with {inst.n_devices} devices and {inst.n_cuts} cuts",
@@ -162,11 +176,14 @@ def search(
         keep_all = keep == "all" or (keep == "auto" and size <= KEEP_ALL_MAX)
         batches, evaluated = exhaustive_search(inst, usable, objectives, keep_all)
     elif chosen == "exact":
-        batches, details = exact_search(inst, usable, objectives)
+        batches, stats = exact_search(inst, usable, objectives, symmetry)
+        details = dict(stats)
         evaluated = sum(len(b) for b in batches)
     else:
         batches, evaluated = nsga2_search(inst, usable, objectives, seed, pop_size, generations, polish_rounds)
         details = {"pop_size": pop_size, "generations": generations, "seed": seed, "polish_rounds": polish_rounds}
+    if costs:
+        details["cost_estimates"] = costs
     masks = front_of_batches(batches, objectives)
     keep_all = keep == "all" or (keep == "auto" and evaluated <= KEEP_ALL_MAX)
     if not keep_all:
