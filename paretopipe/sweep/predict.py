@@ -349,10 +349,9 @@ class PlanningResult:
 
 def predict(instance: Instance, cut_indices: Sequence[int], device_indices: Sequence[int]) -> dict[str, Any]:
     """A plan file's ``predicted`` block for one plan of ``instance`` (indices into its cuts and devices)."""
-    from paretopipe.plan.costmodel import Plan as CostPlan
-    from paretopipe.plan.costmodel import evaluate_plan
+    from paretopipe.plan.costmodel import PlanIndices, evaluate_plan
 
-    predicted = evaluate_plan(instance, CostPlan(tuple(cut_indices), tuple(device_indices))).to_dict()
+    predicted = evaluate_plan(instance, PlanIndices(tuple(cut_indices), tuple(device_indices))).to_dict()
     predicted["window"] = instance.window
     return predicted
 
