@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paretopipe.cli import app
-from paretopipe.runtime.session import Measurement
+from paretopipe.runtime.measurement import Measurement
 from paretopipe.sweep.store import COLUMNS, RunStore
 from tests.fixtures import measurements as fake
 from tests.test_runtime import _free_ports

@@ -72,7 +72,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from paretopipe.errors import ParetoPipeError
 
 if TYPE_CHECKING:
-    from paretopipe.runtime.session import Measurement, Session, StageTimes
+    from paretopipe.runtime.measurement import Measurement, StageTimes
+    from paretopipe.runtime.session import Session
 
 #: Where a run directory keeps the device runtime calibration of its sweep.
 FILENAME = "device_runtime.json"

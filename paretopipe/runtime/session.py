@@ -29,15 +29,16 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import CapabilityError, ParetoPipeError, TransportError, UsageError, WorkerError
-from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.network.conditions import Scenario
 from paretopipe.plan.plan_file import Plan
-from paretopipe.runtime.driver import Driver, StageStats
+from paretopipe.runtime.driver import Driver
 from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
+from paretopipe.runtime.measurement import Measurement, ShapedLink, StageTimes
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import DRIVER, Testbed
 
@@ -63,81 +64,6 @@ class MeasureOptions:
             raise UsageError("items must be >= 1 (latency) and >= 2 (throughput), warm-up >= 0")
         if not self.min_time_s >= 0:
             raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time-s 2")
-
-
-@dataclass(frozen=True)
-class ShapedLink:
-    """One directed link a plan used, and how each part of its condition was applied.
-
-    ``mechanism`` maps each part (bandwidth, delay, ...) to what applied it (``tc-htb``,
-    ``userspace``, ``none``, ...); ``userspace`` is what the user-space shaper still applies."""
-
-    src: str
-    dst: str
-    label: str
-    condition: LinkCondition
-    mechanism: dict[str, str]
-    userspace: LinkCondition
-
-    def to_dict(self) -> dict[str, Any]:
-        """The link as results record it (without ``userspace``, which the mechanisms imply)."""
-        return {
-            "src": self.src,
-            "dst": self.dst,
-            "label": self.label,
-            "condition": self.condition.to_dict(),
-            "spec": self.condition.spec(),
-            "mechanism": dict(self.mechanism),
-        }
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Per-stage medians of one mode as the workers reported them (ms, rounded to 0.1 µs), one
-    entry per stage."""
-
-    compute_ms: list[float]
-    compute_cpu_ms: list[float]
-    wait_ms: list[float]
-    send_ms: list[float]
-
-    @classmethod
-    def from_stats(cls, stats: Sequence[StageStats]) -> StageTimes:
-        med = [s.medians() for s in stats]
-        return cls(*([round(m[k], 4) for m in med] for k in ("compute_ms", "compute_cpu_ms", "wait_ms", "send_ms")))
-
-
-@dataclass
-class Measurement:
-    """What :meth:`Session.measure` measured for one plan under one scenario, and how.
-
-    Latency fields are None unless latency mode ran, throughput fields unless throughput mode
-    ran, the output check's unless it ran. Times in ms unless named otherwise."""
-
-    config: str
-    started: str
-    isolation: str
-    links: list[ShapedLink]
-    setup_s: float
-    threads: dict[str, int | None] = field(default_factory=dict)
-    output_exact: bool | None = None
-    output_max_abs_diff: float | None = None
-    latency_ms_p50: float | None = None
-    latency_ms_p95: float | None = None
-    latency_ms_p99: float | None = None
-    latency_ms_mean: float | None = None
-    latency_items: int | None = None
-    latency_stages: StageTimes | None = None
-    throughput_ips: float | None = None
-    throughput_items: int | None = None
-    throughput_s: float | None = None
-    window: int | None = None
-    throughput_stages: StageTimes | None = None
-
-    @property
-    def shaping(self) -> str:
-        """The mechanisms that shaped the links, e.g. ``tc-htb+userspace``, or ``none``."""
-        return shaping_summary(self.links)
 
 
 def _window(plan: Plan, options: MeasureOptions) -> int:
@@ -470,14 +396,3 @@ class Session:
                     "the worker is stopped, hung or cut off from the network",
                 )
         return cause
-
-
-def shaping_summary(links: Sequence[ShapedLink]) -> str:
-    """How links were shaped: the mechanisms used, e.g. ``tc-htb+userspace``, or ``none``."""
-    kinds = {
-        ("not-applied" if m.startswith("not-applied") else m)
-        for link in links
-        for m in link.mechanism.values()
-        if m != "none"
-    }
-    return "+".join(sorted(kinds)) or "none"

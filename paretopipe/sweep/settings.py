@@ -35,9 +35,7 @@ class SweepSettings:
     repeats: int = 1
     neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
     near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
-    refine: int = (
-        3  # with cuts="front": rounds adding plans predicted near the measured front (paretopipe.sweep.refine)
-    )
+    refine: int = 3  # with cuts="front": rounds adding plans predicted near the measured front (refine.py)
     out: str = "results/run"
     resume: bool = False
     fail_fast: bool = False
@@ -52,9 +50,7 @@ class SweepSettings:
     isolation: str = "loopback"  # loopback | netns
     secure: bool = False
     device_runtime: bool = True  # run the whole model on each device first (paretopipe.calibrate.device_runtime)
-    pass_check: bool = (
-        True  # with device_runtime: measure it again at the start of every pass (device_checks.PassCheck)
-    )
+    pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (PassCheck)
     recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
 
 
