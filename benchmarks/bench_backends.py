@@ -72,7 +72,7 @@ def _measure(
     import logging
 
     logging.getLogger("paretopipe.transport").setLevel(logging.ERROR)  # main prints the rpc trust warning once
-    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.network.conditions import Scenario
     from paretopipe.runtime.session import MeasureOptions, Session
     from paretopipe.testbed import load_testbed
 
@@ -81,8 +81,8 @@ def _measure(
     try:
         with Session(load_testbed(testbed), backend) as session:
             for model, cut in plans:
-                row = session.measure(_plan(model, cut, devices), ("local", LinkCondition()), options)
-                kept = {k: row[k] for k in (*METRICS, "output_exact", "output_max_abs_diff")}
+                m = session.measure(_plan(model, cut, devices), Scenario("local"), options)
+                kept = {k: getattr(m, k) for k in (*METRICS, "output_exact", "output_max_abs_diff")}
                 rows.append({"model": model, "cut": cut, "backend": backend, **kept})
     except BaseException as exc:
         out.put(("error", f"{backend}: {type(exc).__name__}: {exc}"))

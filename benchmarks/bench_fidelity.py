@@ -68,8 +68,12 @@ from paretopipe.plan.plan_file import load_plan, safe_name, write_json_atomic
 from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
+from paretopipe.sweep.device_checks import CHECKS_FILE
+from paretopipe.sweep.inputs import planning_inputs
+from paretopipe.sweep.planning import replan
 from paretopipe.sweep.predict import build_instance, link_models, reprice, whole_model_links_ms
-from paretopipe.sweep.runner import CHECKS_FILE, _inputs, near_measured, replan
+from paretopipe.sweep.refine import near_measured
+from paretopipe.sweep.rows import stage_values
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
 
@@ -259,8 +263,8 @@ def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
             continue
         runtimes = by_number[n]["devices"]
         devices = str(r["devices"]).split("+")
-        compute = sum(json.loads(r["lat_stage_compute_ms"]))
-        pred_compute = sum(json.loads(r["pred_stage_ms"])) + sum(runtimes[d]["stage_start_ms"] for d in devices)
+        compute = sum(stage_values(r, "lat_stage_compute_ms"))
+        pred_compute = sum(stage_values(r, "pred_stage_ms")) + sum(runtimes[d]["stage_start_ms"] for d in devices)
         latency, pred = float(r["latency_ms_p50"]), float(r["pred_latency_ms"])
         parts.setdefault(len(devices), []).append((compute, pred_compute, latency - compute, pred - pred_compute))
     return "; ".join(
@@ -326,7 +330,7 @@ def run_one(
     rows = store.rows()
     rows = rows[rows["network"].isin(networks)]
     checks = read_checks(run)
-    inputs = _inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
+    inputs = planning_inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
     if not measure:  # the measurements as they are, priced by this version of the cost model
         rows = priced_by(run, rows, settings, checks, inputs, lambda r, n: n)
         count = int(rows["config"].nunique())

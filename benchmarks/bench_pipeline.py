@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -271,22 +270,22 @@ class PipelineBench:
         )
         for attempt in range(self.args.retries + 1):
             with self.monitor as mon:
-                row = self.session.measure(plan, self.scenario, options)
+                m = self.session.measure(plan, self.scenario, options)
             means = [
                 statistics.fmean(s.compute_ms[self.args.warmup :] or s.compute_ms)
                 for s in sorted(self._last_stats, key=lambda s: s.stage)
             ]
             run = Run(
                 cut,
-                row["throughput_ips"],
+                m.throughput_ips,
                 means,
-                json.loads(row["tput_stage_compute_ms"]),
-                row["window"],
-                row["throughput_items"],
+                m.throughput_stages.compute_ms,
+                m.window,
+                m.throughput_items,
                 mon.mean_pct,
                 mon.peak_pct,
                 self._last_stats,
-                row.get("output_exact"),
+                m.output_exact,
                 self._phase_cpu_ms,
                 self.shares,
             )

@@ -74,7 +74,7 @@ def main() -> None:
     duration_s = args.minutes * 60
     print(
         f"soak: {args.model} cut after {cut.after} (#{cut.index}, {cut.nbytes / 1e3:.0f} kB) on {'+'.join(devices)}, "
-        f"{tb.name}, network {scenario[0]}, window {args.window}, {args.minutes:g} min, {args.isolation}",
+        f"{tb.name}, network {scenario.name}, window {args.window}, {args.minutes:g} min, {args.isolation}",
         flush=True,
     )
 

@@ -21,7 +21,7 @@ else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.host.isa import LEVELS as ISA_LEVELS
-from paretopipe.network.conditions import LinkCondition, resolve_network
+from paretopipe.network.conditions import LinkCondition, Scenario, resolve_network
 
 DRIVER = "driver"
 _MEM_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -118,8 +118,8 @@ class Testbed:
     def all_local(self) -> bool:
         return all(d.is_local for d in self.devices)
 
-    def link(self, src: str, dst: str, scenario: tuple[str, LinkCondition]) -> tuple[str, LinkCondition]:
-        """``(label, condition)`` of the directed link src -> dst under a network scenario.
+    def link(self, src: str, dst: str, scenario: Scenario) -> Scenario:
+        """The scenario (label and condition) of the directed link src -> dst under ``scenario``.
 
         Device-to-device links get the scenario unless the testbed overrides that direction.
         The driver's links are those of the device it shares a host with (``driver.device``);
@@ -127,10 +127,10 @@ class Testbed:
         """
         src_device, dst_device = self._resolve_driver(src), self._resolve_driver(dst)
         if src_device is None or dst_device is None or src_device == dst_device:
-            return "local", LinkCondition()
+            return Scenario("local", LinkCondition())
         for o in self.links:
             if o.src == src_device and o.dst == dst_device:
-                return o.label, o.condition
+                return Scenario(o.label, o.condition)
         return scenario
 
     def _resolve_driver(self, name: str) -> str | None:
@@ -294,10 +294,10 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
         dst = f.get("dst", str, check=lambda v, src=src: v in names and v != src, hint="another device")
         spec = f.get("network", str, hint="a scenario name or e.g. 'bandwidth=20mbit delay=10ms'")
         try:
-            label, cond = resolve_network(spec, scenarios if scenarios is not None else _scenarios())
+            resolved = resolve_network(spec, scenarios if scenarios is not None else _scenarios())
         except UsageError as exc:
             raise ConfigError(p, f"links[{i}].network", exc.message, exc.hint) from None
-        links.append(LinkOverride(src, dst, label, cond))
+        links.append(LinkOverride(src, dst, resolved.name, resolved.condition))
     return Testbed(
         name=top.get("name", str, p.stem),
         path=str(p),

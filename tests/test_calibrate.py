@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from paretopipe.calibrate.link_file import Calibration, LinkFit, calibration_from_dict, load_calibration
 from paretopipe.calibrate.link_measure import fit_hops, relay_plan
 from paretopipe.cli import app
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.sweep.predict import _link_matrices, link_models
 from paretopipe.testbed import load_testbed
 from tests.test_sweep import _testbed
@@ -43,7 +43,7 @@ def test_file_round_trip_and_planner_uses_it(tmp_path):
     assert back.links == cal.links
     assert back.link("b", "a").overhead_ms == pytest.approx(0.175)  # unknown link: median of the fits
     tb = load_testbed(_testbed(tmp_path))
-    models = link_models(tb, ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5)), back, ["a", "b"])
+    models = link_models(tb, Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5)), back, ["a", "b"])
     ab = models[("a", "b")]
     assert ab.overhead_ms == 0.25 and ab.condition.delay_ms == 5
     overhead, delay, rate, shaped = _link_matrices(models, ["a", "b"])  # index 2 is the driver

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paretopipe.errors import CutError, UsageError
-from paretopipe.plan.costmodel import Instance, Plan, evaluate_plan, evaluate_plans
+from paretopipe.plan.costmodel import Instance, PlanIndices, evaluate_plan, evaluate_plans
 
 
 def toy(**overrides) -> Instance:
@@ -36,7 +36,7 @@ def toy(**overrides) -> Instance:
     return Instance(**args)
 
 
-PLAN = Plan(cut_indices=(0, 1), devices=(2, 0, 1))  # nodes 0-1 on c, 2-3 on a, 4-5 on b
+PLAN = PlanIndices(cut_indices=(0, 1), devices=(2, 0, 1))  # nodes 0-1 on c, 2-3 on a, 4-5 on b
 
 
 def test_three_stage_plan_by_hand():
@@ -127,7 +127,7 @@ def test_memory_limit_makes_plan_infeasible():
     assert not evaluate_plan(inst, PLAN).feasible
     assert not evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices]).feasible[0]
     # the same cuts with the big stage on an unlimited device are fine
-    assert evaluate_plan(inst, Plan((0, 1), (2, 1, 0))).feasible  # b gets the 2070-byte stage
+    assert evaluate_plan(inst, PlanIndices((0, 1), (2, 1, 0))).feasible  # b gets the 2070-byte stage
 
 
 def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
@@ -144,7 +144,7 @@ def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
     m = evaluate_plans(inst, np.array([[0, 1]]), np.array([[0, 1, 2]]))
     # b holds its CPU 3 + 0.5 ms, c 4 x 1.5 ms: together 9.5 ms per item, more than any one stage
     assert m.bottleneck_ms[0] == pytest.approx(9.5) and m.latency_ms[0] == pytest.approx(9.5)
-    assert evaluate_plan(inst, Plan((0, 1), (0, 1, 2))).bottleneck_ms == pytest.approx(9.5)
+    assert evaluate_plan(inst, PlanIndices((0, 1), (0, 1, 2))).bottleneck_ms == pytest.approx(9.5)
     alone = evaluate_plans(inst, np.array([[0, 1]]), np.array([[1, 0, 2]]))  # b 2.5, a 3, c 6: b and c 8.5
     assert alone.bottleneck_ms[0] == pytest.approx(8.5)
     separate = Instance(
@@ -162,7 +162,7 @@ def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
 
 
 def test_single_stage_plan():
-    b = evaluate_plan(toy(), Plan((), (0,)))
+    b = evaluate_plan(toy(), PlanIndices((), (0,)))
     assert b.stage_ms == pytest.approx((6.0,))
     assert b.bytes_per_item == 0
     assert b.latency_ms == pytest.approx((0.1 + 4 + 0.5) + 6 + (0.1 + 0.5 + 0.5))
@@ -216,7 +216,7 @@ def test_vectorised_and_single_evaluators_agree(inst, seed):
         cuts, devs = _random_plans(inst, k, 5, seed)
         m = evaluate_plans(inst, cuts, devs)
         for i in range(len(devs)):
-            b = evaluate_plan(inst, Plan(cuts[i], devs[i]))
+            b = evaluate_plan(inst, PlanIndices(cuts[i], devs[i]))
             assert m.latency_ms[i] == pytest.approx(b.latency_ms, rel=1e-12)
             assert m.bottleneck_ms[i] == pytest.approx(b.bottleneck_ms, rel=1e-12)
             assert m.throughput_ips[i] == pytest.approx(b.throughput_ips, rel=1e-12)
@@ -235,7 +235,7 @@ def test_evaluators_agree_exactly_on_integer_data(inst, seed):
         cuts, devs = _random_plans(inst, k, 4, seed)
         m = evaluate_plans(inst, cuts, devs)
         for i in range(len(devs)):
-            b = evaluate_plan(inst, Plan(cuts[i], devs[i]))
+            b = evaluate_plan(inst, PlanIndices(cuts[i], devs[i]))
             assert tuple(m.stage_ms[i]) == b.stage_ms
             assert tuple(m.stage_mem_bytes[i]) == b.stage_mem_bytes
             assert m.bytes_per_item[i] == b.bytes_per_item
@@ -265,9 +265,9 @@ def test_bad_plans_are_rejected():
     with pytest.raises(CutError, match=r"\[1, 0\]"):
         evaluate_plans(inst, [[1, 0]], [[0, 1, 2]])
     with pytest.raises(CutError):
-        evaluate_plan(inst, Plan((0, 3), (0, 1, 2)))
+        evaluate_plan(inst, PlanIndices((0, 3), (0, 1, 2)))
     with pytest.raises(CutError, match="needs 2 devices"):
-        Plan((0,), (0,))
+        PlanIndices((0,), (0,))
 
 
 def test_defaults_and_read_only_arrays():
@@ -276,4 +276,4 @@ def test_defaults_and_read_only_arrays():
     assert np.isinf(inst.device_mem_bytes).all() and np.isinf(inst.link_bandwidth_bps).all()
     with pytest.raises(ValueError):
         inst.node_ms[0, 0] = 5.0
-    assert evaluate_plan(inst, Plan((), (0,))).latency_ms == 3.0
+    assert evaluate_plan(inst, PlanIndices((), (0,))).latency_ms == 3.0

@@ -10,6 +10,7 @@ import pytest
 from paretopipe.calibrate import device_runtime as devicecal
 from paretopipe.calibrate.device_runtime import DeviceRuntime
 from paretopipe.errors import ParetoPipeError
+from tests.fixtures.measurements import measured, stages
 
 
 def test_factors_and_round_trip():
@@ -69,7 +70,7 @@ class _Session:
         self.rows, self.seen, self.modes = rows, [], []
 
     def measure(self, plan, scenario, options):
-        self.seen.append((plan, scenario[0], options.latency_items, options.throughput_items))
+        self.seen.append((plan, scenario.name, options.latency_items, options.throughput_items))
         self.modes.append(options.modes)
         return self.rows[plan]
 
@@ -78,8 +79,8 @@ def test_measure_reads_the_worker_medians_of_each_device():
     p1, p2 = _Plan("P1"), _Plan("P2", batch_size=2)
     session = _Session(
         {
-            p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[13.2]", "throughput_ips": 70.0},
-            p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[36.0]", "throughput_ips": 50.0},
+            p1: _row(12.0, 13.2, 70.0),
+            p2: _row(30.0, 36.0, 50.0),
         }
     )
     out = devicecal.measure(session, {"fast": p1, "slow": p2}, {"fast": 10.0, "slow": 25.0}, items=7)
@@ -91,7 +92,7 @@ def test_measure_reads_the_worker_medians_of_each_device():
 
 def test_measure_names_the_device_without_compute_times():
     p = _Plan("P")
-    session = _Session({p: {"lat_stage_compute_ms": "[]", "tput_stage_compute_ms": "[1.0]", "throughput_ips": 1.0}})
+    session = _Session({p: measured(latency_stages=stages(), throughput_stages=stages(1.0), throughput_ips=1.0)})
     with pytest.raises(ParetoPipeError, match="'slow'"):
         devicecal.measure(session, {"slow": p}, {"slow": 1.0})
 
@@ -107,8 +108,8 @@ class _SequenceSession:
         return next(self.rows[plan])
 
 
-def _row(lat, tput, ips):
-    return {"lat_stage_compute_ms": f"[{lat}]", "tput_stage_compute_ms": f"[{tput}]", "throughput_ips": ips}
+def _row(lat, tput, ips, **more):
+    return measured(latency_stages=stages(lat), throughput_stages=stages(tput), throughput_ips=ips, **more)
 
 
 def test_rounds_visit_every_device_in_turn_and_one_slow_window_does_not_move_the_median():
@@ -163,14 +164,14 @@ def test_one_item_latencies_are_recorded_beside_the_compute_times():
     session = _SequenceSession(
         {
             whole: [
-                {**_row(25.0, 26.0, 35.0), "latency_ms_p50": 27.5},
-                {**_row(24.0, 26.0, 35.0), "latency_ms_p50": 26.0},
-                {**_row(26.0, 26.0, 35.0), "latency_ms_p50": 29.0},
+                _row(25.0, 26.0, 35.0, latency_ms_p50=27.5),
+                _row(24.0, 26.0, 35.0, latency_ms_p50=26.0),
+                _row(26.0, 26.0, 35.0, latency_ms_p50=29.0),
             ],
             tail: [
-                {"lat_stage_compute_ms": "[14.0, 5.8]", "latency_ms_p50": 22.0},
-                {"lat_stage_compute_ms": "[14.0, 5.9]", "latency_ms_p50": 23.0},
-                {"lat_stage_compute_ms": "[14.0, 5.7]", "latency_ms_p50": "nan"},
+                measured(latency_stages=stages(14.0, 5.8), latency_ms_p50=22.0),
+                measured(latency_stages=stages(14.0, 5.9), latency_ms_p50=23.0),
+                measured(latency_stages=stages(14.0, 5.7), latency_ms_p50=float("nan")),
             ],
         }
     )
@@ -217,10 +218,10 @@ def test_measure_runs_the_tails_in_latency_mode_and_fits_the_line():
     p1, p2, t1, t2 = _Plan("P1"), _Plan("P2"), _TailPlan("T1", 2.0), _TailPlan("T2", 5.0)
     session = _Session(
         {
-            p1: {"lat_stage_compute_ms": "[12.0]", "tput_stage_compute_ms": "[12.0]", "throughput_ips": 80.0},
-            p2: {"lat_stage_compute_ms": "[30.0]", "tput_stage_compute_ms": "[30.0]", "throughput_ips": 30.0},
-            t1: {"lat_stage_compute_ms": "[27.0, 3.0]"},
-            t2: {"lat_stage_compute_ms": "[10.0, 7.0]"},
+            p1: _row(12.0, 12.0, 80.0),
+            p2: _row(30.0, 30.0, 30.0),
+            t1: measured(latency_stages=stages(27.0, 3.0)),
+            t2: measured(latency_stages=stages(10.0, 7.0)),
         }
     )
     out = devicecal.measure(

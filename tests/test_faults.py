@@ -26,8 +26,9 @@ from paretopipe.cli import app
 from paretopipe.errors import WorkerError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.plan.plan_file import Plan, PlanCut
-from paretopipe.sweep.runner import Config, SweepSettings, execute
+from paretopipe.sweep import Config, SweepSettings, execute
 from paretopipe.sweep.store import RunStore
+from tests.fixtures.measurements import measured
 from tests.test_runtime import _free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ def test_rpc_failure_leaves_the_rest_for_resume(tmp_path, monkeypatch):
         def measure(self, plan, scenario, options):
             if plan.id == PLANS[1].id:
                 raise WorkerError("b", "process exited (killed by SIGKILL)")
-            return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
+            return measured(latency_ms_p50=1.0, throughput_ips=1.0)
 
     settings, store, configs = _fake_sweep(tmp_path, monkeypatch, FakeSession, "rpc")
     logged: list[str] = []
@@ -308,7 +309,7 @@ def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_mea
     # The device runtime calibration (in prepare) and the measurements (in execute) must run on the
     # same workers: a pool passed to both opens one session per backend, restarts it only after a
     # failure, closes another backend's session before opening one, and closes everything on exit.
-    from paretopipe.sweep.runner import Sessions
+    from paretopipe.sweep import Sessions
 
     events: list[tuple[str, int]] = []
 
@@ -330,7 +331,7 @@ def test_a_shared_pool_keeps_one_set_of_workers_from_calibration_to_the_last_mea
             events.append((f"measure {plan.id}", self.n))
             if plan.id == PLANS[1].id and self.backend == "zmq":
                 raise WorkerError("b", "process exited (killed by SIGKILL)")
-            return {"latency_ms_p50": 1.0, "throughput_ips": 1.0}
+            return measured(latency_ms_p50=1.0, throughput_ips=1.0)
 
     settings, store, configs = _fake_sweep(tmp_path, monkeypatch, FakeSession, "zmq")
     with Sessions(settings, testbed=None) as pool:

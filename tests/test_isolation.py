@@ -4,7 +4,6 @@ in network namespaces with kernel shaping, leaving nothing behind."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from paretopipe.errors import UsageError
 from paretopipe.network.capabilities import HostCapabilities
-from paretopipe.network.conditions import LinkCondition, parse_condition
+from paretopipe.network.conditions import LinkCondition, Scenario, parse_condition
 from paretopipe.network.netns import NamespaceNetwork, _pick_subnet, host_device_name, list_namespaces
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.endpoints import relocated, render_testbed
@@ -191,15 +190,14 @@ def test_netns_run_gives_exact_output_and_leaves_nothing(tmp_path):
             assert listening == {session.net.address(name)}, "a worker binds exactly its testbed address"
         row = session.measure(
             plan,
-            ("lan", parse_condition("bandwidth=100mbit delay=1ms")),
+            Scenario("lan", parse_condition("bandwidth=100mbit delay=1ms")),
             MeasureOptions(latency_items=5, throughput_items=10, warmup=1),
         )
-    assert row["output_exact"] is True and row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
-    assert row["isolation"] == "netns"
-    links = json.loads(row["links"])
-    assert links[1]["mechanism"]["bandwidth"] == "tc-htb"
-    assert links[0]["mechanism"]["bandwidth"] == "none"  # the driver shares no device's host: unshaped
-    assert "tc-htb" in row["shaping"]
+    assert row.output_exact is True and row.latency_ms_p50 > 0 and row.throughput_ips > 0
+    assert row.isolation == "netns"
+    assert row.links[1].mechanism["bandwidth"] == "tc-htb"
+    assert row.links[0].mechanism["bandwidth"] == "none"  # the driver shares no device's host: unshaped
+    assert "tc-htb" in row.shaping
     _nothing_left(prefix, os.getpid())
 
 
@@ -209,12 +207,12 @@ def test_kernel_bandwidth_sets_the_transfer_time_of_a_large_hop(tmp_path):
     nbytes = 16 * WIDEN * 4
     plan = Plan(model=FANOUT, batch_size=1, cuts=(PlanCut(1, "repeat"),), devices=("a", "b"))
     with Session(load_testbed(_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20) as session:
-        base = session.measure(plan, ("ideal", LinkCondition()), QUICK)
-        row = session.measure(plan, ("slow", parse_condition("bandwidth=20mbit")), QUICK)
-    mech = json.loads(row["links"])[1]["mechanism"]
+        base = session.measure(plan, Scenario("ideal", LinkCondition()), QUICK)
+        row = session.measure(plan, Scenario("slow", parse_condition("bandwidth=20mbit")), QUICK)
+    mech = row.links[1].mechanism
     assert mech["bandwidth"] in ("tc-htb", "tc-tbf") and mech["delay"] == "none"
-    assert row["shaping"] in ("tc-htb", "tc-tbf") and base["shaping"] == "none"
-    transfer_ms = row["latency_ms_p50"] - base["latency_ms_p50"]
+    assert row.shaping in ("tc-htb", "tc-tbf") and base.shaping == "none"
+    transfer_ms = row.latency_ms_p50 - base.latency_ms_p50
     expected_ms = nbytes * 8 / 20e6 * 1e3
     print(f"1 MiB over 20 Mbit/s: {transfer_ms:.1f} ms measured, {expected_ms:.1f} ms = n / bandwidth")
     assert transfer_ms == pytest.approx(expected_ms, rel=0.15), (transfer_ms, expected_ms)

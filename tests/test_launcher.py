@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from paretopipe.errors import WorkerError
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
@@ -23,7 +23,7 @@ from tests.test_runtime import _free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
-LOCAL = ("local", LinkCondition())
+LOCAL = Scenario("local", LinkCondition())
 
 
 def _testbed(tmp_path: Path, quota: bool = False, isa: str | None = None) -> Path:
@@ -68,8 +68,8 @@ def test_run_measures_and_leaves_no_worker(tmp_path):
         for name, pid in pids.items():
             assert os.sched_getaffinity(pid) == set(tb.device(name).cpus)
         row = session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
-    assert row["output_exact"] is True
-    assert row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
+    assert row.output_exact is True
+    assert row.latency_ms_p50 > 0 and row.throughput_ips > 0
     assert not _wait_gone(tb_path)
 
 
@@ -107,7 +107,7 @@ def test_isa_worker_starts_with_the_limit_and_computes_exactly(tmp_path):
         row = session.measure(PLAN, LOCAL, MeasureOptions(latency_items=3, throughput_items=6, warmup=1))
         log = session.workers.log_path("b").read_text()
     # other kernels round differently: close to the unsplit model, not necessarily bit-equal
-    assert row["output_exact"] is True or 0 < row["output_max_abs_diff"] < 1e-4
+    assert row.output_exact is True or 0 < row.output_max_abs_diff < 1e-4
     assert "kernels limited to sse41" in log
 
 

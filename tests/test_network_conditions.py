@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.network.conditions import (
     LinkCondition,
+    Scenario,
     default_networks_path,
     format_rate,
     load_scenarios,
@@ -108,8 +109,8 @@ def test_bad_scenario_file_names_file_and_field(tmp_path):
 
 def test_resolve_network():
     scenarios = load_scenarios(REPO_NETWORKS)
-    assert resolve_network("wifi", scenarios) == ("wifi", scenarios["wifi"])
-    label, cond = resolve_network("delay=7ms", scenarios)
-    assert label == "delay=7ms" and cond.delay_ms == 7.0
+    assert resolve_network("wifi", scenarios) == Scenario("wifi", scenarios["wifi"])
+    inline = resolve_network("delay=7ms", scenarios)
+    assert inline.name == "delay=7ms" and inline.condition.delay_ms == 7.0
     with pytest.raises(UsageError, match="known: 3g, 4g"):
         resolve_network("5g", scenarios)

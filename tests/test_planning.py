@@ -15,13 +15,13 @@ from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import resolve_spec
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import load_plan
 from paretopipe.sweep.predict import gather_profiles, plan_front
 from paretopipe.testbed import load_testbed
 
 FACTORY = "tests.fixtures.toy_models:skipnet"
-WIFI = ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0))
+WIFI = Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0))
 runner = CliRunner()
 
 

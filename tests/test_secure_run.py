@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import MeasureOptions, Session, preflight
 from paretopipe.testbed import load_testbed
@@ -61,7 +61,7 @@ def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_tes
     with Session(tb, secure=True, startup_timeout_s=60, timeout_s=20) as session:
         assert all("--secure" in psutil.Process(pid).cmdline() for pid in session.workers.pids().values())
         pids = session.workers.pids()
-        assert session.measure(PLAN, ("local", LinkCondition()), options)["output_exact"] is True
+        assert session.measure(PLAN, Scenario("local", LinkCondition()), options).output_exact is True
 
         # Peers calling themselves "driver": one with its own CURVE key, one in plain text, and
         # (the control) one holding the real driver key, whose ping the worker does answer.
@@ -100,8 +100,8 @@ def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_tes
         with pytest.raises(TransportTimeout):  # the worker never acted: no 'ready' reached the driver
             session.transport.recv(timeout_s=1.0)
         assert session.workers.pids() == pids and session.driver.ping("a")["pid"] == pids["a"]
-        again = session.measure(PLAN, ("local", LinkCondition()), options)
-    assert again["output_exact"] is True
+        again = session.measure(PLAN, Scenario("local", LinkCondition()), options)
+    assert again.output_exact is True
 
 
 def test_missing_key_is_one_error_naming_the_file_and_field_before_any_work(tmp_path: Path):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from paretopipe.cli import app
+from paretopipe.runtime.measurement import Measurement
 from paretopipe.sweep.store import COLUMNS, RunStore
+from tests.fixtures import measurements as fake
 from tests.test_runtime import _free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,10 +179,10 @@ def test_repeat_agreement_counts_ordered_pairs_of_passes_of_one_plan():
 
 
 def test_repeats_are_passes_over_the_plans_of_each_scenario():
-    from paretopipe.network.conditions import LinkCondition
-    from paretopipe.sweep.runner import measurement_order
+    from paretopipe.network.conditions import LinkCondition, Scenario
+    from paretopipe.sweep.planning import measurement_order
 
-    lan, wifi = ("lan", LinkCondition()), ("wifi", LinkCondition(bandwidth_bps=50e6))
+    lan, wifi = Scenario("lan", LinkCondition()), Scenario("wifi", LinkCondition(bandwidth_bps=50e6))
     planned = [(lan, [("P1", True), ("P2", False)]), (wifi, [("P3", True)])]
     order = [
         (c.backend, c.network, c.plan, c.repeat, c.on_front) for c in measurement_order(["zmq", "rpc"], planned, 2)
@@ -202,7 +205,7 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
     """prepare + execute on the toy model with ``reply(plan)`` standing in for every measurement
     of the runtime Session; returns (outcome, rows, log lines, configurations)."""
     import paretopipe.runtime.session as session_mod
-    from paretopipe.sweep.runner import Sessions, SweepSettings, execute, prepare
+    from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 
     class FakeSession:
         """Tail runs of the device runtime check (latency mode only) compute in proportion to the
@@ -220,14 +223,13 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
         def measure(self, plan, scenario, options):
             if options.modes == ("latency",):
                 planned, measured = self.whole[plan.devices[-1]]
-                return {"lat_stage_compute_ms": json.dumps([1.0, measured * plan.predicted["stage_ms"][-1] / planned])}
-            row = reply(plan)
-            if plan.stages == 1:
-                self.whole[plan.devices[0]] = (
-                    plan.predicted["stage_ms"][0],
-                    json.loads(row["lat_stage_compute_ms"])[0],
+                return fake.measured(
+                    latency_stages=fake.stages(1.0, measured * plan.predicted["stage_ms"][-1] / planned)
                 )
-            return row
+            m = reply(plan)
+            if plan.stages == 1:
+                self.whole[plan.devices[0]] = (plan.predicted["stage_ms"][0], m.latency_stages.compute_ms[0])
+            return m
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
     st = SweepSettings(
@@ -252,12 +254,8 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
     return outcome, store.rows(), logged, configs
 
 
-def _whole_model_run(ms: float) -> dict:
-    return {
-        "lat_stage_compute_ms": json.dumps([ms]),
-        "tput_stage_compute_ms": json.dumps([ms]),
-        "throughput_ips": 1e3 / ms,
-    }
+def _whole_model_run(ms: float) -> Measurement:
+    return fake.measured(latency_stages=fake.stages(ms), throughput_stages=fake.stages(ms), throughput_ips=1e3 / ms)
 
 
 def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_path, monkeypatch):
@@ -274,7 +272,7 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
         measured.append(plan.id)
         if len(measured) == 6:
             raise WorkerError("b", "process exited (killed by SIGKILL)")
-        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
 
     outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     assert (outcome.measured, outcome.failed) == (7, 1)
@@ -294,10 +292,10 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
     # Each configuration takes 25 s of a fake clock and the devices slow down by 10% at every
     # check: with --recheck 60 the pass is checked again before its 4th configuration (75 s after
     # the first check), and that configuration and the next are priced with the new figures.
-    import paretopipe.sweep.runner as runner
+    from paretopipe.sweep import device_checks
 
     now = [0.0]
-    monkeypatch.setattr(runner, "_clock", lambda: now[0])
+    monkeypatch.setattr(device_checks, "_clock", lambda: now[0])
     checks = []
 
     def reply(plan):
@@ -306,12 +304,12 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
                 checks.append(now[0])  # three rounds per check, at one time
             return _whole_model_run(10.0 * 1.1 ** (len(set(checks)) - 1))
         now[0] += 25.0
-        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
 
     outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=3, recheck_s=60.0)
     per_pass = len(rows) // 3
     assert outcome.measured == 3 * per_pass and per_pass >= 4
-    recorded = [json.loads(line) for line in (tmp_path / "run" / runner.CHECKS_FILE).read_text().splitlines()]
+    recorded = [json.loads(line) for line in (tmp_path / "run" / device_checks.CHECKS_FILE).read_text().splitlines()]
     first = rows[rows["repeat"] == 0].reset_index()
     assert first["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int).tolist() == [1, 1, 1] + [2] * min(
         3, per_pass - 3
@@ -330,25 +328,25 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
 
 
 def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch):
-    import paretopipe.sweep.runner as runner
+    from paretopipe.sweep import device_checks
 
     now = [0.0]
-    monkeypatch.setattr(runner, "_clock", lambda: now[0])
+    monkeypatch.setattr(device_checks, "_clock", lambda: now[0])
 
     def reply(plan):
         if plan.stages == 1:
             return _whole_model_run(10.0)
         now[0] += 1000.0
-        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
 
     _, rows, _, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2, recheck_s=0.0)
-    recorded = [json.loads(line) for line in (tmp_path / "run" / runner.CHECKS_FILE).read_text().splitlines()]
+    recorded = [json.loads(line) for line in (tmp_path / "run" / device_checks.CHECKS_FILE).read_text().splitlines()]
     assert [(r["reason"], r["repeat"]) for r in recorded] == [("start", 0), ("start", 1)]
 
 
 def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
     _, rows, logged, configs = _fake_sweep(
-        tmp_path, monkeypatch, lambda plan: {**_whole_model_run(10.0), "latency_ms_p50": 30.0}, pass_check=False
+        tmp_path, monkeypatch, lambda plan: replace(_whole_model_run(10.0), latency_ms_p50=30.0), pass_check=False
     )
     assert not [m for m in logged if " pass " in m]
     assert len(rows) == 4 and not rows["calibration"].str.contains("check").any()
@@ -364,7 +362,7 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
     def reply(plan):
         if plan.stages == 1:
             return _whole_model_run(10.0)
-        return {"latency_ms_p50": 30.0, "throughput_ips": 50.0}
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
 
     outcome, rows, logged, configs = _fake_sweep(
         tmp_path, monkeypatch, reply, cuts="front", stages=(1, 2), neighbours=1, refine=refine
@@ -379,9 +377,10 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
     assert sum("more plans predicted within 10% of the measured front" in m for m in logged) == refine
     # a resumed run reloads the added configurations with the rest and measures nothing again
     from paretopipe.network.conditions import LinkCondition
-    from paretopipe.sweep.runner import SweepSettings, _reload
+    from paretopipe.sweep.planning import reload_configs
+    from paretopipe.sweep.settings import SweepSettings
 
-    assert [c.plan.id for c in _reload(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows[
+    assert [c.plan.id for c in reload_configs(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows[
         "plan_id"
     ].tolist()
     assert SweepSettings().refine == 3

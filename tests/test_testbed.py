@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.network.conditions import LinkCondition, load_scenarios
+from paretopipe.network.conditions import LinkCondition, Scenario, load_scenarios
 from paretopipe.testbed import load_testbed, parse_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-WIFI = ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0, jitter_ms=1.0))
+WIFI = Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0, jitter_ms=1.0))
 
 
 @pytest.mark.parametrize("name", ["local", "local-3", "pi-pair.example"])
@@ -52,10 +52,10 @@ def test_links_scenario_override_and_driver():
     tb = load_testbed(ROOT / "testbed" / "pi-pair.example.toml")
     assert tb.link("pi1", "pi2", WIFI) == WIFI
     # the driver shares pi1's host: its link to pi1 is local, to pi2 it is pi1's link
-    assert tb.link("driver", "pi1", WIFI)[0] == "local"
+    assert tb.link("driver", "pi1", WIFI).name == "local"
     assert tb.link("pi2", "driver", WIFI) == WIFI
     local = load_testbed(ROOT / "testbed" / "local.toml")
-    assert local.link("slow", "driver", WIFI)[0] == "local"
+    assert local.link("slow", "driver", WIFI).name == "local"
 
 
 def _write(tmp_path, text):
@@ -79,7 +79,7 @@ port = 6002
 def test_asymmetric_link_override(tmp_path):
     p = _write(tmp_path, GOOD + '[[links]]\nsrc = "a"\ndst = "b"\nnetwork = "bandwidth=10mbit delay=20ms"\n')
     tb = load_testbed(p)
-    assert tb.link("a", "b", WIFI)[1] == LinkCondition(bandwidth_bps=10e6, delay_ms=20.0)
+    assert tb.link("a", "b", WIFI).condition == LinkCondition(bandwidth_bps=10e6, delay_ms=20.0)
     assert tb.link("b", "a", WIFI) == WIFI
 
 

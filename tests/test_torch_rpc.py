@@ -296,7 +296,7 @@ def test_dead_member_fails_sends_and_close_is_bounded() -> None:
 
 
 def _run_session(tb_path: str, out: mp.Queue) -> None:
-    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.network.conditions import LinkCondition, Scenario
     from paretopipe.plan.plan_file import Plan, PlanCut
     from paretopipe.runtime.session import MeasureOptions, Session
     from paretopipe.testbed import load_testbed
@@ -306,7 +306,7 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
     try:
         with Session(load_testbed(tb_path), "rpc", startup_timeout_s=60) as session:
             row = session.measure(
-                plan, ("local", LinkCondition()), MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
+                plan, Scenario("local", LinkCondition()), MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
             )
         out.put(("ok", row))
     except Exception as exc:
@@ -330,6 +330,6 @@ def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     kind, row = out.get(timeout=150)
     proc.join(30)
     assert kind == "ok", row
-    assert row["output_exact"] is True and row["output_max_abs_diff"] == 0
-    assert row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
+    assert row.output_exact is True and row.output_max_abs_diff == 0
+    assert row.latency_ms_p50 > 0 and row.throughput_ips > 0
     assert not _wait_gone(tb_path)

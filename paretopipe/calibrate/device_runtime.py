@@ -17,14 +17,17 @@ What each figure means and why it is measured: docs/calibration.md.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from paretopipe.errors import ParetoPipeError
+
+if TYPE_CHECKING:
+    from paretopipe.runtime.measurement import Measurement, StageTimes
+    from paretopipe.runtime.session import Session
 
 #: Where a run directory keeps the device runtime calibration of its sweep.
 FILENAME = "device_runtime.json"
@@ -145,7 +148,7 @@ def summary(runtimes: dict[str, DeviceRuntime]) -> str:
 
 
 def measure(
-    session: Any,
+    session: Session,
     plans: dict[str, Any],
     profile_ms: dict[str, float],
     items: int = 20,
@@ -166,7 +169,7 @@ def measure(
     first to warm the workers up and is not counted. Raises ParetoPipeError (naming the device) if
     a run fails or reports no compute time.
     """
-    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.network.conditions import Scenario
     from paretopipe.runtime.session import MeasureOptions
 
     rounds = max(1, min(rounds, items))
@@ -185,39 +188,37 @@ def measure(
     for r in range(rounds + warm):
         for device, plan in plans.items():
             t0 = time.perf_counter()
-            row = session.measure(plan, ("local", LinkCondition()), options)
+            m = session.measure(plan, Scenario("local"), options)
             elapsed[device] += time.perf_counter() - t0
-            try:
-                lat = float(json.loads(row["lat_stage_compute_ms"])[0])
-                tput = float(json.loads(row["tput_stage_compute_ms"])[0])
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise ParetoPipeError(
-                    f"device runtime calibration of {device!r}: the worker reported no compute times"
-                ) from None
+            lat_ms, tput_ms = _compute_ms(m.latency_stages), _compute_ms(m.throughput_stages)
+            if not lat_ms or not tput_ms:
+                raise ParetoPipeError(f"device runtime calibration of {device!r}: the worker reported no compute times")
+            lat, tput = lat_ms[0], tput_ms[0]
             if not (lat > 0 and tput > 0 and profile_ms[device] > 0):
                 raise ParetoPipeError(
                     f"device runtime calibration of {device!r}: compute times {lat} / {tput} ms are not usable"
                 )
             if r >= warm:  # a warm-up round only warms the workers up
-                samples[device].append((lat, tput, float(row["throughput_ips"])))
-                _add_latency(latencies[device], row)
+                ips = float("nan") if m.throughput_ips is None else m.throughput_ips
+                samples[device].append((lat, tput, ips))
+                _add_latency(latencies[device], m)
         for device, tail in tails.items():
             t0 = time.perf_counter()
-            row = session.measure(tail, ("local", LinkCondition()), tail_options)
+            m = session.measure(tail, Scenario("local"), tail_options)
             elapsed[device] += time.perf_counter() - t0
-            try:
-                small = float(json.loads(row["lat_stage_compute_ms"])[-1])
-            except (KeyError, IndexError, TypeError, ValueError):
+            tail_stages_ms = _compute_ms(m.latency_stages)
+            if not tail_stages_ms:
                 raise ParetoPipeError(
                     f"device runtime calibration of {device!r}: the worker reported no compute time for the tail stage"
-                ) from None
+                )
+            small = tail_stages_ms[-1]
             if not small > 0:
                 raise ParetoPipeError(
                     f"device runtime calibration of {device!r}: tail stage compute time {small} ms is not usable"
                 )
             if r >= warm:
                 tail_samples[device].append(small)
-                _add_latency(tail_latencies[device], row)
+                _add_latency(tail_latencies[device], m)
     out: dict[str, DeviceRuntime] = {}
     for device, plan in plans.items():
         lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
@@ -244,14 +245,15 @@ def measure(
     return out
 
 
-def _add_latency(acc: list[float], row: dict[str, Any]) -> None:
-    """Append the row's median one-item latency, if it has a usable one."""
-    try:
-        value = float(row["latency_ms_p50"])
-    except (KeyError, TypeError, ValueError):
-        return
-    if value > 0:
-        acc.append(value)
+def _compute_ms(stages: StageTimes | None) -> list[float]:
+    """Per-stage compute medians of a mode, empty if the mode did not run."""
+    return [] if stages is None else stages.compute_ms
+
+
+def _add_latency(acc: list[float], m: Measurement) -> None:
+    """Append the measurement's median one-item latency, if it has a usable one."""
+    if m.latency_ms_p50 is not None and m.latency_ms_p50 > 0:
+        acc.append(m.latency_ms_p50)
 
 
 def _median_or_none(values: Sequence[float]) -> float | None:

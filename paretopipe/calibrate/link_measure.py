@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from paretopipe.calibrate.link_file import Calibration, LinkFit
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import Scenario
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.testbed import DRIVER, Testbed
 
@@ -67,16 +67,16 @@ def paths(devices: Sequence[str], max_pairs: int = 6) -> list[tuple[str, ...]]:
     return alone + list(itertools.permutations(devices, 2))[:max_pairs]
 
 
-def emulated_ms(testbed: Testbed, scenario: tuple[str, LinkCondition], path: Sequence[str], nbytes: int) -> float:
+def emulated_ms(testbed: Testbed, scenario: Scenario, path: Sequence[str], nbytes: int) -> float:
     """What the scenario itself adds along driver -> path -> driver (delay + serialisation)."""
     hops = [DRIVER, *path, DRIVER]
-    return sum(testbed.link(s, t, scenario)[1].transfer_ms(nbytes) for s, t in zip(hops, hops[1:]))
+    return sum(testbed.link(s, t, scenario).condition.transfer_ms(nbytes) for s, t in zip(hops, hops[1:]))
 
 
 def calibrate(
     session,
     testbed: Testbed,
-    scenario: tuple[str, LinkCondition],
+    scenario: Scenario,
     sizes: Sequence[int] = DEFAULT_SIZES,
     items: int = 20,
     log: Callable[[str], None] = lambda m: None,
@@ -92,19 +92,19 @@ def calibrate(
     raw = []
     for path in paths(testbed.device_names):
         for nbytes in sizes:
-            row = session.measure(relay_plan(nbytes, path), scenario, options)
-            residual = row["latency_ms_p50"] - emulated_ms(testbed, scenario, path, nbytes)
+            latency_ms = session.measure(relay_plan(nbytes, path), scenario, options).latency_ms_p50
+            residual = latency_ms - emulated_ms(testbed, scenario, path, nbytes)
             raw.append(
                 {
                     "path": "driver>" + ">".join(path) + ">driver",
                     "devices": len(path),
                     "hops": len(path) + 1,
                     "nbytes": nbytes,
-                    "latency_ms_p50": row["latency_ms_p50"],
+                    "latency_ms_p50": latency_ms,
                     "residual_ms": residual,
                 }
             )
-            log(f"{raw[-1]['path']:<28} {nbytes:>10,} B  {row['latency_ms_p50']:8.3f} ms")
+            log(f"{raw[-1]['path']:<28} {nbytes:>10,} B  {latency_ms:8.3f} ms")
     edge, mid = fit_hops(raw)
     names = list(testbed.device_names)
     links = [LinkFit(DRIVER, d, *edge) for d in names] + [LinkFit(d, DRIVER, *edge) for d in names]

@@ -89,7 +89,8 @@ def apply_cmd(
         )
     if not dry_run:
         _require_device(dev)
-    label, condition = resolve_network(network, load_scenarios(networks_file))
+    scenario = resolve_network(network, load_scenarios(networks_file))
+    label, condition = scenario.name, scenario.condition
     port_ranges = parse_ports(ports) if ports else None
     if assume is not None:
         caps = _assumed_caps(assume)

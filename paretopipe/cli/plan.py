@@ -80,7 +80,7 @@ def plan_command(
             f"use at most {len(tb.devices)}",
         )
     spec = model_spec(model, input_shape, weights, leaf, seed)
-    out_dir = out or Path("plans") / f"{spec.label}-{safe_name(scenario[0])}"
+    out_dir = out or Path("plans") / f"{spec.label}-{safe_name(scenario.name)}"
     graph = trace_spec(spec, batch_size)
     profs = gather_profiles(spec, graph, tb, batch_size, profiles, auto_profile, log=err_console.print)
     cal = find_calibration(tb.name, backend, "loopback", [calibrations])
@@ -103,7 +103,8 @@ def plan_command(
     for row in df.index[df["on_front"]]:
         plan_id = str(df.at[row, "plan_id"])
         save_plan(result.plan(int(row)), out_dir / f"{plan_id}.json")
-    title = f"{spec.label}, {tb.name}, network {scenario[0]} ({scenario[1].spec()}), batch {batch_size}: predicted"
+    net_text = f"{scenario.name} ({scenario.condition.spec()})"
+    title = f"{spec.label}, {tb.name}, network {net_text}, batch {batch_size}: predicted"
     plot_front(df, out_dir / "front.png", title)
     front = df[df["on_front"]].sort_values("latency_ms")
     render(

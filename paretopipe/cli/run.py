@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from paretopipe.cli import app
 from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
 from paretopipe.errors import UsageError
+
+if TYPE_CHECKING:
+    from paretopipe.runtime.measurement import ShapedLink
 
 TestbedOption = typer.Option(
     Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links)."
@@ -86,6 +89,7 @@ def run_command(
     """
     from paretopipe.network.conditions import resolve_network
     from paretopipe.runtime.session import MeasureOptions, Session, preflight
+    from paretopipe.sweep.rows import measurement_columns
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")
@@ -120,22 +124,26 @@ def run_command(
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     err_console.print(
-        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, network {scenario[0]} "
-        f"({scenario[1].spec()})"
+        f"running {the_plan.id} of {the_plan.model_label} on {tb.name} over {backend}, "
+        f"network {scenario.name} ({scenario.condition.spec()})"
     )
     # an exported plan: local workers run the stage files that sit beside it
     artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None
     with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure, artifacts=artifacts) as session:
-        row = session.measure(the_plan, scenario, options)
-    render(_compare_rows(row, the_plan.predicted), fmt, ["metric", "measured", "predicted", "error_pct"])
+        measured = session.measure(the_plan, scenario, options)
+    render(
+        _compare_rows(measurement_columns(measured), the_plan.predicted),
+        fmt,
+        ["metric", "measured", "predicted", "error_pct"],
+    )
     err_console.print(
-        f"isolation {row['isolation']}, shaping {row['shaping']}: {_describe_links(row['links'])}",
+        f"isolation {measured.isolation}, shaping {measured.shaping}: {_describe_links(measured.links)}",
         markup=False,
         highlight=False,
     )
-    if row.get("output_exact") is False:
+    if measured.output_exact is False:
         err_console.print(
-            f"output differs from the unsplit model: max abs difference {row['output_max_abs_diff']:.3g}"
+            f"output differs from the unsplit model: max abs difference {measured.output_max_abs_diff:.3g}"
             " (devices whose kernels differ from the driver's, e.g. an isa limit, round differently)"
         )
 
@@ -160,14 +168,12 @@ def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, se
     )
 
 
-def _describe_links(links_json: str) -> str:
-    """``driver->a unshaped; a->b bandwidth tc-htb, delay userspace; ...`` from a row's links."""
-    import json
-
+def _describe_links(links: Sequence[ShapedLink]) -> str:
+    """``driver->a unshaped; a->b bandwidth tc-htb, delay userspace; ...`` from a measurement's links."""
     parts = []
-    for link in json.loads(links_json):
-        used = [f"{part} {how}" for part, how in link["mechanism"].items() if how != "none"]
-        parts.append(f"{link['src']}->{link['dst']} {', '.join(used) or 'unshaped'}")
+    for link in links:
+        used = [f"{part} {how}" for part, how in link.mechanism.items() if how != "none"]
+        parts.append(f"{link.src}->{link.dst} {', '.join(used) or 'unshaped'}")
     return "; ".join(parts)
 
 

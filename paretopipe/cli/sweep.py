@@ -119,8 +119,8 @@ def sweep_command(
     """
     from paretopipe.model.registry import parse_input_shape
     from paretopipe.network.conditions import load_scenarios
-    from paretopipe.sweep import SweepSettings, analysis, runner
-    from paretopipe.sweep.store import RunStore
+    from paretopipe.sweep import Sessions, SweepSettings, analysis, execute, prepare
+    from paretopipe.sweep.store import RunStore, now
     from paretopipe.testbed import load_testbed
 
     backends = ("zmq", "rpc") if backend == "both" else tuple(b.strip() for b in backend.split(",") if b.strip())
@@ -181,9 +181,9 @@ def sweep_command(
         TimeRemainingColumn,
     )
 
-    # one pool of workers for the device runtime calibration and the measurements (runner.Sessions)
-    with runner.Sessions(settings, tb) as sessions:
-        configs = runner.prepare(settings, store, err_console.print, sessions)
+    # one pool of workers for the device runtime calibration and the measurements (Sessions)
+    with Sessions(settings, tb) as sessions:
+        configs = prepare(settings, store, err_console.print, sessions)
         err_console.print(
             f"{len(configs)} configurations ({len(nets)} scenarios x {len(backends)} backends x plans x "
             f"{repeats} repeats) -> {out}"
@@ -204,9 +204,9 @@ def sweep_command(
                 bar.update(task, completed=done, total=total, description=what[:60])  # refinement adds to the total
 
             try:
-                outcome = runner.execute(settings, store, configs, err_console.print, progress, sessions)
+                outcome = execute(settings, store, configs, err_console.print, progress, sessions)
             finally:
-                store.update_manifest(finished=runner.now())
+                store.update_manifest(finished=now())
     summaries = analysis.write_reports(store.rows(), Path(out))
     err_console.print(
         f"measured {outcome.measured}, skipped {outcome.skipped} (already measured), failed {outcome.failed} "

@@ -57,9 +57,6 @@ class Cut:
     params_before: int
     is_block: bool
 
-    def nbytes_per_item(self, batch_size: int) -> float:
-        return self.nbytes / batch_size
-
 
 class _Tracer(fx.Tracer):
     """fx tracer that keeps user-named modules (qualified name or class name) as single nodes."""

@@ -6,7 +6,7 @@ and its dict is recorded with results.
 """
 
 from paretopipe.network.capabilities import HostCapabilities, probe_capabilities
-from paretopipe.network.conditions import LinkCondition, load_scenarios, parse_condition, resolve_network
+from paretopipe.network.conditions import LinkCondition, Scenario, load_scenarios, parse_condition, resolve_network
 from paretopipe.network.mechanism import choose_mechanisms, kernel_condition, not_applied, residual_condition
 from paretopipe.network.netns import NamespaceNetwork, cleanup_stale
 from paretopipe.network.shaper import LinkSchedule, ShapedSender, ShaperStats
@@ -16,6 +16,7 @@ __all__ = [
     "HostCapabilities",
     "probe_capabilities",
     "LinkCondition",
+    "Scenario",
     "load_scenarios",
     "parse_condition",
     "resolve_network",

@@ -82,6 +82,15 @@ class LinkCondition:
         return " ".join(parts) or "unshaped"
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """A named network condition: ``name`` (a scenario name or an inline condition's text) and the
+    :class:`LinkCondition` it stands for."""
+
+    name: str
+    condition: LinkCondition = LinkCondition()
+
+
 def format_rate(bandwidth_bps: float) -> str:
     """``20e6`` -> ``"20mbit"``: the largest unit that keeps the number readable."""
     for unit in ("gbit", "mbit", "kbit"):
@@ -229,13 +238,13 @@ def _check_field(path: Path, where: str, key: str, value: Any) -> None:
         raise ConfigError(path, where, exc.message, exc.hint) from None
 
 
-def resolve_network(spec: str, scenarios: Mapping[str, LinkCondition]) -> tuple[str, LinkCondition]:
-    """A scenario name or an inline condition -> ``(label, condition)``. Raises UsageError."""
+def resolve_network(spec: str, scenarios: Mapping[str, LinkCondition]) -> Scenario:
+    """A scenario name or an inline condition -> its :class:`Scenario`. Raises UsageError."""
     s = spec.strip()
     if s in scenarios:
-        return s, scenarios[s]
+        return Scenario(s, scenarios[s])
     if "=" in s:
-        return s, parse_condition(s)
+        return Scenario(s, parse_condition(s))
     raise UsageError(
         f"unknown network scenario {spec!r}",
         f"known: {', '.join(sorted(scenarios))}; or give a condition like 'bandwidth=20mbit delay=10ms'",

@@ -48,6 +48,8 @@ log = logging.getLogger("paretopipe.network")
 
 DEFAULT_BASE = "ppn"
 DEV = "eth0"
+# Below this kernel-shaped rate a node's veth sends MTU-sized packets (gso_max_segs 1), as a real
+# link that slow would: tbf/htb drop or burst the 64 KiB super-packets GSO hands them.
 GSO_OFF_BELOW_BPS = 100e6
 GSO_DEFAULT_SEGS = 65535  # what a new veth has
 AUTO_SUBNET_POOL = "10.78.0.0/15"
@@ -256,17 +258,6 @@ class NamespaceNetwork:
 
     def _gso(self, node: str, segs: int) -> Command:
         return _ip(*self._n(node), "link", "set", self.device(node), "gso_max_segs", str(segs))
-
-    def segmentation_commands(self) -> list[Command]:
-        """Turn off GSO (``gso_max_segs 1``) on nodes whose egress the kernel shapes below 100 Mbit/s.
-
-        A real link that slow carries MTU-sized packets; a veth with GSO hands the qdisc 64 KiB
-        super-packets, which tbf/htb queues at low rates drop or pass in bursts, well below the set
-        rate. Above 100 Mbit/s GSO stays on: without it a veth cannot carry high rates. See
-        docs/network-emulation.md.
-        """
-        slow = self._slow_nodes()
-        return [self._gso(n, 1) for n in self.all_nodes if n in slow]
 
     def __enter__(self) -> NamespaceNetwork:
         self.start()

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,17 +243,6 @@ def write_json_atomic(data: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
-
-
-def make_plan(
-    model: Mapping[str, Any],
-    batch_size: int,
-    cuts: Sequence[PlanCut],
-    devices: Sequence[str],
-    **extra: Any,
-) -> Plan:
-    """Convenience constructor with tuples."""
-    return Plan(model=dict(model), batch_size=batch_size, cuts=tuple(cuts), devices=tuple(devices), **extra)
 
 
 def safe_name(text: str) -> str:

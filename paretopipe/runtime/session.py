@@ -2,7 +2,7 @@
 
 ``Session`` starts what a run needs (local workers when the testbed is on this machine, the
 driver's transport), checks every worker answers, and :meth:`Session.measure` runs one plan under
-one network scenario in latency and/or throughput mode and returns one flat result row saying
+one network scenario in latency and/or throughput mode and returns a :class:`Measurement` saying
 what was measured and how. Everything is stopped on exit, on error and on Ctrl-C.
 
 Isolation: ``"loopback"`` runs local workers on 127.0.0.1 and applies every link condition in the
@@ -28,16 +28,17 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretopipe.errors import CapabilityError, ParetoPipeError, TransportError, UsageError, WorkerError
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import Scenario
 from paretopipe.plan.plan_file import Plan
-from paretopipe.runtime.driver import Driver, StageStats
+from paretopipe.runtime.driver import Driver
 from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
+from paretopipe.runtime.measurement import Measurement, ShapedLink, StageTimes
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import DRIVER, Testbed
 
@@ -252,42 +253,31 @@ class Session:
             self._graphs = {key: trace_spec(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)}
         return self._graphs[key]
 
-    def links(self, plan: Plan, scenario: tuple[str, LinkCondition]) -> list[dict[str, Any]]:
+    def links(self, plan: Plan, scenario: Scenario) -> list[ShapedLink]:
         """Every directed link the plan uses (driver -> stage 0 -> ... -> driver), with how each
-        part of its condition is applied (``mechanism``) and what the user-space shaper must still
-        do (``userspace``). In netns mode this applies the kernel shaping of these links (every
-        other link unshaped) and records what the kernel really took."""
+        part of its condition is applied and what the user-space shaper must still do. In netns
+        mode this applies the kernel shaping of these links (every other link unshaped) and
+        records what the kernel really took."""
         from paretopipe.network.capabilities import probe_capabilities
         from paretopipe.network.mechanism import choose_mechanisms, residual_condition
 
         hops = [DRIVER, *plan.devices, DRIVER]
-        conds = [(src, dst, *self.testbed.link(src, dst, scenario)) for src, dst in zip(hops, hops[1:])]
+        conds = [(src, dst, self.testbed.link(src, dst, scenario)) for src, dst in zip(hops, hops[1:])]
         if self.net is not None:
-            self.net.reshape({(src, dst): cond for src, dst, _, cond in conds if not cond.is_ideal})
+            self.net.reshape({(src, dst): link.condition for src, dst, link in conds if not link.condition.is_ideal})
         caps = probe_capabilities()
         out = []
-        for src, dst, label, cond in conds:
+        for src, dst, link in conds:
+            cond = link.condition
             if self.net is not None and (src, dst) in self.net.mechanisms:
                 mech, residual = self.net.mechanisms[(src, dst)], self.net.residual(src, dst)
             else:
                 mech = choose_mechanisms(cond, caps, self.path)
                 residual = residual_condition(cond, mech)
-            out.append(
-                {
-                    "src": src,
-                    "dst": dst,
-                    "label": label,
-                    "condition": cond.to_dict(),
-                    "spec": cond.spec(),
-                    "mechanism": dict(mech),
-                    "userspace": residual,
-                }
-            )
+            out.append(ShapedLink(src, dst, link.name, cond, dict(mech), residual))
         return out
 
-    def setup(
-        self, plan: Plan, scenario: tuple[str, LinkCondition]
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    def setup(self, plan: Plan, scenario: Scenario) -> tuple[list[ShapedLink], dict[str, dict[str, Any]]]:
         """Check ``plan`` against its model, shape its links and build its stages on the devices.
 
         Returns ``(links, ready)``: the links as :meth:`links` gives them and each device's ready
@@ -322,12 +312,12 @@ class Session:
                 cut_names=tuple(names),
                 next_peer=hops[k + 1],
                 threads=self.testbed.device(d).threads,
-                shaping={hops[k + 1]: links[k + 1]["userspace"].to_dict()},
+                shaping={hops[k + 1]: links[k + 1].userspace.to_dict()},
                 artifact=artifacts.get(k),
             )
             for k, d in enumerate(plan.devices)
         ]
-        self.transport.set_shaping({plan.devices[0]: links[0]["userspace"]})
+        self.transport.set_shaping({plan.devices[0]: links[0].userspace})
         try:
             return links, self.driver.setup(plan.devices, specs)
         except WorkerError:
@@ -351,8 +341,8 @@ class Session:
         finally:
             torch.set_num_threads(before)
 
-    def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
-        """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
+    def measure(self, plan: Plan, scenario: Scenario, options: MeasureOptions) -> Measurement:
+        """Run ``plan`` under ``scenario``; returns what was measured (raises on failure)."""
         from paretopipe.model.registry import ModelSpec, example_input
         from paretopipe.model.stages import assemble_output, compare_outputs
 
@@ -360,41 +350,40 @@ class Session:
         x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
         t0 = time.perf_counter()
         links, ready = self.setup(plan, scenario)
-        row: dict[str, Any] = {
-            "config": self.driver.config,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "isolation": self.isolation,
-            "shaping": shaping_summary(links),
-            "setup_s": time.perf_counter() - t0,
-        }
+        m = Measurement(
+            config=str(self.driver.config),
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            isolation=self.isolation,
+            links=links,
+            setup_s=time.perf_counter() - t0,
+        )
         try:
             if options.check_output:
                 expected = self._reference(graph, plan, x)
                 got = self.driver.first_result([x])
-                exact, diff = compare_outputs(expected, assemble_output(graph, got))
-                row.update(output_exact=exact, output_max_abs_diff=diff)
+                m.output_exact, m.output_max_abs_diff = compare_outputs(expected, assemble_output(graph, got))
             if "latency" in options.modes:
-                row.update(
-                    self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary()
-                )
-                row.update(_stage_columns("lat", self.driver.stats()))
+                lat = self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary()
+                m.latency_ms_p50, m.latency_ms_p95 = lat["latency_ms_p50"], lat["latency_ms_p95"]
+                m.latency_ms_p99, m.latency_ms_mean = lat["latency_ms_p99"], lat["latency_ms_mean"]
+                m.latency_items = int(lat["latency_items"])
+                m.latency_stages = StageTimes.from_stats(self.driver.stats())
             if "throughput" in options.modes:
                 window = _window(plan, options)
-                row.update(
-                    self.driver.throughput(
-                        [x], options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
-                    ).summary()
+                tput = self.driver.throughput(
+                    [x], options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
                 )
-                row.update(_stage_columns("tput", self.driver.stats()))
+                m.throughput_ips, m.throughput_items = tput.throughput_ips, tput.items
+                m.throughput_s, m.window = tput.seconds, tput.window
+                m.throughput_stages = StageTimes.from_stats(self.driver.stats())
         except WorkerError:
             raise
         except TransportError as exc:
             raise self.unresponsive(plan.devices, exc) from None
         with contextlib.suppress(ParetoPipeError):
             self.driver.release()
-        row["threads"] = json.dumps({d: ready[d].get("threads") for d in plan.devices})
-        row["links"] = json.dumps([{k: v for k, v in link.items() if k != "userspace"} for link in links])
-        return row
+        m.threads = {d: ready[d].get("threads") for d in plan.devices}
+        return m
 
     def unresponsive(self, devices: Sequence[str], cause: TransportError) -> ParetoPipeError:
         """After ``cause`` (a reply or result did not come), the error naming the first of
@@ -412,32 +401,3 @@ class Session:
                     "the worker is stopped, hung or cut off from the network",
                 )
         return cause
-
-
-def shaping_summary(links: Sequence[Mapping[str, Any]]) -> str:
-    """How a row's links were shaped: the mechanisms used, e.g. ``tc-htb+userspace``, or ``none``."""
-    kinds = {
-        ("not-applied" if m.startswith("not-applied") else m)
-        for link in links
-        for m in link["mechanism"].values()
-        if m != "none"
-    }
-    return "+".join(sorted(kinds)) or "none"
-
-
-def _stage_columns(prefix: str, stats: Sequence[StageStats]) -> dict[str, Any]:
-    """Per-stage medians as JSON lists, e.g. ``lat_stage_compute_ms = [4.1, 9.8]``."""
-    med = [s.medians() for s in stats]
-    return {
-        f"{prefix}_stage_{k}": json.dumps([round(m[k], 4) for m in med])
-        for k in ("compute_ms", "compute_cpu_ms", "wait_ms", "send_ms")
-    }
-
-
-def scenario_label(scenario: tuple[str, LinkCondition]) -> str:
-    return scenario[0]
-
-
-def condition_columns(scenario: tuple[str, LinkCondition]) -> Mapping[str, Any]:
-    label, cond = scenario
-    return {"network": label, "network_spec": cond.spec()}

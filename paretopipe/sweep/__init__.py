@@ -1,5 +1,8 @@
 """The sweep: plan per scenario, measure every configuration, report measured fronts."""
 
-from paretopipe.sweep.runner import Config, Sessions, SweepOutcome, SweepSettings, execute, prepare
+from paretopipe.sweep.planning import prepare
+from paretopipe.sweep.runner import execute
+from paretopipe.sweep.sessions import Sessions
+from paretopipe.sweep.settings import Config, SweepOutcome, SweepSettings
 
 __all__ = ["Config", "Sessions", "SweepOutcome", "SweepSettings", "execute", "prepare"]

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from paretopipe.errors import UsageError
-from paretopipe.plan.costmodel import Plan as CostPlan
-from paretopipe.plan.costmodel import evaluate_plan
+from paretopipe.plan.costmodel import PlanIndices, evaluate_plan
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (cut indices into the instance's cuts, device indices)
 NEAR_MARGIN = 0.10  # measure plans a prediction error this large could put on the front
@@ -107,7 +106,7 @@ def _scores(result, front: Sequence[Key], front_points: np.ndarray, skip: set[Ke
     inst, seen = result.instance, set(keys)
     for nb in dict.fromkeys(nb for k in front for nb in neighbours(k, inst.n_cuts, inst.n_devices)):
         if nb not in seen and nb not in skip:
-            e = evaluate_plan(inst, CostPlan(*nb))
+            e = evaluate_plan(inst, PlanIndices(*nb))
             if e.feasible:
                 scores[nb] = float(closeness(np.array([[e.latency_ms, e.throughput_ips]]), front_points)[0])
     return scores

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from paretopipe.sweep.rows import stage_values
 
 _MAX_LABELS = 14
 
@@ -103,7 +104,7 @@ def plot_latency_breakdown(df: pd.DataFrame, path: str | Path, title: str, label
     rows = df.dropna(subset=["latency_ms_p50"]).head(20)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 3), 4.8), dpi=120)
     for i, (_, r) in enumerate(rows.iterrows()):
-        stages = json.loads(r["lat_stage_compute_ms"]) if isinstance(r.get("lat_stage_compute_ms"), str) else []
+        stages = stage_values(r, "lat_stage_compute_ms")
         bottom = 0.0
         for k, ms in enumerate(stages):
             ax.bar(i, ms, bottom=bottom, color=f"C{k}", label=f"stage {k} compute" if i == 0 else None)

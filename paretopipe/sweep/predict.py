@@ -24,7 +24,7 @@ from paretopipe.calibrate.link_file import Calibration
 from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.model.graph import ModelGraph
 from paretopipe.model.registry import ModelSpec
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.costmodel import Instance
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.profile.profile_file import Profile, default_path, find_profile, load_profile
@@ -162,7 +162,7 @@ class LinkModel:
 
 
 def link_models(
-    testbed: Testbed, scenario: tuple[str, LinkCondition], calibration: Calibration | None, devices: Sequence[str]
+    testbed: Testbed, scenario: Scenario, calibration: Calibration | None, devices: Sequence[str]
 ) -> dict[tuple[str, str], LinkModel]:
     """Every directed link between the devices and the driver."""
     names = [*devices, DRIVER]
@@ -171,9 +171,11 @@ def link_models(
         for t in names:
             if s == t:
                 continue
-            label, cond = testbed.link(s, t, scenario)
+            link = testbed.link(s, t, scenario)
             fit = calibration.link(s, t) if calibration is not None else None
-            out[(s, t)] = LinkModel(label, cond, fit.overhead_ms if fit else 0.0, fit.rate_bps if fit else float("inf"))
+            out[(s, t)] = LinkModel(
+                link.name, link.condition, fit.overhead_ms if fit else 0.0, fit.rate_bps if fit else float("inf")
+            )
     return out
 
 
@@ -290,7 +292,7 @@ class PlanningResult:
     profiles: dict[str, DeviceProfile]
     links: dict[tuple[str, str], LinkModel]
     testbed: Testbed
-    scenario: tuple[str, LinkCondition]
+    scenario: Scenario
     calibration: Calibration | None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -324,7 +326,7 @@ class PlanningResult:
             batch_size=self.graph.batch_size,
             cuts=tuple(PlanCut(c.index, c.after, c.tensors, c.nbytes) for c in cuts),
             devices=devices,
-            network=self.scenario[0] if "=" not in self.scenario[0] else self.scenario[1].spec(),
+            network=self.scenario.name if "=" not in self.scenario.name else self.scenario.condition.spec(),
             links=tuple({"src": s, "dst": t, **self.links[(s, t)].to_dict()} for s, t in zip(hops, hops[1:])),
             predicted=predicted,
             profiles=tuple(
@@ -347,10 +349,9 @@ class PlanningResult:
 
 def predict(instance: Instance, cut_indices: Sequence[int], device_indices: Sequence[int]) -> dict[str, Any]:
     """A plan file's ``predicted`` block for one plan of ``instance`` (indices into its cuts and devices)."""
-    from paretopipe.plan.costmodel import Plan as CostPlan
-    from paretopipe.plan.costmodel import evaluate_plan
+    from paretopipe.plan.costmodel import PlanIndices, evaluate_plan
 
-    predicted = evaluate_plan(instance, CostPlan(tuple(cut_indices), tuple(device_indices))).to_dict()
+    predicted = evaluate_plan(instance, PlanIndices(tuple(cut_indices), tuple(device_indices))).to_dict()
     predicted["window"] = instance.window
     return predicted
 
@@ -375,7 +376,7 @@ def plan_front(
     spec: ModelSpec,
     graph: ModelGraph,
     testbed: Testbed,
-    scenario: tuple[str, LinkCondition],
+    scenario: Scenario,
     profiles: dict[str, DeviceProfile],
     stages: Sequence[int],
     method: str = "auto",

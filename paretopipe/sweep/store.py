@@ -77,7 +77,6 @@ COLUMNS = [
     "host",
     "commit",
 ]
-KEY = ("network", "backend", "plan_id", "repeat")
 # Read back as text even when they look like numbers ("102" is a cut list, not a float).
 TEXT_COLUMNS = {
     c: str for c in ("cuts", "cut_nodes", "devices", "plan_id", "network", "backend", "error", "failed_device")

@@ -1,7 +1,7 @@
 """Cost model: predicted latency, throughput, bytes on the wire and peak memory of partition plans.
 
 Pure numpy, no torch. An :class:`Instance` holds every number the planner needs (per-node times
-per device, cut sizes, link parameters); a :class:`Plan` is K-1 increasing cut indices plus K
+per device, cut sizes, link parameters); a :class:`PlanIndices` is K-1 increasing cut indices plus K
 distinct devices. :func:`evaluate_plans` scores many plans of the same K at once (used by every
 search method); :func:`evaluate_plan` gives the full breakdown of one plan (plan files, plots).
 
@@ -28,7 +28,7 @@ sums are bit-for-bit the values this module computes.
 """
 
 from paretopipe.plan.costmodel.breakdown import LinkCost, PlanBreakdown, evaluate_plan
-from paretopipe.plan.costmodel.evaluate import Plan, PlanMetrics, evaluate_plans
+from paretopipe.plan.costmodel.evaluate import PlanIndices, PlanMetrics, evaluate_plans
 from paretopipe.plan.costmodel.instance import Instance
 
-__all__ = ["Instance", "Plan", "PlanMetrics", "evaluate_plans", "LinkCost", "PlanBreakdown", "evaluate_plan"]
+__all__ = ["Instance", "PlanIndices", "PlanMetrics", "evaluate_plans", "LinkCost", "PlanBreakdown", "evaluate_plan"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from paretopipe.plan.costmodel.evaluate import Plan, _throughput
+from paretopipe.plan.costmodel.evaluate import PlanIndices, _throughput
 from paretopipe.plan.costmodel.instance import Instance
 
 __all__ = ["LinkCost", "PlanBreakdown", "evaluate_plan"]
@@ -28,7 +28,7 @@ class LinkCost:
 class PlanBreakdown:
     """Everything predicted about one plan, stage by stage and link by link."""
 
-    plan: Plan
+    plan: PlanIndices
     cut_positions: tuple[int, ...]
     device_names: tuple[str, ...]
     stage_nodes: tuple[tuple[int, int], ...]  # (first, last) node of each stage, inclusive
@@ -70,7 +70,7 @@ def _link(inst: Instance, src: int, dst: int, nbytes: float) -> LinkCost:
     return LinkCost(names[src], names[dst], nbytes, max(own, wire), own + wire + delay)
 
 
-def evaluate_plan(inst: Instance, plan: Plan) -> PlanBreakdown:
+def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
     """Full breakdown of one plan, computed node by node (independently of evaluate_plans).
 
     Raises CutError/UsageError if the plan does not fit the instance.

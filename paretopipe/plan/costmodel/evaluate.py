@@ -10,12 +10,14 @@ import numpy as np
 from paretopipe.errors import CutError, UsageError
 from paretopipe.plan.costmodel.instance import Instance
 
-__all__ = ["Plan", "PlanMetrics", "evaluate_plans"]
+__all__ = ["PlanIndices", "PlanMetrics", "evaluate_plans"]
 
 
 @dataclass(frozen=True)
-class Plan:
-    """K-1 strictly increasing indices into ``cut_positions`` and K distinct device indices."""
+class PlanIndices:
+    """One plan as indices into an :class:`Instance`: K-1 strictly increasing indices into
+    ``cut_positions`` and K distinct device indices (a plan file's
+    :class:`~paretopipe.plan.plan_file.Plan` names the same cuts and devices)."""
 
     cut_indices: tuple[int, ...]
     devices: tuple[int, ...]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from paretopipe.errors import UsageError
-from paretopipe.plan.costmodel import Instance, Plan, PlanBreakdown, evaluate_plan
+from paretopipe.plan.costmodel import Instance, PlanBreakdown, PlanIndices, evaluate_plan
 from paretopipe.plan.search.cost import exact_cost, exhaustive_cost
 from paretopipe.plan.search.exact import exact_search, exact_supports
 from paretopipe.plan.search.exhaustive import exhaustive_search, front_of_batches
@@ -72,10 +72,10 @@ class SearchResult:
         """ "min"/"max" per objective, aligned with :meth:`objective_matrix` columns."""
         return objective_senses(self.objectives)
 
-    def plan(self, row: int) -> Plan:
-        """The :class:`Plan` of ``plans`` row ``row`` (positional)."""
+    def plan(self, row: int) -> PlanIndices:
+        """The :class:`PlanIndices` of ``plans`` row ``row`` (positional)."""
         rec = self.plans.iloc[row]
-        return Plan(rec["cut_indices"], rec["device_indices"])
+        return PlanIndices(rec["cut_indices"], rec["device_indices"])
 
     def breakdown(self, inst: Instance, row: int) -> PlanBreakdown:
         """Stage-by-stage, link-by-link prediction of ``plans`` row ``row`` (positional)."""

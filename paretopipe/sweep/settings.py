@@ -1,0 +1,120 @@
+"""What a sweep is asked to do, what it measures, and what it reports back.
+
+:class:`SweepSettings` holds every option of a sweep (recorded in the run's manifest), a
+:class:`Config` is one configuration to measure (network scenario, backend, plan, repeat) and a
+:class:`SweepOutcome` counts what :func:`paretopipe.sweep.execute` did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.plan.plan_file import Plan
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SweepSettings:
+    """Everything a sweep needs; recorded in the manifest."""
+
+    model: str = "mobilenet_v2"
+    testbed: str = "testbed/local.toml"
+    networks: tuple[str, ...] = ("lan", "wifi", "4g")
+    backends: tuple[str, ...] = ("zmq",)
+    stages: tuple[int, ...] = (1, 2)
+    cuts: str = "front"  # front | all (over granularity) | block | cut sets like 26,40,17.42
+    granularity: str = "block"
+    batch_size: int = 1
+    latency_items: int = 20
+    throughput_items: int = 60
+    warmup: int = 3
+    min_time_s: float = 0.0  # per mode: time more items than the counts until this long has passed
+    repeats: int = 1
+    neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
+    near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
+    refine: int = 3  # with cuts="front": rounds adding plans predicted near the measured front (refine.py)
+    out: str = "results/run"
+    resume: bool = False
+    fail_fast: bool = False
+    profiles: str = "profiles"
+    calibrations: str = "calibrations"
+    networks_file: str | None = None
+    timeout_s: float = 60.0
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = None
+    leaf: tuple[str, ...] = ()
+    seed: int = 0
+    isolation: str = "loopback"  # loopback | netns
+    secure: bool = False
+    device_runtime: bool = True  # run the whole model on each device first (paretopipe.calibrate.device_runtime)
+    pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (PassCheck)
+    recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
+
+
+@dataclass
+class Config:
+    """One configuration to measure: a plan on a backend under a network scenario, in one pass."""
+
+    network: str
+    condition: LinkCondition
+    backend: str
+    plan: Plan
+    repeat: int
+    on_front: bool
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.network, self.backend, self.plan.id, self.repeat)
+
+    @property
+    def scenario(self) -> Scenario:
+        return Scenario(self.network, self.condition)
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did: configurations in all, measured, skipped (already measured), failed."""
+
+    configs: int
+    measured: int
+    skipped: int
+    failed: int
+    elapsed_s: float
+    failures: list[str] = field(default_factory=list)
+    unmeasured: int = 0  # left for --resume (rpc after a failure)
+    refined: int = 0  # configurations added by refine() rounds
+
+    def then(self, more: SweepOutcome, added: int) -> SweepOutcome:
+        """This outcome followed by ``more``, an execute() of the same list with ``added`` more configurations."""
+        return SweepOutcome(
+            more.configs,
+            self.measured + more.measured,
+            self.skipped,
+            self.failed + more.failed,
+            self.elapsed_s + more.elapsed_s,
+            self.failures + more.failures,
+            more.unmeasured,
+            self.refined + added,
+        )
+
+
+#: Settings a resumed sweep must share with the run it continues (others may change).
+RESUME_COMPARABLE = (
+    "model",
+    "testbed",
+    "networks",
+    "backends",
+    "stages",
+    "cuts",
+    "granularity",
+    "batch_size",
+    "latency_items",
+    "throughput_items",
+    "warmup",
+    "min_time_s",
+    "repeats",
+    "isolation",
+)
