@@ -180,7 +180,7 @@ def test_repeat_agreement_counts_ordered_pairs_of_passes_of_one_plan():
 
 def test_repeats_are_passes_over_the_plans_of_each_scenario():
     from paretopipe.network.conditions import LinkCondition, Scenario
-    from paretopipe.sweep.planning import measurement_order
+    from paretopipe.sweep.configs import measurement_order
 
     lan, wifi = Scenario("lan", LinkCondition()), Scenario("wifi", LinkCondition(bandwidth_bps=50e6))
     planned = [(lan, [("P1", True), ("P2", False)]), (wifi, [("P3", True)])]
@@ -377,7 +377,7 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
     assert sum("more plans predicted within 10% of the measured front" in m for m in logged) == refine
     # a resumed run reloads the added configurations with the rest and measures nothing again
     from paretopipe.network.conditions import LinkCondition
-    from paretopipe.sweep.planning import reload_configs
+    from paretopipe.sweep.configs import reload_configs
     from paretopipe.sweep.settings import SweepSettings
 
     assert [c.plan.id for c in reload_configs(manifest, tmp_path / "run", {"lan": LinkCondition()})] == rows[

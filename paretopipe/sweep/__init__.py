@@ -1,6 +1,6 @@
 """The sweep: plan per scenario, measure every configuration, report measured fronts."""
 
-from paretopipe.sweep.planning import prepare
+from paretopipe.sweep.configs import prepare
 from paretopipe.sweep.runner import execute
 from paretopipe.sweep.sessions import Sessions
 from paretopipe.sweep.settings import Config, SweepOutcome, SweepSettings

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from paretopipe.plan.plan_file import Plan, safe_name, save_plan
-from paretopipe.sweep.planning import manifest_entry, measurement_order, replan
+from paretopipe.sweep.configs import manifest_entry, measurement_order, replan
 from paretopipe.sweep.settings import Config, Log, SweepSettings
 from paretopipe.sweep.store import RunStore
 

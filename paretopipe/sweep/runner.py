@@ -2,7 +2,7 @@
 
 A configuration that fails (a worker dies, hangs or becomes unreachable) is recorded as a failed
 row with the reason and the device; the workers are restarted and the sweep goes on
-(``fail_fast`` stops instead). Choosing the configurations is :mod:`paretopipe.sweep.planning`.
+(``fail_fast`` stops instead). Choosing the configurations is :mod:`paretopipe.sweep.configs`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from paretopipe.errors import ParetoPipeError
 from paretopipe.sweep.device_checks import PassCheck
-from paretopipe.sweep.planning import replan
+from paretopipe.sweep.configs import replan
 from paretopipe.sweep.refine import refine
 from paretopipe.sweep.rows import config_columns, failure_columns, measurement_columns
 from paretopipe.sweep.sessions import Sessions, sessions_or_own
@@ -35,7 +35,7 @@ def execute(
     ``cuts="front"``, then up to ``settings.refine`` rounds of :func:`refine`: the plans predicted
     near the measured front are measured too, until none is left.
 
-    ``sessions``: the pool :func:`~paretopipe.sweep.planning.prepare` used (see :class:`Sessions`);
+    ``sessions``: the pool :func:`~paretopipe.sweep.configs.prepare` used (see :class:`Sessions`);
     without one, workers are started here and stopped at the end."""
     with sessions_or_own(settings, sessions) as pool:
         outcome = _execute(settings, store, configs, log, progress, pool)
