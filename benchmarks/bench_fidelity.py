@@ -68,9 +68,9 @@ from paretopipe.plan.plan_file import load_plan, safe_name, write_json_atomic
 from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
+from paretopipe.sweep.configs import replan
 from paretopipe.sweep.device_checks import CHECKS_FILE
 from paretopipe.sweep.inputs import planning_inputs
-from paretopipe.sweep.configs import replan
 from paretopipe.sweep.predict import build_instance, link_models, reprice, whole_model_links_ms
 from paretopipe.sweep.refine import near_measured
 from paretopipe.sweep.rows import stage_values

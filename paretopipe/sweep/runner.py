@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from paretopipe.errors import ParetoPipeError
-from paretopipe.sweep.device_checks import PassCheck
 from paretopipe.sweep.configs import replan
+from paretopipe.sweep.device_checks import PassCheck
 from paretopipe.sweep.refine import refine
 from paretopipe.sweep.rows import config_columns, failure_columns, measurement_columns
 from paretopipe.sweep.sessions import Sessions, sessions_or_own
