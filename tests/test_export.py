@@ -19,7 +19,7 @@ from paretopipe.runtime.artifacts import ArtifactStageBuilder
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.sweep.export import export_plan, load_artifact
 from paretopipe.sweep.store import RunStore
-from tests.test_sweep import _testbed
+from tests.fixtures.testbeds import local_testbed
 
 MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
 runner = CliRunner()
@@ -111,7 +111,7 @@ def test_run_an_exported_plan_on_local_workers(tmp_path):
             "--plan",
             str(path),
             "--testbed",
-            str(_testbed(tmp_path)),
+            str(local_testbed(tmp_path)),
             "--items",
             "3",
             "--mode",

@@ -28,7 +28,7 @@ from paretopipe.network.conditions import LinkCondition
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.sweep.runner import Config, SweepSettings, execute
 from paretopipe.sweep.store import RunStore
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEPY = {
@@ -45,17 +45,6 @@ PLANS = [
     for c, d in [(1, ("b", "a")), (1, ("a", "b")), (2, ("a", "b"))]
 ]
 TIMEOUT_S = 2.0
-
-
-def _testbed(tmp_path: Path) -> Path:
-    p0, p1, p2 = _free_ports(3)
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "faults"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
-    return path
 
 
 def _worker(device: str, parent_pid: int | None = None) -> psutil.Process:
@@ -108,7 +97,7 @@ def _sweep(
 ):
     """Run the three configurations; ``fault("b")`` fires ``delay_s`` into configuration ``at``."""
     out = tmp_path / "run"
-    tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else _testbed(tmp_path)
+    tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else local_testbed(tmp_path)
     settings = SweepSettings(
         model=SLEEPY["name"],
         testbed=str(tb),
@@ -206,7 +195,7 @@ def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path)
         "sweep",
         "tests.fixtures.toy_models:skipnet",
         "--testbed",
-        str(_testbed(tmp_path)),
+        str(local_testbed(tmp_path)),
         "--network",
         "lan",
         "--stages",
@@ -260,7 +249,7 @@ def _fake_sweep(tmp_path: Path, monkeypatch, session_cls, backend: str):
     out = tmp_path / "run"
     settings = SweepSettings(
         model=SLEEPY["name"],
-        testbed=str(_testbed(tmp_path)),
+        testbed=str(local_testbed(tmp_path)),
         networks=("lan",),
         stages=(2,),
         cuts="1,2",

@@ -19,6 +19,7 @@ from paretopipe.network.conditions import LinkCondition
 from paretopipe.plan.plan_file import load_plan
 from paretopipe.sweep.predict import gather_profiles, plan_front
 from paretopipe.testbed import load_testbed
+from tests.fixtures.testbeds import local_testbed
 
 FACTORY = "tests.fixtures.toy_models:skipnet"
 WIFI = ("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0))
@@ -26,16 +27,10 @@ runner = CliRunner()
 
 
 def _write_testbed(directory: Path, memory: str = "1GiB", remote: bool = False) -> Path:
-    host = "192.0.2.10" if remote else "127.0.0.1"
-    text = (
-        f'name = "toy"\n[driver]\nhost = "127.0.0.1"\nport = 7550\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = 7551\nmemory = "{memory}"\n'
-        f'[[devices]]\nname = "b"\nhost = "{host}"\nport = 7552\nmemory = "{memory}"\n'
-        f'[[devices]]\nname = "c"\nhost = "127.0.0.1"\nport = 7553\nmemory = "{memory}"\n'
-    )
-    p = directory / "toy.toml"
-    p.write_text(text)
-    return p
+    devices = ("a", "b", "c")
+    hosts = {"b": "192.0.2.10"} if remote else {}
+    extra = {d: f'memory = "{memory}"' for d in devices}
+    return local_testbed(directory, devices, name="toy", pinned=False, hosts=hosts, extra=extra)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +111,7 @@ def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
             "plan",
             FACTORY,
             "--testbed",
-            str(d / "toy.toml"),
+            str(d / "tb.toml"),
             "--network",
             "4g",
             "--stages",
@@ -149,7 +144,7 @@ def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
 def test_plan_cli_bad_input(profiled, args, message):
     d, *_ = profiled
     result = runner.invoke(
-        app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args]
+        app, ["plan", FACTORY, "--testbed", str(d / "tb.toml"), "--profiles", str(d / "profiles"), *args]
     )
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
 

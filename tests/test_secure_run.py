@@ -21,7 +21,7 @@ from paretopipe.testbed import load_testbed
 from paretopipe_backends.base import Endpoint, TransportOptions, TransportTimeout
 from paretopipe_backends.security import CurveConfig, generate_keypairs
 from paretopipe_backends.zeromq import ZmqTransport
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPNET = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
@@ -31,16 +31,8 @@ runner = CliRunner()
 
 def _testbed(tmp_path: Path, keys: dict[str, str] | None = None, host_b: str = "127.0.0.1") -> Path:
     """A local testbed; ``keys`` maps endpoint -> key prefix (omitted endpoints get no key)."""
-    keys = keys or {}
-    line = lambda name: f'key = "{keys[name]}"\n' if name in keys else ""
-    p0, p1, p2 = _free_ports(3)
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "sec"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n{line("driver")}'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n{line("a")}'
-        f'[[devices]]\nname = "b"\nhost = "{host_b}"\nport = {p2}\ncpus = [1]\n{line("b")}'
-    )
-    return path
+    extra = {name: f'key = "{prefix}"' for name, prefix in (keys or {}).items()}
+    return local_testbed(tmp_path, name="sec", hosts={"b": host_b}, extra=extra)
 
 
 @pytest.fixture

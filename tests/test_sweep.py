@@ -16,22 +16,11 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.sweep.store import COLUMNS, RunStore
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = "tests.fixtures.toy_models:skipnet"
 runner = CliRunner()
-
-
-def _testbed(directory: Path) -> Path:
-    p0, p1, p2 = _free_ports(3)
-    path = directory / "tb.toml"
-    path.write_text(
-        f'name = "sw"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
-    return path
 
 
 def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
@@ -39,7 +28,7 @@ def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
         "sweep",
         FACTORY,
         "--testbed",
-        str(_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
+        str(local_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
         "--network",
         "lan,wifi",
         "--stages",
@@ -233,7 +222,7 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
     st = SweepSettings(
         **{
             "model": FACTORY,
-            "testbed": str(_testbed(tmp_path)),
+            "testbed": str(local_testbed(tmp_path)),
             "networks": ("lan",),
             "stages": (2,),
             "cuts": "3,5",

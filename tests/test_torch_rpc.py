@@ -21,7 +21,7 @@ from paretopipe_backends import Endpoint, TransportOptions, get_transport
 from paretopipe_backends.codec import encode, frames_nbytes
 from paretopipe_backends.security import CurveConfig
 from paretopipe_backends.torch_rpc import TRUST_WARNING, TorchRpcTransport
-from tests.test_zeromq import free_ports
+from tests.fixtures.testbeds import free_ports, local_testbed, wait_workers_gone
 
 HOST = "127.0.0.1"
 CTX = mp.get_context("spawn")
@@ -315,15 +315,8 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
 
 def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     """The whole runtime (launcher, workers, driver) over rpc on a temporary local testbed."""
-    from tests.test_launcher import _wait_gone
-
-    p0, p1, p2, rpc_port = free_ports(4)
-    tb_path = tmp_path / "tb.toml"
-    tb_path.write_text(
-        f'name = "t"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\nrpc_port = {rpc_port}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
+    (rpc_port,) = free_ports(1)
+    tb_path = local_testbed(tmp_path, extra={"driver": f"rpc_port = {rpc_port}"})
     out = CTX.Queue()
     proc = CTX.Process(target=_run_session, args=(str(tb_path), out))
     proc.start()
@@ -332,4 +325,4 @@ def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     assert kind == "ok", row
     assert row["output_exact"] is True and row["output_max_abs_diff"] == 0
     assert row["latency_ms_p50"] > 0 and row["throughput_ips"] > 0
-    assert not _wait_gone(tb_path)
+    assert not wait_workers_gone(tb_path)
