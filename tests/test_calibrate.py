@@ -56,6 +56,7 @@ def test_relay_plan_carries_exactly_the_bytes():
     assert plan.stages == 3 and all(c.nbytes == 65_536 for c in plan.cuts)
 
 
+@pytest.mark.integration
 def test_calibrate_command_on_a_local_testbed(tmp_path):
     tb = local_testbed(tmp_path)
     result = runner.invoke(

@@ -101,6 +101,7 @@ def test_builder_prefers_the_exported_file_and_checks_its_hash(tmp_path):
     assert isinstance(missing.build(spec), torch.nn.Identity)
 
 
+@pytest.mark.integration
 def test_run_an_exported_plan_on_local_workers(tmp_path):
     run = _fake_run(tmp_path)
     path, _ = export_plan(run, "wifi", "max-throughput", tmp_path / "plans")

@@ -147,6 +147,7 @@ def _check_rows(rows: pd.DataFrame, failed_reason: str) -> pd.Series:
     return bad
 
 
+@pytest.mark.integration
 def test_killed_worker_fails_one_configuration_and_the_sweep_goes_on(tmp_path):
     outcome, rows, _ = _sweep(tmp_path, kill)
     assert (outcome.measured, outcome.failed) == (2, 1)
@@ -159,6 +160,7 @@ def test_killed_worker_fails_one_configuration_and_the_sweep_goes_on(tmp_path):
     assert sorted(ok["plan_id"]) == sorted(p.id for p in PLANS) and len(rows) == 4
 
 
+@pytest.mark.integration
 def test_stopped_worker_is_named_by_ping_and_killed(tmp_path):
     outcome, rows, _ = _sweep(tmp_path, stop)
     assert (outcome.measured, outcome.failed) == (2, 1)
@@ -177,6 +179,7 @@ def test_worker_cut_off_in_its_namespace_is_named(tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.integration
 def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
     with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
         _sweep(tmp_path, kill, fail_fast=True)
@@ -185,6 +188,7 @@ def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # the same through the CLI (profiles, sweeps, resumes): about 20 s
 def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
     out = tmp_path / "run"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from paretopipe.host import fingerprint as fpmod
 
 
@@ -35,6 +37,7 @@ def test_cgroup_cpu_limit_of_a_missing_pid_is_none():
     assert fpmod.cgroup_cpu_limit(2**22 + 7) is None
 
 
+@pytest.mark.integration
 def test_fingerprint_does_not_import_torch():
     code = "import sys, paretopipe.host.fingerprint as f; f.fingerprint(); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

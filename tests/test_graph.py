@@ -109,7 +109,7 @@ SEED_MODELS = [
 OTHER_FAMILIES = [
     ("densenet121", 64),  # dense concatenation: many tensors cross inside blocks
     ("efficientnet_b0", 64),  # squeeze-excitation, stochastic depth (identity in eval)
-    ("vit_b_16", 224),  # attention, class token, constants from get_attr
+    ("vit_b_32", 224),  # attention, class token, constants from get_attr (b_32: a quarter of b_16's tokens)
     ("swin_t", 64),  # windowed attention, relative position bias buffers
     ("regnet_y_400mf", 64),  # grouped convolutions + SE
     ("shufflenet_v2_x0_5", 64),  # channel split/shuffle, non-tensor shape values

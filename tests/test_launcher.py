@@ -20,6 +20,7 @@ from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
 from tests.fixtures.testbeds import local_testbed, wait_workers_gone, workers_of
 
+pytestmark = pytest.mark.integration  # every test starts workers
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
 LOCAL = ("local", LinkCondition())

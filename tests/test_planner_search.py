@@ -283,6 +283,7 @@ def test_repair_and_neighbours_give_legal_plans(n_devices, seed):
     assert np.array_equal(repair_plans(fixed, n_cuts, n_devices, k), fixed)  # idempotent
 
 
+@pytest.mark.integration
 def test_pure_modules_do_not_import_torch():
     modules = [
         "paretopipe.plan.costmodel",

@@ -34,20 +34,24 @@ def _write_testbed(directory: Path, memory: str = "1GiB", remote: bool = False) 
 
 
 @pytest.fixture(scope="module")
-def profiled(tmp_path_factory):
-    """Profiles of the toy model on three local devices, measured once for the module."""
+def profiled(tmp_path_factory, skipnet_profiles_once):
+    """The toy model's profiles on three local devices (measured once per session), as read by the planner."""
     d = tmp_path_factory.mktemp("planning")
     tb = load_testbed(_write_testbed(d))
+    shutil.copytree(skipnet_profiles_once, d / "profiles")
     spec = resolve_spec(FACTORY)
     graph = trace_spec(spec, 1)
-    profs = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    profs = gather_profiles(spec, graph, tb, 1, d / "profiles", auto_profile=False)
     return d, tb, spec, graph, profs
 
 
-def test_local_devices_are_profiled_and_reused(profiled):
-    d, tb, spec, graph, profs = profiled
+@pytest.mark.integration
+def test_local_devices_are_profiled_and_reused(profiled, tmp_path):
+    _, _, spec, graph, _ = profiled
+    tb = load_testbed(_write_testbed(tmp_path))
+    profs = gather_profiles(spec, graph, tb, 1, tmp_path / "profiles")
     assert set(profs) == {"a", "b", "c"} and all(p.fresh for p in profs.values())
-    again = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    again = gather_profiles(spec, graph, tb, 1, tmp_path / "profiles")
     assert not any(p.fresh for p in again.values())
 
 

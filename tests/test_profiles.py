@@ -350,6 +350,7 @@ def test_check_writable(tmp_path):
         check_writable("/proc/p.json")
 
 
+@pytest.mark.integration
 def test_profiles_module_does_not_import_torch():
     code = "import sys, paretopipe.profile.profile_file; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -47,6 +47,7 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.integration
 def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_testbed: Path, tmp_path: Path):
     tb = load_testbed(secure_testbed)
     options = MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
@@ -163,6 +164,7 @@ def _listening(pid: int, timeout_s: float = 60.0) -> set[str]:
     raise AssertionError("the worker never listened")
 
 
+@pytest.mark.integration
 def test_worker_binds_exactly_its_testbed_address_unless_bind_all(tmp_path: Path):
     path = _testbed(tmp_path, host_b="127.0.0.2")
     port_b = load_testbed(path).device("b").port

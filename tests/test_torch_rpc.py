@@ -155,6 +155,7 @@ def test_registered_as_rpc() -> None:
     assert get_transport("rpc") is TorchRpcTransport and TorchRpcTransport.name == "rpc"
 
 
+@pytest.mark.integration
 def test_tensors_travel_both_ways_exactly(world) -> None:
     a, b = world["a"], world["b"]
     sent = [
@@ -185,6 +186,7 @@ def test_tensors_travel_both_ways_exactly(world) -> None:
     assert after_a["messages_received"] - before_a["messages_received"] == 1
 
 
+@pytest.mark.integration
 def test_messages_from_one_sender_arrive_in_order(world) -> None:
     a, b = world["a"], world["b"]
     for i in range(200):
@@ -194,6 +196,7 @@ def test_messages_from_one_sender_arrive_in_order(world) -> None:
     assert all(int(t[0][0]) == h["i"] for _, h, t, _ in got)
 
 
+@pytest.mark.integration
 def test_shaped_link_delays_messages(world) -> None:
     c, b = world["c"], world["b"]
     sent_ns = c("send", "b", {"shaped": True}, [torch.ones(3)])
@@ -202,6 +205,7 @@ def test_shaped_link_delays_messages(world) -> None:
     assert recv_ns - sent_ns >= 150e6  # the user-space shaper's 150 ms delay
 
 
+@pytest.mark.integration
 def test_unknown_peer_timeout_and_refused_messages(world) -> None:
     a, b = world["a"], world["b"]
     with pytest.raises(UsageError, match=r"unknown peer 'nobody'.*known peers: \['b', 'c'\]"):
@@ -216,6 +220,7 @@ def test_unknown_peer_timeout_and_refused_messages(world) -> None:
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.integration
 def test_trust_warning_is_logged_and_printed(world, tmp_path: Path) -> None:
     assert any(TRUST_WARNING in line for line in world["a"]("logs"))
     from paretopipe.cli import app
@@ -272,6 +277,7 @@ def test_missing_member_is_named_within_the_timeout() -> None:
     assert time.monotonic() - start < 12
 
 
+@pytest.mark.integration
 def test_dead_member_fails_sends_and_close_is_bounded() -> None:
     world = _world(["x", "y", "z"], close_timeout_s=2.0)
     x, y, z = world["x"], world["y"], world["z"]
@@ -313,6 +319,7 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
         out.put(("err", f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.integration
 def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     """The whole runtime (launcher, workers, driver) over rpc on a temporary local testbed."""
     (rpc_port,) = free_ports(1)
