@@ -1,13 +1,17 @@
 """Shared fixtures and capability checks: tests that need root, namespaces or cgroups skip with
-the reason when the machine cannot give them."""
+the reason when the machine cannot give them. Local testbed files and free ports are written by
+``tests/fixtures/testbeds.py``."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+
+SKIPNET = "tests.fixtures.toy_models:skipnet"
 
 
 def _is_root() -> bool:
@@ -39,6 +43,7 @@ def _can_cgroup() -> tuple[bool, str]:
     return False, "no writable cgroup CPU controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: host capabilities make integration tests
 def pytest_collection_modifyitems(config, items):
     checks = {
         "root": lambda: (_is_root(), "needs root"),
@@ -47,6 +52,8 @@ def pytest_collection_modifyitems(config, items):
     }
     cache: dict[str, tuple[bool, str]] = {}
     for item in items:
+        if any(item.get_closest_marker(marker) for marker in checks):
+            item.add_marker(pytest.mark.integration)
         for marker, check in checks.items():
             if marker in item.keywords:
                 if marker not in cache:
@@ -54,3 +61,26 @@ def pytest_collection_modifyitems(config, items):
                 ok, why = cache[marker]
                 if not ok:
                     item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(scope="session")
+def skipnet_profiles_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Profiles of the toy model ``SKIPNET`` (batch size 1) for devices a, b and c, measured once
+    per test session in this process with few repeats: for tests of what comes after profiling."""
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.profile.measure import ProfileSettings, profile_model
+    from paretopipe.profile.profile_file import default_path, save_profile
+
+    directory = tmp_path_factory.mktemp("skipnet-profiles")
+    spec = resolve_spec(SKIPNET)
+    settings = ProfileSettings(threads=1, repeats=5, warmup=1, min_time_s=0.0, steady_pct=0.0)
+    for device in ("a", "b", "c"):
+        save_profile(profile_model(spec, device, settings), default_path(device, spec.label, directory))
+    return directory
+
+
+@pytest.fixture
+def skipnet_profiles(tmp_path: Path, skipnet_profiles_once: Path) -> Path:
+    """``tmp_path / "profiles"``, holding a copy of the session's ``SKIPNET`` profiles of a, b, c:
+    for tests of what comes after profiling, so that they do not profile again."""
+    return Path(shutil.copytree(skipnet_profiles_once, tmp_path / "profiles"))

@@ -14,7 +14,7 @@ from paretopipe.cli import app
 from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.sweep.predict import _link_matrices, link_models
 from paretopipe.testbed import load_testbed
-from tests.test_sweep import _testbed
+from tests.fixtures.testbeds import local_testbed
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_file_round_trip_and_planner_uses_it(tmp_path):
     back = calibration_from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back.links == cal.links
     assert back.link("b", "a").overhead_ms == pytest.approx(0.175)  # unknown link: median of the fits
-    tb = load_testbed(_testbed(tmp_path))
+    tb = load_testbed(local_testbed(tmp_path))
     models = link_models(tb, Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5)), back, ["a", "b"])
     ab = models[("a", "b")]
     assert ab.overhead_ms == 0.25 and ab.condition.delay_ms == 5
@@ -56,8 +56,9 @@ def test_relay_plan_carries_exactly_the_bytes():
     assert plan.stages == 3 and all(c.nbytes == 65_536 for c in plan.cuts)
 
 
+@pytest.mark.integration
 def test_calibrate_command_on_a_local_testbed(tmp_path):
-    tb = _testbed(tmp_path)
+    tb = local_testbed(tmp_path)
     result = runner.invoke(
         app,
         [
@@ -78,5 +79,5 @@ def test_calibrate_command_on_a_local_testbed(tmp_path):
     rows = json.loads(result.stdout)
     assert len(rows) == 2 * 4  # (a, b, a>b, b>a) x 2 sizes
     assert all(r["latency_ms_p50"] > 0 for r in rows)
-    cal = load_calibration(tmp_path / "cal" / "sw-zmq-loopback.json")
+    cal = load_calibration(tmp_path / "cal" / "local-zmq-loopback.json")
     assert {(link.src, link.dst) for link in cal.links} >= {("driver", "a"), ("a", "b"), ("b", "driver")}

@@ -107,6 +107,7 @@ def test_v2_cleanup_runs_on_error_and_ctrl_c(tmp_path, monkeypatch):
     assert [p for p in ctl.parent.iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.integration
 def test_cleanup_stale_removes_groups_of_dead_owners(tmp_path, monkeypatch):
     ctl = _fake_v2(tmp_path, monkeypatch)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

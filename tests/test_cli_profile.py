@@ -196,6 +196,7 @@ def test_unknown_isa_fails_before_any_work(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="instruction set limits are for x86-64 CPUs"
 )

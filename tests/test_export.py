@@ -20,7 +20,7 @@ from paretopipe.runtime.artifacts import ArtifactStageBuilder
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.sweep.export import export_plan
 from paretopipe.sweep.store import RunStore
-from tests.test_sweep import _testbed
+from tests.fixtures.testbeds import local_testbed
 
 MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
 runner = CliRunner()
@@ -102,6 +102,7 @@ def test_builder_prefers_the_exported_file_and_checks_its_hash(tmp_path):
     assert isinstance(missing.build(spec), torch.nn.Identity)
 
 
+@pytest.mark.integration
 def test_run_an_exported_plan_on_local_workers(tmp_path):
     run = _fake_run(tmp_path)
     path, _ = export_plan(run, "wifi", "max-throughput", tmp_path / "plans")
@@ -112,7 +113,7 @@ def test_run_an_exported_plan_on_local_workers(tmp_path):
             "--plan",
             str(path),
             "--testbed",
-            str(_testbed(tmp_path)),
+            str(local_testbed(tmp_path)),
             "--items",
             "3",
             "--mode",

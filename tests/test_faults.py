@@ -29,7 +29,7 @@ from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.sweep import Config, SweepSettings, execute
 from paretopipe.sweep.store import RunStore
 from tests.fixtures.measurements import measured
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 SLEEPY = {
@@ -46,17 +46,6 @@ PLANS = [
     for c, d in [(1, ("b", "a")), (1, ("a", "b")), (2, ("a", "b"))]
 ]
 TIMEOUT_S = 2.0
-
-
-def _testbed(tmp_path: Path) -> Path:
-    p0, p1, p2 = _free_ports(3)
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "faults"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
-    return path
 
 
 def _worker(device: str, parent_pid: int | None = None) -> psutil.Process:
@@ -109,7 +98,7 @@ def _sweep(
 ):
     """Run the three configurations; ``fault("b")`` fires ``delay_s`` into configuration ``at``."""
     out = tmp_path / "run"
-    tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else _testbed(tmp_path)
+    tb = tmp_path / "tb.toml" if (tmp_path / "tb.toml").exists() else local_testbed(tmp_path)
     settings = SweepSettings(
         model=SLEEPY["name"],
         testbed=str(tb),
@@ -159,6 +148,7 @@ def _check_rows(rows: pd.DataFrame, failed_reason: str) -> pd.Series:
     return bad
 
 
+@pytest.mark.integration
 def test_killed_worker_fails_one_configuration_and_the_sweep_goes_on(tmp_path):
     outcome, rows, _ = _sweep(tmp_path, kill)
     assert (outcome.measured, outcome.failed) == (2, 1)
@@ -171,6 +161,7 @@ def test_killed_worker_fails_one_configuration_and_the_sweep_goes_on(tmp_path):
     assert sorted(ok["plan_id"]) == sorted(p.id for p in PLANS) and len(rows) == 4
 
 
+@pytest.mark.integration
 def test_stopped_worker_is_named_by_ping_and_killed(tmp_path):
     outcome, rows, _ = _sweep(tmp_path, stop)
     assert (outcome.measured, outcome.failed) == (2, 1)
@@ -189,6 +180,7 @@ def test_worker_cut_off_in_its_namespace_is_named(tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.integration
 def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
     with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
         _sweep(tmp_path, kill, fail_fast=True)
@@ -197,6 +189,7 @@ def test_fail_fast_raises_after_recording_the_failed_row(tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # the same through the CLI (profiles, sweeps, resumes): about 20 s
 def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path):
     out = tmp_path / "run"
@@ -207,7 +200,7 @@ def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path)
         "sweep",
         "tests.fixtures.toy_models:skipnet",
         "--testbed",
-        str(_testbed(tmp_path)),
+        str(local_testbed(tmp_path)),
         "--network",
         "lan",
         "--stages",
@@ -261,7 +254,7 @@ def _fake_sweep(tmp_path: Path, monkeypatch, session_cls, backend: str):
     out = tmp_path / "run"
     settings = SweepSettings(
         model=SLEEPY["name"],
-        testbed=str(_testbed(tmp_path)),
+        testbed=str(local_testbed(tmp_path)),
         networks=("lan",),
         stages=(2,),
         cuts="1,2",

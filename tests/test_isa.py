@@ -44,6 +44,7 @@ def test_other_cpus_are_refused_with_a_hint(monkeypatch):
 
 
 @needs_x86
+@pytest.mark.integration
 def test_a_fresh_process_runs_its_kernels_at_the_limit():
     out = _python(
         "from paretopipe.host import isa; import torch, json; isa.apply('sse41'); torch.ones(64).relu();"
@@ -54,6 +55,7 @@ def test_a_fresh_process_runs_its_kernels_at_the_limit():
 
 
 @needs_x86
+@pytest.mark.integration
 def test_a_limit_after_torch_computed_is_refused():
     out = _python(
         "import torch; from paretopipe.host import isa; torch.ones(64).relu(); have = isa.current_capability()\n"

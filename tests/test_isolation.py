@@ -23,24 +23,13 @@ from paretopipe.runtime.endpoints import relocated, render_testbed
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
 from tests.fixtures.pipeline_models import WIDEN
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_NETEM = HostCapabilities.assumed(qdiscs={"tbf", "htb", "bfifo"})
 SKIPNET = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
 FANOUT = {"name": "tests.fixtures.pipeline_models:fanout", "input_shape": [16], "source": "factory", "seed": 0}
 QUICK = MeasureOptions(modes=("latency",), latency_items=3, warmup=1)
-
-
-def _testbed(tmp_path: Path) -> Path:
-    p0, p1, p2 = _free_ports(3)
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "iso"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
-    return path
 
 
 def _root_links() -> list[str]:
@@ -111,7 +100,7 @@ def test_auto_subnet_avoids_every_used_network():
 
 
 def test_relocated_testbed_round_trips_through_its_file(tmp_path):
-    tb = load_testbed(_testbed(tmp_path))
+    tb = load_testbed(local_testbed(tmp_path))
     moved = relocated(tb, {"driver": "10.78.9.3", "a": "10.78.9.1", "b": "10.78.9.2"})
     path = tmp_path / "moved.toml"
     path.write_text(render_testbed(moved, "generated"))
@@ -124,7 +113,7 @@ def test_relocated_testbed_round_trips_through_its_file(tmp_path):
 def test_isolation_is_checked_before_any_work(tmp_path):
     from paretopipe.runtime.session import preflight
 
-    tb = load_testbed(_testbed(tmp_path))
+    tb = load_testbed(local_testbed(tmp_path))
     with pytest.raises(UsageError, match="unknown isolation 'docker'"):
         preflight(tb, "zmq", isolation="docker")
     remote = tmp_path / "remote.toml"
@@ -180,7 +169,9 @@ def test_reshape_replaces_shaping_and_restores_gso():
 @pytest.mark.netns
 def test_netns_run_gives_exact_output_and_leaves_nothing(tmp_path):
     plan = Plan(model=SKIPNET, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
-    with Session(load_testbed(_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20) as session:
+    with Session(
+        load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20
+    ) as session:
         prefix = session.net.prefix
         own_ns = os.readlink("/proc/self/ns/net")
         for name, pid in session.workers.pids().items():
@@ -206,7 +197,9 @@ def test_kernel_bandwidth_sets_the_transfer_time_of_a_large_hop(tmp_path):
     """A 1 MiB tensor between the stages over a 20 Mbit/s htb class takes about n / bandwidth."""
     nbytes = 16 * WIDEN * 4
     plan = Plan(model=FANOUT, batch_size=1, cuts=(PlanCut(1, "repeat"),), devices=("a", "b"))
-    with Session(load_testbed(_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20) as session:
+    with Session(
+        load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20
+    ) as session:
         base = session.measure(plan, Scenario("ideal", LinkCondition()), QUICK)
         row = session.measure(plan, Scenario("slow", parse_condition("bandwidth=20mbit")), QUICK)
     mech = row.links[1].mechanism
@@ -221,7 +214,7 @@ def test_kernel_bandwidth_sets_the_transfer_time_of_a_large_hop(tmp_path):
 @pytest.mark.netns
 def test_error_inside_a_netns_session_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
-        with Session(load_testbed(_testbed(tmp_path)), isolation="netns", startup_timeout_s=60) as session:
+        with Session(load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60) as session:
             prefix = session.net.prefix
             raise RuntimeError("boom")
     _nothing_left(prefix, os.getpid())
@@ -241,7 +234,7 @@ def test_ctrl_c_during_a_netns_run_leaves_nothing(tmp_path):
             "--devices",
             "a,b",
             "--testbed",
-            str(_testbed(tmp_path)),
+            str(local_testbed(tmp_path)),
             "--items",
             "100000",
             "--isolation",

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from paretopipe.errors import WorkerError
@@ -19,42 +18,17 @@ from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.testbed import load_testbed
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed, wait_workers_gone, workers_of
 
+pytestmark = pytest.mark.integration  # every test starts workers
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
 LOCAL = Scenario("local", LinkCondition())
 
 
 def _testbed(tmp_path: Path, quota: bool = False, isa: str | None = None) -> Path:
-    p0, p1, p2 = _free_ports(3)
     extra = ("cpu_quota = 0.5\n" if quota else "") + (f'isa = "{isa}"\n' if isa else "")
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "t"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n{extra}'
-    )
-    return path
-
-
-def _workers_of(path: Path) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "worker" in cmd and str(path) in cmd:
-            out.append(p)
-    return out
-
-
-def _wait_gone(path: Path, timeout_s: float = 10.0) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = [p for p in _workers_of(path) if p.status() != psutil.STATUS_ZOMBIE]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return _workers_of(path)
+    return local_testbed(tmp_path, extra={"b": extra})
 
 
 PLAN = Plan(model=MODEL, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
@@ -70,7 +44,7 @@ def test_run_measures_and_leaves_no_worker(tmp_path):
         row = session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
     assert row.output_exact is True
     assert row.latency_ms_p50 > 0 and row.throughput_ips > 0
-    assert not _wait_gone(tb_path)
+    assert not wait_workers_gone(tb_path)
 
 
 def test_killed_worker_is_named_and_everything_stops(tmp_path):
@@ -79,7 +53,7 @@ def test_killed_worker_is_named_and_everything_stops(tmp_path):
         with Session(load_testbed(tb_path), startup_timeout_s=60, timeout_s=10) as session:
             os.kill(session.workers.pids()["b"], signal.SIGKILL)
             session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
-    assert not _wait_gone(tb_path)
+    assert not wait_workers_gone(tb_path)
 
 
 @pytest.mark.cgroup
@@ -135,9 +109,9 @@ def test_ctrl_c_stops_run_and_workers(tmp_path):
     )
     try:
         deadline = time.monotonic() + 60
-        while len(_workers_of(tb_path)) < 2 and time.monotonic() < deadline:
+        while len(workers_of(tb_path)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(_workers_of(tb_path)) == 2, "workers did not start"
+        assert len(workers_of(tb_path)) == 2, "workers did not start"
         time.sleep(6)  # let the run get going
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -146,4 +120,4 @@ def test_ctrl_c_stops_run_and_workers(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode()
-    assert not _wait_gone(tb_path)
+    assert not wait_workers_gone(tb_path)

@@ -84,13 +84,13 @@ def _assert_same_front(inst: Instance, objectives: tuple[str, ...]) -> None:
     assert exact.plans[exact.on_front]["feasible"].all()
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(instances())
 def test_exact_equals_exhaustive_latency_throughput(inst):
     _assert_same_front(inst, ("latency", "throughput"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(instances())
 def test_exact_equals_exhaustive_with_bytes(inst):
     _assert_same_front(inst, ("latency", "throughput", "bytes"))

@@ -19,6 +19,7 @@ from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import load_plan
 from paretopipe.sweep.predict import gather_profiles, plan_front
 from paretopipe.testbed import load_testbed
+from tests.fixtures.testbeds import local_testbed
 
 FACTORY = "tests.fixtures.toy_models:skipnet"
 WIFI = Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0))
@@ -26,33 +27,31 @@ runner = CliRunner()
 
 
 def _write_testbed(directory: Path, memory: str = "1GiB", remote: bool = False) -> Path:
-    host = "192.0.2.10" if remote else "127.0.0.1"
-    text = (
-        f'name = "toy"\n[driver]\nhost = "127.0.0.1"\nport = 7550\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = 7551\nmemory = "{memory}"\n'
-        f'[[devices]]\nname = "b"\nhost = "{host}"\nport = 7552\nmemory = "{memory}"\n'
-        f'[[devices]]\nname = "c"\nhost = "127.0.0.1"\nport = 7553\nmemory = "{memory}"\n'
-    )
-    p = directory / "toy.toml"
-    p.write_text(text)
-    return p
+    devices = ("a", "b", "c")
+    hosts = {"b": "192.0.2.10"} if remote else {}
+    extra = {d: f'memory = "{memory}"' for d in devices}
+    return local_testbed(directory, devices, name="toy", pinned=False, hosts=hosts, extra=extra)
 
 
 @pytest.fixture(scope="module")
-def profiled(tmp_path_factory):
-    """Profiles of the toy model on three local devices, measured once for the module."""
+def profiled(tmp_path_factory, skipnet_profiles_once):
+    """The toy model's profiles on three local devices (measured once per session), as read by the planner."""
     d = tmp_path_factory.mktemp("planning")
     tb = load_testbed(_write_testbed(d))
+    shutil.copytree(skipnet_profiles_once, d / "profiles")
     spec = resolve_spec(FACTORY)
     graph = trace_spec(spec, 1)
-    profs = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    profs = gather_profiles(spec, graph, tb, 1, d / "profiles", auto_profile=False)
     return d, tb, spec, graph, profs
 
 
-def test_local_devices_are_profiled_and_reused(profiled):
-    d, tb, spec, graph, profs = profiled
+@pytest.mark.integration
+def test_local_devices_are_profiled_and_reused(profiled, tmp_path):
+    _, _, spec, graph, _ = profiled
+    tb = load_testbed(_write_testbed(tmp_path))
+    profs = gather_profiles(spec, graph, tb, 1, tmp_path / "profiles")
     assert set(profs) == {"a", "b", "c"} and all(p.fresh for p in profs.values())
-    again = gather_profiles(spec, graph, tb, 1, d / "profiles")
+    again = gather_profiles(spec, graph, tb, 1, tmp_path / "profiles")
     assert not any(p.fresh for p in again.values())
 
 
@@ -116,7 +115,7 @@ def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
             "plan",
             FACTORY,
             "--testbed",
-            str(d / "toy.toml"),
+            str(d / "tb.toml"),
             "--network",
             "4g",
             "--stages",
@@ -149,7 +148,7 @@ def test_plan_cli_writes_front_plans_and_plot(profiled, tmp_path):
 def test_plan_cli_bad_input(profiled, args, message):
     d, *_ = profiled
     result = runner.invoke(
-        app, ["plan", FACTORY, "--testbed", str(d / "toy.toml"), "--profiles", str(d / "profiles"), *args]
+        app, ["plan", FACTORY, "--testbed", str(d / "tb.toml"), "--profiles", str(d / "profiles"), *args]
     )
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 
@@ -19,25 +18,16 @@ from paretopipe.runtime.protocol import StageSpec
 from paretopipe.runtime.worker import Worker
 from paretopipe_backends.base import Endpoint, TransportOptions
 from paretopipe_backends.zeromq import ZmqTransport
+from tests.fixtures.testbeds import free_ports
 
 SPEC = resolve_spec("tests.fixtures.toy_models:skipnet")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @contextlib.contextmanager
 def pipeline(devices=("a", "b", "c"), start=None, options=None):
     """Workers for ``start`` (default: all devices) in threads, and a driver transport."""
     names = ["driver", *devices]
-    eps = {n: Endpoint(n, "127.0.0.1", p) for n, p in zip(names, _free_ports(len(names)))}
+    eps = {n: Endpoint(n, "127.0.0.1", p) for n, p in zip(names, free_ports(len(names)))}
     opts = options or TransportOptions(send_timeout_s=1.0)
     transports, threads = [], []
     for name in start if start is not None else devices:

@@ -21,7 +21,7 @@ from paretopipe.testbed import load_testbed
 from paretopipe_backends.base import Endpoint, TransportOptions, TransportTimeout
 from paretopipe_backends.security import CurveConfig, generate_keypairs
 from paretopipe_backends.zeromq import ZmqTransport
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPNET = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
@@ -31,16 +31,8 @@ runner = CliRunner()
 
 def _testbed(tmp_path: Path, keys: dict[str, str] | None = None, host_b: str = "127.0.0.1") -> Path:
     """A local testbed; ``keys`` maps endpoint -> key prefix (omitted endpoints get no key)."""
-    keys = keys or {}
-    line = lambda name: f'key = "{keys[name]}"\n' if name in keys else ""
-    p0, p1, p2 = _free_ports(3)
-    path = tmp_path / "tb.toml"
-    path.write_text(
-        f'name = "sec"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n{line("driver")}'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n{line("a")}'
-        f'[[devices]]\nname = "b"\nhost = "{host_b}"\nport = {p2}\ncpus = [1]\n{line("b")}'
-    )
-    return path
+    extra = {name: f'key = "{prefix}"' for name, prefix in (keys or {}).items()}
+    return local_testbed(tmp_path, name="sec", hosts={"b": host_b}, extra=extra)
 
 
 @pytest.fixture
@@ -55,6 +47,7 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.integration
 def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_testbed: Path, tmp_path: Path):
     tb = load_testbed(secure_testbed)
     options = MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
@@ -171,6 +164,7 @@ def _listening(pid: int, timeout_s: float = 60.0) -> set[str]:
     raise AssertionError("the worker never listened")
 
 
+@pytest.mark.integration
 def test_worker_binds_exactly_its_testbed_address_unless_bind_all(tmp_path: Path):
     path = _testbed(tmp_path, host_b="127.0.0.2")
     port_b = load_testbed(path).device("b").port

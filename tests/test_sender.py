@@ -13,7 +13,7 @@ from paretopipe.runtime.sender import SendThread
 from paretopipe_backends import Endpoint, TransportOptions
 from paretopipe_backends.base import Transport
 from paretopipe_backends.zeromq import ZmqTransport
-from tests.test_zeromq import HOST, free_ports
+from tests.fixtures.testbeds import HOST, free_ports
 
 
 class FakeTransport(Transport):

@@ -19,22 +19,11 @@ from paretopipe.cli import app
 from paretopipe.runtime.measurement import Measurement
 from paretopipe.sweep.store import COLUMNS, RunStore
 from tests.fixtures import measurements as fake
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import local_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = "tests.fixtures.toy_models:skipnet"
 runner = CliRunner()
-
-
-def _testbed(directory: Path) -> Path:
-    p0, p1, p2 = _free_ports(3)
-    path = directory / "tb.toml"
-    path.write_text(
-        f'name = "sw"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
-    return path
 
 
 def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
@@ -42,7 +31,7 @@ def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
         "sweep",
         FACTORY,
         "--testbed",
-        str(_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
+        str(local_testbed(tmp) if not (tmp / "tb.toml").exists() else tmp / "tb.toml"),
         "--network",
         "lan,wifi",
         "--stages",
@@ -61,6 +50,7 @@ def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.integration
 def test_small_sweep_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, _args(tmp_path, out))
@@ -110,6 +100,8 @@ def test_small_sweep_end_to_end(tmp_path):
     assert (tmp_path / "f.png").is_file()
 
 
+@pytest.mark.integration
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20")]
@@ -137,6 +129,7 @@ def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
     assert f"skipped {len(partial)}" in resumed.stderr
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 @pytest.mark.parametrize(
     "extra,message",
     [
@@ -235,7 +228,7 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
     st = SweepSettings(
         **{
             "model": FACTORY,
-            "testbed": str(_testbed(tmp_path)),
+            "testbed": str(local_testbed(tmp_path)),
             "networks": ("lan",),
             "stages": (2,),
             "cuts": "3,5",
@@ -258,6 +251,7 @@ def _whole_model_run(ms: float) -> Measurement:
     return fake.measured(latency_stages=fake.stages(ms), throughput_stages=fake.stages(ms), throughput_ips=1e3 / ms)
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_path, monkeypatch):
     # Devices that run twice as slow in the second pass: the check at the start of each pass must
     # see it and price that pass's plans with it; after a failed configuration the restarted
@@ -288,6 +282,7 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
     assert stage_ms[1].div(stage_ms[0]).round(3).eq(2.0).all()  # twice the compute in pass 2, predicted so
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monkeypatch):
     # Each configuration takes 25 s of a fake clock and the devices slow down by 10% at every
     # check: with --recheck 60 the pass is checked again before its 4th configuration (75 s after
@@ -327,6 +322,7 @@ def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monk
     )  # stage ms kept to 4 decimals
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch):
     from paretopipe.sweep import device_checks
 
@@ -344,6 +340,7 @@ def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch)
     assert [(r["reason"], r["repeat"]) for r in recorded] == [("start", 0), ("start", 1)]
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
     _, rows, logged, configs = _fake_sweep(
         tmp_path, monkeypatch, lambda plan: replace(_whole_model_run(10.0), latency_ms_p50=30.0), pass_check=False
@@ -355,6 +352,7 @@ def test_no_pass_check_keeps_the_planned_predictions(tmp_path, monkeypatch):
     assert rows.set_index("plan_id")["pred_latency_ms"].astype(float).to_dict() == pytest.approx(planned)
 
 
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 @pytest.mark.parametrize("refine", [0, 2])
 def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_path, monkeypatch, refine):
     # Every plan measures the same: all are on the measured front, so every plan not measured yet

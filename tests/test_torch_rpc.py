@@ -21,7 +21,7 @@ from paretopipe_backends import Endpoint, TransportOptions, get_transport
 from paretopipe_backends.codec import encode, frames_nbytes
 from paretopipe_backends.security import CurveConfig
 from paretopipe_backends.torch_rpc import TRUST_WARNING, TorchRpcTransport
-from tests.test_zeromq import free_ports
+from tests.fixtures.testbeds import free_ports, local_testbed, wait_workers_gone
 
 HOST = "127.0.0.1"
 CTX = mp.get_context("spawn")
@@ -155,6 +155,7 @@ def test_registered_as_rpc() -> None:
     assert get_transport("rpc") is TorchRpcTransport and TorchRpcTransport.name == "rpc"
 
 
+@pytest.mark.integration
 def test_tensors_travel_both_ways_exactly(world) -> None:
     a, b = world["a"], world["b"]
     sent = [
@@ -185,6 +186,7 @@ def test_tensors_travel_both_ways_exactly(world) -> None:
     assert after_a["messages_received"] - before_a["messages_received"] == 1
 
 
+@pytest.mark.integration
 def test_messages_from_one_sender_arrive_in_order(world) -> None:
     a, b = world["a"], world["b"]
     for i in range(200):
@@ -194,6 +196,7 @@ def test_messages_from_one_sender_arrive_in_order(world) -> None:
     assert all(int(t[0][0]) == h["i"] for _, h, t, _ in got)
 
 
+@pytest.mark.integration
 def test_shaped_link_delays_messages(world) -> None:
     c, b = world["c"], world["b"]
     sent_ns = c("send", "b", {"shaped": True}, [torch.ones(3)])
@@ -202,6 +205,7 @@ def test_shaped_link_delays_messages(world) -> None:
     assert recv_ns - sent_ns >= 150e6  # the user-space shaper's 150 ms delay
 
 
+@pytest.mark.integration
 def test_unknown_peer_timeout_and_refused_messages(world) -> None:
     a, b = world["a"], world["b"]
     with pytest.raises(UsageError, match=r"unknown peer 'nobody'.*known peers: \['b', 'c'\]"):
@@ -216,6 +220,7 @@ def test_unknown_peer_timeout_and_refused_messages(world) -> None:
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.integration
 def test_trust_warning_is_logged_and_printed(world, tmp_path: Path) -> None:
     assert any(TRUST_WARNING in line for line in world["a"]("logs"))
     from paretopipe.cli import app
@@ -272,6 +277,7 @@ def test_missing_member_is_named_within_the_timeout() -> None:
     assert time.monotonic() - start < 12
 
 
+@pytest.mark.integration
 def test_dead_member_fails_sends_and_close_is_bounded() -> None:
     world = _world(["x", "y", "z"], close_timeout_s=2.0)
     x, y, z = world["x"], world["y"], world["z"]
@@ -313,17 +319,11 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
         out.put(("err", f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.integration
 def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     """The whole runtime (launcher, workers, driver) over rpc on a temporary local testbed."""
-    from tests.test_launcher import _wait_gone
-
-    p0, p1, p2, rpc_port = free_ports(4)
-    tb_path = tmp_path / "tb.toml"
-    tb_path.write_text(
-        f'name = "t"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\nrpc_port = {rpc_port}\n'
-        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\ncpus = [0]\n'
-        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\ncpus = [1]\n'
-    )
+    (rpc_port,) = free_ports(1)
+    tb_path = local_testbed(tmp_path, extra={"driver": f"rpc_port = {rpc_port}"})
     out = CTX.Queue()
     proc = CTX.Process(target=_run_session, args=(str(tb_path), out))
     proc.start()
@@ -332,4 +332,4 @@ def test_session_over_rpc_gives_the_unsplit_output(tmp_path: Path) -> None:
     assert kind == "ok", row
     assert row.output_exact is True and row.output_max_abs_diff == 0
     assert row.latency_ms_p50 > 0 and row.throughput_ips > 0
-    assert not _wait_gone(tb_path)
+    assert not wait_workers_gone(tb_path)

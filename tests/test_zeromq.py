@@ -17,20 +17,7 @@ from paretopipe.network.conditions import LinkCondition
 from paretopipe_backends import Endpoint, Message, Transport, TransportClosed, TransportOptions, TransportTimeout
 from paretopipe_backends.codec import encode
 from paretopipe_backends.zeromq import ZmqTransport, zmq_address
-
-HOST = "127.0.0.1"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that were free a moment ago on loopback."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.fixtures.testbeds import HOST, free_ports
 
 
 @pytest.fixture
