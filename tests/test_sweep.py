@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paretopipe.cli import app
-from paretopipe.runtime.measurement import Measurement
+from paretopipe.runtime.records import Measurement
 from paretopipe.sweep.store import COLUMNS, RunStore
 from tests.fixtures import measurements as fake
 from tests.fixtures.testbeds import local_testbed

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from paretopipe.errors import ParetoPipeError
 
 if TYPE_CHECKING:
-    from paretopipe.runtime.measurement import Measurement, StageTimes
+    from paretopipe.runtime.records import Measurement, StageTimes
     from paretopipe.runtime.session import Session
 
 #: Where a run directory keeps the device runtime calibration of its sweep.

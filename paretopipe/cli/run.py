@@ -15,7 +15,7 @@ from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse
 from paretopipe.errors import UsageError
 
 if TYPE_CHECKING:
-    from paretopipe.runtime.measurement import ShapedLink
+    from paretopipe.runtime.records import ShapedLink
 
 TestbedOption = typer.Option(
     Path("testbed/local.toml"), "--testbed", "-t", help="Testbed file (devices, driver, links)."

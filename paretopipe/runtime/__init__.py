@@ -4,7 +4,7 @@ The stage loop and the driver are the same for every transport backend.
 """
 
 from paretopipe.runtime.driver import Driver, LatencyResult, StageStats, ThroughputResult
-from paretopipe.runtime.measurement import Measurement, ShapedLink, StageTimes
+from paretopipe.runtime.records import Measurement, ShapedLink, StageTimes
 from paretopipe.runtime.session import MeasureOptions, Session
 from paretopipe.runtime.worker import Worker
 

@@ -38,8 +38,8 @@ from paretopipe.network.conditions import Scenario
 from paretopipe.plan.plan_file import Plan
 from paretopipe.runtime.driver import Driver
 from paretopipe.runtime.endpoints import curve_config, endpoints, make_transport, relocated, render_testbed
-from paretopipe.runtime.measurement import Measurement, ShapedLink, StageTimes
 from paretopipe.runtime.protocol import StageSpec
+from paretopipe.runtime.records import Measurement, ShapedLink, StageTimes
 from paretopipe.testbed import DRIVER, Testbed
 
 if TYPE_CHECKING:

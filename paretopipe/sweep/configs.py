@@ -16,7 +16,7 @@ from paretopipe.network.conditions import LinkCondition, Scenario, load_scenario
 from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.device_checks import measure_before_planning, saved_runtimes
 from paretopipe.sweep.inputs import planning_inputs
-from paretopipe.sweep.sessions import Sessions, sessions_or_own
+from paretopipe.sweep.session_pool import Sessions, sessions_or_own
 from paretopipe.sweep.settings import RESUME_COMPARABLE, Config, Log, SweepSettings
 from paretopipe.sweep.store import RunStore, check_resume_compatible, now
 from paretopipe.testbed import Testbed

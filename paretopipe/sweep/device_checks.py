@@ -19,7 +19,7 @@ from paretopipe.errors import ConfigError, ParetoPipeError
 from paretopipe.network.conditions import load_scenarios
 from paretopipe.plan.plan_file import Plan
 from paretopipe.sweep.inputs import PlanningInputs, planning_inputs
-from paretopipe.sweep.sessions import Sessions
+from paretopipe.sweep.session_pool import Sessions
 from paretopipe.sweep.settings import Config, Log, SweepSettings
 from paretopipe.sweep.store import now
 

@@ -20,7 +20,7 @@ from paretopipe.sweep.settings import Config, SweepSettings
 from paretopipe.sweep.store import now
 
 if TYPE_CHECKING:
-    from paretopipe.runtime.measurement import Measurement, StageTimes
+    from paretopipe.runtime.records import Measurement, StageTimes
 
 
 def config_columns(cfg: Config, settings: SweepSettings, host: str, commit: str | None) -> dict[str, Any]:

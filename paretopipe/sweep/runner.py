@@ -16,7 +16,7 @@ from paretopipe.sweep.configs import replan
 from paretopipe.sweep.device_checks import PassCheck
 from paretopipe.sweep.refine import refine
 from paretopipe.sweep.rows import config_columns, failure_columns, measurement_columns
-from paretopipe.sweep.sessions import Sessions, sessions_or_own
+from paretopipe.sweep.session_pool import Sessions, sessions_or_own
 from paretopipe.sweep.settings import Config, Log, SweepOutcome, SweepSettings
 from paretopipe.sweep.store import RunStore
 
