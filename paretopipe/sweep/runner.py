@@ -133,7 +133,12 @@ class Sessions:
         if backend not in self._open:
             st = self.settings
             self._open[backend] = Session(
-                self.testbed, backend, timeout_s=st.timeout_s, isolation=st.isolation, secure=st.secure
+                self.testbed,
+                backend,
+                timeout_s=st.timeout_s,
+                isolation=st.isolation,
+                secure=st.secure,
+                **_allowances(st),
             ).__enter__()
         return self._open[backend]
 
@@ -150,6 +155,18 @@ class Sessions:
     def __exit__(self, *exc: object) -> None:
         for backend in list(self._open):
             self.drop(backend)
+
+
+def _allowances(settings: SweepSettings) -> dict[str, list[str]]:
+    """What local workers must be allowed to build the sweep's model (its factory module and
+    weights directory): the user named it on this command line and owns both ends."""
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.runtime.policy import allowances
+
+    st = settings
+    spec = resolve_spec(st.model, st.input_shape, st.weights, st.seed, st.leaf)
+    modules, dirs = allowances(spec.to_dict())
+    return {"allow_models": modules, "weights_dirs": dirs}
 
 
 @contextlib.contextmanager
