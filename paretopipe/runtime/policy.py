@@ -105,11 +105,11 @@ class WorkerPolicy:
             )
         out = dict(data)
         if model.weights is not None:
-            if model.weights_sha256 is None:
-                raise Refused("hash-missing", f"weights {model.weights!r} come without a SHA-256 to check them by")
             path = contained_file(model.weights, self.weights_dirs, "weights", "--weights-dir")
             if path is None:
                 raise Refused("not-found", f"weights {model.weights!r} are not in {_dirs(self.weights_dirs)}")
+            if model.weights_sha256 is None:
+                raise Refused("hash-missing", f"weights {model.weights!r} come without a SHA-256 to check them by")
             _check_hash(path, model.weights_sha256, "weights")
             out["weights"] = str(path)
         return out
@@ -139,7 +139,9 @@ def contained_file(name: str, directories: Sequence[Path], what: str, flag: str)
     nothing. Raises Refused (``path-outside``) for a name with ``..``, a path outside, or a worker
     given no directory for ``what``."""
     if not directories:
-        raise Refused("path-outside", f"{what} {name!r}: this worker reads no {what}s", f"start it with {flag} DIR")
+        raise Refused(
+            "path-outside", f"{what} {name!r}: this worker was given no directory to read them from", f"{flag} DIR"
+        )
     p = Path(name)
     if ".." in p.parts or "\0" in name:
         raise Refused("path-outside", f"{what} {name!r} climbs out of its directory ('..')")
