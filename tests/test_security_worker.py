@@ -417,3 +417,29 @@ def test_the_driver_warns_and_rpc_beyond_loopback_needs_insecure(tmp_path: Path)
     argv = ["run", SKIPNET["name"], "--cuts", "3", "--devices", "pi", "--testbed", str(tb_path), "--backend", "rpc"]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and "needs --insecure" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_local_session_refuses_a_plan_its_workers_may_not_build(tmp_path: Path):
+    from paretopipe.network.conditions import LinkCondition
+    from paretopipe.plan.plan_file import Plan, PlanCut
+    from paretopipe.runtime.session import Session
+
+    p0, p1, p2 = _free_ports(3)
+    path = tmp_path / "tb.toml"
+    path.write_text(
+        f'name = "local"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
+        f'[[devices]]\nname = "a"\nhost = "127.0.0.1"\nport = {p1}\n'
+        f'[[devices]]\nname = "b"\nhost = "127.0.0.1"\nport = {p2}\n'
+    )
+    plan = Plan(model=SKIPNET, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
+    weighted = Plan(
+        model={**SKIPNET, "weights": str(tmp_path / "w" / "x.pt")}, batch_size=1, cuts=plan.cuts, devices=plan.devices
+    )
+    bare = Session(load_testbed(path))  # not entered: nothing is started or sent
+    with pytest.raises(UsageError, match=r"plan c3-a\+b needs module tests.fixtures.toy_models, which the local"):
+        bare.setup(plan, ("local", LinkCondition()))
+    allowed = Session(load_testbed(path), allow_models=["tests.fixtures"])
+    allowed._check_allowed(plan)
+    with pytest.raises(UsageError, match="needs weights directory"):
+        allowed._check_allowed(weighted)
+    Session(load_testbed(path), allow_models=["tests"], weights_dirs=[str(tmp_path / "w")])._check_allowed(weighted)
