@@ -289,14 +289,14 @@ def worker_command(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if secure and backend != "zmq":
         raise UsageError(f"--secure needs the zmq backend, not {backend!r}", "PyTorch RPC cannot be authenticated here")
-    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts)
-    tb, _ = load_testbed_and_scenarios(testbed, networks)
-    dev = tb.device(device)
-    exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
     if backend == "rpc":
         from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
+    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts)
+    tb, _ = load_testbed_and_scenarios(testbed, networks)
+    dev = tb.device(device)
+    exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
     if exposed:
         err_console.print(exposed, markup=False, highlight=False, soft_wrap=True)
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
