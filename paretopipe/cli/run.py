@@ -254,11 +254,12 @@ def worker_command(
     allow_model: list[str] | None = typer.Option(
         None,
         "--allow-model",
+        metavar="MODULE",
         help="A module (or package) whose package.module:factory models this worker may import and build; "
         "repeatable. Registry models need none.",
     ),
     weights_dir: list[Path] | None = typer.Option(
-        None, "--weights-dir", help="A directory this worker may load weights files from; repeatable."
+        None, "--weights-dir", metavar="DIR", help="A directory this worker may load weights files from; repeatable."
     ),
     insecure: bool = typer.Option(
         False,
