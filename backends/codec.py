@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,8 @@ DEFAULT_MAX_MESSAGE_NBYTES = 1 << 30
 DEFAULT_MAX_HEADER_NBYTES = 64 * 1024
 #: Most dimensions a received tensor may have.
 MAX_NDIM = 32
+#: Deepest nesting of JSON arrays and objects in an envelope, checked before it is parsed.
+MAX_JSON_DEPTH = 32
 
 _ENVELOPE_FIELDS = frozenset({"v", "src", "header", "tensors"})
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "nbytes"})
@@ -186,11 +189,45 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
+_JSON_SPECIAL = re.compile(r'[\[\]{}"\\]')
+
+
+def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise FrameError if arrays and objects in the JSON ``text`` nest deeper than ``max_depth``.
+
+    A linear scan over brackets, quotes and backslashes only (brackets inside strings do not
+    count), run before the parser so that no input can make it recurse deeply.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    depth, in_string, skip = 0, False, -1
+    for match in _JSON_SPECIAL.finditer(text):
+        pos, char = match.start(), match.group()
+        if pos == skip:
+            continue
+        if in_string:
+            if char == "\\":
+                skip = pos + 1  # the escaped character, whatever it is
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise FrameError(
+                    f"envelope is nested too deeply: arrays/objects deeper than {max_depth} levels at byte {pos}"
+                )
+        elif char in "]}":
+            depth -= 1
+
+
 def _parse_envelope(view: memoryview) -> Any:
     try:
         text = str(view, "utf-8")
     except UnicodeDecodeError as exc:
         raise FrameError(f"envelope is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    check_json_depth(text)
     try:
         return _DECODER.decode(text)
     except FrameError:

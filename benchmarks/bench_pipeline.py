@@ -447,7 +447,10 @@ def main(argv: list[str] | None = None) -> None:
     more: list[dict[str, Any]] = []
     scans: list[dict[str, Any]] = []
     try:
-        with Session(testbed, "zmq") as session:
+        from paretopipe.runtime.policy import allowances
+
+        modules = [m for model in args.models for m in allowances(resolve_spec(model).to_dict())[0]]
+        with Session(testbed, "zmq", allow_models=modules) as session:
             period = "launcher's default"
             if args.cfs_period_us and session.workers is not None:
                 applied = set_cfs_period(session.workers.pids(), args.cfs_period_us)

@@ -79,7 +79,17 @@ def main() -> None:
     )
 
     rows = []
-    with Session(tb, isolation=args.isolation, startup_timeout_s=180, timeout_s=120) as session:
+    from paretopipe.runtime.policy import allowances
+
+    modules, weights_dirs = allowances(plan.model)
+    with Session(
+        tb,
+        isolation=args.isolation,
+        startup_timeout_s=180,
+        timeout_s=120,
+        allow_models=modules,
+        weights_dirs=weights_dirs,
+    ) as session:
         procs = {name: psutil.Process(pid) for name, pid in session.workers.pids().items()}
         procs["driver"] = psutil.Process(os.getpid())
         session.setup(plan, scenario)

@@ -66,6 +66,20 @@ class FrameError(TransportError):
     """A received frame is malformed; the message says why. The receiver keeps serving."""
 
 
+class Refused(ParetoPipeError):
+    """A worker refused a request its owner did not allow, or whose fields are out of bounds.
+
+    ``reason`` names the rule that refused it (``model-not-allowed``, ``path-outside``,
+    ``hash-mismatch``, ``out-of-bounds``...); the worker sends it to the driver and keeps serving.
+    """
+
+    exit_code = 4
+
+    def __init__(self, reason: str, problem: str, hint: str | None = None):
+        self.reason = reason
+        super().__init__(f"refused ({reason}): {problem}", hint)
+
+
 class WorkerError(ParetoPipeError):
     """A worker (named) failed, died or stopped answering."""
 

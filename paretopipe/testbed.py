@@ -44,7 +44,7 @@ class Device:
     @property
     def is_local(self) -> bool:
         """True when the device is emulated on this machine (loopback host)."""
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @property
     def address(self) -> str:
@@ -150,7 +150,8 @@ def shipped_path(path: str | Path) -> Path:
     return shipped if shipped.exists() else p
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for any other name."""
     if host == "localhost":
         return True
     try:

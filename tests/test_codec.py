@@ -11,7 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paretopipe.errors import FrameError, TransportError
-from paretopipe_backends.codec import ALLOWED_DTYPES, MAX_NDIM, PROTOCOL_VERSION, decode, encode, frames_nbytes
+from paretopipe_backends.codec import (
+    ALLOWED_DTYPES,
+    MAX_JSON_DEPTH,
+    MAX_NDIM,
+    PROTOCOL_VERSION,
+    check_json_depth,
+    decode,
+    encode,
+    frames_nbytes,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -377,3 +386,28 @@ def test_fuzz_oversized_claims_never_allocate(wire: str, shape: list[int]) -> No
         return  # a coincidentally honest claim
     with pytest.raises(FrameError):
         decode(frames, max_message_nbytes=1 << 20)
+
+
+@pytest.mark.parametrize("opener", [b"[", b"{", b'{"a":'])
+def test_a_full_header_of_openers_is_a_frame_error_before_parsing(opener: bytes, monkeypatch) -> None:
+    import paretopipe_backends.codec as codec
+
+    def must_not_parse(text: str) -> None:
+        raise AssertionError("the parser was reached")
+
+    monkeypatch.setattr(codec._DECODER, "decode", must_not_parse)
+    frame = (opener * (64 * 1024 // len(opener)))[: 64 * 1024]
+    with pytest.raises(FrameError, match=f"nested too deeply: arrays/objects deeper than {MAX_JSON_DEPTH} levels"):
+        decode([frame])
+
+
+def test_depth_bound_counts_only_brackets_outside_strings() -> None:
+    deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    check_json_depth(deep)  # exactly at the bound
+    with pytest.raises(FrameError, match="at byte 32"):
+        check_json_depth("[" + deep + "]")
+    # brackets, quotes and backslashes inside strings are text, not structure
+    text = json.dumps({"s": "[" * 100 + '\\"{' * 50, "t": "\\", "u": [[1]] * 40})
+    check_json_depth(text)
+    header = {"note": "[" * 1000, "deep": [[["x"]]]}
+    assert decode(encode("a", header))[1] == header

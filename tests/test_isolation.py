@@ -170,7 +170,11 @@ def test_reshape_replaces_shaping_and_restores_gso():
 def test_netns_run_gives_exact_output_and_leaves_nothing(tmp_path):
     plan = Plan(model=SKIPNET, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
     with Session(
-        load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20
+        load_testbed(local_testbed(tmp_path)),
+        isolation="netns",
+        startup_timeout_s=60,
+        allow_models=["tests.fixtures"],
+        timeout_s=20,
     ) as session:
         prefix = session.net.prefix
         own_ns = os.readlink("/proc/self/ns/net")
@@ -198,7 +202,11 @@ def test_kernel_bandwidth_sets_the_transfer_time_of_a_large_hop(tmp_path):
     nbytes = 16 * WIDEN * 4
     plan = Plan(model=FANOUT, batch_size=1, cuts=(PlanCut(1, "repeat"),), devices=("a", "b"))
     with Session(
-        load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60, timeout_s=20
+        load_testbed(local_testbed(tmp_path)),
+        isolation="netns",
+        startup_timeout_s=60,
+        allow_models=["tests.fixtures"],
+        timeout_s=20,
     ) as session:
         base = session.measure(plan, Scenario("ideal", LinkCondition()), QUICK)
         row = session.measure(plan, Scenario("slow", parse_condition("bandwidth=20mbit")), QUICK)
@@ -214,7 +222,12 @@ def test_kernel_bandwidth_sets_the_transfer_time_of_a_large_hop(tmp_path):
 @pytest.mark.netns
 def test_error_inside_a_netns_session_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
-        with Session(load_testbed(local_testbed(tmp_path)), isolation="netns", startup_timeout_s=60) as session:
+        with Session(
+            load_testbed(local_testbed(tmp_path)),
+            isolation="netns",
+            startup_timeout_s=60,
+            allow_models=["tests.fixtures"],
+        ) as session:
             prefix = session.net.prefix
             raise RuntimeError("boom")
     _nothing_left(prefix, os.getpid())

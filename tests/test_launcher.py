@@ -37,7 +37,7 @@ PLAN = Plan(model=MODEL, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=(
 def test_run_measures_and_leaves_no_worker(tmp_path):
     tb_path = _testbed(tmp_path)
     tb = load_testbed(tb_path)
-    with Session(tb, startup_timeout_s=60) as session:
+    with Session(tb, startup_timeout_s=60, allow_models=["tests.fixtures"]) as session:
         pids = session.workers.pids()
         for name, pid in pids.items():
             assert os.sched_getaffinity(pid) == set(tb.device(name).cpus)
@@ -50,7 +50,9 @@ def test_run_measures_and_leaves_no_worker(tmp_path):
 def test_killed_worker_is_named_and_everything_stops(tmp_path):
     tb_path = _testbed(tmp_path)
     with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
-        with Session(load_testbed(tb_path), startup_timeout_s=60, timeout_s=10) as session:
+        with Session(
+            load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"], timeout_s=10
+        ) as session:
             os.kill(session.workers.pids()["b"], signal.SIGKILL)
             session.measure(PLAN, LOCAL, MeasureOptions(latency_items=5, throughput_items=10, warmup=1))
     assert not wait_workers_gone(tb_path)
@@ -59,7 +61,7 @@ def test_killed_worker_is_named_and_everything_stops(tmp_path):
 @pytest.mark.cgroup
 def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
     tb_path = _testbed(tmp_path, quota=True)
-    with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
+    with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"]) as session:
         pid = session.workers.pids()["b"]
         groups = Path(f"/proc/{pid}/cgroup").read_text()
         cpu_lines = [line.split(":", 2) for line in groups.splitlines()]
@@ -73,7 +75,7 @@ def test_quota_worker_runs_in_its_cgroup_and_cgroup_is_removed(tmp_path):
 )
 def test_isa_worker_starts_with_the_limit_and_computes_exactly(tmp_path):
     tb_path = _testbed(tmp_path, isa="sse41")
-    with Session(load_testbed(tb_path), startup_timeout_s=60) as session:
+    with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"]) as session:
         env = Path(f"/proc/{session.workers.pids()['b']}/environ").read_bytes().split(b"\0")
         assert b"ATEN_CPU_CAPABILITY=default" in env and b"DNNL_MAX_CPU_ISA=SSE41" in env
         env_a = Path(f"/proc/{session.workers.pids()['a']}/environ").read_bytes().split(b"\0")

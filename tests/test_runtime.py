@@ -14,6 +14,7 @@ from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import example_input, resolve_spec
 from paretopipe.model.stages import assemble_output, compare_outputs
 from paretopipe.runtime.driver import Driver
+from paretopipe.runtime.policy import WorkerPolicy
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.runtime.worker import Worker
 from paretopipe_backends.base import Endpoint, TransportOptions
@@ -21,6 +22,8 @@ from paretopipe_backends.zeromq import ZmqTransport
 from tests.fixtures.testbeds import free_ports
 
 SPEC = resolve_spec("tests.fixtures.toy_models:skipnet")
+#: What the in-process workers of these tests may build: the test models.
+TESTS_POLICY = WorkerPolicy(allow_models=frozenset({"tests.fixtures"}))
 
 
 @contextlib.contextmanager
@@ -33,7 +36,7 @@ def pipeline(devices=("a", "b", "c"), start=None, options=None):
     for name in start if start is not None else devices:
         t = ZmqTransport(eps[name], {k: v for k, v in eps.items() if k != name}, options=opts)
         t.start()
-        th = threading.Thread(target=Worker(name, t, poll_s=0.1).serve, daemon=True)
+        th = threading.Thread(target=Worker(name, t, poll_s=0.1, policy=TESTS_POLICY).serve, daemon=True)
         th.start()
         transports.append(t)
         threads.append(th)

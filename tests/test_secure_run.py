@@ -51,7 +51,7 @@ def _one_error_line(result) -> str:
 def test_secure_run_is_exact_and_ignores_peers_without_an_allowed_key(secure_testbed: Path, tmp_path: Path):
     tb = load_testbed(secure_testbed)
     options = MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
-    with Session(tb, secure=True, startup_timeout_s=60, timeout_s=20) as session:
+    with Session(tb, secure=True, startup_timeout_s=60, timeout_s=20, allow_models=["tests.fixtures"]) as session:
         assert all("--secure" in psutil.Process(pid).cmdline() for pid in session.workers.pids().values())
         pids = session.workers.pids()
         assert session.measure(PLAN, Scenario("local", LinkCondition()), options).output_exact is True
@@ -176,7 +176,18 @@ def test_worker_binds_exactly_its_testbed_address_unless_bind_all(tmp_path: Path
     )
     port_a = load_testbed(path).device("a").port
     anywhere = subprocess.Popen(
-        [sys.executable, "-m", "paretopipe", "worker", "--testbed", str(path), "--device", "a", "--bind-all"],
+        [
+            sys.executable,
+            "-m",
+            "paretopipe",
+            "worker",
+            "--testbed",
+            str(path),
+            "--device",
+            "a",
+            "--bind-all",
+            "--insecure",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

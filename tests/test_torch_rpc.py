@@ -310,7 +310,7 @@ def _run_session(tb_path: str, out: mp.Queue) -> None:
     model = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
     plan = Plan(model=model, batch_size=1, cuts=(PlanCut(3, "body_1_0"),), devices=("a", "b"))
     try:
-        with Session(load_testbed(tb_path), "rpc", startup_timeout_s=60) as session:
+        with Session(load_testbed(tb_path), "rpc", startup_timeout_s=60, allow_models=["tests.fixtures"]) as session:
             row = session.measure(
                 plan, Scenario("local", LinkCondition()), MeasureOptions(latency_items=5, throughput_items=10, warmup=1)
             )

@@ -8,7 +8,15 @@ import typer
 
 from paretopipe.cli import app
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
-from paretopipe.cli.run import BackendOption, IsolationOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
+from paretopipe.cli.run import (
+    BackendOption,
+    InsecureOption,
+    IsolationOption,
+    NetworksOption,
+    TestbedOption,
+    load_testbed_and_scenarios,
+    warn_exposure,
+)
 
 
 @app.command("calibrate")
@@ -24,6 +32,7 @@ def calibrate_command(
     out: Path = typer.Option(Path("calibrations"), "--out", "-o", help="Directory for the calibration file."),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply."),
     isolation: str = IsolationOption,
+    insecure: bool = InsecureOption,
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Measure each link's per-message overhead and transfer rate through the real runtime.
@@ -42,6 +51,7 @@ def calibrate_command(
     size_list = parse_int_list(sizes, "--sizes")
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
+    warn_exposure(tb, [backend], secure=False, insecure=insecure)
     with Session(tb, backend, timeout_s=timeout, isolation=isolation) as session:
         cal, raw = calibrate(session, tb, scenario, size_list, items, log=err_console.print)
     path = default_path(tb.name, backend, cal.isolation, out)

@@ -31,6 +31,11 @@ IsolationOption = typer.Option(
 SecureOption = typer.Option(
     False, "--secure", help="Authenticate and encrypt ZeroMQ links with the testbed's CURVE keys."
 )
+InsecureOption = typer.Option(
+    False,
+    "--insecure",
+    help="Run without --secure although endpoints are beyond loopback (needed then for rpc). See docs/threat-model.md.",
+)
 MinTimeOption = typer.Option(
     0.0,
     "--min-time-s",
@@ -38,6 +43,16 @@ MinTimeOption = typer.Option(
     help="Seconds: per mode, keep timing items beyond --items until this "
     "long has passed, so short configurations are measured over more items (e.g. 2).",
 )
+
+
+def warn_exposure(testbed, backends, *, secure: bool, insecure: bool) -> None:
+    """Print, once, what running the testbed's links beyond loopback without CURVE means (rpc
+    there needs ``--insecure``). Raises UsageError before any work."""
+    from paretopipe.runtime.endpoints import driver_exposure
+
+    lines = {driver_exposure(testbed, b, secure=secure, insecure=insecure) for b in backends}
+    for line in sorted(line for line in lines if line):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def load_testbed_and_scenarios(testbed: Path, networks: Path | None):
@@ -80,6 +95,7 @@ def run_command(
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply or result."),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
+    insecure: bool = InsecureOption,
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Run one plan for real on the testbed and print measured metrics next to predicted ones.
@@ -112,6 +128,7 @@ def run_command(
     )
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     preflight(tb, backend, isolation=isolation, secure=secure)
+    warn_exposure(tb, [backend], secure=secure, insecure=insecure)
     if plan is not None:
         from paretopipe.plan.plan_file import load_plan
 
@@ -129,7 +146,20 @@ def run_command(
     )
     # an exported plan: local workers run the stage files that sit beside it
     artifacts = str(plan.parent) if plan is not None and the_plan.meta.get("artifacts") else None
-    with Session(tb, backend, timeout_s=timeout, isolation=isolation, secure=secure, artifacts=artifacts) as session:
+    # local workers may build this plan's model (the user named it here and owns both ends)
+    from paretopipe.runtime.policy import allowances
+
+    allow_models, weights_dirs = allowances(the_plan.model)
+    with Session(
+        tb,
+        backend,
+        timeout_s=timeout,
+        isolation=isolation,
+        secure=secure,
+        artifacts=artifacts,
+        allow_models=allow_models,
+        weights_dirs=weights_dirs,
+    ) as session:
         measured = session.measure(the_plan, scenario, options)
     render(
         _compare_rows(measurement_columns(measured), the_plan.predicted),
@@ -227,21 +257,42 @@ def worker_command(
     artifacts: Path | None = typer.Option(
         None,
         "--artifacts",
-        help="Directory of exported plans: run a stage from its exported file when the plan has one.",
+        help="Directory of exported plans: run a stage from its exported file when the plan has one "
+        "(stage files are read from nowhere else).",
+    ),
+    allow_model: list[str] | None = typer.Option(
+        None,
+        "--allow-model",
+        metavar="MODULE",
+        help="A module (or package) whose package.module:factory models this worker may import and build; "
+        "repeatable. Registry models need none.",
+    ),
+    weights_dir: list[Path] | None = typer.Option(
+        None, "--weights-dir", metavar="DIR", help="A directory this worker may load weights files from; repeatable."
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Listen beyond loopback without --secure: anyone who can reach the port can send work. "
+        "See docs/threat-model.md.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every message."),
 ) -> None:
     """Serve pipeline stages for one device until the driver says stop (or Ctrl-C).
 
     Listens on the address the testbed file gives the device; the driver sends it its stage spec,
-    and it builds the stage locally. Example: paretopipe worker --testbed testbed/pi-pair.toml --device pi2
+    and it builds the stage locally, but only from what this command line allows: registry
+    models, factories of --allow-model modules, weights from --weights-dir, stage files from
+    --artifacts (docs/threat-model.md).
+    Example: paretopipe worker --testbed testbed/pi-pair.toml --device pi2 --secure --allow-model mypkg.models
     """
     import torch
 
     from paretopipe.host import isa
     from paretopipe.host.process import pid_alive
     from paretopipe.host.timing import steady_allocator
-    from paretopipe.runtime.endpoints import make_transport
+    from paretopipe.runtime.endpoints import make_transport, worker_exposure
+    from paretopipe.runtime.policy import WorkerPolicy
     from paretopipe.runtime.worker import StageBuilder, Worker
     from paretopipe_backends.base import TransportOptions
 
@@ -252,9 +303,13 @@ def worker_command(
         from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
-    steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
+    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts)
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
+    exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
+    if exposed:
+        err_console.print(exposed, markup=False, highlight=False, soft_wrap=True)
+    steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     isa.apply(dev.isa)  # before the first kernel: the limit is read once per process
     curve = None
     if secure:
@@ -279,5 +334,5 @@ def worker_command(
             from paretopipe.runtime.artifacts import ArtifactStageBuilder
 
             build = ArtifactStageBuilder(artifacts, fallback=build).build
-        Worker(device, transport, build=build, alive=alive).serve()
+        Worker(device, transport, build=build, alive=alive, policy=policy).serve()
     err_console.print(f"worker {device} stopped")

@@ -11,7 +11,15 @@ from paretopipe.cli import app
 from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.cli.plan import parse_stages
-from paretopipe.cli.run import IsolationOption, MinTimeOption, NetworksOption, SecureOption, TestbedOption
+from paretopipe.cli.run import (
+    InsecureOption,
+    IsolationOption,
+    MinTimeOption,
+    NetworksOption,
+    SecureOption,
+    TestbedOption,
+    warn_exposure,
+)
 from paretopipe.errors import UsageError
 
 
@@ -105,6 +113,7 @@ def sweep_command(
     ),
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
+    insecure: bool = InsecureOption,
     input_shape: str | None = InputShapeOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
@@ -132,6 +141,7 @@ def sweep_command(
 
     for be in backends:
         preflight(tb, be, isolation=isolation, secure=secure)
+    warn_exposure(tb, backends, secure=secure, insecure=insecure)
     ks = parse_stages(stages) if stages else list(range(1, min(3, len(tb.devices)) + 1))
     if out is None:
         if resume:

@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import importlib
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -169,8 +170,28 @@ def resolve_spec(
     )
 
 
+_FACTORY_PATH = re.compile(r"(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*)", re.ASCII)
+
+
+def parse_factory_path(path: str) -> tuple[str, str]:
+    """``"package.module:factory"`` -> ``("package.module", "factory")``, without importing
+    anything. Raises ModelError for anything else."""
+    m = _FACTORY_PATH.fullmatch(path) if isinstance(path, str) else None
+    if m is None:
+        raise ModelError(f"cannot read model {path!r} as a factory", "give it as package.module:factory")
+    return m["module"], m["attr"]
+
+
+def factory_module(spec: ModelSpec) -> str | None:
+    """The module that building ``spec`` imports (a factory's ``package.module``), or None for a
+    registry model, which is looked up by name and never imports code its name chooses. Workers
+    check it against what their owner allowed before building (docs/threat-model.md).
+    Raises ModelError for a malformed factory path."""
+    return parse_factory_path(spec.name)[0] if spec.source == "factory" else None
+
+
 def _import_factory(path: str) -> Callable[[], nn.Module]:
-    module_name, _, attr = path.partition(":")
+    module_name, attr = parse_factory_path(path)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

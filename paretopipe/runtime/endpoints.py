@@ -2,8 +2,9 @@
 
 Also what a run needs to move a testbed elsewhere or secure it: :func:`relocated` gives every
 endpoint a new host (namespace isolation), :func:`render_testbed` writes a testbed file the workers can
-load, and :func:`curve_config` builds the CURVE keys of one endpoint from the testbed's ``key``
-fields (``--secure``).
+load, :func:`curve_config` builds the CURVE keys of one endpoint from the testbed's ``key``
+fields (``--secure``), and :func:`worker_exposure` / :func:`driver_exposure` decide whether an
+endpoint reachable beyond loopback may run without them (only with ``--insecure``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paretopipe.errors import ConfigError
+from paretopipe.errors import ConfigError, UsageError
 from paretopipe.network.conditions import LinkCondition
-from paretopipe.testbed import DRIVER, Testbed
+from paretopipe.testbed import DRIVER, Device, Testbed, is_loopback
 from paretopipe_backends import get_transport
 from paretopipe_backends.base import Endpoint, Transport, TransportOptions
 
@@ -93,6 +94,55 @@ def curve_config(testbed: Testbed, me: str) -> CurveConfig:
     except ConfigError as exc:
         field = "driver.key" if me == DRIVER else f"devices[{testbed.device_names.index(me)}].key"
         raise ConfigError(testbed.path, field, exc.message, exc.hint) from None
+
+
+def worker_exposure(device: Device, backend: str, *, bind_all: bool, secure: bool, insecure: bool) -> str | None:
+    """Whether a worker may start, and the line to print when it runs exposed on purpose.
+
+    A worker listening beyond loopback (a non-loopback testbed address, or ``bind_all``) without
+    ``secure`` starts only with ``insecure``; it returns the one line saying what that means
+    (None on loopback or with ``secure``). Raises UsageError otherwise, and for both flags at once.
+    """
+    if secure and insecure:
+        raise UsageError("--secure and --insecure contradict each other", "give one of them")
+    where = f"*:{device.port}" if bind_all else device.address
+    if secure or not (bind_all or not is_loopback(device.host)):
+        return None
+    if not insecure:
+        hint = (
+            "the rpc backend cannot be secured: on a network you trust, pass --insecure"
+            if backend == "rpc"
+            else "add CURVE keys to the testbed and use --secure, or pass --insecure on a network you trust"
+        )
+        raise UsageError(f"worker {device.name!r} would listen on {where} beyond loopback without --secure", hint)
+    return f"insecure: {_exposed_meaning(f'worker {device.name} on {where}', backend)}"
+
+
+def driver_exposure(testbed: Testbed, backend: str, *, secure: bool, insecure: bool) -> str | None:
+    """The warning a driver prints when links of ``testbed`` beyond loopback run without CURVE
+    (None when all are on loopback or ``secure``). Over rpc such a testbed needs ``insecure``:
+    raises UsageError without it, and for both flags at once."""
+    if secure and insecure:
+        raise UsageError("--secure and --insecure contradict each other", "give one of them")
+    exposed = [DRIVER] if not is_loopback(testbed.driver.host) else []
+    exposed += [d.name for d in testbed.devices if not d.is_local]
+    if secure or not exposed:
+        return None
+    if backend == "rpc" and not insecure:
+        raise UsageError(
+            f"--backend rpc with endpoints beyond loopback ({', '.join(exposed)}) needs --insecure",
+            "rpc unpickles what it receives: use it on a network you trust, and say so with --insecure",
+        )
+    return f"{'insecure' if insecure else 'warning'}: {_exposed_meaning(', '.join(exposed), backend)}"
+
+
+def _exposed_meaning(who: str, backend: str) -> str:
+    if backend == "rpc":
+        return f"{who} unauthenticated over rpc: anyone who can reach these ports can run code in them"
+    return (
+        f"{who} without authentication or encryption: anyone who can reach these ports can read the "
+        "tensors, disturb measurements and make workers build what their owners allowed (docs/threat-model.md)"
+    )
 
 
 # ---- moving a testbed ------------------------------------------------------------------------------

@@ -18,7 +18,11 @@ first that does not answer is named (a stopped, hung or cut-off worker cannot an
 busy with a long stage cannot answer either, so this is only done after the timeout.
 
 Security: ``secure=True`` authenticates and encrypts every ZeroMQ link with CURVE keys from the
-testbed's ``key`` fields; local workers are started with ``--secure`` too.
+testbed's ``key`` fields; local workers are started with ``--secure`` too. Local workers build
+only what their command line allows (:mod:`~paretopipe.runtime.policy`): the session starts them
+allowing the factory modules and weights directories it is given (``allow_models``,
+``weights_dirs``; :func:`~paretopipe.runtime.policy.allowances` computes them for a model), and
+refuses, before sending anything, a plan that needs more.
 """
 
 from __future__ import annotations
@@ -128,7 +132,9 @@ class Session:
     (see the module docstring). ``path`` is the shaping path of the network layer: "userspace" on
     loopback, "auto" in namespaces (kernel where it can, the user-space shaper for the rest).
     ``secure``: CURVE on every link (keys from the testbed). ``ping_timeout_s``: how long each
-    stage device gets to answer a ping when a result is late. Raises what :func:`preflight` raises.
+    stage device gets to answer a ping when a result is late. ``allow_models`` / ``weights_dirs``:
+    the factory modules and weights directories local workers are started allowing.
+    Raises what :func:`preflight` raises.
     """
 
     def __init__(
@@ -144,6 +150,8 @@ class Session:
         secure: bool = False,
         ping_timeout_s: float | None = None,
         artifacts: str | None = None,
+        allow_models: Sequence[str] = (),
+        weights_dirs: Sequence[str] = (),
     ) -> None:
         preflight(testbed, backend, isolation=isolation, secure=secure, launch=launch)
         self.testbed = testbed
@@ -156,6 +164,8 @@ class Session:
         self.isolation = isolation
         self.secure = secure
         self.artifacts = artifacts  # where local workers find exported stage files
+        self.allow_models = tuple(allow_models)  # what local workers may build (--allow-model)
+        self.weights_dirs = tuple(str(d) for d in weights_dirs)  # ... and load weights from (--weights-dir)
         self.path = "auto" if isolation == "netns" else "userspace"
         self._stack = contextlib.ExitStack()
         self.workers: LocalWorkers | None = None
@@ -188,6 +198,10 @@ class Session:
         if self.isolation == "netns":
             worker_testbed, prefix = self._enter_namespaces()
         if self.launch:
+            from paretopipe.runtime.policy import worker_args
+
+            # In namespaces the workers listen on the bridge's addresses, reachable from this host only.
+            insecure = self.isolation == "netns" and not self.secure
             self.workers = self._stack.enter_context(
                 LocalWorkers(
                     self.testbed,
@@ -196,7 +210,9 @@ class Session:
                     argv_prefix=prefix,
                     log_dir=self.log_dir,
                     extra_args=(["--secure"] if self.secure else [])
-                    + (["--artifacts", self.artifacts] if self.artifacts else []),
+                    + (["--insecure"] if insecure else [])
+                    + (["--artifacts", self.artifacts] if self.artifacts else [])
+                    + worker_args(self.allow_models, self.weights_dirs),
                 )
             )
         from paretopipe_backends.base import TransportOptions
@@ -284,6 +300,7 @@ class Session:
         header; the driver then runs items of this configuration until ``driver.release()``.
         Raises UsageError (cuts of another model), WorkerError naming an unresponsive device.
         """
+        self._check_allowed(plan)
         graph = self.graph_for(plan)
         cuts = graph.check_cuts(plan.cut_indices)
         names = [c.after for c in cuts]
@@ -324,6 +341,25 @@ class Session:
             raise
         except TransportError as exc:
             raise self.unresponsive(plan.devices, exc) from None
+
+    def _check_allowed(self, plan: Plan) -> None:
+        """Raise UsageError when local workers were not started allowing what ``plan`` needs."""
+        import os
+
+        from paretopipe.runtime.policy import allowances
+
+        if not self.launch:
+            return  # remote workers decide for themselves, and say why they refuse
+        modules, dirs = allowances(plan.model)
+        allowed = [os.path.realpath(d) for d in self.weights_dirs]
+        covered = lambda m: any(m == a or m.startswith(a + ".") for a in self.allow_models)
+        missing = [f"module {m}" for m in modules if not covered(m)]
+        missing += [f"weights directory {d}" for d in dirs if d not in allowed]
+        if missing:
+            raise UsageError(
+                f"plan {plan.id} needs {', '.join(missing)}, which the local workers were not started allowing",
+                "pass allow_models/weights_dirs to Session (paretopipe.runtime.policy.allowances(model) lists them)",
+            )
 
     def _reference(self, graph, plan: Plan, x) -> Any:
         """The unsplit model's output, computed with the devices' torch thread count when they all

@@ -5,7 +5,9 @@ from the model spec (same factory, checkpoint and seed as everywhere else), then
 they arrive and hands the outputs to its I/O thread, which sends them to the next stage (or back
 to the driver) while the next item computes. Errors in setup or compute are reported to the
 driver with the device name and the worker keeps serving; only ``stop`` (or the parent dying)
-ends it.
+ends it. Every message's fields are checked against bounds (:mod:`~paretopipe.runtime.protocol`)
+and every setup against what the worker's owner allowed (:mod:`~paretopipe.runtime.policy`)
+before anything it names is imported or opened; a refusal goes to the driver with its reason.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 import torch
 
-from paretopipe.errors import FrameError, ParetoPipeError
+from paretopipe.errors import FrameError, ParetoPipeError, Refused
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.runtime import protocol as P
+from paretopipe.runtime.policy import WorkerPolicy
 from paretopipe.runtime.sender import SendThread
 from paretopipe_backends.base import Message, Transport, TransportTimeout
 
@@ -45,7 +48,8 @@ class Worker:
     """Serve stages for one device over ``transport`` until told to stop.
 
     ``build`` turns a StageSpec into a module (injectable for tests); ``alive`` is polled while
-    idle and ends the loop when it returns False (e.g. the parent process died).
+    idle and ends the loop when it returns False (e.g. the parent process died). ``policy`` says
+    what the worker may build (default: registry models only, no weights, no stage files).
     """
 
     def __init__(
@@ -55,8 +59,10 @@ class Worker:
         build: Callable[[P.StageSpec], torch.nn.Module] | None = None,
         alive: Callable[[], bool] | None = None,
         poll_s: float = 0.5,
+        policy: WorkerPolicy | None = None,
     ) -> None:
         self.device = device
+        self.policy = policy or WorkerPolicy()
         self.transport = transport
         self.build = build or StageBuilder().build
         self.alive = alive or (lambda: True)
@@ -79,22 +85,37 @@ class Worker:
                 try:
                     if not self._handle(msg):
                         return
-                except (FrameError, ParetoPipeError) as exc:
-                    self._report(msg, f"{exc}")
+                except Refused as exc:
+                    log.warning("%s: %s from %s: %s", self.device, msg.header.get("kind"), msg.src, exc)
+                    self._report(msg, f"{exc}", exc.reason)
+                except FrameError as exc:
+                    self._report(msg, f"{exc}", "malformed")
+                except ParetoPipeError as exc:
+                    self._report(msg, f"{exc}", "failed")
                 except Exception as exc:
                     log.exception("%s: error while handling %s", self.device, msg.header.get("kind"))
-                    self._report(msg, f"{type(exc).__name__}: {exc}")
+                    self._report(msg, f"{type(exc).__name__}: {exc}", "failed")
 
-    def _report(self, msg: Message, error: str) -> None:
-        self.sender.submit(
-            DRIVER, {"kind": P.ERROR, "device": self.device, "config": msg.header.get("config"), "error": error}
-        )
+    def _report(self, msg: Message, error: str, reason: str) -> None:
+        spec = msg.header.get("spec")
+        config = spec.get("config") if isinstance(spec, dict) else msg.header.get("config")
+        header = {
+            "kind": P.ERROR,
+            "device": self.device,
+            "config": config if isinstance(config, str) and len(config) <= P.MAX_NAME_CHARS else None,
+            "error": error[: P.MAX_TEXT_CHARS],
+            "reason": reason,
+        }
+        self.sender.submit(DRIVER, header)
 
     def _handle(self, msg: Message) -> bool:
         kind = P.kind_of(msg.header)
         if kind == P.ITEM:
+            P.check_item(msg.header)
             self._run_item(msg)
-        elif kind == P.SETUP:
+            return True
+        P.check_control(kind, msg.header)
+        if kind == P.SETUP:
             self._setup(msg)
         elif kind == P.STATS:
             self._send_stats(msg)
@@ -112,7 +133,10 @@ class Worker:
         return True
 
     def _setup(self, msg: Message) -> None:
-        spec = P.StageSpec.from_header(msg.header)
+        spec = self.policy.admit(P.StageSpec.from_header(msg.header))
+        unknown = sorted({spec.next_peer, *spec.shaping} - set(self.transport.peers))
+        if unknown:
+            raise Refused("out-of-bounds", f"setup names peers {unknown} that this worker does not know")
         self.stage = None
         t0 = time.perf_counter_ns()
         if spec.threads:

@@ -34,8 +34,15 @@ class Sessions:
             self.drop(other)
         if backend not in self._open:
             st = self.settings
+            allow_models, weights_dirs = _allowances(st)
             self._open[backend] = Session(
-                self.testbed, backend, timeout_s=st.timeout_s, isolation=st.isolation, secure=st.secure
+                self.testbed,
+                backend,
+                timeout_s=st.timeout_s,
+                isolation=st.isolation,
+                secure=st.secure,
+                allow_models=allow_models,
+                weights_dirs=weights_dirs,
             ).__enter__()
         return self._open[backend]
 
@@ -64,3 +71,14 @@ def sessions_or_own(settings: SweepSettings, sessions: Sessions | None) -> Itera
 
     with Sessions(settings, load_testbed(settings.testbed, load_scenarios(settings.networks_file))) as own:
         yield own
+
+
+def _allowances(settings: SweepSettings) -> tuple[list[str], list[str]]:
+    """What local workers must be allowed to build the sweep's model (its factory module and
+    weights directory): the user named it on this command line and owns both ends."""
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.runtime.policy import allowances
+
+    st = settings
+    spec = resolve_spec(st.model, st.input_shape, st.weights, st.seed, st.leaf)
+    return allowances(spec.to_dict())
