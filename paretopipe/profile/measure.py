@@ -63,7 +63,7 @@ from paretopipe.host import cgroups, isa
 from paretopipe.host.fingerprint import fingerprint
 from paretopipe.host.timing import Rounds, Stat, drift_pct, steady_allocator, timer_overhead_ns
 from paretopipe.model.graph import Cut, ModelGraph, trace
-from paretopipe.model.registry import ModelSpec, build_model, example_input
+from paretopipe.model.registry import ModelSpec, build_model, example_inputs, trace_options
 from paretopipe.model.stages import build_stages
 from paretopipe.profile.profile_file import BatchProfile, BlockProfile, NodeProfile, Profile
 
@@ -187,7 +187,7 @@ def capture(graph: ModelGraph, inputs: Sequence[torch.Tensor]) -> Capture:
     """Run the traced graph once, recording what every node saw and produced, and its FLOPs."""
     rec = _Recorder(graph.gm)
     with torch.no_grad():
-        rec.run(*inputs)
+        rec.run(*inputs, enable_io_processing=False)
     return rec.record
 
 
@@ -301,13 +301,13 @@ def profile_batch(
     device = torch.device(settings.torch_device)
     sync = _sync_for(device)
     try:
-        x = example_input(spec, batch_size).to(device)
+        x = [t.to(device) for t in example_inputs(spec, batch_size)]
         report(batch_size, "first pass", 0, 1)
         with torch.no_grad():
-            model(x)
-        graph = trace(model, x, leaf_modules=spec.leaf_modules)
+            model(**{i.name: t for i, t in zip(spec.inputs, x)}) if spec.inputs else model(*x)
+        graph = trace(model, x, spec.leaf_modules, **trace_options(spec))
         report(batch_size, "capturing node inputs and FLOPs", 0, 1)
-        rec = capture(graph, [x])
+        rec = capture(graph, x)
         return _measure(graph, rec, x, batch_size, settings, sync, report)
     except (RuntimeError, MemoryError) as exc:
         if not is_oom(exc):
@@ -336,10 +336,10 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
     node_cpu_ns: list[list[int]] = [[] for _ in range(n_nodes)]
 
     def one_round(keep: bool) -> None:
-        w = _timed(lambda: model(x), sync)
+        w = _timed(lambda: graph.run_model(x), sync)
         b = [_timed(lambda: stage(*ins), sync) for _, _, _, stage, ins in blocks]
         if seq is not None:
-            nodes = seq.run([x], sync)
+            nodes = seq.run(x, sync)
         else:
             nodes = [_timed_cpu(lambda: fn(*args, **kwargs), sync) for fn, args, kwargs in replays]
         if keep:

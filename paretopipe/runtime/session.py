@@ -330,7 +330,7 @@ class Session:
         except TransportError as exc:
             raise self.unresponsive(plan.devices, exc) from None
 
-    def _reference(self, graph, plan: Plan, x) -> Any:
+    def _reference(self, graph, plan: Plan, inputs) -> Any:
         """The unsplit model's output, computed with the devices' torch thread count when they all
         use the same one (kernels may sum in another order with other thread counts, which changes
         the last bits: the check is then exact rather than approximate)."""
@@ -342,17 +342,17 @@ class Session:
             if len(threads) == 1:
                 torch.set_num_threads(threads.pop())
             with torch.no_grad():
-                return graph.model(x.clone())
+                return graph.run_model([t.clone() for t in inputs])
         finally:
             torch.set_num_threads(before)
 
     def measure(self, plan: Plan, scenario: tuple[str, LinkCondition], options: MeasureOptions) -> dict[str, Any]:
         """Run ``plan`` under ``scenario``; returns one result row (raises on failure)."""
-        from paretopipe.model.registry import ModelSpec, example_input
+        from paretopipe.model.registry import ModelSpec, example_inputs
         from paretopipe.model.stages import assemble_output, compare_outputs
 
         graph = self.graph_for(plan)
-        x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
+        x = list(example_inputs(ModelSpec.from_dict(dict(plan.model)), plan.batch_size))
         t0 = time.perf_counter()
         links, ready = self.setup(plan, scenario)
         row: dict[str, Any] = {
@@ -365,19 +365,17 @@ class Session:
         try:
             if options.check_output:
                 expected = self._reference(graph, plan, x)
-                got = self.driver.first_result([x])
+                got = self.driver.first_result(x)
                 exact, diff = compare_outputs(expected, assemble_output(graph, got))
                 row.update(output_exact=exact, output_max_abs_diff=diff)
             if "latency" in options.modes:
-                row.update(
-                    self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary()
-                )
+                row.update(self.driver.latency(x, options.latency_items, options.warmup, options.min_time_s).summary())
                 row.update(_stage_columns("lat", self.driver.stats()))
             if "throughput" in options.modes:
                 window = _window(plan, options)
                 row.update(
                     self.driver.throughput(
-                        [x], options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
+                        x, options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
                     ).summary()
                 )
                 row.update(_stage_columns("tput", self.driver.stats()))
