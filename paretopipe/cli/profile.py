@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from paretopipe.cli import app
-from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.common import InputOption, InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.errors import UsageError
 
@@ -90,6 +90,7 @@ def profile_command(
         help="Limit torch's kernels to these vector instructions (sse41, avx2, avx512; x86-64): emulate a CPU with narrower SIMD.",
     ),
     input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
@@ -141,6 +142,7 @@ def profile_command(
         leaf,
         seed,
         output,
+        inputs,
     )
     print_summary(profile, fmt, top)
 
@@ -165,6 +167,7 @@ def _run(
     leaf,
     seed,
     output,
+    inputs=None,
 ) -> Profile:
     """Check every argument (creating nothing), then profile, then save atomically."""
     from paretopipe.host import cgroups
@@ -191,7 +194,7 @@ def _run(
         cgroups.quota_settings(cpu_quota)
         cgroups.check_quota_capability()
     isa_limit.apply(isa)  # before anything computes: torch reads the limit once per process
-    spec = model_spec(model, input_shape, weights, leaf, seed)
+    spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     path = check_writable(output if output is not None else default_path(device, spec.label))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

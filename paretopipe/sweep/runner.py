@@ -16,12 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.network.conditions import LinkCondition, load_scenarios, resolve_network
 from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.store import RunStore, check_resume_compatible, now
+
+if TYPE_CHECKING:
+    from paretopipe.model.inputs import InputSpec
 
 Log = Callable[[str], None]
 
@@ -60,6 +63,7 @@ class SweepSettings:
     networks_file: str | None = None
     timeout_s: float = 60.0
     input_shape: tuple[int, ...] | None = None
+    inputs: tuple[InputSpec, ...] = ()  # --input descriptions (paretopipe.model.inputs)
     weights: str | None = None
     leaf: tuple[str, ...] = ()
     seed: int = 0
@@ -283,7 +287,9 @@ def _inputs(settings: SweepSettings, tb, log: Log) -> _Inputs:
     from paretopipe.model.registry import resolve_spec
     from paretopipe.sweep.predict import gather_profiles
 
-    spec = resolve_spec(settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf)
+    spec = resolve_spec(
+        settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf, settings.inputs
+    )
     if max(settings.stages) > len(tb.devices):
         raise UsageError(f"{max(settings.stages)} stages need as many devices; {tb.path} has {len(tb.devices)}")
     graph = trace_spec(spec, settings.batch_size)
