@@ -2,7 +2,7 @@
 
 A value may cross a cut when it is a tensor or a small serialisable Python value: ``int``,
 ``float``, ``bool``, ``None``, ``str``, ``torch.Size``, ``torch.dtype``, ``torch.device``,
-``slice``, or a ``tuple``/``list``/``dict`` nesting these and tensors. :func:`pack` turns the
+``slice``, or a ``tuple``/``list``/``dict``/``OrderedDict`` nesting these and tensors. :func:`pack` turns the
 values of a stage's inputs or outputs into a flat list of tensors and a JSON-serialisable
 *structure* saying where each tensor goes; :func:`unpack` rebuilds the values and validates
 the structure first (depth, size, tags, every tensor used exactly once), raising
@@ -12,13 +12,14 @@ Structure grammar (one JSON list per value)::
 
     ["t", i]  tensor i      ["i", 3]  ["f", 0.5 | "nan" | "inf" | "-inf"]  ["b", true]  ["n"]
     ["s", "text"]           ["size", [1, 3]]  ["dtype", "float32"]  ["device", "cpu"]
-    ["slice", [a, b, c]]    ["tuple", [v...]]  ["list", [v...]]  ["dict", [[k, v]...]]
+    ["slice", [a, b, c]]    ["tuple", [v...]]  ["list", [v...]]  ["dict" | "odict", [[k, v]...]]
 
 See ``docs/bring-your-model.md``.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -127,9 +128,9 @@ def _pack(v: Any, tensors: list[torch.Tensor], where: str, depth: int) -> list[A
         return ["slice", [_pack(p, tensors, where, depth + 1) for p in (v.start, v.stop, v.step)]]
     if type(v) in (tuple, list):
         return [type(v).__name__, [_pack(x, tensors, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]]
-    if type(v) is dict:
+    if type(v) in (dict, collections.OrderedDict):
         return [
-            "dict",
+            "odict" if type(v) is collections.OrderedDict else "dict",
             [
                 [_pack(k, tensors, where, depth + 1), _pack(x, tensors, f"{where}[{k!r}]", depth + 1)]
                 for k, x in v.items()
@@ -245,6 +246,9 @@ class _Unpacker:
     def _list(self, v: Any, depth: int) -> list[Any]:
         return [self.value(x, depth + 1) for x in self._items(v, "list")]
 
+    def _odict(self, v: Any, depth: int) -> collections.OrderedDict[Any, Any]:
+        return collections.OrderedDict(self._dict(v, depth))
+
     def _dict(self, v: Any, depth: int) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
         for pair in self._items(v, "dict"):
@@ -273,6 +277,7 @@ class _Unpacker:
         "tuple": _tuple,
         "list": _list,
         "dict": _dict,
+        "odict": _odict,
     }
 
 
