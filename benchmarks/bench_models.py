@@ -30,7 +30,7 @@ from paretopipe.errors import ParetoPipeError
 from paretopipe.model.graph import ModelGraph, trace, trace_spec
 from paretopipe.model.inputs import parse_input
 from paretopipe.model.registry import example_inputs, resolve_spec
-from paretopipe.model.stages import compare_outputs, assemble_output, run_chain
+from paretopipe.model.stages import assemble_output, compare_outputs, run_chain
 
 TINY = "num_hidden_layers=2,hidden_size=64,num_attention_heads=2,intermediate_size=128"
 
@@ -77,7 +77,7 @@ NAMED: list[tuple[str, tuple[int, ...] | None, list[str]]] = [
     ],
     # torchvision video
     *[(n, (3, 8, 112, 112), []) for n in ("r3d_18", "mc3_18", "r2plus1d_18")],
-    ("s3d", (3, 16, 112, 112), []),
+    ("s3d", (3, 16, 224, 224), []),
     ("mvit_v2_s", (3, 16, 224, 224), []),
     # timm
     *[

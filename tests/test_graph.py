@@ -149,6 +149,18 @@ def test_exact_reconstruction(name, side):
     assert not bad, f"{name}: chained stages differ from the model at {bad}"
 
 
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_segmentation_models_are_cuttable_almost_everywhere_and_exact(name):
+    torch.set_num_threads(1)
+    spec = resolve_spec(name, input_shape=(3, 64, 64))
+    g = trace_spec(spec)
+    assert len(g.cuts) >= 0.8 * len(g.nodes)
+    blocks = [c.index for c in g.cuts_at("block")]
+    assert len(blocks) >= 4
+    cut_sets = verification_cut_sets(blocks[::3], multi_stage_samples=2)
+    assert all(r.exact for r in verify(g, cut_sets, list(example_inputs(spec, 1))))
+
+
 def test_inception_block_cuts_fall_between_mixed_blocks():
     spec = resolve_spec("inception_v3", input_shape=(3, 75, 75))
     g = trace_spec(spec)

@@ -93,10 +93,7 @@ def test_hf_models_split_exactly(name):
 def test_hf_default_inputs_are_token_ids_and_a_mask():
     spec = resolve_spec(f"hf:bert:{TINY},max_position_embeddings=64")
     assert [str(i) for i in spec.inputs] == ["input_ids:1x64:int64:0-30521", "attention_mask:1x64:int64:1-1"]
-    assert (
-        spec.label
-        == "hf_bert_num_hidden_layers_2_hidden_size_32_num_attention_heads_2_intermediate_size_64_max_position_embeddings_64"
-    )
+    assert spec.label.startswith("hf_bert_num_hidden_layers_2_hidden_size_32_") and "=" not in spec.label
 
 
 def test_hf_inputs_go_by_name_and_fx_inputs_must_match_forward():

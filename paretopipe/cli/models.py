@@ -106,7 +106,9 @@ def cuts_command(
     if verify:
         failures = _verify(graph, [c.index for c in cuts], example_inputs(spec, batch_size), rows)
         columns += ["exact", "max_abs_diff"]
-    title = f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, input {'x'.join(map(str, spec.input_shape))}"
+    described = " ".join(map(str, spec.inputs)) if spec.inputs else "x".join(map(str, spec.input_shape))
+    title = f"{spec.name}: {len(cuts)} {granularity} cuts of {len(graph.nodes)} nodes, batch {batch_size}, "
+    title += f"input {described}"
     render(rows, fmt, columns, title=title)
     if failures:
         raise typer.Exit(1)
