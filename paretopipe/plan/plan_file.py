@@ -68,7 +68,10 @@ class Plan:
 
     @property
     def model_label(self) -> str:
-        return str(self.model.get("name", "model")).rsplit(":", 1)[-1].replace(".", "_")
+        name = str(self.model.get("name", "model"))
+        if self.model.get("source") in ("timm", "hf"):  # as ModelSpec.label: timm_resnet18, hf_bert_...
+            return "_".join(filter(None, re.split(r"[^A-Za-z0-9.]+", name))).replace(".", "_")
+        return name.rsplit(":", 1)[-1].replace(".", "_")
 
     def to_dict(self) -> dict[str, Any]:
         return {
