@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from paretopipe.model.stages import verification_cut_sets, verify
 from paretopipe.plan.plan_file import Plan, PlanCut, plan_from_dict
 
 runner = CliRunner()
+needs_hf = pytest.mark.skipif(find_spec("transformers") is None, reason="needs the models extra (transformers)")
+needs_timm = pytest.mark.skipif(find_spec("timm") is None, reason="needs the models extra (timm)")
 TINY = "num_hidden_layers=2,hidden_size=32,num_attention_heads=2,intermediate_size=64"
 TINY_GPT2 = "hf:GPT2LMHeadModel:n_layer=2,n_embd=32,n_head=2"
 
@@ -57,6 +60,7 @@ def test_inputs_are_seeded_in_range_and_scale_with_the_batch():
     assert bool((a[1] == 1).all()) and a[2].shape == (8, 3) and a[2].dtype == torch.float32
 
 
+@needs_hf
 def test_inputs_round_trip_through_the_spec_and_a_plan_file():
     spec = resolve_spec(f"hf:bert:{TINY}", inputs=(parse_input("input_ids:1x8:int64:0-99"),))
     again = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
@@ -70,6 +74,7 @@ def test_inputs_round_trip_through_the_spec_and_a_plan_file():
 
 
 # -- Hugging Face -------------------------------------------------------------------------------
+@needs_hf
 @pytest.mark.parametrize(
     "name",
     [
@@ -90,12 +95,14 @@ def test_hf_models_split_exactly(name):
     assert all(r.exact for r in results), [r.cuts for r in results if not r.exact]
 
 
+@needs_hf
 def test_hf_default_inputs_are_token_ids_and_a_mask():
     spec = resolve_spec(f"hf:bert:{TINY},max_position_embeddings=64")
     assert [str(i) for i in spec.inputs] == ["input_ids:1x64:int64:0-30521", "attention_mask:1x64:int64:1-1"]
     assert spec.label.startswith("hf_bert_num_hidden_layers_2_hidden_size_32_") and "=" not in spec.label
 
 
+@needs_hf
 def test_hf_inputs_go_by_name_and_fx_inputs_must_match_forward():
     spec = resolve_spec(
         TINY_GPT2, inputs=(parse_input("attention_mask:1x8:int64:1-1"), parse_input("input_ids:1x8:int64:0-9"))
@@ -107,6 +114,8 @@ def test_hf_inputs_go_by_name_and_fx_inputs_must_match_forward():
         trace_spec(factory)
 
 
+@needs_hf
+@needs_timm
 @pytest.mark.parametrize(
     "name, message",
     [
@@ -123,6 +132,7 @@ def test_unknown_names_list_the_closest(name, message):
     assert result.stderr.strip().count("\n") == 0
 
 
+@needs_hf
 def test_bad_input_on_the_command_line_is_one_line():
     result = runner.invoke(app, ["cuts", TINY_GPT2, "--input", "input_ids:1x8:int63"])
     assert result.exit_code == 2 and "DTYPE 'int63'" in result.stderr
@@ -135,6 +145,7 @@ def test_a_missing_extra_names_it(monkeypatch):
     assert "timm is not installed" in result.stderr and "'.[models]'" in result.stderr
 
 
+@needs_hf
 def test_cuts_of_an_hf_model_with_inputs_verify_exactly():
     result = runner.invoke(
         app, ["cuts", TINY_GPT2, "--input", "input_ids:1x8:int64:0-50256", "-g", "block", "--verify", "-f", "json"]
@@ -145,6 +156,7 @@ def test_cuts_of_an_hf_model_with_inputs_verify_exactly():
 
 
 # -- timm ---------------------------------------------------------------------------------------
+@needs_timm
 def test_timm_model_splits_exactly():
     torch.set_num_threads(1)
     spec = resolve_spec("timm:mobilenetv3_small_050", input_shape=(3, 64, 64))
@@ -155,10 +167,13 @@ def test_timm_model_splits_exactly():
     assert all(r.exact for r in results)
 
 
+@needs_timm
 def test_timm_default_input_shape_comes_from_its_config():
     assert resolve_spec("timm:resnet18").input_shape == (3, 224, 224)
 
 
+@needs_hf
+@needs_timm
 @pytest.mark.parametrize(
     "source, expected", [("timm", "timm:resnet18"), ("hf", "hf:bert"), ("torchvision", "fcn_resnet50")]
 )
