@@ -8,7 +8,8 @@ unsplit model bit for bit (``torch.equal`` on every output leaf). A model that d
 listed with the reason. Prints a Markdown table; ``--out`` also writes it to a file.
 
 Inputs are kept small (64x64 images for most classifiers, 224x224 for segmentation, 8-frame
-112x112 clips for video, tiny configs for transformers) so the whole table takes minutes.
+112x112 clips for most video models, 16x224x224 for s3d and mvit_v2_s, tiny configs for
+transformers) so the whole table takes minutes.
 """
 
 from __future__ import annotations
