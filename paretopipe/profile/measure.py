@@ -322,7 +322,7 @@ def profile_batch(
 
 
 def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync, report) -> BatchProfile:
-    model, n_nodes = graph.model, len(graph.nodes)
+    n_nodes = len(graph.nodes)
     blocks = []
     for name, first, last in block_runs(graph):
         stage, in_names = range_stage(graph, first, last)
