@@ -54,7 +54,7 @@ from paretopipe.errors import ParetoPipeError
 from paretopipe.host import cgroups
 from paretopipe.host.timing import Rounds, median, steady_allocator
 from paretopipe.model.graph import trace
-from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.model.registry import build_model, example_inputs, resolve_spec
 from paretopipe.model.stages import split_stages
 from paretopipe.profile.measure import ProfileSettings, profile_model
 
@@ -147,7 +147,7 @@ def run_model(name: str, args, rows: list[dict]) -> None:
         )
         waited = wait_quiet(args.quiet, args.max_wait_s)
         bg = Background()
-        x = example_input(spec, bs)
+        x = example_inputs(spec, bs)[0]
         row: dict = {}
         if args.compare_steady:
             b0 = profile_model(spec, "bench", dataclasses.replace(settings, steady_pct=0.0)).batch(bs)
@@ -281,7 +281,7 @@ def quota_check(name: str, args) -> None:
     (so drift shows and is averaged out)."""
     spec = resolve_spec(name)
     model = build_model(spec)
-    x = example_input(spec, 1)
+    x = example_inputs(spec, 1)[0]
     torch.set_num_threads(1)
     seconds = max(args.min_time_s, 3.0)
     wait_quiet(args.quiet, args.max_wait_s)

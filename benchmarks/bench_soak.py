@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import results_file
 
 from paretopipe.model.graph import trace_spec
-from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.model.registry import example_inputs, resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe.runtime.session import Session
@@ -70,7 +70,7 @@ def main() -> None:
         devices=devices,
     )
     scenario = resolve_network(args.network, load_scenarios())
-    x = example_input(spec, 1)
+    x = example_inputs(spec, 1)[0]
     duration_s = args.minutes * 60
     print(
         f"soak: {args.model} cut after {cut.after} (#{cut.index}, {cut.nbytes / 1e3:.0f} kB) on {'+'.join(devices)}, "

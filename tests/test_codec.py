@@ -411,3 +411,55 @@ def test_depth_bound_counts_only_brackets_outside_strings() -> None:
     check_json_depth(text)
     header = {"note": "[" * 1000, "deep": [[["x"]]]}
     assert decode(encode("a", header))[1] == header
+
+
+# -- value structures in the header (paretopipe.model.values) ---------------------------------------
+_structures = st.recursive(
+    st.one_of(
+        st.just(["n"]),
+        st.builds(lambda i: ["t", i], st.integers(-2, 4)),
+        st.builds(lambda i: ["i", i], st.integers(-(2**70), 2**70)),
+        st.builds(lambda s: ["s", s], st.text(max_size=8)),
+        st.builds(lambda s: ["dtype", s], st.sampled_from(["float32", "object", "int64", "qint8"])),
+        st.sampled_from([[], ["zz", 1], "t", 3, None, ["size", [-1]], ["f", "nan"]]),
+    ),
+    lambda inner: st.one_of(
+        st.builds(lambda xs: ["tuple", xs], st.lists(inner, max_size=3)),
+        st.builds(lambda xs: ["list", xs], st.lists(inner, max_size=3)),
+        st.builds(lambda ps: ["dict", ps], st.lists(st.lists(inner, min_size=2, max_size=2), max_size=2)),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_structures, max_size=4), st.integers(0, 3))
+def test_fuzz_value_structures_in_headers_raise_only_frame_errors(structure, n_tensors: int) -> None:
+    from paretopipe.model.values import unpack_message
+
+    frames = encode("a", {"kind": "item", "values": structure}, [torch.zeros(1)] * n_tensors)
+    _, header, tensors = decode([bytes(f) for f in frames])
+    try:
+        unpack_message(header, tensors)
+    except FrameError:
+        pass
+
+
+def test_deeply_nested_value_structure_is_refused_with_a_reason() -> None:
+    from paretopipe.model.values import MAX_DEPTH, unpack_message
+
+    deep: list = ["n"]
+    for _ in range(MAX_DEPTH + 1):
+        deep = ["list", [deep]]
+    _, header, tensors = decode([bytes(f) for f in encode("a", {"values": [deep]})])
+    with pytest.raises(FrameError, match=f"nested more than {MAX_DEPTH} levels"):
+        unpack_message(header, tensors)
+
+
+def test_oversized_value_structure_is_refused_by_the_header_bound() -> None:
+    structure = [["list", [["s", "x" * 1000]] * 100]]  # ~100 kB of JSON
+    with pytest.raises(TransportError, match="exceeds the bound"):
+        encode("a", {"values": structure})
+    frame0 = json.dumps({"v": PROTOCOL_VERSION, "src": "a", "header": {"values": structure}, "tensors": []}).encode()
+    with pytest.raises(FrameError, match="exceeds the bound"):
+        decode([frame0])

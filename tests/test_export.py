@@ -13,7 +13,7 @@ from paretopipe.cli import app
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.model.export import load_artifact
 from paretopipe.model.graph import trace_spec
-from paretopipe.model.registry import ModelSpec, example_input
+from paretopipe.model.registry import ModelSpec, example_inputs
 from paretopipe.model.stages import run_chain, split_stages
 from paretopipe.plan.plan_file import Plan, PlanCut, load_plan, save_plan
 from paretopipe.runtime.artifacts import ArtifactStageBuilder
@@ -67,7 +67,7 @@ def test_export_writes_stage_programs_that_reproduce_the_stages(tmp_path):
     assert [a["device"] for a in arts] == ["a", "b"] and back.meta["measured"]["latency_ms_p50"] == 4.0
     graph = trace_spec(ModelSpec.from_dict(MODEL))
     stages = split_stages(graph, [5])
-    x = example_input(ModelSpec.from_dict(MODEL))
+    x = example_inputs(ModelSpec.from_dict(MODEL))[0]
     mid = run_chain(stages[:1], x)
     loaded = [load_artifact(tmp_path / "plans" / a["file"], a["sha256"]) for a in arts]
     assert all(torch.equal(a, b) for a, b in zip(loaded[0](x), mid))

@@ -7,7 +7,7 @@ import torch
 
 from paretopipe.errors import CapabilityError, UsageError
 from paretopipe.model.graph import trace_spec
-from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.model.registry import example_inputs, resolve_spec
 from paretopipe.profile.measure import ProfileSettings, block_runs, capture, is_oom, profile_model, range_stage
 
 SLEEPY = "tests.fixtures.profiler_models:sleepy"
@@ -109,7 +109,7 @@ def test_blocks_are_measured_as_stages_and_cover_all_nodes():
 
 def test_range_stage_reproduces_the_nodes_it_covers():
     spec = resolve_spec("tests.fixtures.profiler_models:two_blocks")
-    x = example_input(spec, 3)
+    x = example_inputs(spec, 3)[0]
     graph = trace_spec(spec, 3)
     rec = capture(graph, [x])
     assert block_runs(graph) == [("a", 0, 1), ("b", 2, 3)]

@@ -11,7 +11,7 @@ import torch
 
 from paretopipe.errors import TransportError, WorkerError
 from paretopipe.model.graph import trace_spec
-from paretopipe.model.registry import example_input, resolve_spec
+from paretopipe.model.registry import example_inputs, resolve_spec
 from paretopipe.model.stages import assemble_output, compare_outputs
 from paretopipe.runtime.driver import Driver
 from paretopipe.runtime.policy import WorkerPolicy
@@ -74,7 +74,7 @@ def _body_cuts(graph):
 
 def test_three_stage_pipeline_output_is_exact_and_measured(graph):
     cuts = [_body_cuts(graph)[0], _body_cuts(graph)[-2]]  # the skip tensor crosses both cuts
-    x = example_input(SPEC, 2)
+    x = example_inputs(SPEC, 2)[0]
     with pipeline() as driver:
         ready = driver.setup(["a", "b", "c"], _specs(graph, cuts, ["a", "b", "c"]))
         assert set(ready) == {"a", "b", "c"}
@@ -95,7 +95,7 @@ def test_three_stage_pipeline_output_is_exact_and_measured(graph):
 
 def test_min_time_times_more_items_until_it_has_passed(graph):
     cuts = [_body_cuts(graph)[0]]
-    x = example_input(SPEC, 2)
+    x = example_inputs(SPEC, 2)[0]
     with pipeline(devices=("a", "b")) as driver:
         driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
         t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def test_worker_error_names_device_and_worker_keeps_serving(graph):
             driver.setup(["a", "b"], bad)
         # the same workers accept a correct configuration afterwards
         driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="cfg2"))
-        x = example_input(SPEC, 2)
+        x = example_inputs(SPEC, 2)[0]
         assert compare_outputs(graph.model(x), assemble_output(graph, driver.first_result([x])))[0]
 
 
@@ -145,7 +145,7 @@ def test_unreachable_worker_names_device_and_address(graph):
 
 def test_ping_and_stale_results_are_dropped(graph):
     cuts = [_body_cuts(graph)[0]]
-    x = example_input(SPEC, 2)
+    x = example_inputs(SPEC, 2)[0]
     with pipeline(devices=("a", "b")) as driver:
         assert driver.ping("a")["device"] == "a"
         driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"], config="old"))
@@ -158,7 +158,7 @@ def test_ping_and_stale_results_are_dropped(graph):
 def test_stats_carry_cpu_time_and_outlast_the_header_bound(graph):
     # Per-item timings travel as tensors: 3000 items would overflow a 64 KiB JSON header.
     cuts = [_body_cuts(graph)[0]]
-    x = example_input(SPEC, 2)
+    x = example_inputs(SPEC, 2)[0]
     with pipeline(devices=("a", "b")) as driver:
         driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
         tp = driver.throughput([x], items=3000, warmup=0, window=8, batch_size=2)

@@ -26,12 +26,12 @@ from typer.testing import CliRunner
 
 from paretopipe.cli import app
 from paretopipe.errors import Refused, UsageError
-from paretopipe.model.registry import build_model, example_input, resolve_spec
+from paretopipe.model.registry import build_model, example_inputs, resolve_spec
 from paretopipe.runtime.endpoints import driver_exposure, worker_exposure
 from paretopipe.runtime.policy import WorkerPolicy, allowances, contained_file
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import load_testbed
-from tests.test_runtime import _free_ports
+from tests.fixtures.testbeds import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPNET = {"name": "tests.fixtures.toy_models:skipnet", "input_shape": [3, 16, 16], "source": "factory", "seed": 0}
@@ -105,7 +105,7 @@ def served(tmp_path_factory):
     (modules / f"{SIDE_EFFECT_MODULE}.py").write_text(
         f"open({str(marker)!r}, 'w').write('imported')\n\ndef make():\n    return None\n"
     )
-    p0, p1 = _free_ports(2)
+    p0, p1 = free_ports(2)
     tb = tmp / "tb.toml"
     tb.write_text(
         f'name = "attacked"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
@@ -290,7 +290,7 @@ def test_after_all_that_the_worker_serves_a_legitimate_plan_bit_exactly(served):
     ready, _ = peer.recv(timeout_s=60)
     assert ready["kind"] == "ready" and ready["config"] == "legit", ready
     spec = resolve_spec(SKIPNET["name"], weights=weights, seed=7)
-    x = example_input(spec, 2)
+    x = example_inputs(spec, 2)[0]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -357,7 +357,7 @@ def test_policy_from_options_and_allowances(tmp_path: Path):
 
 
 def _testbed(tmp_path: Path, host: str) -> Path:
-    p0, p1 = _free_ports(2)
+    p0, p1 = free_ports(2)
     path = tmp_path / "tb.toml"
     path.write_text(
         f'name = "net"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'
@@ -424,7 +424,7 @@ def test_a_local_session_refuses_a_plan_its_workers_may_not_build(tmp_path: Path
     from paretopipe.plan.plan_file import Plan, PlanCut
     from paretopipe.runtime.session import Session
 
-    p0, p1, p2 = _free_ports(3)
+    p0, p1, p2 = free_ports(3)
     path = tmp_path / "tb.toml"
     path.write_text(
         f'name = "local"\n[driver]\nhost = "127.0.0.1"\nport = {p0}\n'

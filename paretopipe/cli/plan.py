@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 
 from paretopipe.cli import app
-from paretopipe.cli.common import InputShapeOption, LeafOption, ModelArg, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.common import (
+    InputOption,
+    InputShapeOption,
+    LeafOption,
+    ModelArg,
+    SeedOption,
+    WeightsOption,
+    model_spec,
+)
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.cli.run import BackendOption, NetworksOption, TestbedOption, load_testbed_and_scenarios
 from paretopipe.errors import UsageError
@@ -46,6 +54,7 @@ def plan_command(
     backend: str = BackendOption,
     calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
     input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
@@ -79,7 +88,7 @@ def plan_command(
             f"--stages {stages}: {max(ks)} stages need {max(ks)} devices, {tb.path} has {len(tb.devices)}",
             f"use at most {len(tb.devices)}",
         )
-    spec = model_spec(model, input_shape, weights, leaf, seed)
+    spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     out_dir = out or Path("plans") / f"{spec.label}-{safe_name(scenario.name)}"
     graph = trace_spec(spec, batch_size)
     profs = gather_profiles(spec, graph, tb, batch_size, profiles, auto_profile, log=err_console.print)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from paretopipe.cli import app
-from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.common import InputOption, InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.errors import UsageError
 
@@ -96,6 +96,7 @@ def profile_command(
         ),
     ),
     input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
@@ -147,6 +148,7 @@ def profile_command(
         leaf,
         seed,
         output,
+        inputs,
     )
     print_summary(profile, fmt, top)
 
@@ -171,6 +173,7 @@ def _run(
     leaf,
     seed,
     output,
+    inputs=None,
 ) -> Profile:
     """Check every argument (creating nothing), then profile, then save atomically."""
     from paretopipe.host import cgroups
@@ -197,7 +200,7 @@ def _run(
         cgroups.quota_settings(cpu_quota)
         cgroups.check_quota_capability()
     isa_limit.apply(isa)  # before anything computes: torch reads the limit once per process
-    spec = model_spec(model, input_shape, weights, leaf, seed)
+    spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     path = check_writable(output if output is not None else default_path(device, spec.label))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from paretopipe.cli import app
-from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
+from paretopipe.cli.common import InputOption, InputShapeOption, LeafOption, SeedOption, WeightsOption, model_spec
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
 from paretopipe.errors import UsageError
 
@@ -89,6 +89,7 @@ def run_command(
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Ad-hoc plan: items per batch."),
     input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
@@ -134,7 +135,7 @@ def run_command(
 
         the_plan = load_plan(plan)
     else:
-        the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed)
+        the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed, inputs)
     scenario = resolve_network(network or the_plan.network, scenarios)
     if backend == "rpc":
         from paretopipe_backends.torch_rpc import TRUST_WARNING
@@ -178,11 +179,11 @@ def run_command(
         )
 
 
-def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed):
+def _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed, inputs):
     from paretopipe.model.graph import trace_spec
     from paretopipe.plan.plan_file import Plan, PlanCut
 
-    spec = model_spec(model, input_shape, weights, leaf, seed)
+    spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     graph = trace_spec(spec, batch_size)
     chosen = graph.check_cuts(parse_int_list(cuts, "--cuts") if cuts.strip() else [])
     names = [d.strip() for d in devices.split(",") if d.strip()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from paretopipe.cli import app
-from paretopipe.cli.common import InputShapeOption, LeafOption, SeedOption, WeightsOption
+from paretopipe.cli.common import InputOption, InputShapeOption, LeafOption, SeedOption, WeightsOption
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, render
 from paretopipe.cli.plan import parse_stages
 from paretopipe.cli.run import (
@@ -115,6 +115,7 @@ def sweep_command(
     secure: bool = SecureOption,
     insecure: bool = InsecureOption,
     input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
     leaf: list[str] | None = LeafOption,
     seed: int = SeedOption,
@@ -126,6 +127,7 @@ def sweep_command(
     runs mobilenet_v2 on testbed/local.toml over lan, wifi and 4g. Example: paretopipe sweep
     resnet18 --network wifi,3g --stages 2 -o results/r18
     """
+    from paretopipe.model.inputs import parse_input
     from paretopipe.model.registry import parse_input_shape
     from paretopipe.network.conditions import load_scenarios
     from paretopipe.sweep import Sessions, SweepSettings, analysis, execute, prepare
@@ -172,6 +174,7 @@ def sweep_command(
         networks_file=str(networks) if networks else None,
         timeout_s=timeout,
         input_shape=parse_input_shape(input_shape) if input_shape else None,
+        inputs=tuple(parse_input(text) for text in inputs or ()),
         weights=str(weights) if weights else None,
         leaf=tuple(leaf or ()),
         seed=seed,

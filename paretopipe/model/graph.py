@@ -3,11 +3,14 @@
 Nodes are kept in the traced (topological) order. A cut after position ``i`` carries the *live
 set*: every value produced at or before ``i`` (the model inputs included) and used after it, so
 skip connections and concatenations are charged correctly. A cut is legal when every live value
-is a tensor (an int taken from ``x.shape`` cannot cross a device boundary).
+can cross it: a tensor, or a small serialisable value such as a shape or a tuple of tensors from
+``chunk`` (see :mod:`paretopipe.model.values`); a module or a generator cannot. Block cuts follow
+the rule in ``docs/bring-your-model.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import linecache
 import threading
 import traceback
@@ -18,15 +21,21 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from paretopipe.errors import CutError, ModelError
+from paretopipe.model.values import ValueInfo, describe
 
 if TYPE_CHECKING:
     from paretopipe.model.registry import ModelSpec
 
 Granularity = Literal["node", "block"]
+TraceMethod = Literal["fx", "export"]
 _COMPUTE_OPS = ("call_module", "call_function", "call_method")
+#: Fewest block cuts a model with at least that many legal cuts gets (see _block_flags).
+MIN_BLOCK_CUTS = 4
+#: Shares of the model's nodes the last-resort block rule aims at.
+FALLBACK_SHARES = 8
 # torch.fx patches module calls process-wide while tracing: two threads must not trace at once.
 _TRACE_LOCK = threading.Lock()
 
@@ -48,7 +57,8 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class Cut:
-    """A legal cut after node ``index``: the tensors crossing it and their size."""
+    """A legal cut after node ``index``: the values crossing it (``tensors`` names them: tensors,
+    or small values such as shapes and tuples of tensors) and their size on the wire."""
 
     index: int
     after: str
@@ -61,8 +71,8 @@ class Cut:
 class _Tracer(fx.Tracer):
     """fx tracer that keeps user-named modules (qualified name or class name) as single nodes."""
 
-    def __init__(self, leaf_modules: Iterable[str] = ()) -> None:
-        super().__init__()
+    def __init__(self, leaf_modules: Iterable[str] = (), autowrap_functions: Iterable[object] = ()) -> None:
+        super().__init__(autowrap_functions=tuple(autowrap_functions))  # type: ignore[arg-type]
         self.extra_leaves = set(leaf_modules)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -108,7 +118,7 @@ def _is_container(mod: nn.Module | None) -> bool:
 def _module_paths(node: fx.Node) -> list[str]:
     """Qualified names of the modules a node runs inside, outermost first."""
     stack = node.meta.get("nn_module_stack") or {}
-    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    paths = [p for p in (v[0] if isinstance(v, tuple) else k for k, v in stack.items()) if p]
     if node.op == "call_module" and (not paths or paths[-1] != node.target):
         paths.append(str(node.target))
     return paths
@@ -138,15 +148,23 @@ def _assign_blocks(nodes: Sequence[fx.Node], modules: dict[str, nn.Module]) -> l
     return blocks
 
 
-def _nbytes(meta: object) -> tuple[int, bool]:
-    if isinstance(meta, TensorMetadata):
-        numel = 1
-        for s in meta.shape:
-            numel *= int(s)
-        return numel * torch.empty((), dtype=meta.dtype).element_size(), True
-    if isinstance(meta, (tuple, list)):
-        return sum(_nbytes(m)[0] for m in meta), False
-    return 0, False
+_UNKNOWN = ValueInfo(False, 0, "unknown", "its value was not seen while tracing")
+
+
+def _info(node: fx.Node) -> ValueInfo:
+    return node.meta.get("paretopipe_value", _UNKNOWN)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph once on the example inputs, recording what each value is (see values.py)."""
+
+    def run_node(self, n: fx.Node) -> object:
+        out = super().run_node(n)
+        if n.op != "output":
+            n.meta["paretopipe_value"] = describe(out)
+            if isinstance(out, torch.Tensor):
+                n.meta["tensor_meta"] = _extract_tensor_metadata(out)
+        return out
 
 
 class ModelGraph:
@@ -194,7 +212,7 @@ class ModelGraph:
                         tensors.append(value)
             fresh = [t for t in tensors if id(t) not in seen_params]
             seen_params.update(id(t) for t in fresh)
-            nbytes, is_tensor = _nbytes(n.meta.get("tensor_meta"))
+            nbytes, is_tensor = _info(n).nbytes, isinstance(n.meta.get("tensor_meta"), TensorMetadata)
             infos.append(
                 NodeInfo(
                     index=i,
@@ -237,22 +255,60 @@ class ModelGraph:
         return lives
 
     def _find_cuts(self) -> list[Cut]:
-        params_before = 0
-        cuts = []
-        for i, live in enumerate(self._live):
-            params_before += self.nodes[i].num_params
-            if not live or not all(self._is_tensor(v) for v in live):
-                continue
-            nbytes = sum(self._value_nbytes(v) for v in live)
-            is_block = len(live) == 1 and self.nodes[i].block != self.nodes[i + 1].block
-            cuts.append(Cut(i, self.nodes[i].name, tuple(v.name for v in live), nbytes, params_before, is_block))
-        return cuts
+        legal = [i for i, live in enumerate(self._live) if live and all(_info(v).crossable for v in live)]
+        blocks = self._block_flags(legal)
+        params = [0]
+        for info in self.nodes:
+            params.append(params[-1] + info.num_params)
+        return [
+            Cut(
+                i,
+                self.nodes[i].name,
+                tuple(v.name for v in self._live[i]),
+                sum(self._value_nbytes(v) for v in self._live[i]),
+                params[i + 1],
+                i in blocks,
+            )
+            for i in legal
+        ]
+
+    def _block_flags(self, legal: Sequence[int]) -> set[int]:
+        """Block cuts among the legal positions, adding rules until there are enough of them
+        (at least ``MIN_BLOCK_CUTS``, or every legal cut if fewer) and no stretch without one is
+        longer than half of the model:
+
+        1. between two blocks, with exactly one tensor crossing (plus small non-tensor values);
+        2. also between two blocks with more tensors crossing;
+        3. also the legal cut nearest each of ``FALLBACK_SHARES`` equal shares of the nodes
+           (fewest bytes on a tie).
+        """
+        n = len(self.fx_nodes)
+        want = min(MIN_BLOCK_CUTS, len(legal))
+
+        def enough(chosen: set[int]) -> bool:
+            marks = [-1, *sorted(chosen), n - 1]
+            return len(chosen) >= want and max(b - a for a, b in zip(marks, marks[1:])) <= n / 2
+
+        boundary = [i for i in legal if self.nodes[i].block != self.nodes[i + 1].block]
+        chosen = {i for i in boundary if self._tensor_leaves(i) == 1}
+        if not enough(chosen):
+            chosen.update(boundary)
+        if not enough(chosen) and legal:
+            for j in range(1, FALLBACK_SHARES):
+                target = j * n / FALLBACK_SHARES - 1
+                chosen.add(
+                    min(legal, key=lambda i: (abs(i - target), sum(self._value_nbytes(v) for v in self._live[i])))
+                )
+        return chosen
+
+    def _tensor_leaves(self, index: int) -> int:
+        return sum(_info(v).tensors for v in self._live[index])
 
     def _is_tensor(self, v: fx.Node) -> bool:
         return isinstance(v.meta.get("tensor_meta"), TensorMetadata)
 
     def _value_nbytes(self, v: fx.Node) -> int:
-        return _nbytes(v.meta.get("tensor_meta"))[0]
+        return _info(v).nbytes
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -292,12 +348,30 @@ class ModelGraph:
             if c.index == index:
                 return c
         live = self._live[index]
-        bad = [v.name for v in live if not self._is_tensor(v)]
+        bad = [_describe_blocker(v) for v in live if not _info(v).crossable]
         raise CutError(
             f"cannot cut after node {index} ({self.nodes[index].name}): "
-            + (f"non-tensor values {bad} would cross" if bad else "nothing crosses"),
+            + ("; ".join(bad) if bad else "nothing crosses"),
             "run 'paretopipe cuts MODEL' to list the legal cuts",
         )
+
+    def blockers(self) -> list[tuple[str, int, int]]:
+        """Why positions are not legal cuts: (what cannot cross and which node made it, first
+        position, last position) for every value that cannot cross, in order."""
+        spans: dict[fx.Node, list[int]] = {}
+        for i, live in enumerate(self._live):
+            for v in live:
+                if not _info(v).crossable:
+                    spans.setdefault(v, [i, i])[1] = i
+        return [(_describe_blocker(v), a, b) for v, (a, b) in spans.items()]
+
+    def run_model(self, inputs: Sequence[torch.Tensor]) -> object:
+        """The unsplit model's output on ``inputs`` (given in placeholder order)."""
+        names = [str(p.target) for p in self.placeholders]
+        with torch.no_grad():
+            if len(names) == len(inputs) and all(n.isidentifier() for n in names):
+                return self.model(**dict(zip(names, inputs)))
+            return self.model(*inputs)
 
     def _check_position(self, index: int) -> None:
         top = len(self.fx_nodes) - 2
@@ -327,35 +401,103 @@ def trace(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[torch.Tensor],
     leaf_modules: Iterable[str] = (),
+    *,
+    method: TraceMethod = "fx",
+    input_names: Sequence[str] | None = None,
+    autowrap_functions: Iterable[object] = (),
+    extra_leaf_modules: Iterable[str] = (),
 ) -> ModelGraph:
-    """Trace ``model`` with torch.fx and propagate ``example_input`` to size every value.
+    """Trace ``model`` and run ``example_input`` through it to size and classify every value.
 
-    ``leaf_modules`` names modules (qualified name or class name) kept as single nodes.
+    ``method`` is ``fx`` (torch.fx symbolic tracing; ``leaf_modules`` names modules, by qualified
+    or class name, kept as single nodes; ``autowrap_functions`` are recorded as single calls) or
+    ``export`` (``torch.export``, non-strict; the inputs are passed by ``input_names``).
+    ``extra_leaf_modules`` are leaves a model source adds (not recorded in the spec).
     Returns a :class:`ModelGraph`. Raises ModelError naming the module that could not be traced.
     """
     model = model.eval()
     inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
-    tracer = _Tracer(leaf_modules)
     with _TRACE_LOCK:
-        try:
-            graph = tracer.trace(model)
-        except Exception as exc:  # fx raises TraceError, TypeError, AttributeError... from user code
-            raise _trace_error(model, exc) from None
-        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+        if method == "export":
+            gm = _export(model, inputs, input_names)
+        else:
+            gm = _fx(model, [*leaf_modules, *extra_leaf_modules], autowrap_functions)
+            _bind_defaults(gm, len(inputs))
+        _check_input_order(model, gm, input_names)
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(*inputs)
+                _Recorder(gm).run(*inputs, enable_io_processing=False)
         except Exception as exc:
             raise ModelError(
-                f"{type(model).__name__} fails on an input of shape {[tuple(t.shape) for t in inputs]}: "
+                f"{type(model).__name__} fails on inputs of shape {[tuple(t.shape) for t in inputs]}: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                "check --input-shape",
+                "check --input-shape / --input",
             ) from None
     return ModelGraph(model, gm, batch_size=int(inputs[0].shape[0]) if inputs[0].dim() else 1)
 
 
-def trace_spec(spec: ModelSpec, batch_size: int = 1) -> ModelGraph:
-    """Build the model of ``spec`` and trace it on a random input of ``batch_size`` items."""
-    from paretopipe.model.registry import build_model, example_input
+def _fx(model: nn.Module, leaf_modules: Iterable[str], autowrap_functions: Iterable[object]) -> fx.GraphModule:
+    tracer = _Tracer(leaf_modules, autowrap_functions)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, AttributeError... from user code
+        raise _trace_error(model, exc) from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
-    return trace(build_model(spec), example_input(spec, batch_size), leaf_modules=spec.leaf_modules)
+
+def _export(model: nn.Module, inputs: Sequence[torch.Tensor], input_names: Sequence[str] | None) -> fx.GraphModule:
+    kwargs = dict(zip(input_names, inputs)) if input_names else {}
+    args = () if input_names else tuple(inputs)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, args, kwargs, strict=False)
+    except Exception as exc:  # export raises many types from user code
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"torch.export cannot trace {type(model).__name__}: {reason}") from None
+    gm = program.module()
+    if not isinstance(gm, fx.GraphModule):
+        raise ModelError(f"torch.export gave a {type(gm).__name__} for {type(model).__name__}, not a GraphModule")
+    return gm
+
+
+def _bind_defaults(gm: fx.GraphModule, n_inputs: int) -> None:
+    """Replace the placeholders of forward() parameters beyond the given inputs by their default
+    values (``attn_mask=None``), so a stage never waits for an input nobody sends."""
+    for p in [n for n in gm.graph.nodes if n.op == "placeholder"][n_inputs:]:
+        if not p.args:
+            raise ModelError(
+                f"{type(gm).__name__}.forward() needs input {p.target!r}, which was not given", "add --input"
+            )
+        bind = functools.partial(_replace, p, p.args[0])
+        for user in list(p.users):
+            user.args = fx.node.map_aggregate(user.args, bind)  # type: ignore[arg-type]
+            user.kwargs = fx.node.map_aggregate(user.kwargs, bind)  # type: ignore[arg-type]
+        gm.graph.erase_node(p)
+    gm.recompile()
+
+
+def _replace(node: fx.Node, value: object, arg: object) -> object:
+    return value if arg is node else arg
+
+
+def _check_input_order(model: nn.Module, gm: fx.GraphModule, input_names: Sequence[str] | None) -> None:
+    if not input_names:
+        return
+    names = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    if names[: len(input_names)] != list(input_names):
+        raise ModelError(
+            f"{type(model).__name__} takes inputs {names}, but --input gives {list(input_names)}",
+            "give one --input per input, in the order of the model's forward() parameters",
+        )
+
+
+def _describe_blocker(v: fx.Node) -> str:
+    info = _info(v)
+    return f"the {info.kind} made by node {v.name!r} cannot cross ({info.reason})"
+
+
+def trace_spec(spec: ModelSpec, batch_size: int = 1) -> ModelGraph:
+    """Build the model of ``spec`` and trace it on random inputs of ``batch_size`` items."""
+    from paretopipe.model.registry import build_model, example_inputs, trace_options
+
+    return trace(build_model(spec), example_inputs(spec, batch_size), spec.leaf_modules, **trace_options(spec))

@@ -1,7 +1,7 @@
-"""Model registry: every torchvision classification model by name, user factories, checkpoints.
+"""Model registry: torchvision models by name, ``timm:``/``hf:`` models, user factories, checkpoints.
 
 A :class:`ModelSpec` is everything another process (a worker on a device) needs to rebuild the
-same model: the name or ``package.module:factory``, the input shape, the weights file and the seed
+same model: the name or ``package.module:factory``, the inputs, the weights file and the seed
 used for random weights. Models are always returned in eval mode.
 """
 
@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from paretopipe.errors import ModelError, UsageError
+from paretopipe.model import sources
+from paretopipe.model.inputs import InputSpec, make_inputs
 
 # Models whose default initialisation spends seconds in scipy's truncated normal; latency does not
 # depend on weight values, so they are built with the standard PyTorch initialisation instead.
@@ -50,13 +52,15 @@ class ModelSpec:
     weights: str | None = None
     weights_sha256: str | None = None
     seed: int = 0
-    source: str = "torchvision"  # or "factory"
+    source: str = "torchvision"  # or "factory", "timm", "hf"
     leaf_modules: tuple[str, ...] = field(default=())
+    inputs: tuple[InputSpec, ...] = field(default=())  # empty: one float input of input_shape
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["leaf_modules"] = list(self.leaf_modules)
+        d["inputs"] = [i.to_dict() for i in self.inputs]
         return d
 
     @classmethod
@@ -64,35 +68,60 @@ class ModelSpec:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         known["input_shape"] = tuple(int(v) for v in known.get("input_shape", ()))
         known["leaf_modules"] = tuple(known.get("leaf_modules", ()))
+        known["inputs"] = tuple(InputSpec.from_dict(i) for i in known.get("inputs", ()))
         return cls(**known)
 
     @property
     def label(self) -> str:
-        """Short name used in file names: ``resnet18`` or the factory's function name."""
+        """Short name used in file names: ``resnet18``, ``timm_resnet18``, ``hf_bert_num_hidden_layers_2``
+        or the factory's function name."""
+        if self.source in (sources.TIMM, sources.HF):
+            return "_".join(filter(None, re.split(r"[^A-Za-z0-9.]+", self.name))).replace(".", "_")
         return self.name.rsplit(":", 1)[-1].replace(".", "_")
 
 
+#: Frames of a video model's default input.
+VIDEO_FRAMES = 16
+
+
 @functools.cache
-def _torchvision_names() -> tuple[str, ...]:
+def _torchvision_families() -> dict[str, str]:
+    """Every torchvision model buildable by name -> its family (classification, segmentation, video)."""
     import torchvision
 
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    families = {}
+    for family, module in (
+        ("classification", torchvision.models),
+        ("segmentation", torchvision.models.segmentation),
+        ("video", torchvision.models.video),
+    ):
+        families.update(dict.fromkeys(torchvision.models.list_models(module=module), family))
+    return families
+
+
+def _torchvision_names() -> tuple[str, ...]:
+    return tuple(_torchvision_families())
 
 
 def list_models() -> list[ModelInfo]:
-    """Every torchvision classification model with its parameter count and default input shape."""
+    """Every torchvision classification, segmentation and video model with its parameter count
+    and default input shape (C, H, W), or (C, T, H, W) for video."""
     from torchvision.models import get_model_weights
 
     infos = []
-    for name in _torchvision_names():
+    for name, family in _torchvision_families().items():
         default = get_model_weights(name).DEFAULT
-        crop = getattr(default.transforms(), "crop_size", [224])
-        side = int(crop[0])
+        transforms = default.transforms()
+        if family == "segmentation":
+            side = int(getattr(transforms, "resize_size", [520])[0])
+        else:
+            side = int(getattr(transforms, "crop_size", [224])[0])
+        shape = (3, VIDEO_FRAMES, side, side) if family == "video" else (3, side, side)
         infos.append(
             ModelInfo(
                 name=name,
                 num_params=int(default.meta["num_params"]),
-                input_shape=(3, side, side),
+                input_shape=shape,
                 min_size=tuple(default.meta.get("min_size", (1, 1))),
             )
         )
@@ -110,7 +139,9 @@ def model_info(name: str) -> ModelInfo:
 def unknown_model_error(name: str) -> ModelError:
     close = difflib.get_close_matches(name, _torchvision_names(), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "run 'paretopipe models' to list them."
-    return ModelError(f"unknown model {name!r}", hint + " Your own model: package.module:factory")
+    return ModelError(
+        f"unknown model {name!r}", hint + " Also timm:NAME, hf:NAME, or your own model: package.module:factory"
+    )
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -138,9 +169,26 @@ def resolve_spec(
     weights: str | Path | None = None,
     seed: int = 0,
     leaf_modules: tuple[str, ...] = (),
+    inputs: tuple[InputSpec, ...] = (),
 ) -> ModelSpec:
-    """Check a model name (or factory path) and fill in the defaults. Raises ModelError/UsageError."""
-    if ":" in name:
+    """Check a model name (or factory path) and fill in the defaults. Raises ModelError/UsageError.
+
+    ``inputs`` (from ``--input``) describe every model input; without them a model takes one
+    float input of ``input_shape`` (an ``hf:`` model: its default token ids and mask, or pixels).
+    """
+    source = sources.source_of(name)
+    shape: tuple[int, ...] | None
+    if inputs and input_shape:
+        raise UsageError("give either --input-shape or --input, not both", "--input NAME:1x3x224x224 for an image")
+    if source == sources.TIMM:
+        shape = input_shape or sources.timm_input_shape(name.partition(":")[2])
+    elif source == sources.HF:
+        if input_shape:
+            raise UsageError(f"{name} takes --input, not --input-shape", "e.g. --input input_ids:1x64:int64:0-30521")
+        sources.hf_config(name.partition(":")[2])  # unknown names and settings fail here
+        inputs = inputs or sources.hf_default_inputs(name.partition(":")[2])
+        shape = ()
+    elif ":" in name:
         factory = _import_factory(name)
         shape = input_shape or getattr(factory, "input_shape", None)
         if shape is None:
@@ -153,6 +201,8 @@ def resolve_spec(
         info = model_info(name)
         shape = input_shape or info.input_shape
         source = "torchvision"
+    if inputs:
+        shape = inputs[0].shape[1:] or (1,)
     wpath, digest = None, None
     if weights is not None:
         p = Path(weights)
@@ -167,6 +217,7 @@ def resolve_spec(
         seed=seed,
         source=source,
         leaf_modules=tuple(leaf_modules),
+        inputs=tuple(inputs),
     )
 
 
@@ -210,12 +261,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
             model = _import_factory(spec.name)()
             if not isinstance(model, nn.Module):
                 raise ModelError(f"factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        elif spec.source in sources.BUILDERS:
+            model = sources.BUILDERS[spec.source](spec.name.partition(":")[2])
         else:
             from torchvision.models import get_model
 
             if spec.name not in _torchvision_names():
                 raise unknown_model_error(spec.name)
             kwargs: dict[str, Any] = {"init_weights": False} if spec.name in _FAST_INIT else {}
+            if _torchvision_families()[spec.name] == "segmentation":
+                kwargs["weights_backbone"] = None  # its default would download ImageNet weights
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 model = get_model(spec.name, weights=None, **kwargs)
@@ -250,9 +305,24 @@ def load_weights(model: nn.Module, path: str | Path, sha256: str | None = None) 
         )
 
 
-def example_input(spec: ModelSpec, batch_size: int = 1, seed: int = 1234) -> torch.Tensor:
-    """A deterministic random input of the spec's shape with a leading batch dimension."""
+def example_inputs(spec: ModelSpec, batch_size: int = 1, seed: int = 1234) -> tuple[torch.Tensor, ...]:
+    """Deterministic random inputs for ``batch_size`` items: the spec's ``inputs``, or one float
+    tensor of its input shape with a leading batch dimension."""
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
+    if spec.inputs:
+        return make_inputs(spec.inputs, batch_size, seed)
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((batch_size, *spec.input_shape), generator=gen)
+    return (torch.randn((batch_size, *spec.input_shape), generator=gen),)
+
+
+def trace_options(spec: ModelSpec) -> dict[str, Any]:
+    """How :func:`paretopipe.model.graph.trace` traces the spec's model (method, leaves, inputs)."""
+    if spec.source == sources.HF:
+        return {"method": "export", "input_names": [i.name for i in spec.inputs]}
+    options: dict[str, Any] = {"input_names": [i.name for i in spec.inputs] or None}
+    if spec.source == sources.TIMM:
+        timm_options = sources.timm_trace_options()
+        options["autowrap_functions"] = timm_options["autowrap_functions"]
+        options["extra_leaf_modules"] = timm_options["leaf_modules"]
+    return options

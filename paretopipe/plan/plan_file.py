@@ -68,7 +68,10 @@ class Plan:
 
     @property
     def model_label(self) -> str:
-        return str(self.model.get("name", "model")).rsplit(":", 1)[-1].replace(".", "_")
+        name = str(self.model.get("name", "model"))
+        if self.model.get("source") in ("timm", "hf"):  # as ModelSpec.label: timm_resnet18, hf_bert_...
+            return "_".join(filter(None, re.split(r"[^A-Za-z0-9.]+", name))).replace(".", "_")
+        return name.rsplit(":", 1)[-1].replace(".", "_")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -161,6 +164,7 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     need("seed", int, model, "model.", 0)
     need("source", str, model, "model.", "")
     need("leaf_modules", list, model, "model.", [], check=lambda v: all(isinstance(m, str) for m in v))
+    need("inputs", list, model, "model.", [], check=lambda v: all(_is_input(i) for i in v))
     for key in ("weights", "weights_sha256"):
         need(key, (str, type(None)), model, "model.", None)
     batch = need("batch_size", int)
@@ -204,7 +208,25 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     )
 
 
-_MODEL_KEYS = {"name", "input_shape", "weights", "weights_sha256", "seed", "source", "leaf_modules"}
+_MODEL_KEYS = {"name", "input_shape", "weights", "weights_sha256", "seed", "source", "leaf_modules", "inputs"}
+_INPUT_KEYS = {"name", "shape", "dtype", "low", "high"}
+
+
+def _is_input(value: Any) -> bool:
+    """A model input description (paretopipe.model.inputs.InputSpec.to_dict())."""
+    return (
+        isinstance(value, dict)
+        and set(value) == _INPUT_KEYS
+        and isinstance(value["name"], str)
+        and isinstance(value["dtype"], str)
+        and isinstance(value["shape"], list)
+        and bool(value["shape"])
+        and all(_is_int(d) and d > 0 for d in value["shape"])
+        and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+            for v in (value["low"], value["high"])
+        )
+    )
 
 
 def _is_int(value: Any) -> bool:

@@ -37,7 +37,7 @@ from paretopipe.host import cgroups, isa
 from paretopipe.host.fingerprint import fingerprint
 from paretopipe.host.timing import Rounds, Stat, drift_pct, steady_allocator, timer_overhead_ns
 from paretopipe.model.graph import Cut, ModelGraph, trace
-from paretopipe.model.registry import ModelSpec, build_model, example_input
+from paretopipe.model.registry import ModelSpec, build_model, example_inputs, trace_options
 from paretopipe.model.stages import build_stages
 from paretopipe.profile.profile_file import BatchProfile, BlockProfile, NodeProfile, Profile
 
@@ -160,7 +160,7 @@ def capture(graph: ModelGraph, inputs: Sequence[torch.Tensor]) -> Capture:
     """Run the traced graph once, recording what every node saw and produced, and its FLOPs."""
     rec = _Recorder(graph.gm)
     with torch.no_grad():
-        rec.run(*inputs)
+        rec.run(*inputs, enable_io_processing=False)
     return rec.record
 
 
@@ -279,13 +279,13 @@ def profile_batch(
     device = torch.device(settings.torch_device)
     sync = _sync_for(device)
     try:
-        x = example_input(spec, batch_size).to(device)
+        x = [t.to(device) for t in example_inputs(spec, batch_size)]
         report(batch_size, "first pass", 0, 1)
         with torch.no_grad():
-            model(x)
-        graph = trace(model, x, leaf_modules=spec.leaf_modules)
+            model(**{i.name: t for i, t in zip(spec.inputs, x)}) if spec.inputs else model(*x)
+        graph = trace(model, x, spec.leaf_modules, **trace_options(spec))
         report(batch_size, "capturing node inputs and FLOPs", 0, 1)
-        rec = capture(graph, [x])
+        rec = capture(graph, x)
         return _measure(graph, rec, x, batch_size, settings, sync, report)
     except (RuntimeError, MemoryError) as exc:
         if not is_oom(exc):
@@ -300,7 +300,7 @@ def profile_batch(
 
 
 def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync, report) -> BatchProfile:
-    model, n_nodes = graph.model, len(graph.nodes)
+    n_nodes = len(graph.nodes)
     blocks = []
     for name, first, last in block_runs(graph):
         stage, in_names = range_stage(graph, first, last)
@@ -317,10 +317,10 @@ def _measure(graph, rec: Capture, x, batch_size, settings: ProfileSettings, sync
     node_calls = [_bound(fn, *args, **kwargs) for fn, args, kwargs in replays]
 
     def one_round(keep: bool) -> None:
-        w = _timed(lambda: model(x), sync)
+        w = _timed(_bound(graph.run_model, x), sync)
         b = [_timed(call, sync) for call in block_calls]
         if seq is not None:
-            nodes = seq.run([x], sync)
+            nodes = seq.run(x, sync)
         else:
             nodes = [_timed_cpu(call, sync) for call in node_calls]
         if keep:

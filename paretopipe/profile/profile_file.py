@@ -204,9 +204,9 @@ class Profile:
         redo = f"re-run paretopipe profile {want.get('name')} --device {self.device} --batch-size {batch_size}" + (
             f" --input-shape {'x'.join(map(str, want['input_shape']))}" if want.get("input_shape") else ""
         )
-        for key in ("name", "input_shape", "leaf_modules"):  # weight values do not change timing
+        for key in ("name", "input_shape", "leaf_modules", "inputs"):  # weight values do not change timing
             have, need = self.model.get(key), want.get(key)
-            if key in ("input_shape", "leaf_modules"):
+            if key in ("input_shape", "leaf_modules", "inputs"):
                 have, need = list(have or []), list(need or [])
             if have != need:
                 raise ConfigError(where, f"model.{key}", f"profiled {have!r} but the plan needs {need!r}", redo)
@@ -308,6 +308,7 @@ _MODEL = {
     "seed": (int,),
     "source": (str,),
     "leaf_modules": (list,),
+    "inputs": (list,),
 }
 _METHOD = {
     "warmup": (int,),
@@ -365,7 +366,7 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
     version = data["version"] if isinstance(data, dict) else VERSION
     node_optional, whole_optional = _optional("node", version), _optional("whole", version)
     d = c.obj(data, "", _TOP, _optional("top", version))
-    c.obj(d["model"], "model", _MODEL)
+    c.obj(d["model"], "model", _MODEL, frozenset({"inputs"}))
     c.ints(d["model"]["input_shape"], "model.input_shape", 1)
     c.obj(d["method"], "method", _METHOD, _optional("method", version))
     fp = c.obj(d["fingerprint"], "fingerprint", FINGERPRINT_FIELDS, FINGERPRINT_OPTIONAL)

@@ -19,6 +19,7 @@ import torch
 
 from paretopipe.errors import TransportError, WorkerError
 from paretopipe.host.timing import Rounds
+from paretopipe.model import values
 from paretopipe.runtime import protocol as P
 from paretopipe_backends.base import Message, Transport, TransportTimeout
 
@@ -168,16 +169,20 @@ class Driver:
         return uuid.uuid4().hex[:12]
 
     # -- measuring -----------------------------------------------------------------------------
-    def _send_item(self, item: int, inputs: Sequence[torch.Tensor]) -> None:
-        self.transport.send(self.devices[0], {"kind": P.ITEM, "config": self.config, "item": item}, inputs)
+    def _send_item(self, item: int, inputs: Sequence[Any]) -> None:
+        tensors, structure = values.pack(inputs)
+        header = {"kind": P.ITEM, "config": self.config, "item": item, "values": structure}
+        self.transport.send(self.devices[0], header, tensors)
 
     def _result(self, waiting_for: str) -> Message:
         return self._recv(lambda m: m.header.get("kind") == P.RESULT, waiting_for)
 
-    def first_result(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run one item and return its output tensors (for checking against the unsplit model)."""
+    def first_result(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run one item and return the last stage's output values (for checking against the
+        unsplit model). Raises FrameError for a result whose value structure is malformed."""
         self._send_item(-1, inputs)
-        return self._result("the first result").tensors
+        msg = self._result("the first result")
+        return values.unpack_message(msg.header, msg.tensors)
 
     def latency(
         self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0

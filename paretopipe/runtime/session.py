@@ -361,7 +361,7 @@ class Session:
                 "pass allow_models/weights_dirs to Session (paretopipe.runtime.policy.allowances(model) lists them)",
             )
 
-    def _reference(self, graph, plan: Plan, x) -> Any:
+    def _reference(self, graph, plan: Plan, inputs) -> Any:
         """The unsplit model's output, computed with the devices' torch thread count when they all
         use the same one (kernels may sum in another order with other thread counts, which changes
         the last bits: the check is then exact rather than approximate)."""
@@ -373,17 +373,17 @@ class Session:
             if len(threads) == 1:
                 torch.set_num_threads(threads.pop())
             with torch.no_grad():
-                return graph.model(x.clone())
+                return graph.run_model([t.clone() for t in inputs])
         finally:
             torch.set_num_threads(before)
 
     def measure(self, plan: Plan, scenario: Scenario, options: MeasureOptions) -> Measurement:
         """Run ``plan`` under ``scenario``; returns what was measured (raises on failure)."""
-        from paretopipe.model.registry import ModelSpec, example_input
+        from paretopipe.model.registry import ModelSpec, example_inputs
         from paretopipe.model.stages import assemble_output, compare_outputs
 
         graph = self.graph_for(plan)
-        x = example_input(ModelSpec.from_dict(dict(plan.model)), plan.batch_size)
+        x = list(example_inputs(ModelSpec.from_dict(dict(plan.model)), plan.batch_size))
         t0 = time.perf_counter()
         links, ready = self.setup(plan, scenario)
         m = Measurement(
@@ -396,10 +396,10 @@ class Session:
         try:
             if options.check_output:
                 expected = self._reference(graph, plan, x)
-                got = self.driver.first_result([x])
+                got = self.driver.first_result(x)
                 m.output_exact, m.output_max_abs_diff = compare_outputs(expected, assemble_output(graph, got))
             if "latency" in options.modes:
-                lat = self.driver.latency([x], options.latency_items, options.warmup, options.min_time_s).summary()
+                lat = self.driver.latency(x, options.latency_items, options.warmup, options.min_time_s).summary()
                 m.latency_ms_p50, m.latency_ms_p95 = lat["latency_ms_p50"], lat["latency_ms_p95"]
                 m.latency_ms_p99, m.latency_ms_mean = lat["latency_ms_p99"], lat["latency_ms_mean"]
                 m.latency_items = int(lat["latency_items"])
@@ -407,7 +407,7 @@ class Session:
             if "throughput" in options.modes:
                 window = _window(plan, options)
                 tput = self.driver.throughput(
-                    [x], options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
+                    x, options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
                 )
                 m.throughput_ips, m.throughput_items = tput.throughput_ips, tput.items
                 m.throughput_s, m.window = tput.seconds, tput.window

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from paretopipe.errors import FrameError, ParetoPipeError, Refused
+from paretopipe.model import values
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.runtime import protocol as P
 from paretopipe.runtime.policy import WorkerPolicy
@@ -167,8 +168,9 @@ class Worker:
         cpu0 = time.thread_time_ns()
         if stage.last_done_ns is not None:
             stage.wait_ns.append(got - stage.last_done_ns)
+        inputs = values.unpack_message(msg.header, msg.tensors)
         with torch.inference_mode():
-            out = stage.module(*msg.tensors)
+            out = stage.module(*inputs)
         # Read the CPU clock before the wall clock: the read is a system call, where the kernel
         # also charges a CPU quota, so a throttle that the compute's CPU use earned lands inside
         # the timed span instead of just after it (where it would vanish from the compute time).
@@ -181,8 +183,14 @@ class Worker:
         stage.compute_ns.append(done - got)
         stage.items += 1
         last = stage.spec.stage == stage.spec.stages - 1
-        header = {"kind": P.RESULT if last else P.ITEM, "config": stage.spec.config, "item": msg.header.get("item")}
-        self.sender.submit(stage.spec.next_peer, header, tuple(out), timed=True)
+        tensors, structure = values.pack(tuple(out))
+        header = {
+            "kind": P.RESULT if last else P.ITEM,
+            "config": stage.spec.config,
+            "item": msg.header.get("item"),
+            "values": structure,
+        }
+        self.sender.submit(stage.spec.next_peer, header, tensors, timed=True)
         stage.last_done_ns = time.perf_counter_ns()
 
     def _send_stats(self, msg: Message) -> None:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from paretopipe.errors import ConfigError, UsageError
-from paretopipe.model.registry import ModelSpec, example_input, sha256_file
+from paretopipe.model.registry import ModelSpec, example_inputs, sha256_file
 from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
 
 PICKS = ("knee", "min-latency", "max-throughput")
@@ -51,7 +50,7 @@ def export_stages(plan: Plan, out_dir: Path) -> list[dict[str, Any]]:
     spec = ModelSpec.from_dict(dict(plan.model))
     graph = trace_spec(spec, plan.batch_size)
     stages = split_stages(graph, plan.cut_indices)
-    inputs: tuple[torch.Tensor, ...] = (example_input(spec, plan.batch_size),)
+    inputs: tuple[Any, ...] = example_inputs(spec, plan.batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts = []
     for k, (stage, device) in enumerate(zip(stages, plan.devices)):

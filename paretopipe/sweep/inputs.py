@@ -79,7 +79,9 @@ def planning_inputs(settings: SweepSettings, tb: Testbed, log: Log) -> PlanningI
     from paretopipe.model.registry import resolve_spec
     from paretopipe.sweep.predict import gather_profiles
 
-    spec = resolve_spec(settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf)
+    spec = resolve_spec(
+        settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf, settings.inputs
+    )
     if max(settings.stages) > len(tb.devices):
         raise UsageError(f"{max(settings.stages)} stages need as many devices; {tb.path} has {len(tb.devices)}")
     graph = trace_spec(spec, settings.batch_size)

@@ -73,7 +73,11 @@ def profile_command(spec: ModelSpec, device, batch_sizes: Sequence[int], out: Pa
         cmd += ["--cpu-quota", f"{device.cpu_quota:g}"]
     if device.isa:
         cmd += ["--isa", device.isa]
-    cmd += ["--input-shape", "x".join(map(str, spec.input_shape))]
+    if spec.inputs:
+        for described in spec.inputs:
+            cmd += ["--input", str(described)]
+    else:
+        cmd += ["--input-shape", "x".join(map(str, spec.input_shape))]
     if spec.weights:
         cmd += ["--weights", spec.weights]
     for leaf in spec.leaf_modules:

@@ -80,5 +80,5 @@ def _allowances(settings: SweepSettings) -> tuple[list[str], list[str]]:
     from paretopipe.runtime.policy import allowances
 
     st = settings
-    spec = resolve_spec(st.model, st.input_shape, st.weights, st.seed, st.leaf)
+    spec = resolve_spec(st.model, st.input_shape, st.weights, st.seed, st.leaf, st.inputs)
     return allowances(spec.to_dict())

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import Plan
+
+if TYPE_CHECKING:
+    from paretopipe.model.inputs import InputSpec
 
 Log = Callable[[str], None]
 
@@ -44,6 +48,7 @@ class SweepSettings:
     networks_file: str | None = None
     timeout_s: float = 60.0
     input_shape: tuple[int, ...] | None = None
+    inputs: tuple[InputSpec, ...] = ()  # --input descriptions (paretopipe.model.inputs)
     weights: str | None = None
     leaf: tuple[str, ...] = ()
     seed: int = 0
