@@ -53,8 +53,10 @@ DEFAULT_MAX_MESSAGE_NBYTES = 1 << 30
 DEFAULT_MAX_HEADER_NBYTES = 64 * 1024
 #: Most dimensions a received tensor may have.
 MAX_NDIM = 32
-#: Deepest nesting of JSON arrays and objects in an envelope, checked before it is parsed.
-MAX_JSON_DEPTH = 32
+#: Deepest nesting of JSON arrays and objects in an envelope, checked before it is parsed. Room for
+#: the envelope and a value structure at its own depth bound (paretopipe.model.values.MAX_DEPTH, two
+#: JSON levels per level of values); far below what would exhaust the parser's recursion.
+MAX_JSON_DEPTH = 64
 
 _ENVELOPE_FIELDS = frozenset({"v", "src", "header", "tensors"})
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "nbytes"})

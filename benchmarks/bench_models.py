@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import results_file
+
 from paretopipe.errors import ParetoPipeError
 from paretopipe.model.graph import ModelGraph, trace, trace_spec
 from paretopipe.model.inputs import parse_input
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=3, help="Random splits per stage count (2, 3, 4).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Also write the table to this file.")
+    results_file.add_save_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -223,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    results_file.run("models", main)

@@ -31,6 +31,7 @@ from paretopipe.runtime.endpoints import driver_exposure, worker_exposure
 from paretopipe.runtime.policy import WorkerPolicy, allowances, contained_file
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import load_testbed
+from paretopipe_backends.codec import MAX_JSON_DEPTH
 from tests.fixtures.testbeds import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,13 +272,13 @@ def test_control_messages_are_bounded_too(served):
 def test_deeply_nested_headers_are_dropped_before_parsing(served, opener):
     peer = served["peer"]
     peer.send_frames([opener * (64 * 1024)])
-    envelope = b'{"v": 1, "src": "driver", "header": {"kind": "ping", "nonce": "deep", "x": ' + b"[" * 40
-    peer.send_frames([envelope + b"]" * 40 + b"}, " + b'"tensors": []}'])
+    envelope = b'{"v": 1, "src": "driver", "header": {"kind": "ping", "nonce": "deep", "x": ' + b"[" * 80
+    peer.send_frames([envelope + b"]" * 80 + b"}, " + b'"tensors": []}'])
     peer.send({"kind": "stats"})
     reply, _ = peer.recv()
     assert reply["kind"] == "stats", reply  # no pong: both deep headers were dropped, unanswered
     reasons = reply["transport"]["last_reject_reasons"][-2:]
-    assert all("nested too deeply: arrays/objects deeper than 32 levels" in r for r in reasons), reasons
+    assert all(f"nested too deeply: arrays/objects deeper than {MAX_JSON_DEPTH} levels" in r for r in reasons), reasons
     assert peer.ping("after")["pid"] == served["proc"].pid
 
 
@@ -301,7 +302,8 @@ def test_after_all_that_the_worker_serves_a_legitimate_plan_bit_exactly(served):
     for item in range(3):
         peer.send({"kind": "item", "config": "legit", "item": item}, (x,))
         result, frames = peer.recv()
-        assert result == {"kind": "result", "config": "legit", "item": item}
+        assert {k: result[k] for k in ("kind", "config", "item")} == {"kind": "result", "config": "legit", "item": item}
+        assert set(result) <= {"kind", "config", "item", "values"}, result
         got = torch.from_numpy(np.frombuffer(frames[0], dtype=np.float32).copy()).view(expected.shape)
         assert torch.equal(got, expected)
     assert not served["marker"].exists()

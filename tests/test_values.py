@@ -14,7 +14,7 @@ from paretopipe.model import values
 from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import example_inputs, resolve_spec
 from paretopipe.model.stages import assemble_output, compare_outputs, run_chain, split_stages, verify
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.plan_file import Plan, PlanCut
 from paretopipe_backends.codec import decode, encode
 
@@ -228,7 +228,7 @@ def test_values_cross_in_thread_zeromq_workers_exactly(carry):
 def test_values_cross_worker_processes_exactly(tmp_path, carry, backend):
     from paretopipe.runtime.session import MeasureOptions, Session
     from paretopipe.testbed import load_testbed
-    from tests.test_launcher import _testbed
+    from tests.fixtures.testbeds import local_testbed
 
     if backend == "rpc":
         pytest.importorskip("torch.distributed.rpc")
@@ -238,8 +238,9 @@ def test_values_cross_worker_processes_exactly(tmp_path, carry, backend):
         cuts=tuple(PlanCut(c, carry.nodes[c].name) for c in (5,)),
         devices=("a", "b"),
     )
-    with Session(load_testbed(_testbed(tmp_path)), backend, startup_timeout_s=90) as session:
+    tb = load_testbed(local_testbed(tmp_path))
+    with Session(tb, backend, startup_timeout_s=90, allow_models=["tests.fixtures"]) as session:
         row = session.measure(
-            plan, ("local", LinkCondition()), MeasureOptions(latency_items=3, throughput_items=4, warmup=1)
+            plan, Scenario("local", LinkCondition()), MeasureOptions(latency_items=3, throughput_items=4, warmup=1)
         )
-    assert row["output_exact"] is True
+    assert row.output_exact is True
