@@ -22,7 +22,7 @@ from paretopipe_backends.codec import (
     frames_nbytes,
 )
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def bits(t: torch.Tensor) -> bytes:
@@ -432,7 +432,7 @@ _structures = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_structures, max_size=4), st.integers(0, 3))
 def test_fuzz_value_structures_in_headers_raise_only_frame_errors(structure, n_tensors: int) -> None:
     from paretopipe.model.values import unpack_message

@@ -84,19 +84,19 @@ def _assert_same_front(inst: Instance, objectives: tuple[str, ...]) -> None:
     assert exact.plans[exact.on_front]["feasible"].all()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(instances())
 def test_exact_equals_exhaustive_latency_throughput(inst):
     _assert_same_front(inst, ("latency", "throughput"))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(instances())
 def test_exact_equals_exhaustive_with_bytes(inst):
     _assert_same_front(inst, ("latency", "throughput", "bytes"))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     instances(),
     st.sampled_from([("bytes", "throughput"), ("latency", "bytes"), ("latency", "throughput", "memory"), ("latency",)]),
@@ -105,7 +105,7 @@ def test_exact_equals_exhaustive_other_objective_sets(inst, objectives):
     _assert_same_front(inst, objectives)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(instances(integer=False), st.sampled_from([("latency", "throughput"), ("latency", "throughput", "bytes")]))
 def test_exact_equals_exhaustive_on_float_data(inst, objectives):
     _assert_same_front(inst, objectives)
@@ -127,7 +127,7 @@ def _naive_prune(group, strict, tols, loose, targets=None):
     return keep
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.integers(1, 2), st.integers(0, 3), st.integers(1, 40), st.integers(0, 2**32 - 1))
 def test_label_pruning_matches_its_definition(n_strict, n_loose, n, seed):
     rng = np.random.default_rng(seed)
@@ -139,7 +139,7 @@ def test_label_pruning_matches_its_definition(n_strict, n_loose, n, seed):
     assert prune_labels(group, strict, tols, loose).tolist() == expected.tolist()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.integers(2, 3), st.integers(1, 60), st.integers(0, 2**32 - 1))
 def test_label_pruning_with_targets_matches_its_definition(n_loose, n, seed):
     # The planner's targets for a shared CPU: max(value, bottleneck - F), F fixed per group.

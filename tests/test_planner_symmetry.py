@@ -107,7 +107,7 @@ def kinded_instances(draw) -> Instance:
     )
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(kinded_instances(), st.sampled_from([("latency", "throughput"), ("latency", "throughput", "bytes")]))
 def test_exact_equals_exhaustive_up_to_relabelling(inst, objectives):
     stages = range(1, 5)

@@ -21,6 +21,8 @@ from paretopipe_backends.base import Endpoint, TransportOptions
 from paretopipe_backends.zeromq import ZmqTransport
 from tests.fixtures.testbeds import free_ports
 
+pytestmark = pytest.mark.integration  # every test runs workers in threads over real ZeroMQ sockets
+
 SPEC = resolve_spec("tests.fixtures.toy_models:skipnet")
 #: What the in-process workers of these tests may build: the test models.
 TESTS_POLICY = WorkerPolicy(allow_models=frozenset({"tests.fixtures"}))

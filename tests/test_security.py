@@ -25,6 +25,8 @@ from paretopipe_backends.security import (
 )
 from paretopipe_backends.zeromq import ZmqTransport
 
+pytestmark = pytest.mark.integration  # every test opens CURVE-secured ZeroMQ sockets on loopback
+
 HOST = "127.0.0.1"
 MARKER = b"PARETOPIPE-PLAINTEXT-MARKER-0123456789"
 

@@ -182,6 +182,7 @@ class _Receiver:
                 self.event.set()
 
 
+@pytest.mark.integration  # real sockets and timeouts
 def test_loopback_tcp_transfers_take_size_over_bandwidth_plus_delay():
     """Best of 3 transfers per size: scheduling noise on a busy machine only ever adds time, so the
     fastest run is the shaper's own timing (a shaper that is early or late every time still fails)."""

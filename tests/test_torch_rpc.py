@@ -260,6 +260,7 @@ def test_testbed_world_is_driver_then_devices_in_file_order() -> None:
         TorchRpcTransport.for_testbed(tb, "ghost")
 
 
+@pytest.mark.integration  # real sockets and timeouts
 def test_missing_member_is_named_within_the_timeout() -> None:
     """Joining fails before RPC starts, so this process stays out of any RPC world."""
     pa, pb = free_ports(2)

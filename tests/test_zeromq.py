@@ -19,6 +19,8 @@ from paretopipe_backends.codec import encode
 from paretopipe_backends.zeromq import ZmqTransport, zmq_address
 from tests.fixtures.testbeds import HOST, free_ports
 
+pytestmark = pytest.mark.integration  # every test opens ZeroMQ sockets on loopback
+
 
 @pytest.fixture
 def pair():
