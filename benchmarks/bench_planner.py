@@ -219,4 +219,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    results_file.run("planner", main)
+    CASES = ("methods", "testbed", "nsga2")
+    results_file.run("planner-" + next((a for a in sys.argv[1:] if a in CASES), "usage"), main)
