@@ -181,6 +181,7 @@ BAD_SHA = "0" * 64
         ("os.path:join ; import os", "model-not-allowed", "cannot read model"),
     ],
 )
+@pytest.mark.integration  # a real worker process
 def test_factories_of_modules_not_allowed_are_refused_unimported(served, name, reason, text):
     _refused(served, _setup({**SKIPNET, "name": name}), reason, text)
     assert not served["marker"].exists(), "the module was imported"
@@ -190,6 +191,7 @@ def _weights(path: str, sha: str | None = BAD_SHA) -> dict[str, Any]:
     return {**SKIPNET, "weights": path, "weights_sha256": sha}
 
 
+@pytest.mark.integration  # a real worker process
 def test_weights_outside_the_allowed_directory_are_refused_unread(served):
     wdir, fifo = served["weights_dir"], served["fifo"]
     cases = [
@@ -207,6 +209,7 @@ def test_weights_outside_the_allowed_directory_are_refused_unread(served):
     _refused(served, _setup(_weights("skipnet.pt", BAD_SHA)), "hash-mismatch", "differs from the one the plan")
 
 
+@pytest.mark.integration  # a real worker process
 def test_an_artifact_with_another_hash_or_outside_is_refused(served):
     _refused(
         served,
@@ -242,6 +245,7 @@ def test_an_artifact_with_another_hash_or_outside_is_refused(served):
         ({"cut_names": [], "cuts": [], "seed": 1}, "unknown field(s) ['seed']"),
     ],
 )
+@pytest.mark.integration  # a real worker process
 def test_every_field_is_bounded(served, fields, text):
     header = _setup(**fields)
     reason = "malformed" if "unknown field" in text else "out-of-bounds"
@@ -253,6 +257,7 @@ def test_every_field_is_bounded(served, fields, text):
     assert peer.ping("after")["pid"] == served["proc"].pid
 
 
+@pytest.mark.integration  # a real worker process
 def test_control_messages_are_bounded_too(served):
     peer = served["peer"]
     for header, text in [
@@ -268,6 +273,7 @@ def test_control_messages_are_bounded_too(served):
     assert peer.ping("alive")["pid"] == served["proc"].pid  # the stop above was refused
 
 
+@pytest.mark.integration  # a real worker process
 @pytest.mark.parametrize("opener", [b"[", b"{"])
 def test_deeply_nested_headers_are_dropped_before_parsing(served, opener):
     peer = served["peer"]
@@ -282,6 +288,7 @@ def test_deeply_nested_headers_are_dropped_before_parsing(served, opener):
     assert peer.ping("after")["pid"] == served["proc"].pid
 
 
+@pytest.mark.integration  # a real worker process
 def test_after_all_that_the_worker_serves_a_legitimate_plan_bit_exactly(served):
     # Runs after the refusals above (same module-scoped worker process).
     peer, wdir = served["peer"], served["weights_dir"]
@@ -388,6 +395,7 @@ def test_a_worker_beyond_loopback_needs_secure_or_insecure(tmp_path: Path):
         worker_exposure(local, "zmq", bind_all=True, secure=False, insecure=False)
 
 
+@pytest.mark.integration  # a real worker process
 def test_an_insecure_worker_says_what_that_means_in_one_line(tmp_path: Path):
     path = _testbed(tmp_path, "127.0.0.1")
     proc = subprocess.Popen(
@@ -421,6 +429,7 @@ def test_the_driver_warns_and_rpc_beyond_loopback_needs_insecure(tmp_path: Path)
     assert result.exit_code == 2 and "needs --insecure" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.integration  # a real worker process
 def test_a_local_session_refuses_a_plan_its_workers_may_not_build(tmp_path: Path):
     from paretopipe.network.conditions import LinkCondition
     from paretopipe.plan.plan_file import Plan, PlanCut

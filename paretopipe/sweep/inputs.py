@@ -77,7 +77,8 @@ def planning_inputs(settings: SweepSettings, tb: Testbed, log: Log) -> PlanningI
     from paretopipe.calibrate.link_file import find_calibration
     from paretopipe.model.graph import trace_spec
     from paretopipe.model.registry import resolve_spec
-    from paretopipe.sweep.predict import gather_profiles
+    from paretopipe.sweep.candidates import parse_cut_list
+    from paretopipe.sweep.predict import candidate_cuts, gather_profiles
 
     spec = resolve_spec(
         settings.model, settings.input_shape, settings.weights, settings.seed, settings.leaf, settings.inputs
@@ -85,9 +86,12 @@ def planning_inputs(settings: SweepSettings, tb: Testbed, log: Log) -> PlanningI
     if max(settings.stages) > len(tb.devices):
         raise UsageError(f"{max(settings.stages)} stages need as many devices; {tb.path} has {len(tb.devices)}")
     graph = trace_spec(spec, settings.batch_size)
-    profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
-    cal = find_calibration(tb.name, settings.backends[0], settings.isolation, [settings.calibrations])
     granularity = {"block": "block", "front": settings.granularity, "all": settings.granularity}.get(
         settings.cuts, "node"
     )
+    if granularity == "node" and settings.cuts not in ("front", "all"):
+        # a list of cut sets: refuse a bad one before any device is profiled
+        parse_cut_list(settings.cuts, [c.index for c in candidate_cuts(graph, granularity)])
+    profiles = gather_profiles(spec, graph, tb, settings.batch_size, settings.profiles, log=log)
+    cal = find_calibration(tb.name, settings.backends[0], settings.isolation, [settings.calibrations])
     return PlanningInputs(spec, graph, tb, profiles, cal, granularity)
