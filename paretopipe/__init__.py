@@ -20,6 +20,7 @@ _EXPORTS = {
     "resolve_spec": "paretopipe.model.registry",
     "build_model": "paretopipe.model.registry",
     "list_models": "paretopipe.model.registry",
+    "split_stages": "paretopipe.model.stages",
     "run_chain": "paretopipe.model.stages",
     "verify": "paretopipe.model.stages",
     "LinkCondition": "paretopipe.network.conditions",
