@@ -40,6 +40,8 @@ class Device:
     isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.host.isa)
     memory_bytes: float = float("inf")
     key: str | None = None
+    ssh: str | None = None  # "user@host" or a ~/.ssh/config alias: `paretopipe workers` starts it there
+    python: str | None = None  # absolute path of the board's Python that has paretopipe installed
 
     @property
     def is_local(self) -> bool:
@@ -224,7 +226,10 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     devices = []
     for i, raw in enumerate(devices_raw):
         f = _Fields(
-            p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key"}
+            p,
+            f"devices[{i}]",
+            raw,
+            {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key", *_REMOTE_KEYS},
         )
         name = f.get(
             "name",
@@ -260,6 +265,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
                 isa=f.get("isa", str, None, check=lambda v: v in ISA_LEVELS, hint=f"one of {', '.join(ISA_LEVELS)}"),
                 memory_bytes=memory,
                 key=f.get("key", str, None),
+                **_remote_fields(f),
             )
         )
     names = [d.name for d in devices]
@@ -307,6 +313,38 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
         links=tuple(links),
         description=top.get("description", str, ""),
     )
+
+
+_REMOTE_KEYS = ("ssh", "python")
+# an ssh destination: [user@]host or a config alias; never an option (a leading '-') nor whitespace
+_SSH_TARGET = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*@)?[A-Za-z0-9_.:%\[\]-]+")
+
+
+def _remote_fields(f: _Fields) -> dict[str, str | None]:
+    """``ssh`` and ``python`` of one device: both or neither (a board is reached and run with them)."""
+    ssh = f.get(
+        "ssh",
+        str,
+        None,
+        check=lambda v: _SSH_TARGET.fullmatch(v) and not v.startswith("-"),
+        hint='"user@host" or a Host alias of ~/.ssh/config, e.g. "pi@192.168.1.102"',
+    )
+    python = f.get(
+        "python",
+        str,
+        None,
+        check=lambda v: v.startswith("/") and "\n" not in v,
+        hint='the absolute path of the Python that has paretopipe, e.g. "/home/pi/paretopipe/.venv/bin/python"',
+    )
+    if (ssh is None) != (python is None):
+        have, lacks = ("ssh", "python") if python is None else ("python", "ssh")
+        raise ConfigError(
+            f.path,
+            f"{f.where}.{lacks}",
+            f"missing: a device with {have} needs {lacks} too",
+            "ssh says where `paretopipe workers` logs in, python what runs the worker there",
+        )
+    return {"ssh": ssh, "python": python}
 
 
 def _scenarios() -> dict[str, LinkCondition]:

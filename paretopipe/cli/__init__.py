@@ -49,8 +49,10 @@ def _register() -> None:
     from paretopipe.cli import run as _run  # noqa: F401
     from paretopipe.cli import sweep as _sweep  # noqa: F401
     from paretopipe.cli.netem import netem_app
+    from paretopipe.cli.workers import workers_app
 
     app.add_typer(netem_app, name="netem")
+    app.add_typer(workers_app, name="workers")
 
 
 _register()
