@@ -122,6 +122,15 @@ def test_a_device_without_ssh_is_refused_by_name(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_up_refuses_workers_beyond_loopback_without_secure_or_insecure_before_logging_in(tmp_path):
+    tb = _testbed(tmp_path, BOARD.format(name="pi1", n=2) + 'ssh = "pi@h"\npython = "/p"\n')
+    result = runner.invoke(app, ["workers", "up", "--testbed", str(tb), "--ssh-config", "/nonexistent"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: worker 'pi1' would listen on 10.0.0.2:5551 beyond")
+    both = runner.invoke(app, ["workers", "up", "--testbed", str(tb), "--secure", "--insecure"])
+    assert both.exit_code == 2 and "contradict" in both.stderr
+
+
 def test_secure_boards_get_every_public_key_and_only_their_own_secret(tmp_path):
     from paretopipe_backends.security import generate_keypairs
 
@@ -300,5 +309,6 @@ def test_workers_up_status_run_down_over_ssh(tmp_path):
         code, _, err = _cli(
             "workers", "status", *common[:2], "--ssh-config", str(unreachable), "--remote-dir", remote, "-d", "b2"
         )
-        assert code == 4 and "b2 (board): " in err and "Traceback" not in err
-        assert len(err.strip().splitlines()) == 2  # the 'this machine' line, then one error line
+        assert code == 4 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("Error: b2 (board): ssh failed: ssh: connect to host")
+        assert len(err.strip().splitlines()) == 2, err  # the 'this machine' line, then one error line

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from paretopipe.errors import ParetoPipeError, TransportError, UsageError, WorkerError
 from paretopipe.host import isa
-from paretopipe.runtime.endpoints import key_prefixes, render_testbed
+from paretopipe.runtime.endpoints import key_prefixes, render_testbed, worker_exposure
 from paretopipe.runtime.ssh import SshSettings, run_ssh
 from paretopipe.testbed import DRIVER, Device, Testbed
 
@@ -236,8 +236,8 @@ def workers_up(
     board that cannot be reached, UsageError for version differences (unless allowed) before any
     worker starts, and WorkerError for a worker that exits or does not answer in time.
     """
-    if options.secure and options.insecure:
-        raise UsageError("--secure and --insecure contradict each other", "give one of them")
+    for device in boards.devices:  # a worker that would refuse to start is refused here, before any work
+        worker_exposure(device, options.backend, bind_all=False, secure=options.secure, insecure=options.insecure)
     states = boards.probe()
     _first_error(states)
     differ = [f"{s.device}: {', '.join(s.differs)}" for s in states if s.differs]
@@ -281,33 +281,34 @@ def workers_up(
 
 
 def _wait_ready(boards: Boards, timeout_s: float, *, check_port: bool) -> None:
-    """Wait until every device's port accepts a connection from here (zmq) and its worker still runs.
+    """Wait until every device's port accepts a connection from here (zmq), then check that every
+    worker still runs (with rpc, only that).
 
     Raises WorkerError with the worker's last log lines when it exited, or did not answer in time.
     """
-    pending = {d.name: d for d in boards.devices}
+    pending = {d.name: d for d in boards.devices} if check_port else {}
     deadline = time.monotonic() + timeout_s
     next_probe = time.monotonic() + 2.0
-    while pending:
+    while True:
         for name, device in list(pending.items()):
-            if not check_port or _port_open(device.host, device.port):
+            if _port_open(device.host, device.port):
                 del pending[name]
-        if not pending:
-            return
         now = time.monotonic()
-        if now >= next_probe or now >= deadline:
-            for state in boards.probe(list(pending.values())):
+        if not pending or now >= next_probe or now >= deadline:
+            for state in boards.probe([d for d in boards.devices if d.name in pending or not pending]):
                 tail = f"; last log lines: {' | '.join(state.log_tail)}" if state.log_tail else ""
                 if state.error:
                     raise WorkerError(state.device, state.error)
                 if not state.running:
                     raise WorkerError(state.device, f"exited on {state.ssh}{tail}", "see its log on the board")
-                if now >= deadline:
+                if pending and now >= deadline:
                     raise WorkerError(
                         state.device,
                         f"port {pending[state.device].address} does not answer after {timeout_s:g} s{tail}",
                         "check the testbed's host address and the board's firewall, or give more --timeout",
                     )
+            if not pending:
+                return
             next_probe = now + 2.0
         time.sleep(0.2)
 
