@@ -312,3 +312,9 @@ def test_workers_up_status_run_down_over_ssh(tmp_path):
         assert code == 4 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith("Error: b2 (board): ssh failed: ssh: connect to host")
         assert len(err.strip().splitlines()) == 2, err  # the 'this machine' line, then one error line
+        code, out, err = _cli(
+            "workers", "down", *common[:2], "--ssh-config", str(unreachable), "--remote-dir", remote,
+            "--out", str(tmp_path / "run2"), "--format", "json",
+        )  # fmt: skip
+        assert code == 4 and [r["worker"] for r in json.loads(out)] == ["unknown", "unknown"]
+        assert err.strip().splitlines()[-1].startswith("Error: b1 (board): ssh failed") and "2 of 2" in err

@@ -144,6 +144,8 @@ def down_cmd(
 ) -> None:
     """Stop the worker of every remote device and copy its log here (worker-DEVICE.log).
 
+    Exits non-zero when a board cannot be reached (the others are stopped all the same).
+
     Example: paretopipe workers down --testbed testbed/pi-pair.toml -o results/pi-mnv2
     """
     from paretopipe.runtime.remote import workers_down
@@ -151,3 +153,6 @@ def down_cmd(
     boards = _boards(testbed, device, ssh_config, timeout, remote_dir)
     rows = workers_down(boards, out or Path("results") / f"workers-{boards.testbed.name}")
     render(rows, fmt, ["device", "ssh", "worker", "pid", "signal", "log"])
+    failed = [row["error"] for row in rows if "error" in row]
+    if failed:
+        raise TransportError(failed[0], f"{len(failed)} of {len(rows)} board(s) not stopped")

@@ -324,8 +324,8 @@ def _port_open(host: str, port: int) -> bool:
 def workers_down(boards: Boards, out_dir: Path, grace_s: float = 5.0) -> list[dict[str, Any]]:
     """Stop every device's worker and copy its log to ``out_dir/worker-NAME.log``.
 
-    Returns one row per device (pid, how it stopped, where the log went). Raises TransportError
-    naming the first board that could not be reached, after trying them all.
+    Returns one row per device (pid, how it stopped, where the log went); the row of a board that
+    could not be reached has worker ``unknown`` and the one-line ``error``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -356,8 +356,9 @@ def workers_down(boards: Boards, out_dir: Path, grace_s: float = 5.0) -> list[di
             "log": fetched or "",
         }
 
-    results = boards.each(down)
-    errors = [r for r in results if isinstance(r, ParetoPipeError)]
-    if errors:
-        raise errors[0]
-    return [r for r in results if not isinstance(r, ParetoPipeError)]
+    rows = []
+    for device, result in zip(boards.devices, boards.each(down)):
+        if isinstance(result, ParetoPipeError):
+            result = {"device": device.name, "ssh": device.ssh, "worker": "unknown", "error": str(result)}
+        rows.append(result)
+    return rows
