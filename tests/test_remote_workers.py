@@ -21,11 +21,15 @@ from paretopipe.cli import app
 from paretopipe.errors import ConfigError, TransportError, UsageError
 from paretopipe.runtime.remote import (
     AGENT_SOURCE,
+    Boards,
     WorkerOptions,
     board_files,
+    local_versions,
     remote_devices,
     version_differences,
     worker_argv,
+    workers_status,
+    workers_up,
 )
 from paretopipe.runtime.ssh import SshSettings, ssh_argv, ssh_error
 from paretopipe.testbed import load_testbed
@@ -147,6 +151,40 @@ def test_secure_boards_get_every_public_key_and_only_their_own_secret(tmp_path):
     copied.write_text(files["testbed.toml"]["text"])
     assert load_testbed(copied).device("pi1").key == "keys/pi1"  # relative to the board's state directory
     assert sorted(board_files(tb, tb.device("pi2"), secure=False)) == ["testbed.toml"]
+
+
+class _FakeBoards(Boards):
+    """Boards whose helper answers from a dict (no ssh): records the actions asked of it."""
+
+    def __init__(self, testbed, versions):
+        super().__init__(testbed, remote_devices(testbed), SshSettings(), "state")
+        self.versions, self.actions, self.pids = versions, [], {}
+
+    def call(self, device, action, request):
+        self.actions.append((device.name, action))
+        if action == "start":
+            self.pids[device.name] = 1000 + len(self.pids)
+            return {"workers": {device.name: {"pid": self.pids[device.name], "started": True}}}
+        worker = {"running": device.name in self.pids, "pid": self.pids.get(device.name), "log_tail": []}
+        return {"python": "/p", "versions": self.versions, "workers": {device.name: worker}}
+
+
+def test_up_refuses_boards_whose_versions_differ_unless_allowed(tmp_path):
+    devices = "".join(BOARD.format(name=n, n=i + 2) + 'ssh = "pi@h"\npython = "/p"\n' for i, n in enumerate("ab"))
+    tb = load_testbed(_testbed(tmp_path, devices))
+    here = local_versions()
+    boards = _FakeBoards(tb, {"paretopipe": here["paretopipe"], "torch": "1.0.0"})
+    options = WorkerOptions(backend="rpc", insecure=True)  # rpc: no port to wait for
+    with pytest.raises(UsageError) as err:
+        workers_up(boards, options)
+    assert f"a: torch 1.0.0 (here {here['torch']}); b: torch 1.0.0" in str(err.value)
+    assert "--allow-version-mismatch" in str(err.value) and {a for _, a in boards.actions} == {"probe"}
+    rows = workers_up(boards, options, allow_version_mismatch=True)
+    assert [(r["device"], r["worker"], r["pid"], r["versions"]) for r in rows] == [
+        ("a", "started", "1000", f"differ: torch 1.0.0 (here {here['torch']})"),
+        ("b", "started", "1001", f"differ: torch 1.0.0 (here {here['torch']})"),
+    ]
+    assert [s.differs for s in workers_status(_FakeBoards(tb, dict(here)))] == [[], []]
 
 
 # ---- the board's helper, run here ---------------------------------------------------------------
