@@ -113,10 +113,13 @@ def start(request: dict) -> dict:
     for rel, spec in request.get("files", {}).items():
         path = os.path.join(state_dir, rel)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, spec.get("mode", 0o644))
+        # written aside, then renamed: a worker of the same board reading it never sees half a file
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, spec.get("mode", 0o644))
         with os.fdopen(fd, "w") as f:
             f.write(spec["text"])
-        os.chmod(path, spec.get("mode", 0o644))
+        os.chmod(tmp, spec.get("mode", 0o644))
+        os.replace(tmp, path)
     out = {}
     for worker in request["workers"]:
         name = worker["name"]
