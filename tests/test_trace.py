@@ -270,3 +270,25 @@ def test_follower_reraises_what_apply_raised():
     assert hit.wait(2.0)
     with pytest.raises(UsageError, match="tc refused"):
         f.close()
+
+
+# ---- the setup protocol carries a traced link ---------------------------------------------------
+
+
+def test_a_traced_link_crosses_the_setup_protocol_and_malformed_ones_are_refused():
+    from paretopipe.errors import FrameError
+    from paretopipe.runtime.protocol import StageSpec
+
+    model = {"name": "x", "input_shape": [3, 8, 8]}
+    traced = TracedCondition(STEP, 1000.0).to_dict()
+    spec = StageSpec("cfg", 0, 1, model, 1, (), (), "driver", shaping={"driver": traced})
+    again = StageSpec.from_header(spec.to_header())
+    assert condition_from_dict(again.shaping["driver"]) == TracedCondition(STEP, 1000.0)
+    bad = dict(traced, trace={**traced["trace"], "times_s": [0.0, 5.0]})  # a start past the period
+    with pytest.raises(FrameError, match="period"):
+        StageSpec.from_header(StageSpec("cfg", 0, 1, model, 1, (), (), "driver", shaping={"driver": bad}).to_header())
+    nested = dict(traced, trace={**traced["trace"], "conditions": [traced, traced]})
+    with pytest.raises(FrameError, match="expected a condition"):
+        StageSpec.from_header(
+            StageSpec("cfg", 0, 1, model, 1, (), (), "driver", shaping={"driver": nested}).to_header()
+        )
