@@ -63,3 +63,26 @@ def test_a_session_measures_one_stretch_of_a_trace(tmp_path):
     assert m.throughput_min_ips is not None and m.throughput_ips is not None
     assert m.throughput_min_ips <= m.throughput_ips
     assert any(link.trace is STEP for link in m.links)
+
+
+@pytest.mark.netns
+def test_in_namespaces_the_kernel_follows_the_trace_and_records_its_changes(tmp_path):
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.plan.plan_file import Plan, PlanCut
+    from paretopipe.runtime.session import MeasureOptions, Session
+    from paretopipe.testbed import load_testbed
+    from tests.fixtures.testbeds import local_testbed
+
+    carry = resolve_spec("tests.fixtures.toy_models:carrynet")
+    graph = trace_spec(carry, batch_size=2)
+    plan = Plan(model=carry.to_dict(), batch_size=2, cuts=(PlanCut(5, graph.nodes[5].name),), devices=("a", "b"))
+    tb = load_testbed(local_testbed(tmp_path))
+    options = MeasureOptions(modes=("throughput",), throughput_items=2, warmup=1, trace_seconds=2.0)
+    with Session(tb, "zmq", startup_timeout_s=90, allow_models=["tests.fixtures"], isolation="netns") as session:
+        m = session.measure(plan, Scenario("step", FAST, STEP), options)
+    kernel = [link for link in m.links if link.mechanism.get("bandwidth") == "tc-htb"]
+    assert kernel and all(link.trace is STEP for link in kernel)
+    assert {c["index"] for c in m.trace_changes} == {0, 1}
+    assert all(c["mechanism"].startswith("bandwidth=tc-htb") for c in m.trace_changes)
+    assert all(c["late_ms"] >= 0 for c in m.trace_changes[1:])

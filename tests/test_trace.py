@@ -292,3 +292,13 @@ def test_a_traced_link_crosses_the_setup_protocol_and_malformed_ones_are_refused
         StageSpec.from_header(
             StageSpec("cfg", 0, 1, model, 1, (), (), "driver", shaping={"driver": nested}).to_header()
         )
+
+
+def test_plan_and_calibrate_refuse_a_trace_in_one_line():
+    from typer.testing import CliRunner
+
+    from paretopipe.cli import app
+
+    for cmd in (["plan", "tests.fixtures.toy_models:skipnet", "--network", "step"], ["calibrate", "--network", "step"]):
+        result = CliRunner().invoke(app, cmd)
+        assert result.exit_code == 2 and "is a trace" in result.output and result.output.count("\n") == 1
