@@ -125,4 +125,5 @@ RESUME_COMPARABLE = (
     "min_time_s",
     "repeats",
     "isolation",
+    "trace_seconds",
 )
