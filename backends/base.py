@@ -302,6 +302,11 @@ class Transport(ABC):
         if real_send is not None:
             self._open_shapers(real_send)
 
+    def trace_changes(self) -> list[Any]:
+        """Every piece of a trace the shaped links used so far, with when and by what
+        (:attr:`paretopipe.network.shaper.ShapedSender.trace_changes`); empty without traces."""
+        return [change for shaper in self._shapers.values() for change in shaper.trace_changes]
+
     def _dispatch(self, peer: str, payload: Any, nbytes: int, real_send: Callable[[str, Any], None]) -> None:
         """Send ``payload`` now, or through ``peer``'s shaper when its link is shaped."""
         shaper = self._shapers.get(peer)

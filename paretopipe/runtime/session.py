@@ -504,7 +504,9 @@ class Session:
             m.throughput_s = seconds
         m.trace_from_s, m.trace_seconds = from_s % trace.period_s, seconds
         m.items = [r.to_row(trace) for r in records]
-        m.trace_changes = self._stop_follower()
+        kernel = self._stop_follower()
+        userspace = [c.to_row() for c in self.transport.trace_changes()]  # the driver's own link
+        m.trace_changes = sorted(kernel + userspace, key=lambda row: (row["due_s"], row["link"]))
 
     def unresponsive(self, devices: Sequence[str], cause: TransportError) -> ParetoPipeError:
         """After ``cause`` (a reply or result did not come), the error naming the first of
