@@ -250,13 +250,13 @@ def follow_userspace(trace, laps: int) -> list[int]:
     reader = threading.Thread(target=serve, daemon=True)
     reader.start()
     sock = socket.create_connection(server.getsockname())
-    n = 8 * 1024
+    n = 2 * 1024  # small messages: a 0.5 s window at 2 Mbit/s holds about 61 of them
     block = bytes(n)
     start = time.time()
     end = start + laps * trace.period_s
     with ShapedSender(TracedCondition(trace, start), sock.sendall) as s:
         while time.time() < end:
-            if s.pending < 64:  # keep the shaped link busy: a bulk stream
+            if s.pending < 256:  # keep the shaped link busy: a bulk stream
                 s.submit(block, n)
             else:
                 time.sleep(0.001)
