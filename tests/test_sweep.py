@@ -382,3 +382,36 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
         "plan_id"
     ].tolist()
     assert SweepSettings().refine == 3
+
+
+@pytest.mark.integration
+def test_a_sweep_under_a_trace_keeps_items_changes_and_a_plot_per_configuration(tmp_path):
+    trace = tmp_path / "step.csv"
+    trace.write_text("# synthetic test trace\n0,20mbit,2\n0.5,2mbit,20\n1\n")
+    out = tmp_path / "run"
+    args = _args(tmp_path, out, "--trace-seconds", "1")
+    args[args.index("lan,wifi")] = f"trace:{trace}"
+    args[args.index("3,5")] = "3"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "measurements.csv")
+    assert len(rows) == 2 and (rows["status"] == "ok").all()
+    assert (rows["trace_seconds"] == 1.0).all() and (rows["throughput_min_window_s"] == 1.0).all()
+    assert (rows["throughput_min_ips"] <= rows["throughput_ips"]).all()
+    for _, row in rows.iterrows():
+        assert set(json.loads(row["per_condition"])) == {"bandwidth=20mbit delay=2ms", "bandwidth=2mbit delay=20ms"}
+        items = pd.read_csv(out / row["items_file"])
+        assert set(items["mode"]) == {"latency", "throughput"} and set(items["index"]) == {0, 1}
+        assert items["sent_s"].between(0, 1).all()
+        stem = out / row["items_file"][: -len(".csv")]
+        assert Path(f"{stem}.png").stat().st_size > 5000
+        assert Path(f"{stem}-changes.csv").is_file()
+        # predicted by the cost model under each condition of the trace
+        assert set(json.loads(row["pred_per_condition"])) == set(json.loads(row["per_condition"]))
+    from paretopipe.plan.plan_file import safe_name
+
+    predicted = pd.read_csv(out / safe_name(rows["network"].iloc[0]) / "predicted.csv")
+    assert predicted["condition"].nunique() == 2
+    robust = runner.invoke(app, ["front", str(out / "measurements.csv"), "--robust", "-f", "json"])
+    assert robust.exit_code == 0, robust.output
+    assert len(json.loads(robust.stdout)) == 2

@@ -17,6 +17,7 @@ from paretopipe.cli.run import (
     load_testbed_and_scenarios,
     warn_exposure,
 )
+from paretopipe.errors import UsageError
 
 
 @app.command("calibrate")
@@ -51,6 +52,8 @@ def calibrate_command(
     size_list = parse_int_list(sizes, "--sizes")
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
+    if scenario.trace is not None:
+        raise UsageError(f"{network!r} is a trace", "calibrate under a fixed condition, e.g. local")
     warn_exposure(tb, [backend], secure=False, insecure=insecure)
     with Session(tb, backend, timeout_s=timeout, isolation=isolation) as session:
         cal, raw = calibrate(session, tb, scenario, size_list, items, log=err_console.print)

@@ -83,6 +83,12 @@ def plan_command(
         raise UsageError(f"unknown objective(s) in {objectives!r}", f"choose from {', '.join(OBJECTIVES)}")
     tb, scenarios = load_testbed_and_scenarios(testbed, networks)
     scenario = resolve_network(network, scenarios)
+    if scenario.trace is not None:
+        raise UsageError(
+            f"{network!r} is a trace: a predicted front is for one condition",
+            "plan for one of its conditions (e.g. 'bandwidth=2mbit delay=100ms'), or sweep the trace and "
+            "rank the plans with 'paretopipe front --robust'",
+        )
     if max(ks) > len(tb.devices):
         raise UsageError(
             f"--stages {stages}: {max(ks)} stages need {max(ks)} devices, {tb.path} has {len(tb.devices)}",

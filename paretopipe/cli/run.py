@@ -77,7 +77,10 @@ def run_command(
     testbed: Path = TestbedOption,
     backend: str = BackendOption,
     network: str | None = typer.Option(
-        None, "--network", "-n", help="Scenario name or 'bandwidth=.. delay=..' [default: the plan's]."
+        None,
+        "--network",
+        "-n",
+        help="Scenario name, 'bandwidth=.. delay=..' or trace:PATH (measured over one period) [default: the plan's].",
     ),
     networks: Path | None = NetworksOption,
     mode: str = typer.Option("both", "--mode", help="latency, throughput or both."),

@@ -77,6 +77,13 @@ def sweep_command(
     items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
     min_time: float = MinTimeOption,
+    trace_seconds: float | None = typer.Option(
+        None,
+        "--trace-seconds",
+        min=0.001,
+        help="Under a trace scenario: seconds of the trace each mode measures, from the start of a lap "
+        "[default: one period].",
+    ),
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
@@ -162,6 +169,7 @@ def sweep_command(
         throughput_items=3 * items,
         warmup=warmup,
         min_time_s=min_time,
+        trace_seconds=trace_seconds,
         repeats=repeats,
         neighbours=neighbours,
         near_margin=near / 100,
@@ -271,12 +279,24 @@ def front_command(
     group_by: str = typer.Option(
         "network,backend", "--group-by", help="Columns that split the rows into separate fronts (those present)."
     ),
+    robust: bool = typer.Option(
+        False,
+        "--robust",
+        help="Best in the worst case over the scenarios (or a trace's conditions): worst latency p95 and "
+        "throughput, and each plan's regret per condition.",
+    ),
+    regret: Path | None = typer.Option(
+        None, "--regret", help="With --robust: write each plan's regret in every condition to this CSV."
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Recompute the Pareto front of any measurements CSV and print its rows.
 
     Failed rows (status != ok) are left out; repeated plans are aggregated by median when the file
-    is a sweep's measurements.csv. Example: paretopipe front results/run/measurements.csv --plot front.png
+    is a sweep's measurements.csv. With --robust the scenarios of the file (and the conditions of a
+    trace) are the conditions: the front is of each plan's worst latency p95 and worst throughput,
+    per backend, with its largest regret against the best plan of each condition.
+    Example: paretopipe front results/run/measurements.csv --plot front.png
     """
     import pandas as pd
 
@@ -284,10 +304,17 @@ def front_command(
 
     if not csv_file.is_file():
         raise UsageError(f"{csv_file} not found")
+    if regret is not None and not robust:
+        raise UsageError("--regret needs --robust")
+    if robust and (x, y, senses) != ("latency_ms_p50", "throughput_ips", "min,max"):
+        raise UsageError("--robust ranks latency p95 and throughput: it takes no --x, --y or --senses")
     try:
         df = pd.read_csv(csv_file)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UsageError(f"{csv_file}: not a readable CSV ({exc})") from None
+    if robust:
+        _robust(df, csv_file, group_by, plot, regret, fmt)
+        return
     sense = tuple(s.strip() for s in senses.split(","))
     if len(sense) != 2 or set(sense) - {"min", "max"}:
         raise UsageError(f"--senses must be two of min/max, got {senses!r}")
@@ -308,4 +335,42 @@ def front_command(
         df = df.assign(on_front=df.index.isin(front.index))
         label = "plan_id" if "plan_id" in df else None
         plot_front(df, plot, f"Pareto front of {csv_file.name}", x=x, y=y, label_col=label or "")
+        err_console.print(f"wrote {plot}")
+
+
+def _robust(df, csv_file: Path, group_by: str, plot: Path | None, regret: Path | None, fmt: OutputFormat) -> None:
+    """``front --robust``: the robust front per group, its table, and optionally the regret CSV and plot."""
+    from paretopipe.sweep.robust import robust_fronts
+
+    groups = [g for g in group_by.split(",") if g and g != "network"]
+    plans, regrets = robust_fronts(df, groups)
+    plans = plans.sort_values(["robust_front", "worst_latency_ms_p95"], ascending=[False, True])
+    cols = [g for g in groups if g in plans] + [
+        "plan_id",
+        "devices",
+        "worst_latency_ms_p95",
+        "worst_throughput_ips",
+        "max_latency_regret_pct",
+        "max_throughput_regret_pct",
+        "robust_front",
+        "pred_robust_front",
+    ]
+    if fmt is not OutputFormat.table:
+        cols = [*[g for g in groups if g in plans], *plans.columns.drop([g for g in groups if g in plans])]
+    conditions = ", ".join(dict.fromkeys(regrets["condition"].astype(str)))
+    render(plans.to_dict("records"), fmt, cols, title=f"robust front of {csv_file} over: {conditions}")
+    if regret is not None:
+        regrets.to_csv(regret, index=False)
+        err_console.print(f"wrote {regret}")
+    if plot is not None:
+        from paretopipe.sweep.plots import plot_front
+
+        plot_front(
+            plans.assign(on_front=plans["robust_front"]),
+            plot,
+            f"robust front of {csv_file.name}: worst case over {regrets['condition'].nunique()} conditions",
+            x="worst_latency_ms_p95",
+            y="worst_throughput_ips",
+            label_col="plan_id",
+        )
         err_console.print(f"wrote {plot}")

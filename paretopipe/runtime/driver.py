@@ -240,6 +240,35 @@ class Driver:
         assert t_start is not None  # set by the first timed completion; items >= 1
         return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
 
+    def timeline(
+        self, inputs: Sequence[torch.Tensor], window: int, warmup: int, record_from_ns: int, until_ns: int
+    ) -> list[tuple[int, int, int]]:
+        """``window`` items in flight (1: latency mode) from now until ``until_ns`` on the
+        ``perf_counter_ns`` clock: ``warmup`` items at least, each result replaced by a new item
+        while the clock is before ``until_ns``, then the rest drained. Returns ``(item, send_ns,
+        recv_ns)`` of every item sent at or after ``record_from_ns``, in completion order."""
+        sent_ns: dict[int, int] = {}
+
+        def send() -> None:
+            i = len(sent_ns)
+            sent_ns[i] = time.perf_counter_ns()
+            self._send_item(i, inputs)
+
+        for _ in range(max(1, window)):
+            send()
+        out, done = [], 0
+        while done < len(sent_ns):
+            msg = self._result(f"a result (timeline, {done}/{len(sent_ns)} done)")
+            done += 1
+            item = msg.header.get("item")
+            if not isinstance(item, int) or item not in sent_ns:
+                raise TransportError(f"a result for item {item!r}, which was not sent")
+            if sent_ns[item] >= record_from_ns:
+                out.append((item, sent_ns[item], msg.recv_ns))
+            if len(sent_ns) < warmup or time.perf_counter_ns() < until_ns:
+                send()
+        return out
+
     def stats(self) -> list[StageStats]:
         """Ask every stage for its timings since the last request (and reset them)."""
         for device in self.devices:

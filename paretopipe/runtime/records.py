@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.trace import Trace, TracedCondition
 
 if TYPE_CHECKING:
     from paretopipe.runtime.driver import StageStats
@@ -29,11 +30,12 @@ class ShapedLink:
     label: str
     condition: LinkCondition
     mechanism: dict[str, str]
-    userspace: LinkCondition
+    userspace: LinkCondition | TracedCondition
+    trace: Trace | None = None  # the link follows this trace (``condition`` is its first piece)
 
     def to_dict(self) -> dict[str, Any]:
         """The link as results record it (without ``userspace``, which the mechanisms imply)."""
-        return {
+        out = {
             "src": self.src,
             "dst": self.dst,
             "label": self.label,
@@ -41,6 +43,9 @@ class ShapedLink:
             "spec": self.condition.spec(),
             "mechanism": dict(self.mechanism),
         }
+        if self.trace is not None:
+            out["trace"] = self.trace.source or f"{len(self.trace.times_s)} pieces"
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,14 @@ class Measurement:
     throughput_s: float | None = None
     window: int | None = None
     throughput_stages: StageTimes | None = None
+    # under a trace (see paretopipe.runtime.timeline): the stretch measured, items, changes
+    trace_from_s: float | None = None
+    trace_seconds: float | None = None
+    throughput_min_ips: float | None = None
+    throughput_min_window_s: float | None = None
+    per_condition: dict[str, dict[str, float]] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    trace_changes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def shaping(self) -> str:

@@ -28,6 +28,7 @@ refuses, before sending anything, a plan that needs more.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import tempfile
@@ -63,6 +64,7 @@ class MeasureOptions:
     window: int | None = None  # None: enough to keep every stage and link busy (see _window)
     timeout_s: float = 60.0
     check_output: bool = True
+    trace_seconds: float | None = None  # under a trace: the stretch each mode measures (None: one period)
 
     def __post_init__(self) -> None:
         bad = set(self.modes) - {"latency", "throughput"}
@@ -72,6 +74,8 @@ class MeasureOptions:
             raise UsageError("items must be >= 1 (latency) and >= 2 (throughput), warm-up >= 0")
         if not self.min_time_s >= 0:
             raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time-s 2")
+        if self.trace_seconds is not None and not self.trace_seconds > 0:
+            raise UsageError(f"trace seconds {self.trace_seconds} must be > 0", "e.g. --trace-seconds 20")
 
 
 def _window(plan: Plan, options: MeasureOptions) -> int:
@@ -83,6 +87,12 @@ def _window(plan: Plan, options: MeasureOptions) -> int:
     if lat and bott and bott > 0:
         return int(min(256, max(2 * k + 2, math.ceil(1.5 * lat / bott) + k)))
     return 2 * k + 2
+
+
+def _residual(condition: Any, mechanisms: dict[str, str]) -> Any:
+    from paretopipe.network.mechanism import residual_condition
+
+    return residual_condition(condition, mechanisms)
 
 
 ISOLATIONS = ("loopback", "netns")
@@ -171,6 +181,8 @@ class Session:
         self.workers: LocalWorkers | None = None
         self.net: NamespaceNetwork | None = None  # the NamespaceNetwork in netns mode
         self.run_testbed = testbed  # the testbed with the addresses actually used
+        self._follower: Any = None  # the kernel's TraceFollower of the configuration being run
+        self._trace_start_unix_s = 0.0
         self._graphs: dict[str, Any] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -183,7 +195,18 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
+        try:
+            self._stop_follower()
+        finally:
+            self._stack.close()
+
+    def _stop_follower(self) -> list[dict[str, Any]]:
+        """Stop the kernel's trace follower, if any; its changes as rows."""
+        follower, self._follower = self._follower, None
+        if follower is None:
+            return []
+        follower.close()
+        return [c.to_row() for c in follower.changes]
 
     def _start(self) -> None:
         from paretopipe.host.timing import steady_allocator
@@ -276,21 +299,37 @@ class Session:
         records what the kernel really took."""
         from paretopipe.network.capabilities import probe_capabilities
         from paretopipe.network.mechanism import choose_mechanisms, residual_condition
+        from paretopipe.network.trace import TracedCondition
 
+        self._stop_follower()
+        self._trace_start_unix_s = start = time.time()
         hops = [DRIVER, *plan.devices, DRIVER]
         conds = [(src, dst, self.testbed.link(src, dst, scenario)) for src, dst in zip(hops, hops[1:])]
         if self.net is not None:
-            self.net.reshape({(src, dst): link.condition for src, dst, link in conds if not link.condition.is_ideal})
+            shaped = {(s, d): link.trace or link.condition for s, d, link in conds if not link.condition.is_ideal}
+            if any(link.trace is not None for _, _, link in conds):
+                self._follower = self.net.follow(shaped, start).start()
+            else:
+                self.net.reshape(shaped)  # type: ignore[arg-type]
         caps = probe_capabilities()
         out = []
         for src, dst, link in conds:
             cond = link.condition
+            residual: Any
             if self.net is not None and (src, dst) in self.net.mechanisms:
                 mech, residual = self.net.mechanisms[(src, dst)], self.net.residual(src, dst)
+                if link.trace is not None:
+                    residual = self.net.residual_trace(src, dst)
             else:
-                mech = choose_mechanisms(cond, caps, self.path)
-                residual = residual_condition(cond, mech)
-            out.append(ShapedLink(src, dst, link.name, cond, dict(mech), residual))
+                mech = choose_mechanisms(link.trace.envelope() if link.trace else cond, caps, self.path)
+                residual = (
+                    link.trace.map(functools.partial(_residual, mechanisms=mech))
+                    if link.trace
+                    else residual_condition(cond, mech)
+                )
+            if link.trace is not None:
+                residual = TracedCondition(residual, start) if not residual.is_ideal else type(cond)()
+            out.append(ShapedLink(src, dst, link.name, cond, dict(mech), residual, link.trace))
         return out
 
     def setup(self, plan: Plan, scenario: Scenario) -> tuple[list[ShapedLink], dict[str, dict[str, Any]]]:
@@ -394,6 +433,12 @@ class Session:
             setup_s=time.perf_counter() - t0,
         )
         try:
+            if scenario.trace is not None:
+                self._measure_trace(m, plan, scenario.trace, x, options, graph)
+                with contextlib.suppress(ParetoPipeError):
+                    self.driver.release()
+                m.threads = {d: ready[d].get("threads") for d in plan.devices}
+                return m
             if options.check_output:
                 expected = self._reference(graph, plan, x)
                 got = self.driver.first_result(x)
@@ -420,6 +465,48 @@ class Session:
             self.driver.release()
         m.threads = {d: ready[d].get("threads") for d in plan.devices}
         return m
+
+    def _measure_trace(self, m: Measurement, plan: Plan, trace: Any, x: list, options: MeasureOptions, graph) -> None:
+        """Each mode over the same stretch of ``trace``: from the start of its next lap, for
+        ``options.trace_seconds`` (default one period); items keep the pipeline busy from before
+        the stretch (warm-up) to its end. Fills the latency, throughput and trace fields of ``m``."""
+        from paretopipe.model.stages import assemble_output, compare_outputs
+        from paretopipe.runtime.timeline import ItemRecord, summarise
+
+        if options.check_output:
+            expected = self._reference(graph, plan, x)
+            got = self.driver.first_result(x)
+            m.output_exact, m.output_max_abs_diff = compare_outputs(expected, assemble_output(graph, got))
+        seconds = options.trace_seconds or trace.period_s
+        records: list[ItemRecord] = []
+        from_s = 0.0
+        for mode in options.modes:
+            now_s = time.time() - self._trace_start_unix_s
+            from_s = math.ceil((now_s + 0.5) / trace.period_s) * trace.period_s  # the next lap's start
+            perf_minus_wall_ns = time.perf_counter_ns() - time.time_ns()
+            record_from_ns = int((self._trace_start_unix_s + from_s) * 1e9) + perf_minus_wall_ns
+            window = 1 if mode == "latency" else _window(plan, options)
+            items = self.driver.timeline(x, window, options.warmup, record_from_ns, record_from_ns + int(seconds * 1e9))
+            for item, sent_ns, recv_ns in items:
+                sent_s = (sent_ns - record_from_ns) / 1e9
+                records.append(
+                    ItemRecord(mode, item, sent_s, (recv_ns - sent_ns) / 1e6, trace.index_at(from_s + sent_s))
+                )
+            stages = StageTimes.from_stats(self.driver.stats())
+            if mode == "latency":
+                m.latency_stages = stages
+            else:
+                m.throughput_stages, m.window = stages, window
+        figures = summarise(records, trace, from_s % trace.period_s, seconds, plan.batch_size)
+        for key, value in figures.items():
+            setattr(m, key, value)
+        if "throughput_ips" in figures:
+            m.throughput_s = seconds
+        m.trace_from_s, m.trace_seconds = from_s % trace.period_s, seconds
+        m.items = [r.to_row(trace) for r in records]
+        kernel = self._stop_follower()
+        userspace = [c.to_row() for c in self.transport.trace_changes()]  # the driver's own link
+        m.trace_changes = sorted(kernel + userspace, key=lambda row: (row["due_s"], row["link"]))
 
     def unresponsive(self, devices: Sequence[str], cause: TransportError) -> ParetoPipeError:
         """After ``cause`` (a reply or result did not come), the error naming the first of

@@ -8,11 +8,12 @@ or a list) and saved in the run directory, so ``--resume`` measures exactly the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paretopipe.network.conditions import LinkCondition, Scenario, load_scenarios, resolve_network
+from paretopipe.network.trace import Trace
 from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
 from paretopipe.sweep.device_checks import measure_before_planning, saved_runtimes
 from paretopipe.sweep.inputs import planning_inputs
@@ -44,7 +45,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
         manifest = store.manifest()
         old = {"isolation": "loopback", "min_time_s": 0.0} | manifest["settings"]  # runs from before these existed
         check_resume_compatible(old, asdict(settings) | {"resume": False}, RESUME_COMPARABLE)
-        return reload_configs(manifest, store.dir, {s.name: s.condition for s in nets})
+        return reload_configs(manifest, store.dir, {s.name: s.condition for s in nets}, {s.name: s.trace for s in nets})
     for be in settings.backends:
         from paretopipe_backends import get_transport
 
@@ -92,7 +93,8 @@ def _plan_all(
     how = settings.cuts
     runtimes = measure_before_planning(settings, inputs, out_dir, log, sessions) if settings.device_runtime else None
     out: Planned = []
-    for scenario in nets:
+
+    def choose(scenario: Scenario) -> tuple[PlanningResult, list[Any], set[Any]]:
         result = plan_front(
             spec,
             graph,
@@ -116,25 +118,64 @@ def _plan_all(
             keys = with_all_assignments(
                 parse_cut_list(how, list(result.instance.cut_positions)), result.instance.n_devices
             )
-        front = result.search.front_keys()
-        plans = [(result.plan_for(*k), (k[0], k[1]) in front) for k in keys]
+        return result, [tuple(k) for k in keys], {(k[0], k[1]) for k in result.search.front_keys()}
+
+    for scenario in nets:
+        if scenario.trace is None:
+            result, keys, front = choose(scenario)
+            plans = [(result.plan_for(*k), (k[0], k[1]) in front) for k in keys]
+            predicted = front_frame(result)
+        else:
+            plans, predicted = _plan_trace(scenario, choose)
         pdir = out_dir / "plans" / safe_name(scenario.name)
         for plan, _ in plans:
             save_plan(plan, pdir / f"{plan.id}.json")
         (out_dir / safe_name(scenario.name)).mkdir(parents=True, exist_ok=True)
-        front_frame(result).to_csv(out_dir / safe_name(scenario.name) / "predicted.csv", index=False)
+        predicted.to_csv(out_dir / safe_name(scenario.name) / "predicted.csv", index=False)
         on_front = sum(f for _, f in plans)
         near = (
             f", {len(plans) - on_front} predicted within {100 * settings.near_margin:g}% of it"
             if how == "front"
             else ""
         )
-        log(
-            f"{scenario.name}: {len(plans)} plans to measure ({on_front} on the predicted front{near}) "
-            f"of {result.search.space_size:,} in the space"
-        )
+        log(f"{scenario.name}: {len(plans)} plans to measure ({on_front} on the predicted front{near})")
         out.append((scenario, plans))
     return out, runtimes
+
+
+def _plan_trace(scenario: Scenario, choose: Any) -> tuple[list[tuple[Plan, bool]], Any]:
+    """The plans of a trace scenario: the union of the plans chosen for each distinct condition of
+    the trace (a plan is "on the front" when it is on the predicted front of any condition), each
+    predicted by the cost model under every condition (``meta["per_condition"]``, keyed by the
+    condition's spec) and, as ``predicted`` latency and throughput, their averages weighted by the
+    time the trace spends in each condition. ``predicted.csv`` holds every condition's rows."""
+    import pandas as pd
+
+    from paretopipe.sweep.predict import front_frame, predict
+
+    assert scenario.trace is not None
+    share = scenario.trace.share()
+    results, keys, front = [], [], set()
+    for condition in scenario.trace.distinct():
+        result, chosen, on_front = choose(Scenario(scenario.name, condition))
+        results.append((condition, result))
+        keys += [k for k in chosen if k not in keys]
+        front |= on_front
+    plans = []
+    for k in keys:
+        per = {c.spec(): predict(r.instance, *k) for c, r in results}
+        plan = results[0][1].plan_for(*k)
+        mean = {
+            "latency_ms": sum(share[c] * per[c.spec()]["latency_ms"] for c, _ in results),
+            "throughput_ips": sum(share[c] * per[c.spec()]["throughput_ips"] for c, _ in results),
+        }
+        per_condition = {
+            spec: {"latency_ms": p["latency_ms"], "throughput_ips": p["throughput_ips"]} for spec, p in per.items()
+        }
+        plan = replace(plan, predicted={**plan.predicted, **mean}, meta={**plan.meta, "per_condition": per_condition})
+        plans.append((plan, (k[0], k[1]) in front))
+    frames = [front_frame(r).assign(condition=c.spec()) for c, r in results]
+    return plans, pd.concat(frames, ignore_index=True)
 
 
 def measurement_order(
@@ -149,7 +190,7 @@ def measurement_order(
     touches one repeat of several plans, which the median over repeats discards, instead of every
     repeat of one plan."""
     return [
-        Config(scenario.name, scenario.condition, be, plan, r, on_front)
+        Config(scenario.name, scenario.condition, be, plan, r, on_front, scenario.trace)
         for be in backends
         for scenario, plans in planned
         for r in range(repeats)
@@ -169,13 +210,19 @@ def manifest_entry(c: Config) -> dict[str, Any]:
     }
 
 
-def reload_configs(manifest: dict[str, Any], out_dir: Path, nets: dict[str, LinkCondition]) -> list[Config]:
+def reload_configs(
+    manifest: dict[str, Any],
+    out_dir: Path,
+    nets: dict[str, LinkCondition],
+    traces: dict[str, Trace | None] | None = None,
+) -> list[Config]:
     """The configurations a run's manifest lists, with their saved plans (for ``--resume``)."""
     configs = []
     for c in manifest["configurations"]:
         plan = load_plan(out_dir / c["plan"])
+        trace = (traces or {}).get(c["network"])
         configs.append(
-            Config(c["network"], nets[c["network"]], c["backend"], plan, int(c["repeat"]), bool(c["on_front"]))
+            Config(c["network"], nets[c["network"]], c["backend"], plan, int(c["repeat"]), bool(c["on_front"]), trace)
         )
     return configs
 

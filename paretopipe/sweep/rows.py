@@ -47,6 +47,7 @@ def config_columns(cfg: Config, settings: SweepSettings, host: str, commit: str 
         "pred_bytes_per_item": pred.get("bytes_per_item"),
         "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]),
         "pred_on_front": cfg.on_front,
+        "pred_per_condition": json.dumps(p.meta["per_condition"]) if p.meta.get("per_condition") else None,
         "shaping": None,
         "calibration": calibration_note(p.meta),
         "host": host,
@@ -87,6 +88,14 @@ def measurement_columns(m: Measurement) -> dict[str, Any]:
         )
     if m.throughput_stages is not None:
         out.update(_stage_columns("tput", m.throughput_stages))
+    if m.trace_seconds is not None:
+        out.update(
+            trace_from_s=m.trace_from_s,
+            trace_seconds=m.trace_seconds,
+            throughput_min_ips=m.throughput_min_ips,
+            throughput_min_window_s=m.throughput_min_window_s,
+            per_condition=json.dumps(m.per_condition),
+        )
     out["threads"] = json.dumps(m.threads)
     out["links"] = json.dumps([link.to_dict() for link in m.links])
     return out

@@ -19,6 +19,7 @@ from paretopipe.sweep.rows import config_columns, failure_columns, measurement_c
 from paretopipe.sweep.session_pool import Sessions, sessions_or_own
 from paretopipe.sweep.settings import Config, Log, SweepOutcome, SweepSettings
 from paretopipe.sweep.store import RunStore
+from paretopipe.sweep.trace_items import write_items
 
 Progress = Callable[[int, int, str], None]
 
@@ -69,6 +70,7 @@ def _execute(
         warmup=settings.warmup,
         min_time_s=settings.min_time_s,
         timeout_s=settings.timeout_s,
+        trace_seconds=settings.trace_seconds,
     )
     host, commit = socket.gethostname(), store.manifest().get("git_commit")
     t_start = time.perf_counter()
@@ -89,7 +91,10 @@ def _execute(
                 t0 = time.perf_counter()
                 failed = False
                 try:
-                    row.update(measurement_columns(session.measure(cfg.plan, cfg.scenario, options)))
+                    measured = session.measure(cfg.plan, cfg.scenario, options)
+                    row.update(measurement_columns(measured))
+                    if measured.items and cfg.trace is not None:
+                        row["items_file"] = write_items(store.dir, cfg, measured, log)
                     row["status"] = "ok"
                     outcome.measured += 1
                 except (ParetoPipeError, OSError) as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.network.trace import Trace
 from paretopipe.plan.plan_file import Plan
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class SweepSettings:
     device_runtime: bool = True  # run the whole model on each device first (paretopipe.calibrate.device_runtime)
     pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (PassCheck)
     recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
+    trace_seconds: float | None = None  # under a trace: the stretch each mode measures (None: one period)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Config:
     plan: Plan
     repeat: int
     on_front: bool
+    trace: Trace | None = None  # a trace scenario's trace (``condition`` is its first piece)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -76,7 +79,7 @@ class Config:
 
     @property
     def scenario(self) -> Scenario:
-        return Scenario(self.network, self.condition)
+        return Scenario(self.network, self.condition, self.trace)
 
 
 @dataclass
@@ -122,4 +125,5 @@ RESUME_COMPARABLE = (
     "min_time_s",
     "repeats",
     "isolation",
+    "trace_seconds",
 )

@@ -76,6 +76,14 @@ COLUMNS = [
     "setup_s",
     "host",
     "commit",
+    # under a trace scenario (docs/sweeps.md#measuring-under-a-trace)
+    "trace_from_s",
+    "trace_seconds",
+    "throughput_min_ips",
+    "throughput_min_window_s",
+    "per_condition",
+    "items_file",
+    "pred_per_condition",
 ]
 # Read back as text even when they look like numbers ("102" is a cut list, not a float).
 TEXT_COLUMNS = {
