@@ -69,6 +69,7 @@ class Worker:
         self.alive = alive or (lambda: True)
         self.poll_s = poll_s
         self.stage: _Stage | None = None
+        self.preloaded: dict[str, _Stage] = {}  # stages kept by setups with "preload" (adaptive runs)
         self.stale_items = 0
 
     def serve(self) -> None:
@@ -121,11 +122,18 @@ class Worker:
         elif kind == P.STATS:
             self._send_stats(msg)
         elif kind == P.RELEASE:
-            self.stage = None
+            self.stage, self.preloaded = None, {}
             self.sender.submit(DRIVER, {"kind": P.RELEASED, "device": self.device})
         elif kind == P.PING:
             self.sender.submit(
-                DRIVER, {"kind": P.PONG, "device": self.device, "nonce": msg.header.get("nonce"), "pid": os.getpid()}
+                DRIVER,
+                {
+                    "kind": P.PONG,
+                    "device": self.device,
+                    "nonce": msg.header.get("nonce"),
+                    "pid": os.getpid(),
+                    "clock_ns": time.perf_counter_ns(),
+                },
             )
         elif kind == P.STOP:
             return False
@@ -139,12 +147,16 @@ class Worker:
         if unknown:
             raise Refused("out-of-bounds", f"setup names peers {unknown} that this worker does not know")
         self.stage = None
+        if not msg.header.get("preload"):
+            self.preloaded = {}
         t0 = time.perf_counter_ns()
         if spec.threads:
             torch.set_num_threads(spec.threads)
         module = self.build(spec)
         self.transport.set_shaping({p: LinkCondition.from_dict(c) for p, c in spec.shaping.items()})
         self.stage = _Stage(spec, module)
+        if msg.header.get("preload"):
+            self.preloaded[spec.config] = self.stage
         build_ms = (time.perf_counter_ns() - t0) / 1e6
         self.sender.submit(
             DRIVER,
@@ -162,8 +174,10 @@ class Worker:
     def _run_item(self, msg: Message) -> None:
         stage = self.stage
         if stage is None or msg.header.get("config") != stage.spec.config:
-            self.stale_items += 1
-            return
+            stage = self.preloaded.get(msg.header.get("config"))  # type: ignore[arg-type]
+            if stage is None:
+                self.stale_items += 1
+                return
         got = time.perf_counter_ns()
         cpu0 = time.thread_time_ns()
         if stage.last_done_ns is not None:
@@ -190,6 +204,8 @@ class Worker:
             "item": msg.header.get("item"),
             "values": structure,
         }
+        if "stamps" in msg.header:  # an adaptive run times the links from these (protocol.check_stamps)
+            header["stamps"] = [*msg.header["stamps"], [got, done]]
         self.sender.submit(stage.spec.next_peer, header, tensors, timed=True)
         stage.last_done_ns = time.perf_counter_ns()
 

@@ -1,0 +1,512 @@
+"""Adaptive runs: several candidate plans loaded at once, switched between items as the link changes.
+
+:class:`AdaptiveRun` builds the stages of every candidate plan on the workers (setups with
+``preload``, so a worker keeps them all and runs an item on the stage of the configuration the
+item names), then feeds items to the current plan. Items carry ``stamps``: each stage appends when
+it received the item and when it was done, so every hop that crosses a link between two places
+(devices; the driver counts as the device it shares a host with) becomes one timed transfer for
+the :class:`~paretopipe.runtime.link_estimate.LinkEstimator`. When the current plan sends nothing
+over a link the driver can reach, the driver times a *probe* instead: every ``probe_every_s`` a
+ping carrying ``probe_nbytes`` of payload to the device at the other end, answered by a pong
+(the only traffic added to the run). Stamps of a worker on another host are put on the driver's
+clock with an offset measured by a few pings before the run.
+
+Every ``decide_every_s`` the :class:`~paretopipe.runtime.switching.PlanChooser` prices every
+candidate under the estimated links (or, in the oracle mode, under the conditions it is told) and
+may propose a switch; the next item goes to the new plan, items in flight finish on the plan they
+started on. Each item id is sent once and must come back once: a missing or repeated result fails
+the run. Every switch is recorded with its time, the predicted costs, the items still in flight
+on the old plan, how long they took to drain and how many new items were sent meanwhile.
+See docs/running.md (adaptive runs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from paretopipe.errors import TransportError, UsageError, WorkerError
+from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.plan.costmodel.relink import PlanTerms
+from paretopipe.plan.plan_file import Plan
+from paretopipe.runtime import protocol as P
+from paretopipe.runtime.link_estimate import LinkEstimator
+from paretopipe.runtime.switching import PlanChooser
+from paretopipe.testbed import DRIVER
+from paretopipe_backends.base import Message, TransportTimeout
+
+if TYPE_CHECKING:
+    from paretopipe.runtime.session import Session
+
+Pair = tuple[str, str]  # two places, sorted
+_BUSY_NS = 300_000  # a stage that took an item this soon after its last one was busy when it arrived
+KnownLink = Callable[[float], LinkCondition]  # seconds since the run started -> the link's condition
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """How an adaptive run goes. ``mode``: ``latency`` (one item in flight) or ``throughput``
+    (``window`` items in flight); it ends after ``duration_s`` (and at least ``items`` results)."""
+
+    objective: str = "throughput"
+    mode: str = "throughput"
+    duration_s: float = 30.0
+    items: int = 0
+    warmup: int = 3
+    window: int | None = None
+    hysteresis: float = 0.15
+    hold_s: float = 0.5
+    min_dwell_s: float = 1.0
+    decide_every_s: float = 0.1
+    estimate_window_s: float = 1.5
+    probe_nbytes: int = 16 * 1024
+    probe_every_s: float = 0.5
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("latency", "throughput"):
+            raise UsageError(f"unknown mode {self.mode!r}", "use latency or throughput")
+        if not self.duration_s > 0 or self.items < 0 or self.warmup < 0:
+            raise UsageError(f"duration {self.duration_s} s must be > 0, items and warm-up >= 0")
+        if self.window is not None and self.window < 1:
+            raise UsageError(f"window {self.window} must be >= 1")
+        if self.probe_nbytes < 0 or not self.probe_every_s > 0:
+            raise UsageError(
+                f"probe of {self.probe_nbytes} bytes every {self.probe_every_s} s", "bytes >= 0, every > 0"
+            )
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One item: its id, the plan it ran on, when it was sent (s since the start) and its latency."""
+
+    item: int
+    plan: str
+    sent_s: float
+    latency_ms: float
+
+
+@dataclass
+class Switch:
+    """One switch: when (s since the start), from and to which plan, the predicted objective
+    values of both, the link it decided on, and what it cost."""
+
+    t_s: float
+    from_plan: str
+    to_plan: str
+    predicted_from: dict[str, float]
+    predicted_to: dict[str, float]
+    link: dict[str, Any]
+    decide_ms: float
+    in_flight: int  # items still on the old plan when the new one took the next item
+    drain_ms: float = 0.0  # until the last of them came back
+    delayed_items: int = 0  # new-plan items sent before the old plan had drained
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class AdaptiveResult:
+    """What an adaptive run measured: every item, every switch, and the summary."""
+
+    items: list[ItemRecord] = field(default_factory=list)
+    switches: list[Switch] = field(default_factory=list)
+    sent: int = 0
+    probes: int = 0
+    probe_nbytes: int = 0
+    elapsed_s: float = 0.0
+    batch_size: int = 1
+    warmup: int = 0
+    estimates: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Latency p50/p95/p99 and throughput (completions after the warm-up ones per second)."""
+        timed = self.items[self.warmup :] if len(self.items) > self.warmup + 1 else self.items
+        lat = np.array([r.latency_ms for r in timed]) if timed else np.array([np.nan])
+        done_s = sorted(r.sent_s + r.latency_ms / 1e3 for r in self.items)
+        t0 = done_s[self.warmup - 1] if 0 < self.warmup < len(done_s) else (done_s[0] if done_s else 0.0)
+        n_after = len([t for t in done_s if t > t0])
+        span_s = (done_s[-1] - t0) if done_s else 0.0
+        per_plan: dict[str, int] = {}
+        for r in self.items:
+            per_plan[r.plan] = per_plan.get(r.plan, 0) + 1
+        return {
+            "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "latency_ms_p99": float(np.percentile(lat, 99)),
+            "throughput_ips": n_after * self.batch_size / span_s if span_s > 0 else float("nan"),
+            "items": len(self.items),
+            "switches": len(self.switches),
+            "switch_decide_ms_median": float(np.median([s.decide_ms for s in self.switches]))
+            if self.switches
+            else None,
+            "switch_drain_ms_median": float(np.median([s.drain_ms for s in self.switches])) if self.switches else None,
+            "switch_delayed_items": int(sum(s.delayed_items for s in self.switches)),
+            "probes": self.probes,
+            "probe_bytes": self.probes * self.probe_nbytes,
+            "items_per_plan": per_plan,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+class AdaptiveRun:
+    """Runs ``plans`` (candidates, same model and batch size) on ``session`` under ``scenario``.
+
+    ``known_link``: the oracle mode: a function from seconds since the start to the condition of
+    every link between two places (e.g. the trace), used instead of the estimates. ``start``: the
+    index of the plan the run starts on. Raises UsageError (plans without predictions, of other
+    models, an isolation other than loopback).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        plans: Sequence[Plan],
+        scenario: Scenario,
+        options: AdaptiveOptions,
+        *,
+        known_link: KnownLink | None = None,
+        start: int = 0,
+        on_switch: Callable[[Switch], None] | None = None,
+    ) -> None:
+        if not plans:
+            raise UsageError("an adaptive run needs at least one plan")
+        models = {repr(sorted(p.model.items())) + f"/{p.batch_size}" for p in plans}
+        if len(models) > 1:
+            raise UsageError(
+                f"the candidate plans are of {len(models)} different models or batch sizes",
+                "give plans of one model (e.g. the fronts of several networks)",
+            )
+        if session.isolation != "loopback":
+            raise UsageError(
+                f"adaptive runs shape links in user space only, not with --isolation {session.isolation}",
+                "use --isolation loopback",
+            )
+        if not 0 <= start < len(plans):
+            raise UsageError(f"start plan {start} is not one of the {len(plans)} candidates")
+        self.session = session
+        self.plans = list(plans)
+        self.scenario = scenario
+        self.options = options
+        self.known_link = known_link
+        self.start = start
+        self.on_switch = on_switch or (lambda s: None)
+        self.terms = [PlanTerms.from_plan(p.id, p.predicted, p.links, p.batch_size) for p in self.plans]
+        self.chooser = PlanChooser(
+            self.terms, options.objective, options.hysteresis, options.hold_s, options.min_dwell_s
+        )
+        tb = session.testbed
+        self._place = lambda name: (tb.driver.device or DRIVER) if name == DRIVER else name
+        self._host = lambda name: tb.driver.host if name == DRIVER else tb.device(name).host
+        own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
+        self.estimator = LinkEstimator(
+            options.estimate_window_s,
+            overhead_ms=min((h.overhead_ms for h in own), default=0.0),
+            rate_bps=max((h.rate_bps for h in own), default=math.inf),
+        )
+        self.configs: list[str] = []
+        self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
+        self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
+
+    def _pair(self, src: str, dst: str) -> Pair | None:
+        a, b = self._place(src), self._place(dst)
+        return None if a == b else (min(a, b), max(a, b))
+
+    # -- setting up ----------------------------------------------------------------------------
+    def preload(self) -> None:
+        """Build every candidate's stages on the workers and measure the clock offsets of
+        workers on other hosts. Raises UsageError, WorkerError, TransportError."""
+        from paretopipe.network.capabilities import probe_capabilities
+        from paretopipe.network.mechanism import choose_mechanisms, residual_condition
+        from paretopipe.runtime.protocol import StageSpec
+
+        s = self.session
+        devices = sorted({d for p in self.plans for d in p.devices})
+        caps = probe_capabilities()
+        shaping: dict[str, dict[str, LinkCondition]] = {}
+        for src in [DRIVER, *devices]:
+            for dst in [DRIVER, *devices]:
+                if src != dst:
+                    cond = s.testbed.link(src, dst, self.scenario).condition
+                    residual = residual_condition(cond, choose_mechanisms(cond, caps, s.path))
+                    shaping.setdefault(src, {})[dst] = residual
+        s.transport.set_shaping({d: c for d, c in shaping[DRIVER].items() if d in s.transport.peers})
+        pending: set[tuple[str, str]] = set()
+        for plan in self.plans:
+            s._check_allowed(plan)
+            names = [c.after for c in s.graph_for(plan).check_cuts(plan.cut_indices)]
+            if names != [c.after for c in plan.cuts]:
+                raise UsageError(
+                    f"plan {plan.id}: its cuts are nodes {names} in this model", "a plan of another model?"
+                )
+            config = uuid.uuid4().hex[:12]
+            self.configs.append(config)
+            hops = [*plan.devices, DRIVER]
+            for k, d in enumerate(plan.devices):
+                spec = StageSpec(
+                    config=config,
+                    stage=k,
+                    stages=plan.stages,
+                    model=dict(plan.model),
+                    batch_size=plan.batch_size,
+                    cuts=plan.cut_indices,
+                    cut_names=tuple(names),
+                    next_peer=hops[k + 1],
+                    threads=s.testbed.device(d).threads,
+                    shaping={p: c.to_dict() for p, c in shaping[d].items()},
+                )
+                s.driver._send_control(d, {**spec.to_header(), "preload": True})
+                pending.add((config, d))
+        deadline = time.perf_counter() + max(self.options.timeout_s, 30.0) * len(self.plans)
+        while pending:
+            msg = self._recv(deadline - time.perf_counter(), "the candidate plans' stages")
+            if msg.header.get("kind") == P.READY:
+                pending.discard((str(msg.header.get("config")), str(msg.header.get("device"))))
+        s.driver.devices = devices  # released at the end
+        for d in devices:
+            if s.testbed.device(d).host != s.testbed.driver.host:
+                self.offset_ns[d] = self._clock_offset_ns(d)
+
+    def _clock_offset_ns(self, device: str, pings: int = 5) -> int:
+        """The device's clock minus the driver's, from the ping with the shortest round trip."""
+        best: tuple[int, int] | None = None
+        for _ in range(pings):
+            a0 = time.perf_counter_ns()
+            pong = self.session.driver.ping(device, timeout_s=self.options.timeout_s)
+            a1 = time.perf_counter_ns()
+            offset = int(pong.get("clock_ns", (a0 + a1) // 2)) - (a0 + a1) // 2
+            if best is None or a1 - a0 < best[0]:
+                best = (a1 - a0, offset)
+        assert best is not None
+        return best[1]
+
+    # -- receiving -----------------------------------------------------------------------------
+    def _recv(self, timeout_s: float, waiting_for: str) -> Message:
+        """The next result, ready or pong; worker errors raise WorkerError, silence TransportError."""
+        s = self.session
+        deadline = time.perf_counter() + max(0.0, timeout_s)
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TransportError(f"timed out after {timeout_s:g} s waiting for {waiting_for}")
+            try:
+                msg = s.transport.recv(timeout_s=min(0.25, remaining))
+            except TransportTimeout:
+                s.driver.check_alive()
+                continue
+            kind = msg.header.get("kind")
+            if kind == P.ERROR:
+                raise WorkerError(str(msg.header.get("device", msg.src)), str(msg.header.get("error")))
+            if kind in (P.RESULT, P.READY, P.PONG):
+                return msg
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, inputs: Sequence[Any]) -> AdaptiveResult:
+        """Feed items until the duration (and item count) is reached; returns what was measured.
+
+        Raises WorkerError naming a device that failed or died, TransportError when results stop
+        coming, ParetoPipeError when an item is lost or comes back twice."""
+        try:
+            return self._run(inputs)
+        except WorkerError:
+            raise
+        except TransportError as exc:
+            raise self.session.unresponsive(sorted({d for p in self.plans for d in p.devices}), exc) from None
+
+    def _run(self, inputs: Sequence[Any]) -> AdaptiveResult:
+        from paretopipe.model import values
+
+        o = self.options
+        s = self.session
+        tensors, structure = values.pack(inputs)
+        window = 1 if o.mode == "latency" else (o.window or max(_window(p) for p in self.plans))
+        res = AdaptiveResult(batch_size=self.plans[0].batch_size, warmup=o.warmup, probe_nbytes=o.probe_nbytes)
+        current = self.start
+        outstanding: dict[int, tuple[int, int]] = {}  # item -> (plan index, send ns)
+        done: set[int] = set()
+        open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
+        probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
+        probe_payload = [_payload(o.probe_nbytes)] if o.probe_nbytes else []
+        start_ns = time.perf_counter_ns()
+        now_s = lambda: (time.perf_counter_ns() - start_ns) / 1e9
+        next_decision = 0.0
+        next_id = 0
+        while True:
+            stop = now_s() >= o.duration_s and len(done) >= o.items
+            while not stop and len(outstanding) < window:
+                header = {"kind": P.ITEM, "config": self.configs[current], "item": next_id, "values": structure}
+                header["stamps"] = []
+                t0 = time.perf_counter_ns()
+                s.transport.send(self.plans[current].devices[0], header, tensors)
+                outstanding[next_id] = (current, t0)
+                for sw, old, _ in open_switches:
+                    if old != current:
+                        sw.delayed_items += 1
+                next_id += 1
+            if not outstanding:
+                break
+            if self.known_link is None:
+                self._probe(now_s(), probes, probe_payload, res)
+            msg = self._recv(o.timeout_s, f"a result ({len(done)} done, {len(outstanding)} in flight)")
+            kind = msg.header.get("kind")
+            if kind == P.PONG:
+                self._probe_back(msg, probes, start_ns)
+                continue
+            if kind != P.RESULT or msg.header.get("config") not in self.configs:
+                continue
+            item = msg.header.get("item")
+            if not isinstance(item, int) or item not in outstanding:
+                raise TransportError(
+                    f"result of item {item} {'came twice' if item in done else 'was never sent'}",
+                    "an item must come back exactly once",
+                )
+            index, t0 = outstanding.pop(item)
+            done.add(item)
+            res.items.append(ItemRecord(item, self.plans[index].id, (t0 - start_ns) / 1e9, (msg.recv_ns - t0) / 1e6))
+            self._samples(index, t0, msg, start_ns)
+            for entry in list(open_switches):
+                sw, old, pending = entry
+                pending.discard(item)
+                if not pending:
+                    sw.drain_ms = (msg.recv_ns - start_ns) / 1e6 - sw.t_s * 1e3
+                    open_switches.remove(entry)
+            if now_s() >= next_decision:
+                next_decision = now_s() + o.decide_every_s
+                switch = self._decide(now_s(), current, outstanding)
+                if switch is not None:
+                    old, current = current, switch[1]
+                    pending = {i for i, (p, _) in outstanding.items() if p == old}
+                    if pending:
+                        open_switches.append((switch[0], old, pending))
+                    res.switches.append(switch[0])
+                    self.on_switch(switch[0])
+        res.sent = next_id
+        res.elapsed_s = now_s()
+        missing = res.sent - len(done)
+        if missing:
+            raise TransportError(f"{missing} item(s) never came back", "an item must come back exactly once")
+        return res
+
+    def _decide(self, t_s: float, current: int, outstanding) -> tuple[Switch, int] | None:
+        t0 = time.perf_counter_ns()
+        conditions, link = self._conditions(t_s)
+        if conditions is None:
+            return None
+        proposal = self.chooser.consider(t_s, current, conditions)
+        if proposal is None:
+            return None
+        self.chooser.switched(t_s)
+        m = proposal.metrics
+        view = lambda x: {"latency_ms": x.latency_ms, "throughput_ips": x.throughput_ips}
+        sw = Switch(
+            t_s=t_s,
+            from_plan=self.plans[current].id,
+            to_plan=self.plans[proposal.index].id,
+            predicted_from=view(m[current]),
+            predicted_to=view(m[proposal.index]),
+            link=link,
+            decide_ms=(time.perf_counter_ns() - t0) / 1e6,
+            in_flight=sum(1 for p, _ in outstanding.values() if p == current),
+        )
+        return sw, proposal.index
+
+    def _conditions(self, t_s: float) -> tuple[dict[tuple[str, str], LinkCondition] | None, dict[str, Any]]:
+        """The condition of every hop of every candidate that crosses a link, and how it was known;
+        None until every such link has an estimate."""
+        keys = {(h.src, h.dst) for t in self.terms for h in t.hops}
+        pairs = {k: self._pair(*k) for k in keys}
+        by_pair: dict[Pair, LinkCondition] = {}
+        for pair in {p for p in pairs.values() if p is not None}:
+            if self.known_link is not None:
+                by_pair[pair] = self.known_link(t_s)
+                continue
+            est = self.estimator.estimate(pair, t_s)
+            if est is None:
+                return None, {}
+            by_pair[pair] = LinkCondition(est.bandwidth_bps, est.delay_ms)
+        link = {f"{a}-{b}": c.spec() for (a, b), c in by_pair.items()}
+        return {k: by_pair[p] for k, p in pairs.items() if p is not None}, link
+
+    # -- link samples --------------------------------------------------------------------------
+    def _driver_clock(self, device: str, t_ns: int) -> int:
+        return t_ns - self.offset_ns.get(device, 0)
+
+    def _samples(self, index: int, t0: int, msg: Message, start_ns: int) -> None:
+        """One timed transfer per hop of the item that crossed a link."""
+        plan, terms = self.plans[index], self.terms[index]
+        stamps = msg.header.get("stamps")
+        if not isinstance(stamps, list) or len(stamps) != plan.stages:
+            return
+        try:
+            pairs = P.check_stamps(stamps)
+        except Exception:
+            return
+        route = [DRIVER, *plan.devices, DRIVER]
+        sent = [t0, *(self._driver_clock(d, pairs[k][1]) for k, d in enumerate(plan.devices))]
+        got = [*(self._driver_clock(d, pairs[k][0]) for k, d in enumerate(plan.devices)), msg.recv_ns]
+        prev = self._previous.get(index)
+        self._previous[index] = (sent, got)
+        for j, hop in enumerate(terms.hops):
+            pair = self._pair(route[j], route[j + 1])
+            if pair is None:
+                continue
+            leave = sent[j]
+            if prev is not None:
+                if j < plan.stages and got[j] - prev[0][j + 1] < _BUSY_NS:
+                    continue  # the receiver was busy: the item waited there, not on the link
+                # A message sent before the previous one arrived left when the link was free.
+                last = self.estimator.estimate(pair, (got[j] - start_ns) / 1e9)
+                delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)
+                leave = max(leave, prev[1][j] - delay_ns)
+            self.estimator.add(pair, (got[j] - start_ns) / 1e9, hop.nbytes, (got[j] - leave) / 1e6)
+
+    def _probe(self, t_s: float, probes: dict, payload: list, res: AdaptiveResult) -> None:
+        """Probe the links the driver reaches that carried nothing for ``probe_every_s``."""
+        o = self.options
+        here = self._place(DRIVER)
+        for pair in {self._pair(h.src, h.dst) for t in self.terms for h in t.hops} - {None}:
+            assert pair is not None
+            device = pair[0] if pair[1] == here else pair[1]
+            if here not in pair or any(d == device for d, _ in probes.values()):
+                continue
+            last = self.estimator.last_sample_s(pair)
+            if last is not None and t_s - last < o.probe_every_s:
+                continue
+            nonce = uuid.uuid4().hex[:8]
+            probes[nonce] = (device, time.perf_counter_ns())
+            self.session.transport.send(device, {"kind": P.PING, "nonce": nonce}, payload)
+            res.probes += 1
+
+    def _probe_back(self, msg: Message, probes: dict, start_ns: int) -> None:
+        """The probe's two transfers: its payload out, the pong back."""
+        entry = probes.pop(str(msg.header.get("nonce")), None)
+        clock = msg.header.get("clock_ns")
+        if entry is None or not isinstance(clock, int):
+            return
+        device, a0 = entry
+        pair = self._pair(DRIVER, device)
+        if pair is None:
+            return
+        w = self._driver_clock(device, clock)
+        t_s = (msg.recv_ns - start_ns) / 1e9
+        self.estimator.add(pair, t_s, self.options.probe_nbytes + 256, (w - a0) / 1e6)
+        self.estimator.add(pair, t_s, 256, (msg.recv_ns - w) / 1e6)
+
+
+def _payload(nbytes: int):
+    import torch
+
+    return torch.zeros(nbytes, dtype=torch.uint8)
+
+
+def _window(plan: Plan) -> int:
+    from paretopipe.runtime.session import MeasureOptions, _window
+
+    return _window(plan, MeasureOptions())
