@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from paretopipe.runtime.session import Session
 
 Pair = tuple[str, str]  # two places, sorted
-_BUSY_NS = 300_000  # a stage that took an item this soon after its last one was busy when it arrived
+_BUSY_NS = 200_000  # a stage that had waited less than this for an item was busy when it arrived
 KnownLink = Callable[[float], LinkCondition]  # seconds since the run started -> the link's condition
 
 
@@ -124,7 +124,7 @@ class AdaptiveResult:
     elapsed_s: float = 0.0
     batch_size: int = 1
     warmup: int = 0
-    estimates: list[dict[str, Any]] = field(default_factory=list)
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # every 0.5 s: the link decided on
 
     def summary(self) -> dict[str, Any]:
         """Latency p50/p95/p99 and throughput (completions after the warm-up ones per second)."""
@@ -156,6 +156,23 @@ class AdaptiveResult:
         }
 
 
+def candidate_terms(plans: Sequence[Plan]) -> list[PlanTerms]:
+    """Each candidate's cost terms, after checking the candidates go together. Raises UsageError
+    (no plans, plans of different models or batch sizes, a plan without predictions)."""
+    if not plans:
+        raise UsageError("an adaptive run needs at least one plan")
+    models = {repr(sorted(p.model.items())) + f"/{p.batch_size}" for p in plans}
+    if len(models) > 1:
+        raise UsageError(
+            f"the candidate plans are of {len(models)} different models or batch sizes",
+            "give plans of one model (e.g. the fronts of several networks)",
+        )
+    ids = [p.id for p in plans]
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"plan {sorted(i for i in ids if ids.count(i) > 1)[0]} is given twice", "give each plan once")
+    return [PlanTerms.from_plan(p.id, p.predicted, p.links, p.batch_size) for p in plans]
+
+
 class AdaptiveRun:
     """Runs ``plans`` (candidates, same model and batch size) on ``session`` under ``scenario``.
 
@@ -176,14 +193,7 @@ class AdaptiveRun:
         start: int = 0,
         on_switch: Callable[[Switch], None] | None = None,
     ) -> None:
-        if not plans:
-            raise UsageError("an adaptive run needs at least one plan")
-        models = {repr(sorted(p.model.items())) + f"/{p.batch_size}" for p in plans}
-        if len(models) > 1:
-            raise UsageError(
-                f"the candidate plans are of {len(models)} different models or batch sizes",
-                "give plans of one model (e.g. the fronts of several networks)",
-            )
+        terms = candidate_terms(plans)
         if session.isolation != "loopback":
             raise UsageError(
                 f"adaptive runs shape links in user space only, not with --isolation {session.isolation}",
@@ -198,7 +208,7 @@ class AdaptiveRun:
         self.known_link = known_link
         self.start = start
         self.on_switch = on_switch or (lambda s: None)
-        self.terms = [PlanTerms.from_plan(p.id, p.predicted, p.links, p.batch_size) for p in self.plans]
+        self.terms = terms
         self.chooser = PlanChooser(
             self.terms, options.objective, options.hysteresis, options.hold_s, options.min_dwell_s
         )
@@ -213,6 +223,7 @@ class AdaptiveRun:
         )
         self.configs: list[str] = []
         self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
+        self._link: dict[str, Any] = {}  # the link conditions of the last decision, as specs
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
 
     def _pair(self, src: str, dst: str) -> Pair | None:
@@ -380,6 +391,8 @@ class AdaptiveRun:
             if now_s() >= next_decision:
                 next_decision = now_s() + o.decide_every_s
                 switch = self._decide(now_s(), current, outstanding)
+                if self._link and (not res.estimates or now_s() - res.estimates[-1]["t_s"] >= 0.5):
+                    res.estimates.append({"t_s": now_s(), "plan": self.plans[current].id, **self._link})
                 if switch is not None:
                     old, current = current, switch[1]
                     pending = {i for i, (p, _) in outstanding.items() if p == old}
@@ -399,6 +412,7 @@ class AdaptiveRun:
         conditions, link = self._conditions(t_s)
         if conditions is None:
             return None
+        self._link = link
         proposal = self.chooser.consider(t_s, current, conditions)
         if proposal is None:
             return None
@@ -457,10 +471,10 @@ class AdaptiveRun:
             pair = self._pair(route[j], route[j + 1])
             if pair is None:
                 continue
+            if j < plan.stages and pairs[j][2] < _BUSY_NS:
+                continue  # the stage was busy when the item arrived: it waited there, not on the link
             leave = sent[j]
             if prev is not None:
-                if j < plan.stages and got[j] - prev[0][j + 1] < _BUSY_NS:
-                    continue  # the receiver was busy: the item waited there, not on the link
                 # A message sent before the previous one arrived left when the link was free.
                 last = self.estimator.estimate(pair, (got[j] - start_ns) / 1e9)
                 delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)

@@ -7,7 +7,8 @@ grouped by size (buckets a factor of sqrt(2) wide) and the fastest transfer of e
 the lower envelope leaves out the time a message waited behind others (on the link or at a busy
 receiver). A line ``transfer = a + nbytes * b`` through those points gives the delay (``a`` less the
 transport's own per-message overhead) and the bandwidth (``1 / b`` less the transport's own rate).
-With a single size in the window, the last delay estimate is kept and only the bandwidth is fitted.
+A size bucket with no sample in the window keeps its envelope from up to ``4 * window_s`` ago; with
+a single size, the last delay estimate is kept and only the bandwidth is fitted.
 See docs/running.md (adaptive runs).
 """
 
@@ -54,6 +55,7 @@ class LinkEstimator:
             raise UsageError(f"estimate window {window_s} s must be > 0 with at least one sample")
         self.window_s = window_s
         self.min_samples = min_samples
+        self.stale_s = 4 * window_s
         self.overhead_ms = overhead_ms
         self.rate_bps = rate_bps
         self._samples: dict[Hashable, deque[tuple[float, float, float]]] = {}
@@ -79,12 +81,11 @@ class LinkEstimator:
         recent = [s for s in samples if s[0] >= now_s - self.window_s]
         if len(recent) < self.min_samples:
             recent = list(samples)[-self.min_samples :]
-        lowest: dict[int, tuple[float, float]] = {}
-        for _, nbytes, ms in recent:
-            bucket = round(2 * math.log2(nbytes + 1))
-            if bucket not in lowest or ms < lowest[bucket][1]:
-                lowest[bucket] = (nbytes, ms)
-        points = list(lowest.values())
+        lowest = _lowest(recent)
+        # A size not seen lately (its messages now wait at a busy receiver, say) keeps its last
+        # lower envelope for a while: without two sizes, delay and bandwidth cannot be told apart.
+        older = _lowest([x for x in samples if now_s - self.stale_s <= x[0] < now_s - self.window_s])
+        points = list({**older, **lowest}.values())
         previous = self._last.get(link)
         if len(points) >= 2:
             intercept_ms, slope_ms_per_byte = _line(points)
@@ -102,6 +103,16 @@ class LinkEstimator:
         est = LinkEstimate(bandwidth, max(0.0, intercept_ms - self.overhead_ms), len(recent), len(points))
         self._last[link] = est
         return est
+
+
+def _lowest(samples: list[tuple[float, float, float]]) -> dict[int, tuple[float, float]]:
+    """Per size bucket (a factor of sqrt(2) wide), the size and time of its fastest transfer."""
+    lowest: dict[int, tuple[float, float]] = {}
+    for _, nbytes, ms in samples:
+        bucket = round(2 * math.log2(nbytes + 1))
+        if bucket not in lowest or ms < lowest[bucket][1]:
+            lowest[bucket] = (nbytes, ms)
+    return lowest
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:

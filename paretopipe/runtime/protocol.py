@@ -10,7 +10,8 @@ Every message is a transport header (JSON) plus tensors. ``kind`` says what it i
 
 Every item-carrying message names the configuration it belongs to, so items left over from an
 earlier configuration (after a timeout, say) are recognised and dropped. An item that carries
-``stamps`` gets each stage's receive and done times appended on its way (adaptive runs estimate
+``stamps`` gets each stage's receive and done times and how long it had waited for the item
+appended on its way (adaptive runs estimate
 the links from them); a ``pong`` carries the worker's clock (``clock_ns``).
 
 Whoever reaches a worker's port can send these messages, so every field a worker reads is checked
@@ -166,13 +167,14 @@ def check_item(header: Mapping[str, Any]) -> None:
 
 
 def check_stamps(stamps: Any) -> list[list[int]]:
-    """An item's per-stage ``[received_ns, done_ns]`` pairs (each on its stage's clock), as
-    adaptive runs ask for them. Raises FrameError or Refused."""
+    """An item's per-stage ``[received_ns, done_ns, waited_ns]`` (the first two on its stage's
+    clock; how long the stage had been waiting for the item when it took it), as adaptive runs ask
+    for them. Raises FrameError."""
     if not isinstance(stamps, list) or len(stamps) >= MAX_STAGES:
-        raise FrameError(f"item stamps are not a list of at most {MAX_STAGES - 1} pairs")
-    for pair in stamps:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < _INT64 for t in pair)):
-            raise FrameError(f"item stamp {str(pair)[:40]!r} is not a pair of non-negative 64-bit integers")
+        raise FrameError(f"item stamps are not a list of at most {MAX_STAGES - 1} entries")
+    for entry in stamps:
+        if not (isinstance(entry, list) and len(entry) == 3 and all(type(t) is int and 0 <= t < _INT64 for t in entry)):
+            raise FrameError(f"item stamp {str(entry)[:60]!r} is not three non-negative 64-bit integers")
     return stamps
 
 

@@ -71,6 +71,7 @@ class Worker:
         self.stage: _Stage | None = None
         self.preloaded: dict[str, _Stage] = {}  # stages kept by setups with "preload" (adaptive runs)
         self.stale_items = 0
+        self._free_ns = 0  # when the last item was handed on: the worker waits for the next from then
 
     def serve(self) -> None:
         """The worker loop; returns after ``stop`` or when ``alive()`` turns False."""
@@ -205,9 +206,9 @@ class Worker:
             "values": structure,
         }
         if "stamps" in msg.header:  # an adaptive run times the links from these (protocol.check_stamps)
-            header["stamps"] = [*msg.header["stamps"], [got, done]]
+            header["stamps"] = [*msg.header["stamps"], [got, done, got - min(got, self._free_ns)]]
         self.sender.submit(stage.spec.next_peer, header, tensors, timed=True)
-        stage.last_done_ns = time.perf_counter_ns()
+        stage.last_done_ns = self._free_ns = time.perf_counter_ns()
 
     def _send_stats(self, msg: Message) -> None:
         stage = self.stage
