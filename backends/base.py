@@ -27,6 +27,7 @@ import torch
 
 from paretopipe.errors import CapabilityError, TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.trace import TracedCondition
 
 if TYPE_CHECKING:  # the CURVE settings only matter to the ZeroMQ backend
     from paretopipe_backends.security import CurveConfig
@@ -182,7 +183,7 @@ class Transport(ABC):
         me: Endpoint,
         peers: Mapping[str, Endpoint],
         *,
-        shaping: Mapping[str, LinkCondition] | None = None,
+        shaping: Mapping[str, LinkCondition | TracedCondition] | None = None,
         options: TransportOptions | None = None,
     ) -> None:
         if not isinstance(me, Endpoint):
@@ -198,7 +199,7 @@ class Transport(ABC):
             raise UsageError(f"shaping given for unknown peer(s) {unknown}", f"known peers: {sorted(peers)}")
         self.me = me
         self.peers: dict[str, Endpoint] = dict(peers)
-        self.shaping: dict[str, LinkCondition] = dict(shaping or {})
+        self.shaping: dict[str, LinkCondition | TracedCondition] = dict(shaping or {})
         self.options = options if options is not None else TransportOptions()
         self._stats = TransportStats()
         self._shapers: dict[str, Any] = {}
@@ -286,7 +287,9 @@ class Transport(ABC):
                 name=f"{self.me.name}->{peer}",
             )
 
-    def set_shaping(self, shaping: Mapping[str, LinkCondition], flush_timeout_s: float = 10.0) -> None:
+    def set_shaping(
+        self, shaping: Mapping[str, LinkCondition | TracedCondition], flush_timeout_s: float = 10.0
+    ) -> None:
         """Replace the per-peer shaping of a started transport (between runs, from the sending
         thread): messages still held by the old shapers are delivered first (within the timeout).
         Raises UsageError for an unknown peer."""

@@ -51,6 +51,7 @@ import torch.distributed.rpc as rpc
 
 from paretopipe.errors import CapabilityError, TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.trace import TracedCondition
 from paretopipe_backends.base import (
     Endpoint,
     Message,
@@ -104,7 +105,7 @@ class TorchRpcTransport(Transport):
         me: Endpoint,
         peers: Mapping[str, Endpoint],
         *,
-        shaping: Mapping[str, LinkCondition] | None = None,
+        shaping: Mapping[str, LinkCondition | TracedCondition] | None = None,
         options: TransportOptions | None = None,
         world: Sequence[str] | None = None,
         rendezvous: tuple[str, int] | None = None,
@@ -147,7 +148,7 @@ class TorchRpcTransport(Transport):
         me: str,
         *,
         options: TransportOptions | None = None,
-        shaping: Mapping[str, LinkCondition] | None = None,
+        shaping: Mapping[str, LinkCondition | TracedCondition] | None = None,
         **kwargs: Any,
     ) -> TorchRpcTransport:
         """Endpoint ``me`` of a testbed's world: the driver is rank 0, then the devices in file

@@ -14,7 +14,16 @@ Measures, on this machine:
     between two namespaces, iperf3 goodput / set rate (goodput excludes the 66 B of headers per
     1514 B frame that tbf counts, so about 0.956 is exact).
 
+With ``--step`` it measures only how both mechanisms follow a step trace (default the shipped
+testbed/traces/step.csv, wifi and 3g alternating every 10 s, two periods): a bulk TCP stream runs
+through the user-space shaper over loopback, then (root, iproute2) through tbf between two
+namespaces whose rate ``tc qdisc change`` replaces at each step. Per piece it prints the received
+payload rate / set rate from 1 s after the step to the next step, the lowest and highest 0.5 s
+window in that span, and the settling time (first 0.1 s after the step from which every 0.5 s
+window is within 10%). For tbf the target is the payload ceiling (set rate x 1448/1514).
+
 Run: python benchmarks/bench_shaper.py
+     python benchmarks/bench_shaper.py --step            # about 90 s
 """
 
 from __future__ import annotations
@@ -150,11 +159,177 @@ def kernel_ratio(bandwidth_bps: float = 50e6) -> float | None:
     return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / bandwidth_bps
 
 
+# ---- following a step trace ------------------------------------------------------------------
+
+BIN_S = 0.05
+SETTLE_WINDOW_S = 0.5
+TOLERANCE = 0.10
+PAYLOAD_CEILING = 1448 / 1514
+
+_RECEIVER = """
+import json, socket, sys, time
+srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+conn, _ = srv.accept()
+got = []
+while chunk := conn.recv(1 << 16):
+    got.append((time.time(), len(chunk)))
+print(json.dumps(got))
+"""
+
+_SENDER = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+deadline = float(sys.argv[3])
+block = bytes(1 << 16)
+while time.time() < deadline:
+    sock.sendall(block)
+sock.close()
+"""
+
+
+def _bins(received: list[tuple[float, int]], start_unix_s: float, seconds: float) -> list[int]:
+    """Payload bytes per BIN_S bin from ``start_unix_s`` for ``seconds``."""
+    out = [0] * int(round(seconds / BIN_S))
+    for t, n in received:
+        i = int((t - start_unix_s) / BIN_S)
+        if 0 <= i < len(out):
+            out[i] += n
+    return out
+
+
+def follow_report(name: str, bins: list[int], trace, laps: int, ceiling: float = 1.0) -> list[str]:
+    """One line per piece: rate after 1 s / target, lowest/highest 0.5 s window, settling time."""
+    per_window = int(round(SETTLE_WINDOW_S / BIN_S))
+    lines, ok = [], True
+    for a, b, index in trace.pieces(0.0, laps * trace.period_s):
+        if a == 0.0:
+            continue  # the stream and the first piece start together: nothing to follow yet
+        target_bps = trace.conditions[index].bandwidth_bps * ceiling
+        lo, hi = int(round(a / BIN_S)), int(round(b / BIN_S))
+
+        def rate(i: int, j: int, target_bps: float = target_bps) -> float:
+            return sum(bins[i:j]) * 8 / ((j - i) * BIN_S) / target_bps
+
+        windows = [rate(i, i + per_window) for i in range(lo, hi - per_window + 1)]
+        after = lo + int(round(1.0 / BIN_S))
+        settle = next(
+            (
+                (i - lo) * BIN_S
+                for i in range(lo, hi - per_window + 1, int(round(0.1 / BIN_S)))
+                if all(abs(w - 1) <= TOLERANCE for w in windows[i - lo :])
+            ),
+            None,
+        )
+        tail = windows[after - lo :]
+        good = settle is not None and settle <= 1.0
+        ok &= good
+        lines.append(
+            f"  {name:9} t={a:5.1f}-{b:5.1f} s  {trace.conditions[index].spec():36}  after 1 s {rate(after, hi):.3f}"
+            f"  0.5 s windows {min(tail):.3f}-{max(tail):.3f}  settled "
+            + (f"{settle:.1f} s" if settle is not None else "never")
+            + ("" if good else "  <- outside 10% after 1 s")
+        )
+    lines.append(f"  {name}: {'every step tracked within 10% after at most 1 s' if ok else 'NOT tracked'}")
+    return lines
+
+
+def follow_userspace(trace, laps: int) -> list[int]:
+    """A bulk stream over loopback TCP through a ShapedSender following ``trace``: bins."""
+    from paretopipe.network.trace import TracedCondition
+
+    received: list[tuple[float, int]] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(1 << 16):
+                received.append((time.time(), len(chunk)))
+
+    reader = threading.Thread(target=serve, daemon=True)
+    reader.start()
+    sock = socket.create_connection(server.getsockname())
+    n = 8 * 1024
+    block = bytes(n)
+    start = time.time()
+    end = start + laps * trace.period_s
+    with ShapedSender(TracedCondition(trace, start), sock.sendall) as s:
+        while time.time() < end:
+            if s.pending < 64:  # keep the shaped link busy: a bulk stream
+                s.submit(block, n)
+            else:
+                time.sleep(0.001)
+        s.close(flush=False)
+    sock.close()
+    reader.join(5)
+    return _bins(received, start, laps * trace.period_s)
+
+
+def follow_kernel(trace, laps: int) -> list[int] | None:
+    """A bulk TCP stream through tbf between namespaces while the rate follows ``trace``: bins."""
+    if os.geteuid() != 0:
+        return None
+    from paretopipe.network.netns import NamespaceNetwork
+
+    with NamespaceNetwork(["a", "b"]) as net:
+        rx = subprocess.Popen(
+            net.exec_argv("b", [sys.executable, "-c", _RECEIVER, "5201"]), stdout=subprocess.PIPE, text=True
+        )
+        assert rx.stdout is not None
+        rx.stdout.readline()
+        start = time.time()
+        follower = net.follow({("a", "b"): trace}, start)
+        with follower:
+            subprocess.run(
+                net.exec_argv(
+                    "a", [sys.executable, "-c", _SENDER, net.address("b"), "5201", str(start + laps * trace.period_s)]
+                ),
+                check=True,
+            )
+        received = json.loads(rx.stdout.read())
+        rx.wait(10)
+        late = [c.applied_s - c.due_s for c in follower.changes[1:]]
+    print(f"  kernel changes: {len(late)}, applied late by {1e3 * max(late, default=0):.1f} ms at most")
+    return _bins(received, start, laps * trace.period_s)
+
+
+def step_main(args: argparse.Namespace) -> None:
+    from paretopipe.network.trace import load_trace
+
+    trace = load_trace(args.trace)
+    print(f"step trace {args.trace}: {len(trace.times_s)} pieces, period {trace.period_s:g} s, {args.laps} laps")
+    print(
+        f"bulk stream, payload rate / target per piece (bins {BIN_S * 1e3:.0f} ms, windows {SETTLE_WINDOW_S} s,"
+        f" tolerance {TOLERANCE:.0%})"
+    )
+    for line in follow_report("userspace", follow_userspace(trace, args.laps), trace, args.laps):
+        print(line)
+    if args.no_kernel:
+        return
+    bins = follow_kernel(trace, args.laps)
+    if bins is None:
+        print("  kernel: skipped (needs root and iproute2)")
+        return
+    for line in follow_report("tc-tbf", bins, trace, args.laps, PAYLOAD_CEILING):
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-kernel", action="store_true", help="skip the namespace/tbf comparison")
+    ap.add_argument("--step", action="store_true", help="only: how both mechanisms follow a step trace")
+    ap.add_argument(
+        "--trace",
+        default=str(Path(__file__).resolve().parents[1] / "testbed" / "traces" / "step.csv"),
+        help="with --step: the trace file",
+    )
+    ap.add_argument("--laps", type=int, default=2, help="with --step: periods of the trace to run")
     results_file.add_save_option(ap)
     args = ap.parse_args()
+    if args.step:
+        step_main(args)
+        return
     print(f"host: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}")
     ns, rate = submit_cost()
     print(f"(a) submit: {ns:.0f} ns median; delivered {rate:,.0f} msg/s (unlimited link, no-op send)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.host.isa import LEVELS as ISA_LEVELS
-from paretopipe.network.conditions import LinkCondition, Scenario, resolve_network
+from paretopipe.network.conditions import LinkCondition, Scenario, ScenarioTable, resolve_network
 
 DRIVER = "driver"
 _MEM_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -207,7 +207,7 @@ class _Fields:
         return value
 
 
-def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None = None) -> Testbed:
+def load_testbed(path: str | Path, scenarios: ScenarioTable | None = None) -> Testbed:
     """Read and validate a testbed file. Raises ConfigError naming the file and the field."""
     p = shipped_path(path)
     try:
@@ -298,6 +298,10 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
             resolved = resolve_network(spec, scenarios if scenarios is not None else _scenarios())
         except UsageError as exc:
             raise ConfigError(p, f"links[{i}].network", exc.message, exc.hint) from None
+        if resolved.trace is not None:
+            raise ConfigError(
+                p, f"links[{i}].network", f"{spec!r} is a trace", "a testbed's link overrides are fixed conditions"
+            )
         links.append(LinkOverride(src, dst, resolved.name, resolved.condition))
     return Testbed(
         name=top.get("name", str, p.stem),
@@ -309,7 +313,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     )
 
 
-def _scenarios() -> dict[str, LinkCondition]:
+def _scenarios() -> ScenarioTable:
     from paretopipe.network.conditions import load_scenarios
 
     return load_scenarios()

@@ -140,3 +140,32 @@ def test_apply_show_clear_for_real_inside_a_namespace():
             cleared = cli("clear", "--dev", "eth0")
             assert cleared.returncode == 0 and expected in cleared.stderr
         assert "tbf" not in cli("show", "--dev", "eth0").stdout
+
+
+def test_apply_dry_run_of_a_trace_prints_the_change_commands_per_piece(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("0,20mbit,10\n5,2mbit,100\n10\n")
+    result = run("apply", "--dev", "eth0", "--network", f"trace:{trace}", "--dry-run", "--assume", "netem,tbf,htb")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "tc qdisc del dev eth0 root",
+        "tc qdisc add dev eth0 root handle 1: netem delay 10ms limit 1000",
+        "tc qdisc add dev eth0 parent 1:1 handle 10: tbf rate 20mbit burst 10000 limit 141072",
+    ]
+    assert "# at t_s=5 (every 10 s): bandwidth=2mbit delay=100ms" in lines
+    assert "tc qdisc change dev eth0 parent 1:1 handle 10: tbf rate 2mbit burst 3028 limit 134100" in lines
+
+
+def test_apply_a_malformed_trace_is_one_line(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("0,20mbit,10\n5,2mbps,100\n")
+    result = run("apply", "--dev", "eth0", "--network", f"trace:{trace}", "--dry-run", "--assume", "tbf")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "line 2, column bandwidth" in result.output
+
+
+def test_seconds_is_refused_for_a_fixed_condition_and_with_dry_run():
+    assert run("apply", "--dev", "eth0", "--network", "wifi", "--seconds", "1", "--dry-run").exit_code == 2
+    result = run("apply", "--dev", "lo", "--network", "wifi", "--seconds", "1")
+    assert result.exit_code == 2 and "--seconds is for trace scenarios" in result.output

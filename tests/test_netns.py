@@ -272,3 +272,28 @@ def test_port_filter_shapes_only_pipeline_ports():
         other = _iperf3_bps(net, "a", "b", seconds=2, port=5301)
     assert shaped == pytest.approx(10e6, rel=0.10)
     assert other > 5 * 10e6, f"unfiltered traffic must not be shaped, got {other / 1e6:.0f} Mbit/s"
+
+
+@pytest.mark.netns
+def test_follow_changes_the_tbf_in_place_at_the_trace_times():
+    from paretopipe.network.trace import Trace
+
+    trace = Trace((0.0, 0.5), (parse_condition("bandwidth=20mbit"), parse_condition("bandwidth=2mbit")), 1.0)
+    with NamespaceNetwork(["a", "b"]) as net:
+        follower = net.follow({("a", "b"): trace}, time.time())
+
+        def rate() -> str:
+            out = subprocess.run(
+                ["tc", "-n", net.namespace("a"), "qdisc", "show", "dev", "eth0"], capture_output=True, text=True
+            ).stdout
+            return out.split(" rate ")[1].split()[0]
+
+        with follower:
+            seen = set()
+            deadline = time.time() + 1.3
+            while time.time() < deadline:
+                seen.add(rate())
+                time.sleep(0.05)
+        assert {"20Mbit", "2Mbit"} <= seen
+        assert [c.index for c in follower.changes][:3] == [0, 1, 0]
+        assert all(c.mechanisms["bandwidth"] == "tc-tbf" for c in follower.changes)

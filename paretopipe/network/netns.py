@@ -8,8 +8,10 @@ name is unique per run (``pp-<10 hex>``), and ``subnet="auto"`` picks a /24 from
 no route or address of the caller's namespace overlaps, under a lock, so parallel runs never share
 a subnet. Each directed link ``(src, dst)`` is shaped on the egress of ``src``'s interface: a
 tbf/netem root for two nodes, one htb class per destination address otherwise; :meth:`reshape`
-replaces the shaping between runs. What the kernel cannot apply is recorded per link
-(``mechanisms``, ``residual``) so the caller runs the user-space shaper for it.
+replaces the shaping between runs, and :meth:`follow` makes links follow a trace (the tree is
+built for the trace's envelope, then ``tc ... change`` at each of its times). What the kernel
+cannot apply is recorded per link (``mechanisms``, ``residual``) so the caller runs the user-space
+shaper for it.
 
 Names are ``<prefix>-<node>`` with a per-run prefix ``ppn-<pid>-<4 hex>``, so parallel runs never
 collide and :func:`cleanup_stale` can remove the leftovers of a killed run (owner pid gone; the
@@ -39,10 +41,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from paretopipe.errors import CapabilityError, UsageError
 from paretopipe.host.process import pid_alive
 from paretopipe.network.capabilities import HostCapabilities, probe_capabilities
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.follow import TraceFollower
+from paretopipe.network.link import LinkCondition
 from paretopipe.network.mechanism import residual_condition
 from paretopipe.network.shell import Command, run_command
-from paretopipe.network.tc import PortRange, TcPlan, build_apply, build_clear, build_per_destination
+from paretopipe.network.tc import (
+    PortRange,
+    TcPlan,
+    build_apply,
+    build_change,
+    build_clear,
+    build_per_destination,
+)
+from paretopipe.network.trace import Trace, TraceChange
 
 log = logging.getLogger("paretopipe.network")
 
@@ -117,6 +128,7 @@ class NamespaceNetwork:
         self.host_dev = host_device_name(self.prefix) if host_node else None
         self.plans: dict[str, TcPlan] = {}
         self.mechanisms: dict[tuple[str, str], dict[str, str]] = {}
+        self.traces: dict[tuple[str, str], Trace] = {}  # links that follow a trace (see follow())
         self._shaped: set[str] = set()
         self._gso_off: set[str] = set()
         self._created: list[str] = []
@@ -232,28 +244,53 @@ class NamespaceNetwork:
             ]
         return cmds
 
-    def shaping_plans(self, caps: HostCapabilities) -> dict[str, TcPlan]:
-        """Per source node, the tc plan for its egress (nodes without links are absent)."""
+    def shaping_plans(self, caps: HostCapabilities, *, change: bool = False) -> dict[str, TcPlan]:
+        """Per source node, the tc plan for its egress (nodes without links are absent). A link
+        that follows a trace gets the tree of the trace's envelope; ``change=True`` gives the
+        ``tc ... change`` commands that set the current ``links`` in the trees already built."""
         plans = {}
         for src in self.all_nodes:
             out = {dst: c for (s, dst), c in self.links.items() if s == src}
             if not out:
                 continue
+            shapes = {dst: self._shape(src, dst) for dst in out}
             dev, ns = self.device(src), self._netns(src)
+            opts = {"ports": self.ports, "path": self.path, "netns": ns}
             if self.bridge_namespace is None:
-                (cond,) = out.values()
-                plans[src] = build_apply(dev, cond, caps, ports=self.ports, path=self.path, netns=ns)
+                ((dst, cond),) = out.items()
+                build = build_change if change else build_apply
+                plans[src] = build(dev, cond, caps, shape=shapes[dst], **opts)  # type: ignore[arg-type]
             else:
                 by_addr = {self.address(d): c for d, c in out.items()}
-                plans[src] = build_per_destination(dev, by_addr, caps, ports=self.ports, path=self.path, netns=ns)
+                shape_by_addr = {self.address(d): c for d, c in shapes.items()}
+                plans[src] = build_per_destination(
+                    dev,
+                    by_addr,
+                    caps,
+                    shapes=shape_by_addr,
+                    change=change,
+                    **opts,  # type: ignore[arg-type]
+                )
         return plans
+
+    def _shape(self, src: str, dst: str) -> LinkCondition:
+        trace = self.traces.get((src, dst))
+        return trace.envelope() if trace is not None else self.links[(src, dst)]
+
+    def residual_trace(self, src: str, dst: str) -> Trace | None:
+        """For a link that follows a trace, the trace of what the user-space shaper must apply."""
+        trace = self.traces.get((src, dst))
+        if trace is None:
+            return None
+        mech = self.mechanisms.get((src, dst), {})
+        return trace.map(lambda c: residual_condition(c, mech))
 
     def _slow_nodes(self) -> set[str]:
         return {
             src
             for (src, dst), mech in self.mechanisms.items()
             if mech.get("bandwidth", "").startswith("tc-")
-            and (self.links[(src, dst)].bandwidth_bps or float("inf")) < GSO_OFF_BELOW_BPS
+            and (self._shape(src, dst).bandwidth_bps or float("inf")) < GSO_OFF_BELOW_BPS
         }
 
     def _gso(self, node: str, segs: int) -> Command:
@@ -307,15 +344,59 @@ class NamespaceNetwork:
                 )
             self._set_subnet(_pick_subnet(used))
 
-    def reshape(self, links: Mapping[tuple[str, str], LinkCondition]) -> None:
+    def reshape(
+        self, links: Mapping[tuple[str, str], LinkCondition], traces: Mapping[tuple[str, str], Trace] | None = None
+    ) -> None:
         """Replace the shaping of every directed link with ``links`` (clear, then apply); idempotent.
 
         Nodes no longer shaped get their root qdisc removed and GSO back. Updates ``links``,
-        ``plans`` and ``mechanisms``. Raises UsageError for a link between unknown nodes.
+        ``plans`` and ``mechanisms``. Links in ``traces`` get the tree of their trace's envelope
+        (with ``links`` as the current parameters) so that :meth:`follow` can change them in place.
+        Raises UsageError for a link between unknown nodes.
         """
         _validate(self.all_nodes, links, self.prefix)
         self.links = dict(links)
+        self.traces = {k: t for k, t in (traces or {}).items() if k in self.links}
         self._apply_shaping(self._caps or probe_capabilities())
+
+    def follow(
+        self,
+        links: Mapping[tuple[str, str], LinkCondition | Trace],
+        start_unix_s: float,
+        *,
+        on_change: Callable[[TraceChange], None] | None = None,
+    ) -> TraceFollower:
+        """Shape ``links`` (fixed or following one shared trace from ``start_unix_s``) and return a
+        :class:`TraceFollower` (not started; use it as a context manager) that changes the kernel's
+        parameters at each change of the trace. The piece in force now is applied at once and
+        recorded as the first change. Raises UsageError when links follow different traces.
+        """
+        traces = {k: v for k, v in links.items() if isinstance(v, Trace)}
+        if len(set(traces.values())) != 1:
+            raise UsageError(f"follow() needs links that follow one trace, got {len(set(traces.values()))}")
+        trace = next(iter(traces.values()))
+        now_s = time.time() - start_unix_s
+        index = trace.index_at(now_s)
+
+        def fixed_at(i: int) -> dict[tuple[str, str], LinkCondition]:
+            return {k: (v.conditions[i] if isinstance(v, Trace) else v) for k, v in links.items()}
+
+        self.reshape(fixed_at(index), traces)
+        key = next(iter(self.traces))
+        caps = self._caps or probe_capabilities()
+
+        def apply(i: int, _condition: LinkCondition) -> None:
+            self.links = fixed_at(i)
+            for plan in self.shaping_plans(caps, change=True).values():
+                for cmd in plan.commands:
+                    run_command(cmd)
+
+        name = ",".join(f"{s}->{d}" for s, d in sorted(self.traces))
+        follower = TraceFollower(
+            trace, start_unix_s, apply, mechanisms=self.mechanisms.get(key, {}), name=name, on_change=on_change
+        )
+        follower.record(now_s, time.time() - start_unix_s, index)
+        return follower
 
     def _apply_shaping(self, caps: HostCapabilities) -> None:
         plans = self.shaping_plans(caps)

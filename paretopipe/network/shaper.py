@@ -10,7 +10,11 @@ The model, for a message of ``n`` bytes submitted at ``t`` on a link of bandwidt
     link_free = leave + n * 8 / B          # the link is busy while it serialises
     arrival = max(leave + n * 8 / B + delay + U(-jitter, +jitter), previous arrival)
 
-Unlimited bandwidth means no serialisation time; arrivals never reorder. Loss is not applied: the
+Unlimited bandwidth means no serialisation time; arrivals never reorder. On a link that follows a
+trace (:class:`~paretopipe.network.trace.TracedCondition`) the rate in force changes at the
+trace's times, also in the middle of a message (its bits before the change go at the old rate,
+the rest at the new one), and the delay and jitter are those in force when the message has left;
+the pieces used are recorded (:attr:`ShapedSender.trace_changes`). Loss is not applied: the
 transports are reliable, a message cannot be dropped, and a made-up retransmission delay would not
 be a measurement. ``ShapedSender.mechanisms`` records ``loss`` as not applied (see
 :mod:`paretopipe.network.mechanism`).
@@ -19,6 +23,7 @@ be a measurement. ``ShapedSender.mechanisms`` records ``loss`` as not applied (s
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -29,8 +34,9 @@ from typing import Any
 
 from paretopipe.errors import TransportError, UsageError
 from paretopipe.network.capabilities import HostCapabilities
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.link import LinkCondition
 from paretopipe.network.mechanism import choose_mechanisms
+from paretopipe.network.trace import Trace, TraceChange, TracedCondition
 
 log = logging.getLogger("paretopipe.network")
 
@@ -41,17 +47,23 @@ class LinkSchedule:
     """Pure schedule of one directed link: submission time and size in, arrival time out.
 
     Times are seconds on any monotonic clock. Jitter is drawn from ``random.Random(seed)``, one draw
-    per message and only when ``jitter_ms > 0``, so a seed reproduces the same arrivals.
+    per message and only when ``jitter_ms > 0``, so a seed reproduces the same arrivals. Given a
+    :class:`Trace`, the link follows it from ``origin_s`` (trace time = clock time - origin) and
+    ``changes`` lists ``(piece start in trace time, piece index)`` for every piece a message used.
     """
 
-    def __init__(self, condition: LinkCondition, seed: int = 0) -> None:
-        self.condition = condition
+    def __init__(self, condition: LinkCondition | Trace, seed: int = 0, origin_s: float = 0.0) -> None:
+        self.trace = condition if isinstance(condition, Trace) else None
+        self.condition = condition.conditions[0] if isinstance(condition, Trace) else condition
+        self.origin_s = origin_s
         self._rng = random.Random(seed)
         self.link_free_s = float("-inf")
         self.last_arrival_s = float("-inf")
+        self.changes: list[tuple[float, int]] = []
+        self._piece: tuple[int, int] | None = None
 
     def wire_s(self, nbytes: int) -> float:
-        """Serialisation time of ``nbytes`` (0 on an unlimited link)."""
+        """Serialisation time of ``nbytes`` at the first (or only) condition (0 when unlimited)."""
         bw = self.condition.bandwidth_bps
         return 0.0 if bw is None else nbytes * 8.0 / bw
 
@@ -60,15 +72,42 @@ class LinkSchedule:
         if nbytes < 0:
             raise UsageError(f"message size must be >= 0 bytes, got {nbytes}")
         leave_s = max(submit_s, self.link_free_s)
-        self.link_free_s = leave_s + self.wire_s(nbytes)
-        jitter_ms = self.condition.jitter_ms
+        if self.trace is None:
+            self.link_free_s = leave_s + self.wire_s(nbytes)
+            cond = self.condition
+        else:
+            self.link_free_s = self._serialise(leave_s - self.origin_s, nbytes * 8.0) + self.origin_s
+            cond = self.trace.at(self.link_free_s - self.origin_s)
+            self._note(self.link_free_s - self.origin_s)
+        jitter_ms = cond.jitter_ms
         noise_ms = self._rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
-        arrival_s = self.link_free_s + (self.condition.delay_ms + noise_ms) / 1e3
+        arrival_s = self.link_free_s + (cond.delay_ms + noise_ms) / 1e3
         self.last_arrival_s = max(arrival_s, self.last_arrival_s)
         return self.last_arrival_s
 
+    def _serialise(self, t_s: float, bits: float) -> float:
+        """Trace time at which ``bits`` that start leaving at trace time ``t_s`` have left."""
+        assert self.trace is not None
+        while True:
+            self._note(t_s)
+            bw = self.trace.at(t_s).bandwidth_bps
+            if bw is None:
+                return t_s
+            end_s = max(self.trace.next_change_s(t_s), t_s + 1e-9)
+            if t_s + bits / bw <= end_s:
+                return t_s + bits / bw
+            bits -= (end_s - t_s) * bw
+            t_s = end_s
 
-def schedule(condition: LinkCondition, messages: Sequence[tuple[float, int]], seed: int = 0) -> list[float]:
+    def _note(self, t_s: float) -> None:
+        assert self.trace is not None
+        lap, index = math.floor(t_s / self.trace.period_s), self.trace.index_at(t_s)
+        if (lap, index) != self._piece:
+            self._piece = (lap, index)
+            self.changes.append((lap * self.trace.period_s + self.trace.times_s[index], index))
+
+
+def schedule(condition: LinkCondition | Trace, messages: Sequence[tuple[float, int]], seed: int = 0) -> list[float]:
     """Arrival times (s) of ``messages`` given as ``(submit_s, nbytes)`` in submission order."""
     link = LinkSchedule(condition, seed)
     return [link.arrival_s(t, n) for t, n in messages]
@@ -97,12 +136,13 @@ class ShapedSender:
 
     ``submit`` is thread-safe and returns at once. An exception raised by ``send`` stops the
     sender and is re-raised in the caller by the next ``submit`` or by ``close``. Use as a context
-    manager: leaving the block flushes (or, on an exception, drops) what is pending.
+    manager: leaving the block flushes (or, on an exception, drops) what is pending. A
+    :class:`TracedCondition` makes the link follow its trace from its wall-clock start.
     """
 
     def __init__(
         self,
-        condition: LinkCondition,
+        condition: LinkCondition | TracedCondition,
         send: Callable[[Any], None],
         *,
         seed: int = 0,
@@ -110,13 +150,20 @@ class ShapedSender:
     ) -> None:
         self.condition = condition
         self.name = name
-        self.mechanisms = choose_mechanisms(condition, _NO_KERNEL, "userspace")
-        if condition.loss_pct > 0:
+        if isinstance(condition, TracedCondition):
+            shape = condition.trace.envelope()
+            # perf_counter at the trace's start: now on the perf clock, less the time since the start
+            origin_s = time.perf_counter() - (time.time() - condition.start_unix_s)
+            self._schedule = LinkSchedule(condition.trace, seed, origin_s)
+        else:
+            shape = condition
+            self._schedule = LinkSchedule(condition, seed)
+        self.mechanisms = choose_mechanisms(shape, _NO_KERNEL, "userspace")
+        if shape.loss_pct > 0:
             log.warning(
-                "shaper %s: loss %g%% is not applied (%s)", name or "-", condition.loss_pct, self.mechanisms["loss"]
+                "shaper %s: loss %g%% is not applied (%s)", name or "-", shape.loss_pct, self.mechanisms["loss"]
             )
         self._send = send
-        self._schedule = LinkSchedule(condition, seed)
         self._queue: deque[tuple[float, Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -131,6 +178,17 @@ class ShapedSender:
         """A snapshot of the counters (messages, bytes, sent, dropped, queued and late ms)."""
         with self._cond:
             return ShaperStats(**self._counts)
+
+    @property
+    def trace_changes(self) -> list[TraceChange]:
+        """Every piece of the trace the link used, when it took effect (the trace's own time: the
+        schedule applies it exactly then) and what applied it; empty for a fixed condition."""
+        trace = self._schedule.trace
+        if trace is None:
+            return []
+        with self._cond:
+            used = list(self._schedule.changes)
+        return [TraceChange(self.name, t, t, i, trace.conditions[i], dict(self.mechanisms)) for t, i in used]
 
     @property
     def pending(self) -> int:

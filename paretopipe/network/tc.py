@@ -9,6 +9,12 @@ Three shapes, all replacing the root qdisc (delete, tolerating "no qdisc", then 
   TCP destination *and* source port (both directions of a connection), netem or a byte FIFO as leaf;
 * per destination: the same htb tree with one class per destination IP (namespaces on a bridge).
 
+A link that follows a trace keeps one tree for the whole trace: its structure (which qdiscs and
+classes exist) and mechanisms come from the trace's envelope (every part any piece requests), and
+at each change :func:`build_change` gives ``tc qdisc change`` / ``tc class change`` commands that
+replace only the parameters (an unlimited piece on a shaped link is a rate of 10 Gbit/s, a piece
+without delay a netem delay of 0).
+
 Sizing (all documented here, tested in tests/test_tc.py):
 
 * burst (tbf ``burst``, htb ``burst``/``cburst``) = max(rate * 4 ms, 2 * 1514 B): at least one
@@ -46,7 +52,7 @@ MIN_QUEUE_MS = 50.0
 GSO_MAX_BYTES = 65536
 NETEM_MIN_LIMIT_PACKETS = 1000
 ASSUMED_LINE_RATE_BPS = 1e9
-UNLIMITED_HTB_RATE_BPS = 10e9
+UNLIMITED_HTB_RATE_BPS = 10e9  # the rate of an htb class (or a trace's tbf piece) with no limit
 HTB_MAX_QUANTUM_BYTES = 200_000
 FIRST_CLASS_MINOR = 0x10
 
@@ -190,8 +196,7 @@ def _has_netem_part(c: LinkCondition) -> bool:
 
 
 def _tbf_args(c: LinkCondition) -> list[str]:
-    assert c.bandwidth_bps is not None
-    bw = c.bandwidth_bps
+    bw = c.bandwidth_bps if c.bandwidth_bps is not None else UNLIMITED_HTB_RATE_BPS
     return [
         "tbf",
         "rate",
@@ -211,26 +216,60 @@ def build_apply(
     ports: Sequence[PortRange] | None = None,
     path: str = "kernel",
     netns: str | None = None,
+    shape: LinkCondition | None = None,
 ) -> TcPlan:
     """Commands that make the egress of ``dev`` look like ``condition`` where the kernel can.
 
     With ``ports`` only TCP traffic to or from those ports is shaped. Parts the kernel cannot apply
     are recorded in ``plan.mechanisms["*"]`` (``userspace`` with ``path="auto"``, else
     ``not-applied``). Nothing to apply in the kernel means the root qdisc is just cleared.
+    ``shape`` (default ``condition``) decides the qdisc tree and the mechanisms: a trace's
+    envelope, so that :func:`build_change` can later change every piece's parameters in place.
     """
-    mech = choose_mechanisms(condition, caps, path, classful=bool(ports))
+    return _build(dev, condition, caps, ports, path, netns, shape, change=False)
+
+
+def build_change(
+    dev: str,
+    condition: LinkCondition,
+    caps: HostCapabilities,
+    *,
+    ports: Sequence[PortRange] | None = None,
+    path: str = "kernel",
+    netns: str | None = None,
+    shape: LinkCondition | None = None,
+) -> TcPlan:
+    """``tc ... change`` commands that give the tree :func:`build_apply` made for ``shape`` the
+    parameters of ``condition`` (no qdisc is deleted or added, filters stay)."""
+    return _build(dev, condition, caps, ports, path, netns, shape, change=True)
+
+
+def _build(
+    dev: str,
+    condition: LinkCondition,
+    caps: HostCapabilities,
+    ports: Sequence[PortRange] | None,
+    path: str,
+    netns: str | None,
+    shape: LinkCondition | None,
+    *,
+    change: bool,
+) -> TcPlan:
+    mech = choose_mechanisms(shape or condition, caps, path, classful=bool(ports))
+    kshape = kernel_condition(shape or condition, mech)
     kcond = kernel_condition(condition, mech)
-    cmds = build_clear(dev, netns)
-    if kcond.is_ideal:
+    verb = "change" if change else "add"
+    cmds = [] if change else build_clear(dev, netns)
+    if kshape.is_ideal:
         pass
     elif ports:
-        cmds += _htb_tree(dev, [(None, kcond)], caps, ports, netns)
-    elif _has_netem_part(kcond):
-        cmds.append(_tc(netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", *_netem_args(kcond)))
-        if kcond.bandwidth_bps is not None:
-            cmds.append(_tc(netns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *_tbf_args(kcond)))
+        cmds += _htb_tree(dev, [(None, kshape, kcond)], caps, ports, netns, change=change)
+    elif _has_netem_part(kshape):
+        cmds.append(_tc(netns, "qdisc", verb, "dev", dev, "root", "handle", "1:", *_netem_args(kcond)))
+        if kshape.bandwidth_bps is not None:
+            cmds.append(_tc(netns, "qdisc", verb, "dev", dev, "parent", "1:1", "handle", "10:", *_tbf_args(kcond)))
     else:
-        cmds.append(_tc(netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", *_tbf_args(kcond)))
+        cmds.append(_tc(netns, "qdisc", verb, "dev", dev, "root", "handle", "1:", *_tbf_args(kcond)))
     return TcPlan(dev, tuple(cmds), {"*": mech})
 
 
@@ -242,32 +281,42 @@ def build_per_destination(
     ports: Sequence[PortRange] | None = None,
     path: str = "kernel",
     netns: str | None = None,
+    shapes: Mapping[str, LinkCondition] | None = None,
+    change: bool = False,
 ) -> TcPlan:
     """One htb class per destination IPv4 address on ``dev`` (``links`` maps address -> condition).
 
-    Traffic to other addresses is not shaped. ``plan.mechanisms`` is keyed by address.
+    Traffic to other addresses is not shaped. ``plan.mechanisms`` is keyed by address. ``shapes``
+    (per address, default the condition) decide the tree and mechanisms, as in :func:`build_apply`;
+    ``change=True`` gives the ``change`` commands of :func:`build_change` instead.
     """
-    mechanisms = {dst: choose_mechanisms(c, caps, path, classful=True) for dst, c in links.items()}
-    classes: list[tuple[str | None, LinkCondition]] = [
-        (dst, kernel_condition(c, mechanisms[dst])) for dst, c in links.items()
+    shapes = {dst: (shapes or {}).get(dst, c) for dst, c in links.items()}
+    mechanisms = {dst: choose_mechanisms(shapes[dst], caps, path, classful=True) for dst in links}
+    classes: list[tuple[str | None, LinkCondition, LinkCondition]] = [
+        (dst, kernel_condition(shapes[dst], mechanisms[dst]), kernel_condition(c, mechanisms[dst]))
+        for dst, c in links.items()
     ]
-    classes = [(dst, k) for dst, k in classes if not k.is_ideal]
-    cmds = build_clear(dev, netns)
+    classes = [(dst, ks, k) for dst, ks, k in classes if not ks.is_ideal]
+    cmds = [] if change else build_clear(dev, netns)
     if classes:
-        cmds += _htb_tree(dev, classes, caps, ports, netns)
+        cmds += _htb_tree(dev, classes, caps, ports, netns, change=change)
     return TcPlan(dev, tuple(cmds), mechanisms)
 
 
 def _htb_tree(
     dev: str,
-    classes: list[tuple[str | None, LinkCondition]],
+    classes: list[tuple[str | None, LinkCondition, LinkCondition]],
     caps: HostCapabilities,
     ports: Sequence[PortRange] | None,
     netns: str | None,
+    *,
+    change: bool = False,
 ) -> list[Command]:
-    """htb root (unclassified traffic unshaped) + one class, leaf and u32 filters per entry."""
-    cmds = [_tc(netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb")]
-    for i, (dst, c) in enumerate(classes):
+    """htb root (unclassified traffic unshaped) + one class, leaf and u32 filters per entry
+    ``(destination, shape, condition)``; with ``change`` only the class and leaf changes."""
+    verb = "change" if change else "add"
+    cmds = [] if change else [_tc(netns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb")]
+    for i, (dst, shape, c) in enumerate(classes):
         minor = f"{FIRST_CLASS_MINOR + i:x}"
         rate_bps = c.bandwidth_bps if c.bandwidth_bps is not None else UNLIMITED_HTB_RATE_BPS
         rate, burst = tc_rate(rate_bps), str(burst_bytes(rate_bps))
@@ -275,7 +324,7 @@ def _htb_tree(
             _tc(
                 netns,
                 "class",
-                "add",
+                verb,
                 "dev",
                 dev,
                 "parent",
@@ -296,11 +345,13 @@ def _htb_tree(
             )
         )
         leaf = ("parent", f"1:{minor}", "handle", f"{minor}:")
-        if _has_netem_part(c):
-            cmds.append(_tc(netns, "qdisc", "add", "dev", dev, *leaf, *_netem_args(c)))
-        elif c.bandwidth_bps is not None and caps.has_qdisc("bfifo"):
-            limit = queue_limit_bytes(c.bandwidth_bps, c.delay_ms, c.jitter_ms)
-            cmds.append(_tc(netns, "qdisc", "add", "dev", dev, *leaf, "bfifo", "limit", str(limit)))
+        if _has_netem_part(shape):
+            cmds.append(_tc(netns, "qdisc", verb, "dev", dev, *leaf, *_netem_args(c)))
+        elif shape.bandwidth_bps is not None and caps.has_qdisc("bfifo"):
+            limit = queue_limit_bytes(rate_bps, c.delay_ms, c.jitter_ms)
+            cmds.append(_tc(netns, "qdisc", verb, "dev", dev, *leaf, "bfifo", "limit", str(limit)))
+        if change:
+            continue
         dst_match = ["match", "ip", "dst", f"{dst}/32"] if dst else []
         matches = (
             [dst_match]
@@ -338,6 +389,7 @@ def _htb_tree(
 __all__ = [
     "TcPlan",
     "build_apply",
+    "build_change",
     "build_per_destination",
     "build_clear",
     "build_show",

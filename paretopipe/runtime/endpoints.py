@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from paretopipe.errors import ConfigError, UsageError
 from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.trace import TracedCondition
 from paretopipe.testbed import DRIVER, Device, Testbed, is_loopback
 from paretopipe_backends import get_transport
 from paretopipe_backends.base import Endpoint, Transport, TransportOptions
@@ -41,7 +42,7 @@ def make_transport(
     me: str,
     *,
     options: TransportOptions | None = None,
-    shaping: Mapping[str, LinkCondition] | None = None,
+    shaping: Mapping[str, LinkCondition | TracedCondition] | None = None,
 ) -> Transport:
     """A transport for endpoint ``me`` of ``testbed`` (not started) talking to all the others."""
     eps = endpoints(testbed)

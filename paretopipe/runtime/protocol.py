@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from paretopipe.errors import FrameError, Refused
+from paretopipe.errors import FrameError, Refused, UsageError
+from paretopipe.network.trace import TracedCondition, condition_from_dict
 
 SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED = (
     "setup",
@@ -271,9 +272,12 @@ def _artifact(value: Any) -> dict[str, str]:
 
 
 def _condition(value: Any, where: str) -> dict[str, Any]:
-    """A link condition (network.conditions.LinkCondition.to_dict): finite, non-negative numbers."""
+    """A link condition (network.conditions.LinkCondition.to_dict): finite, non-negative numbers;
+    or a traced one (network.trace.TracedCondition.to_dict) whose every piece is such a condition."""
     if not isinstance(value, dict):
         raise FrameError(f"{where} is {value!r}, expected an object")
+    if "trace" in value:
+        return _traced(value, where)
     for key, v in value.items():
         if v is None and key == "bandwidth_bps":
             continue
@@ -283,6 +287,23 @@ def _condition(value: Any, where: str) -> dict[str, Any]:
             raise Refused("out-of-bounds", f"{where}.{key} is {v}, expected a finite number >= 0")
         if key.endswith("_ms") and v > MAX_DELAY_MS:
             raise Refused("out-of-bounds", f"{where}.{key} is {v} ms, at most {MAX_DELAY_MS:g}")
+    return dict(value)
+
+
+def _traced(value: dict[str, Any], where: str) -> dict[str, Any]:
+    if set(value) != {"trace", "start_unix_s"} or not isinstance(value["trace"], dict):
+        raise FrameError(f"{where} has fields {sorted(value)}, expected trace and start_unix_s")
+    trace = value["trace"]
+    conditions = _list(trace.get("conditions"), f"{where}.trace.conditions")
+    for i, c in enumerate(conditions):
+        if not isinstance(c, dict) or "trace" in c:
+            raise FrameError(f"{where}.trace.conditions[{i}] is {c!r}, expected a condition")
+        _condition(c, f"{where}.trace.conditions[{i}]")
+    try:
+        parsed = condition_from_dict(value)
+    except UsageError as exc:
+        raise FrameError(f"{where}: {exc}") from None
+    assert isinstance(parsed, TracedCondition)
     return dict(value)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from paretopipe.errors import FrameError, ParetoPipeError, Refused
 from paretopipe.model import values
-from paretopipe.network.conditions import LinkCondition
+from paretopipe.network.trace import condition_from_dict
 from paretopipe.runtime import protocol as P
 from paretopipe.runtime.policy import WorkerPolicy
 from paretopipe.runtime.sender import SendThread
@@ -154,7 +154,7 @@ class Worker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         module = self.build(spec)
-        self.transport.set_shaping({p: LinkCondition.from_dict(c) for p, c in spec.shaping.items()})
+        self.transport.set_shaping({p: condition_from_dict(c) for p, c in spec.shaping.items()})
         self.stage = _Stage(spec, module)
         if msg.header.get("preload"):
             self.preloaded[spec.config] = self.stage
