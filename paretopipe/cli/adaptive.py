@@ -70,9 +70,11 @@ def run_adaptive(
     err_console.print(
         f"adaptive run of {len(plans)} plans of {plans[0].model_label} on {testbed.name} over {backend}, "
         f"network {scenario.name}, objective {objective}, {mode} mode, {duration_s:g} s"
-        + (" (oracle: decides on the scenario's conditions)" if oracle else "")
+        + (" (oracle: decides on the network's real conditions)" if oracle else "")
     )
-    known = (lambda t_s: scenario.condition) if oracle else None
+    known = None
+    if oracle:
+        known = scenario.trace.at if scenario.trace is not None else (lambda t_s: scenario.condition)
 
     def report(sw: Switch) -> None:
         err_console.print(

@@ -33,6 +33,7 @@ import numpy as np
 
 from paretopipe.errors import TransportError, UsageError, WorkerError
 from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.network.trace import TracedCondition
 from paretopipe.plan.costmodel.relink import PlanTerms
 from paretopipe.plan.plan_file import Plan
 from paretopipe.runtime import protocol as P
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 Pair = tuple[str, str]  # two places, sorted
 _BUSY_NS = 200_000  # a stage that had waited less than this for an item was busy when it arrived
-KnownLink = Callable[[float], LinkCondition]  # seconds since the run started -> the link's condition
+KnownLink = Callable[[float], LinkCondition]  # seconds since the trace started -> the links' condition
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class AdaptiveResult:
     batch_size: int = 1
     warmup: int = 0
     estimates: list[dict[str, Any]] = field(default_factory=list)  # every 0.5 s: the link decided on
+    trace_offset_s: float = 0.0  # where in the trace the run started
 
     def summary(self) -> dict[str, Any]:
         """Latency p50/p95/p99 and throughput (completions after the warm-up ones per second)."""
@@ -176,8 +178,9 @@ def candidate_terms(plans: Sequence[Plan]) -> list[PlanTerms]:
 class AdaptiveRun:
     """Runs ``plans`` (candidates, same model and batch size) on ``session`` under ``scenario``.
 
-    ``known_link``: the oracle mode: a function from seconds since the start to the condition of
-    every link between two places (e.g. the trace), used instead of the estimates. ``start``: the
+    ``known_link``: the oracle mode: a function from seconds since the trace started (the run's
+    start for a fixed scenario) to the condition of every link between two places (e.g.
+    ``trace.at``), used instead of the estimates. ``start``: the
     index of the plan the run starts on. Raises UsageError (plans without predictions, of other
     models, an isolation other than loopback).
     """
@@ -222,6 +225,7 @@ class AdaptiveRun:
             rate_bps=max((h.rate_bps for h in own), default=math.inf),
         )
         self.configs: list[str] = []
+        self.trace_start_unix_s = time.time()  # set again by preload
         self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
         self._link: dict[str, Any] = {}  # the link conditions of the last decision, as specs
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
@@ -231,9 +235,11 @@ class AdaptiveRun:
         return None if a == b else (min(a, b), max(a, b))
 
     # -- setting up ----------------------------------------------------------------------------
-    def preload(self) -> None:
+    def preload(self, trace_lead_s: float = 0.0) -> None:
         """Build every candidate's stages on the workers and measure the clock offsets of
-        workers on other hosts. Raises UsageError, WorkerError, TransportError."""
+        workers on other hosts. A trace scenario starts ``trace_lead_s`` seconds after the setups
+        are sent (:meth:`run` waits for it, so that runs can start at the same point of the
+        trace). Raises UsageError, WorkerError, TransportError."""
         from paretopipe.network.capabilities import probe_capabilities
         from paretopipe.network.mechanism import choose_mechanisms, residual_condition
         from paretopipe.runtime.protocol import StageSpec
@@ -241,13 +247,19 @@ class AdaptiveRun:
         s = self.session
         devices = sorted({d for p in self.plans for d in p.devices})
         caps = probe_capabilities()
-        shaping: dict[str, dict[str, LinkCondition]] = {}
+        residual = lambda c: residual_condition(c, choose_mechanisms(c, caps, s.path))
+        self.trace_start_unix_s = time.time() + trace_lead_s
+        shaping: dict[str, dict[str, LinkCondition | TracedCondition]] = {}
         for src in [DRIVER, *devices]:
             for dst in [DRIVER, *devices]:
-                if src != dst:
-                    cond = s.testbed.link(src, dst, self.scenario).condition
-                    residual = residual_condition(cond, choose_mechanisms(cond, caps, s.path))
-                    shaping.setdefault(src, {})[dst] = residual
+                if src == dst:
+                    continue
+                link = s.testbed.link(src, dst, self.scenario)
+                shaping.setdefault(src, {})[dst] = (
+                    residual(link.condition)
+                    if link.trace is None
+                    else TracedCondition(link.trace.map(residual), self.trace_start_unix_s)
+                )
         s.transport.set_shaping({d: c for d, c in shaping[DRIVER].items() if d in s.transport.peers})
         pending: set[tuple[str, str]] = set()
         for plan in self.plans:
@@ -345,6 +357,10 @@ class AdaptiveRun:
         open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
         probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
         probe_payload = [_payload(o.probe_nbytes)] if o.probe_nbytes else []
+        wait_s = self.trace_start_unix_s - time.time()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        res.trace_offset_s = time.time() - self.trace_start_unix_s
         start_ns = time.perf_counter_ns()
         now_s = lambda: (time.perf_counter_ns() - start_ns) / 1e9
         next_decision = 0.0
@@ -439,7 +455,7 @@ class AdaptiveRun:
         by_pair: dict[Pair, LinkCondition] = {}
         for pair in {p for p in pairs.values() if p is not None}:
             if self.known_link is not None:
-                by_pair[pair] = self.known_link(t_s)
+                by_pair[pair] = self.known_link(time.time() - self.trace_start_unix_s)
                 continue
             est = self.estimator.estimate(pair, t_s)
             if est is None:
@@ -447,6 +463,10 @@ class AdaptiveRun:
             by_pair[pair] = LinkCondition(est.bandwidth_bps, est.delay_ms)
         link = {f"{a}-{b}": c.spec() for (a, b), c in by_pair.items()}
         return {k: by_pair[p] for k, p in pairs.items() if p is not None}, link
+
+    def release(self) -> None:
+        """Tell the workers to drop every candidate's stages (and wait until they have)."""
+        self.session.driver.release()
 
     # -- link samples --------------------------------------------------------------------------
     def _driver_clock(self, device: str, t_ns: int) -> int:
