@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from paretopipe.runtime.link_estimate import LinkEstimator
 from paretopipe.runtime.switching import PlanChooser
 from paretopipe.testbed import load_testbed
 
+ROOT = Path(__file__).resolve().parents[1]
 SLEEPY = {
     "name": "tests.fixtures.pipeline_models:sleepy",
     "input_shape": [8],
@@ -135,3 +137,37 @@ def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
             run.preload()
             run.run([__import__("torch").zeros(1, 8)])
     assert not wait_workers_gone(tb_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--adaptive", "nowhere.json"], "nowhere.json"),
+        (["--adaptive", "x.json", "--objective", "speed"], "unknown objective 'speed'"),
+        (["--adaptive", "x.json", "--plan", "x.json"], "--adaptive takes the candidate plans"),
+        (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from paretopipe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", *args, "--testbed", str(ROOT / "testbed" / "local-pair.toml")])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and message in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_plans_without_predictions_are_refused_before_workers_start(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from paretopipe.cli import app
+    from paretopipe.plan.plan_file import save_plan
+
+    monkeypatch.chdir(tmp_path)
+    save_plan(Plan(model=SLEEPY, batch_size=1, cuts=(PlanCut(1, "steps_1"),), devices=("fast", "slow")), "p/a.json")
+    result = CliRunner().invoke(app, ["run", "--adaptive", "p", "--testbed", str(ROOT / "testbed" / "local-pair.toml")])
+    assert result.exit_code != 0 and "has no predictions" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")

@@ -230,6 +230,11 @@ class AdaptiveRun:
         self._link: dict[str, Any] = {}  # the link conditions of the last decision, as specs
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
 
+    def best_plan(self, condition: LinkCondition) -> int:
+        """The candidate predicted best for the objective when every link is in ``condition``."""
+        keys = {(h.src, h.dst) for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None}
+        return self.chooser.best(self.chooser.price(dict.fromkeys(keys, condition)))
+
     def _pair(self, src: str, dst: str) -> Pair | None:
         a, b = self._place(src), self._place(dst)
         return None if a == b else (min(a, b), max(a, b))
