@@ -60,15 +60,36 @@ def _plan(cut: int, devices: tuple[str, str], cut_nbytes: float) -> Plan:
 PLANS = [_plan(1, ("a", "b"), 1e6), _plan(2, ("a", "b"), 100.0)]
 
 
-def test_estimator_separates_delay_from_bandwidth_and_ignores_queueing():
-    est = LinkEstimator(window_s=10.0)
+def test_estimator_separates_delay_from_bandwidth_ignores_queueing_and_follows_a_step():
+    est = LinkEstimator(recent=3)
+    transfer = lambda nbytes, bw, delay: delay + nbytes * 8 / bw * 1e3
     for i in range(20):
         for nbytes in (1_000, 100_000):
-            queued_ms = 30.0 if i % 3 else 0.0  # most messages waited behind others
-            est.add("l", i * 0.1, nbytes, 5.0 + nbytes * 8 / 10e6 * 1e3 + queued_ms)
+            queued_ms = 30.0 if i % 3 else 0.0  # two messages in three waited behind others
+            est.add("l", i * 0.1, nbytes, transfer(nbytes, 10e6, 5.0) + queued_ms)
     got = est.estimate("l", 2.0)
-    assert got is not None and got.delay_ms == pytest.approx(5.0) and got.bandwidth_bps == pytest.approx(10e6)
-    assert got.sizes == 2
+    assert got is not None and got.spread and got.sizes == 2
+    assert (got.delay_ms, got.bandwidth_bps) == pytest.approx((5.0, 10e6))
+    for i in range(3):  # the link gets slower: three messages of each size later, the estimate follows
+        for nbytes in (1_000, 100_000):
+            est.add("l", 2.1 + i * 0.1, nbytes, transfer(nbytes, 2e6, 100.0))
+    got = est.estimate("l", 2.4)
+    assert (got.delay_ms, got.bandwidth_bps) == pytest.approx((100.0, 2e6))
+
+
+def test_estimator_keeps_the_delay_when_sizes_are_too_close():
+    est = LinkEstimator(recent=3)
+    est.add("l", 0.0, 1_000, 5.8)
+    est.add("l", 0.0, 100_000, 85.0)
+    assert est.estimate("l", 0.0).delay_ms == pytest.approx(5.0, abs=0.01)
+    est = LinkEstimator(recent=1, horizon_s=1.0)
+    est.add("l", 0.0, 1_000, 5.8)
+    est.add("l", 0.0, 100_000, 85.0)
+    est.estimate("l", 0.0)
+    est.add("l", 5.0, 4_000, 11.4)  # only one size lately: delay kept, bandwidth fitted to it
+    got = est.estimate("l", 5.0)
+    assert not got.spread and got.delay_ms == pytest.approx(5.0, abs=0.01)
+    assert got.bandwidth_bps == pytest.approx(4_000 * 8 / 6.4e-3, rel=0.01)
 
 
 def test_chooser_holds_then_switches_and_does_not_flap():

@@ -6,9 +6,10 @@ item names), then feeds items to the current plan. Items carry ``stamps``: each 
 it received the item and when it was done, so every hop that crosses a link between two places
 (devices; the driver counts as the device it shares a host with) becomes one timed transfer for
 the :class:`~paretopipe.runtime.link_estimate.LinkEstimator`. When the current plan sends nothing
-over a link the driver can reach, the driver times a *probe* instead: every ``probe_every_s`` a
-ping carrying ``probe_nbytes`` of payload to the device at the other end, answered by a pong
-(the only traffic added to the run). Stamps of a worker on another host are put on the driver's
+over a link the driver can reach, or only messages of sizes too close to tell delay from
+bandwidth, the driver times a *probe*: at most every ``probe_every_s`` a ping carrying
+``probe_nbytes`` of payload to the device at the other end, answered by a pong (the only traffic
+added to the run). Stamps of a worker on another host are put on the driver's
 clock with an offset measured by a few pings before the run.
 
 Every ``decide_every_s`` the :class:`~paretopipe.runtime.switching.PlanChooser` prices every
@@ -65,7 +66,8 @@ class AdaptiveOptions:
     hold_s: float = 0.5
     min_dwell_s: float = 1.0
     decide_every_s: float = 0.1
-    estimate_window_s: float = 1.5
+    estimate_recent: int = 3  # per message size, the fastest of the last this many transfers counts
+    estimate_horizon_s: float = 6.0  # ... while the latest is at most this old
     probe_nbytes: int = 16 * 1024
     probe_every_s: float = 0.5
     timeout_s: float = 60.0
@@ -220,13 +222,15 @@ class AdaptiveRun:
         self._host = lambda name: tb.driver.host if name == DRIVER else tb.device(name).host
         own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
         self.estimator = LinkEstimator(
-            options.estimate_window_s,
+            options.estimate_recent,
+            options.estimate_horizon_s,
             overhead_ms=min((h.overhead_ms for h in own), default=0.0),
             rate_bps=max((h.rate_bps for h in own), default=math.inf),
         )
         self.configs: list[str] = []
         self.trace_start_unix_s = time.time()  # set again by preload
         self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
+        self._last_probe_s: dict[str, float] = {}
         self._link: dict[str, Any] = {}  # the link conditions of the last decision, as specs
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
 
@@ -516,8 +520,15 @@ class AdaptiveRun:
             if here not in pair or any(d == device for d, _ in probes.values()):
                 continue
             last = self.estimator.last_sample_s(pair)
-            if last is not None and t_s - last < o.probe_every_s:
+            est = self.estimator.estimate(pair, t_s)
+            quiet = last is None or t_s - last >= o.probe_every_s
+            # Items of one size only (or of close sizes) cannot tell delay from bandwidth: a probe can.
+            narrow = (
+                est is not None and not est.spread and t_s - self._last_probe_s.get(device, -1e9) >= o.probe_every_s
+            )
+            if not (quiet or narrow):
                 continue
+            self._last_probe_s[device] = t_s
             nonce = uuid.uuid4().hex[:8]
             probes[nonce] = (device, time.perf_counter_ns())
             self.session.transport.send(device, {"kind": P.PING, "nonce": nonce}, payload)
@@ -535,7 +546,9 @@ class AdaptiveRun:
             return
         w = self._driver_clock(device, clock)
         t_s = (msg.recv_ns - start_ns) / 1e9
-        self.estimator.add(pair, t_s, self.options.probe_nbytes + 256, (w - a0) / 1e6)
+        waited = msg.header.get("waited_ns")
+        if isinstance(waited, int) and waited >= _BUSY_NS:  # else the ping waited behind an item
+            self.estimator.add(pair, t_s, self.options.probe_nbytes + 256, (w - a0) / 1e6)
         self.estimator.add(pair, t_s, 256, (msg.recv_ns - w) / 1e6)
 
 

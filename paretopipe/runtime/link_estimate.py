@@ -2,14 +2,14 @@
 
 Pure Python, no torch. A sample is one message: its size and how long it took from the sender
 handing it over to the receiver taking it (both on one clock, see :mod:`paretopipe.runtime.adaptive`).
-Over the last ``window_s`` seconds (at least the last ``min_samples`` samples), the samples are
-grouped by size (buckets a factor of sqrt(2) wide) and the fastest transfer of each bucket is kept:
-the lower envelope leaves out the time a message waited behind others (on the link or at a busy
-receiver). A line ``transfer = a + nbytes * b`` through those points gives the delay (``a`` less the
-transport's own per-message overhead) and the bandwidth (``1 / b`` less the transport's own rate).
-A size bucket with no sample in the window keeps its envelope from up to ``4 * window_s`` ago; with
-a single size, the last delay estimate is kept and only the bandwidth is fitted.
-See docs/running.md (adaptive runs).
+Samples are grouped by size (buckets a factor of sqrt(2) wide); each bucket counts with the fastest
+of its last ``recent`` transfers, if the latest is at most ``horizon_s`` old. The fastest leaves out
+the time a message waited behind others (on the link or at a busy receiver), and the last few
+follow a change within a few messages. When the buckets' sizes span at least a factor of
+``min_spread``, a least-squares line ``transfer = a + nbytes * b`` through them gives the delay
+(``a`` less the transport's own per-message overhead) and the bandwidth (``1 / b`` less the
+transport's own rate). Otherwise (sizes too close to tell the two apart) the last delay estimate
+is kept and the bandwidth is fitted to the largest size alone. See docs/running.md (adaptive runs).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ __all__ = ["LinkEstimate", "LinkEstimator"]
 @dataclass(frozen=True)
 class LinkEstimate:
     """A link's estimated one-way ``delay_ms`` and ``bandwidth_bps`` (None: too fast to tell),
-    from ``samples`` transfers of ``sizes`` distinct size buckets."""
+    from ``sizes`` size buckets; ``spread``: whether their sizes were far enough apart to fit both
+    (else the delay is the last one fitted)."""
 
     bandwidth_bps: float | None
     delay_ms: float
-    samples: int
     sizes: int
+    spread: bool
 
 
 class LinkEstimator:
@@ -40,79 +41,72 @@ class LinkEstimator:
 
     ``overhead_ms`` / ``rate_bps``: the transport's own cost per message and rate (a link
     calibration), taken out of the estimate so that it describes the emulated or real link alone,
-    as the cost model's link conditions do. Raises UsageError for a non-positive window.
+    as the cost model's link conditions do. Raises UsageError for a bad ``recent``, ``horizon_s``
+    or ``min_spread``.
     """
 
     def __init__(
         self,
-        window_s: float = 1.5,
-        min_samples: int = 4,
+        recent: int = 3,
+        horizon_s: float = 6.0,
+        min_spread: float = 4.0,
         overhead_ms: float = 0.0,
         rate_bps: float = math.inf,
-        max_samples: int = 4096,
     ) -> None:
-        if not window_s > 0 or min_samples < 1:
-            raise UsageError(f"estimate window {window_s} s must be > 0 with at least one sample")
-        self.window_s = window_s
-        self.min_samples = min_samples
-        self.stale_s = 4 * window_s
+        if recent < 1 or not horizon_s > 0 or not min_spread > 1:
+            raise UsageError(
+                f"estimator: recent {recent} must be >= 1, horizon {horizon_s} s > 0, spread {min_spread} > 1"
+            )
+        self.recent = recent
+        self.horizon_s = horizon_s
+        self.min_spread = min_spread
         self.overhead_ms = overhead_ms
         self.rate_bps = rate_bps
-        self._samples: dict[Hashable, deque[tuple[float, float, float]]] = {}
-        self._max = max_samples
+        self._buckets: dict[Hashable, dict[int, deque[tuple[float, float, float]]]] = {}
+        self._latest: dict[Hashable, float] = {}
         self._last: dict[Hashable, LinkEstimate] = {}
 
     def add(self, link: Hashable, t_s: float, nbytes: float, transfer_ms: float) -> None:
         """Record one message of ``nbytes`` that took ``transfer_ms``, received at ``t_s``."""
         if nbytes < 0 or not math.isfinite(transfer_ms):
             return
-        self._samples.setdefault(link, deque(maxlen=self._max)).append((t_s, float(nbytes), max(0.0, transfer_ms)))
+        bucket = round(2 * math.log2(nbytes + 1))
+        buckets = self._buckets.setdefault(link, {})
+        buckets.setdefault(bucket, deque(maxlen=self.recent)).append((t_s, float(nbytes), max(0.0, transfer_ms)))
+        self._latest[link] = max(t_s, self._latest.get(link, t_s))
 
     def last_sample_s(self, link: Hashable) -> float | None:
         """When the latest sample of ``link`` was received (None: never)."""
-        samples = self._samples.get(link)
-        return samples[-1][0] if samples else None
+        return self._latest.get(link)
 
     def estimate(self, link: Hashable, now_s: float) -> LinkEstimate | None:
-        """The current estimate of ``link`` (None before any sample)."""
-        samples = self._samples.get(link)
-        if not samples:
-            return self._last.get(link)
-        recent = [s for s in samples if s[0] >= now_s - self.window_s]
-        if len(recent) < self.min_samples:
-            recent = list(samples)[-self.min_samples :]
-        lowest = _lowest(recent)
-        # A size not seen lately (its messages now wait at a busy receiver, say) keeps its last
-        # lower envelope for a while: without two sizes, delay and bandwidth cannot be told apart.
-        older = _lowest([x for x in samples if now_s - self.stale_s <= x[0] < now_s - self.window_s])
-        points = list({**older, **lowest}.values())
+        """The current estimate of ``link`` (the last one when no sample is recent enough; None
+        before any)."""
+        points = [
+            min(((n, ms) for _, n, ms in samples), key=lambda p: p[1])
+            for samples in self._buckets.get(link, {}).values()
+            if samples and now_s - samples[-1][0] <= self.horizon_s
+        ]
         previous = self._last.get(link)
-        if len(points) >= 2:
+        if not points:
+            return previous
+        sizes = [n for n, _ in points]
+        spread = len(points) >= 2 and max(sizes) >= self.min_spread * max(1.0, min(sizes))
+        if spread:
             intercept_ms, slope_ms_per_byte = _line(points)
             if intercept_ms < 0:  # through the origin instead
                 intercept_ms = 0.0
                 slope_ms_per_byte = sum(n * t for n, t in points) / sum(n * n for n, _ in points)
         else:
-            nbytes, ms = points[0]
-            intercept_ms = previous.delay_ms + self.overhead_ms if previous is not None else 0.0
-            intercept_ms = min(intercept_ms, ms)
+            nbytes, ms = max(points)
+            intercept_ms = min(previous.delay_ms + self.overhead_ms if previous is not None else 0.0, ms)
             slope_ms_per_byte = (ms - intercept_ms) / nbytes if nbytes > 0 else 0.0
         own_ms_per_byte = 0.0 if math.isinf(self.rate_bps) else 8e3 / self.rate_bps
         wire_ms_per_byte = slope_ms_per_byte - own_ms_per_byte
         bandwidth = 8e3 / wire_ms_per_byte if wire_ms_per_byte > 0 else None
-        est = LinkEstimate(bandwidth, max(0.0, intercept_ms - self.overhead_ms), len(recent), len(points))
+        est = LinkEstimate(bandwidth, max(0.0, intercept_ms - self.overhead_ms), len(points), spread)
         self._last[link] = est
         return est
-
-
-def _lowest(samples: list[tuple[float, float, float]]) -> dict[int, tuple[float, float]]:
-    """Per size bucket (a factor of sqrt(2) wide), the size and time of its fastest transfer."""
-    lowest: dict[int, tuple[float, float]] = {}
-    for _, nbytes, ms in samples:
-        bucket = round(2 * math.log2(nbytes + 1))
-        if bucket not in lowest or ms < lowest[bucket][1]:
-            lowest[bucket] = (nbytes, ms)
-    return lowest
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:

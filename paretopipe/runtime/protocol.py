@@ -12,7 +12,8 @@ Every item-carrying message names the configuration it belongs to, so items left
 earlier configuration (after a timeout, say) are recognised and dropped. An item that carries
 ``stamps`` gets each stage's receive and done times and how long it had waited for the item
 appended on its way (adaptive runs estimate
-the links from them); a ``pong`` carries the worker's clock (``clock_ns``).
+the links from them); a ``pong`` carries the worker's clock (``clock_ns``) and how long the worker
+had been waiting when it took the ping (``waited_ns``).
 
 Whoever reaches a worker's port can send these messages, so every field a worker reads is checked
 against a bound here (:func:`check_control`, :meth:`StageSpec.from_header`): a wrong type is a

@@ -133,7 +133,8 @@ class Worker:
                     "device": self.device,
                     "nonce": msg.header.get("nonce"),
                     "pid": os.getpid(),
-                    "clock_ns": time.perf_counter_ns(),
+                    "clock_ns": (now := time.perf_counter_ns()),
+                    "waited_ns": now - min(now, self._free_ns),  # small: the ping waited behind an item
                 },
             )
         elif kind == P.STOP:
