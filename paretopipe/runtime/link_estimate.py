@@ -8,8 +8,9 @@ the time a message waited behind others (on the link or at a busy receiver), and
 follow a change within a few messages. When the buckets' sizes span at least a factor of
 ``min_spread``, a least-squares line ``transfer = a + nbytes * b`` through them gives the delay
 (``a`` less the transport's own per-message overhead) and the bandwidth (``1 / b`` less the
-transport's own rate). Otherwise (sizes too close to tell the two apart) the last delay estimate
-is kept and the bandwidth is fitted to the largest size alone. See docs/running.md (adaptive runs).
+transport's own rate). Otherwise (sizes too close to tell the two apart, or a line that does not
+rise) the last delay estimate is kept and the bandwidth is fitted to the largest size alone.
+See docs/running.md (adaptive runs).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ __all__ = ["LinkEstimate", "LinkEstimator"]
 @dataclass(frozen=True)
 class LinkEstimate:
     """A link's estimated one-way ``delay_ms`` and ``bandwidth_bps`` (None: too fast to tell),
-    from ``sizes`` size buckets; ``spread``: whether their sizes were far enough apart to fit both
-    (else the delay is the last one fitted)."""
+    from ``sizes`` size buckets; ``spread``: whether both were fitted (sizes far enough apart and
+    a rising line; else the delay is the last one fitted)."""
 
     bandwidth_bps: float | None
     delay_ms: float
@@ -97,7 +98,8 @@ class LinkEstimator:
             if intercept_ms < 0:  # through the origin instead
                 intercept_ms = 0.0
                 slope_ms_per_byte = sum(n * t for n, t in points) / sum(n * n for n, _ in points)
-        else:
+            spread = slope_ms_per_byte > 0  # else the sizes made no difference: noise, not bandwidth
+        if not spread:
             nbytes, ms = max(points)
             intercept_ms = min(previous.delay_ms + self.overhead_ms if previous is not None else 0.0, ms)
             slope_ms_per_byte = (ms - intercept_ms) / nbytes if nbytes > 0 else 0.0
