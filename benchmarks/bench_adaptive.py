@@ -78,7 +78,7 @@ def objective_value(summary: dict, objective: str) -> float:
 
 def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     from paretopipe.model.registry import ModelSpec, example_inputs
-    from paretopipe.runtime.adaptive import AdaptiveOptions, AdaptiveRun, _window
+    from paretopipe.runtime.adaptive import AdaptiveOptions, AdaptiveRun, default_window
     from paretopipe.runtime.policy import allowances
     from paretopipe.runtime.session import Session
 
@@ -87,7 +87,7 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     assert trace is not None, f"{trace_name} is not a trace scenario"
     seconds = args.seconds or trace.period_s * math.ceil(40.0 / trace.period_s)
     plans = candidates(model, testbed, trace, args.profiles, args.calibrations)
-    window = max(_window(p) for p in plans)
+    window = default_window(plans)
     mode = "latency" if args.objective == "latency" else "throughput"
     options = AdaptiveOptions(
         objective=args.objective, mode=mode, duration_s=seconds, window=window, hysteresis=args.hysteresis

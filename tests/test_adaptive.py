@@ -192,3 +192,30 @@ def test_cli_plans_without_predictions_are_refused_before_workers_start(tmp_path
     result = CliRunner().invoke(app, ["run", "--adaptive", "p", "--testbed", str(ROOT / "testbed" / "local-pair.toml")])
     assert result.exit_code != 0 and "has no predictions" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_sampler_times_the_hops_that_cross_a_link_and_skips_busy_stages():
+    from paretopipe.runtime.link_samples import LinkSampler
+    from paretopipe_backends.base import Message
+
+    got: list[tuple] = []
+
+    class Recorder(LinkEstimator):
+        def add(self, link, t_s, nbytes, transfer_ms):
+            got.append((link, nbytes, round(transfer_ms, 3)))
+
+    place = lambda name: "fast" if name == "driver" else name  # the driver shares fast's host
+    sampler = LinkSampler(Recorder(), place, 16384, 0.5)
+    ms = 1_000_000
+    # driver sends at 0; fast takes it at 1 ms (idle 5 ms), done at 11; slow takes it at 31 (idle),
+    # done at 51; the driver has the result at 60 ms.
+    stamps = [[1 * ms, 11 * ms, 5 * ms], [31 * ms, 51 * ms, 9 * ms]]
+    msg = Message("slow", {"kind": "result", "stamps": stamps}, [], 60 * ms)
+    sampler.item(0, ["fast", "slow"], [600_000.0, 50_000.0, 4_000.0], 0, msg, 0)
+    assert got == [(("fast", "slow"), 50_000.0, 20.0), (("fast", "slow"), 4_000.0, 9.0)]
+    got.clear()
+    busy = [[1 * ms, 11 * ms, 5 * ms], [31 * ms, 51 * ms, 10_000]]  # slow took it 10 us after its last one
+    sampler.item(
+        1, ["fast", "slow"], [600_000.0, 50_000.0, 4_000.0], 0, Message("slow", {"stamps": busy}, [], 60 * ms), 0
+    )
+    assert got == [(("fast", "slow"), 4_000.0, 9.0)]

@@ -78,7 +78,7 @@ def run_adaptive(
 
     def report(sw: Switch) -> None:
         err_console.print(
-            f"{sw.t_s:8.2f} s  switch {sw.from_plan} -> {sw.to_plan}  link {sw.link}  "
+            f"{sw.t_s:8.2f} s  switch {sw.from_plan} -> {sw.to_plan}  link {_link_text(sw.link)}  "
             f"predicted {_objective_text(sw.predicted_from)} -> {_objective_text(sw.predicted_to)}, "
             f"{sw.in_flight} item(s) in flight on the old plan",
             markup=False,
@@ -97,6 +97,7 @@ def run_adaptive(
         weights_dirs=weights_dirs,
     ) as session:
         run = AdaptiveRun(session, plans, scenario, options, known_link=known, on_switch=report)
+        run.start = run.best_plan(scenario.condition)  # a trace's first piece
         run.preload()
         result = run.run(x)
     summary = result.summary()
@@ -106,11 +107,15 @@ def run_adaptive(
     render(rows, fmt, ["metric", "value"], title="adaptive run")
     if result.switches and OutputFormat(fmt) is OutputFormat.table:  # json/csv: one array on stdout
         render(
-            [sw.to_dict() for sw in result.switches],
+            [{**sw.to_dict(), "link": _link_text(sw.link)} for sw in result.switches],
             fmt,
             ["t_s", "from_plan", "to_plan", "link", "decide_ms", "in_flight", "drain_ms", "delayed_items"],
             title=f"{len(result.switches)} switch(es)",
         )
+
+
+def _link_text(link: dict) -> str:
+    return "; ".join(f"{pair} {spec}" for pair, spec in link.items())
 
 
 def _objective_text(metrics: dict[str, float]) -> str:

@@ -2,15 +2,11 @@
 
 :class:`AdaptiveRun` builds the stages of every candidate plan on the workers (setups with
 ``preload``, so a worker keeps them all and runs an item on the stage of the configuration the
-item names), then feeds items to the current plan. Items carry ``stamps``: each stage appends when
-it received the item and when it was done, so every hop that crosses a link between two places
-(devices; the driver counts as the device it shares a host with) becomes one timed transfer for
-the :class:`~paretopipe.runtime.link_estimate.LinkEstimator`. When the current plan sends nothing
-over a link the driver can reach, or only messages of sizes too close to tell delay from
-bandwidth, the driver times a *probe*: at most every ``probe_every_s`` a ping carrying
-``probe_nbytes`` of payload to the device at the other end, answered by a pong (the only traffic
-added to the run). Stamps of a worker on another host are put on the driver's
-clock with an offset measured by a few pings before the run.
+item names), then feeds items to the current plan. Items carry stamps, and every hop that crosses
+a link becomes a timed transfer for the link estimate; when the items say too little, the driver
+sends small probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic added to the run).
+Stamps of workers on other hosts are put on the driver's clock with an offset measured by a few
+pings before the run.
 
 Every ``decide_every_s`` the :class:`~paretopipe.runtime.switching.PlanChooser` prices every
 candidate under the estimated links (or, in the oracle mode, under the conditions it is told) and
@@ -37,6 +33,7 @@ from paretopipe.plan.plan_file import Plan
 from paretopipe.runtime import protocol as P
 from paretopipe.runtime.adaptive_records import AdaptiveOptions, AdaptiveResult, ItemRecord, Switch
 from paretopipe.runtime.link_estimate import LinkEstimator
+from paretopipe.runtime.link_samples import LinkSampler, Pair
 from paretopipe.runtime.switching import PlanChooser
 from paretopipe.testbed import DRIVER
 from paretopipe_backends.base import Message, TransportTimeout
@@ -44,8 +41,6 @@ from paretopipe_backends.base import Message, TransportTimeout
 if TYPE_CHECKING:
     from paretopipe.runtime.session import Session
 
-Pair = tuple[str, str]  # two places, sorted
-_BUSY_NS = 200_000  # a stage that had waited less than this for an item was busy when it arrived
 KnownLink = Callable[[float], LinkCondition]  # seconds since the trace started -> the links' condition
 
 
@@ -107,30 +102,25 @@ class AdaptiveRun:
             self.terms, options.objective, options.hysteresis, options.hold_s, options.min_dwell_s
         )
         tb = session.testbed
-        self._place = lambda name: (tb.driver.device or DRIVER) if name == DRIVER else name
-        self._host = lambda name: tb.driver.host if name == DRIVER else tb.device(name).host
-        own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
+        place = lambda name: (tb.driver.device or DRIVER) if name == DRIVER else name
         self.estimator = LinkEstimator(
             options.estimate_recent,
             options.estimate_horizon_s,
-            overhead_ms=min((h.overhead_ms for h in own), default=0.0),
-            rate_bps=max((h.rate_bps for h in own), default=math.inf),
         )
+        self.sampler = LinkSampler(self.estimator, place, options.probe_nbytes, options.probe_every_s)
+        self._pair = self.sampler.pair
+        own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
+        # the transport's own costs, taken out of the estimates (a link calibration, if the plans had one)
+        self.estimator.overhead_ms = min((h.overhead_ms for h in own), default=0.0)
+        self.estimator.rate_bps = max((h.rate_bps for h in own), default=math.inf)
         self.configs: list[str] = []
         self.trace_start_unix_s = time.time()  # set again by preload
-        self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
-        self._last_probe_s: dict[str, float] = {}
         self._link: dict[str, Any] = {}  # the link conditions of the last decision, as specs
-        self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
 
     def best_plan(self, condition: LinkCondition) -> int:
         """The candidate predicted best for the objective when every link is in ``condition``."""
         keys = {(h.src, h.dst) for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None}
         return self.chooser.best(self.chooser.price(dict.fromkeys(keys, condition)))
-
-    def _pair(self, src: str, dst: str) -> Pair | None:
-        a, b = self._place(src), self._place(dst)
-        return None if a == b else (min(a, b), max(a, b))
 
     # -- setting up ----------------------------------------------------------------------------
     def preload(self, trace_lead_s: float = 0.0) -> None:
@@ -193,7 +183,7 @@ class AdaptiveRun:
         s.driver.devices = devices  # released at the end
         for d in devices:
             if s.testbed.device(d).host != s.testbed.driver.host:
-                self.offset_ns[d] = self._clock_offset_ns(d)
+                self.sampler.offset_ns[d] = self._clock_offset_ns(d)
 
     def _clock_offset_ns(self, device: str, pings: int = 5) -> int:
         """The device's clock minus the driver's, from the ping with the shortest round trip."""
@@ -247,14 +237,14 @@ class AdaptiveRun:
         o = self.options
         s = self.session
         tensors, structure = values.pack(inputs)
-        window = 1 if o.mode == "latency" else (o.window or max(_window(p) for p in self.plans))
+        window = 1 if o.mode == "latency" else (o.window or default_window(self.plans))
         res = AdaptiveResult(batch_size=self.plans[0].batch_size, warmup=o.warmup, probe_nbytes=o.probe_nbytes)
         current = self.start
         outstanding: dict[int, tuple[int, int]] = {}  # item -> (plan index, send ns)
         done: set[int] = set()
         open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
-        probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
         probe_payload = [_payload(o.probe_nbytes)] if o.probe_nbytes else []
+        pairs = sorted({p for t in self.terms for h in t.hops if (p := self._pair(h.src, h.dst)) is not None})
         wait_s = self.trace_start_unix_s - time.time()
         if wait_s > 0:
             time.sleep(wait_s)
@@ -278,11 +268,13 @@ class AdaptiveRun:
             if not outstanding:
                 break
             if self.known_link is None:
-                self._probe(now_s(), probes, probe_payload, res)
+                for device, nonce in self.sampler.probes_due(now_s(), pairs):
+                    self.sampler.probe_sent(device, nonce, time.perf_counter_ns())
+                    s.transport.send(device, {"kind": P.PING, "nonce": nonce}, probe_payload)
             msg = self._recv(o.timeout_s, f"a result ({len(done)} done, {len(outstanding)} in flight)")
             kind = msg.header.get("kind")
             if kind == P.PONG:
-                self._probe_back(msg, probes, start_ns)
+                self.sampler.probe_back(msg, start_ns)
                 continue
             if kind != P.RESULT or msg.header.get("config") not in self.configs:
                 continue
@@ -297,7 +289,8 @@ class AdaptiveRun:
                 raise TransportError(f"item {item} started on plan {self.plans[index].id} but ended on another")
             done.add(item)
             res.items.append(ItemRecord(item, self.plans[index].id, (t0 - start_ns) / 1e9, (msg.recv_ns - t0) / 1e6))
-            self._samples(index, t0, msg, start_ns)
+            hops = [h.nbytes for h in self.terms[index].hops]
+            self.sampler.item(index, self.plans[index].devices, hops, t0, msg, start_ns)
             for entry in list(open_switches):
                 sw, old, pending = entry
                 pending.discard(item)
@@ -317,6 +310,7 @@ class AdaptiveRun:
                     res.switches.append(switch[0])
                     self.on_switch(switch[0])
         res.sent = next_id
+        res.probes = self.sampler.probes_sent
         res.elapsed_s = now_s()
         missing = res.sent - len(done)
         if missing:
@@ -368,80 +362,6 @@ class AdaptiveRun:
         """Tell the workers to drop every candidate's stages (and wait until they have)."""
         self.session.driver.release()
 
-    # -- link samples --------------------------------------------------------------------------
-    def _driver_clock(self, device: str, t_ns: int) -> int:
-        return t_ns - self.offset_ns.get(device, 0)
-
-    def _samples(self, index: int, t0: int, msg: Message, start_ns: int) -> None:
-        """One timed transfer per hop of the item that crossed a link."""
-        plan, terms = self.plans[index], self.terms[index]
-        stamps = msg.header.get("stamps")
-        if not isinstance(stamps, list) or len(stamps) != plan.stages:
-            return
-        try:
-            pairs = P.check_stamps(stamps)
-        except Exception:
-            return
-        route = [DRIVER, *plan.devices, DRIVER]
-        sent = [t0, *(self._driver_clock(d, pairs[k][1]) for k, d in enumerate(plan.devices))]
-        got = [*(self._driver_clock(d, pairs[k][0]) for k, d in enumerate(plan.devices)), msg.recv_ns]
-        prev = self._previous.get(index)
-        self._previous[index] = (sent, got)
-        for j, hop in enumerate(terms.hops):
-            pair = self._pair(route[j], route[j + 1])
-            if pair is None:
-                continue
-            if j < plan.stages and pairs[j][2] < _BUSY_NS:
-                continue  # the stage was busy when the item arrived: it waited there, not on the link
-            leave = sent[j]
-            if prev is not None:
-                # A message sent before the previous one arrived left when the link was free.
-                last = self.estimator.estimate(pair, (got[j] - start_ns) / 1e9)
-                delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)
-                leave = max(leave, prev[1][j] - delay_ns)
-            self.estimator.add(pair, (got[j] - start_ns) / 1e9, hop.nbytes, (got[j] - leave) / 1e6)
-
-    def _probe(self, t_s: float, probes: dict, payload: list, res: AdaptiveResult) -> None:
-        """Probe the links the driver reaches that carried nothing for ``probe_every_s``."""
-        o = self.options
-        here = self._place(DRIVER)
-        for pair in {self._pair(h.src, h.dst) for t in self.terms for h in t.hops} - {None}:
-            assert pair is not None
-            device = pair[0] if pair[1] == here else pair[1]
-            if here not in pair or any(d == device for d, _ in probes.values()):
-                continue
-            last = self.estimator.last_sample_s(pair)
-            est = self.estimator.estimate(pair, t_s)
-            quiet = last is None or t_s - last >= o.probe_every_s
-            # Items of one size only (or of close sizes) cannot tell delay from bandwidth: a probe can.
-            narrow = (
-                est is not None and not est.spread and t_s - self._last_probe_s.get(device, -1e9) >= o.probe_every_s
-            )
-            if not (quiet or narrow):
-                continue
-            self._last_probe_s[device] = t_s
-            nonce = uuid.uuid4().hex[:8]
-            probes[nonce] = (device, time.perf_counter_ns())
-            self.session.transport.send(device, {"kind": P.PING, "nonce": nonce}, payload)
-            res.probes += 1
-
-    def _probe_back(self, msg: Message, probes: dict, start_ns: int) -> None:
-        """The probe's two transfers: its payload out, the pong back."""
-        entry = probes.pop(str(msg.header.get("nonce")), None)
-        clock = msg.header.get("clock_ns")
-        if entry is None or not isinstance(clock, int):
-            return
-        device, a0 = entry
-        pair = self._pair(DRIVER, device)
-        if pair is None:
-            return
-        w = self._driver_clock(device, clock)
-        t_s = (msg.recv_ns - start_ns) / 1e9
-        waited = msg.header.get("waited_ns")
-        if isinstance(waited, int) and waited >= _BUSY_NS:  # else the ping waited behind an item
-            self.estimator.add(pair, t_s, self.options.probe_nbytes + 256, (w - a0) / 1e6)
-        self.estimator.add(pair, t_s, 256, (msg.recv_ns - w) / 1e6)
-
 
 def _payload(nbytes: int):
     import torch
@@ -449,7 +369,9 @@ def _payload(nbytes: int):
     return torch.zeros(nbytes, dtype=torch.uint8)
 
 
-def _window(plan: Plan) -> int:
+def default_window(plans: Sequence[Plan]) -> int:
+    """Items in flight in throughput mode: enough for the candidate that needs the most (as
+    ``paretopipe run`` chooses for one plan)."""
     from paretopipe.runtime.session import MeasureOptions, _window
 
-    return _window(plan, MeasureOptions())
+    return max(_window(p, MeasureOptions()) for p in plans)
