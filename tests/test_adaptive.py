@@ -219,3 +219,23 @@ def test_sampler_times_the_hops_that_cross_a_link_and_skips_busy_stages():
         1, ["fast", "slow"], [600_000.0, 50_000.0, 4_000.0], 0, Message("slow", {"stamps": busy}, [], 60 * ms), 0
     )
     assert got == [(("fast", "slow"), 4_000.0, 9.0)]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"kind": "setup", "spec": {}, "preload": "yes"}, "setup preload is 'yes'"),
+        ({"kind": "item", "item": 1, "stamps": [[1, 2]]}, "is not three non-negative"),
+        ({"kind": "item", "item": 1, "stamps": "now"}, "item stamps are not a list"),
+        ({"kind": "item", "item": 1, "stamps": [[1, 2, -3]]}, "is not three non-negative"),
+    ],
+)
+def test_workers_refuse_malformed_preload_and_stamps(header, message):
+    from paretopipe.errors import FrameError
+    from paretopipe.runtime import protocol as P
+
+    with pytest.raises(FrameError, match=message):
+        if header["kind"] == "item":
+            P.check_item(header)
+        else:
+            P.check_control("setup", header)
