@@ -13,10 +13,11 @@ as a camera attached to it would), per model and trace scenario:
    adaptive run and the oracle start on the plan predicted best for the trace's first condition;
 3. a table per case: latency p50/p95 and throughput of every contender side by side, the items
    per plan and the switches; then the adaptive run against the best static plan and the oracle on
-   the objective (target: >= 20% better than the best static plan on the step trace, within 10%
-   of the oracle), and the switching costs (time to decide, time for the old plan's items in
-   flight to drain, items sent to the new plan meanwhile, probe traffic). The adaptive run's
-   switches are listed with the link it estimated and the trace's condition at that time.
+   the objective (medians over ``--repeats``; target: >= 20% better than the best static plan on
+   the step trace, within 10% of the oracle), and the switching costs (time to decide, time for
+   the old plan's items in flight to drain, items sent to the new plan meanwhile, probe traffic).
+   The adaptive run's switches are listed with the link it estimated and the trace's condition at
+   that time.
 
 Run: python benchmarks/bench_adaptive.py                             # both models and traces, about 50 min
      python benchmarks/bench_adaptive.py --quick --no-save           # mobilenet_v2 on the step trace, 20 s each
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -98,48 +100,56 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     x = list(example_inputs(ModelSpec.from_dict(dict(plans[0].model)), 1))
     contenders: list[tuple[str, list[Plan], object]] = [(p.id, [p], lambda t: LinkCondition()) for p in plans]
     contenders += [("adaptive", plans, None), ("oracle", plans, trace.at)]
-    rows, results, per_plan_s = [], {}, 10.0  # a first guess of the time to build one plan's stages
+    rows: list[dict] = []
+    results: dict[str, list] = {name: [] for name, _, _ in contenders}
+    per_plan_s = 10.0  # a first guess of the time to build one plan's stages
     allow, dirs = allowances(plans[0].model)
     with Session(testbed, "zmq", allow_models=allow, weights_dirs=dirs, timeout_s=120) as session:
-        for name, cands, known in contenders:
-            eprint(f"{model} {trace_name}: {name}")
-            run = AdaptiveRun(session, cands, scenario, options, known_link=known)  # type: ignore[arg-type]
-            run.start = run.best_plan(trace.at(0.0))
-            t0 = time.perf_counter()
-            run.preload(trace_lead_s=2.0 * per_plan_s * len(cands) + 2.0)  # the run starts at the trace's start
-            per_plan_s = (time.perf_counter() - t0) / len(cands)
-            res = run.run(x)
-            run.release()
-            s = res.summary()
-            results[name] = (s, res)
-            rows.append(
-                {
-                    "contender": name,
-                    "latency_ms_p50": round(s["latency_ms_p50"], 1),
-                    "latency_ms_p95": round(s["latency_ms_p95"], 1),
-                    "throughput_ips": round(s["throughput_ips"], 2),
-                    "items": s["items"],
-                    "switches": s["switches"],
-                    "items_per_plan": " ".join(f"{k}:{v}" for k, v in s["items_per_plan"].items()),
-                    "trace_offset_s": round(res.trace_offset_s, 3),
-                }
-            )
+        for repeat in range(args.repeats):
+            # each repeat in another order, so that a slow spell of the machine does not hit one contender only
+            for name, cands, known in contenders[repeat % len(contenders) :] + contenders[: repeat % len(contenders)]:
+                eprint(f"{model} {trace_name}: {name} (repeat {repeat + 1}/{args.repeats})")
+                run = AdaptiveRun(session, cands, scenario, options, known_link=known)  # type: ignore[arg-type]
+                run.start = run.best_plan(trace.at(0.0))
+                t0 = time.perf_counter()
+                run.preload(trace_lead_s=2.0 * per_plan_s * len(cands) + 2.0)  # the run starts at the trace's start
+                per_plan_s = (time.perf_counter() - t0) / len(cands)
+                res = run.run(x)
+                run.release()
+                s = res.summary()
+                results[name].append((s, res))
+                rows.append(
+                    {
+                        "contender": name,
+                        "repeat": repeat + 1,
+                        "latency_ms_p50": round(s["latency_ms_p50"], 1),
+                        "latency_ms_p95": round(s["latency_ms_p95"], 1),
+                        "throughput_ips": round(s["throughput_ips"], 2),
+                        "items": s["items"],
+                        "switches": s["switches"],
+                        "items_per_plan": " ".join(f"{k}:{v}" for k, v in s["items_per_plan"].items()),
+                        "trace_offset_s": round(res.trace_offset_s, 3),
+                    }
+                )
+    rows.sort(key=lambda r: ([n for n, _, _ in contenders].index(r["contender"]), r["repeat"]))
     render(rows, "table", list(rows[0]), title=f"{model} on {trace_name}")
     for objective in ("latency", "throughput") if args.objective == "knee" else (args.objective,):
-        static = {n: objective_value(results[n][0], objective) for n, _, _ in contenders[: len(plans)]}
+        value = {n: statistics.median(objective_value(s, objective) for s, _ in results[n]) for n in results}
+        static = {n: value[n] for n, _, _ in contenders[: len(plans)]}
         best = max(static, key=static.get)  # type: ignore[arg-type]
-        adaptive, oracle = (objective_value(results[n][0], objective) for n in ("adaptive", "oracle"))
+        adaptive, oracle = value["adaptive"], value["oracle"]
         what = "1 / latency p95" if objective == "latency" else "throughput"
         print(
             f"\nadaptive vs best static plan ({best}) on {what}: {adaptive / static[best] - 1:+.1%} "
             f"(target on the step trace: >= +20%); adaptive / oracle: {adaptive / oracle:.3f} (target: >= 0.90)"
         )
-    s, res = results["adaptive"]
+    s, res = results["adaptive"][-1]
     ms = lambda v: "-" if v is None else f"{v:.3g}"
     print(
-        f"switching costs (adaptive): {s['switches']} switches, decide {ms(s['switch_decide_ms_median'])} ms median, "
-        f"drain {ms(s['switch_drain_ms_median'])} ms median, {s['switch_delayed_items']} items sent while the old "
-        f"plan drained; probes {s['probes']} ({s['probe_bytes']:,} bytes in {s['elapsed_s']:.0f} s)"
+        f"switching costs (adaptive, last repeat): {s['switches']} switches, "
+        f"decide {ms(s['switch_decide_ms_median'])} ms median, drain {ms(s['switch_drain_ms_median'])} ms median, "
+        f"{s['switch_delayed_items']} items sent while the old plan drained; "
+        f"probes {s['probes']} ({s['probe_bytes']:,} bytes in {s['elapsed_s']:.0f} s)"
     )
     if res.switches:
         render(
@@ -168,6 +178,7 @@ def main() -> None:
     parser.add_argument("--objective", default="throughput", choices=["latency", "throughput", "knee"])
     parser.add_argument("--seconds", type=float, default=None, help="Per contender [default: whole periods >= 40 s].")
     parser.add_argument("--hysteresis", type=float, default=0.15)
+    parser.add_argument("--repeats", type=int, default=1, help="Runs of every contender (medians compared).")
     parser.add_argument("--testbed", type=Path, default=ROOT / "testbed" / "local-pair.toml")
     parser.add_argument("--profiles", type=Path, default=Path("profiles"))
     parser.add_argument("--calibrations", type=Path, default=Path("calibrations"))
