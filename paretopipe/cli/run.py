@@ -100,16 +100,63 @@ def run_command(
     isolation: str = IsolationOption,
     secure: bool = SecureOption,
     insecure: bool = InsecureOption,
+    adaptive: list[Path] | None = typer.Option(
+        None,
+        "--adaptive",
+        metavar="PLANS",
+        help="Candidate plan files (or directories of them), repeatable: preload them all and switch "
+        "between them as the link changes (docs/running.md#adaptive-runs).",
+    ),
+    objective: str = typer.Option(
+        "throughput", "--objective", help="With --adaptive: latency, throughput or knee (what a switch improves)."
+    ),
+    duration: float = typer.Option(30.0, "--duration", min=0.1, help="With --adaptive: seconds to run items."),
+    hysteresis: float = typer.Option(
+        0.15, "--hysteresis", min=0, help="With --adaptive: how much better (fraction) a plan must be to switch to it."
+    ),
+    oracle: bool = typer.Option(
+        False, "--oracle", help="With --adaptive: decide on the network's real conditions instead of estimates."
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Run one plan for real on the testbed and print measured metrics next to predicted ones.
 
     Local testbeds start their workers themselves; for real devices start 'paretopipe worker'
-    on each first. Example: paretopipe run --plan plans/resnet18-wifi/c26-fast+slow.json --network wifi
+    on each first. With --adaptive, run a set of candidate plans and switch between them as the
+    link changes. Example: paretopipe run --plan plans/resnet18-wifi/c26-fast+slow.json --network wifi
     """
     from paretopipe.network.conditions import resolve_network
     from paretopipe.runtime.session import MeasureOptions, Session, preflight
     from paretopipe.sweep.rows import measurement_columns
+
+    if adaptive:
+        if plan is not None or model is not None:
+            raise UsageError("--adaptive takes the candidate plans: give no --plan or MODEL with it")
+        from paretopipe.cli.adaptive import run_adaptive
+
+        tb, scenarios = load_testbed_and_scenarios(testbed, networks)
+        preflight(tb, backend, isolation=isolation, secure=secure)
+        warn_exposure(tb, [backend], secure=secure, insecure=insecure)
+        run_adaptive(
+            adaptive,
+            testbed=tb,
+            scenario=resolve_network(network or "local", scenarios),
+            backend=backend,
+            objective=objective,
+            mode=mode,
+            duration_s=duration,
+            hysteresis=hysteresis,
+            window=window,
+            warmup=warmup,
+            timeout_s=timeout,
+            isolation=isolation,
+            secure=secure,
+            oracle=oracle,
+            fmt=fmt,
+        )
+        return
+    if oracle or objective != "throughput":
+        raise UsageError("--objective and --oracle go with --adaptive")
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")

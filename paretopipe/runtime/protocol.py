@@ -2,13 +2,18 @@
 
 Every message is a transport header (JSON) plus tensors. ``kind`` says what it is:
 
-- driver -> worker: ``setup`` (a :class:`StageSpec`), ``item`` (tensors to run), ``stats``
+- driver -> worker: ``setup`` (a :class:`StageSpec`; with ``preload`` the worker keeps the stages
+  it built before, so items of any of them run), ``item`` (tensors to run), ``stats``
   (report and reset per-item timings), ``release`` (drop the stage), ``ping``, ``stop``.
 - worker -> driver: ``ready``, ``stats``, ``released``, ``pong``, ``error``.
 - worker -> next worker or driver: ``item`` / ``result`` with the stage's output tensors.
 
 Every item-carrying message names the configuration it belongs to, so items left over from an
-earlier configuration (after a timeout, say) are recognised and dropped.
+earlier configuration (after a timeout, say) are recognised and dropped. An item that carries
+``stamps`` gets each stage's receive and done times and how long it had waited for the item
+appended on its way (adaptive runs estimate
+the links from them); a ``pong`` carries the worker's clock (``clock_ns``) and how long the worker
+had been waiting when it took the ping (``waited_ns``).
 
 Whoever reaches a worker's port can send these messages, so every field a worker reads is checked
 against a bound here (:func:`check_control`, :meth:`StageSpec.from_header`): a wrong type is a
@@ -59,7 +64,7 @@ _CONTROL_FIELDS = {
     RELEASE: {"kind"},
     PING: {"kind", "nonce"},
     STOP: {"kind"},
-    SETUP: {"kind", "spec"},
+    SETUP: {"kind", "spec", "preload"},  # preload: keep the stages built before (adaptive runs)
 }
 
 
@@ -145,8 +150,9 @@ def check_control(kind: str, header: Mapping[str, Any]) -> None:
     unknown = sorted(set(header) - allowed)
     if unknown:
         raise FrameError(f"{kind} message has unknown field(s) {unknown[:5]}")
-    if "reset" in header and not isinstance(header["reset"], bool):
-        raise FrameError(f"stats reset is {header['reset']!r}, expected true or false")
+    for flag in ("reset", "preload"):
+        if flag in header and not isinstance(header[flag], bool):
+            raise FrameError(f"{kind} {flag} is {header[flag]!r}, expected true or false")
     if "nonce" in header:
         _name(header["nonce"], "nonce")
 
@@ -158,6 +164,20 @@ def check_item(header: Mapping[str, Any]) -> None:
         _name(config, "config")
     if type(item) is not int or not -_INT64 <= item < _INT64:
         raise FrameError(f"item id {item!r} is not a 64-bit integer")
+    if "stamps" in header:
+        check_stamps(header["stamps"])
+
+
+def check_stamps(stamps: Any) -> list[list[int]]:
+    """An item's per-stage ``[received_ns, done_ns, waited_ns]`` (the first two on its stage's
+    clock; how long the stage had been waiting for the item when it took it), as adaptive runs ask
+    for them. Raises FrameError."""
+    if not isinstance(stamps, list) or len(stamps) >= MAX_STAGES:
+        raise FrameError(f"item stamps are not a list of at most {MAX_STAGES - 1} entries")
+    for entry in stamps:
+        if not (isinstance(entry, list) and len(entry) == 3 and all(type(t) is int and 0 <= t < _INT64 for t in entry)):
+            raise FrameError(f"item stamp {str(entry)[:60]!r} is not three non-negative 64-bit integers")
+    return stamps
 
 
 # ---- field checks ----------------------------------------------------------------------------------

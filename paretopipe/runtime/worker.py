@@ -69,7 +69,9 @@ class Worker:
         self.alive = alive or (lambda: True)
         self.poll_s = poll_s
         self.stage: _Stage | None = None
+        self.preloaded: dict[str, _Stage] = {}  # stages kept by setups with "preload" (adaptive runs)
         self.stale_items = 0
+        self._free_ns = 0  # when the last item was handed on: the worker waits for the next from then
 
     def serve(self) -> None:
         """The worker loop; returns after ``stop`` or when ``alive()`` turns False."""
@@ -121,11 +123,19 @@ class Worker:
         elif kind == P.STATS:
             self._send_stats(msg)
         elif kind == P.RELEASE:
-            self.stage = None
+            self.stage, self.preloaded = None, {}
             self.sender.submit(DRIVER, {"kind": P.RELEASED, "device": self.device})
         elif kind == P.PING:
             self.sender.submit(
-                DRIVER, {"kind": P.PONG, "device": self.device, "nonce": msg.header.get("nonce"), "pid": os.getpid()}
+                DRIVER,
+                {
+                    "kind": P.PONG,
+                    "device": self.device,
+                    "nonce": msg.header.get("nonce"),
+                    "pid": os.getpid(),
+                    "clock_ns": (now := time.perf_counter_ns()),
+                    "waited_ns": now - min(now, self._free_ns),  # small: the ping waited behind an item
+                },
             )
         elif kind == P.STOP:
             return False
@@ -139,12 +149,16 @@ class Worker:
         if unknown:
             raise Refused("out-of-bounds", f"setup names peers {unknown} that this worker does not know")
         self.stage = None
+        if not msg.header.get("preload"):
+            self.preloaded = {}
         t0 = time.perf_counter_ns()
         if spec.threads:
             torch.set_num_threads(spec.threads)
         module = self.build(spec)
         self.transport.set_shaping({p: condition_from_dict(c) for p, c in spec.shaping.items()})
         self.stage = _Stage(spec, module)
+        if msg.header.get("preload"):
+            self.preloaded[spec.config] = self.stage
         build_ms = (time.perf_counter_ns() - t0) / 1e6
         self.sender.submit(
             DRIVER,
@@ -162,8 +176,10 @@ class Worker:
     def _run_item(self, msg: Message) -> None:
         stage = self.stage
         if stage is None or msg.header.get("config") != stage.spec.config:
-            self.stale_items += 1
-            return
+            stage = self.preloaded.get(msg.header.get("config"))  # type: ignore[arg-type]
+            if stage is None:
+                self.stale_items += 1
+                return
         got = time.perf_counter_ns()
         cpu0 = time.thread_time_ns()
         if stage.last_done_ns is not None:
@@ -190,8 +206,10 @@ class Worker:
             "item": msg.header.get("item"),
             "values": structure,
         }
+        if "stamps" in msg.header:  # an adaptive run times the links from these (protocol.check_stamps)
+            header["stamps"] = [*msg.header["stamps"], [got, done, got - min(got, self._free_ns)]]
         self.sender.submit(stage.spec.next_peer, header, tensors, timed=True)
-        stage.last_done_ns = time.perf_counter_ns()
+        stage.last_done_ns = self._free_ns = time.perf_counter_ns()
 
     def _send_stats(self, msg: Message) -> None:
         stage = self.stage

@@ -37,6 +37,7 @@ class PlanBreakdown:
     links: tuple[LinkCost, ...]  # driver->stage 0, stage k->k+1 ..., last->driver
     latency_ms: float
     bottleneck_ms: float
+    cycle_bottleneck_ms: float  # the bottleneck of the stages alone (their cycles, shared CPUs), links left out
     throughput_ips: float
     bytes_per_item: float
     peak_mem_bytes: float
@@ -54,6 +55,7 @@ class PlanBreakdown:
             "links": [vars(link).copy() for link in self.links],
             "latency_ms": self.latency_ms,
             "bottleneck_ms": self.bottleneck_ms,
+            "cycle_bottleneck_ms": self.cycle_bottleneck_ms,
             "throughput_ips": self.throughput_ips,
             "bytes_per_item": self.bytes_per_item,
             "peak_mem_bytes": self.peak_mem_bytes,
@@ -96,7 +98,8 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
         sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)
         for g in {int(inst.device_cpu_group[d]) for d in plan.devices}
     ]  # devices on one CPU take turns
-    bottleneck = max(max(cycle), max(shared), max(link.busy_ms for link in links))
+    cycle_bottleneck = max(max(cycle), max(shared))
+    bottleneck = max(cycle_bottleneck, max(link.busy_ms for link in links))
     feasible = all(m <= inst.device_mem_bytes[d] for m, d in zip(stage_mem, plan.devices))
     return PlanBreakdown(
         plan=plan,
@@ -108,6 +111,7 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
         links=links,
         latency_ms=latency,
         bottleneck_ms=bottleneck,
+        cycle_bottleneck_ms=cycle_bottleneck,
         throughput_ips=float(_throughput(inst, bottleneck, latency)),
         bytes_per_item=sum(sizes[1:-1]) / inst.batch_size,
         peak_mem_bytes=max(stage_mem),

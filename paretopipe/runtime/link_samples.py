@@ -1,0 +1,129 @@
+"""Timed transfers for the link estimate: from the stamps items carry, and from probes.
+
+An item of an adaptive run carries, per stage, when the stage received it, when it was done and
+how long it had waited for it (:func:`~paretopipe.runtime.protocol.check_stamps`). With the
+driver's own send and receive times, every hop of the item that crosses a link between two places
+(devices; the driver counts as the device it shares a host with) gives one transfer: from when the
+message could leave (when it was sent, or when the link was free of the message before it) to when
+the receiver took it. A hop that reached a busy stage is left out (it waited there, not on the
+link). A probe is a ping carrying a payload, answered by a pong that says when the worker took it:
+the payload out and the pong back are two more transfers. Stamps of workers on other hosts are
+put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md (adaptive runs).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+
+from paretopipe.runtime import protocol as P
+from paretopipe.runtime.link_estimate import LinkEstimator
+from paretopipe.testbed import DRIVER
+from paretopipe_backends.base import Message
+
+Pair = tuple[str, str]  # two places, sorted
+BUSY_NS = 200_000  # a stage that had waited less than this for an item was busy when it arrived
+PONG_NBYTES = 256  # about what a pong (or a ping's header) is on the wire
+
+__all__ = ["BUSY_NS", "LinkSampler", "Pair"]
+
+
+class LinkSampler:
+    """Feeds ``estimator`` with the transfers of stamped items and of probes.
+
+    ``place`` maps an endpoint name to its place (the driver to its device). ``probe_nbytes`` and
+    ``probe_every_s``: the payload of a probe and how often a link is probed at most.
+    """
+
+    def __init__(
+        self, estimator: LinkEstimator, place: Callable[[str], str], probe_nbytes: int, probe_every_s: float
+    ) -> None:
+        self.estimator = estimator
+        self.place = place
+        self.probe_nbytes = probe_nbytes
+        self.probe_every_s = probe_every_s
+        self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
+        self.probes_sent = 0
+        self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
+        self._probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
+        self._last_probe_s: dict[str, float] = {}
+
+    def pair(self, src: str, dst: str) -> Pair | None:
+        """The link between the places of ``src`` and ``dst``; None when they are one place."""
+        a, b = self.place(src), self.place(dst)
+        return None if a == b else (min(a, b), max(a, b))
+
+    def _driver_clock(self, device: str, t_ns: int) -> int:
+        return t_ns - self.offset_ns.get(device, 0)
+
+    def item(
+        self, plan: int, devices: Sequence[str], hop_nbytes: Sequence[float], t0_ns: int, msg: Message, start_ns: int
+    ) -> None:
+        """One transfer per link-crossing hop of an item of ``plan`` (an index) that ran on
+        ``devices``, sent at ``t0_ns``; its result is ``msg``. Times in samples: s since ``start_ns``."""
+        stamps = msg.header.get("stamps")
+        if not isinstance(stamps, list) or len(stamps) != len(devices):
+            return
+        try:
+            marks = P.check_stamps(stamps)
+        except Exception:
+            return
+        route = [DRIVER, *devices, DRIVER]
+        sent = [t0_ns, *(self._driver_clock(d, marks[k][1]) for k, d in enumerate(devices))]
+        got = [*(self._driver_clock(d, marks[k][0]) for k, d in enumerate(devices)), msg.recv_ns]
+        prev = self._previous.get(plan)
+        self._previous[plan] = (sent, got)
+        for j, nbytes in enumerate(hop_nbytes):
+            pair = self.pair(route[j], route[j + 1])
+            if pair is None or (j < len(devices) and marks[j][2] < BUSY_NS):
+                continue  # one place, or the stage was busy when the item arrived: it waited there
+            t_s = (got[j] - start_ns) / 1e9
+            leave = sent[j]
+            if prev is not None:  # a message sent before the previous one arrived left when the link was free
+                last = self.estimator.estimate(pair, t_s)
+                delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)
+                leave = max(leave, prev[1][j] - delay_ns)
+            self.estimator.add(pair, t_s, nbytes, (got[j] - leave) / 1e6)
+
+    def probes_due(self, t_s: float, pairs: Iterable[Pair]) -> list[tuple[str, str]]:
+        """``(device, nonce)`` of the probes to send now: to the other end of each of ``pairs`` the
+        driver's place is on, that carried nothing for ``probe_every_s`` or only sizes too close to
+        tell delay from bandwidth, and has no probe on its way."""
+        here = self.place(DRIVER)
+        due = []
+        for pair in pairs:
+            device = pair[0] if pair[1] == here else pair[1]
+            if here not in pair or any(d == device for d, _ in self._probes.values()):
+                continue
+            last = self.estimator.last_sample_s(pair)
+            est = self.estimator.estimate(pair, t_s)
+            quiet = last is None or t_s - last >= self.probe_every_s
+            narrow = est is not None and not est.spread
+            if not (quiet or (narrow and t_s - self._last_probe_s.get(device, -1e9) >= self.probe_every_s)):
+                continue
+            self._last_probe_s[device] = t_s
+            nonce = uuid.uuid4().hex[:8]
+            due.append((device, nonce))
+        return due
+
+    def probe_sent(self, device: str, nonce: str, t_ns: int) -> None:
+        """Record a probe handed to the transport at ``t_ns``."""
+        self._probes[nonce] = (device, t_ns)
+        self.probes_sent += 1
+
+    def probe_back(self, msg: Message, start_ns: int) -> None:
+        """The transfers of the probe ``msg`` (a pong) answers: its payload out, the pong back."""
+        entry = self._probes.pop(str(msg.header.get("nonce")), None)
+        clock = msg.header.get("clock_ns")
+        if entry is None or not isinstance(clock, int):
+            return
+        device, a0 = entry
+        pair = self.pair(DRIVER, device)
+        if pair is None:
+            return
+        w = self._driver_clock(device, clock)
+        t_s = (msg.recv_ns - start_ns) / 1e9
+        waited = msg.header.get("waited_ns")
+        if isinstance(waited, int) and waited >= BUSY_NS:  # else the ping waited behind an item
+            self.estimator.add(pair, t_s, self.probe_nbytes + PONG_NBYTES, (w - a0) / 1e6)
+        self.estimator.add(pair, t_s, PONG_NBYTES, (msg.recv_ns - w) / 1e6)

@@ -1,0 +1,241 @@
+"""Adaptive runs: candidates preloaded, switches under load lose and repeat no item, a worker that
+dies mid-switch fails the run cleanly, bad input is one line; the link estimator and the chooser
+on numbers whose answer is known."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from paretopipe.errors import UsageError, WorkerError
+from paretopipe.network.conditions import LinkCondition, Scenario
+from paretopipe.plan.costmodel.relink import PlanTerms
+from paretopipe.plan.plan_file import Plan, PlanCut
+from paretopipe.runtime.adaptive import AdaptiveOptions, AdaptiveRun
+from paretopipe.runtime.link_estimate import LinkEstimator
+from paretopipe.runtime.switching import PlanChooser
+from paretopipe.testbed import load_testbed
+
+ROOT = Path(__file__).resolve().parents[1]
+SLEEPY = {
+    "name": "tests.fixtures.pipeline_models:sleepy",
+    "input_shape": [8],
+    "source": "factory",
+    "seed": 0,
+    "leaf_modules": ["Sleep"],
+}
+FAST, SLOW = LinkCondition(10e9, 0.5), LinkCondition(1e6, 50.0)
+
+
+def _plan(cut: int, devices: tuple[str, str], cut_nbytes: float) -> Plan:
+    """A two-stage plan of the sleepy model with made-up predictions: 25 ms per sleep."""
+    stage_ms = [25.0 * (cut + 1), 25.0 * (3 - cut)]
+    hops = [("driver", devices[0], 32.0), (devices[0], devices[1], cut_nbytes), (devices[1], "driver", 32.0)]
+    links = [{"src": s, "dst": t, "nbytes": n, "busy_ms": 0.0, "transfer_ms": 0.0} for s, t, n in hops]
+    predicted = {
+        "links": links,
+        "stage_ms": stage_ms,
+        "latency_ms": sum(stage_ms),
+        "bottleneck_ms": max(stage_ms),
+        "cycle_bottleneck_ms": max(stage_ms),
+        "window": None,
+    }
+    plan_links = [{"src": s, "dst": t, "condition": LinkCondition().to_dict()} for s, t, _ in hops]
+    return Plan(
+        model=SLEEPY,
+        batch_size=1,
+        cuts=(PlanCut(cut, f"steps_{cut}"),),
+        devices=devices,
+        links=tuple(plan_links),
+        predicted=predicted,
+    )
+
+
+# Latency: under FAST both plans are about as good (the 1 MB cut costs 0.8 ms), under SLOW the
+# second is far better. Throughput: the first is better under FAST (50 ms stages, not 75 ms),
+# the second under SLOW (the 1 MB cut takes 8 s).
+PLANS = [_plan(1, ("a", "b"), 1e6), _plan(2, ("a", "b"), 100.0)]
+
+
+def test_estimator_separates_delay_from_bandwidth_ignores_queueing_and_follows_a_step():
+    est = LinkEstimator(recent=3)
+    transfer = lambda nbytes, bw, delay: delay + nbytes * 8 / bw * 1e3
+    for i in range(20):
+        for nbytes in (1_000, 100_000):
+            queued_ms = 30.0 if i % 3 else 0.0  # two messages in three waited behind others
+            est.add("l", i * 0.1, nbytes, transfer(nbytes, 10e6, 5.0) + queued_ms)
+    got = est.estimate("l", 2.0)
+    assert got is not None and got.spread and got.sizes == 2
+    assert (got.delay_ms, got.bandwidth_bps) == pytest.approx((5.0, 10e6))
+    for i in range(3):  # the link gets slower: three messages of each size later, the estimate follows
+        for nbytes in (1_000, 100_000):
+            est.add("l", 2.1 + i * 0.1, nbytes, transfer(nbytes, 2e6, 100.0))
+    got = est.estimate("l", 2.4)
+    assert (got.delay_ms, got.bandwidth_bps) == pytest.approx((100.0, 2e6))
+
+
+def test_estimator_keeps_the_delay_when_sizes_are_too_close():
+    est = LinkEstimator(recent=3)
+    est.add("l", 0.0, 1_000, 5.8)
+    est.add("l", 0.0, 100_000, 85.0)
+    assert est.estimate("l", 0.0).delay_ms == pytest.approx(5.0, abs=0.01)
+    est = LinkEstimator(recent=1, horizon_s=1.0)
+    est.add("l", 0.0, 1_000, 5.8)
+    est.add("l", 0.0, 100_000, 85.0)
+    est.estimate("l", 0.0)
+    est.add("l", 5.0, 4_000, 11.4)  # only one size lately: delay kept, bandwidth fitted to it
+    got = est.estimate("l", 5.0)
+    assert not got.spread and got.delay_ms == pytest.approx(5.0, abs=0.01)
+    assert got.bandwidth_bps == pytest.approx(4_000 * 8 / 6.4e-3, rel=0.01)
+
+
+def test_chooser_holds_then_switches_and_does_not_flap():
+    terms = [PlanTerms.from_plan(p.id, p.predicted, p.links, 1) for p in PLANS]
+    chooser = PlanChooser(terms, "latency", hysteresis=0.1, hold_s=0.5, min_dwell_s=2.0)
+    slow = {(h.src, h.dst): SLOW for t in terms for h in t.hops}
+    fast = {k: FAST for k in slow}
+    assert chooser.consider(0.0, 0, fast) is None  # as good: stay
+    assert chooser.consider(1.0, 0, slow) is None  # better, but not for hold_s yet
+    proposal = chooser.consider(1.6, 0, slow)
+    assert proposal is not None and proposal.index == 1 and proposal.gain > 0.1
+    chooser.switched(1.6)
+    assert chooser.consider(1.7, 1, fast) is None  # no better on FAST: stays on plan 1
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(UsageError, match="unknown objective 'speed'"):
+        PlanChooser([PlanTerms.from_plan("p", PLANS[0].predicted, PLANS[0].links, 1)], "speed")
+    with pytest.raises(UsageError, match="no predictions"):
+        PlanTerms.from_plan("c1-a+b", {}, [], 1)
+    with pytest.raises(UsageError, match="unknown mode"):
+        AdaptiveOptions(mode="both")
+
+
+def _flipping(period_s: float):
+    """The oracle's link: FAST and SLOW in turn, every ``period_s``."""
+    return lambda t_s: SLOW if int(t_s / period_s) % 2 else FAST
+
+
+@pytest.mark.integration
+def test_switches_under_load_lose_and_repeat_no_item(tmp_path):
+    from paretopipe.runtime.session import Session
+    from tests.fixtures.testbeds import local_testbed, wait_workers_gone
+
+    tb_path = local_testbed(tmp_path)
+    opts = AdaptiveOptions(
+        objective="throughput", mode="throughput", window=4, duration_s=3.0, hold_s=0.0, min_dwell_s=0.0, warmup=1
+    )
+    with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"], timeout_s=10) as s:
+        run = AdaptiveRun(s, PLANS, Scenario("local", LinkCondition()), opts, known_link=_flipping(0.5))
+        run.preload()
+        res = run.run([__import__("torch").zeros(1, 8)])
+    ids = sorted(r.item for r in res.items)
+    assert ids == list(range(res.sent))  # every item sent came back exactly once
+    assert len(res.switches) >= 3
+    assert {r.plan for r in res.items} == {p.id for p in PLANS}
+    assert any(sw.in_flight > 0 for sw in res.switches)  # switched with items in flight on the old plan
+    assert not wait_workers_gone(tb_path)
+
+
+@pytest.mark.integration
+def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
+    from paretopipe.runtime.session import Session
+    from tests.fixtures.testbeds import local_testbed, wait_workers_gone
+
+    tb_path = local_testbed(tmp_path)
+    opts = AdaptiveOptions(
+        objective="throughput", mode="throughput", window=4, duration_s=20.0, hold_s=0.0, min_dwell_s=0.0
+    )
+    with pytest.raises(WorkerError, match="worker 'b'.*SIGKILL"):
+        with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"], timeout_s=10) as s:
+            pid = s.workers.pids()["b"]
+            kill = lambda sw: os.kill(pid, signal.SIGKILL)  # at the first switch
+            run = AdaptiveRun(s, PLANS, Scenario("local", LinkCondition()), opts, known_link=_flipping(0.5))
+            run.on_switch = kill
+            run.preload()
+            run.run([__import__("torch").zeros(1, 8)])
+    assert not wait_workers_gone(tb_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--adaptive", "nowhere.json"], "nowhere.json"),
+        (["--adaptive", "x.json", "--objective", "speed"], "unknown objective 'speed'"),
+        (["--adaptive", "x.json", "--plan", "x.json"], "--adaptive takes the candidate plans"),
+        (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from paretopipe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", *args, "--testbed", str(ROOT / "testbed" / "local-pair.toml")])
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and message in result.stderr and "Traceback" not in result.output
+
+
+def test_cli_plans_without_predictions_are_refused_before_workers_start(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from paretopipe.cli import app
+    from paretopipe.plan.plan_file import save_plan
+
+    monkeypatch.chdir(tmp_path)
+    save_plan(Plan(model=SLEEPY, batch_size=1, cuts=(PlanCut(1, "steps_1"),), devices=("fast", "slow")), "p/a.json")
+    result = CliRunner().invoke(app, ["run", "--adaptive", "p", "--testbed", str(ROOT / "testbed" / "local-pair.toml")])
+    assert result.exit_code != 0 and "has no predictions" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_sampler_times_the_hops_that_cross_a_link_and_skips_busy_stages():
+    from paretopipe.runtime.link_samples import LinkSampler
+    from paretopipe_backends.base import Message
+
+    got: list[tuple] = []
+
+    class Recorder(LinkEstimator):
+        def add(self, link, t_s, nbytes, transfer_ms):
+            got.append((link, nbytes, round(transfer_ms, 3)))
+
+    place = lambda name: "fast" if name == "driver" else name  # the driver shares fast's host
+    sampler = LinkSampler(Recorder(), place, 16384, 0.5)
+    ms = 1_000_000
+    # driver sends at 0; fast takes it at 1 ms (idle 5 ms), done at 11; slow takes it at 31 (idle),
+    # done at 51; the driver has the result at 60 ms.
+    stamps = [[1 * ms, 11 * ms, 5 * ms], [31 * ms, 51 * ms, 9 * ms]]
+    msg = Message("slow", {"kind": "result", "stamps": stamps}, [], 60 * ms)
+    sampler.item(0, ["fast", "slow"], [600_000.0, 50_000.0, 4_000.0], 0, msg, 0)
+    assert got == [(("fast", "slow"), 50_000.0, 20.0), (("fast", "slow"), 4_000.0, 9.0)]
+    got.clear()
+    busy = [[1 * ms, 11 * ms, 5 * ms], [31 * ms, 51 * ms, 10_000]]  # slow took it 10 us after its last one
+    sampler.item(
+        1, ["fast", "slow"], [600_000.0, 50_000.0, 4_000.0], 0, Message("slow", {"stamps": busy}, [], 60 * ms), 0
+    )
+    assert got == [(("fast", "slow"), 4_000.0, 9.0)]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"kind": "setup", "spec": {}, "preload": "yes"}, "setup preload is 'yes'"),
+        ({"kind": "item", "item": 1, "stamps": [[1, 2]]}, "is not three non-negative"),
+        ({"kind": "item", "item": 1, "stamps": "now"}, "item stamps are not a list"),
+        ({"kind": "item", "item": 1, "stamps": [[1, 2, -3]]}, "is not three non-negative"),
+    ],
+)
+def test_workers_refuse_malformed_preload_and_stamps(header, message):
+    from paretopipe.errors import FrameError
+    from paretopipe.runtime import protocol as P
+
+    with pytest.raises(FrameError, match=message):
+        if header["kind"] == "item":
+            P.check_item(header)
+        else:
+            P.check_control("setup", header)
