@@ -119,18 +119,18 @@ def _tensor_to_buffer(index: int, tensor: torch.Tensor, threshold: int) -> tuple
     wire = _WIRE_NAME.get(tensor.dtype)
     if wire is None:
         raise TransportError(f"tensor #{index} has dtype {tensor.dtype}, which cannot be sent", _allowed_hint())
-    t = tensor.detach()
+    t = tensor.detach() if tensor.requires_grad else tensor
     if t.device.type != "cpu":
         t = t.cpu()
     if not t.is_contiguous():
         t = t.contiguous()
     nbytes = t.nbytes
+    descriptor = {"dtype": wire, "shape": list(t.shape), "nbytes": nbytes}
     if nbytes == 0:
-        return {"dtype": wire, "shape": list(t.shape), "nbytes": 0}, b""
+        return descriptor, b""
     # numpy exposes the tensor's memory as a buffer; bfloat16, which numpy lacks, as int16.
-    raw = (t.view(torch.int16) if wire == "bfloat16" else t).numpy().data.cast("B")
-    buffer: bytes | memoryview = raw if nbytes >= threshold else raw.tobytes()
-    return {"dtype": wire, "shape": list(t.shape), "nbytes": nbytes}, buffer
+    array = (t.view(torch.int16) if wire == "bfloat16" else t).numpy()
+    return descriptor, (array.data.cast("B") if nbytes >= threshold else array.tobytes())
 
 
 def frames_nbytes(frames: Sequence[Buffer]) -> int:
@@ -253,12 +253,11 @@ def _check_envelope(
             f"protocol version {version!r}, expected {PROTOCOL_VERSION}",
             "run the same paretopipe version on every device",
         )
-    unknown = sorted(set(envelope) - _ENVELOPE_FIELDS)
-    if unknown:
-        raise FrameError(f"unknown envelope field(s) {unknown}")
-    missing = sorted(_ENVELOPE_FIELDS - set(envelope))
-    if missing:
-        raise FrameError(f"envelope lacks field(s) {missing}")
+    if envelope.keys() != _ENVELOPE_FIELDS:
+        unknown = sorted(set(envelope) - _ENVELOPE_FIELDS)
+        if unknown:
+            raise FrameError(f"unknown envelope field(s) {unknown}")
+        raise FrameError(f"envelope lacks field(s) {sorted(_ENVELOPE_FIELDS - set(envelope))}")
     src, header, specs = envelope["src"], envelope["header"], envelope["tensors"]
     if not isinstance(src, str):
         raise FrameError(f"src is {src!r}, expected a string")
@@ -277,7 +276,7 @@ def _check_descriptor(index: int, spec: Any) -> tuple[torch.dtype, list[int], in
     where = f"tensor #{index}"
     if not isinstance(spec, dict):
         raise FrameError(f"{where}: descriptor is a JSON {type(spec).__name__}, expected an object")
-    if set(spec) != _TENSOR_FIELDS:
+    if spec.keys() != _TENSOR_FIELDS:
         raise FrameError(f"{where}: descriptor fields {sorted(spec)}, expected {sorted(_TENSOR_FIELDS)}")
     wire, shape, nbytes = spec["dtype"], spec["shape"], spec["nbytes"]
     dtype = ALLOWED_DTYPES.get(wire) if isinstance(wire, str) else None
