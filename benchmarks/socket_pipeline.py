@@ -205,7 +205,12 @@ class _Stage:
 
     def _run(self, cmd: dict[str, Any]) -> dict[str, Any]:
         items, warmup = int(cmd["items"]), int(cmd["warmup"])
-        return self._produce(items + warmup, warmup) if self.k == 0 else self._consume(items + warmup, warmup)
+        try:
+            return self._produce(items + warmup, warmup) if self.k == 0 else self._consume(items + warmup, warmup)
+        except BaseException:
+            if self.sock is not None:  # so that the other stage fails too instead of waiting for us
+                self.sock.close()
+            raise
 
     def _produce(self, total: int, warmup: int) -> dict[str, Any]:
         torch, sock = self.torch, self.sock
