@@ -10,9 +10,15 @@ the codec bounds the whole message. Malformed messages are dropped, counted and 
 ``recv`` keeps waiting. With ``options.curve`` the PULL socket is a CURVE server that accepts only
 allow-listed client keys, and a message's claimed ``src`` must match the name of the key it used.
 
-Threading: see :mod:`paretopipe_backends.base`. Every socket belongs to the context of its transport; a
-``send`` or ``recv`` waits in ``zmq_poll`` together with a wake-up pipe, so :meth:`close` from any
-thread interrupts them promptly.
+Per message, only what the transport needs: ``recv`` is one blocking ``zmq_recv`` (its timeout is
+the socket's ``ZMQ_RCVTIMEO``), without a poll or a failed non-blocking attempt before it; frames
+below ``zero_copy_threshold_nbytes`` are sent as copies (no frame object to track), larger ones
+without a copy.
+
+Threading: see :mod:`paretopipe_backends.base`. Every socket belongs to the context of its
+transport. The PULL socket is also bound to a private ``inproc://`` address, where :meth:`close`
+sends an empty wake-up message, so a ``recv`` blocked in another thread returns promptly; a
+``send`` waiting for a peer waits in ``zmq_poll`` together with a wake-up pipe, for the same reason.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from paretopipe_backends.security import CurveAuthenticator, configure_client, c
 
 #: Longest wait, in seconds, for a thread blocked in send/recv to notice close().
 _CLOSE_WAIT_S = 5.0
+#: ZMQ_RCVTIMEO for "wait forever".
+_FOREVER_MS = -1
 
 
 def zmq_address(host: str, port: int | str) -> str:
@@ -53,7 +61,8 @@ class ZmqTransport(Transport):
         self._auth: CurveAuthenticator | None = None
         self._pull: zmq.Socket | None = None
         self._push: dict[str, zmq.Socket] = {}
-        self._recv_poller: zmq.Poller | None = None
+        self._wake_address = f"inproc://paretopipe-wake-{id(self):x}"
+        self._rcvtimeo_ms: int | None = None  # the PULL socket's ZMQ_RCVTIMEO, as last set
         self._send_locks = {peer: threading.Lock() for peer in self.peers}
         self._recv_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -120,9 +129,7 @@ class ZmqTransport(Transport):
                 raise TransportError(
                     f"cannot connect to peer {peer}: {exc}", "check the peer's host and port"
                 ) from None
-        self._recv_poller = zmq.Poller()
-        self._recv_poller.register(pull, zmq.POLLIN)
-        self._recv_poller.register(self._wake_r, zmq.POLLIN)
+        pull.bind(self._wake_address)  # only close() sends here, from this process
         self._open_shapers(self._send_now)
         log.debug("%s: bound %s, peers %s", self.me.name, zmq_address(host, self.me.port), sorted(self.peers))
 
@@ -145,7 +152,7 @@ class ZmqTransport(Transport):
             for sock in [*self._push.values(), self._pull]:
                 if sock is not None:
                     sock.close(linger=linger_ms)
-            self._push, self._pull, self._recv_poller = {}, None, None
+            self._push, self._pull = {}, None
             if self._auth is not None:
                 self._stats.auth_denied = self._auth.denied
                 self._auth.stop()
@@ -161,10 +168,22 @@ class ZmqTransport(Transport):
                 lock.release()
 
     def _wake(self) -> None:
-        """Make every current and future poll of this transport return (the pipe stays readable)."""
-        if self._wake_w is not None and not self._woken:
-            self._woken = True
-            os.write(self._wake_w, b"x")
+        """Make every current and future poll of this transport return (the pipe stays readable),
+        and a blocked ``recv`` return (an empty message on the PULL socket's inproc address)."""
+        if self._wake_w is None or self._woken:
+            return
+        self._woken = True
+        os.write(self._wake_w, b"x")
+        if self._ctx is not None and self._pull is not None:
+            try:
+                waker = self._ctx.socket(zmq.PUSH)
+                try:
+                    waker.connect(self._wake_address)
+                    waker.send(b"", zmq.NOBLOCK)
+                finally:
+                    waker.close(linger=0)
+            except zmq.ZMQError as exc:  # the receive queue is full: recv returns with a message anyway
+                log.debug("%s: wake-up message not sent: %s", self.me.name, exc)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -215,12 +234,18 @@ class ZmqTransport(Transport):
         self._stats.bytes_sent += nbytes
 
     def _send_nowait(self, peer: str, frames: list) -> bool:
-        """One non-blocking attempt; the caller holds the peer's send lock."""
+        """One non-blocking attempt; the caller holds the peer's send lock.
+
+        The codec gives small frames as ``bytes`` (copied: cheaper than tracking a frame object)
+        and large ones as ``memoryview`` of the tensor (sent without a copy). A multipart message
+        is queued whole or not at all, so only the first frame can find the queue full."""
         sock = self._push.get(peer)
         if sock is None:
             raise TransportClosed(f"transport {self.me} closed before a message to {peer!r} went out")
+        last = len(frames) - 1
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            for i, frame in enumerate(frames):
+                sock.send(frame, _NOBLOCK_MORE if i < last else zmq.NOBLOCK, copy=isinstance(frame, bytes))
             return True
         except zmq.Again:
             return False
@@ -254,23 +279,25 @@ class ZmqTransport(Transport):
         if timeout_s is None:
             timeout_s = self.options.recv_timeout_s
         with self._recv_lock:
-            pull, poller = self._pull, self._recv_poller
-            if pull is None or poller is None or self._closed:
+            pull = self._pull
+            if pull is None or self._closed:
                 raise TransportClosed(f"transport {self.me} is {'closed' if self._closed else 'not started'}")
             deadline = None if timeout_s is None else time.perf_counter() + timeout_s
             while True:
-                # Take a waiting message without polling first: in a busy pipeline the next item
-                # is usually there, and the poll would cost a system call and a wake-up check.
+                # One blocking call (GIL released) whose timeout is the socket's: no poll before
+                # it, no failed attempt. A message already there is taken even after the deadline.
+                timeout_ms = _FOREVER_MS if deadline is None else _ms_until(deadline)
+                if timeout_ms != self._rcvtimeo_ms:
+                    pull.rcvtimeo = self._rcvtimeo_ms = timeout_ms
                 try:
-                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = pull.recv_multipart(copy=False)
                 except zmq.Again:
-                    events = dict(poller.poll(_poll_ms(deadline)))
-                    if self._wake_r in events:
+                    raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s") from None
+                except zmq.ZMQError as exc:
+                    if self._closed:
                         raise TransportClosed(f"transport {self.me} closed while receiving") from None
-                    if pull not in events and deadline is not None and time.perf_counter() >= deadline:
-                        raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s") from None
-                    continue  # a message is there, or readiness without one (seen with CURVE)
-                if self._closed:
+                    raise TransportError(f"{self.me.name}: receive failed: {exc}") from None
+                if self._closed:  # the wake-up message of close(), or one that raced with it
                     raise TransportClosed(f"transport {self.me} closed while receiving")
                 recv_ns = time.perf_counter_ns()
                 message = self._decode(frames, recv_ns)
@@ -312,9 +339,15 @@ def _user_id(frame: zmq.Frame) -> str | None:
 
 def _poll_ms(deadline: float | None) -> int | None:
     """Milliseconds until ``deadline`` for zmq_poll (None = wait forever)."""
-    if deadline is None:
-        return None
+    return None if deadline is None else _ms_until(deadline)
+
+
+def _ms_until(deadline: float) -> int:
+    """Whole milliseconds from now until ``deadline`` (perf_counter seconds), rounded up, >= 0."""
     return max(0, math.ceil((deadline - time.perf_counter()) * 1000))
+
+
+_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 
 __all__ = ["ZmqTransport", "zmq_address"]

@@ -1,49 +1,47 @@
-"""Pipeline throughput benchmark: measured pipelined throughput vs batch / max(stage compute).
+"""Pipeline throughput benchmark: every block cut against two bounds and a plain-socket floor.
 
-Run: ``python benchmarks/bench_pipeline.py`` (``--quick`` for a short run; ``--help`` for options).
+Run: ``python benchmarks/bench_pipeline.py`` (``--quick`` for a small subset; ``--help`` for options).
 
-For each model and batch size, on the local testbed (``testbed/local.toml``: device "fast" is CPU 0,
-"slow" is CPU 1 with kernels limited to 128-bit vectors; ``--testbed`` for another, e.g. one whose
-slow device has ``cpu_quota = 0.5``), network "local", over ZeroMQ, with 2-stage plans
-fast -> slow:
+For each model (mobilenet_v2, resnet18), batch size (1, 8), device order (fast -> slow and
+slow -> fast on ``testbed/local.toml``: "fast" is CPU 0, "slow" is CPU 1 with kernels limited to
+128-bit vectors) and every block cut of the model, a 2-stage plan over ZeroMQ, network "local",
+is measured three ways, one right after the other:
 
-1. *Balance by measurement.* A short throughput-mode run at every block cut of the model; the
-   balanced cut is the one with the smallest max(stage compute), the fastest cut the one with the
-   highest throughput (the plan a user would deploy; often the same cut).
-2. *Measure.* The balanced cut, the fastest cut if it differs, and one unbalanced cut (the block
-   cut a quarter of the way through the list) run in throughput mode ``--repeats`` times. In each run the bound is
-   ``batch / max(stage compute)``, stage compute being the mean per-item compute time each worker
-   reports for that same run (warm-up items left out), and the ratio is measured throughput /
-   bound. The mean, not the median: a stage that computes N items is busy for N times their mean,
-   so no pipeline can beat 1 / mean, while per-item times on a shared CPU are skewed to the right
-   (the median understates the stage's cost). ``ratio_p50`` shows the ratio against
-   the bound from medians (``tput_stage_compute_ms`` of ``Session.measure``) for comparison. The
-   table shows the median ratio over the repeats.
-3. *Explain.* ``cpu_bound_ips`` is a second bound from the same run: batch * min over stages of
-   (the device's CPU share / the CPU its worker process spent per item, compute plus receiving
-   and sending). ``of_cpu_bound`` near 1 means the pipeline runs its bottleneck device at full
-   capacity; a ratio well below it means the stage compute medians understate a device's cost
-   (per-message CPU, or a quota that lets short items run at full speed, see below).
+1. *Isolated.* Latency mode: one item in flight, so each stage computes alone on its device
+   (the other device idle). ``iso_ms`` is each stage's mean compute time per item there, and the
+   isolated bound is batch / max(iso_ms).
+2. *Pipelined.* Throughput mode: ``ips`` is the measured throughput; ``pipe_ms`` is each stage's
+   mean compute per item in that same run, and the pipelined bound is batch / max(pipe_ms).
+   ``eff_iso`` and ``eff_pipe`` are ``ips`` over each bound. The mean, not the median: a stage
+   that computes N items is busy for N times their mean, so no pipeline can beat 1 / mean.
+   A stage that computes slower while the other one runs (shared caches, memory bandwidth, the
+   driver beside the slow device) lowers ``eff_iso`` but not ``eff_pipe``.
+3. *Plain sockets* (:mod:`socket_pipeline`): the same plan as two processes set up like the
+   workers (CPUs, quota, instruction set, threads, allocator setting), stage 0 computing on
+   preloaded inputs and sending length-prefixed raw tensor bytes over TCP to stage 1; no
+   framework, no driver. ``socket_ips`` is its throughput, ``vs_socket`` = ips / socket_ips: the
+   floor the runtime should match, although it also carries each input to stage 0 and each
+   result back.
 
-The machine may be shared: CPU used by processes other than this benchmark and its workers
-(hypervisor steal included) is sampled every half second during each run, and a run whose
-busiest half second exceeds ``--max-other-cpu`` is discarded and repeated (at most
-``--retries`` times; the ``discarded`` column counts them). A short burst matters: another
-process taking half of a device's core for a second stalls a balanced pipeline for a second.
+Per-item CPU outside compute, in microseconds, from the pipelined run: ``handling_us``, each
+worker's computing thread on an item outside its forward pass (receive, checks, decode, encode,
+send; the ``handling_cpu_ns`` series workers report); ``overhead_us``, each worker process's
+CPU per item (all its threads, ZeroMQ's I/O thread included) minus its compute CPU per item;
+``driver_us``, the driver's CPU per item: its thread that sends items and takes results, and
+its whole process (ZeroMQ's and pyzmq's threads included, this benchmark's monitor left out).
 
-``--cfs-period-us`` changes the CFS bandwidth period of the workers' quota cgroups (devices with a
-``cpu_quota``) for the run
-(default: keep the launcher's, the shortest period that allows the kernel's 1 ms minimum quota,
-2 ms for 0.5 CPU). A quota lets a group run at full speed until its budget for the period is
-spent, then stops it until the period ends; with a period that is not much shorter than an
-item's compute time (try 10000), the stops tend to fall between items and a half-speed device's
-median compute time understates its cost (``wall/cpu`` in ``--details`` well below 2).
+The machine may be shared: CPU used by processes other than this benchmark, its workers and its
+socket pipeline (hypervisor steal included) is sampled every half second during each run, and a
+run whose busiest half second exceeds ``--max-other-cpu`` is discarded and repeated (at most
+``--retries`` times; ``discarded`` counts them). ``--cfs-period-us`` changes the CFS period of
+the workers' quota cgroups (devices with a ``cpu_quota``) for the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import sys
@@ -60,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psutil
 import results_file
 import torch
+from socket_pipeline import SocketPipeline
 
 from paretopipe.host.cgroups import find_controller
 from paretopipe.host.fingerprint import describe, fingerprint
@@ -67,47 +66,39 @@ from paretopipe.model.graph import ModelGraph, trace_spec
 from paretopipe.model.registry import ModelSpec, resolve_spec
 from paretopipe.network.conditions import load_scenarios, resolve_network
 from paretopipe.plan.plan_file import Plan, PlanCut
-from paretopipe.runtime.driver import StageStats
+from paretopipe.runtime.driver import StageStats, ThroughputResult
 from paretopipe.runtime.endpoints import render_testbed, with_free_ports
 from paretopipe.runtime.session import MeasureOptions, Session
-from paretopipe.testbed import load_testbed
+from paretopipe.testbed import Testbed, load_testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class Run:
-    """One throughput-mode measurement of one plan."""
+    """One plan measured isolated, pipelined and through plain sockets (times in ms)."""
 
     cut: int
+    iso_ms: list[float]  # mean compute per stage, latency mode
+    pipe_ms: list[float]  # mean compute per stage, throughput mode
     throughput_ips: float
-    compute_ms: list[float]  # mean per stage over the timed items (see the module docstring)
-    compute_p50_ms: list[float]  # median per stage, as Session.measure reports it
+    handling_us: list[float]  # median per stage
+    overhead_us: list[float]  # per stage: process CPU per item - compute CPU per item
+    driver_us: float  # the driver process
+    driver_thread_us: float  # its thread that sends items and receives results
     window: int
     items: int
-    other_cpu_pct: float  # mean over the run, % of one CPU
-    other_peak_pct: float  # busiest half second
+    other_peak_pct: float
     stats: list[StageStats] = field(default_factory=list)
     exact: bool | None = None
-    cpu_ms_per_item: list[float] = field(default_factory=list)  # each stage's process, throughput phase
-    cpu_share: list[float] = field(default_factory=list)  # CPUs each stage's device may use (quota)
+    socket_ips: float = float("nan")
+    socket_ms: list[float] = field(default_factory=list)
 
-    @property
-    def bottleneck_ms(self) -> float:
-        return max(self.compute_ms)
+    def eff_iso(self, batch: int) -> float:
+        return self.throughput_ips * max(self.iso_ms) / (batch * 1000.0)
 
-    def ratio(self, batch: int) -> float:
-        """Measured throughput / (batch / max(stage compute))."""
-        return self.throughput_ips * self.bottleneck_ms / (batch * 1000.0)
-
-    def ratio_p50(self, batch: int) -> float:
-        """Measured throughput / (batch / max(median stage compute))."""
-        return self.throughput_ips * max(self.compute_p50_ms) / (batch * 1000.0)
-
-    def cpu_bound_ips(self, batch: int) -> float:
-        """What the devices' CPUs allow: batch * min(share / CPU per item), all of each stage's
-        process counted (compute, receiving, sending)."""
-        return batch * 1000.0 * min(share / ms for share, ms in zip(self.cpu_share, self.cpu_ms_per_item))
+    def eff_pipe(self, batch: int) -> float:
+        return self.throughput_ips * max(self.pipe_ms) / (batch * 1000.0)
 
 
 class CpuMonitor:
@@ -124,6 +115,7 @@ class CpuMonitor:
         self.window_s = window_s
         self.ncpu = psutil.cpu_count() or 1
         self._stop = threading.Event()
+        self.thread_id: int | None = None  # the sampling thread's, to leave it out of our CPU time
 
     def _sample(self) -> tuple[float, float, float]:
         t = psutil.cpu_times()
@@ -135,6 +127,7 @@ class CpuMonitor:
         return max(0.0, 100.0 * (busy - (b[2] - a[2])) / wall) if wall > 0 else 0.0
 
     def _watch(self) -> None:
+        self.thread_id = threading.get_native_id()
         last = self._first
         while not self._stop.wait(self.window_s):
             now = self._sample()
@@ -154,14 +147,16 @@ class CpuMonitor:
         self.mean_pct = self._other_pct(self._first, self._sample())
 
 
-def _run_s(pid: int) -> float:
-    """Seconds every thread of ``pid`` has run (from /proc/PID/task/*/schedstat, in ns)."""
+def _run_s(pid: int, skip: int | None = None) -> float:
+    """Seconds every thread of ``pid`` (but ``skip``) has run (/proc/PID/task/*/schedstat, in ns)."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except FileNotFoundError:
         return 0.0
     for tid in tids:
+        if skip is not None and tid == str(skip):
+            continue
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 total += int(f.read().split()[0])
@@ -220,83 +215,91 @@ def prepare_testbed(path: Path, driver_cpus: str | None) -> tuple[Path, tempfile
 class PipelineBench:
     """Measures 2-stage plans over one session (network "local"), discarding disturbed runs."""
 
-    def __init__(self, session: Session, devices: tuple[str, str], args: argparse.Namespace) -> None:
+    def __init__(self, session: Session, args: argparse.Namespace) -> None:
         self.session = session
-        self.devices = devices
         self.args = args
         self.scenario = resolve_network("local", load_scenarios(None))
         self.discarded = 0
-        self._last_stats: list[StageStats] = []
-        stats = session.driver.stats
+        self.socket_pids: list[int] = []
+        self._stats: list[list[StageStats]] = []
+        self._cpu: dict[str, float] = {}
+        driver = session.driver
+        stats, throughput = driver.stats, driver.throughput
+        self.pids = session.workers.pids() if session.workers is not None else {}
+        self.monitor = CpuMonitor(lambda: [os.getpid(), *self.pids.values(), *self.socket_pids])
 
         def recording_stats() -> list[StageStats]:
-            self._last_stats = stats()
-            return self._last_stats
+            self._stats.append(stats())
+            return self._stats[-1]
 
-        session.driver.stats = recording_stats  # keep the raw per-item timings for --details
-        pids = session.workers.pids() if session.workers is not None else {}
-        self.monitor = CpuMonitor(lambda: [os.getpid(), *pids.values()])
-        self._phase_cpu_ms: list[float] = []
-        throughput = session.driver.throughput
-
-        def cpu_counting_throughput(inputs, items: int, warmup: int, window: int, batch_size: int):
-            before = [_run_s(pids[d]) if d in pids else float("nan") for d in devices]
-            result = throughput(inputs, items, warmup, window, batch_size)
-            after = [_run_s(pids[d]) if d in pids else float("nan") for d in devices]
-            self._phase_cpu_ms = [(a - b) * 1000.0 / (items + warmup) for a, b in zip(after, before)]
+        def cpu_counting_throughput(*a: Any, **kw: Any) -> ThroughputResult:
+            ours = lambda: (
+                {d: _run_s(pid) for d, pid in self.pids.items()}
+                | {"driver": _run_s(os.getpid(), self.monitor.thread_id)}
+            )
+            before = ours()
+            result = throughput(*a, **kw)
+            self._cpu = {k: v - before[k] for k, v in ours().items()}
+            self._cpu["driver_thread"] = result.cpu_s
             return result
 
-        session.driver.throughput = cpu_counting_throughput  # CPU per item of each stage's process
-        tb = session.testbed
-        self.shares = [
-            tb.device(d).cpu_quota or float(min(tb.device(d).threads, len(tb.device(d).cpus or [0]))) for d in devices
-        ]
+        driver.stats = recording_stats  # type: ignore[method-assign]  # per-item series of each mode
+        driver.throughput = cpu_counting_throughput  # type: ignore[method-assign]  # CPU of each process
 
-    def run(self, spec: ModelSpec, graph: ModelGraph, cut: int, items: int, check_output: bool = False) -> Run:
-        """Measure one plan; repeat it while other processes disturb it (up to ``--retries``)."""
+    def undisturbed(self, measure: Callable[[], Any]) -> tuple[Any, float]:
+        """``measure()`` again while other processes disturbed it (up to ``--retries`` times);
+        returns its result and the busiest half second of other processes' CPU (%)."""
+        for attempt in range(self.args.retries + 1):
+            with self.monitor as mon:
+                result = measure()
+            if mon.peak_pct <= self.args.max_other_cpu or attempt == self.args.retries:
+                return result, mon.peak_pct
+            self.discarded += 1
+            print(f"    (other processes used up to {mon.peak_pct:.0f}% of a CPU: repeating)", file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def run(
+        self, spec: ModelSpec, graph: ModelGraph, devices: tuple[str, str], cut: int, iso_items: int, items: int
+    ) -> Run:
+        """Measure one plan isolated (latency mode), then pipelined (throughput mode)."""
         c = graph.cut(cut)
         plan = Plan(
             model=spec.to_dict(),
             batch_size=graph.batch_size,
             cuts=(PlanCut(c.index, c.after, c.tensors, c.nbytes),),
-            devices=self.devices,
+            devices=devices,
         )
         options = MeasureOptions(
-            modes=("throughput",),
+            modes=("latency", "throughput"),
+            latency_items=iso_items,
             throughput_items=items,
             warmup=self.args.warmup,
             window=self.args.window,
-            check_output=check_output,
+            check_output=True,
         )
-        for attempt in range(self.args.retries + 1):
-            with self.monitor as mon:
-                m = self.session.measure(plan, self.scenario, options)
-            means = [
-                statistics.fmean(s.compute_ms[self.args.warmup :] or s.compute_ms)
-                for s in sorted(self._last_stats, key=lambda s: s.stage)
-            ]
-            run = Run(
-                cut,
-                m.throughput_ips,
-                means,
-                m.throughput_stages.compute_ms,
-                m.window,
-                m.throughput_items,
-                mon.mean_pct,
-                mon.peak_pct,
-                self._last_stats,
-                m.output_exact,
-                self._phase_cpu_ms,
-                self.shares,
-            )
-            if mon.peak_pct <= self.args.max_other_cpu or attempt == self.args.retries:
-                return run
-            self.discarded += 1
-            print(
-                f"    (other processes used up to {mon.peak_pct:.0f}% of a CPU: run discarded, repeating)",
-                file=sys.stderr,
-            )
-        raise AssertionError("unreachable")
+        self._stats = []
+        m, peak = self.undisturbed(lambda: self.session.measure(plan, self.scenario, options))
+        iso, pipe = (sorted(s, key=lambda s: s.stage) for s in self._stats[-2:])
+        done = [len(s.compute_ms) for s in pipe]  # items each stage computed in the throughput phase
+        mean = statistics.fmean
+        return Run(
+            cut=cut,
+            iso_ms=[mean(s.compute_ms[-iso_items:]) for s in iso],
+            pipe_ms=[mean(s.compute_ms[self.args.warmup :] or s.compute_ms) for s in pipe],
+            throughput_ips=float(m.throughput_ips or float("nan")),
+            handling_us=[1000.0 * statistics.median(s.handling_cpu_ms or [float("nan")]) for s in pipe],
+            overhead_us=[
+                1e6 * self._cpu.get(d, float("nan")) / n - 1000.0 * mean(s.compute_cpu_ms)
+                for d, s, n in zip(devices, pipe, done)
+            ],
+            driver_us=1e6 * self._cpu["driver"] / done[0],
+            driver_thread_us=1e6 * self._cpu["driver_thread"] / done[0],
+            window=int(m.window or 0),
+            items=int(m.throughput_items or 0),
+            other_peak_pct=peak,
+            stats=pipe,
+            exact=m.output_exact,
+        )
 
 
 def items_for(bottleneck_ms: float, seconds: float, lo: int, hi: int) -> int:
@@ -304,27 +307,8 @@ def items_for(bottleneck_ms: float, seconds: float, lo: int, hi: int) -> int:
     return int(min(hi, max(lo, round(seconds * 1000.0 / bottleneck_ms))))
 
 
-def scan(bench: PipelineBench, spec: ModelSpec, graph: ModelGraph, log: Callable[[str], None]) -> dict[int, Run]:
-    """A short throughput-mode run at every block cut."""
-    probes: dict[int, Run] = {}
-    guess_ms = 25.0 * graph.batch_size
-    for c in graph.cuts_at("block"):
-        run = bench.run(spec, graph, c.index, items_for(guess_ms, bench.args.probe_seconds, 10, 200))
-        guess_ms = run.bottleneck_ms
-        probes[c.index] = run
-        log(f"  cut {c.index:>4} {c.after:<22} stage compute {_ms_list(run.compute_ms)} ms")
-    return probes
-
-
-def unbalanced_cut(graph: ModelGraph, balanced: int) -> int:
-    """The block cut a quarter of the way through the list (the first one if that is the balanced)."""
-    cuts = [c.index for c in graph.cuts_at("block")]
-    pick = cuts[len(cuts) // 4]
-    return cuts[0] if pick == balanced else pick
-
-
-def _ms_list(values: list[float]) -> str:
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+def _ms_list(values: list[float], digits: int = 2) -> str:
+    return "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]"
 
 
 def _fmt(value: Any) -> str:
@@ -341,33 +325,79 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
 
 
-def summarize(model: str, batch: int, role: str, graph: ModelGraph, runs: list[Run], discarded: int) -> dict[str, Any]:
-    """One table row from the repeats of one plan: the run with the median ratio, and the range."""
-    ratios = sorted(r.ratio(batch) for r in runs)
-    mid = sorted(runs, key=lambda r: r.ratio(batch))[(len(runs) - 1) // 2]
+COLUMNS = [
+    "model",
+    "batch",
+    "order",
+    "cut",
+    "iso_ms",
+    "pipe_ms",
+    "ips",
+    "eff_iso",
+    "eff_pipe",
+    "socket_ips",
+    "vs_socket",
+    "handling_us",
+    "overhead_us",
+    "driver_us",
+    "other_peak",
+    "exact",
+]
+
+
+def row(model: str, batch: int, devices: tuple[str, str], graph: ModelGraph, runs: list[Run]) -> dict[str, Any]:
+    """One table row: the repeat with the median ``eff_iso``."""
+    r = sorted(runs, key=lambda r: r.eff_iso(batch))[(len(runs) - 1) // 2]
     return {
         "model": model,
         "batch": batch,
-        "plan": role,
-        "cut": f"{mid.cut}:{graph.nodes[mid.cut].name}",
-        "compute_ms": _ms_list(mid.compute_ms),
-        "bound_ips": batch * 1000.0 / mid.bottleneck_ms,
-        "measured_ips": mid.throughput_ips,
-        "ratio": mid.ratio(batch),
-        "ratio_p50": mid.ratio_p50(batch),
-        "ratio_range": f"{ratios[0]:.3f}-{ratios[-1]:.3f}",
-        "cpu_bound_ips": mid.cpu_bound_ips(batch),
-        "of_cpu_bound": mid.throughput_ips / mid.cpu_bound_ips(batch),
-        "window": mid.window,
-        "items": mid.items,
-        "other_peak": f"{max(r.other_peak_pct for r in runs):.0f}%",
-        "discarded": discarded,
-        "exact": runs[0].exact,
+        "order": ">".join(devices),
+        "cut": f"{r.cut}:{graph.nodes[r.cut].name}",
+        "iso_ms": _ms_list(r.iso_ms),
+        "pipe_ms": _ms_list(r.pipe_ms),
+        "ips": r.throughput_ips,
+        "eff_iso": r.eff_iso(batch),
+        "eff_pipe": r.eff_pipe(batch),
+        "socket_ips": r.socket_ips,
+        "vs_socket": r.throughput_ips / r.socket_ips,
+        "handling_us": _ms_list(r.handling_us, 0),
+        "overhead_us": _ms_list(r.overhead_us, 0),
+        "driver_us": f"[{r.driver_thread_us:.0f}, {r.driver_us:.0f}]",
+        "other_peak": f"{max(x.other_peak_pct for x in runs):.0f}%",
+        "exact": r.exact,
     }
 
 
-def details(model: str, batch: int, role: str, runs: list[Run]) -> list[dict[str, Any]]:
-    """Per-stage timings of every run (ms): compute wall and CPU, wait and send medians."""
+def summary(rows: list[dict[str, Any]], min_eff: float) -> list[dict[str, Any]]:
+    """Per model and batch: the worst and median of each ratio, and how many plans meet the bars."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        group = [r for r in rows if (r["model"], r["batch"]) == key]
+        iso, pipe = [r["eff_iso"] for r in group], [r["eff_pipe"] for r in group]
+        vs = [r["vs_socket"] for r in group if r["vs_socket"] == r["vs_socket"]]
+        out.append(
+            {
+                "model": key[0],
+                "batch": key[1],
+                "plans": len(group),
+                "eff_iso_min": min(iso),
+                "eff_iso_p50": statistics.median(iso),
+                "eff_pipe_min": min(pipe),
+                f"eff_iso>={min_eff:g}": sum(e >= min_eff for e in iso),
+                "vs_socket_min": min(vs) if vs else None,
+                "vs_socket_p50": statistics.median(vs) if vs else None,
+                "vs_socket>=1": sum(v >= 1.0 for v in vs) if vs else None,
+                "handling_us_p50": statistics.median(
+                    float(x) for r in group for x in r["handling_us"].strip("[]").split(", ")
+                ),
+                "driver_us_p50": statistics.median(float(r["driver_us"].strip("[]").split(", ")[1]) for r in group),
+            }
+        )
+    return out
+
+
+def details(model: str, batch: int, devices: tuple[str, str], runs: list[Run]) -> list[dict[str, Any]]:
+    """Per-stage timings of every kept run (ms): compute wall and CPU, wait and send medians."""
     out = []
     for rep, run in enumerate(runs):
         for s in run.stats:
@@ -376,22 +406,69 @@ def details(model: str, batch: int, role: str, runs: list[Run]) -> list[dict[str
                 {
                     "model": model,
                     "batch": batch,
-                    "plan": role,
+                    "order": ">".join(devices),
+                    "cut": run.cut,
                     "rep": rep,
                     "device": s.device,
                     "compute_p50": wall,
                     "compute_mean": statistics.fmean(s.compute_ms),
                     "cpu_p50": cpu,
                     "wall/cpu": wall / cpu,
-                    "proc_cpu/item": run.cpu_ms_per_item[s.stage],
                     "wait_p50": statistics.median(s.wait_ms) if s.wait_ms else None,
                     "send_p50": statistics.median(s.send_ms) if s.send_ms else None,
-                    "ips": run.throughput_ips,
-                    "other_mean": f"{run.other_cpu_pct:.0f}%",
-                    "other_peak": f"{run.other_peak_pct:.0f}%",
+                    "socket_ms": run.socket_ms[s.stage] if run.socket_ms else None,
                 }
             )
     return out
+
+
+def pick_cuts(graph: ModelGraph, quick: bool) -> list[int]:
+    """Every block cut; with ``--quick`` the first, the middle and the last one."""
+    cuts = [c.index for c in graph.cuts_at("block")]
+    return sorted({cuts[0], cuts[len(cuts) // 2], cuts[-1]}) if quick else cuts
+
+
+def measure_order(
+    bench: PipelineBench,
+    testbed: Testbed,
+    spec: ModelSpec,
+    graph: ModelGraph,
+    devices: tuple[str, str],
+    log: Callable[[str], None],
+) -> list[list[Run]]:
+    """Every chosen cut of one model, batch and device order: isolated, pipelined, plain sockets."""
+    args, batch = bench.args, graph.batch_size
+    out: list[list[Run]] = []
+    guess_ms = [25.0 * batch, 25.0 * batch]
+    with SocketPipeline(testbed, devices, spec.to_dict(), batch) if args.socket else _Nothing() as sock:
+        bench.socket_pids = sock.pids() if sock is not None else []
+        for cut in pick_cuts(graph, args.quick):
+            iso_items = items_for(sum(guess_ms), args.isolated_seconds, 5, 100)
+            items = items_for(max(guess_ms), args.seconds, 30, 400)
+            runs = [bench.run(spec, graph, devices, cut, iso_items, items) for _ in range(args.repeats)]
+            if sock is not None:
+                for r in runs:
+                    got, peak = bench.undisturbed(functools.partial(sock.run, cut, r.items, args.warmup))
+                    r.socket_ips, r.socket_ms = got["throughput_ips"], got["compute_ms"]
+                    r.other_peak_pct = max(r.other_peak_pct, peak)
+            guess_ms = runs[-1].iso_ms
+            for r in runs:
+                log(
+                    f"  {'>'.join(devices)} cut {cut}: {r.throughput_ips:.2f} ips, eff_iso {r.eff_iso(batch):.3f}, "
+                    f"eff_pipe {r.eff_pipe(batch):.3f}, sockets {r.socket_ips:.2f} ips, other CPU peak "
+                    f"{r.other_peak_pct:.0f}%"
+                )
+            out.append(runs)
+    bench.socket_pids = []
+    return out
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -399,12 +476,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--testbed", type=Path, default=ROOT / "testbed" / "local.toml")
     parser.add_argument("--models", default="mobilenet_v2,resnet18", help="comma-separated model names")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--devices", default="fast,slow", help="the two devices, in stage order")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements of each chosen plan")
-    parser.add_argument("--seconds", type=float, default=6.0, help="about how long each measurement runs")
-    parser.add_argument("--probe-seconds", type=float, default=1.0, help="about how long each balancing probe runs")
-    parser.add_argument("--warmup", type=int, default=10, help="completions discarded before timing")
+    parser.add_argument("--devices", default="fast,slow", help="the two devices, in the first order")
+    parser.add_argument(
+        "--orders", choices=("both", "given"), default="both", help="both device orders, or --devices' only"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="measurements of each plan (the median is shown)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="about how long each pipelined run takes")
+    parser.add_argument("--isolated-seconds", type=float, default=1.5, help="about how long each isolated run takes")
+    parser.add_argument("--warmup", type=int, default=8, help="items discarded before timing (>= 1)")
     parser.add_argument("--window", type=int, default=None, help="items in flight [default: the session's]")
+    parser.add_argument("--no-socket", dest="socket", action="store_false", help="skip the plain-socket baseline")
+    parser.add_argument("--min-eff", type=float, default=0.95, help="the efficiency the summary counts plans against")
     parser.add_argument(
         "--driver-cpus",
         default=None,
@@ -423,15 +505,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="discard and repeat a run if, in some half second, other processes used more than this (%% of one CPU)",
     )
     parser.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run before keeping it")
-    parser.add_argument("--details", action="store_true", help="also print the balancing scan and per-stage timings")
-    parser.add_argument("--quick", action="store_true", help="one repeat, shorter runs")
+    parser.add_argument("--details", action="store_true", help="also print per-stage timings of every run")
+    parser.add_argument("--quick", action="store_true", help="mobilenet_v2 at batch 1, one order, 3 cuts, shorter runs")
     results_file.add_save_option(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.seconds, args.probe_seconds = 1, 2.0, 0.6
-    args.devices = tuple(d.strip() for d in args.devices.split(","))
-    if len(args.devices) != 2:
+        args.models, args.batches, args.orders = "mobilenet_v2", "1", "given"
+        args.seconds, args.isolated_seconds, args.warmup = 1.5, 0.8, 4
+    first = tuple(d.strip() for d in args.devices.split(","))
+    if len(first) != 2:
         parser.error("--devices needs exactly two names")
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1")
+    args.orders = [first] if args.orders == "given" else [first, first[::-1]]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
     return args
@@ -445,7 +531,6 @@ def main(argv: list[str] | None = None) -> None:
     testbed = load_testbed(path)
     rows: list[dict[str, Any]] = []
     more: list[dict[str, Any]] = []
-    scans: list[dict[str, Any]] = []
     try:
         from paretopipe.runtime.policy import allowances
 
@@ -456,103 +541,44 @@ def main(argv: list[str] | None = None) -> None:
                 applied = set_cfs_period(session.workers.pids(), args.cfs_period_us)
                 period = ", ".join(f"{d} {v}" for d, v in applied.items()) or "none"
             devs = ", ".join(
-                f"{d.name}: CPUs {list(d.cpus or [])} quota {d.cpu_quota or 'none'}" for d in testbed.devices
+                f"{d.name}: CPUs {list(d.cpus or [])} isa {d.isa or 'any'} quota {d.cpu_quota or 'none'}"
+                for d in testbed.devices
             )
             print(f"# {describe(fingerprint(threads=1))}")
             print(
-                f"# testbed {args.testbed.name} ({devs}); network local; zmq; quota cgroups {period}; "
-                f"load average {os.getloadavg()[0]:.2f} at start"
+                f"# testbed {args.testbed.name} ({devs}; driver CPUs {list(testbed.driver.cpus or [])}); network "
+                f"local; zmq; quota cgroups {period}; load average {os.getloadavg()[0]:.2f} at start"
             )
-            bench = PipelineBench(session, args.devices, args)
+            bench = PipelineBench(session, args)
             for model in args.models:
                 spec = resolve_spec(model)
                 for batch in args.batches:
                     graph = trace_spec(spec, batch)
-                    log(f"[{model} batch {batch}] scanning {len(graph.cuts_at('block'))} block cuts")
-                    probes = scan(bench, spec, graph, log)
-                    scans.extend(
-                        {
-                            "model": model,
-                            "batch": batch,
-                            "cut": f"{c}:{graph.nodes[c].name}",
-                            "compute_ms": _ms_list(r.compute_ms),
-                            "other_peak": f"{r.other_peak_pct:.0f}%",
-                        }
-                        for c, r in probes.items()
-                    )
-                    balanced = min(probes, key=lambda c: probes[c].bottleneck_ms)
-                    fastest = max(probes, key=lambda c: probes[c].throughput_ips)
-                    plans = [("balanced", balanced)] + ([("fastest", fastest)] if fastest != balanced else [])
-                    for role, cut in plans + [("unbalanced", unbalanced_cut(graph, balanced))]:
-                        items = items_for(probes[cut].bottleneck_ms, args.seconds, 30, 400)
-                        before, runs = bench.discarded, []
-                        for rep in range(args.repeats):
-                            runs.append(bench.run(spec, graph, cut, items, check_output=rep == 0))
-                            r = runs[-1]
-                            log(
-                                f"  {role} cut {cut} rep {rep}: {r.throughput_ips:.2f} ips, bound "
-                                f"{batch * 1000 / r.bottleneck_ms:.2f}, ratio {r.ratio(batch):.3f}, other "
-                                f"CPU peak {r.other_peak_pct:.0f}%"
-                            )
-                        rows.append(summarize(model, batch, role, graph, runs, bench.discarded - before))
-                        more.extend(details(model, batch, role, runs))
+                    for devices in args.orders:
+                        log(f"[{model} batch {batch} {'>'.join(devices)}] {len(pick_cuts(graph, args.quick))} cuts")
+                        for runs in measure_order(bench, testbed, spec, graph, devices, log):
+                            rows.append(row(model, batch, devices, graph, runs))
+                            more.extend(details(model, batch, devices, runs))
     finally:
         tmp.cleanup()
     print()
-    print_table(
-        rows,
-        [
-            "model",
-            "batch",
-            "plan",
-            "cut",
-            "compute_ms",
-            "bound_ips",
-            "measured_ips",
-            "ratio",
-            "ratio_p50",
-            "ratio_range",
-            "cpu_bound_ips",
-            "of_cpu_bound",
-            "window",
-            "items",
-            "other_peak",
-            "discarded",
-            "exact",
-        ],
-    )
+    print_table(rows, COLUMNS)
     print(
-        f"\nratio = measured throughput / (batch / max(stage compute)), both from the same run, stage compute "
-        f"being each worker's mean per-item compute time (ratio_p50: the same with medians); median of "
-        f"{args.repeats} run(s), range in ratio_range. other_peak: most CPU other processes used in any half "
-        f"second of a kept run (runs above {args.max_other_cpu:g}% were discarded and repeated, see 'discarded').\n"
-        "cpu_bound_ips = batch * min over stages of (the device's CPU share / its worker process's CPU time per item "
-        "in the same run, compute plus receiving and sending); of_cpu_bound = measured / cpu_bound_ips."
+        "\niso_ms / pipe_ms: each stage's mean compute per item measured alone (latency mode) / while pipelined; "
+        "eff_iso, eff_pipe = ips / (batch / max(iso_ms)), ips / (batch / max(pipe_ms)); socket_ips: the same plan "
+        "over plain sockets (no driver), vs_socket = ips / socket_ips; handling_us: each worker thread's CPU per item "
+        "outside compute (median); overhead_us: each worker process's CPU per item minus its compute CPU; "
+        "driver_us: the driver's CPU per item, [its thread, its process]; "
+        f"median of {args.repeats} run(s); other_peak: most CPU other "
+        f"processes used in any half second (runs above {args.max_other_cpu:g}% were repeated, "
+        f"{bench.discarded} discarded)."
     )
+    print("\nsummary:")
+    sums = summary(rows, args.min_eff)
+    print_table(sums, list(sums[0]))
     if args.details:
-        print("\nbalancing scan (stage compute medians of a short run at every block cut):")
-        print_table(scans, ["model", "batch", "cut", "compute_ms", "other_peak"])
         print("\nper-stage timings (ms) of every kept run:")
-        print_table(
-            more,
-            [
-                "model",
-                "batch",
-                "plan",
-                "rep",
-                "device",
-                "compute_p50",
-                "compute_mean",
-                "cpu_p50",
-                "wall/cpu",
-                "proc_cpu/item",
-                "wait_p50",
-                "send_p50",
-                "ips",
-                "other_mean",
-                "other_peak",
-            ],
-        )
+        print_table(more, list(more[0]))
 
 
 if __name__ == "__main__":

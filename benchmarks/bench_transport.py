@@ -6,11 +6,15 @@ to choose columns; default: every backend in ``backends.available()``).
 Each backend talks to a peer in a separate process on this machine:
 
 - overhead: one-way time of a small message (a 4-byte tensor) = median round trip / 2;
+- CPU: the client process's CPU time (all its threads) per small-message round trip, over the
+  same round trips: a busy machine stretches the wall-clock times, much less the CPU times;
 - rate: ``count`` messages of one tensor of N bytes streamed one way, then one small ack back;
   rate = N * count / elapsed, median over repeats after a discarded warm-up.
 
-The baseline ``tcp`` is a plain TCP socket (TCP_NODELAY) with an 8-byte length prefix and a
-reused receive buffer: the least work any transport can do. Every Transport backend (the
+Two baselines: ``tcp`` is a plain TCP socket (TCP_NODELAY) with an 8-byte length prefix and a
+reused receive buffer, the least work any transport can do; ``zmq-raw`` is pyzmq PUSH/PULL with
+the codec's frames prebuilt and blocking receives (no encoding, decoding or checks), the least
+any ZeroMQ transport can do, libzmq's I/O threads included. Every Transport backend (the
 registry's names) is driven through the same ``Transport`` interface, so a new backend becomes a
 new column without touching this file.
 """
@@ -126,6 +130,72 @@ class TcpLink:
         self.proc.join(10)
 
 
+# -- pyzmq without the transport -------------------------------------------------------------------
+
+
+def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    port_queue.put(pull.bind_to_random_port(f"tcp://{HOST}"))
+    push.connect(f"tcp://{HOST}:{client_port}")
+    received = 0
+    while True:
+        frames = pull.recv_multipart(copy=False)
+        op = bytes(frames[0].buffer[:1])
+        if op == b"e":
+            push.send_multipart(frames, copy=False)
+        elif op in (b"d", b"l"):
+            received += 1
+            if op == b"l":
+                push.send(struct.pack("<Q", received))
+                received = 0
+        else:
+            ctx.destroy(linger=0)
+            return
+
+
+class ZmqRawLink:
+    """pyzmq PUSH/PULL carrying the codec's frames, prebuilt: ZeroMQ's own floor."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        from paretopipe_backends.codec import encode
+
+        self.encode = encode
+        self.ctx = zmq.Context()
+        self.pull, self.push = self.ctx.socket(zmq.PULL), self.ctx.socket(zmq.PUSH)
+        port = self.pull.bind_to_random_port(f"tcp://{HOST}")
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        self.proc = ctx.Process(target=_zmq_raw_peer, args=(port, queue), daemon=True)
+        self.proc.start()
+        self.push.connect(f"tcp://{HOST}:{queue.get(timeout=60)}")
+
+    def _frames(self, op: bytes, payload: torch.Tensor) -> list:
+        frames = self.encode("client", {}, [payload])
+        return [op + frames[0], *frames[1:]]  # the op byte in front: the peer reads nothing else
+
+    def roundtrip(self, payload: torch.Tensor) -> None:
+        if getattr(self, "_echo", None) is None or self._echo[0] is not payload:
+            self._echo = (payload, self._frames(b"e", payload))
+        self.push.send_multipart(self._echo[1], copy=False)
+        self.pull.recv_multipart(copy=False)
+
+    def stream(self, payload: torch.Tensor, count: int) -> None:
+        data, last = self._frames(b"d", payload), self._frames(b"l", payload)
+        for i in range(count):
+            self.push.send_multipart(last if i == count - 1 else data, copy=False)
+        self.pull.recv()
+
+    def close(self) -> None:
+        self.push.send(b"s")
+        self.proc.join(10)
+        self.ctx.destroy(linger=0)
+
+
 # -- any Transport backend -----------------------------------------------------------------------
 
 
@@ -192,18 +262,21 @@ class TransportLink:
 # -- measurement -----------------------------------------------------------------------------------
 
 
-def overhead_us(link: Link, n: int, warmup: int) -> tuple[float, float, float]:
-    """One-way time of a small message: (median, p10, p90) of round trip / 2, in microseconds."""
+def overhead_us(link: Link, n: int, warmup: int) -> tuple[float, float, float, float]:
+    """One-way time of a small message: (median, p10, p90) of round trip / 2, and the client
+    process's CPU time per round trip, in microseconds."""
     payload = torch.zeros(1)
     for _ in range(warmup):
         link.roundtrip(payload)
     times = []
+    cpu0 = time.process_time_ns()
     for _ in range(n):
         start = time.perf_counter_ns()
         link.roundtrip(payload)
         times.append((time.perf_counter_ns() - start) / 2e3)
+    cpu_us = (time.process_time_ns() - cpu0) / n / 1e3
     q = statistics.quantiles(times, n=10)
-    return statistics.median(times), q[0], q[-1]
+    return statistics.median(times), q[0], q[-1], cpu_us
 
 
 def rate_mb_s(link: Link, nbytes: int, repeats: int, budget_nbytes: int) -> tuple[float, float, float]:
@@ -236,8 +309,11 @@ def codec_us(n: int = 20000) -> tuple[float, float]:
     return times[0], times[1]
 
 
+BASELINES = ["tcp", "zmq-raw"]
+
+
 def _links(names: list[str], max_nbytes: int) -> dict[str, Callable[[], Link]]:
-    links: dict[str, Callable[[], Link]] = {"tcp": lambda: TcpLink(max_nbytes)}
+    links: dict[str, Callable[[], Link]] = {"tcp": lambda: TcpLink(max_nbytes), "zmq-raw": ZmqRawLink}
     for name in names:
         links[name] = lambda name=name: TransportLink(name)
     return links
@@ -262,16 +338,20 @@ def run(names: list[str], sizes: dict[str, int], quick: bool) -> list[dict[str, 
     """Measure every backend in turn; one row per metric, one column per backend."""
     n, warmup, repeats = (500, 100, 3) if quick else (3000, 300, 5)
     budget = (64 << 20) if quick else (256 << 20)
-    rows: dict[str, dict[str, object]] = {"overhead": {"metric": "one-way small message (us)"}}
+    rows: dict[str, dict[str, object]] = {
+        "overhead": {"metric": "one-way small message (us)"},
+        "cpu": {"metric": "client CPU per small round trip (us)"},
+    }
     for label in sizes:
         rows[label] = {"metric": f"rate {label} (MB/s)"}
     for backend, make in _links(names, max(sizes.values())).items():
         print(f"[{backend}] measuring...", file=sys.stderr, flush=True)
         link = make()
         try:
-            med, p10, p90 = overhead_us(link, n, warmup)
+            med, p10, p90, cpu = overhead_us(link, n, warmup)
             rows["overhead"][backend] = med
             rows["overhead"][f"{backend} spread"] = f"p10 {p10:.1f} / p90 {p90:.1f}"
+            rows["cpu"][backend], rows["cpu"][f"{backend} spread"] = cpu, "-"
             for label, nbytes in sizes.items():
                 med, lo, hi = rate_mb_s(link, nbytes, repeats, budget)
                 rows[label][backend] = med
@@ -282,18 +362,19 @@ def run(names: list[str], sizes: dict[str, int], quick: bool) -> list[dict[str, 
 
 
 def print_table(rows: list[dict[str, object]], names: list[str]) -> None:
-    columns = ["metric", "tcp", *names, *(f"{n}/tcp" for n in names)]
+    ratios = [(n, "tcp") for n in names] + [(n, "zmq-raw") for n in names if n == "zmq"]
+    columns = ["metric", *BASELINES, *names, *(f"{a}/{b}" for a, b in ratios)]
     for row in rows:
-        for name in names:
-            row[f"{name}/tcp"] = row[name] / row["tcp"]  # type: ignore[operator]
+        for a, b in ratios:
+            row[f"{a}/{b}"] = row[a] / row[b]  # type: ignore[operator]
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))))
     for r in cells:
         print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
-    print("\nspread (p10/p90 for overhead, min-max over repeats for rates):")
+    print("\nspread (p10/p90 for overhead, min-max over repeats for rates; none for CPU):")
     for row in rows:
-        spread = ", ".join(f"{b}: {row[f'{b} spread']}" for b in ["tcp", *names])
+        spread = ", ".join(f"{b}: {row[f'{b} spread']}" for b in [*BASELINES, *names])
         print(f"  {row['metric']}: {spread}")
 
 

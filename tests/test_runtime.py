@@ -172,3 +172,6 @@ def test_stats_carry_cpu_time_and_outlast_the_header_bound(graph):
         assert all(0 < cpu <= wall + 0.05 for cpu, wall in zip(st.compute_cpu_ms, st.compute_ms))
         assert len(st.send_ms) == 3000
         assert 0 < st.medians()["compute_cpu_ms"] <= st.medians()["compute_ms"] + 0.05
+        # the same thread's CPU on each item outside compute: receiving, decoding, encoding, sending
+        assert len(st.handling_cpu_ms) == 3000 and all(cpu > 0 for cpu in st.handling_cpu_ms)
+    assert tp.cpu_s > 0  # the driver's thread, sending and receiving

@@ -244,3 +244,15 @@ def test_values_cross_worker_processes_exactly(tmp_path, carry, backend):
             plan, Scenario("local", LinkCondition()), MeasureOptions(latency_items=3, throughput_items=4, warmup=1)
         )
     assert row.output_exact is True
+
+
+def test_plain_tensors_take_the_short_path_and_anything_else_the_full_check() -> None:
+    a, b = torch.ones(2), torch.zeros(3)
+    tensors, structure = values.pack([a, b])
+    assert structure == [["t", 0], ["t", 1]] and tensors[0] is a and tensors[1] is b
+    got = values.unpack_message({"values": structure}, tensors)
+    assert got[0] is a and got[1] is b
+    # what only looks like the plain structure is checked in full, and refused
+    for bad in ([["t", True], ["t", 1]], [["t", 1], ["t", 1]], [["t", 0]]):
+        with pytest.raises(FrameError):
+            values.unpack_message({"values": bad}, tensors)

@@ -91,6 +91,8 @@ def _tensor_nbytes(t: torch.Tensor) -> int:
 def pack(values: Sequence[Any]) -> tuple[list[torch.Tensor], list[Any]]:
     """Flatten ``values`` into (tensors, structure). Raises TransportError naming a value that
     cannot cross (a module, a generator, an arbitrary object) and its place in ``values``."""
+    if all(isinstance(v, torch.Tensor) for v in values):  # the common case, without the walk
+        return list(values), [["t", i] for i in range(len(values))]
     tensors: list[torch.Tensor] = []
     return tensors, [_pack(v, tensors, f"value #{i}", 0) for i, v in enumerate(values)]
 
@@ -156,7 +158,22 @@ def unpack_message(header: Mapping[str, Any], tensors: Sequence[torch.Tensor]) -
     """The values an item or result message carries: its tensors placed by the header's
     ``values`` structure (a message without one carries just its tensors). Raises FrameError."""
     structure = header.get("values")
-    return list(tensors) if structure is None else unpack(tensors, structure)
+    if structure is None or _just_tensors(structure, len(tensors)):
+        return list(tensors)
+    return unpack(tensors, structure)
+
+
+def _just_tensors(structure: Any, count: int) -> bool:
+    """Whether ``structure`` is exactly ``[["t", 0], ..., ["t", count - 1]]`` (what :func:`pack`
+    makes of plain tensors): then the values are the tensors, and the full check is not needed."""
+    return (
+        type(structure) is list
+        and len(structure) == count
+        and all(
+            type(s) is list and len(s) == 2 and s[0] == "t" and type(s[1]) is int and s[1] == i
+            for i, s in enumerate(structure)
+        )
+    )
 
 
 class _Unpacker:

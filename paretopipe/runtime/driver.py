@@ -43,12 +43,14 @@ class LatencyResult:
 
 @dataclass
 class ThroughputResult:
-    """Steady-state completions per second with ``window`` items in flight."""
+    """Steady-state completions per second with ``window`` items in flight; ``cpu_s`` is the CPU
+    time the driver's thread spent on the whole run (warm-up included), sending and receiving."""
 
     items: int
     seconds: float
     window: int
     batch_size: int
+    cpu_s: float = float("nan")
 
     @property
     def throughput_ips(self) -> float:
@@ -68,7 +70,10 @@ class StageStats:
     """What a worker reported for one mode: per-item compute, wait and send times (ms).
 
     ``compute_cpu_ms`` is the CPU time of the computing thread per item: below ``compute_ms``
-    when the device was held back (CPU quota, other processes on its CPUs).
+    when the device was held back (CPU quota, other processes on its CPUs). ``handling_cpu_ms``
+    is that thread's CPU time on the item outside compute: receiving it, checking and decoding
+    it, encoding and sending the output (a send handed to the worker's I/O thread, and ZeroMQ's
+    own I/O thread, are not included).
     """
 
     device: str
@@ -78,6 +83,7 @@ class StageStats:
     send_ms: list[float] = field(default_factory=list)
     transport: dict[str, Any] = field(default_factory=dict)
     compute_cpu_ms: list[float] = field(default_factory=list)
+    handling_cpu_ms: list[float] = field(default_factory=list)
 
     def medians(self) -> dict[str, float]:
         med = lambda v: float(np.median(v)) if v else float("nan")
@@ -86,6 +92,7 @@ class StageStats:
             "compute_cpu_ms": med(self.compute_cpu_ms),
             "wait_ms": med(self.wait_ms),
             "send_ms": med(self.send_ms),
+            "handling_cpu_ms": med(self.handling_cpu_ms),
         }
 
 
@@ -175,7 +182,7 @@ class Driver:
         self.transport.send(self.devices[0], header, tensors)
 
     def _result(self, waiting_for: str) -> Message:
-        return self._recv(lambda m: m.header.get("kind") == P.RESULT, waiting_for)
+        return self._recv(_is_result, waiting_for)
 
     def first_result(self, inputs: Sequence[Any]) -> list[Any]:
         """Run one item and return the last stage's output values (for checking against the
@@ -220,6 +227,7 @@ class Driver:
         Each result that arrives is replaced by a new item while more are wanted, so the window
         stays full up to the end; the items in flight when enough have been timed still complete
         and are timed too."""
+        cpu0 = time.thread_time()
         wanted = warmup + items
         sent = 0
         for _ in range(min(window, wanted)):
@@ -238,7 +246,7 @@ class Driver:
                 sent += 1
         measured = done - warmup if warmup > 0 else done - 1
         assert t_start is not None  # set by the first timed completion; items >= 1
-        return ThroughputResult(items=measured, seconds=(t_end - t_start) / 1e9, window=window, batch_size=batch_size)
+        return ThroughputResult(measured, (t_end - t_start) / 1e9, window, batch_size, time.thread_time() - cpu0)
 
     def timeline(
         self, inputs: Sequence[torch.Tensor], window: int, warmup: int, record_from_ns: int, until_ns: int
@@ -296,6 +304,7 @@ class Driver:
                     series_ms.get("send_ns", []),
                     h.get("transport", {}),
                     series_ms.get("compute_cpu_ns", []),
+                    series_ms.get("handling_cpu_ns", []),
                 )
             )
         return out
@@ -345,3 +354,7 @@ class Driver:
                 self.transport.send(device, {"kind": P.STOP})
             except TransportError:
                 pass
+
+
+def _is_result(msg: Message) -> bool:
+    return msg.header.get("kind") == P.RESULT

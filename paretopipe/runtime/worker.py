@@ -40,9 +40,11 @@ class _Stage:
         self.module = module
         self.compute_ns: list[int] = []
         self.compute_cpu_ns: list[int] = []  # CPU time of the computing thread (see _run_item)
+        self.handling_cpu_ns: list[int] = []  # CPU time of the same thread on the item outside compute
         self.wait_ns: list[int] = []
         self.items = 0
         self.last_done_ns: int | None = None
+        self.out_kind = P.RESULT if spec.stage == spec.stages - 1 else P.ITEM
 
 
 class Worker:
@@ -78,6 +80,7 @@ class Worker:
         with SendThread(self.transport, name=f"{self.device}-send") as sender:
             self.sender = sender
             while True:
+                cpu0 = time.thread_time_ns()  # an item's handling CPU starts with its receiving
                 try:
                     msg = self.transport.recv(timeout_s=self.poll_s)
                 except TransportTimeout:
@@ -86,7 +89,7 @@ class Worker:
                         return
                     continue
                 try:
-                    if not self._handle(msg):
+                    if not self._handle(msg, cpu0):
                         return
                 except Refused as exc:
                     log.warning("%s: %s from %s: %s", self.device, msg.header.get("kind"), msg.src, exc)
@@ -111,11 +114,11 @@ class Worker:
         }
         self.sender.submit(DRIVER, header)
 
-    def _handle(self, msg: Message) -> bool:
+    def _handle(self, msg: Message, cpu0: int) -> bool:
         kind = P.kind_of(msg.header)
         if kind == P.ITEM:
             P.check_item(msg.header)
-            self._run_item(msg)
+            self._run_item(msg, cpu0)
             return True
         P.check_control(kind, msg.header)
         if kind == P.SETUP:
@@ -173,43 +176,40 @@ class Worker:
             },
         )
 
-    def _run_item(self, msg: Message) -> None:
+    def _run_item(self, msg: Message, cpu0: int) -> None:
+        """Receive side (values from the message), compute (timed), send side (values on to the
+        next peer). ``cpu0`` is the thread's CPU clock before the receive that got ``msg``."""
         stage = self.stage
         if stage is None or msg.header.get("config") != stage.spec.config:
             stage = self.preloaded.get(msg.header.get("config"))  # type: ignore[arg-type]
             if stage is None:
                 self.stale_items += 1
                 return
+        inputs = values.unpack_message(msg.header, msg.tensors)
         got = time.perf_counter_ns()
-        cpu0 = time.thread_time_ns()
+        cpu1 = time.thread_time_ns()
         if stage.last_done_ns is not None:
             stage.wait_ns.append(got - stage.last_done_ns)
-        inputs = values.unpack_message(msg.header, msg.tensors)
         with torch.inference_mode():
             out = stage.module(*inputs)
         # Read the CPU clock before the wall clock: the read is a system call, where the kernel
         # also charges a CPU quota, so a throttle that the compute's CPU use earned lands inside
         # the timed span instead of just after it (where it would vanish from the compute time).
-        cpu1 = time.thread_time_ns()
+        cpu2 = time.thread_time_ns()
         done = time.perf_counter_ns()
         # Wall time is what the pipeline sees; the thread's CPU time tells how much of it the
         # device was held back (quota throttling, other processes) rather than computing.
         # With more than one torch thread, the other threads' CPU time is not included.
-        stage.compute_cpu_ns.append(cpu1 - cpu0)
+        stage.compute_cpu_ns.append(cpu2 - cpu1)
         stage.compute_ns.append(done - got)
         stage.items += 1
-        last = stage.spec.stage == stage.spec.stages - 1
-        tensors, structure = values.pack(tuple(out))
-        header = {
-            "kind": P.RESULT if last else P.ITEM,
-            "config": stage.spec.config,
-            "item": msg.header.get("item"),
-            "values": structure,
-        }
+        tensors, structure = values.pack(out if type(out) is tuple else tuple(out))
+        header = {"kind": stage.out_kind, "config": stage.spec.config, "item": msg.header["item"], "values": structure}
         if "stamps" in msg.header:  # an adaptive run times the links from these (protocol.check_stamps)
             header["stamps"] = [*msg.header["stamps"], [got, done, got - min(got, self._free_ns)]]
         self.sender.submit(stage.spec.next_peer, header, tensors, timed=True)
         stage.last_done_ns = self._free_ns = time.perf_counter_ns()
+        stage.handling_cpu_ns.append(time.thread_time_ns() - cpu0 - (cpu2 - cpu1))
 
     def _send_stats(self, msg: Message) -> None:
         stage = self.stage
@@ -226,13 +226,14 @@ class Worker:
             series = {
                 "compute_ns": stage.compute_ns,
                 "compute_cpu_ns": stage.compute_cpu_ns,
+                "handling_cpu_ns": stage.handling_cpu_ns,
                 "wait_ns": stage.wait_ns,
                 "send_ns": self.sender.take_send_ns(),
             }
             body.update(config=stage.spec.config, stage=stage.spec.stage, items=stage.items, series=list(series))
             tensors = [torch.tensor(v, dtype=torch.int64) for v in series.values()]
             if msg.header.get("reset", True):
-                stage.compute_ns, stage.compute_cpu_ns, stage.wait_ns = [], [], []
+                stage.compute_ns, stage.compute_cpu_ns, stage.wait_ns, stage.handling_cpu_ns = [], [], [], []
                 stage.items, stage.last_done_ns = 0, None
         self.sender.submit(DRIVER, body, tensors)
 
