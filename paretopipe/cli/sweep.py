@@ -74,9 +74,25 @@ def sweep_command(
         ),
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
-    items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
+    items: int = typer.Option(
+        20,
+        "--items",
+        min=1,
+        help="Most timed items in latency mode (throughput mode: 3x); exactly these with --precision 0.",
+    ),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
     min_time: float = MinTimeOption,
+    precision: float = typer.Option(
+        5.0,
+        "--precision",
+        min=0,
+        max=50,
+        help=(
+            "Per mode, stop timing a configuration's items once the 95% confidence interval of its estimate "
+            "is within this many percent of it (--items and 3x --items are then the most timed); 0: time the "
+            "counts."
+        ),
+    ),
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in -o: skip what is already measured."),
@@ -162,6 +178,7 @@ def sweep_command(
         throughput_items=3 * items,
         warmup=warmup,
         min_time_s=min_time,
+        precision=precision / 100,
         repeats=repeats,
         neighbours=neighbours,
         near_margin=near / 100,
@@ -185,14 +202,7 @@ def sweep_command(
         recheck_s=recheck,
     )
     store = RunStore(out, resume=resume)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # one pool of workers for the device runtime calibration and the measurements (Sessions)
     with Sessions(settings, tb) as sessions:
@@ -206,15 +216,15 @@ def sweep_command(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=err_console,
             transient=True,
         ) as bar:
-            task = bar.add_task("measuring", total=len(configs))
+            task = bar.add_task("measuring", total=len(configs), eta="ETA ...")
 
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=what[:60])  # refinement adds to the total
+            def progress(done: int, total: int, what: str, eta_s: float | None) -> None:
+                eta = "ETA ..." if eta_s is None else f"ETA {eta_s:.0f} s"
+                bar.update(task, completed=done, total=total, description=what[:60], eta=eta)  # refinement adds
 
             try:
                 outcome = execute(settings, store, configs, err_console.print, progress, sessions)

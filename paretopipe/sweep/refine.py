@@ -52,6 +52,7 @@ def refine(
     configs: Sequence[Config],
     log: Log,
     planning: dict[str, PlanningResult] | None = None,
+    network: str | None = None,
 ) -> list[Config]:
     """With ``cuts="front"``: the configurations (every backend, ``repeats`` passes) of the plans
     predicted within ``near_margin`` of each scenario's *measured* front that are not measured yet,
@@ -59,7 +60,8 @@ def refine(
 
     The predicted front and the plans near it are measured first; a plan the model priced just
     off the predicted front can still join the measured one (:func:`near_measured`). Call it
-    after :func:`paretopipe.sweep.execute`, and execute the result, until it returns nothing."""
+    after measuring, and measure the result, until it returns nothing; ``network``: that scenario
+    only (default: every scenario)."""
     if settings.cuts != "front" or not configs:
         return []
     rows = store.rows()
@@ -68,6 +70,8 @@ def refine(
     planning = planning if planning is not None else replan(settings, store.dir, lambda m: None)
     new: list[Config] = []
     for label, result in planning.items():
+        if network is not None and label != network:
+            continue
         chosen = list({c.plan.id: c.plan for c in configs if c.network == label}.values())
         mine = ok[(ok["network"] == label) & (ok["backend"] == backend)] if len(ok) else ok
         plans = near_measured(result, mine, chosen, settings.near_margin, settings.neighbours)
