@@ -73,6 +73,14 @@ def sweep_command(
             "near the measured front too (--neighbours per scenario and round); 0: none."
         ),
     ),
+    correct: bool = typer.Option(
+        True,
+        "--correct/--no-correct",
+        help=(
+            "With --refine: before judging which plans are near the measured front, multiply each plan's "
+            "prediction by the median error (measured / predicted) of the plans measured on the same devices."
+        ),
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     items: int = typer.Option(
         20,
@@ -183,6 +191,7 @@ def sweep_command(
         neighbours=neighbours,
         near_margin=near / 100,
         refine=refine,
+        correct=correct,
         out=str(out),
         resume=resume,
         fail_fast=fail_fast,
