@@ -154,15 +154,19 @@ class ReplaySession:
         )
 
 
-def replay(work: Path, guided: Path, exhaustive: Path) -> pd.DataFrame:
-    """The default sweep's choice of plans again, measured by looking the exhaustive run up; its rows."""
-    stored = json.loads((guided / "manifest.json").read_text())["settings"]
-    settings = SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
-    out = work / "replay"
+def stored_settings(run: Path) -> SweepSettings:
+    """The settings a run's manifest recorded."""
+    stored = json.loads((run / "manifest.json").read_text())["settings"]
+    return SweepSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+
+
+def replay(work: Path, settings: SweepSettings, exhaustive: Path, out: Path) -> pd.DataFrame:
+    """A sweep with ``settings`` (in ``out``), every measurement looked up in the exhaustive run, its
+    plans priced with that run's device runtime calibration; returns its rows."""
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out.mkdir(parents=True)
     shutil.copy(exhaustive / DEVICE_RUNTIME, out)  # price the plans as the exhaustive run's were
-    settings = dataclasses.replace(settings, out=str(out), pass_check=False)
+    settings = dataclasses.replace(settings, out=str(out), pass_check=False, resume=False)
     session = ReplaySession(RunStore(exhaustive, resume=True).rows())
     store = RunStore(out)
     with chdir(work), Sessions(settings, None, factory=lambda backend: session) as pool:
@@ -203,7 +207,7 @@ def main() -> None:
         exh_wall, _ = timed_sweep(work, [*extra, "--cuts", "all", "-o", "results/exhaustive"], "exhaustive")
         guided_dir, exh_dir = work / "results" / "default", work / "results" / "exhaustive"
         log("replaying the default sweep on the exhaustive sweep's measurements")
-        replayed = replay(work, guided_dir, exh_dir)
+        replayed = replay(work, stored_settings(guided_dir), exh_dir, work / "replay")
         guided, exh = RunStore(guided_dir, resume=True).rows(), RunStore(exh_dir, resume=True).rows()
 
         print(f"## `paretopipe sweep{' ' + ' '.join(extra) if extra else ''}` on a fresh checkout\n")
