@@ -175,3 +175,36 @@ def error_factors(predicted: dict[Key, tuple[float, float]], measured: dict[Key,
 def _median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
     lat, ips = np.median(np.asarray(pairs, dtype=float), axis=0)
     return float(lat), float(ips)
+
+
+def parse_cut_list(text: str, positions: Sequence[int]) -> list[tuple[int, ...]]:
+    """``"26,40,17.42"`` -> cut sets (26,), (40,), (17, 42) as indices into ``positions`` (node
+    positions of the legal cuts). Raises UsageError naming a position that is not a legal cut."""
+    index = {p: i for i, p in enumerate(positions)}
+    sets = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        try:
+            pos = [int(v) for v in item.split(".")]
+        except ValueError:
+            raise UsageError(
+                f"cannot read cut set {item!r}", "e.g. --cuts 26,40,17.42 (a '.' joins cuts of one plan)"
+            ) from None
+        bad = [p for p in pos if p not in index]
+        if bad:
+            raise UsageError(f"{bad} not legal cut(s)", "run 'paretopipe cuts MODEL' to list them")
+        if any(a >= b for a, b in zip(pos, pos[1:])):
+            raise UsageError(f"cuts {pos} must be strictly increasing")
+        sets.append(tuple(index[p] for p in pos))
+    if not sets:
+        raise UsageError("empty --cuts list")
+    return sets
+
+
+def with_all_assignments(cut_sets: Sequence[tuple[int, ...]], n_devices: int) -> list[Key]:
+    """Every ordered assignment of distinct devices to each cut set."""
+    out = []
+    for cuts in cut_sets:
+        if len(cuts) + 1 > n_devices:
+            raise UsageError(f"cut set {list(cuts)} needs {len(cuts) + 1} devices, the testbed has {n_devices}")
+        out += [(cuts, perm) for perm in itertools.permutations(range(n_devices), len(cuts) + 1)]
+    return out

@@ -95,6 +95,9 @@ class _Run:
         for backend in dict.fromkeys(c.backend for c in self.configs):
             try:
                 for network in dict.fromkeys(c.network for c in self.configs if c.backend == backend):
+                    eta_s = self._eta(self._todo())
+                    if eta_s is not None:  # the progress bar shows it too, but only on a terminal
+                        self.log(f"{network} {backend}: about {eta_s:.0f} s left for the configurations chosen so far")
                     self._measure(backend, network)
                     if not (refining and backend == st.backends[0]):
                         continue
