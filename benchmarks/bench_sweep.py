@@ -20,6 +20,8 @@ Then, per scenario:
   with the exhaustive run's device runtime calibration. Its measured front must be the exhaustive
   front exactly: the same numbers on both sides, so any difference is the choice of plans and
   none is run-to-run noise;
+- the replay again with the other choice of ``--correct`` (corrected predictions in refinement),
+  on the same measurements: how many plans it measures and whether it finds the same front;
 - the two runs' measured fronts side by side, with the multiplicative epsilon indicator both ways
   (the factor by which one front must improve to weakly dominate every point of the other: 1.00
   when it does), which shows how far apart two runs of the same plans land.
@@ -187,6 +189,68 @@ def front_of(rows: pd.DataFrame, network: str) -> tuple[pd.DataFrame, pd.DataFra
     return agg, agg[agg["on_front"]].sort_values("latency_ms_p50")
 
 
+def report(
+    work: Path,
+    guided_dir: Path,
+    exh_dir: Path,
+    wall: float,
+    lines: list[tuple[float, str]],
+    exh_wall: float,
+    extra: str,
+) -> None:
+    """Print the timing, the phases and the comparison of the fronts (replays run in ``work``)."""
+    log("replaying the default sweep on the exhaustive sweep's measurements")
+    default = stored_settings(guided_dir)
+    replayed = replay(work, default, exh_dir, work / "replay")
+    other = dataclasses.replace(default, correct=not default.correct)
+    replayed_other = replay(work, other, exh_dir, work / "replay-other")
+    guided, exh = RunStore(guided_dir, resume=True).rows(), RunStore(exh_dir, resume=True).rows()
+
+    print(f"## `paretopipe sweep{' ' + extra if extra else ''}` on a fresh checkout\n")
+    verdict = "within" if wall <= BUDGET_S else "OVER"
+    print(f"wall time {wall:.1f} s ({verdict} the {BUDGET_S:.0f} s budget); exhaustive sweep {exh_wall:.1f} s\n")
+    print("| phase | seconds | share |\n|---|---:|---:|")
+    for name, seconds in phases(wall, lines, guided_dir):
+        print(f"| {name} | {seconds:.1f} | {seconds / wall:.0%} |")
+    print(f"| total | {wall:.1f} | 100% |\n")
+    items = guided[guided["status"] == "ok"]
+    print(
+        f"items timed per configuration (medians): latency {items['latency_items'].median():.0f}, "
+        f"throughput {items['throughput_items'].median():.0f}\n"
+    )
+
+    print("## Measured fronts: default sweep vs exhaustive sweep of the same plans\n")
+    print(
+        "| scenario | plans measured (default / replay / all) | exhaustive front | missed by default | "
+        "replay front = exhaustive | default front | eps default->exh | eps exh->default | "
+        f"replay with {'--no-correct' if default.correct else '--correct'}: plans, front = exhaustive |"
+    )
+    print("|---|---|---|---|---|---|---:|---:|---|")
+    all_same, all_covered = True, True
+    for net in default.networks:
+        exh_agg, exh_front = front_of(exh, net)
+        g_agg, g_front = front_of(guided, net)
+        r_agg, r_front = front_of(replayed, net)
+        o_agg, o_front = front_of(replayed_other, net)
+        o_same = set(o_front["plan_id"]) == set(exh_front["plan_id"])
+        missed = sorted(set(exh_front["plan_id"]) - set(g_agg["plan_id"]))
+        same = set(r_front["plan_id"]) == set(exh_front["plan_id"])
+        all_same &= same
+        all_covered &= not missed
+        pts = lambda f: f[["latency_ms_p50", "throughput_ips"]].to_numpy(float)
+        print(
+            f"| {net} | {len(g_agg)} / {len(r_agg)} / {len(exh_agg)} | {' '.join(exh_front['plan_id'])} | "
+            f"{' '.join(missed) or 'none'} | {'yes' if same else 'NO: ' + ' '.join(r_front['plan_id'])} | "
+            f"{' '.join(g_front['plan_id'])} | {epsilon(pts(g_front), pts(exh_front)):.3f} | "
+            f"{epsilon(pts(exh_front), pts(g_front)):.3f} | {len(o_agg)}, {'yes' if o_same else 'NO'} |"
+        )
+    print(
+        f"\nreplayed on the exhaustive measurements, the default choice of plans finds the exhaustive front: "
+        f"{'yes, in every scenario' if all_same else 'NO'}; the default run measured every plan of the "
+        f"exhaustive front: {'yes' if all_covered else 'no (see missed)'}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the lan scenario only (checks the script)")
@@ -206,50 +270,7 @@ def main() -> None:
         wall, lines = timed_sweep(work, [*extra, "-o", "results/default"], "default")
         exh_wall, _ = timed_sweep(work, [*extra, "--cuts", "all", "-o", "results/exhaustive"], "exhaustive")
         guided_dir, exh_dir = work / "results" / "default", work / "results" / "exhaustive"
-        log("replaying the default sweep on the exhaustive sweep's measurements")
-        replayed = replay(work, stored_settings(guided_dir), exh_dir, work / "replay")
-        guided, exh = RunStore(guided_dir, resume=True).rows(), RunStore(exh_dir, resume=True).rows()
-
-        print(f"## `paretopipe sweep{' ' + ' '.join(extra) if extra else ''}` on a fresh checkout\n")
-        verdict = "within" if wall <= BUDGET_S else "OVER"
-        print(f"wall time {wall:.1f} s ({verdict} the {BUDGET_S:.0f} s budget); exhaustive sweep {exh_wall:.1f} s\n")
-        print("| phase | seconds | share |\n|---|---:|---:|")
-        for name, seconds in phases(wall, lines, guided_dir):
-            print(f"| {name} | {seconds:.1f} | {seconds / wall:.0%} |")
-        print(f"| total | {wall:.1f} | 100% |\n")
-        items = guided[guided["status"] == "ok"]
-        print(
-            f"items timed per configuration (medians): latency {items['latency_items'].median():.0f}, "
-            f"throughput {items['throughput_items'].median():.0f}\n"
-        )
-
-        print("## Measured fronts: default sweep vs exhaustive sweep of the same plans\n")
-        print(
-            "| scenario | plans measured (default / replay / all) | exhaustive front | missed by default | "
-            "replay front = exhaustive | default front | eps default->exh | eps exh->default |"
-        )
-        print("|---|---|---|---|---|---|---:|---:|")
-        all_same, all_covered = True, True
-        for net in dict.fromkeys(exh["network"]):
-            exh_agg, exh_front = front_of(exh, net)
-            g_agg, g_front = front_of(guided, net)
-            r_agg, r_front = front_of(replayed, net)
-            missed = sorted(set(exh_front["plan_id"]) - set(g_agg["plan_id"]))
-            same = set(r_front["plan_id"]) == set(exh_front["plan_id"])
-            all_same &= same
-            all_covered &= not missed
-            pts = lambda f: f[["latency_ms_p50", "throughput_ips"]].to_numpy(float)
-            print(
-                f"| {net} | {len(g_agg)} / {len(r_agg)} / {len(exh_agg)} | {' '.join(exh_front['plan_id'])} | "
-                f"{' '.join(missed) or 'none'} | {'yes' if same else 'NO: ' + ' '.join(r_front['plan_id'])} | "
-                f"{' '.join(g_front['plan_id'])} | {epsilon(pts(g_front), pts(exh_front)):.3f} | "
-                f"{epsilon(pts(exh_front), pts(g_front)):.3f} |"
-            )
-        print(
-            f"\nreplayed on the exhaustive measurements, the default choice of plans finds the exhaustive front: "
-            f"{'yes, in every scenario' if all_same else 'NO'}; the default run measured every plan of the "
-            f"exhaustive front: {'yes' if all_covered else 'no (see missed)'}"
-        )
+        report(work, guided_dir, exh_dir, wall, lines, exh_wall, " ".join(extra))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

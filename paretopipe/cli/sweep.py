@@ -74,11 +74,12 @@ def sweep_command(
         ),
     ),
     correct: bool = typer.Option(
-        True,
+        False,
         "--correct/--no-correct",
         help=(
             "With --refine: before judging which plans are near the measured front, multiply each plan's "
-            "prediction by the median error (measured / predicted) of the plans measured on the same devices."
+            "prediction by the median error (measured / predicted) of the plans measured on the same devices "
+            "(default: the predictions as made)."
         ),
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),

@@ -41,7 +41,7 @@ class SweepSettings:
     neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
     near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
     refine: int = 3  # with cuts="front": rounds adding plans predicted near the measured front (refine.py)
-    correct: bool = True  # ... judged with predictions corrected by the errors measured on the same devices
+    correct: bool = False  # ... judged with predictions corrected by the errors measured on the same devices
     out: str = "results/run"
     resume: bool = False
     fail_fast: bool = False
