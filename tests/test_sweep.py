@@ -104,7 +104,7 @@ def test_small_sweep_end_to_end(tmp_path):
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20")]
+    argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20", "--precision", "0")]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     csv = out / "measurements.csv"
     deadline = time.monotonic() + 240
@@ -120,7 +120,7 @@ def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
         proc.wait(timeout=30)
     partial = pd.read_csv(csv, dtype=str)
     assert 3 <= len(partial) < 8
-    resumed = runner.invoke(app, [*_args(tmp_path, out, "--items", "20"), "--resume"])
+    resumed = runner.invoke(app, [*_args(tmp_path, out, "--items", "20", "--precision", "0"), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     rows = RunStore(out, resume=True).rows()
     ok = rows[rows["status"] == "ok"]
