@@ -26,8 +26,8 @@ Then, per scenario:
   (the factor by which one front must improve to weakly dominate every point of the other: 1.00
   when it does), which shows how far apart two runs of the same plans land.
 
-    python benchmarks/bench_sweep.py                        # about 12 min on 2 idle cores
-    python benchmarks/bench_sweep.py --quick --no-save      # lan only, to check the script (about 4 min)
+    python benchmarks/bench_sweep.py                        # the default sweep, then all 138 configurations
+    python benchmarks/bench_sweep.py --quick --no-save      # lan only (46 configurations), to check the script
 
 Needs the machine to itself: the timing is the result. ``--testbed`` copies another testbed file
 (default testbed/local.toml); ``--work DIR`` keeps the working directory (default: a temporary one).
