@@ -23,7 +23,6 @@ class Eta:
 
     def __init__(self, settings: SweepSettings) -> None:
         self.warmup = settings.warmup
-        self.items = (float(settings.latency_items), float(settings.throughput_items))  # until items are seen
         self._fixed_s: list[float] = []
         self._items_s = 0.0  # measured time of the timed and warm-up items, over the configurations seen
         self._predicted_s = 0.0  # ... and what their predictions make of the same items
