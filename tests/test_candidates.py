@@ -52,3 +52,26 @@ def test_plans_near_the_front_come_closest_first_within_the_margin():
     ]  # ties keep their order
     assert near_front(scores, 0.10, room=2) == [((5,), (0, 1)), ((3,), (0, 1))]
     assert near_front(scores, 0.10, room=-3) == [] and near_front({}, 0.1, 5) == []
+
+
+def test_error_factors_are_the_median_errors_of_the_plans_measured_on_the_same_devices():
+    from paretopipe.sweep.candidates import error_factors
+
+    predicted = {
+        ((1,), (0, 1)): (10.0, 100.0),
+        ((2,), (0, 1)): (20.0, 50.0),
+        ((3,), (0, 1)): (30.0, 40.0),
+        ((1,), (1, 0)): (10.0, 100.0),
+    }
+    measured = {  # on devices (0, 1): latency 1.2x, 1.5x, 1.3x; throughput 0.9x, 0.8x, 1.0x
+        ((1,), (0, 1)): (12.0, 90.0),
+        ((2,), (0, 1)): (30.0, 40.0),
+        ((3,), (0, 1)): (39.0, 40.0),
+        ((1,), (1, 0)): (5.0, 200.0),  # on (1, 0): 0.5x and 2x
+    }
+    factors = error_factors(predicted, measured)
+    assert factors(((7,), (0, 1))) == pytest.approx((1.3, 0.9))
+    assert factors(((7,), (1, 0))) == pytest.approx((0.5, 2.0))
+    # devices with no measured plan: the median over every measured plan
+    assert factors(((7,), (2, 0))) == pytest.approx((1.25, 0.95))
+    assert error_factors({}, {})(((7,), (0, 1))) == (1.0, 1.0)

@@ -121,7 +121,7 @@ def _sweep(
     configs = [Config("lan", LinkCondition(), "zmq", plan, 0, False) for plan in PLANS]
     timers: list[threading.Timer] = []
 
-    def progress(done: int, total: int, what: str) -> None:
+    def progress(done: int, total: int, what: str, eta_s: float | None) -> None:
         if fault is not None and done == at and not timers:
             timers.append(threading.Timer(delay_s, fault, ["b"]))
             timers[0].start()
@@ -209,6 +209,8 @@ def test_fail_fast_stops_after_the_first_failure_with_the_row_recorded(tmp_path)
         "3,5",
         "--items",
         "30",
+        "--precision",
+        "0",  # every configuration times its 30 items: the kill lands in one
         "--warmup",
         "1",
         "--profiles",

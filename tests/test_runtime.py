@@ -116,6 +116,22 @@ def test_min_time_times_more_items_until_it_has_passed(graph):
         driver.release()
 
 
+def test_precision_stops_timing_once_the_estimate_is_known_well_enough(graph):
+    cuts = [_body_cuts(graph)[0]]
+    x = example_inputs(SPEC, 2)[0]
+    with pipeline(devices=("a", "b")) as driver:
+        driver.setup(["a", "b"], _specs(graph, cuts, ["a", "b"]))
+        # +-90%: known as soon as an interval exists (6 items; 6 batches of 2 completions)
+        lat = driver.latency([x], items=200, warmup=1, precision=0.9)
+        assert 6 <= len(lat.latencies_ms) < 200
+        tp = driver.throughput([x], items=300, warmup=1, window=3, batch_size=2, precision=0.9)
+        assert 12 <= tp.items < 300
+        # a precision never reached: the counts are the most timed
+        assert len(driver.latency([x], items=8, warmup=0, precision=1e-9).latencies_ms) == 8
+        assert driver.throughput([x], items=14, warmup=1, window=3, batch_size=2, precision=1e-9).items == 14
+        driver.release()
+
+
 def test_worker_error_names_device_and_worker_keeps_serving(graph):
     cuts = [_body_cuts(graph)[0]]
     with pipeline(devices=("a", "b")) as driver:

@@ -104,7 +104,7 @@ def test_small_sweep_end_to_end(tmp_path):
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20")]
+    argv = [sys.executable, "-m", "paretopipe", *_args(tmp_path, out, "--items", "20", "--precision", "0")]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     csv = out / "measurements.csv"
     deadline = time.monotonic() + 240
@@ -120,7 +120,7 @@ def test_killed_sweep_resumes_and_measures_each_configuration_once(tmp_path):
         proc.wait(timeout=30)
     partial = pd.read_csv(csv, dtype=str)
     assert 3 <= len(partial) < 8
-    resumed = runner.invoke(app, [*_args(tmp_path, out, "--items", "20"), "--resume"])
+    resumed = runner.invoke(app, [*_args(tmp_path, out, "--items", "20", "--precision", "0"), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     rows = RunStore(out, resume=True).rows()
     ok = rows[rows["status"] == "ok"]
@@ -415,3 +415,34 @@ def test_a_sweep_under_a_trace_keeps_items_changes_and_a_plot_per_configuration(
     robust = runner.invoke(app, ["front", str(out / "measurements.csv"), "--robust", "-f", "json"])
     assert robust.exit_code == 0, robust.output
     assert len(json.loads(robust.stdout)) == 2
+
+
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
+def test_each_scenario_is_refined_in_its_own_pass_before_the_next_one(tmp_path, monkeypatch):
+    # Two scenarios, two refinement rounds of one plan each: every scenario's rows (refined ones
+    # included) come before the next scenario's, and each scenario is checked once, at its start.
+    from paretopipe.sweep import device_checks
+
+    def reply(plan):
+        if plan.stages == 1:
+            return _whole_model_run(10.0)
+        return fake.measured(
+            latency_ms_p50=30.0,
+            latency_ms_mean=30.0,
+            latency_items=3,
+            throughput_ips=50.0,
+            throughput_items=9,
+            throughput_s=0.18,
+        )
+
+    outcome, rows, logged, configs = _fake_sweep(
+        tmp_path, monkeypatch, reply, networks=("lan", "wifi"), cuts="front", stages=(1, 2), neighbours=1, refine=2
+    )
+    assert outcome.refined == 4 and len(rows) == len(configs) + 4
+    order = rows["network"].tolist()
+    assert order == sorted(order, key=["lan", "wifi"].index)  # lan's rows, then wifi's
+    recorded = [json.loads(line) for line in (tmp_path / "run" / device_checks.CHECKS_FILE).read_text().splitlines()]
+    assert [(r["network"], r["reason"]) for r in recorded] == [("lan", "start"), ("wifi", "start")]
+    assert any(
+        m.startswith("wifi zmq: about ") and m.endswith(" s left for the configurations chosen so far") for m in logged
+    )

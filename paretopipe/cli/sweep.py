@@ -73,8 +73,22 @@ def sweep_command(
             "near the measured front too (--neighbours per scenario and round); 0: none."
         ),
     ),
+    correct: bool = typer.Option(
+        False,
+        "--correct/--no-correct",
+        help=(
+            "With --refine: before judging which plans are near the measured front, multiply each plan's "
+            "prediction by the median error (measured / predicted) of the plans measured on the same devices "
+            "(default: the predictions as made)."
+        ),
+    ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
-    items: int = typer.Option(20, "--items", min=1, help="Timed items in latency mode (throughput mode times 3x)."),
+    items: int = typer.Option(
+        20,
+        "--items",
+        min=1,
+        help="Most timed items in latency mode (throughput mode: 3x); exactly these with --precision 0.",
+    ),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed items before each mode."),
     min_time: float = MinTimeOption,
     trace_seconds: float | None = typer.Option(
@@ -83,6 +97,17 @@ def sweep_command(
         min=0.001,
         help="Under a trace scenario: seconds of the trace each mode measures, from the start of a lap "
         "[default: one period].",
+    ),
+    precision: float = typer.Option(
+        5.0,
+        "--precision",
+        min=0,
+        max=50,
+        help=(
+            "Per mode, stop timing a configuration's items once the 95% confidence interval of its estimate "
+            "is within this many percent of it (--items and 3x --items are then the most timed); 0: time the "
+            "counts."
+        ),
     ),
     repeats: int = typer.Option(1, "--repeats", "-r", min=1, help="Measure each configuration this many times."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory [default: results/MODEL-TESTBED-TIME]."),
@@ -170,10 +195,12 @@ def sweep_command(
         warmup=warmup,
         min_time_s=min_time,
         trace_seconds=trace_seconds,
+        precision=precision / 100,
         repeats=repeats,
         neighbours=neighbours,
         near_margin=near / 100,
         refine=refine,
+        correct=correct,
         out=str(out),
         resume=resume,
         fail_fast=fail_fast,
@@ -193,14 +220,7 @@ def sweep_command(
         recheck_s=recheck,
     )
     store = RunStore(out, resume=resume)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # one pool of workers for the device runtime calibration and the measurements (Sessions)
     with Sessions(settings, tb) as sessions:
@@ -214,15 +234,15 @@ def sweep_command(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}"),
             console=err_console,
             transient=True,
         ) as bar:
-            task = bar.add_task("measuring", total=len(configs))
+            task = bar.add_task("measuring", total=len(configs), eta="ETA ...")
 
-            def progress(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=what[:60])  # refinement adds to the total
+            def progress(done: int, total: int, what: str, eta_s: float | None) -> None:
+                eta = "ETA ..." if eta_s is None else f"ETA {eta_s:.0f} s"
+                bar.update(task, completed=done, total=total, description=what[:60], eta=eta)  # refinement adds
 
             try:
                 outcome = execute(settings, store, configs, err_console.print, progress, sessions)

@@ -21,6 +21,7 @@ from paretopipe.errors import TransportError, WorkerError
 from paretopipe.host.timing import Rounds
 from paretopipe.model import values
 from paretopipe.runtime import protocol as P
+from paretopipe.runtime.precision import latency_precise, throughput_precise
 from paretopipe_backends.base import Message, Transport, TransportTimeout
 
 
@@ -192,15 +193,22 @@ class Driver:
         return values.unpack_message(msg.header, msg.tensors)
 
     def latency(
-        self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0
+        self, inputs: Sequence[torch.Tensor], items: int, warmup: int, min_time_s: float = 0.0, precision: float = 0.0
     ) -> LatencyResult:
         """One item in flight, ``warmup`` discarded, then at least ``items`` timed, and more
-        until the timed items have taken ``min_time_s`` seconds."""
+        until the timed items have taken ``min_time_s`` seconds.
+
+        With ``precision`` > 0, ``items`` is the most timed instead: timing stops (once
+        ``min_time_s`` has passed) as soon as the median is known within ``± precision``, a
+        fraction (:func:`paretopipe.runtime.precision.latency_precise`)."""
         lat: list[float] = []
         for i in range(warmup):
             self._one_item(i, inputs)
-        for r in Rounds(items, min_time_s):
+        rounds = Rounds(items, min_time_s)
+        for r in rounds:
             lat.append(self._one_item(warmup + r, inputs))
+            if precision > 0 and rounds.elapsed_s >= min_time_s and latency_precise(lat, precision):
+                break
         return LatencyResult(lat)
 
     def _one_item(self, i: int, inputs: Sequence[torch.Tensor]) -> float:
@@ -220,13 +228,16 @@ class Driver:
         window: int,
         batch_size: int,
         min_time_s: float = 0.0,
+        precision: float = 0.0,
     ) -> ThroughputResult:
         """``window`` items in flight; time at least ``items`` completions after ``warmup``
         completions, and more until the timed completions span ``min_time_s`` seconds.
 
         Each result that arrives is replaced by a new item while more are wanted, so the window
         stays full up to the end; the items in flight when enough have been timed still complete
-        and are timed too."""
+        and are timed too. With ``precision`` > 0, ``items`` is the most timed instead: no more
+        items are sent (once ``min_time_s`` has passed) as soon as the completion rate is known
+        within ``± precision``, a fraction (:func:`paretopipe.runtime.precision.throughput_precise`)."""
         cpu0 = time.thread_time()
         wanted = warmup + items
         sent = 0
@@ -234,14 +245,20 @@ class Driver:
             self._send_item(sent, inputs)
             sent += 1
         done, t_start, t_end = 0, None, 0
+        stamps: list[int] = []  # the timed completions, the first one starting the clock
         while done < sent:
             msg = self._result(f"a result (throughput mode, {done}/{max(wanted, sent)} done)")
             done += 1
             if done == warmup or (warmup == 0 and t_start is None):
                 t_start = msg.recv_ns
             t_end = msg.recv_ns
+            if t_start is not None:
+                stamps.append(t_end)
             timed_s = (t_end - t_start) / 1e9 if t_start is not None else 0.0
-            if sent < wanted or (t_start is not None and timed_s < min_time_s):
+            more = sent < wanted or (t_start is not None and timed_s < min_time_s)
+            if more and precision > 0 and timed_s >= min_time_s and throughput_precise(stamps, precision):
+                more = False
+            if more:
                 self._send_item(sent, inputs)
                 sent += 1
         measured = done - warmup if warmup > 0 else done - 1

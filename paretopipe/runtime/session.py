@@ -61,6 +61,7 @@ class MeasureOptions:
     throughput_items: int = 100
     warmup: int = 5
     min_time_s: float = 0.0  # per mode: keep timing items beyond the counts until this long has passed
+    precision: float = 0.0  # > 0: the counts are the most timed; stop once known within ± this fraction
     window: int | None = None  # None: enough to keep every stage and link busy (see _window)
     timeout_s: float = 60.0
     check_output: bool = True
@@ -76,6 +77,10 @@ class MeasureOptions:
             raise UsageError(f"minimum time per mode {self.min_time_s} s must be >= 0", "e.g. --min-time-s 2")
         if self.trace_seconds is not None and not self.trace_seconds > 0:
             raise UsageError(f"trace seconds {self.trace_seconds} must be > 0", "e.g. --trace-seconds 20")
+        if not 0 <= self.precision < 1:
+            raise UsageError(
+                f"precision {self.precision} must be a fraction in [0, 1)", "e.g. --precision 5 (per cent)"
+            )
 
 
 def _window(plan: Plan, options: MeasureOptions) -> int:
@@ -444,7 +449,9 @@ class Session:
                 got = self.driver.first_result(x)
                 m.output_exact, m.output_max_abs_diff = compare_outputs(expected, assemble_output(graph, got))
             if "latency" in options.modes:
-                lat = self.driver.latency(x, options.latency_items, options.warmup, options.min_time_s).summary()
+                lat = self.driver.latency(
+                    x, options.latency_items, options.warmup, options.min_time_s, options.precision
+                ).summary()
                 m.latency_ms_p50, m.latency_ms_p95 = lat["latency_ms_p50"], lat["latency_ms_p95"]
                 m.latency_ms_p99, m.latency_ms_mean = lat["latency_ms_p99"], lat["latency_ms_mean"]
                 m.latency_items = int(lat["latency_items"])
@@ -452,7 +459,13 @@ class Session:
             if "throughput" in options.modes:
                 window = _window(plan, options)
                 tput = self.driver.throughput(
-                    x, options.throughput_items, options.warmup, window, plan.batch_size, options.min_time_s
+                    x,
+                    options.throughput_items,
+                    options.warmup,
+                    window,
+                    plan.batch_size,
+                    options.min_time_s,
+                    options.precision,
                 )
                 m.throughput_ips, m.throughput_items = tput.throughput_ips, tput.items
                 m.throughput_s, m.window = tput.seconds, tput.window

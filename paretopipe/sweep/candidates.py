@@ -14,7 +14,7 @@ it measured, until none is left.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from paretopipe.errors import UsageError
 from paretopipe.plan.costmodel import PlanIndices, evaluate_plan
 
 Key = tuple[tuple[int, ...], tuple[int, ...]]  # (cut indices into the instance's cuts, device indices)
+Factors = Callable[[Key], tuple[float, float]]  # per plan, (latency, throughput) factors for its prediction
 NEAR_MARGIN = 0.10  # measure plans a prediction error this large could put on the front
 _CHUNK = 65536
 
@@ -90,13 +91,18 @@ def select(result, how: str, limit: int = 24, margin: float = NEAR_MARGIN) -> li
     raise UsageError(f"unknown plan selection {how!r}", "use front or all")
 
 
-def _scores(result, front: Sequence[Key], front_points: np.ndarray, skip: set[Key]) -> dict[Key, float]:
+def _scores(
+    result, front: Sequence[Key], front_points: np.ndarray, skip: set[Key], factors: Factors | None = None
+) -> dict[Key, float]:
     """The predicted :func:`closeness` to ``front_points`` of every feasible plan the search scored
-    and of the neighbours of the plans ``front``, leaving out ``skip``."""
+    and of the neighbours of the plans ``front``, leaving out ``skip``; with ``factors``, each
+    prediction first corrected by them (:func:`error_factors`)."""
     df = result.search.plans
     feasible = df["feasible"].to_numpy(bool)
     keys = [(tuple(map(int, c)), tuple(map(int, d))) for c, d in zip(df["cut_indices"], df["device_indices"])]
     points = np.column_stack([df["latency_ms"].to_numpy(float), df["throughput_ips"].to_numpy(float)])
+    if factors is not None:
+        points = points * np.array([factors(k) for k in keys], dtype=float).reshape(-1, 2)
     scores: dict[Key, float] = {}
     for lo in range(0, len(keys), _CHUNK):  # closeness is (plans x front) at a time
         part = closeness(points[lo : lo + _CHUNK], front_points)
@@ -108,12 +114,19 @@ def _scores(result, front: Sequence[Key], front_points: np.ndarray, skip: set[Ke
         if nb not in seen and nb not in skip:
             e = evaluate_plan(inst, PlanIndices(*nb))
             if e.feasible:
-                scores[nb] = float(closeness(np.array([[e.latency_ms, e.throughput_ips]]), front_points)[0])
+                f = factors(nb) if factors is not None else (1.0, 1.0)
+                point = np.array([[e.latency_ms * f[0], e.throughput_ips * f[1]]])
+                scores[nb] = float(closeness(point, front_points)[0])
     return scores
 
 
 def near_measured_front(
-    result, front: dict[Key, tuple[float, float]], measured: set[Key], margin: float = NEAR_MARGIN, limit: int = 12
+    result,
+    front: dict[Key, tuple[float, float]],
+    measured: set[Key],
+    margin: float = NEAR_MARGIN,
+    limit: int = 12,
+    factors: Factors | None = None,
 ) -> list[Key]:
     """Plans not in ``measured`` that a prediction error of at most ``margin`` could put on the
     *measured* front: their predicted point within ``1 + margin`` of it (:func:`closeness`),
@@ -123,12 +136,45 @@ def near_measured_front(
     ``front`` maps the plans of the measured front to their measured (latency ms, throughput);
     ``measured`` holds every plan measured (or chosen) so far. The predicted front is a guess;
     once it is measured, plans the model priced just off it can still beat what was measured
-    (see docs/sweeps.md)."""
+    (see docs/sweeps.md). ``factors``: corrections of the predictions (:func:`error_factors`)."""
     if not front:
         return []
     keys = list(front)
     points = np.array([front[k] for k in keys], dtype=float)
-    return near_front(_scores(result, keys, points, measured | set(keys)), margin, limit)
+    return near_front(_scores(result, keys, points, measured | set(keys), factors), margin, limit)
+
+
+def predicted_points(result, keys: Sequence[Key]) -> dict[Key, tuple[float, float]]:
+    """The predicted (latency ms, throughput) of each plan of ``keys`` in ``result``'s instance."""
+    out = {}
+    for key in keys:
+        e = evaluate_plan(result.instance, PlanIndices(*key))
+        out[key] = (float(e.latency_ms), float(e.throughput_ips))
+    return out
+
+
+def error_factors(predicted: dict[Key, tuple[float, float]], measured: dict[Key, tuple[float, float]]) -> Factors:
+    """How far predictions were off where plans were measured, as a function of a plan: the median
+    ratios measured / predicted, (latency, throughput), over the measured plans on the same
+    devices in the same order, else over every measured plan; (1, 1) when none is.
+
+    ``predicted`` and ``measured`` map plans to (latency ms, throughput). Plans on the same devices
+    share the errors of those devices' calibration and of the links between them, so a plan's
+    prediction multiplied by these factors is left with its own error only."""
+    ratios: dict[tuple[int, ...], list[tuple[float, float]]] = {}
+    for key, (lat_ms, ips) in measured.items():
+        p_lat, p_ips = predicted[key]
+        if min(p_lat, p_ips, lat_ms, ips) > 0:
+            ratios.setdefault(key[1], []).append((lat_ms / p_lat, ips / p_ips))
+    everything = [r for rs in ratios.values() for r in rs]
+    overall = _median_pair(everything) if everything else (1.0, 1.0)
+    by_devices = {d: _median_pair(rs) for d, rs in ratios.items()}
+    return lambda key: by_devices.get(key[1], overall)
+
+
+def _median_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    lat, ips = np.median(np.asarray(pairs, dtype=float), axis=0)
+    return float(lat), float(ips)
 
 
 def parse_cut_list(text: str, positions: Sequence[int]) -> list[tuple[int, ...]]:

@@ -43,7 +43,9 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
     tb = load_testbed(settings.testbed, scenarios)
     if settings.resume:
         manifest = store.manifest()
-        old = {"isolation": "loopback", "min_time_s": 0.0} | manifest["settings"]  # runs from before these existed
+        old = {"isolation": "loopback", "min_time_s": 0.0, "precision": 0.0} | manifest[
+            "settings"
+        ]  # runs from before these existed
         check_resume_compatible(old, asdict(settings) | {"resume": False}, RESUME_COMPARABLE)
         return reload_configs(manifest, store.dir, {s.name: s.condition for s in nets}, {s.name: s.trace for s in nets})
     for be in settings.backends:

@@ -23,14 +23,21 @@ if TYPE_CHECKING:
 
 
 def near_measured(
-    result: PlanningResult, rows: pd.DataFrame, chosen: Sequence[Plan], margin: float, limit: int
+    result: PlanningResult,
+    rows: pd.DataFrame,
+    chosen: Sequence[Plan],
+    margin: float,
+    limit: int,
+    correct: bool = False,
 ) -> list[Plan]:
     """Plans of ``result`` (one scenario's planning) not among ``chosen`` that a prediction error of
     at most ``margin`` could put on the front measured in ``rows`` (that scenario's measurement
     rows of one backend), closest first, at most ``limit`` (see
-    :func:`paretopipe.sweep.candidates.near_measured_front`)."""
+    :func:`paretopipe.sweep.candidates.near_measured_front`). With ``correct``, each prediction is
+    first multiplied by how far off the predictions of the plans measured on the same devices were
+    (:func:`paretopipe.sweep.candidates.error_factors`)."""
     from paretopipe.sweep.analysis import aggregate
-    from paretopipe.sweep.candidates import near_measured_front
+    from paretopipe.sweep.candidates import error_factors, near_measured_front, predicted_points
 
     inst = result.instance
     cut_at = {int(p): i for i, p in enumerate(inst.cut_positions)}
@@ -39,11 +46,11 @@ def near_measured(
     agg = aggregate(rows[rows["plan_id"].isin(keys)]) if len(rows) else rows
     if not len(agg):
         return []
-    front = {
-        keys[r["plan_id"]]: (float(r["latency_ms_p50"]), float(r["throughput_ips"]))
-        for _, r in agg[agg["on_front"]].iterrows()
-    }
-    return [result.plan_for(*k) for k in near_measured_front(result, front, set(keys.values()), margin, limit)]
+    points = {keys[r["plan_id"]]: (float(r["latency_ms_p50"]), float(r["throughput_ips"])) for _, r in agg.iterrows()}
+    front = {keys[r["plan_id"]]: points[keys[r["plan_id"]]] for _, r in agg[agg["on_front"]].iterrows()}
+    factors = error_factors(predicted_points(result, list(points)), points) if correct else None
+    near = near_measured_front(result, front, set(keys.values()), margin, limit, factors)
+    return [result.plan_for(*k) for k in near]
 
 
 def refine(
@@ -52,6 +59,7 @@ def refine(
     configs: Sequence[Config],
     log: Log,
     planning: dict[str, PlanningResult] | None = None,
+    network: str | None = None,
 ) -> list[Config]:
     """With ``cuts="front"``: the configurations (every backend, ``repeats`` passes) of the plans
     predicted within ``near_margin`` of each scenario's *measured* front that are not measured yet,
@@ -59,7 +67,8 @@ def refine(
 
     The predicted front and the plans near it are measured first; a plan the model priced just
     off the predicted front can still join the measured one (:func:`near_measured`). Call it
-    after :func:`paretopipe.sweep.execute`, and execute the result, until it returns nothing."""
+    after measuring, and measure the result, until it returns nothing; ``network``: that scenario
+    only (default: every scenario)."""
     if settings.cuts != "front" or not configs:
         return []
     rows = store.rows()
@@ -68,9 +77,11 @@ def refine(
     planning = planning if planning is not None else replan(settings, store.dir, lambda m: None)
     new: list[Config] = []
     for label, result in planning.items():
+        if network is not None and label != network:
+            continue
         chosen = list({c.plan.id: c.plan for c in configs if c.network == label}.values())
         mine = ok[(ok["network"] == label) & (ok["backend"] == backend)] if len(ok) else ok
-        plans = near_measured(result, mine, chosen, settings.near_margin, settings.neighbours)
+        plans = near_measured(result, mine, chosen, settings.near_margin, settings.neighbours, settings.correct)
         if not plans:
             continue
         pdir = store.dir / "plans" / safe_name(label)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from paretopipe.network.conditions import load_scenarios
@@ -19,10 +19,12 @@ class Sessions:
     The device runtime checks and the measurements share them, so both run on the same worker
     processes (a device can compute faster or slower in one launch of its worker than in the
     next, so figures taken on other workers would misprice the sweep). Use as a context manager;
-    every session is closed on exit."""
+    every session is closed on exit. ``factory(backend)``, if given, makes the sessions instead
+    (anything with :meth:`Session.measure`, used as a context manager), e.g. to replay measurements."""
 
-    def __init__(self, settings: SweepSettings, testbed: Any) -> None:
+    def __init__(self, settings: SweepSettings, testbed: Any, factory: Callable[[str], Any] | None = None) -> None:
         self.settings, self.testbed = settings, testbed
+        self._factory = factory
         self._open: dict[str, Session] = {}
 
     def get(self, backend: str) -> Session:
@@ -32,6 +34,8 @@ class Sessions:
 
         for other in [b for b in self._open if b != backend]:
             self.drop(other)
+        if backend not in self._open and self._factory is not None:
+            self._open[backend] = self._factory(backend).__enter__()
         if backend not in self._open:
             st = self.settings
             allow_models, weights_dirs = _allowances(st)

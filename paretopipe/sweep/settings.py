@@ -37,10 +37,12 @@ class SweepSettings:
     throughput_items: int = 60
     warmup: int = 3
     min_time_s: float = 0.0  # per mode: time more items than the counts until this long has passed
+    precision: float = 0.05  # per mode: stop timing once the 95% interval is within ± this fraction (0: the counts)
     repeats: int = 1
     neighbours: int = 12  # with cuts="front": at most this many plans near the front besides it
     near_margin: float = 0.10  # ... those predicted within this margin of it (candidates.NEAR_MARGIN)
     refine: int = 3  # with cuts="front": rounds adding plans predicted near the measured front (refine.py)
+    correct: bool = False  # ... judged with predictions corrected by the errors measured on the same devices
     out: str = "results/run"
     resume: bool = False
     fail_fast: bool = False
@@ -95,19 +97,6 @@ class SweepOutcome:
     unmeasured: int = 0  # left for --resume (rpc after a failure)
     refined: int = 0  # configurations added by refine() rounds
 
-    def then(self, more: SweepOutcome, added: int) -> SweepOutcome:
-        """This outcome followed by ``more``, an execute() of the same list with ``added`` more configurations."""
-        return SweepOutcome(
-            more.configs,
-            self.measured + more.measured,
-            self.skipped,
-            self.failed + more.failed,
-            self.elapsed_s + more.elapsed_s,
-            self.failures + more.failures,
-            more.unmeasured,
-            self.refined + added,
-        )
-
 
 #: Settings a resumed sweep must share with the run it continues (others may change).
 RESUME_COMPARABLE = (
@@ -123,6 +112,7 @@ RESUME_COMPARABLE = (
     "throughput_items",
     "warmup",
     "min_time_s",
+    "precision",
     "repeats",
     "isolation",
     "trace_seconds",
