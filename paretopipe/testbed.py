@@ -20,6 +20,9 @@ else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
     import tomli as tomllib
 
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.host.accelerator import DEFAULT as ACCELERATOR_DEFAULT
+from paretopipe.host.accelerator import HINT as ACCELERATOR_HINT
+from paretopipe.host.accelerator import check_accelerator
 from paretopipe.host.isa import LEVELS as ISA_LEVELS
 from paretopipe.network.conditions import LinkCondition, Scenario, resolve_network
 
@@ -38,8 +41,9 @@ class Device:
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
     isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.host.isa)
-    memory_bytes: float = float("inf")
+    memory_bytes: float = float("inf")  # of the accelerator, when it is not the CPU
     key: str | None = None
+    accelerator: str = ACCELERATOR_DEFAULT  # where its stages compute (paretopipe.host.accelerator)
 
     @property
     def is_local(self) -> bool:
@@ -224,7 +228,10 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
     devices = []
     for i, raw in enumerate(devices_raw):
         f = _Fields(
-            p, f"devices[{i}]", raw, {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key"}
+            p,
+            f"devices[{i}]",
+            raw,
+            {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key", "accelerator"},
         )
         name = f.get(
             "name",
@@ -260,6 +267,7 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
                 isa=f.get("isa", str, None, check=lambda v: v in ISA_LEVELS, hint=f"one of {', '.join(ISA_LEVELS)}"),
                 memory_bytes=memory,
                 key=f.get("key", str, None),
+                accelerator=_accelerator(f),
             )
         )
     names = [d.name for d in devices]
@@ -307,6 +315,14 @@ def load_testbed(path: str | Path, scenarios: Mapping[str, LinkCondition] | None
         links=tuple(links),
         description=top.get("description", str, ""),
     )
+
+
+def _accelerator(f: _Fields) -> str:
+    name = f.get("accelerator", str, ACCELERATOR_DEFAULT, hint=ACCELERATOR_HINT)
+    try:
+        return check_accelerator(name)
+    except UsageError as exc:
+        raise ConfigError(f.path, f"{f.where}.accelerator", exc.message, exc.hint) from None
 
 
 def _scenarios() -> dict[str, LinkCondition]:

@@ -290,6 +290,7 @@ def worker_command(
     import torch
 
     from paretopipe.host import isa
+    from paretopipe.host.placement import resolve as resolve_accelerator
     from paretopipe.host.process import pid_alive
     from paretopipe.host.timing import steady_allocator
     from paretopipe.runtime.endpoints import make_transport, worker_exposure
@@ -304,9 +305,10 @@ def worker_command(
         from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
-    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts)
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
+    resolve_accelerator(dev.accelerator)  # refused here, before listening, if this host lacks it
+    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts, accelerator=dev.accelerator)
     exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
     if exposed:
         err_console.print(exposed, markup=False, highlight=False, soft_wrap=True)
@@ -328,7 +330,9 @@ def worker_command(
         where = f"*:{dev.port}" if bind_all else dev.address
         err_console.print(
             f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
-            f"{torch.get_num_threads()} threads" + (f", kernels limited to {dev.isa}" if dev.isa else "")
+            f"{torch.get_num_threads()} threads"
+            + (f", kernels limited to {dev.isa}" if dev.isa else "")
+            + (f", stages on {dev.accelerator}" if dev.accelerator != "cpu" else "")
         )
         build = StageBuilder().build
         if artifacts is not None:

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from paretopipe.errors import FrameError, Refused
+from paretopipe.errors import FrameError, Refused, UsageError
+from paretopipe.host.accelerator import check_accelerator
 
 SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED = (
     "setup",
@@ -77,6 +78,7 @@ class StageSpec:
     threads: int | None = None
     shaping: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifact: Mapping[str, Any] | None = None  # an exported stage file {file, sha256}, if any
+    accelerator: str = "cpu"  # where the stage computes (paretopipe.host.accelerator)
 
     def to_header(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +120,7 @@ class StageSpec:
                 threads=None if threads is None else _int(threads, "threads", 1, MAX_THREADS),
                 shaping={_name(k, "shaping key"): _condition(v, f"shaping[{k!r}]") for k, v in shaping.items()},
                 artifact=None if spec.get("artifact") is None else _artifact(spec["artifact"]),
+                accelerator=_accelerator(spec.get("accelerator", "cpu")),
             )
         except KeyError as exc:
             raise FrameError(f"malformed setup spec: missing {exc}") from None
@@ -249,6 +252,15 @@ def _artifact(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or set(value) != {"file", "sha256"}:
         raise FrameError(f"artifact is {str(value)[:80]!r}, expected {{file, sha256}}")
     return {"file": _text(value["file"], "artifact.file"), "sha256": _sha256(value["sha256"], "artifact.sha256")}
+
+
+def _accelerator(value: Any) -> str:
+    """An accelerator name (paretopipe.host.accelerator); whether this worker computes there is
+    the policy's decision."""
+    try:
+        return check_accelerator(_name(value, "accelerator"))
+    except UsageError as exc:
+        raise Refused("out-of-bounds", exc.message, exc.hint) from None
 
 
 def _condition(value: Any, where: str) -> dict[str, Any]:
