@@ -220,7 +220,6 @@ def test_check_limits_names_the_limit_that_differs():
         p.check_limits(0.25, "sse41")
 
 
-
 def _on_gpu() -> Profile:
     copy = {
         "to_device": CopyFit(0.02, 1e-7, (4096, 1 << 20), (0.0204, 0.125)),
