@@ -234,11 +234,20 @@ def _compare_rows(row: dict, predicted: Mapping[str, Any]) -> list[dict]:
                 {
                     "metric": key,
                     "measured": row[key],
-                    "predicted": (predicted.get("stage_ms") if key == "lat_stage_compute_ms" else None),
+                    "predicted": (_stage_compute(predicted) if key == "lat_stage_compute_ms" else None),
                     "error_pct": None,
                 }
             )
     return rows
+
+
+def _stage_compute(predicted: Mapping[str, Any]) -> list[float] | None:
+    """Predicted per-stage compute as a worker times it: its nodes, plus its copies to and from an
+    accelerator (the worker times them with the compute)."""
+    stage_ms, copy_ms = predicted.get("stage_ms"), predicted.get("stage_copy_ms")
+    if stage_ms is None or copy_ms is None or len(copy_ms) != len(stage_ms):
+        return stage_ms
+    return [s + c for s, c in zip(stage_ms, copy_ms)]
 
 
 @app.command("worker")
