@@ -15,7 +15,8 @@ file).
     python benchmarks/bench_accelerator.py                          # resnet50, batch 1 and 8, every block cut
     python benchmarks/bench_accelerator.py --quick --no-save        # batch 1, three block cuts, few items
 
-The run directories stay under ``--out`` (default ``results/bench-accelerator``).
+The profiles and run directories go to ``--out`` (default ``results/bench-accelerator``), which must be
+new or empty.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,9 +124,9 @@ def main() -> None:
     items = 3 if args.quick else args.items
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"--out {args.out} is not empty: give a new directory")
+    args.out.mkdir(parents=True, exist_ok=True)
     driver_cpus = "cpus = [2]\n" if (os.cpu_count() or 1) >= 3 else ""
     testbed = args.out / "cpu-gpu.toml"
     testbed.write_text(TESTBED.format(driver_cpus=driver_cpus))

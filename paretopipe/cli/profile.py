@@ -205,11 +205,11 @@ def _run(
         command=command,
     )
     settings.check()
-    resolve_accelerator(accelerator)  # this host has it, before anything is built
     if cpu_quota is not None:
         cgroups.quota_settings(cpu_quota)
         cgroups.check_quota_capability()
     isa_limit.apply(isa)  # before anything computes: torch reads the limit once per process
+    resolve_accelerator(accelerator)  # this host has it, before anything is built
     spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     path = check_writable(output if output is not None else default_path(device, spec.label))
 

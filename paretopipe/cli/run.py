@@ -316,13 +316,13 @@ def worker_command(
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
-    resolve_accelerator(dev.accelerator)  # refused here, before listening, if this host lacks it
     policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts, accelerator=dev.accelerator)
     exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
     if exposed:
         err_console.print(exposed, markup=False, highlight=False, soft_wrap=True)
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     isa.apply(dev.isa)  # before the first kernel: the limit is read once per process
+    resolve_accelerator(dev.accelerator)  # refused here, before listening, if this host lacks it
     curve = None
     if secure:
         from paretopipe.runtime.endpoints import curve_config

@@ -317,7 +317,12 @@ _TOP = {
     "accelerator": (str,),
     "copy": (dict, type(None)),
 }
-_COPY_FIT = {"intercept_ms": _NUM, "ms_per_byte": _NUM, "nbytes": (list,), "median_ms": (list,)}
+_COPY_FIT: dict[str, tuple[type, ...]] = {
+    "intercept_ms": _NUM,
+    "ms_per_byte": _NUM,
+    "nbytes": (list,),
+    "median_ms": (list,),
+}
 _MODEL = {
     "name": (str,),
     "input_shape": (list,),
