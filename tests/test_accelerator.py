@@ -34,9 +34,13 @@ def _gpu() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+@pytest.mark.parametrize("name", ["cpu", "cuda:0", "cuda:12", "mps"])
 def test_accelerator_names(name):
     assert check_accelerator(name) == name
+
+
+def test_cuda_alone_is_the_first_gpu():
+    assert check_accelerator("cuda") == "cuda:0"
 
 
 @pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "CPU", "", 0, None])

@@ -121,6 +121,8 @@ def test_accelerator_defaults_to_the_cpu_and_a_bad_one_is_one_line(tmp_path):
     assert {d.accelerator for d in tb.devices} == {"cpu"}
     gpu = load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'cuda:0'\n"))
     assert gpu.device("g").accelerator == "cuda:0"
+    bare = load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'cuda'\n"))
+    assert bare.device("g").accelerator == "cuda:0"  # so a profile taken with --accelerator cuda:0 matches
     with pytest.raises(ConfigError) as err:
         load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'gpu0'\n"))
     assert str(err.value).endswith(

@@ -26,11 +26,12 @@ HINT = "one of cpu, mps, cuda, cuda:N (e.g. cuda:0)"
 
 
 def check_accelerator(name: object) -> str:
-    """``name`` if it names an accelerator kind this code knows (whether this host has it is
-    checked where it runs: :func:`paretopipe.host.placement.resolve`). Raises UsageError."""
+    """The canonical form of accelerator ``name`` (``"cuda"`` is ``"cuda:0"``), if it names an
+    accelerator kind this code knows; whether this host has it is checked where it runs
+    (:func:`paretopipe.host.placement.resolve`). Raises UsageError."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise UsageError(f"unknown accelerator {name!r}", HINT)
-    return name
+    return "cuda:0" if name == "cuda" else name
 
 
 def is_host(name: str) -> bool:

@@ -36,9 +36,8 @@ def available() -> list[str]:
 def resolve(name: str) -> torch.device:
     """The torch device for accelerator ``name`` on this host. Raises UsageError for an unknown
     name, CapabilityError naming what torch reports available when this host lacks it."""
-    check_accelerator(name)
+    wanted = check_accelerator(name)
     have = available()
-    wanted = "cuda:0" if name == "cuda" else name
     if wanted not in have:
         raise CapabilityError(
             f"accelerator {name!r} is not available on {platform.node()}",
@@ -60,7 +59,7 @@ class Placement:
     """Moves between host memory and one accelerator: the worker's and the profiler's path."""
 
     def __init__(self, name: str = "cpu") -> None:
-        self.name = name
+        self.name = check_accelerator(name)
         self.device = resolve(name)
         self.pinned = self.device.type == "cuda"  # page-locked host buffers: CUDA only
         self.sync = synchronizer(self.device)
@@ -98,7 +97,7 @@ def describe(name: str) -> dict[str, Any]:
     and runtime versions (None where torch does not say). Raises as :func:`resolve`."""
     device = resolve(name)
     info: dict[str, Any] = {
-        "accelerator": name,
+        "accelerator": check_accelerator(name),
         "accelerator_name": None,
         "accelerator_memory_nbytes": None,
         "accelerator_driver": None,

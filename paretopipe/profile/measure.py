@@ -457,6 +457,6 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
         command=tuple(settings.command),
         fingerprint=fp,
         batches=batches,
-        accelerator=settings.accelerator,
+        accelerator=placement.name,
         copy=copies,
     )
