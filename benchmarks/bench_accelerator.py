@@ -8,15 +8,17 @@ profiles the model on both at every batch size (``paretopipe profile``, the GPU 
 size, sweeps every 2-stage plan at every block cut on the ``lan`` scenario (``paretopipe sweep
 --cuts all --granularity block``: both device orders, the device runtime calibration first, as a
 user would) and prints, for the plans CPU -> GPU, measured against predicted latency (p50) and
-throughput, with the copy terms the prediction included. The plans GPU -> CPU are measured too
-and summarised on one line. On a machine without a CUDA GPU it says so and exits 0 (no result
-file).
+throughput, with the copy terms the prediction included, and the GPU stage's time per item as
+its worker measured it (copies included) with one item in flight and with the window full, next
+to the predicted compute plus copies: whether copies overlap compute with the pipeline full
+shows there. The plans GPU -> CPU are measured too and summarised on one line. On a machine
+without a CUDA GPU it says so and exits 0 (no result file).
 
     python benchmarks/bench_accelerator.py                          # resnet50, batch 1 and 8, every block cut
     python benchmarks/bench_accelerator.py --quick --no-save        # batch 1, three block cuts, few items
 
-The profiles and run directories go to ``--out`` (default ``results/bench-accelerator``), which must be
-new or empty.
+The profiles and run directories go to ``--out`` (default ``results/bench-accelerator``), which
+must be new or empty.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 from paretopipe.model.graph import trace_spec
 from paretopipe.model.registry import resolve_spec
+from paretopipe.sweep.rows import stage_values
 
 TESTBED = """name = "cpu-gpu"
 description = "one CPU core beside a CUDA GPU"
@@ -82,6 +85,8 @@ def _report(run_dir: Path, batch_size: int) -> None:
         copies[plan["id"]] = plan["predicted"].get("stage_copy_ms", [])
     table = []
     for _, r in rows.iterrows():
+        gpu = r["devices"].split("+").index("gpu")
+        at = lambda column: (stage_values(r, column) or [float("nan")] * 2)[gpu]  # noqa: B023
         table.append(
             {
                 "devices": r["devices"],
@@ -93,6 +98,10 @@ def _report(run_dir: Path, batch_size: int) -> None:
                 "pred_tput_ips": r["pred_throughput_ips"],
                 "tput_err_pct": _pct(r["throughput_ips"], r["pred_throughput_ips"]),
                 "pred_copy_ms": " ".join(f"{c:.3f}" for c in copies.get(r["plan_id"], [])),
+                # the GPU stage as its worker timed it (copies included), one item / window full
+                "gpu_lat_ms": at("lat_stage_compute_ms"),
+                "gpu_tput_ms": at("tput_stage_compute_ms"),
+                "pred_gpu_ms": at("pred_stage_ms") + (copies.get(r["plan_id"]) or [0.0, 0.0])[gpu],
                 "exact": r["output_exact"],
                 "max_abs_diff": r["output_max_abs_diff"],
             }
