@@ -17,7 +17,8 @@ Copies, decided here once:
 - decode: a buffer of at least the threshold that is writable and aligned for its dtype becomes a
   tensor over the received memory (``numpy.frombuffer`` then ``torch.from_numpy``, or
   ``torch.frombuffer`` for bfloat16; no copy; the tensor keeps the frame alive). Anything else
-  (small, read-only such as ``bytes``, misaligned) is copied once, so a decoded tensor is always writable and never aliases memory its owner may reuse.
+  (small, read-only such as ``bytes``, misaligned) is copied once, so a decoded tensor is always
+  writable and never aliases memory its owner may reuse.
 """
 
 from __future__ import annotations

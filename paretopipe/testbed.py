@@ -20,6 +20,9 @@ else:  # Python 3.10 (e.g. Ubuntu 22.04 on Jetson boards)
     import tomli as tomllib
 
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.host.accelerator import DEFAULT as ACCELERATOR_DEFAULT
+from paretopipe.host.accelerator import HINT as ACCELERATOR_HINT
+from paretopipe.host.accelerator import check_accelerator
 from paretopipe.host.isa import LEVELS as ISA_LEVELS
 from paretopipe.network.conditions import LinkCondition, Scenario, ScenarioTable, resolve_network
 
@@ -38,10 +41,11 @@ class Device:
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
     isa: str | None = None  # widest vector instructions its kernels may use (paretopipe.host.isa)
-    memory_bytes: float = float("inf")
+    memory_bytes: float = float("inf")  # of the accelerator, when it is not the CPU
     key: str | None = None
     ssh: str | None = None  # "user@host" or a ~/.ssh/config alias: `paretopipe workers` starts it there
     python: str | None = None  # absolute path of the board's Python that has paretopipe installed
+    accelerator: str = ACCELERATOR_DEFAULT  # where its stages compute (paretopipe.host.accelerator)
 
     @property
     def is_local(self) -> bool:
@@ -229,7 +233,19 @@ def load_testbed(path: str | Path, scenarios: ScenarioTable | None = None) -> Te
             p,
             f"devices[{i}]",
             raw,
-            {"name", "host", "port", "threads", "cpus", "cpu_quota", "isa", "memory", "key", *_REMOTE_KEYS},
+            {
+                "name",
+                "host",
+                "port",
+                "threads",
+                "cpus",
+                "cpu_quota",
+                "isa",
+                "memory",
+                "key",
+                "accelerator",
+                *_REMOTE_KEYS,
+            },
         )
         name = f.get(
             "name",
@@ -266,6 +282,7 @@ def load_testbed(path: str | Path, scenarios: ScenarioTable | None = None) -> Te
                 memory_bytes=memory,
                 key=f.get("key", str, None),
                 **_remote_fields(f),
+                accelerator=_accelerator(f),
             )
         )
     names = [d.name for d in devices]
@@ -349,6 +366,14 @@ def _remote_fields(f: _Fields) -> dict[str, str | None]:
             "ssh says where `paretopipe workers` logs in, python what runs the worker there",
         )
     return {"ssh": ssh, "python": python}
+
+
+def _accelerator(f: _Fields) -> str:
+    name = f.get("accelerator", str, ACCELERATOR_DEFAULT, hint=ACCELERATOR_HINT)
+    try:
+        return check_accelerator(name)
+    except UsageError as exc:
+        raise ConfigError(f.path, f"{f.where}.accelerator", exc.message, exc.hint) from None
 
 
 def _scenarios() -> ScenarioTable:

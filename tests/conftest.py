@@ -43,6 +43,15 @@ def _can_cgroup() -> tuple[bool, str]:
     return False, "no writable cgroup CPU controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
 
 
+def _has_accelerator(kind: str) -> tuple[bool, str]:
+    import torch
+
+    if kind == "cuda":
+        return torch.cuda.is_available(), f"no CUDA GPU (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available()), "no Apple MPS GPU"
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects: host capabilities make integration tests
 def pytest_collection_modifyitems(config, items):
     checks = {
@@ -61,6 +70,11 @@ def pytest_collection_modifyitems(config, items):
                 ok, why = cache[marker]
                 if not ok:
                     item.add_marker(pytest.mark.skip(reason=why))
+        kinds = [kind for kind in ("cuda", "mps") if item.get_closest_marker(kind)]
+        if kinds:  # runs where any of the accelerators it is marked for is present
+            found = [cache.setdefault(kind, _has_accelerator(kind)) for kind in kinds]
+            if not any(ok for ok, _ in found):
+                item.add_marker(pytest.mark.skip(reason="; ".join(why for _, why in found)))
 
 
 @pytest.fixture(scope="session")

@@ -115,6 +115,40 @@ def test_device_runtime_terms_are_checked(field, value):
         toy(**{field: [1.0 if field == "device_cycle_factor" else 0.0, value, 0.5]})
 
 
+def test_copies_to_and_from_an_accelerator_add_to_the_stage_in_latency_and_cycle():
+    # device c (stage 0: input 4000 B in, cut 0's 1000 B out) and b (stage 2: cut 1's 2000 B in,
+    # the 500 B output out) have accelerators; a computes in host memory
+    inst = toy(
+        device_copy_in_ms=[0.0, 0.5, 0.25],
+        device_copy_in_ms_per_byte=[0.0, 1e-3, 2e-3],
+        device_copy_out_ms=[0.0, 0.125, 0.5],
+        device_copy_out_ms_per_byte=[0.0, 2e-3, 1e-3],
+    )
+    copy_c = (0.25 + 4000 * 2e-3) + (0.5 + 1000 * 1e-3)  # 9.75
+    copy_b = (0.5 + 2000 * 1e-3) + (0.125 + 500 * 2e-3)  # 3.625
+    b = evaluate_plan(inst, PLAN)
+    m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
+    assert b.stage_copy_ms == pytest.approx((copy_c, 0.0, copy_b))
+    np.testing.assert_allclose(m.stage_copy_ms[0], [copy_c, 0.0, copy_b])
+    assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))  # compute alone
+    latency = 6.1 + 1.0 + 1.6 + 2.0 + 2.6 + 4.0 + 1.1 + copy_c + copy_b
+    assert b.latency_ms == pytest.approx(latency) and m.latency_ms[0] == pytest.approx(latency)
+    # in series with compute: stage 0 holds c for 1 + 9.75 ms per item, above the input link's 4.1
+    assert b.bottleneck_ms == pytest.approx(1.0 + copy_c) and m.bottleneck_ms[0] == pytest.approx(1.0 + copy_c)
+    assert b.to_dict()["stage_copy_ms"] == pytest.approx([copy_c, 0.0, copy_b])
+    # a single stage copies the input in and the output out
+    whole = evaluate_plan(inst, PlanIndices((), (1,)))
+    assert whole.stage_copy_ms == pytest.approx(((0.5 + 4.0) + (0.125 + 1.0),))
+
+
+def test_copy_terms_are_checked_and_default_to_nothing():
+    assert not toy().device_copy_in_ms.any() and not toy().device_copy_out_ms_per_byte.any()
+    with pytest.raises(UsageError, match=r"device_copy_out_ms_per_byte\[1\] = -1.0 is not a finite value >= 0"):
+        toy(device_copy_out_ms_per_byte=[0.0, -1.0, 0.0])
+    with pytest.raises(UsageError, match=r"device_copy_in_ms has shape \(2,\), expected \(3,\)"):
+        toy(device_copy_in_ms=[0.0, 1.0])
+
+
 def test_window_caps_throughput_by_littles_law():
     b = evaluate_plan(toy(window=1), PLAN)
     assert b.throughput_ips == pytest.approx(1 * 2 * 1e3 / 18.4)  # below 2e3 / 4.1
@@ -197,9 +231,21 @@ def random_instances(draw, integer: bool):
         device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
         device_latency_overhead_ms=None if rng.random() < 0.5 else rng.choice([0.0, 0.25, 1.0], d),
         device_cpu_group=rng.integers(0, d, d),
+        **_copies(rng, d),
         batch_size=int(rng.integers(1, 4)),
         window=draw(st.sampled_from([None, 1, 3])),
     )
+
+
+def _copies(rng: np.random.Generator, d: int) -> dict[str, np.ndarray]:
+    """Host <-> accelerator copy fits on about half the devices (the others compute in host memory)."""
+    on = rng.random(d) < 0.5
+    return {
+        "device_copy_in_ms": on * rng.choice([0.0, 0.5, 1.0], d),
+        "device_copy_in_ms_per_byte": on * rng.choice([0.0, 2**-10, 2**-8], d),
+        "device_copy_out_ms": on * rng.choice([0.0, 0.25, 1.0], d),
+        "device_copy_out_ms_per_byte": on * rng.choice([0.0, 2**-10, 2**-9], d),
+    }
 
 
 def _random_plans(inst: Instance, k: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +268,7 @@ def test_vectorised_and_single_evaluators_agree(inst, seed):
             assert m.throughput_ips[i] == pytest.approx(b.throughput_ips, rel=1e-12)
             assert m.bytes_per_item[i] == pytest.approx(b.bytes_per_item, rel=1e-12)
             assert m.stage_ms[i] == pytest.approx(b.stage_ms, rel=1e-12, abs=1e-12)
+            assert m.stage_copy_ms[i] == pytest.approx(b.stage_copy_ms, rel=1e-12, abs=1e-12)
             assert m.stage_mem_bytes[i] == pytest.approx(b.stage_mem_bytes, rel=1e-12)
             assert m.link_busy_ms[i] == pytest.approx([x.busy_ms for x in b.links], rel=1e-12)
             assert m.link_transfer_ms[i] == pytest.approx([x.transfer_ms for x in b.links])
@@ -237,6 +284,7 @@ def test_evaluators_agree_exactly_on_integer_data(inst, seed):
         for i in range(len(devs)):
             b = evaluate_plan(inst, PlanIndices(cuts[i], devs[i]))
             assert tuple(m.stage_ms[i]) == b.stage_ms
+            assert tuple(m.stage_copy_ms[i]) == b.stage_copy_ms
             assert tuple(m.stage_mem_bytes[i]) == b.stage_mem_bytes
             assert m.bytes_per_item[i] == b.bytes_per_item
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -60,9 +61,24 @@ def instances(draw, integer: bool = True) -> Instance:
         device_latency_overhead_ms=rng.choice([0.0, 1.0], d) if integer else rng.uniform(0.0, 1.0, d),
         # half the instances have devices sharing a CPU (their cycles add up in the bottleneck)
         device_cpu_group=rng.integers(0, d, d) if rng.random() < 0.5 else np.arange(d),
+        # half the instances have accelerator devices: copies in and out of each stage on them
+        **(_accelerators(rng, d, integer) if rng.random() < 0.5 else {}),
         batch_size=draw(st.integers(1, 2)),
         window=draw(st.sampled_from([None, None, 1, 2])),
     )
+
+
+def _accelerators(rng: np.random.Generator, d: int, integer: bool) -> dict[str, np.ndarray]:
+    """Copy fits on some devices: an intercept and a per-byte slope each way (exact in binary
+    for integer instances, so ties stay ties)."""
+    on = rng.random(d) < 0.6
+    pick = (lambda options: rng.choice(options, d)) if integer else (lambda options: rng.uniform(0, max(options), d))
+    return {
+        "device_copy_in_ms": on * pick([0.0, 1.0, 2.0]),
+        "device_copy_in_ms_per_byte": on * pick([0.0, 0.5, 1.0]),
+        "device_copy_out_ms": on * pick([0.0, 1.0]),
+        "device_copy_out_ms_per_byte": on * pick([0.0, 0.25, 1.0]),
+    }
 
 
 def _assert_same_front(inst: Instance, objectives: tuple[str, ...]) -> None:
@@ -109,6 +125,34 @@ def test_exact_equals_exhaustive_other_objective_sets(inst, objectives):
 @given(instances(integer=False), st.sampled_from([("latency", "throughput"), ("latency", "throughput", "bytes")]))
 def test_exact_equals_exhaustive_on_float_data(inst, objectives):
     _assert_same_front(inst, objectives)
+
+
+@settings(max_examples=80, deadline=None)
+@given(instances(), st.integers(0, 2**32 - 1), st.sampled_from([("latency", "throughput"), ("latency", "bytes")]))
+def test_exact_equals_exhaustive_with_every_device_an_accelerator(inst, seed, objectives):
+    rng = np.random.default_rng(seed)
+    copies = _accelerators(rng, inst.n_devices, integer=True)
+    copies = {k: np.maximum(v, rng.choice([0.5, 1.0], inst.n_devices)) for k, v in copies.items()}
+    _assert_same_front(dataclasses.replace(inst, **copies), objectives)
+
+
+def test_copies_move_the_best_cut_to_fewer_bytes():
+    # two devices, 4 nodes, free links; a GPU-like device 1 is 10x faster but pays 1 ms per byte
+    # copied in: the latency-best plan enters it where the fewest bytes cross
+    base = dict(
+        node_ms=np.array([[10.0, 10.0, 10.0, 10.0], [1.0, 1.0, 1.0, 1.0]]),
+        cut_positions=np.array([0, 1, 2]),
+        cut_bytes=np.array([30.0, 1.0, 4.0]),
+        input_bytes=16.0,
+        output_bytes=1.0,
+    )
+    free = search(Instance(**base), [2], method="exact", objectives=("latency",))
+    assert free.front_keys() == {((0,), (0, 1)), ((2,), (1, 0))}  # 10 + 3 and 3 + 10 ms
+    copying = Instance(**base, device_copy_in_ms_per_byte=np.array([0.0, 1.0]))
+    best = search(copying, [2], method="exact", objectives=("latency",))
+    assert best.front_keys() == search(copying, [2], method="exhaustive", objectives=("latency",)).front_keys()
+    assert best.front_keys() == {((1,), (0, 1))}  # 20 ms, 1 byte copied in, 2 ms
+    assert best.plans[best.on_front].iloc[0]["latency_ms"] == pytest.approx(23.0)
 
 
 def _naive_prune(group, strict, tols, loose, targets=None):

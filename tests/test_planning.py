@@ -199,8 +199,10 @@ def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(p
     assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
     whole_b = cal.plan_for((), (1,))
     inst = cal.instance
+    copies = float(inst.stage_copy_ms(1, 0, inst.n_cuts + 1))  # the profile's (CPU: near zero) copy fit
+    assert 0.0 <= copies < 0.1
     assert whole_b.predicted["latency_ms"] == pytest.approx(
-        inst.in_transfer_ms[1] + b_ms + 1.2 - links + inst.out_transfer_ms[1]
+        inst.in_transfer_ms[1] + b_ms + 1.2 - links + copies + inst.out_transfer_ms[1]
     )
 
 
@@ -278,3 +280,15 @@ def test_plans_predicted_near_the_measured_front_are_ranked_against_it(profiled)
     assert [score[k] for k in near] == sorted(score[k] for k in near)
     assert near_measured_front(result, front, set(measured), margin=0.10, limit=2) == near[:2]
     assert near_measured_front(result, {}, set(measured)) == []
+
+
+def test_a_profile_taken_on_another_accelerator_is_refused_with_the_command_to_run(profiled):
+    import dataclasses
+
+    d, tb, spec, graph, _ = profiled
+    on_gpu = tuple(dataclasses.replace(x, accelerator="cuda:0") if x.name == "b" else x for x in tb.devices)
+    with pytest.raises(ConfigError) as err:
+        gather_profiles(spec, graph, dataclasses.replace(tb, devices=on_gpu), 1, d / "profiles", auto_profile=False)
+    text = str(err.value)
+    assert "device 'b'" in text and "profiled on accelerator 'cpu' but the device computes on 'cuda:0'" in text
+    assert "--device b" in text and "--accelerator cuda:0" in text

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.host.accelerator import CopyFit
 from paretopipe.host.fingerprint import fingerprint
 from paretopipe.profile import profile_file as profiles
 from paretopipe.profile.profile_file import (
@@ -101,7 +102,7 @@ def test_round_trip_and_helpers(tmp_path):
     p = make_profile()
     path = save_profile(p, tmp_path / "sub" / "pi-toy.json")
     data = json.loads(path.read_text())
-    assert data["schema"] == "paretopipe.profile" and data["version"] == 5
+    assert data["schema"] == "paretopipe.profile" and data["version"] == 6
     assert data["batches"][1]["whole_ms"] == {
         "median": pytest.approx(20.4),
         "iqr": 0.1,
@@ -219,6 +220,60 @@ def test_check_limits_names_the_limit_that_differs():
         p.check_limits(0.25, "sse41")
 
 
+def _on_gpu() -> Profile:
+    copy = {
+        "to_device": CopyFit(0.02, 1e-7, (4096, 1 << 20), (0.0204, 0.125)),
+        "to_host": CopyFit(0.03, 2e-7, (4096, 1 << 20), (0.031, 0.24)),
+    }
+    return Profile(**{**make_profile().__dict__, "accelerator": "cuda:0", "copy": copy})
+
+
+def test_accelerator_and_copy_fits_round_trip(tmp_path):
+    p = _on_gpu()
+    assert load_profile(save_profile(p, tmp_path / "gpu.json")) == p
+    data = json.loads((tmp_path / "gpu.json").read_text())
+    assert data["accelerator"] == "cuda:0" and data["copy"]["to_host"]["ms_per_byte"] == 2e-7
+
+
+def test_version_5_files_were_taken_on_the_cpu_without_copy_fits(tmp_path):
+    data = json.loads(json.dumps(make_profile().to_dict()))
+    del data["accelerator"], data["copy"]
+    data["version"] = 5
+    (tmp_path / "v5.json").write_text(json.dumps(data))
+    p = load_profile(tmp_path / "v5.json")
+    assert p.accelerator == "cpu" and p.copy is None
+    data["version"] = 6
+    (tmp_path / "v6.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"v6.json: accelerator: missing"):
+        load_profile(tmp_path / "v6.json")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(accelerator="tpu"), r"accelerator: unknown accelerator 'tpu'; one of cpu, mps, cuda"),
+        (lambda d: d["copy"]["to_device"].update(ms_per_byte=-1.0), r"copy.to_device: .*must be >= 0"),
+        (lambda d: d["copy"]["to_host"].update(median_ms=[1.0]), r"copy.to_host.median_ms: expected 2 numbers"),
+        (lambda d: d["copy"].pop("to_host"), r"copy.to_host: missing"),
+    ],
+)
+def test_accelerator_fields_are_validated(tmp_path, edit, message):
+    data = json.loads(json.dumps(_on_gpu().to_dict()))
+    edit(data)
+    with pytest.raises(ConfigError, match=message):
+        profile_from_dict(data, "gpu.json")
+
+
+def test_a_profile_taken_on_another_accelerator_is_refused():
+    p = _on_gpu()
+    p.check_limits(0.5, None, "cuda:0")
+    with pytest.raises(
+        ConfigError,
+        match=r"accelerator: profiled on accelerator 'cuda:0' but the device computes on 'cpu'; .*--accelerator cpu",
+    ):
+        p.check_limits(0.5, None, "cpu")
+
+
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "p.json"
     target.write_text("old")
@@ -261,7 +316,7 @@ def _bad(mutate, field_text, tmp_path):
         (lambda d: d.update(threads="2"), "threads: expected integer"),
         (lambda d: d.update(extra=1), "extra: unknown key"),
         (lambda d: d.update(schema="other"), "schema"),
-        (lambda d: d.update(version=6), "version 6 is not supported"),
+        (lambda d: d.update(version=7), "version 7 is not supported"),
         (
             lambda d: d["batches"][0]["whole_ms"].update(drift_pct="1"),
             "batches[0].whole_ms.drift_pct: expected integer/number/null",

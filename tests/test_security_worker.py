@@ -345,6 +345,37 @@ def test_contained_file_follows_symlinks_and_refuses_escapes(tmp_path: Path):
         contained_file("w.pt", (), "weights", "--weights-dir")
 
 
+def test_setup_names_the_accelerator_and_the_worker_refuses_another():
+    spec = StageSpec("c", 0, 1, SKIPNET, 1, (), (), "driver", accelerator="cuda:0")
+    assert StageSpec.from_header(spec.to_header()).accelerator == "cuda:0"
+    old = spec.to_header()
+    del old["spec"]["accelerator"]
+    assert StageSpec.from_header(old).accelerator == "cpu"  # a driver that does not name one
+    bad = spec.to_header()
+    bad["spec"]["accelerator"] = "../../gpu"
+    with pytest.raises(Refused, match=r"out-of-bounds.*unknown accelerator '../../gpu'"):
+        StageSpec.from_header(bad)
+    policy = WorkerPolicy(allow_models=frozenset({"tests.fixtures"}))
+    with pytest.raises(Refused) as err:
+        policy.admit(spec)
+    assert err.value.reason == "accelerator-mismatch" and "asks for accelerator 'cuda:0'" in str(err.value)
+    assert "this worker computes on 'cpu'" in str(err.value)
+    gpu_policy = WorkerPolicy(allow_models=frozenset({"tests.fixtures"}), accelerator="cuda:0")
+    assert gpu_policy.admit(spec).accelerator == "cuda:0"
+
+
+def test_a_worker_for_an_accelerator_its_host_lacks_refuses_to_start(tmp_path: Path):
+    port, driver_port = free_ports(2)
+    tb = tmp_path / "tb.toml"
+    tb.write_text(
+        f'[driver]\nport = {driver_port}\n[[devices]]\nname = "g"\nhost = "127.0.0.1"\nport = {port}\n'
+        'accelerator = "cuda:63"\n'
+    )
+    result = CliRunner().invoke(app, ["worker", "--testbed", str(tb), "--device", "g"])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert "accelerator 'cuda:63' is not available on" in result.stderr and "reports: cpu" in result.stderr
+
+
 def test_policy_from_options_and_allowances(tmp_path: Path):
     with pytest.raises(UsageError, match="is not a module name"):
         WorkerPolicy.from_options(["mypkg.models:make"])

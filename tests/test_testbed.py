@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WIFI = Scenario("wifi", LinkCondition(bandwidth_bps=50e6, delay_ms=5.0, jitter_ms=1.0))
 
 
-@pytest.mark.parametrize("name", ["local", "local-3", "pi-pair.example"])
+@pytest.mark.parametrize("name", ["local", "local-3", "pi-pair.example", "pi-gpu.example"])
 def test_shipped_testbeds_load(name):
     tb = load_testbed(ROOT / "testbed" / f"{name}.toml")
     assert len(tb.devices) >= 2
@@ -94,6 +94,8 @@ def test_asymmetric_link_override(tmp_path):
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpu_quota = -1\n", "devices[0].cpu_quota"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncpus = 'zero'\n", "devices[0].cpus"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\nisa = 'neon'\n", "devices[0].isa"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\naccelerator = 'gpu'\n", "devices[0].accelerator"),
+        ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\naccelerator = 0\n", "devices[0].accelerator"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\nmemory = '2 bananas'\n", "devices[0].memory"),
         ("[[devices]]\nname = 'a'\nhost = 'h'\nport = 1\ncolour = 'red'\n", "devices[0].colour"),
         (GOOD + "[driver]\ndevice = 'zz'\n", "driver.device"),
@@ -112,6 +114,20 @@ def test_malformed_field_is_named(tmp_path, text, field):
     assert str(p) in str(err.value)
     if field:
         assert f": {field}:" in str(err.value)
+
+
+def test_accelerator_defaults_to_the_cpu_and_a_bad_one_is_one_line(tmp_path):
+    tb = load_testbed(_write(tmp_path, GOOD))
+    assert {d.accelerator for d in tb.devices} == {"cpu"}
+    gpu = load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'cuda:0'\n"))
+    assert gpu.device("g").accelerator == "cuda:0"
+    bare = load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'cuda'\n"))
+    assert bare.device("g").accelerator == "cuda:0"  # so a profile taken with --accelerator cuda:0 matches
+    with pytest.raises(ConfigError) as err:
+        load_testbed(_write(tmp_path, "[[devices]]\nname = 'g'\nhost = 'h'\nport = 1\naccelerator = 'gpu0'\n"))
+    assert str(err.value).endswith(
+        "devices[0].accelerator: unknown accelerator 'gpu0'; one of cpu, mps, cuda, cuda:N (e.g. cuda:0)"
+    )
 
 
 def test_missing_file():

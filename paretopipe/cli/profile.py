@@ -95,6 +95,11 @@ def profile_command(
             "CPU with narrower SIMD."
         ),
     ),
+    accelerator: str = typer.Option(
+        "cpu",
+        "--accelerator",
+        help="Compute on this accelerator: cpu (default), cuda, cuda:N or mps; copies to and from it are measured too.",
+    ),
     input_shape: str | None = InputShapeOption,
     inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
@@ -149,6 +154,7 @@ def profile_command(
         seed,
         output,
         inputs,
+        accelerator,
     )
     print_summary(profile, fmt, top)
 
@@ -174,10 +180,12 @@ def _run(
     seed,
     output,
     inputs=None,
+    accelerator="cpu",
 ) -> Profile:
     """Check every argument (creating nothing), then profile, then save atomically."""
     from paretopipe.host import cgroups
     from paretopipe.host import isa as isa_limit
+    from paretopipe.host.placement import resolve as resolve_accelerator
     from paretopipe.profile.measure import ProfileSettings, profile_model
     from paretopipe.profile.profile_file import check_writable, default_path, save_profile
 
@@ -193,6 +201,7 @@ def _run(
         cpus=cgroups.parse_cpus(cpus) if cpus is not None else None,
         cpu_quota=cpu_quota,
         isa=isa,
+        accelerator=accelerator,
         command=command,
     )
     settings.check()
@@ -200,6 +209,7 @@ def _run(
         cgroups.quota_settings(cpu_quota)
         cgroups.check_quota_capability()
     isa_limit.apply(isa)  # before anything computes: torch reads the limit once per process
+    resolve_accelerator(accelerator)  # this host has it, before anything is built
     spec = model_spec(model, input_shape, weights, leaf, seed, inputs)
     path = check_writable(output if output is not None else default_path(device, spec.label))
 
@@ -272,7 +282,14 @@ def summary_rows(profile: Profile, top: int = 10) -> dict[str, Any]:
                 ],
             }
         )
-    return {"device": profile.device, "model": profile.model_label, "batches": batches}
+    copy = {k: c.to_dict() for k, c in profile.copy.items()} if profile.copy else None
+    return {
+        "device": profile.device,
+        "model": profile.model_label,
+        "accelerator": profile.accelerator,
+        "copy": copy,
+        "batches": batches,
+    }
 
 
 def print_summary(profile: Profile, fmt: OutputFormat = OutputFormat.table, top: int = 10) -> None:
@@ -298,12 +315,16 @@ def print_summary(profile: Profile, fmt: OutputFormat = OutputFormat.table, top:
         + (f", CPUs {list(profile.cpus)}" if profile.cpus else "")
         + (f", quota {profile.cpu_quota:g} CPU" if profile.cpu_quota is not None else "")
         + (f", kernels limited to {profile.isa}" if profile.isa else "")
+        + f", on {profile.accelerator}"
     )
     typer.echo(
         f"{profile.model_label} (input {shape}) on {profile.device}: {limits}, node timing "
         f"{profile.method['node_timing']}, {profile.created}"
     )
     typer.echo(describe(profile.fingerprint))
+    if profile.copy:
+        fit = {k: f"{c.intercept_ms:.4f} ms + {c.ms_per_byte * 1e6:.4f} ms/MB" for k, c in profile.copy.items()}
+        typer.echo(f"copies to {profile.accelerator}: {fit['to_device']}; back to host: {fit['to_host']}")
     cols = [
         "batch_size",
         "whole_ms",

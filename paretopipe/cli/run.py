@@ -284,11 +284,20 @@ def _compare_rows(row: dict, predicted: Mapping[str, Any]) -> list[dict]:
                 {
                     "metric": key,
                     "measured": row[key],
-                    "predicted": (predicted.get("stage_ms") if key == "lat_stage_compute_ms" else None),
+                    "predicted": (_stage_compute(predicted) if key == "lat_stage_compute_ms" else None),
                     "error_pct": None,
                 }
             )
     return rows
+
+
+def _stage_compute(predicted: Mapping[str, Any]) -> list[float] | None:
+    """Predicted per-stage compute as a worker times it: its nodes, plus its copies to and from an
+    accelerator (the worker times them with the compute)."""
+    stage_ms, copy_ms = predicted.get("stage_ms"), predicted.get("stage_copy_ms")
+    if stage_ms is None or copy_ms is None or len(copy_ms) != len(stage_ms):
+        return stage_ms
+    return [s + c for s, c in zip(stage_ms, copy_ms)]
 
 
 @app.command("worker")
@@ -340,6 +349,7 @@ def worker_command(
     import torch
 
     from paretopipe.host import isa
+    from paretopipe.host.placement import resolve as resolve_accelerator
     from paretopipe.host.process import pid_alive
     from paretopipe.host.timing import steady_allocator
     from paretopipe.runtime.endpoints import make_transport, worker_exposure
@@ -354,14 +364,15 @@ def worker_command(
         from paretopipe_backends.torch_rpc import TRUST_WARNING
 
         err_console.print(f"warning: {TRUST_WARNING}", markup=False, highlight=False)
-    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts)
     tb, _ = load_testbed_and_scenarios(testbed, networks)
     dev = tb.device(device)
+    policy = WorkerPolicy.from_options(allow_model or (), weights_dir or (), artifacts, accelerator=dev.accelerator)
     exposed = worker_exposure(dev, backend, bind_all=bind_all, secure=secure, insecure=insecure)
     if exposed:
         err_console.print(exposed, markup=False, highlight=False, soft_wrap=True)
     steady_allocator()  # as when profiling: freed activations are reused, not page-faulted back in
     isa.apply(dev.isa)  # before the first kernel: the limit is read once per process
+    resolve_accelerator(dev.accelerator)  # refused here, before listening, if this host lacks it
     curve = None
     if secure:
         from paretopipe.runtime.endpoints import curve_config
@@ -378,7 +389,9 @@ def worker_command(
         where = f"*:{dev.port}" if bind_all else dev.address
         err_console.print(
             f"worker {device} listening on {where} ({backend}{', CURVE' if secure else ''}), "
-            f"{torch.get_num_threads()} threads" + (f", kernels limited to {dev.isa}" if dev.isa else "")
+            f"{torch.get_num_threads()} threads"
+            + (f", kernels limited to {dev.isa}" if dev.isa else "")
+            + (f", stages on {dev.accelerator}" if dev.accelerator != "cpu" else "")
         )
         build = StageBuilder().build
         if artifacts is not None:

@@ -13,6 +13,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,15 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "isa": (str, type(None)),
     "cpu_capability": (str, type(None)),
     "dnnl_max_cpu_isa": (str, type(None)),
+    "accelerator": (str, type(None)),
+    "accelerator_name": (str, type(None)),
+    "accelerator_memory_nbytes": (int, type(None)),
+    "accelerator_driver": (str, type(None)),
+    "accelerator_runtime": (str, type(None)),
 }
+ACCELERATOR_FIELDS = ("accelerator_name", "accelerator_memory_nbytes", "accelerator_driver", "accelerator_runtime")
 # Fields that files written before they existed lack.
-OPTIONAL_FIELDS = frozenset({"isa", "cpu_capability", "dnnl_max_cpu_isa"})
+OPTIONAL_FIELDS = frozenset({"isa", "cpu_capability", "dnnl_max_cpu_isa", "accelerator", *ACCELERATOR_FIELDS})
 
 
 def cpu_model() -> str:
@@ -122,11 +129,18 @@ def _memory_nbytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def fingerprint(threads: int | None = None, cpu_quota: float | None = None, isa: str | None = None) -> dict[str, Any]:
+def fingerprint(
+    threads: int | None = None,
+    cpu_quota: float | None = None,
+    isa: str | None = None,
+    accelerator: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The fingerprint of this machine and process, as a JSON-ready dict (see :data:`FIELDS`).
 
     ``threads``, ``cpu_quota`` and ``isa`` are the limits the measurement ran with (None: not
     set); ``cpu_capability`` is the code path torch's kernels took (None if torch is not loaded).
+    ``accelerator``: the accelerator's fields as :func:`paretopipe.host.placement.describe` gives
+    them (its name, memory, driver and runtime versions); without it, ``accelerator`` is None.
     """
     from paretopipe import __version__
     from paretopipe.host.isa import describe_env
@@ -151,6 +165,8 @@ def fingerprint(threads: int | None = None, cpu_quota: float | None = None, isa:
         "git_dirty": dirty,
         "isa": isa,
         **describe_env(),
+        **{"accelerator": None, **dict.fromkeys(ACCELERATOR_FIELDS)},
+        **(accelerator or {}),
     }
 
 
@@ -163,6 +179,14 @@ def describe(fp: dict[str, Any]) -> str:
         limits.append(f"isa {fp['isa']}")
     if fp.get("cpu_capability") is not None:
         limits.append(f"kernels {fp['cpu_capability']}")
+    if fp.get("accelerator") not in (None, "cpu"):
+        memory = fp.get("accelerator_memory_nbytes")
+        limits.append(
+            f"on {fp['accelerator']} {fp.get('accelerator_name')}"
+            + (f" ({memory / 2**30:.1f} GiB)" if memory else "")
+            + (f", driver {fp['accelerator_driver']}" if fp.get("accelerator_driver") else "")
+            + (f", {fp['accelerator_runtime']}" if fp.get("accelerator_runtime") else "")
+        )
     if fp.get("cgroup_cpu_limit") is not None:
         limits.append(f"cgroup limit {fp['cgroup_cpu_limit']:g} CPU")
     commit = fp.get("git_commit")

@@ -6,6 +6,8 @@ untimed ones, until at least ``repeats`` rounds and ``min_time_s`` seconds) that
 whole model, every block (as a stage module) and every node once with
 :func:`time.perf_counter_ns`, plus each node's CPU time, minus the timers' own overhead. Nodes run
 ``"sequence"`` (in graph order on fresh values) or ``"isolated"`` (replayed on recorded inputs).
+On an accelerator (``settings.accelerator``) the device is synchronised before every clock
+read, and the host <-> accelerator copy cost is fitted against bytes (:mod:`~paretopipe.profile.copies`).
 The calibration ratio is whole-model median / sum of node medians. While the whole-model time
 drifts more than ``steady_pct`` between the first and second half of the counted rounds, more
 rounds run and the oldest are dropped, up to ``max_rounds_factor`` times as many rounds in all.
@@ -34,11 +36,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from paretopipe.errors import CapabilityError, UsageError
 from paretopipe.host import cgroups, isa
+from paretopipe.host.accelerator import check_accelerator
 from paretopipe.host.fingerprint import fingerprint
+from paretopipe.host.placement import Placement, describe, resolve, synchronizer
 from paretopipe.host.timing import Rounds, Stat, drift_pct, steady_allocator, timer_overhead_ns
 from paretopipe.model.graph import Cut, ModelGraph, trace
 from paretopipe.model.registry import ModelSpec, build_model, example_inputs, trace_options
 from paretopipe.model.stages import build_stages
+from paretopipe.profile.copies import measure_copies
 from paretopipe.profile.profile_file import BatchProfile, BlockProfile, NodeProfile, Profile
 
 __all__ = [
@@ -72,7 +77,7 @@ class ProfileSettings:
     cpus: tuple[int, ...] | None = None
     cpu_quota: float | None = None
     isa: str | None = None
-    torch_device: str = "cpu"
+    accelerator: str = "cpu"  # where the model computes (paretopipe.host.accelerator)
     command: tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
 
     def check(self) -> None:
@@ -101,6 +106,7 @@ class ProfileSettings:
             raise UsageError(f"unknown node timing {self.node_timing!r}", "use sequence or isolated")
         if self.isa is not None:
             isa.check_name(self.isa)
+        check_accelerator(self.accelerator)
 
     def thread_count(self) -> int:
         """``threads``, or one per CPU the profile can use: the pinned CPUs (else torch's default),
@@ -121,12 +127,6 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError)
         and any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
     )
-
-
-def _sync_for(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
 
 
 @dataclass
@@ -276,8 +276,8 @@ def profile_batch(
 ) -> BatchProfile:
     """Measure ``model`` at one batch size (see the module docstring). Raises CapabilityError on OOM."""
     report = progress or (lambda *a: None)
-    device = torch.device(settings.torch_device)
-    sync = _sync_for(device)
+    device = torch.device(resolve(settings.accelerator))
+    sync = synchronizer(device)
     try:
         x = [t.to(device) for t in example_inputs(spec, batch_size)]
         report(batch_size, "first pass", 0, 1)
@@ -422,13 +422,17 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
     isa.apply(settings.isa)
     threads = settings.thread_count()
     steady = steady_allocator()
-    model = build_model(spec).to(torch.device(settings.torch_device))
+    placement = Placement(settings.accelerator)  # refuses an accelerator this host lacks, before any work
+    model = placement.module(build_model(spec))
     with (
         cgroups.limit_process(os.getpid(), settings.cpus, settings.cpu_quota, label="profile"),
         _torch_threads(threads),
     ):
         batches = tuple(profile_batch(model, spec, b, settings, progress) for b in settings.batch_sizes)
-        fp = fingerprint(threads=threads, cpu_quota=settings.cpu_quota, isa=settings.isa)
+        copies = measure_copies(placement)
+        fp = fingerprint(
+            threads=threads, cpu_quota=settings.cpu_quota, isa=settings.isa, accelerator=describe(settings.accelerator)
+        )
     return Profile(
         device=device,
         model=spec.to_dict(),
@@ -453,4 +457,6 @@ def profile_model(spec: ModelSpec, device: str, settings: ProfileSettings, progr
         command=tuple(settings.command),
         fingerprint=fp,
         batches=batches,
+        accelerator=placement.name,
+        copy=copies,
     )

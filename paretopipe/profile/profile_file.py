@@ -1,6 +1,6 @@
 """The profile file: per-node, per-block and whole-model costs of one model on one device.
 
-A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 5``) and
+A profile is versioned JSON (``"schema": "paretopipe.profile", "version": 6``) and
 self-describing: device name, model spec, input shape, batch sizes, the limits it ran under
 (threads, CPUs, CPU quota, instruction set limit), the device fingerprint and the exact command line. For each batch
 size it holds the whole-model time, the sum of node medians, their ratio (the *calibration*, which
@@ -8,8 +8,11 @@ the cost model multiplies node sums by), per-block times and per-node rows in gr
 with its wall-clock and CPU time, how far the whole-model time drifted while it was measured, and
 how many rounds were discarded while waiting for a steady machine. Version 1 files (no node CPU
 times), version 2 files (no instruction set limit), version 3 files (no drift; read as
-``drift_pct: None``) and version 4 files (no waiting; read as ``discarded: None`` and
-``method.steady_pct: None``) are still read.
+``drift_pct: None``), version 4 files (no waiting; read as ``discarded: None`` and
+``method.steady_pct: None``) and version 5 files (no accelerator; read as ``accelerator: "cpu"``
+and ``copy: None``) are still read. ``accelerator`` is where the model computed and ``copy`` the
+fit of the host <-> accelerator copy time against bytes, per direction
+(:class:`~paretopipe.host.accelerator.CopyFit`).
 
 Memory figures are estimates from tensor sizes, not measurements: ``live_nbytes`` of a node is the
 activation bytes alive after it (what a cut there would hold), ``peak_act_nbytes`` the activation
@@ -32,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from paretopipe.errors import ConfigError, UsageError
+from paretopipe.host.accelerator import DEFAULT as ACCELERATOR_DEFAULT
+from paretopipe.host.accelerator import CopyFit, check_accelerator
 from paretopipe.host.fingerprint import FIELDS as FINGERPRINT_FIELDS
 from paretopipe.host.fingerprint import OPTIONAL_FIELDS as FINGERPRINT_OPTIONAL
 
@@ -53,11 +58,11 @@ __all__ = [
 ]
 
 SCHEMA = "paretopipe.profile"
-VERSION = 5
+VERSION = 6
 #: Versions this reader loads: version 1 files have no node CPU times (``cpu_ms``), versions 1-2
 #: no ``isa``, versions 1-3 no ``whole_ms.drift_pct``, versions 1-4 no ``whole_ms.discarded`` and
-#: no ``method.steady_pct`` / ``method.max_rounds_factor``.
-READS = (1, 2, 3, 4, 5)
+#: no ``method.steady_pct`` / ``method.max_rounds_factor``, versions 1-5 no ``accelerator`` / ``copy``.
+READS = (1, 2, 3, 4, 5, 6)
 _NUM = (int, float)
 
 
@@ -132,6 +137,8 @@ class Profile:
     fingerprint: dict[str, Any]
     batches: tuple[BatchProfile, ...]
     isa: str | None = None  # instruction set limit it ran under (paretopipe.host.isa); None: the CPU's own
+    accelerator: str = ACCELERATOR_DEFAULT  # where the model computed (paretopipe.host.accelerator)
+    copy: dict[str, CopyFit] | None = None  # {"to_device", "to_host"} copy-time fits; None before version 6
 
     # -- helpers for the planner ------------------------------------------------------------
     def batch(self, batch_size: int) -> BatchProfile:
@@ -181,10 +188,17 @@ class Profile:
             return cpu * (b.whole_ms["median"] / cpu.sum())
         return self.node_ms(batch_size) * b.calibration
 
-    def check_limits(self, cpu_quota: float | None, isa: str | None) -> None:
-        """Raise ConfigError unless this profile ran under this CPU quota and instruction set limit
-        (a profile measured under other limits describes another device)."""
+    def check_limits(self, cpu_quota: float | None, isa: str | None, accelerator: str = ACCELERATOR_DEFAULT) -> None:
+        """Raise ConfigError unless this profile ran under this CPU quota, instruction set limit
+        and accelerator (a profile measured under other limits describes another device)."""
         where = f"profile of {self.model_label} on {self.device}"
+        if self.accelerator != accelerator:
+            raise ConfigError(
+                where,
+                "accelerator",
+                f"profiled on accelerator {self.accelerator!r} but the device computes on {accelerator!r}",
+                f"re-run paretopipe profile on that device with --accelerator {accelerator}",
+            )
         for key, have, need in (("cpu_quota", self.cpu_quota, cpu_quota), ("isa", self.isa, isa)):
             if have != need:
                 flag = "--" + key.replace("_", "-")
@@ -229,6 +243,7 @@ class Profile:
         for f in fields(self):
             value = getattr(self, f.name)
             d[f.name] = list(value) if isinstance(value, tuple) and f.name != "batches" else value
+        d["copy"] = None if self.copy is None else {k: fit.to_dict() for k, fit in self.copy.items()}
         d["batches"] = [
             {**asdict(b), "blocks": [asdict(x) for x in b.blocks], "nodes": [asdict(x) for x in b.nodes]}
             for b in self.batches
@@ -299,6 +314,14 @@ _TOP = {
     "fingerprint": (dict,),
     "batches": (list,),
     "isa": (str, type(None)),
+    "accelerator": (str,),
+    "copy": (dict, type(None)),
+}
+_COPY_FIT: dict[str, tuple[type, ...]] = {
+    "intercept_ms": _NUM,
+    "ms_per_byte": _NUM,
+    "nbytes": (list,),
+    "median_ms": (list,),
 }
 _MODEL = {
     "name": (str,),
@@ -340,7 +363,7 @@ _NODE["cpu_ms"] = (*_NUM, type(None))
 #: Per part of the file, the fields later versions added and the version that added each: older
 #: files may lack them (read as None).
 _ADDED = {
-    "top": {"isa": 3},
+    "top": {"isa": 3, "accelerator": 6, "copy": 6},
     "node": {"cpu_ms": 2},
     "whole": {"drift_pct": 4, "discarded": 5},
     "method": {"steady_pct": 5, "max_rounds_factor": 5},
@@ -417,7 +440,32 @@ def profile_from_dict(data: Any, path: object = "<profile>") -> Profile:
         fingerprint=dict(fp),
         batches=tuple(batches),
         isa=d.get("isa"),
+        accelerator=_accelerator(path, d.get("accelerator", ACCELERATOR_DEFAULT)),
+        copy=_copy(c, d.get("copy")),
     )
+
+
+def _accelerator(path: object, name: str) -> str:
+    try:
+        return check_accelerator(name)
+    except UsageError as exc:
+        raise ConfigError(path, "accelerator", exc.message, exc.hint) from None
+
+
+def _copy(c: _Checker, raw: Any) -> dict[str, CopyFit] | None:
+    if raw is None:
+        return None
+    fits = c.obj(raw, "copy", {"to_device": (dict,), "to_host": (dict,)})
+    out = {}
+    for key, value in fits.items():
+        fit = c.obj(value, f"copy.{key}", _COPY_FIT)
+        sizes, times = c.ints(fit["nbytes"], f"copy.{key}.nbytes"), fit["median_ms"]
+        if len(times) != len(sizes) or not all(isinstance(t, _NUM) and not isinstance(t, bool) for t in times):
+            raise ConfigError(c.path, f"copy.{key}.median_ms", f"expected {len(sizes)} numbers, got {times!r}"[:200])
+        if not (fit["intercept_ms"] >= 0 and fit["ms_per_byte"] >= 0):
+            raise ConfigError(c.path, f"copy.{key}", "a copy fit's intercept and slope must be >= 0")
+        out[key] = CopyFit.from_dict(fit)
+    return out
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ network), so the worker decides, before it imports or opens anything the setup n
   inside the ``--artifacts`` directory: a name with ``..`` is refused, and the path is resolved
   with every symlink followed before it must lie inside that directory; then its SHA-256 must
   match the one in the setup;
-- torch threads only up to the machine's cores.
+- torch threads only up to the machine's cores;
+- stages only on the accelerator the worker was started for (its device's ``accelerator``).
 
 Anything else raises :class:`~paretopipe.errors.Refused` naming the rule. See docs/threat-model.md.
 """
@@ -42,12 +43,14 @@ def _cores() -> int:
 class WorkerPolicy:
     """What one worker may build. ``allow_models``: modules (or packages) whose factories it may
     import; ``weights_dirs`` / ``artifacts_dir``: real paths of the directories it may read
-    weights / exported stages from; ``max_threads``: most torch threads a setup may ask for."""
+    weights / exported stages from; ``max_threads``: most torch threads a setup may ask for;
+    ``accelerator``: where this worker computes (a setup naming another is refused)."""
 
     allow_models: frozenset[str] = frozenset()
     weights_dirs: tuple[Path, ...] = ()
     artifacts_dir: Path | None = None
     max_threads: int = field(default_factory=_cores)
+    accelerator: str = "cpu"
 
     @classmethod
     def from_options(
@@ -55,6 +58,7 @@ class WorkerPolicy:
         allow_models: Iterable[str] = (),
         weights_dirs: Iterable[str | Path] = (),
         artifacts_dir: str | Path | None = None,
+        accelerator: str = "cpu",
     ) -> WorkerPolicy:
         """A policy from the worker's command line. Raises UsageError for a module name that is
         not ``package.module`` or a directory that does not exist."""
@@ -72,6 +76,7 @@ class WorkerPolicy:
             allow_models=frozenset(modules),
             weights_dirs=tuple(_directory(d, "--weights-dir") for d in weights_dirs),
             artifacts_dir=None if artifacts_dir is None else _directory(artifacts_dir, "--artifacts"),
+            accelerator=accelerator,
         )
 
     def admit(self, spec: StageSpec) -> StageSpec:
@@ -84,6 +89,12 @@ class WorkerPolicy:
                 "out-of-bounds",
                 f"threads {spec.threads} exceeds the {self.max_threads} cores of this device",
                 "set the device's threads in the testbed file within its cores",
+            )
+        if spec.accelerator != self.accelerator:
+            raise Refused(
+                "accelerator-mismatch",
+                f"setup asks for accelerator {spec.accelerator!r} but this worker computes on {self.accelerator!r}",
+                "give the device the same accelerator in the testbed files of the driver and the worker",
             )
         model = self._admit_model(spec.model)
         artifact = self._admit_artifact(spec.artifact)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from paretopipe.errors import FrameError, Refused, UsageError
+from paretopipe.host.accelerator import check_accelerator
 from paretopipe.network.trace import TracedCondition, condition_from_dict
 
 SETUP, READY, ITEM, RESULT, STATS, RELEASE, RELEASED = (
@@ -83,6 +84,7 @@ class StageSpec:
     threads: int | None = None
     shaping: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     artifact: Mapping[str, Any] | None = None  # an exported stage file {file, sha256}, if any
+    accelerator: str = "cpu"  # where the stage computes (paretopipe.host.accelerator)
 
     def to_header(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,6 +126,7 @@ class StageSpec:
                 threads=None if threads is None else _int(threads, "threads", 1, MAX_THREADS),
                 shaping={_name(k, "shaping key"): _condition(v, f"shaping[{k!r}]") for k, v in shaping.items()},
                 artifact=None if spec.get("artifact") is None else _artifact(spec["artifact"]),
+                accelerator=_accelerator(spec.get("accelerator", "cpu")),
             )
         except KeyError as exc:
             raise FrameError(f"malformed setup spec: missing {exc}") from None
@@ -270,6 +273,15 @@ def _artifact(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or set(value) != {"file", "sha256"}:
         raise FrameError(f"artifact is {str(value)[:80]!r}, expected {{file, sha256}}")
     return {"file": _text(value["file"], "artifact.file"), "sha256": _sha256(value["sha256"], "artifact.sha256")}
+
+
+def _accelerator(value: Any) -> str:
+    """An accelerator name (paretopipe.host.accelerator); whether this worker computes there is
+    the policy's decision."""
+    try:
+        return check_accelerator(_name(value, "accelerator"))
+    except UsageError as exc:
+        raise Refused("out-of-bounds", exc.message, exc.hint) from None
 
 
 def _condition(value: Any, where: str) -> dict[str, Any]:

@@ -375,6 +375,7 @@ class Session:
                 threads=self.testbed.device(d).threads,
                 shaping={hops[k + 1]: links[k + 1].userspace.to_dict()},
                 artifact=artifacts.get(k),
+                accelerator=self.testbed.device(d).accelerator,
             )
             for k, d in enumerate(plan.devices)
         ]

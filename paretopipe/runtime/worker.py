@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from paretopipe.errors import FrameError, ParetoPipeError, Refused
+from paretopipe.host.placement import Placement
 from paretopipe.model import values
 from paretopipe.network.trace import condition_from_dict
 from paretopipe.runtime import protocol as P
@@ -52,7 +53,9 @@ class Worker:
 
     ``build`` turns a StageSpec into a module (injectable for tests); ``alive`` is polled while
     idle and ends the loop when it returns False (e.g. the parent process died). ``policy`` says
-    what the worker may build (default: registry models only, no weights, no stage files).
+    what the worker may build (default: registry models only, no weights, no stage files) and
+    on which accelerator its stages compute (:class:`~paretopipe.host.placement.Placement`; the
+    host's CPU by default). Raises CapabilityError when this host lacks that accelerator.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class Worker:
         self.policy = policy or WorkerPolicy()
         self.transport = transport
         self.build = build or StageBuilder().build
+        self.placement = Placement(self.policy.accelerator)
         self.alive = alive or (lambda: True)
         self.poll_s = poll_s
         self.stage: _Stage | None = None
@@ -157,7 +161,7 @@ class Worker:
         t0 = time.perf_counter_ns()
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        module = self.build(spec)
+        module = self.placement.module(self.build(spec))  # device placement, once per setup
         self.transport.set_shaping({p: condition_from_dict(c) for p, c in spec.shaping.items()})
         self.stage = _Stage(spec, module)
         if msg.header.get("preload"):
@@ -185,13 +189,15 @@ class Worker:
             if stage is None:
                 self.stale_items += 1
                 return
-        inputs = values.unpack_message(msg.header, msg.tensors)
+        inputs = values.unpack_message(msg.header, self.placement.to_device(msg.tensors))  # host -> device
         got = time.perf_counter_ns()
         cpu1 = time.thread_time_ns()
         if stage.last_done_ns is not None:
             stage.wait_ns.append(got - stage.last_done_ns)
         with torch.inference_mode():
             out = stage.module(*inputs)
+        tensors, structure = values.pack(out if type(out) is tuple else tuple(out))
+        tensors = self.placement.to_host(tensors)  # device -> host; waits for the device's queued work
         # Read the CPU clock before the wall clock: the read is a system call, where the kernel
         # also charges a CPU quota, so a throttle that the compute's CPU use earned lands inside
         # the timed span instead of just after it (where it would vanish from the compute time).
@@ -203,7 +209,6 @@ class Worker:
         stage.compute_cpu_ns.append(cpu2 - cpu1)
         stage.compute_ns.append(done - got)
         stage.items += 1
-        tensors, structure = values.pack(out if type(out) is tuple else tuple(out))
         header = {"kind": stage.out_kind, "config": stage.spec.config, "item": msg.header["item"], "values": structure}
         if "stamps" in msg.header:  # an adaptive run times the links from these (protocol.check_stamps)
             header["stamps"] = [*msg.header["stamps"], [got, done, got - min(got, self._free_ns)]]

@@ -73,6 +73,8 @@ def profile_command(spec: ModelSpec, device, batch_sizes: Sequence[int], out: Pa
         cmd += ["--cpu-quota", f"{device.cpu_quota:g}"]
     if device.isa:
         cmd += ["--isa", device.isa]
+    if device.accelerator != "cpu":
+        cmd += ["--accelerator", device.accelerator]
     if spec.inputs:
         for described in spec.inputs:
             cmd += ["--input", str(described)]
@@ -112,7 +114,7 @@ def gather_profiles(
             path = find_profile(directory, name, spec.label)
             prof = load_profile(path)
             prof.check_matches(spec, batch_size, node_names)
-            prof.check_limits(dev.cpu_quota, dev.isa)
+            prof.check_limits(dev.cpu_quota, dev.isa, dev.accelerator)
             out[name] = DeviceProfile(prof, path)
             continue
         except ConfigError as exc:
@@ -279,10 +281,22 @@ def build_instance(
         device_item_overhead_ms=np.array(scale.cycle_ms),
         device_latency_overhead_ms=np.array(scale.latency_ms),
         device_cpu_group=np.array(testbed.cpu_groups(devices), dtype=np.int64),
+        **copy_terms([p.profile for p in profiles.values()]),
         batch_size=b,
         window=window,
         device_names=tuple(devices),
     )
+
+
+def copy_terms(profiles: Sequence[Profile]) -> dict[str, np.ndarray]:
+    """The Instance's host <-> accelerator copy fits, one entry per device from its profile's fit
+    (zero for a profile without one, taken before copies were measured)."""
+    terms = {}
+    for direction, prefix in (("to_device", "device_copy_in"), ("to_host", "device_copy_out")):
+        fits = [p.copy[direction] if p.copy else None for p in profiles]
+        terms[f"{prefix}_ms"] = np.array([f.intercept_ms if f else 0.0 for f in fits])
+        terms[f"{prefix}_ms_per_byte"] = np.array([f.ms_per_byte if f else 0.0 for f in fits])
+    return terms
 
 
 @dataclass

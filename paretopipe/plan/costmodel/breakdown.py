@@ -33,6 +33,7 @@ class PlanBreakdown:
     device_names: tuple[str, ...]
     stage_nodes: tuple[tuple[int, int], ...]  # (first, last) node of each stage, inclusive
     stage_ms: tuple[float, ...]
+    stage_copy_ms: tuple[float, ...]  # host <-> accelerator copies of each stage
     stage_mem_bytes: tuple[float, ...]
     links: tuple[LinkCost, ...]  # driver->stage 0, stage k->k+1 ..., last->driver
     latency_ms: float
@@ -51,6 +52,7 @@ class PlanBreakdown:
             "devices": list(self.device_names),
             "stage_nodes": [list(s) for s in self.stage_nodes],
             "stage_ms": list(self.stage_ms),
+            "stage_copy_ms": list(self.stage_copy_ms),
             "stage_mem_bytes": list(self.stage_mem_bytes),
             "links": [vars(link).copy() for link in self.links],
             "latency_ms": self.latency_ms,
@@ -84,16 +86,23 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
     route = (driver, *plan.devices, driver)
     sizes = (inst.input_bytes, *(float(inst.cut_bytes[c]) for c in plan.cut_indices), inst.output_bytes)
     links = tuple(_link(inst, route[i], route[i + 1], sizes[i]) for i in range(len(route) - 1))
-    stage_ms, stage_mem = [], []
+    stage_ms, stage_mem, copy_ms = [], [], []
     for k, ((prev, last), dev) in enumerate(zip(spans, plan.devices)):
         nodes = range(prev + 1, last + 1)
         stage_ms.append(sum(float(inst.node_ms[dev, n]) for n in nodes))
+        copy_in = float(inst.device_copy_in_ms[dev]) + float(inst.device_copy_in_ms_per_byte[dev]) * sizes[k]
+        copy_out = float(inst.device_copy_out_ms[dev]) + float(inst.device_copy_out_ms_per_byte[dev]) * sizes[k + 1]
+        copy_ms.append(copy_in + copy_out)
         entering = inst.input_live_bytes if k == 0 else sizes[k]
         live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
         stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
     overhead = sum(float(inst.device_latency_overhead_ms[d]) for d in plan.devices)
-    latency = links[0].transfer_ms + sum(stage_ms) + overhead + sum(link.transfer_ms for link in links[1:])
-    cycle = [float(inst.stage_cycle_ms(np.array(d), np.array(ms))) for ms, d in zip(stage_ms, plan.devices)]
+    latency = (
+        links[0].transfer_ms + sum(stage_ms) + overhead + sum(copy_ms) + sum(link.transfer_ms for link in links[1:])
+    )
+    cycle = [
+        float(inst.stage_cycle_ms(np.array(d), np.array(ms))) + c for ms, c, d in zip(stage_ms, copy_ms, plan.devices)
+    ]
     shared = [
         sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)
         for g in {int(inst.device_cpu_group[d]) for d in plan.devices}
@@ -107,6 +116,7 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
         device_names=tuple(inst.device_names[d] for d in plan.devices),
         stage_nodes=tuple((a + 1, b) for a, b in spans),
         stage_ms=tuple(stage_ms),
+        stage_copy_ms=tuple(copy_ms),
         stage_mem_bytes=tuple(stage_mem),
         links=links,
         latency_ms=latency,

@@ -58,6 +58,7 @@ class PlanMetrics:
     """Metrics of P plans with K stages; link column 0 is driver->stage 0, K is last->driver."""
 
     stage_ms: np.ndarray  # (P, K)
+    stage_copy_ms: np.ndarray  # (P, K) host <-> accelerator copies of each stage
     link_busy_ms: np.ndarray  # (P, K+1)
     link_transfer_ms: np.ndarray  # (P, K+1)
     stage_mem_bytes: np.ndarray  # (P, K)
@@ -109,7 +110,8 @@ def evaluate_plans(inst: Instance, cut_indices: np.ndarray, devices: np.ndarray,
     busy[:, k], transfer[:, k] = inst.out_busy_ms[devs[:, -1]], inst.out_transfer_ms[devs[:, -1]]
     busy[:, 1:k] = inst.cut_busy_ms[devs[:, :-1], devs[:, 1:], cuts]
     transfer[:, 1:k] = inst.cut_transfer_ms[devs[:, :-1], devs[:, 1:], cuts]
-    stage_lat = inst.stage_latency_ms(devs, stage_ms)
+    copy = inst.stage_copy_ms(devs, bounds[:, :-1], bounds[:, 1:])
+    stage_lat = inst.stage_latency_ms(devs, stage_ms) + copy
     latency = transfer[:, 0] + stage_lat[:, 0]  # same order as the exact planner's labels
     sent = np.zeros(p)
     for s in range(1, k):
@@ -117,10 +119,11 @@ def evaluate_plans(inst: Instance, cut_indices: np.ndarray, devices: np.ndarray,
         latency = latency + stage_lat[:, s]
         sent = sent + inst.cut_bytes[cuts[:, s - 1]]
     latency = latency + transfer[:, k]
-    cycle = inst.stage_cycle_ms(devs, stage_ms)
+    cycle = inst.stage_cycle_ms(devs, stage_ms) + copy
     bottleneck = np.maximum(np.maximum(cycle.max(axis=1), busy.max(axis=1)), inst.shared_cycle_ms(devs, cycle))
     return PlanMetrics(
         stage_ms=stage_ms,
+        stage_copy_ms=copy,
         link_busy_ms=busy,
         link_transfer_ms=transfer,
         stage_mem_bytes=stage_mem,

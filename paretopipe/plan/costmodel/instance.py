@@ -16,7 +16,10 @@ import numpy as np
 
 from paretopipe.errors import CutError, UsageError
 
-__all__ = ["Instance"]
+__all__ = ["Instance", "COPY_FIELDS"]
+
+#: The per-device host <-> accelerator copy-cost arrays (intercepts and slopes, each (D,)).
+COPY_FIELDS = ("device_copy_in_ms", "device_copy_in_ms_per_byte", "device_copy_out_ms", "device_copy_out_ms_per_byte")
 
 
 def _array(name: str, value: Any, shape: tuple[int, ...], dtype: type = float) -> np.ndarray:
@@ -57,8 +60,13 @@ class Instance:
     stage on the device (a stage adds ``stage_ms + device_latency_overhead_ms[d]`` to latency);
     it defaults to ``device_item_overhead_ms``. ``device_cpu_group`` (D,) gives devices that share one CPU the same
     label: their stages take turns on it, so in a full pipeline their cycles add up (see
-    :meth:`shared_cycle_ms`). Optional arrays default to zero bytes, no memory limit, no
-    overhead/delay, unlimited links, a cycle factor of 1 and a CPU of its own for every device.
+    :meth:`shared_cycle_ms`). ``device_copy_in_ms`` + ``device_copy_in_ms_per_byte`` * bytes (D,)
+    is what a stage on the device spends copying the bytes entering it from host memory to its
+    accelerator, ``device_copy_out_ms`` + ``device_copy_out_ms_per_byte`` * bytes copying the bytes
+    leaving it back (:meth:`stage_copy_ms`); the worker does both in series with the stage's
+    compute, so they add to its latency and to its cycle (docs/cost-model.md). Optional arrays
+    default to zero bytes, no memory limit, no overhead/delay, unlimited links, a cycle factor of
+    1, no copies and a CPU of its own for every device.
 
     Raises:
         UsageError: an array has the wrong shape, a negative/NaN entry, or cuts are not legal.
@@ -83,6 +91,10 @@ class Instance:
     device_item_overhead_ms: np.ndarray = None  # type: ignore[assignment]
     device_latency_overhead_ms: np.ndarray = None  # type: ignore[assignment]
     device_cpu_group: np.ndarray = None  # type: ignore[assignment]
+    device_copy_in_ms: np.ndarray = None  # type: ignore[assignment]
+    device_copy_in_ms_per_byte: np.ndarray = None  # type: ignore[assignment]
+    device_copy_out_ms: np.ndarray = None  # type: ignore[assignment]
+    device_copy_out_ms_per_byte: np.ndarray = None  # type: ignore[assignment]
     batch_size: int = 1
     window: int | None = None
     device_names: tuple[str, ...] = field(default=())
@@ -127,6 +139,7 @@ class Instance:
             "link_shaped_bps": ((d + 1, d + 1), np.inf),
             "device_cycle_factor": ((d,), 1.0),
             "device_item_overhead_ms": ((d,), 0.0),
+            **dict.fromkeys(COPY_FIELDS, ((d,), 0.0)),
         }
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
@@ -143,6 +156,7 @@ class Instance:
             "link_delay_ms",
             "device_item_overhead_ms",
             "device_latency_overhead_ms",
+            *COPY_FIELDS,
         ):
             _nonneg(name, getattr(self, name))
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
@@ -224,6 +238,31 @@ class Instance:
     def stage_ms(self, devices: np.ndarray | int, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
         """Compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
         return self._cum_ms_at[devices, end_b] - self._cum_ms_at[devices, start_b]
+
+    @cached_property
+    def _copy_in_at(self) -> np.ndarray:
+        """(D, C+1) ms of copying what enters a stage starting at boundary b onto each device."""
+        entering = np.concatenate(([self.input_bytes], self.cut_bytes))
+        return self.device_copy_in_ms[:, None] + self.device_copy_in_ms_per_byte[:, None] * entering[None, :]
+
+    @cached_property
+    def _copy_out_at(self) -> np.ndarray:
+        """(D, C+2) ms of copying what leaves a stage ending at boundary b (b >= 1) back to the host."""
+        leaving = np.concatenate(([0.0], self.cut_bytes, [self.output_bytes]))
+        return self.device_copy_out_ms[:, None] + self.device_copy_out_ms_per_byte[:, None] * leaving[None, :]
+
+    def stage_copy_ms(self, devices: np.ndarray | int, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
+        """Host <-> accelerator copy ms of stages spanning (start_b, end_b] on ``devices``
+        (broadcast): the bytes entering copied in plus the bytes leaving copied out."""
+        return self._copy_in_at[devices, start_b] + self._copy_out_at[devices, end_b]
+
+    @cached_property
+    def max_copy_after_ms(self) -> np.ndarray:
+        """(D, C+2) the most copying a stage on the device starting at boundary b or later adds
+        (its largest copy-in from b on plus its largest copy-out): a bound for pruning."""
+        copy_in = np.maximum.accumulate(self._copy_in_at[:, ::-1], axis=1)[:, ::-1]
+        copy_in = np.concatenate((copy_in, copy_in[:, -1:]), axis=1)
+        return copy_in + self._copy_out_at.max(axis=1, keepdims=True)
 
     def stage_latency_ms(self, devices: np.ndarray | int, stage_ms: np.ndarray) -> np.ndarray:
         """What the stages of ``stage_ms`` add to an item's latency on their ``devices``: compute
@@ -322,5 +361,6 @@ class Instance:
             + float(self.node_ms.max(axis=0).sum())
             + links
             + max_stages * float(self.device_latency_overhead_ms.max())
+            + max_stages * float(self.max_copy_after_ms.max())
             + float(self.out_transfer_ms.max())
         )

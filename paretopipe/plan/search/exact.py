@@ -71,11 +71,12 @@ class _Dp:
         top_bytes = np.sort(inst.cut_bytes)[::-1][: max(0, max_stages - 1)].sum()
         bounds = {"lat": inst.latency_upper_bound_ms(max_stages), "byt": float(top_bytes)}
         self.tols = [_REL_MARGIN * bounds[c] for c in self.strict]
-        # rest_cycle[d, b]: cycle of a stage on d spanning (b, C+1], the most any stage after b adds
+        # rest_cycle[d, b]: cycle of a stage on d spanning (b, C+1] plus the most it could copy,
+        # the most any stage after b adds
         devs = np.arange(inst.n_devices)[:, None]
         starts = np.arange(inst.n_cuts + 2)[None, :]
         rest_ms = inst.stage_ms(devs, starts, np.full_like(starts, inst.n_cuts + 1))
-        self.rest_cycle = inst.stage_cycle_ms(devs, rest_ms)
+        self.rest_cycle = inst.stage_cycle_ms(devs, rest_ms) + inst.max_copy_after_ms
         self.cycle_tol = _REL_MARGIN * (float(self.rest_cycle[:, 0].sum()) + float(inst.cut_busy_ms.max(initial=0.0)))
         classes = device_classes(inst) if symmetry else np.arange(inst.n_devices)
         self.n_classes = int(np.unique(classes).size)
@@ -136,14 +137,15 @@ class _Dp:
         inst = self.inst
         start = np.zeros_like(end)
         st = inst.stage_ms(dev, start, end)
+        copy = inst.stage_copy_ms(dev, start, end)
         smem = inst.stage_mem_bytes(start, end)
         ok = smem <= inst.device_mem_bytes[dev]
-        cycle = inst.stage_cycle_ms(dev, st)
+        cycle = inst.stage_cycle_ms(dev, st) + copy
         lab = {
             "end": end,
             "dev": dev,
             "mask": np.left_shift(1, dev),
-            "lat": inst.in_transfer_ms[dev] + inst.stage_latency_ms(dev, st),
+            "lat": inst.in_transfer_ms[dev] + (inst.stage_latency_ms(dev, st) + copy),
             "bott": np.maximum(inst.in_busy_ms[dev], cycle),
             "byt": np.zeros(end.size),
             "mem": smem,
@@ -162,14 +164,15 @@ class _Dp:
         rows, start, end, smem = rows[ok], start[ok], end[ok], smem[ok]
         prev, cut = src["dev"][rows], start - 1
         st = inst.stage_ms(dev, start, end)
+        copy = inst.stage_copy_ms(dev, start, end)
         busy = inst.cut_busy_ms[prev, dev, cut]
         lat = src["lat"][rows] + inst.cut_transfer_ms[prev, dev, cut]
-        cycle = inst.stage_cycle_ms(dev, st)
+        cycle = inst.stage_cycle_ms(dev, st) + copy
         lab = {
             "end": end,
             "dev": np.full(end.size, dev),
             "mask": src["mask"][rows] | (1 << dev),
-            "lat": lat + inst.stage_latency_ms(dev, st),
+            "lat": lat + (inst.stage_latency_ms(dev, st) + copy),
             "bott": np.maximum(np.maximum(src["bott"][rows], busy), cycle),
             "byt": src["byt"][rows] + inst.cut_bytes[cut],
             "mem": np.maximum(src["mem"][rows], smem),

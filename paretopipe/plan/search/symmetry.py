@@ -1,7 +1,7 @@
 """Identical devices: which devices a plan can swap without changing any number the planner uses.
 
 Two devices are *identical* when swapping them maps the instance onto itself: the same node
-times, memory limit, cycle factor and per-item overheads, the same links to every other endpoint
+times, memory limit, cycle factor, per-item overheads and copy costs, the same links to every other endpoint
 (the driver included) and between the two in both directions, and the same CPU-sharing (both on
 one shared CPU, or each on a CPU of its own). Exact equality of the arrays, no tolerance. Plans
 that differ only by relabelling identical devices then have bit-for-bit equal metrics, so a search
@@ -14,10 +14,17 @@ from __future__ import annotations
 import numpy as np
 
 from paretopipe.plan.costmodel import Instance
+from paretopipe.plan.costmodel.instance import COPY_FIELDS
 
 __all__ = ["device_classes", "canonical_devices"]
 
-_DEVICE_ARRAYS = ("device_mem_bytes", "device_cycle_factor", "device_item_overhead_ms", "device_latency_overhead_ms")
+_DEVICE_ARRAYS = (
+    "device_mem_bytes",
+    "device_cycle_factor",
+    "device_item_overhead_ms",
+    "device_latency_overhead_ms",
+    *COPY_FIELDS,
+)
 _LINK_ARRAYS = ("link_overhead_ms", "link_delay_ms", "link_bandwidth_bps", "link_shaped_bps")
 
 
