@@ -82,10 +82,11 @@ def _execute(
                     f"{cfg.network} {backend} {cfg.plan.id}",
                 )
                 session = sessions.get(backend)
+                offline = cfg.plan.predicted  # as planned: profiles + the stored calibrations
                 if check is not None:
                     check.ensure(session, cfg)
                     cfg = check.price(cfg)
-                row = config_columns(cfg, settings, host, commit)
+                row = config_columns(cfg, settings, host, commit, offline=offline)
                 t0 = time.perf_counter()
                 failed = False
                 try:

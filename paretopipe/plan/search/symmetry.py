@@ -17,7 +17,7 @@ from paretopipe.plan.costmodel import Instance
 
 __all__ = ["device_classes", "canonical_devices"]
 
-_DEVICE_ARRAYS = ("device_mem_bytes", "device_cycle_factor", "device_item_overhead_ms", "device_latency_overhead_ms")
+_DEVICE_ARRAYS = ("device_mem_bytes", "latency_slope", "latency_intercept_ms", "cycle_slope", "cycle_intercept_ms")
 _LINK_ARRAYS = ("link_overhead_ms", "link_delay_ms", "link_bandwidth_bps", "link_shaped_bps")
 
 
