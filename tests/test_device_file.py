@@ -90,3 +90,12 @@ def test_a_file_from_an_earlier_version_says_what_to_run_again(tmp_path):
         load_device_calibration(old)
     with pytest.raises(ConfigError, match="version 0 .*calibrate --devices again"):
         device_calibration_from_dict({**_calibration().to_dict(), "version": 0}, "f.json")
+
+
+def test_a_run_directory_from_an_earlier_version_says_to_sweep_again(tmp_path):
+    from paretopipe.sweep.device_checks import run_calibration
+
+    assert run_calibration(tmp_path) is None
+    (tmp_path / "device_runtime.json").write_text("{}")
+    with pytest.raises(ConfigError, match="earlier paretopipe.*run the sweep again into a new directory"):
+        run_calibration(tmp_path)

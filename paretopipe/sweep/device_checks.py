@@ -83,8 +83,16 @@ def run_calibration(out_dir: Path) -> DeviceCalibration | None:
     """The device calibration a run planned with (its :data:`RUN_FILE`), None if it has none.
     Raises ConfigError if the file is unreadable or from another version."""
     from paretopipe.calibrate.device_file import load_device_calibration
+    from paretopipe.errors import ConfigError
 
     path = out_dir / RUN_FILE
+    if not path.exists() and (out_dir / "device_runtime.json").exists():
+        raise ConfigError(
+            out_dir / "device_runtime.json",
+            None,
+            "a run directory from an earlier paretopipe",
+            "run the sweep again into a new directory (-o)",
+        )
     return load_device_calibration(path) if path.exists() else None
 
 
