@@ -186,8 +186,8 @@ def test_device_lines_scale_stages_for_latency_and_stretch_them_in_the_bottlenec
     runtimes = {"b": _runtime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1000 / (3.0 * b_ms + 0.5))}
     cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], devices=_devices(runtimes))
     assert np.array_equal(cal.instance.node_ms, base.instance.node_ms)  # the profiles as they are
-    assert cal.instance.latency_slope.tolist() == [1.0, 1.5, 1.0]
-    assert cal.instance.cycle_slope.tolist() == [1.0, 3.0, 1.0]
+    assert cal.instance.latency_slope.tolist() == pytest.approx([1.0, 1.5, 1.0])
+    assert cal.instance.cycle_slope.tolist() == pytest.approx([1.0, 3.0, 1.0])
     assert cal.instance.cycle_intercept_ms == pytest.approx([0.0, 0.5, 0.0])
     assert cal.instance.latency_intercept_ms == pytest.approx([0.0, 0.0, 0.0])  # no time outside compute
     whole_b = cal.plan_for((), (1,))
