@@ -1,45 +1,42 @@
-"""Prediction fidelity: how close are predicted latency and throughput to measured ones, and does a
-planner-guided sweep find the measured front while measuring far fewer configurations?
+"""Prediction fidelity, offline and checked; what each term of the cost model is worth; and whether
+a planner-guided sweep finds the measured front while measuring far fewer configurations.
 
 For each model (mobilenet_v2, resnet18) and stage count (2 stages on testbed/local.toml, 3 on
 testbed/local-3.toml), under three network scenarios, this runs an *exhaustive* sweep: every plan
-over a candidate cut set (all block cuts for 2 stages; six evenly spaced block cuts for 3 stages,
-to keep the run under an hour). It then reports, over all measured configurations, the share
-whose predicted latency / throughput is within ±10% of the measured value, and what a
-*planner-guided* sweep (the predicted front and the plans predicted near it, `--cuts front`, with
-the sweep's own `--near`, `--neighbours` and `--refine`: rounds that add the plans predicted near
-the front measured so far) would have measured: how many configurations, and whether the
-measured front computed from only those configurations equals the measured front of the
-exhaustive sweep (the exhaustive sweep's measurements stand in for the guided sweep's, so the
-comparison is free of run-to-run noise).
+over a candidate cut set (all block cuts for 2 stages; six evenly spaced block cuts for 3 stages).
+The whole benchmark runs ``--runs`` times (default 2), each run a separate set of sweeps with
+fresh workers, all with the link and device calibrations stored in ``OUT/calibrations``, as a
+user's would be: the first sweep finds no device calibration, measures and stores one; every later
+sweep plans with the stored one.
 
-Links are calibrated first (`paretopipe calibrate`), as a user would. Each plan is measured in
-``--repeats`` passes over its scenario's plans (``--items`` latency items, three times as many
-throughput items per pass); its figures are the medians over the passes, as in any sweep.
-Predictions follow device runtime checks at the start of every pass and every ``--recheck``
-seconds within it (default 60 in this benchmark; the sweep's default is 0, at pass starts only); the same
-measurements are also priced as if each pass had been checked at its start only, for comparison,
-and the range of each device's whole-model time over the checks shows how far the machine drifted
-meanwhile. The same latencies are priced once more with each device's per-stage overhead
-measured with the window full (``item_overhead_ms``, as throughput is priced) instead of with one
-item in flight (``latency_overhead_ms``), as the cost model priced latency before. Per scenario it
-also splits one item's latency, measured and predicted (medians by stage count), into the stages'
-compute and everything outside it.
+Per run it reports, over all measured configurations, the share whose predicted latency /
+throughput is within ±10% of the measured value (and the MAPE), for two predictions side by side:
 
-    python benchmarks/bench_fidelity.py                      # everything (several hours)
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --items 7   # one case
+- *offline*: made before the sweep measured anything, from the profiles and the stored
+  calibrations: exactly what ``paretopipe plan`` prints;
+- *checked*: re-priced by the device runtime check at the start of each pass.
 
-Narrower runs:
+and how well passes of the same plan agree with each other (*pass agreement*: one pass taken as
+the prediction of another; run-to-run noise), and what a *planner-guided* sweep (``--cuts front``,
+with the sweep's own ``--near``, ``--neighbours`` and ``--refine``) would have measured: how many
+configurations, and whether the measured front from only those equals the exhaustive sweep's.
 
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --items 7
-    python benchmarks/bench_fidelity.py --models resnet18 --stages 2 --networks wifi
+``--ablate TERM[,TERM]`` (or ``all``) re-prices the same measurements with a term of the cost
+model switched off (:data:`paretopipe.sweep.predict.TERMS`) and prints, per term and run, the
+offline fidelity with and without it, and the bound: 1 - pass agreement, the share of pass pairs
+of one plan that disagree by more than 10%. A term *earns its place* in a run when removing it
+lowers the share within ±10% of the metric it prices (latency for the latency terms, throughput
+for the others) by more than that bound; it is kept when it does so in every run.
 
-Run again with the same ``--out``, it measures only what is missing and recomputes every figure
-(so a changed selection, ``--near`` or ``--neighbours``, is compared on the same measurements).
+    python benchmarks/bench_fidelity.py --ablate all                     # everything, two runs (hours)
+    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --networks lan,wifi --items 7 --ablate all
+
+Run again with the same ``--out``, it measures only what is missing and recomputes every figure.
 With ``--reprice`` it measures nothing and prices the measurements in ``--out`` again with this
-version of the cost model, each with the device runtime check that priced it when measured:
+version of the cost model (offline with each run's device calibration, checked with the check that
+priced each row):
 
-    python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 3 --networks lan --out results/fid3 --reprice
+    python benchmarks/bench_fidelity.py --out results/bench-fidelity-X --reprice --ablate all
 """
 
 from __future__ import annotations
@@ -50,15 +47,14 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import results_file
 
-from paretopipe.calibrate.device_runtime import FILENAME as DEVICE_RUNTIME
-from paretopipe.calibrate.device_runtime import DeviceRuntime, node_scale
+from paretopipe.calibrate.device_runtime import DeviceRuntime
 from paretopipe.calibrate.link_file import default_path
 from paretopipe.calibrate.link_measure import calibrate
 from paretopipe.model.graph import trace_spec
@@ -69,15 +65,22 @@ from paretopipe.runtime.session import Session
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.analysis import aggregate, error_summary, repeat_agreement
 from paretopipe.sweep.configs import replan
-from paretopipe.sweep.device_checks import CHECKS_FILE
-from paretopipe.sweep.inputs import planning_inputs
-from paretopipe.sweep.predict import build_instance, link_models, reprice, whole_model_links_ms
+from paretopipe.sweep.device_checks import CHECKS_FILE, RUN_FILE, run_calibration
+from paretopipe.sweep.inputs import PlanningInputs, planning_inputs
+from paretopipe.sweep.predict import TERMS, build_instance, link_models, reprice
 from paretopipe.sweep.refine import near_measured
-from paretopipe.sweep.rows import stage_values
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
 
 TESTBEDS = {2: "testbed/local.toml", 3: "testbed/local-3.toml"}
+#: The metric each term prices: a term is judged on it.
+METRIC = {
+    "latency_slope": "latency",
+    "latency_intercept": "latency",
+    "cycle_slope": "throughput",
+    "cycle_intercept": "throughput",
+    "shared_cpu": "throughput",
+}
 
 
 def log(msg: str) -> None:
@@ -93,12 +96,12 @@ def candidate_cuts(model: str, stages: int) -> str:
     return ",".join(map(str, block))
 
 
-def ensure_calibration(testbed: str, calibrations: Path) -> None:
+def ensure_link_calibration(testbed: str, calibrations: Path) -> None:
     tb = load_testbed(testbed)
     path = default_path(tb.name, "zmq", "loopback", calibrations)
     if path.exists():
         return
-    log(f"calibrating {tb.name} over zmq")
+    log(f"calibrating the links of {tb.name} over zmq")
     with Session(tb, "zmq") as session:
         cal, _ = calibrate(session, tb, resolve_network("local", load_scenarios()))
     write_json_atomic(cal.to_dict(), path)
@@ -108,9 +111,10 @@ def guided_subset(
     settings: SweepSettings, rows: pd.DataFrame, neighbours: int, near: float, refine: int
 ) -> dict[str, tuple[set[str], int]]:
     """Per scenario, the plan ids a `--cuts front` sweep would measure and how many of them its
-    refinement rounds added: the sweep's own `prepare` (planning only, into a sibling directory),
-    then up to ``refine`` rounds of the sweep's own `near_measured`, with the exhaustive sweep's
-    ``rows`` standing in for what the guided sweep would have measured."""
+    refinement rounds added: the sweep's own `prepare` (planning only, into a sibling directory,
+    from the offline predictions: the run's device calibration), then up to ``refine`` rounds of
+    the sweep's own `near_measured`, with the exhaustive sweep's ``rows`` standing in for what the
+    guided sweep would have measured."""
     guided = dataclasses.replace(
         settings,
         cuts="front",
@@ -122,8 +126,9 @@ def guided_subset(
     )
     shutil.rmtree(guided.out, ignore_errors=True)
     Path(guided.out).mkdir(parents=True)
-    shutil.copy(Path(settings.out) / DEVICE_RUNTIME, guided.out)  # price plans exactly as the full sweep did
-    configs = prepare(guided, RunStore(guided.out), log)
+    if (Path(settings.out) / RUN_FILE).exists():  # price plans exactly as the full sweep did
+        shutil.copy(Path(settings.out) / RUN_FILE, guided.out)
+    configs = prepare(guided, RunStore(guided.out), lambda m: None)
     chosen: dict[str, dict[str, object]] = {}
     for c in configs:
         chosen.setdefault(c.network, {})[c.plan.id] = c.plan
@@ -140,20 +145,15 @@ def guided_subset(
     return {net: (set(plans), len(plans) - first[net]) for net, plans in chosen.items()}
 
 
-def read_checks(run: Path) -> list[dict]:
-    """The device runtime checks of a run (device_checks.jsonl), those that worked."""
+def read_checks(run: Path) -> dict[int, dict[str, DeviceRuntime]]:
+    """The device runtime checks of a run (device_checks.jsonl) that worked, by number."""
     path = run / CHECKS_FILE
     lines = path.read_text().splitlines() if path.exists() else []
-    return [c for c in map(json.loads, lines) if c.get("check") is not None]
-
-
-def device_drift(checks: list[dict]) -> str:
-    """Per device, the range of its one-item whole-model compute over the checks."""
-    per: dict[str, list[float]] = {}
-    for c in checks:
-        for d, r in c["devices"].items():
-            per.setdefault(d, []).append(r["latency_compute_ms"])
-    return ", ".join(f"{d} {min(v):.1f}-{max(v):.1f} ms (median {np.median(v):.1f})" for d, v in per.items())
+    return {
+        c["check"]: {d: DeviceRuntime.from_dict(r) for d, r in c["devices"].items()}
+        for c in map(json.loads, lines)
+        if c.get("check") is not None
+    }
 
 
 def check_number(row: pd.Series) -> int | None:
@@ -163,134 +163,87 @@ def check_number(row: pd.Series) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def priced_by(
-    run: Path,
-    rows: pd.DataFrame,
-    settings: SweepSettings,
-    checks: list[dict],
-    inputs,
-    check_for: Callable[[pd.Series, int], int],
-) -> pd.DataFrame:
-    """``rows`` with every prediction made again by this version of the cost model, each row with
-    the device runtime of check ``check_for(row, n)``, n being the check that priced it. The same
-    measurements, so two pricings compare free of noise."""
-    by_number = {c["check"]: c for c in checks}
-    tb = load_testbed(settings.testbed)
-    instances: dict[tuple[str, int], object] = {}
-    out = rows.copy()
-    for i, r in rows.iterrows():
-        n = check_number(r)
-        if r["status"] != "ok" or n not in by_number:
-            continue
-        use = check_for(r, n)
-        if (r["network"], use) not in instances:
-            runtimes = {d: DeviceRuntime.from_dict(x) for d, x in by_number[use]["devices"].items()}
-            links = link_models(
-                tb, resolve_network(r["network"], load_scenarios()), inputs.calibration, list(inputs.profiles)
-            )
-            instances[(r["network"], use)] = build_instance(
-                inputs.graph, inputs.profiles, tb, links, inputs.granularity, runtimes=runtimes
-            )
-        plan = reprice(
-            load_plan(run / "plans" / safe_name(r["network"]) / f"{r['plan_id']}.json"),
-            instances[(r["network"], use)],
-            {},
-        )
-        out.at[i, "pred_latency_ms"] = plan.predicted["latency_ms"]
-        out.at[i, "pred_throughput_ips"] = plan.predicted["throughput_ips"]
+class Pricer:
+    """Prices a run's measured plans again with this version of the cost model: with given device
+    runtimes and some terms switched off. The same measurements, so pricings compare free of noise."""
+
+    def __init__(self, run: Path, settings: SweepSettings, inputs: PlanningInputs) -> None:
+        self.run, self.settings, self.inputs = run, settings, inputs
+        self.instances: dict[tuple, object] = {}
+        self.plans: dict[tuple[str, str], object] = {}
+
+    def price(
+        self,
+        rows: pd.DataFrame,
+        runtimes_for: Callable[[pd.Series], tuple[object, dict[str, DeviceRuntime] | None]],
+        without: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """``rows`` with ``pred_latency_ms``/``pred_throughput_ips`` made again, each row with the
+        runtimes ``runtimes_for(row)`` returns (a cache key and the runtimes)."""
+        out = rows.copy()
+        for i, r in rows.iterrows():
+            if r["status"] != "ok":
+                continue
+            key, runtimes = runtimes_for(r)
+            ikey = (r["network"], key, tuple(without))
+            if ikey not in self.instances:
+                links = link_models(
+                    self.inputs.testbed,
+                    resolve_network(r["network"], load_scenarios()),
+                    self.inputs.calibration,
+                    list(self.inputs.profiles),
+                )
+                self.instances[ikey] = build_instance(
+                    self.inputs.graph,
+                    self.inputs.profiles,
+                    self.inputs.testbed,
+                    links,
+                    self.inputs.granularity,
+                    runtimes=runtimes,
+                    without=without,
+                )
+            pkey = (r["network"], r["plan_id"])
+            if pkey not in self.plans:
+                self.plans[pkey] = load_plan(self.run / "plans" / safe_name(r["network"]) / f"{r['plan_id']}.json")
+            plan = reprice(self.plans[pkey], self.instances[ikey], {})
+            out.at[i, "pred_latency_ms"] = plan.predicted["latency_ms"]
+            out.at[i, "pred_throughput_ips"] = plan.predicted["throughput_ips"]
+        return out
+
+
+def shares(rows: pd.DataFrame, networks: Sequence[str]) -> dict[str, float]:
+    """Over the plans of every scenario (medians over passes): share within ±10% and MAPE of the
+    predictions in ``pred_*``, and the pass agreement; plus ``plans``."""
+    acc: dict[str, list[tuple[float, float]]] = {}
+    for net in networks:
+        part = rows[rows["network"] == net]
+        errs = error_summary(aggregate(part))
+        rep = repeat_agreement(part)
+        for k in ("latency_within_10pct", "throughput_within_10pct", "latency_mape_pct", "throughput_mape_pct"):
+            acc.setdefault(k, []).append((errs[k], errs["plans"]))
+        for k in ("latency_repeat_within_10pct", "throughput_repeat_within_10pct"):
+            acc.setdefault(k, []).append((rep[k], rep["repeat_pairs"]))
+    out = {}
+    for k, vals in acc.items():
+        v = [(x, w) for x, w in vals if w and not np.isnan(x)]
+        out[k] = sum(x * w for x, w in v) / sum(w for _, w in v) if v else float("nan")
+    out["plans"] = float(sum(w for _, w in acc["latency_within_10pct"]))
     return out
 
 
-def pass_start(checks: list[dict]) -> Callable[[pd.Series, int], int]:
-    """For :func:`priced_by`: the last start (or restart) check of a row's pass at or before the
-    check that priced it, as if the pass had been checked at its start only (``--recheck 0``)."""
-
-    def pick(r: pd.Series, n: int) -> int:
-        starts = [
-            c
-            for c in checks
-            if c["check"] <= n
-            and c["reason"] != "recheck"
-            and (c["network"], c["backend"], c["repeat"]) == (r["network"], r["backend"], r["repeat"])
-        ]
-        return starts[-1]["check"] if starts else n
-
-    return pick
-
-
-def priced_with_full_window_overhead(
-    rows: pd.DataFrame, settings: SweepSettings, checks: list[dict], inputs
-) -> pd.DataFrame:
-    """``rows`` with every latency prediction made again with each device's per-stage overhead
-    measured with the window full (``item_overhead_ms``, what throughput is priced with) instead of
-    with one item in flight (:meth:`DeviceRuntime.latency_overhead_ms`), as the cost model priced
-    latency before checks recorded one item's latency. Rows priced by checks without a one-item
-    latency keep their prediction. The same measurements, so the two pricings compare free of noise."""
-    by_number = {c["check"]: c for c in checks}
-    tb = load_testbed(settings.testbed)
-    devices = list(inputs.profiles)
-    links_ms = whole_model_links_ms(
-        inputs.graph, link_models(tb, resolve_network("local", load_scenarios()), inputs.calibration, devices), devices
-    )
-    shifts: dict[int, dict[str, float]] = {}
-    out = rows.copy()
-    for i, r in rows.iterrows():
-        n = check_number(r)
-        if r["status"] != "ok" or n not in by_number:
-            continue
-        if n not in shifts:
-            scale = node_scale(
-                {d: DeviceRuntime.from_dict(x) for d, x in by_number[n]["devices"].items()}, devices, links_ms
-            )
-            shifts[n] = {d: full - one for d, full, one in zip(devices, scale.cycle_ms, scale.latency_ms)}
-        out.at[i, "pred_latency_ms"] = float(r["pred_latency_ms"]) + sum(
-            shifts[n][d] for d in str(r["devices"]).split("+")
-        )
-    return out
-
-
-def latency_split(rows: pd.DataFrame, checks: list[dict]) -> str:
-    """Where one item's latency went, measured against predicted, as medians by stage count:
-    the stages' compute (the workers' medians; predicted: the stage times plus each device's
-    stage start cost) and everything else (links, receiving, decoding, encoding, sending;
-    predicted: the links plus each device's one-item overhead). Each row is priced by the
-    device runtime check named in its ``calibration``."""
-    by_number = {c["check"]: c for c in checks}
-    parts: dict[int, list[tuple[float, float, float, float]]] = {}
-    for _, r in rows[rows["status"] == "ok"].iterrows():
-        n = check_number(r)
-        if n not in by_number:
-            continue
-        runtimes = by_number[n]["devices"]
-        devices = str(r["devices"]).split("+")
-        compute = sum(stage_values(r, "lat_stage_compute_ms"))
-        pred_compute = sum(stage_values(r, "pred_stage_ms")) + sum(runtimes[d]["stage_start_ms"] for d in devices)
-        latency, pred = float(r["latency_ms_p50"]), float(r["pred_latency_ms"])
-        parts.setdefault(len(devices), []).append((compute, pred_compute, latency - compute, pred - pred_compute))
-    return "; ".join(
-        f"{k} stage{'s' if k > 1 else ''}: compute {np.median([v[0] for v in vals]):.2f} (predicted "
-        f"{np.median([v[1] for v in vals]):.2f}), "
-        f"outside it {np.median([v[2] for v in vals]):.2f} ({np.median([v[3] for v in vals]):.2f}) ms"
-        for k, vals in sorted(parts.items())
-    )
-
-
-def run_one(
+def run_case(
     model: str,
     stages: int,
     networks: list[str],
     out: Path,
-    items: int,
-    repeats: int,
-    neighbours: int,
-    near: float,
-    refine: int,
-    recheck: float,
-    min_time_s: float,
-    measure: bool = True,
-) -> dict:
+    calibrations: Path,
+    args: argparse.Namespace,
+    ablate: Sequence[str],
+) -> tuple[dict, list[dict]]:
+    """One model and stage count in one run: measure (unless --reprice), then price offline,
+    checked and with each term of ``ablate`` off. Returns the summary row and the ablation rows."""
     testbed = TESTBEDS[stages]
-    ensure_calibration(testbed, Path("calibrations"))
+    ensure_link_calibration(testbed, calibrations)
     run = out / f"{model}-k{stages}"
     settings = SweepSettings(
         model=model,
@@ -299,21 +252,20 @@ def run_one(
         stages=tuple(range(1, stages + 1)),
         cuts="all",
         granularity=candidate_cuts(model, stages),
-        latency_items=items,
-        throughput_items=3 * items,
-        min_time_s=min_time_s,
-        repeats=repeats,
+        latency_items=args.items,
+        throughput_items=3 * args.items,
+        min_time_s=args.min_time_s,
+        repeats=args.repeats,
         out=str(run),
         resume=(run / "manifest.json").exists(),
-        recheck_s=recheck,
+        calibrations=str(calibrations),
     )
     t0 = time.perf_counter()
-    if measure:
+    if not args.reprice:
         store = RunStore(run, resume=settings.resume)
         with Sessions(settings, load_testbed(testbed)) as sessions:  # calibrate and measure on the same workers
             configs = prepare(settings, store, log, sessions)
             log(f"{model}, up to {stages} stages: {len(configs)} configurations")
-            t0 = time.perf_counter()
             execute(
                 settings,
                 store,
@@ -322,86 +274,85 @@ def run_one(
                 lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None,
                 sessions,
             )
-        count = len(configs)
     elif not settings.resume:
         raise SystemExit(f"--reprice: no measurements in {run} (run the benchmark with this --out first)")
     else:
         store = RunStore(run, resume=True)
+    minutes = (time.perf_counter() - t0) / 60
     rows = store.rows()
-    rows = rows[rows["network"].isin(networks)]
+    rows = rows[(rows["network"].isin(networks)) & (rows["backend"] == "zmq")]
     checks = read_checks(run)
+    own = run_calibration(run)
     inputs = planning_inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
-    if not measure:  # the measurements as they are, priced by this version of the cost model
-        rows = priced_by(run, rows, settings, checks, inputs, lambda r, n: n)
-        count = int(rows["config"].nunique())
-        log(f"{model}, up to {stages} stages: {count} configurations measured, priced again")
-    at_start = priced_by(run, rows, settings, checks, inputs, pass_start(checks))
-    full_window = priced_with_full_window_overhead(rows, settings, checks, inputs)
-    log(
-        f"  {len(checks)} device runtime checks ({sum(c['reason'] == 'recheck' for c in checks)} within passes); "
-        f"whole model, one item: {device_drift(checks)}"
-    )
-    guided = guided_subset(settings, rows, neighbours, near, refine)
-    result = {"model": model, "stages": stages, "configs": count, "minutes": (time.perf_counter() - t0) / 60}
-    lat_ok = tput_ok = n = 0
-    start_ok = [0.0, 0.0]
-    full_ok = 0.0
-    lat_rep = tput_rep = pairs = 0.0
-    fronts_equal, guided_count, total_count = [], 0, 0
+    pricer = Pricer(run, settings, inputs)
+    offline_runtimes = None if own is None else own.devices
+
+    def offline(_: pd.Series) -> tuple[object, dict[str, DeviceRuntime] | None]:
+        return ("offline", offline_runtimes)
+
+    def checked(r: pd.Series) -> tuple[object, dict[str, DeviceRuntime] | None]:
+        n = check_number(r)
+        return (n, checks[n]) if n in checks else ("offline", offline_runtimes)
+
+    off = shares(pricer.price(rows, offline), networks)
+    chk = shares(pricer.price(rows, checked), networks)
+    guided = guided_subset(settings, rows, args.neighbours, args.near / 100, args.refine)
+    same, guided_n, total = [], 0, 0
     for net in networks:
         net_rows = rows[rows["network"] == net]
         agg = aggregate(net_rows)
-        errs = error_summary(agg)
-        errs_start = error_summary(aggregate(at_start[at_start["network"] == net]))
-        errs_full = error_summary(aggregate(full_window[full_window["network"] == net]))
-        full_ok += errs_full["latency_within_10pct"] * len(agg)
-        start_ok[0] += errs_start["latency_within_10pct"] * len(agg)
-        start_ok[1] += errs_start["throughput_within_10pct"] * len(agg)
-        lat_ok += errs["latency_within_10pct"] * len(agg)
-        tput_ok += errs["throughput_within_10pct"] * len(agg)
-        n += len(agg)
-        rep = repeat_agreement(net_rows)
-        if rep["repeat_pairs"]:
-            lat_rep += rep["latency_repeat_within_10pct"] * rep["repeat_pairs"]
-            tput_rep += rep["throughput_repeat_within_10pct"] * rep["repeat_pairs"]
-            pairs += rep["repeat_pairs"]
         subset, refined = guided.get(net, (set(), 0))
         sub = aggregate(net_rows[net_rows["plan_id"].isin(subset)])
-        full_front = set(agg.loc[agg["on_front"], "plan_id"])
-        sub_front = set(sub.loc[sub["on_front"], "plan_id"])
-        fronts_equal.append(full_front == sub_front)
-        guided_count += len(subset)
-        total_count += len(agg)
+        full_front, sub_front = set(agg.loc[agg["on_front"], "plan_id"]), set(sub.loc[sub["on_front"], "plan_id"])
+        same.append(full_front == sub_front)
+        guided_n, total = guided_n + len(subset), total + len(agg)
         log(
-            f"  {net}: latency within 10%: {errs['latency_within_10pct']:.0%} (MAPE {errs['latency_mape_pct']:.1f}%), "
-            f"throughput: {errs['throughput_within_10pct']:.0%} (MAPE {errs['throughput_mape_pct']:.1f}%) "
-            f"[priced at pass starts only: {errs_start['latency_within_10pct']:.0%} / "
-            f"{errs_start['throughput_within_10pct']:.0%}; "
-            f"latency with window-full overheads: {errs_full['latency_within_10pct']:.0%} (MAPE "
-            f"{errs_full['latency_mape_pct']:.1f}%)]; "
-            + (
-                f"passes within 10% of each other: {rep['latency_repeat_within_10pct']:.0%} / "
-                f"{rep['throughput_repeat_within_10pct']:.0%}; "
-                if rep["repeat_pairs"]
-                else ""
-            )
-            + f"guided measures {len(subset)}/{len(agg)} ({refined} added near the measured front), "
-            f"front {'same' if full_front == sub_front else 'DIFFERENT'} "
-            f"({sorted(full_front)} vs {sorted(sub_front)})"
+            f"  {net}: guided measures {len(subset)}/{len(agg)} ({refined} added near the measured front), "
+            f"front {'same' if full_front == sub_front else 'DIFFERENT'} ({sorted(full_front)} vs {sorted(sub_front)})"
         )
-        log(f"  {net}: one item's latency, medians by stage count: {latency_split(net_rows, checks)}")
-    result.update(
-        latency_within_10pct=lat_ok / max(n, 1),
-        throughput_within_10pct=tput_ok / max(n, 1),
-        latency_at_start_10pct=start_ok[0] / max(n, 1),
-        throughput_at_start_10pct=start_ok[1] / max(n, 1),
-        latency_full_window_10pct=full_ok / max(n, 1),
-        latency_repeat_10pct=lat_rep / pairs if pairs else float("nan"),
-        throughput_repeat_10pct=tput_rep / pairs if pairs else float("nan"),
-        guided_share=guided_count / max(total_count, 1),
-        fronts_equal=all(fronts_equal),
-    )
-    return result
+    summary = {
+        "model": model,
+        "stages": stages,
+        "configs": int(off["plans"]),
+        "minutes": minutes,
+        "offline_latency_10pct": off["latency_within_10pct"],
+        "checked_latency_10pct": chk["latency_within_10pct"],
+        "offline_latency_mape": off["latency_mape_pct"],
+        "checked_latency_mape": chk["latency_mape_pct"],
+        "offline_throughput_10pct": off["throughput_within_10pct"],
+        "checked_throughput_10pct": chk["throughput_within_10pct"],
+        "offline_throughput_mape": off["throughput_mape_pct"],
+        "checked_throughput_mape": chk["throughput_mape_pct"],
+        "pass_latency_10pct": off["latency_repeat_within_10pct"],
+        "pass_throughput_10pct": off["throughput_repeat_within_10pct"],
+        "guided_share": guided_n / max(total, 1),
+        "fronts_equal": all(same),
+        "device_calibration": "none" if own is None else own.created,
+    }
+    ablation = []
+    for term in ablate:
+        without = shares(pricer.price(rows, offline, without=[term]), networks)
+        metric = METRIC[term]
+        ablation.append(
+            {
+                "model": model,
+                "stages": stages,
+                "term": term,
+                "metric": metric,
+                "plans": off["plans"],
+                "with": off[f"{metric}_within_10pct"],
+                "without": without[f"{metric}_within_10pct"],
+                "mape_with": off[f"{metric}_mape_pct"],
+                "mape_without": without[f"{metric}_mape_pct"],
+                "pairs_within": off[f"{metric}_repeat_within_10pct"],
+            }
+        )
+    return summary, ablation
+
+
+def weighted(df: pd.DataFrame, col: str, weight: str = "configs") -> float:
+    ok = df[df[col].notna()]
+    return float((ok[col] * ok[weight]).sum() / ok[weight].sum()) if len(ok) else float("nan")
 
 
 def main() -> None:
@@ -409,6 +360,9 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_v2,resnet18")
     ap.add_argument("--stages", default="2,3")
     ap.add_argument("--networks", default="lan,wifi,4g")
+    ap.add_argument(
+        "--runs", type=int, default=2, help="separate runs of everything (a term must earn its place in each)"
+    )
     ap.add_argument(
         "--items", type=int, default=10, help="latency items per repeat (three times as many for throughput)"
     )
@@ -434,78 +388,89 @@ def main() -> None:
         help="rounds in which a guided sweep adds the plans predicted near the measured front (as `sweep --refine`)",
     )
     ap.add_argument(
-        "--recheck",
-        type=float,
-        default=60.0,
-        help="seconds: check the device runtime again within a pass this often (as `sweep --recheck`)",
-    )
-    ap.add_argument(
         "--near",
         type=float,
         default=100 * SweepSettings.near_margin,
         help="percent: plans predicted this close to the front are near it (as `sweep --near`)",
     )
+    ap.add_argument(
+        "--ablate",
+        default="",
+        help=f"comma-separated terms to price the measurements without, or all ({', '.join(TERMS)})",
+    )
     ap.add_argument("--out", default=f"results/bench-fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument(
         "--reprice",
         action="store_true",
-        help="measure nothing: price the measurements already in --out again with this version of the cost model "
-        "(each with the device runtime check that priced it) and report the figures",
+        help="measure nothing: price the measurements already in --out again with this version of the cost model",
     )
     results_file.add_save_option(ap)
     args = ap.parse_args()
+    ablate = list(TERMS) if args.ablate == "all" else [t.strip() for t in args.ablate.split(",") if t.strip()]
+    unknown = sorted(set(ablate) - set(TERMS))
+    if unknown:
+        raise SystemExit(f"--ablate: unknown term(s) {unknown}; terms: {', '.join(TERMS)}, or all")
     out = Path(args.out)
-    results = [
-        run_one(
-            m,
-            int(k),
-            args.networks.split(","),
-            out,
-            args.items,
-            args.repeats,
-            args.neighbours,
-            args.near / 100,
-            args.refine,
-            args.recheck,
-            args.min_time_s,
-            measure=not args.reprice,
-        )
-        for m in args.models.split(",")
-        for k in args.stages.split(",")
-    ]
-    df = pd.DataFrame(results)
+    calibrations = out / "calibrations"  # the runs' stored link and device calibrations
+    calibrations.mkdir(parents=True, exist_ok=True)
+    summaries, ablations = [], []
+    for i in range(1, args.runs + 1):
+        for m in args.models.split(","):
+            for k in args.stages.split(","):
+                log(f"run {i}: {m}, {k} stages")
+                s, a = run_case(m, int(k), args.networks.split(","), out / f"run{i}", calibrations, args, ablate)
+                summaries.append({"run": i, **s})
+                ablations.extend({"run": i, **row} for row in a)
+    df = pd.DataFrame(summaries)
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    total = df["configs"].sum()
-    lat = (df["latency_within_10pct"] * df["configs"]).sum() / total
-    tput = (df["throughput_within_10pct"] * df["configs"]).sum() / total
-    print(f"\nall {total} configurations: latency within ±10%: {lat:.1%}, throughput within ±10%: {tput:.1%}")
-    lat0 = (df["latency_at_start_10pct"] * df["configs"]).sum() / total
-    tput0 = (df["throughput_at_start_10pct"] * df["configs"]).sum() / total
-    print(
-        f"the same measurements priced with the check at the start of each pass only (as --recheck 0): "
-        f"latency {lat0:.1%}, throughput {tput0:.1%}"
-    )
-    lat1 = (df["latency_full_window_10pct"] * df["configs"]).sum() / total
-    print(
-        "latency priced with each device's overhead measured with the window full (not with one item in "
-        f"flight): {lat1:.1%}"
-    )
-    rep = df[df["latency_repeat_10pct"].notna()]
-    if len(rep):
-        w = rep["configs"] / rep["configs"].sum()
+    print()
+    for i, part in df.groupby("run"):
         print(
-            "the same plan measured in two passes, one taken as the prediction of the other, within ±10% "
-            "(how far single passes scatter; the line above compares with medians over passes): "
-            f"latency {(rep['latency_repeat_10pct'] * w).sum():.1%}, throughput "
-            f"{(rep['throughput_repeat_10pct'] * w).sum():.1%}"
+            f"run {i}, all {int(part['configs'].sum())} configurations, within ±10% offline / checked "
+            f"(MAPE offline / checked): latency {weighted(part, 'offline_latency_10pct'):.1%} / "
+            f"{weighted(part, 'checked_latency_10pct'):.1%} ({weighted(part, 'offline_latency_mape'):.1f}% / "
+            f"{weighted(part, 'checked_latency_mape'):.1f}%), throughput "
+            f"{weighted(part, 'offline_throughput_10pct'):.1%} / {weighted(part, 'checked_throughput_10pct'):.1%} "
+            f"({weighted(part, 'offline_throughput_mape'):.1f}% / {weighted(part, 'checked_throughput_mape'):.1f}%); "
+            f"passes of one plan within ±10% of each other: latency {weighted(part, 'pass_latency_10pct'):.1%}, "
+            f"throughput {weighted(part, 'pass_throughput_10pct'):.1%}; guided sweep measures "
+            f"{weighted(part, 'guided_share'):.1%} of the configurations, same measured front in every case: "
+            f"{bool(part['fronts_equal'].all())}"
         )
-    print(
-        f"planner-guided sweep: measures {(df['guided_share'] * df['configs']).sum() / total:.1%} of the "
-        "configurations; "
-        f"same measured front in every case: {bool(df['fronts_equal'].all())}"
-    )
-    print(f"measurements: {out}/*/measurements.csv")
+    if ablations:
+        ab = pd.DataFrame(ablations)
+        rows = []
+        for (run, term), part in ab.groupby(["run", "term"], sort=False):
+            w = part["plans"]
+            with_, without = (part["with"] * w).sum() / w.sum(), (part["without"] * w).sum() / w.sum()
+            bound = 1.0 - (part["pairs_within"] * w).sum() / w.sum()
+            rows.append(
+                {
+                    "run": run,
+                    "term": term,
+                    "metric": part["metric"].iloc[0],
+                    "offline_with": with_,
+                    "offline_without": without,
+                    "worse_by": with_ - without,
+                    "bound": bound,
+                    "mape_with": (part["mape_with"] * w).sum() / w.sum(),
+                    "mape_without": (part["mape_without"] * w).sum() / w.sum(),
+                    "earns_place": bool(with_ - without > bound),
+                }
+            )
+        table = pd.DataFrame(rows)
+        print("\nablation: offline share within ±10% with and without each term (its metric), and the bound")
+        print("(1 - pass agreement: the share of pass pairs of one plan more than 10% apart)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        kept = table.groupby("term", sort=False)["earns_place"].all()
+        runs = table["run"].nunique()
+        print(
+            f"\nterms that earn their place in all {runs} run(s): "
+            f"{', '.join(t for t, k in kept.items() if k) or 'none'}; "
+            f"that do not: {', '.join(t for t, k in kept.items() if not k) or 'none'}"
+        )
+    print(f"measurements: {out}/run*/*/measurements.csv")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,16 @@ def test_calibrate_command_on_a_local_testbed(tmp_path):
     assert all(r["latency_ms_p50"] > 0 for r in rows)
     cal = load_calibration(tmp_path / "cal" / "local-zmq-loopback.json")
     assert {(link.src, link.dst) for link in cal.links} >= {("driver", "a"), ("a", "b"), ("b", "driver")}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resnet18"], "a model ('resnet18') is only for --devices"),
+        (["--devices"], "--devices needs a MODEL"),
+        (["--devices", "resnet18", "--backend", "rpc"], "device calibration runs over zmq"),
+    ],
+)
+def test_calibrate_bad_input_is_one_line(tmp_path, args, message):
+    result = runner.invoke(app, ["calibrate", *args, "--testbed", str(local_testbed(tmp_path)), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr

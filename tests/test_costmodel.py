@@ -84,35 +84,34 @@ def test_vectorised_matches_hand_computed_plan():
     [
         # b's 4 ms stage holds b for 1.5 x 4 = 6 ms per item in a full pipeline: the bottleneck
         # (was the 4.1 ms input link); an item alone still takes 4 ms there (latency unchanged)
-        ({"device_cycle_factor": [1.0, 1.5, 1.0]}, 6.0, 18.4),
-        # plus 2.5 ms per item receiving and sending outside compute, which a lone item pays too
-        ({"device_item_overhead_ms": [0.0, 2.5, 0.0]}, 6.5, 20.9),
-        ({"device_cycle_factor": [1.0, 1.5, 1.0], "device_item_overhead_ms": [0.0, 2.5, 0.0]}, 8.5, 20.9),
-        # every stage's device pays its own: 0.5 (c) + 0.25 (a) + 2.5 (b)
-        ({"device_item_overhead_ms": [0.25, 2.5, 0.5]}, 6.5, 21.65),
-        # an item alone pays less outside compute than with the pipeline full: latency takes its own
-        ({"device_item_overhead_ms": [0.25, 2.5, 0.5], "device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 6.5, 19.0),
-        ({"device_latency_overhead_ms": [0.1, 0.2, 0.3]}, 4.1, 19.0),
+        ({"cycle_slope": [1.0, 1.5, 1.0]}, 6.0, 18.4),
+        # plus 2.5 ms per item receiving and sending outside compute with the pipeline full
+        ({"cycle_intercept_ms": [0.0, 2.5, 0.0]}, 6.5, 18.4),
+        ({"cycle_slope": [1.0, 1.5, 1.0], "cycle_intercept_ms": [0.0, 2.5, 0.0]}, 8.5, 18.4),
+        # an item alone: every stage's device adds its own intercept, 0.3 (c) + 0.1 (a) + 0.2 (b)
+        ({"latency_intercept_ms": [0.1, 0.2, 0.3]}, 4.1, 19.0),
+        # and its slope: c's 1 ms x 2, a's 2 ms x 1, b's 4 ms x 1.5 = 10 ms of compute instead of 7
+        ({"latency_slope": [1.0, 1.5, 2.0]}, 4.1, 21.4),
+        ({"latency_slope": [1.0, 1.5, 2.0], "cycle_slope": [1.0, 1.5, 2.0]}, 6.0, 21.4),
     ],
 )
-def test_device_runtime_terms_stretch_stages_in_the_bottleneck_and_item_overheads_add_to_latency(
-    device_fields, bottleneck, latency
-):
+def test_device_lines_price_latency_and_cycles_from_the_profiled_stage_time(device_fields, bottleneck, latency):
     inst = toy(**device_fields)
     b = evaluate_plan(inst, PLAN)
     m = evaluate_plans(inst, [PLAN.cut_indices], [PLAN.devices])
     assert b.bottleneck_ms == pytest.approx(bottleneck) and m.bottleneck_ms[0] == pytest.approx(bottleneck)
     assert b.latency_ms == pytest.approx(latency) and m.latency_ms[0] == pytest.approx(latency)
-    assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))
+    assert b.stage_ms == pytest.approx((1.0, 2.0, 4.0))  # profiled
+    assert sum(b.stage_latency_ms) == pytest.approx(latency - 11.4)  # the links take 11.4 ms
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("device_cycle_factor", 0.0), ("device_item_overhead_ms", -1.0), ("device_latency_overhead_ms", -1.0)],
+    [("latency_slope", 0.0), ("cycle_slope", -1.0), ("latency_intercept_ms", -1.0), ("cycle_intercept_ms", -1.0)],
 )
-def test_device_runtime_terms_are_checked(field, value):
+def test_device_lines_are_checked(field, value):
     with pytest.raises(UsageError, match=field):
-        toy(**{field: [1.0 if field == "device_cycle_factor" else 0.0, value, 0.5]})
+        toy(**{field: [1.0 if "slope" in field else 0.0, value, 0.5]})
 
 
 def test_copies_to_and_from_an_accelerator_add_to_the_stage_in_latency_and_cycle():
@@ -170,14 +169,14 @@ def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
         node_ms=np.array([[2.0, 3.0, 4.0]] * 3),
         cut_positions=np.array([0, 1]),
         cut_bytes=np.zeros(2),
-        device_cycle_factor=np.array([1.0, 1.0, 1.5]),
-        device_item_overhead_ms=np.array([0.0, 0.5, 0.0]),
+        cycle_slope=np.array([1.0, 1.0, 1.5]),
+        cycle_intercept_ms=np.array([0.0, 0.5, 0.0]),
         device_cpu_group=np.array([0, 1, 1]),
     )
     np.testing.assert_array_equal(inst.shared_cpus, [[0.0, 1.0, 1.0]])
     m = evaluate_plans(inst, np.array([[0, 1]]), np.array([[0, 1, 2]]))
     # b holds its CPU 3 + 0.5 ms, c 4 x 1.5 ms: together 9.5 ms per item, more than any one stage
-    assert m.bottleneck_ms[0] == pytest.approx(9.5) and m.latency_ms[0] == pytest.approx(9.5)
+    assert m.bottleneck_ms[0] == pytest.approx(9.5) and m.latency_ms[0] == pytest.approx(9.0)  # one item: 2 + 3 + 4
     assert evaluate_plan(inst, PlanIndices((0, 1), (0, 1, 2))).bottleneck_ms == pytest.approx(9.5)
     alone = evaluate_plans(inst, np.array([[0, 1]]), np.array([[1, 0, 2]]))  # b 2.5, a 3, c 6: b and c 8.5
     assert alone.bottleneck_ms[0] == pytest.approx(8.5)
@@ -185,7 +184,7 @@ def test_devices_sharing_a_cpu_add_their_cycles_in_the_bottleneck():
         **{
             **{
                 f: getattr(inst, f)
-                for f in ("node_ms", "cut_positions", "cut_bytes", "device_cycle_factor", "device_item_overhead_ms")
+                for f in ("node_ms", "cut_positions", "cut_bytes", "cycle_slope", "cycle_intercept_ms")
             }
         }
     )
@@ -227,9 +226,10 @@ def random_instances(draw, integer: bool):
         link_delay_ms=num((d + 1,) * 2, 3),
         link_bandwidth_bps=bandwidth,
         link_shaped_bps=rng.choice([2e3, 8e3, np.inf], (d + 1, d + 1)),
-        device_cycle_factor=rng.choice([1.0, 1.25, 2.0], d),
-        device_item_overhead_ms=rng.choice([0.0, 0.5, 2.0], d),
-        device_latency_overhead_ms=None if rng.random() < 0.5 else rng.choice([0.0, 0.25, 1.0], d),
+        latency_slope=rng.choice([1.0, 0.75, 1.5], d),
+        latency_intercept_ms=rng.choice([0.0, 0.25, 1.0], d),
+        cycle_slope=rng.choice([1.0, 1.25, 2.0], d),
+        cycle_intercept_ms=rng.choice([0.0, 0.5, 2.0], d),
         device_cpu_group=rng.integers(0, d, d),
         **_copies(rng, d),
         batch_size=int(rng.integers(1, 4)),

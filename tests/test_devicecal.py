@@ -13,6 +13,13 @@ from paretopipe.errors import ParetoPipeError
 from tests.fixtures.measurements import measured, stages
 
 
+def rt(device, profile_ms, one_ms, full_ms, ips, latency_ms=None, **more):
+    """A DeviceRuntime at batch 1 from 20 items in one round (latency_ms: the compute by default)."""
+    return DeviceRuntime(
+        device, profile_ms, one_ms, full_ms, ips, one_ms if latency_ms is None else latency_ms, 20, 1, 1, **more
+    )
+
+
 def test_factors_and_round_trip():
     # 30 items/s at batch 1 is 33.33 ms per item, 3.33 ms of it outside the 30 ms of compute
     r = DeviceRuntime(
@@ -21,40 +28,35 @@ def test_factors_and_round_trip():
         latency_compute_ms=25.0,
         throughput_compute_ms=30.0,
         throughput_ips=30.0,
+        latency_ms=25.0,
         items=20,
         batch_size=1,
+        rounds=1,
     )
     assert r.latency_factor == pytest.approx(1.25) and r.cycle_factor == pytest.approx(1.2)
     assert r.item_overhead_ms == pytest.approx(1000 / 30 - 30)
     d = r.to_dict()
     assert d["latency_factor"] == 1.25 and d["cycle_factor"] == 1.2 and d["item_overhead_ms"] == 3.3333
     assert DeviceRuntime.from_dict(json.loads(json.dumps(d))) == r
-    fast = DeviceRuntime("fast", 10.0, 11.0, 11.0, 90.0, 20, batch_size=1)  # 11.11 ms per item
+    fast = rt("fast", 10.0, 11.0, 11.0, 90.0)  # 11.11 ms per item
     assert devicecal.summary({"fast": fast, "slow": r}) == "fast 1.100/1.000+0.11ms slow 1.250/1.200+3.33ms"
-    # no one-item latency recorded: latency is priced with the window-full overhead too
-    assert devicecal.node_scale({"slow": r}, ["fast", "slow"]) == (
+    # the two lines: latency 1.25·S (no time outside compute with one item), cycle 1.25·1.2·S + 3.33
+    assert devicecal.device_lines({"slow": r}, ["fast", "slow"]) == (
         [1.0, 1.25],
-        [1.0, pytest.approx(1.2)],
-        [0.0, pytest.approx(3.3333, abs=1e-4)],
+        [0.0, 0.0],
+        [1.0, pytest.approx(1.5)],
         [0.0, pytest.approx(3.3333, abs=1e-4)],
     )
-
-
-def test_files_without_a_batch_size_give_no_item_overhead():
-    old = {
-        "device": "slow",
-        "profile_ms": 20.0,
-        "latency_compute_ms": 25.0,
-        "throughput_compute_ms": 30.0,
-        "throughput_ips": 30.0,
-        "items": 20,
-        "latency_factor": 1.25,
-        "cycle_factor": 1.2,
-    }
-    r = DeviceRuntime.from_dict(old)
-    assert r.batch_size is None and r.item_overhead_ms == 0.0 and r.cycle_factor == pytest.approx(1.2)
     # faster than its own compute (the window overlapped a batch's work): no negative overhead
-    assert DeviceRuntime("x", 10.0, 10.0, 10.0, 200.0, 20, batch_size=1).item_overhead_ms == 0.0
+    assert rt("x", 10.0, 10.0, 10.0, 200.0).item_overhead_ms == 0.0
+
+
+def test_terms_switched_off_fall_back_to_the_profile():
+    r = rt("d", 20.0, 25.0, 30.0, 30.0, latency_ms=27.5)
+    lines = devicecal.device_lines({"d": r}, ["d"], without=["latency_slope", "cycle_intercept"])
+    assert lines == ([1.0], [pytest.approx(2.5)], [pytest.approx(1.5)], [0.0])
+    with pytest.raises(ValueError, match="unknown device model term"):
+        devicecal.device_lines({"d": r}, ["d"], without=["recheck"])
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def test_measure_reads_the_worker_medians_of_each_device():
 
 def test_measure_names_the_device_without_compute_times():
     p = _Plan("P")
-    session = _Session({p: measured(latency_stages=stages(), throughput_stages=stages(1.0), throughput_ips=1.0)})
+    session = _Session(
+        {p: measured(latency_stages=stages(), throughput_stages=stages(1.0), throughput_ips=1.0, latency_ms_p50=2.0)}
+    )
     with pytest.raises(ParetoPipeError, match="'slow'"):
         devicecal.measure(session, {"slow": p}, {"slow": 1.0})
 
@@ -109,6 +113,7 @@ class _SequenceSession:
 
 
 def _row(lat, tput, ips, **more):
+    more.setdefault("latency_ms_p50", lat + 1.0)
     return measured(latency_stages=stages(lat), throughput_stages=stages(tput), throughput_ips=ips, **more)
 
 
@@ -146,17 +151,18 @@ def test_workers_already_warm_need_no_warm_up_round():
 def test_a_tail_run_splits_the_factor_into_a_slope_and_a_stage_start_cost():
     # whole model: profile 20 ms -> 25 ms in the worker; tail: profile 4 ms -> 5.8 ms.
     # The line through both: slope (25 - 5.8) / 16 = 1.2, start 25 - 1.2 x 20 = 1 ms
-    r = DeviceRuntime("slow", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8)
+    r = rt("slow", 20.0, 25.0, 30.0, 30.0, tail_profile_ms=4.0, tail_compute_ms=5.8)
     assert r.latency_factor == pytest.approx(1.2) and r.stage_start_ms == pytest.approx(1.0)
     assert DeviceRuntime.from_dict(json.loads(json.dumps(r.to_dict()))) == r and r.to_dict()["stage_start_ms"] == 1.0
-    # the cost model adds the start cost to the overhead every stage pays
-    assert devicecal.node_scale({"slow": r}, ["slow"])[2] == [pytest.approx(1000 / 30 - 30 + 1.0)]
+    # the start cost is an intercept of both lines
+    assert devicecal.device_lines({"slow": r}, ["slow"]).cycle_intercept_ms == [pytest.approx(1000 / 30 - 30 + 1.0)]
+    assert devicecal.device_lines({"slow": r}, ["slow"]).latency_intercept_ms == [pytest.approx(1.0)]
     assert devicecal.summary({"slow": r}) == "slow 1.200+1.00/1.200+3.33ms"
     assert "+1.00 ms to start a stage" in r.describe()
     # a tail faster than the line allows (noise): back to the whole-model ratio, no start cost
-    odd = DeviceRuntime("x", 20.0, 25.0, 25.0, 40.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=4.0)
+    odd = rt("x", 20.0, 25.0, 25.0, 40.0, tail_profile_ms=4.0, tail_compute_ms=4.0)
     assert odd.latency_factor == pytest.approx(1.25) and odd.stage_start_ms == 0.0
-    assert DeviceRuntime("x", 20.0, 25.0, 25.0, 40.0, 20, batch_size=1).stage_start_ms == 0.0
+    assert rt("x", 20.0, 25.0, 25.0, 40.0).stage_start_ms == 0.0
 
 
 def test_one_item_latencies_are_recorded_beside_the_compute_times():
@@ -182,29 +188,20 @@ def test_one_item_latencies_are_recorded_beside_the_compute_times():
     assert out.tail_latency_ms == 22.5 and out.tail_compute_ms == 5.8  # the unusable latency is left out
     assert out.to_dict()["latency_outside_ms"] == 2.5
     assert DeviceRuntime.from_dict(json.loads(json.dumps(out.to_dict()))) == out
-    older = DeviceRuntime.from_dict(
-        {k: v for k, v in out.to_dict().items() if k not in ("latency_ms", "tail_latency_ms")}
-    )
-    assert (
-        older.latency_ms is None and older.latency_outside_ms is None and older.to_dict()["latency_outside_ms"] is None
-    )
-    assert older.latency_factor == out.latency_factor
 
 
 def test_latency_is_priced_with_the_overhead_of_one_item_in_flight():
     # one item: 27.5 ms end to end, 25 ms of it compute; the cost model prices the run's two links
     # at 0.75 ms, so 1.75 ms per stage is the device's own. With the window full: 3.33 ms per item.
-    r = DeviceRuntime(
-        "d", 20.0, 25.0, 30.0, 30.0, 20, batch_size=1, tail_profile_ms=4.0, tail_compute_ms=5.8, latency_ms=27.5
-    )
+    r = rt("d", 20.0, 25.0, 30.0, 30.0, latency_ms=27.5, tail_profile_ms=4.0, tail_compute_ms=5.8)
     assert r.latency_overhead_ms(0.75) == pytest.approx(1.75) and r.item_overhead_ms == pytest.approx(3.3333, abs=1e-4)
     assert r.latency_overhead_ms(5.0) == 0.0  # links priced above what the run took: nothing left, never negative
-    scale = devicecal.node_scale({"d": r}, ["d", "other"], links_ms=[0.75, 0.4])
-    assert scale.latency_ms == [pytest.approx(1.75 + 1.0), 0.0]  # plus the stage start cost, as compute
-    assert scale.cycle_ms == [pytest.approx(3.3333 + 1.0, abs=1e-4), 0.0]
+    lines = devicecal.device_lines({"d": r}, ["d", "other"], links_ms=[0.75, 0.4])
+    assert lines.latency_intercept_ms == [pytest.approx(1.75 + 1.0), 0.0]  # plus the stage start cost
+    assert lines.cycle_intercept_ms == [pytest.approx(3.3333 + 1.0, abs=1e-4), 0.0]
     assert "(2.50 ms with one item, links included)" in r.describe()
     with pytest.raises(ValueError, match="links_ms has 1 entries for 2 devices"):
-        devicecal.node_scale({"d": r}, ["d", "other"], links_ms=[0.75])
+        devicecal.device_lines({"d": r}, ["d", "other"], links_ms=[0.75])
 
 
 def test_tail_cut_takes_about_a_sixth_of_the_time():
@@ -220,8 +217,8 @@ def test_measure_runs_the_tails_in_latency_mode_and_fits_the_line():
         {
             p1: _row(12.0, 12.0, 80.0),
             p2: _row(30.0, 30.0, 30.0),
-            t1: measured(latency_stages=stages(27.0, 3.0)),
-            t2: measured(latency_stages=stages(10.0, 7.0)),
+            t1: measured(latency_stages=stages(27.0, 3.0), latency_ms_p50=31.0),
+            t2: measured(latency_stages=stages(10.0, 7.0), latency_ms_p50=18.0),
         }
     )
     out = devicecal.measure(

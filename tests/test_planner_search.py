@@ -55,10 +55,11 @@ def instances(draw, integer: bool = True) -> Instance:
         # an emulated link on top: one message pays both, a stream the slower of the two
         link_shaped_bps=rng.choice([4e3, np.inf, np.inf], (d + 1, d + 1)),
         # stages hold a device longer per item in a full pipeline (1.5 keeps sums exact)
-        device_cycle_factor=rng.choice([1.0, 1.0, 1.5, 2.0], d) if integer else rng.uniform(0.8, 2.0, d),
-        device_item_overhead_ms=rng.choice([0.0, 0.0, 1.0, 2.0], d) if integer else rng.uniform(0.0, 2.0, d),
+        cycle_slope=rng.choice([1.0, 1.0, 1.5, 2.0], d) if integer else rng.uniform(0.8, 2.0, d),
+        cycle_intercept_ms=rng.choice([0.0, 0.0, 1.0, 2.0], d) if integer else rng.uniform(0.0, 2.0, d),
         # an item alone pays its own overhead per stage (less than with the pipeline full)
-        device_latency_overhead_ms=rng.choice([0.0, 1.0], d) if integer else rng.uniform(0.0, 1.0, d),
+        latency_intercept_ms=rng.choice([0.0, 1.0], d) if integer else rng.uniform(0.0, 1.0, d),
+        latency_slope=rng.choice([1.0, 1.0, 0.5, 2.0], d) if integer else rng.uniform(0.5, 1.5, d),
         # half the instances have devices sharing a CPU (their cycles add up in the bottleneck)
         device_cpu_group=rng.integers(0, d, d) if rng.random() < 0.5 else np.arange(d),
         # half the instances have accelerator devices: copies in and out of each stage on them

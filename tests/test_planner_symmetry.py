@@ -100,8 +100,10 @@ def kinded_instances(draw) -> Instance:
         link_overhead_ms=pair(rng.integers(0, 2, (n_kinds + 1, n_kinds + 1)).astype(float)),
         link_delay_ms=pair(rng.integers(0, 3, (n_kinds + 1, n_kinds + 1)).astype(float)),
         link_bandwidth_bps=pair(rng.choice([1e3, 8e3, np.inf], (n_kinds + 1, n_kinds + 1))),
-        device_cycle_factor=rng.choice([1.0, 1.5, 2.0], n_kinds)[kind],
-        device_item_overhead_ms=rng.choice([0.0, 1.0], n_kinds)[kind],
+        latency_slope=rng.choice([1.0, 0.5, 2.0], n_kinds)[kind],
+        latency_intercept_ms=rng.choice([0.0, 0.5], n_kinds)[kind],
+        cycle_slope=rng.choice([1.0, 1.5, 2.0], n_kinds)[kind],
+        cycle_intercept_ms=rng.choice([0.0, 1.0], n_kinds)[kind],
         device_cpu_group=cpu,
         window=draw(st.sampled_from([None, None, 2])),
     )

@@ -161,30 +161,43 @@ def test_granularity_can_be_a_list_of_cut_indices(profiled):
         plan_front(spec, graph, tb, WIFI, profs, [2], granularity="3,x")
 
 
-def test_device_runtime_scales_node_times_and_stretches_stages_in_the_bottleneck(profiled):
+def _runtime(
+    device: str, profile_ms: float, one_ms: float, full_ms: float, ips: float, latency_ms: float | None = None
+):
     from paretopipe.calibrate.device_runtime import DeviceRuntime
 
+    return DeviceRuntime(
+        device, profile_ms, one_ms, full_ms, ips, one_ms if latency_ms is None else latency_ms, 5, 1, 1
+    )
+
+
+def _devices(runtimes):
+    from paretopipe.calibrate.device_file import DeviceCalibration
+
+    return DeviceCalibration("toy", {"name": FACTORY}, "skipnet", 1, "zmq", "loopback", runtimes, {}, {})
+
+
+def test_device_lines_scale_stages_for_latency_and_stretch_them_in_the_bottleneck(profiled):
     _, tb, spec, graph, profs = profiled
     base = plan_front(spec, graph, tb, WIFI, profs, [1, 2])
     # b's worker took 1.5x its profile with one item in flight, 2x that again with the pipeline full
     b_ms = float(base.instance.node_ms[1].sum())
     # and 0.5 ms per item more outside compute (1 item / s at batch 1 is 1000 ms per item)
-    runtimes = {"b": DeviceRuntime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1000 / (3.0 * b_ms + 0.5), 5, batch_size=1)}
-    cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], runtimes=runtimes)
-    assert np.allclose(cal.instance.node_ms[1], 1.5 * base.instance.node_ms[1])
-    assert np.array_equal(cal.instance.node_ms[[0, 2]], base.instance.node_ms[[0, 2]])
-    assert cal.instance.device_cycle_factor.tolist() == [1.0, 2.0, 1.0]
-    assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
+    runtimes = {"b": _runtime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1000 / (3.0 * b_ms + 0.5))}
+    cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], devices=_devices(runtimes))
+    assert np.array_equal(cal.instance.node_ms, base.instance.node_ms)  # the profiles as they are
+    assert cal.instance.latency_slope.tolist() == pytest.approx([1.0, 1.5, 1.0])
+    assert cal.instance.cycle_slope.tolist() == pytest.approx([1.0, 3.0, 1.0])
+    assert cal.instance.cycle_intercept_ms == pytest.approx([0.0, 0.5, 0.0])
+    assert cal.instance.latency_intercept_ms == pytest.approx([0.0, 0.0, 0.0])  # no time outside compute
     whole_b = cal.plan_for((), (1,))
-    assert whole_b.predicted["stage_ms"][0] == pytest.approx(1.5 * b_ms)
+    assert whole_b.predicted["stage_ms"][0] == pytest.approx(b_ms)
+    assert whole_b.predicted["stage_latency_ms"][0] == pytest.approx(1.5 * b_ms)
     assert whole_b.predicted["bottleneck_ms"] >= 3.0 * b_ms + 0.5 - 1e-9
     assert cal.meta["device_runtime"] == "b 1.500/2.000+0.50ms"
-    # no one-item latency recorded (older files): an item alone is priced with the same overhead
-    assert cal.instance.device_latency_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
 
 
 def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(profiled):
-    from paretopipe.calibrate.device_runtime import DeviceRuntime
     from paretopipe.calibrate.link_file import Calibration, LinkFit
 
     _, tb, spec, graph, profs = profiled
@@ -192,11 +205,11 @@ def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(p
     calib = Calibration("toy", "zmq", "process", (LinkFit("a", "b", 0.2, 80e6),))
     b_ms = float(plan_front(spec, graph, tb, WIFI, profs, [1]).instance.node_ms[1].sum())
     # one item: 1.2 ms outside compute, end to end; with the window full 0.5 ms per item more than compute
-    runtimes = {"b": DeviceRuntime("b", b_ms, b_ms, b_ms, 1000 / (b_ms + 0.5), 5, batch_size=1, latency_ms=b_ms + 1.2)}
-    cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], calibration=calib, runtimes=runtimes)
+    runtimes = {"b": _runtime("b", b_ms, b_ms, b_ms, 1000 / (b_ms + 0.5), latency_ms=b_ms + 1.2)}
+    cal = plan_front(spec, graph, tb, WIFI, profs, [1, 2], calibration=calib, devices=_devices(runtimes))
     links = 0.4 + (graph.input_nbytes() + graph.output_nbytes()) / 10e3  # in and out, unshaped: no 5 ms delay
-    assert cal.instance.device_latency_overhead_ms == pytest.approx([0.0, 1.2 - links, 0.0])
-    assert cal.instance.device_item_overhead_ms == pytest.approx([0.0, 0.5, 0.0])
+    assert cal.instance.latency_intercept_ms == pytest.approx([0.0, 1.2 - links, 0.0])
+    assert cal.instance.cycle_intercept_ms == pytest.approx([0.0, 0.5, 0.0])
     whole_b = cal.plan_for((), (1,))
     inst = cal.instance
     copies = float(inst.stage_copy_ms(1, 0, inst.n_cuts + 1))  # the profile's (CPU: near zero) copy fit
@@ -206,8 +219,29 @@ def test_latency_takes_the_one_item_overhead_less_the_links_priced_for_its_run(p
     )
 
 
+def test_switching_a_term_off_gives_it_its_default(profiled):
+    from paretopipe.sweep.predict import build_instance, link_models
+
+    _, tb, spec, graph, profs = profiled
+    b_ms = float(plan_front(spec, graph, tb, WIFI, profs, [1]).instance.node_ms[1].sum())
+    runtimes = {"b": _runtime("b", b_ms, 1.5 * b_ms, 3.0 * b_ms, 1000 / (3.0 * b_ms + 0.5), 1.5 * b_ms + 2.0)}
+    links = link_models(tb, WIFI, None, list(profs))
+    full = build_instance(graph, profs, tb, links, runtimes=runtimes)
+    for term, field, default in [
+        ("latency_slope", "latency_slope", 1.0),
+        ("latency_intercept", "latency_intercept_ms", 0.0),
+        ("cycle_slope", "cycle_slope", 1.0),
+        ("cycle_intercept", "cycle_intercept_ms", 0.0),
+    ]:
+        off = build_instance(graph, profs, tb, links, runtimes=runtimes, without=[term])
+        assert getattr(full, field)[1] != default and getattr(off, field)[1] == default
+        others = {"latency_slope", "latency_intercept_ms", "cycle_slope", "cycle_intercept_ms"} - {field}
+        assert all(np.array_equal(getattr(off, f), getattr(full, f)) for f in others)
+    with pytest.raises(UsageError, match="unknown cost model term"):
+        build_instance(graph, profs, tb, links, runtimes=runtimes, without=["recheck"])
+
+
 def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(profiled):
-    from paretopipe.calibrate.device_runtime import DeviceRuntime
     from paretopipe.sweep.predict import reprice
 
     _, tb, spec, graph, profs = profiled
@@ -220,15 +254,15 @@ def test_a_plan_repriced_on_another_instance_gets_that_instances_predictions(pro
         WIFI,
         profs,
         [1, 2],
-        runtimes={"b": DeviceRuntime("b", b_ms, 2.0 * b_ms, 2.0 * b_ms, 1000 / (2.0 * b_ms), 5)},
+        devices=_devices({"b": _runtime("b", b_ms, 2.0 * b_ms, 2.0 * b_ms, 1000 / (2.0 * b_ms))}),
     )
     plan = base.plan_for((0,), (0, 1))
     same = reprice(plan, base.instance, {})
     assert same == plan
     again = reprice(plan, slower.instance, {"device_runtime": "b twice as slow"})
     assert again.predicted == slower.plan_for((0,), (0, 1)).predicted
-    assert again.predicted["stage_ms"] == pytest.approx(
-        [plan.predicted["stage_ms"][0], 2 * plan.predicted["stage_ms"][1]]
+    assert again.predicted["stage_latency_ms"] == pytest.approx(
+        [plan.predicted["stage_latency_ms"][0], 2 * plan.predicted["stage_latency_ms"][1]]
     )
     assert again.id == plan.id and again.cuts == plan.cuts and again.meta["device_runtime"] == "b twice as slow"
     other = plan_front(spec, graph, tb, WIFI, profs, [1, 2], granularity="0,9,10")  # a subset of the cuts

@@ -44,6 +44,8 @@ def _args(tmp: Path, out: Path, *extra: str) -> list[str]:
         "1",
         "--profiles",
         str(tmp / "profiles"),
+        "--calibrations",
+        str(tmp / "calibrations"),
         "-o",
         str(out),
         *extra,
@@ -64,9 +66,14 @@ def test_small_sweep_end_to_end(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["finished"] and manifest["git_commit"] and len(manifest["configurations"]) == 8
     assert manifest["fingerprint"]["hostname"]
-    # device runtime calibration: the whole model ran on a and b first, and priced every plan
-    runtime = json.loads((out / "device_runtime.json").read_text())["devices"]
-    assert set(runtime) == {"a", "b"} and set(manifest["device_runtime"]) == {"a", "b"}
+    # device calibration: none stored, so the whole model ran on a and b first, priced every plan and
+    # was stored for the next plan
+    stored = list((tmp_path / "calibrations").glob("devices-*.json"))
+    assert len(stored) == 1 and json.loads(stored[0].read_text()) == json.loads(
+        (out / "device_calibration.json").read_text()
+    )
+    runtime = json.loads(stored[0].read_text())["devices"]
+    assert set(runtime) == {"a", "b"} and set(manifest["device_calibration"]["devices"]) == {"a", "b"}
     for r in runtime.values():  # the line through the whole model and the tail stage
         assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0
         assert r["latency_ms"] > r["latency_compute_ms"] and r["tail_latency_ms"] > r["tail_compute_ms"]
@@ -85,6 +92,7 @@ def test_small_sweep_end_to_end(tmp_path):
         assert (out / "plans" / net).is_dir() and len(list((out / "plans" / net).glob("*.json"))) == 4
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.columns) >= {"latency_mape_pct", "latency_within_10pct", "throughput_within_10pct"}
+    assert set(summary.columns) >= {"offline_latency_within_10pct", "offline_throughput_mape_pct"}
     assert (summary["repeat_pairs"] == 0).all() and summary["latency_repeat_within_10pct"].isna().all()  # one pass
     assert "measured front" in result.stdout
 
@@ -235,6 +243,7 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
             "latency_items": 3,
             "throughput_items": 9,
             "profiles": str(tmp_path / "profiles"),
+            "calibrations": str(tmp_path / "calibrations"),
             "out": str(tmp_path / "run"),
             **settings,
         }
@@ -248,7 +257,10 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
 
 
 def _whole_model_run(ms: float) -> Measurement:
-    return fake.measured(latency_stages=fake.stages(ms), throughput_stages=fake.stages(ms), throughput_ips=1e3 / ms)
+    """A whole-model run that spends nothing outside compute."""
+    return fake.measured(
+        latency_stages=fake.stages(ms), throughput_stages=fake.stages(ms), throughput_ips=1e3 / ms, latency_ms_p50=ms
+    )
 
 
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
@@ -271,7 +283,7 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
     outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     assert (outcome.measured, outcome.failed) == (7, 1)
     checks = [m for m in logged if m.startswith("lan zmq pass")]
-    assert [m.split(":")[0].split(",")[0] for m in checks] == ["lan zmq pass 1"] * 2 + [
+    assert [m.split(":")[0].split(" (")[0] for m in checks] == ["lan zmq pass 1"] * 2 + [
         "lan zmq pass 2"
     ] * 4  # two devices each
     assert [("(workers restarted):" in m) for m in checks] == [False] * 4 + [True] * 2
@@ -283,61 +295,20 @@ def test_each_pass_is_priced_with_the_device_runtime_measured_at_its_start(tmp_p
 
 
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
-def test_a_long_pass_is_checked_again_and_every_check_is_recorded(tmp_path, monkeypatch):
-    # Each configuration takes 25 s of a fake clock and the devices slow down by 10% at every
-    # check: with --recheck 60 the pass is checked again before its 4th configuration (75 s after
-    # the first check), and that configuration and the next are priced with the new figures.
+def test_each_pass_is_checked_at_its_start_and_every_check_is_recorded(tmp_path, monkeypatch):
     from paretopipe.sweep import device_checks
-
-    now = [0.0]
-    monkeypatch.setattr(device_checks, "_clock", lambda: now[0])
-    checks = []
-
-    def reply(plan):
-        if plan.stages == 1:
-            if plan.devices[0] == "a":
-                checks.append(now[0])  # three rounds per check, at one time
-            return _whole_model_run(10.0 * 1.1 ** (len(set(checks)) - 1))
-        now[0] += 25.0
-        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
-
-    outcome, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=3, recheck_s=60.0)
-    per_pass = len(rows) // 3
-    assert outcome.measured == 3 * per_pass and per_pass >= 4
-    recorded = [json.loads(line) for line in (tmp_path / "run" / device_checks.CHECKS_FILE).read_text().splitlines()]
-    first = rows[rows["repeat"] == 0].reset_index()
-    assert first["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int).tolist() == [1, 1, 1] + [2] * min(
-        3, per_pass - 3
-    ) + [3] * (per_pass - 6)
-    assert [r["reason"] for r in recorded[:2]] == ["start", "recheck"] and recorded[0]["check"] == 1
-    assert {r["repeat"] for r in recorded if r["reason"] == "start"} == {0, 1, 2}
-    assert all(set(r["devices"]) == {"a", "b"} and r["error"] is None for r in recorded)
-    assert [m.split(":")[0] for m in logged if m.startswith("lan zmq pass 1, ")][0] == "lan zmq pass 1, 75 s in"
-    # every row priced with the check it names: its stage sum / 1.1^(check - 1) is its plan's at check 1
-    check = rows["calibration"].str.extract(r"\(check (\d+)\)$")[0].astype(int)
-    at_check_1 = rows["pred_stage_ms"].map(lambda s: sum(json.loads(s))) / 1.1 ** (check - 1)
-    assert check.max() == len(recorded) >= 6
-    assert at_check_1.groupby(rows["plan_id"]).agg(lambda v: v.max() / v.min()).max() == pytest.approx(
-        1.0, abs=1e-4
-    )  # stage ms kept to 4 decimals
-
-
-@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
-def test_recheck_0_checks_at_the_start_of_every_pass_only(tmp_path, monkeypatch):
-    from paretopipe.sweep import device_checks
-
-    now = [0.0]
-    monkeypatch.setattr(device_checks, "_clock", lambda: now[0])
 
     def reply(plan):
         if plan.stages == 1:
             return _whole_model_run(10.0)
-        now[0] += 1000.0
         return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
 
-    _, rows, _, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2, recheck_s=0.0)
+    _, rows, _, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
     recorded = [json.loads(line) for line in (tmp_path / "run" / device_checks.CHECKS_FILE).read_text().splitlines()]
-    assert [(r["reason"], r["repeat"]) for r in recorded] == [("start", 0), ("start", 1)]
+    assert [(r["reason"], r["repeat"], r["check"]) for r in recorded] == [("start", 0, 1), ("start", 1, 2)]
+    assert all(set(r["devices"]) == {"a", "b"} and r["error"] is None for r in recorded)
+    # both predictions in every row: offline as planned, checked as priced by the pass's check
+    assert rows["offline_latency_ms"].notna().all() and rows["pred_latency_ms"].notna().all()
 
 
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
@@ -446,3 +417,90 @@ def test_each_scenario_is_refined_in_its_own_pass_before_the_next_one(tmp_path, 
     assert any(
         m.startswith("wifi zmq: about ") and m.endswith(" s left for the configurations chosen so far") for m in logged
     )
+
+
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
+def test_paretopipe_plan_prints_the_offline_predictions_of_the_sweep(tmp_path, monkeypatch):
+    # The sweep finds no device calibration, measures one, stores it, and chooses its plans with it;
+    # 'paretopipe plan' then finds the same file and predicts exactly what the sweep recorded offline.
+    def reply(plan):
+        if plan.stages == 1:
+            return replace(_whole_model_run(10.0), latency_ms_p50=12.0)  # 2 ms outside compute
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
+
+    _, rows, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply)
+    stored = list((tmp_path / "calibrations").glob("devices-*.json"))
+    assert len(stored) == 1 and any(f"wrote {stored[0]}" in m for m in logged)
+    out = tmp_path / "plans"
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            FACTORY,
+            "--testbed",
+            str(tmp_path / "tb.toml"),
+            "--network",
+            "lan",
+            "--stages",
+            "2",
+            "--granularity",
+            "3,5",
+            "--profiles",
+            str(tmp_path / "profiles"),
+            "--calibrations",
+            str(tmp_path / "calibrations"),
+            "-o",
+            str(out),
+            "-f",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"devicecalibration:{stored[0]}" in "".join(result.stderr.split())  # the file it used
+    offline = rows.set_index("plan_id")[["offline_latency_ms", "offline_throughput_ips"]].astype(float)
+    front = json.loads(result.stdout)
+    assert front and all(r["plan_id"] in offline.index for r in front)
+    for r in front:  # as recorded in measurements.csv (to the digits a CSV keeps) and the run's plan files
+        assert r["latency_ms"] == pytest.approx(offline.at[r["plan_id"], "offline_latency_ms"], rel=1e-12)
+        assert r["throughput_ips"] == pytest.approx(offline.at[r["plan_id"], "offline_throughput_ips"], rel=1e-12)
+        ours = json.loads((out / f"{r['plan_id']}.json").read_text())["predicted"]
+        swept = json.loads((tmp_path / "run" / "plans" / "lan" / f"{r['plan_id']}.json").read_text())["predicted"]
+        assert {**ours, "cut_indices": None} == {**swept, "cut_indices": None}  # indices into other cut lists
+    # and the pass check priced the rows again (checked), here with the same figures
+    assert rows["pred_latency_ms"].astype(float).tolist() == pytest.approx(offline["offline_latency_ms"].tolist())
+
+
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
+def test_a_stored_calibration_for_another_batch_size_is_refused_with_the_command_for_a_fresh_one(tmp_path):
+    from paretopipe.calibrate.device_file import default_path, load_device_calibration
+    from paretopipe.calibrate.device_runtime import DeviceRuntime
+    from paretopipe.model.registry import resolve_spec
+    from paretopipe.plan.plan_file import write_json_atomic
+
+    tb = local_testbed(tmp_path)
+    spec = resolve_spec(FACTORY)
+    path = default_path("local", spec.label, 1, "zmq", "loopback", tmp_path / "calibrations")
+    write_json_atomic(
+        {
+            "schema": "paretopipe.calibrate.device_file",
+            "version": 1,
+            "testbed": "local",
+            "model": spec.to_dict(),
+            "model_label": spec.label,
+            "batch_size": 2,
+            "backend": "zmq",
+            "isolation": "loopback",
+            "created": "2026-01-01T00:00:00",
+            "fingerprint": {},
+            "profiles": {},
+            "testbed_devices": {},
+            "devices": {d: DeviceRuntime(d, 1.0, 1.0, 1.0, 1e3, 1.0, 20, 2, 1).to_dict() for d in ("a", "b")},
+        },
+        path,
+    )
+    assert load_device_calibration(path).batch_size == 2
+    args = ["plan", FACTORY, "--testbed", str(tb), "--stages", "2", "--profiles", str(tmp_path / "profiles")]
+    result = runner.invoke(app, [*args, "--calibrations", str(tmp_path / "calibrations"), "-o", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "batch_size: calibrated for 2, not 1" in result.stderr
+    assert "paretopipe calibrate --devices tests.fixtures.toy_models:skipnet" in result.stderr

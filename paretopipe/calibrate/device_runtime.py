@@ -4,22 +4,20 @@
 then a full window) and a short tail stage of it (one item in flight, the head on another device),
 in rounds that visit every device in turn. It returns a :class:`DeviceRuntime` per device whose
 figures are medians over the rounds, and raises ParetoPipeError, naming the device, if a run
-fails. From them the cost model takes, per device (:func:`node_scale`): ``latency_factor`` (node
-times x it) and ``stage_start_ms`` (the line through the two one-item runs), ``cycle_factor``
-(compute with the window full / with one item in flight), ``item_overhead_ms`` (time per item
-outside compute with the window full) and :meth:`DeviceRuntime.latency_overhead_ms` (what one
-item alone spends outside compute). A sweep runs it before planning (:data:`MIN_ITEMS` items in
-:data:`ROUNDS` rounds) and, more briefly (:data:`PASS_ITEMS`), at the start of every pass; the
-figures go to ``RUN/device_runtime.json`` (:data:`FILENAME`, :meth:`DeviceRuntime.to_dict`).
+fails. :func:`device_lines` turns them into the cost model's two straight lines per device of the
+profiled stage time S: what a stage adds to one item's latency (``latency_slope·S +
+latency_intercept_ms``) and how long it holds its device per item with the pipeline full
+(``cycle_slope·S + cycle_intercept_ms``). The file they are stored in is
+:mod:`paretopipe.calibrate.device_file`.
 
-What each figure means and why it is measured: docs/calibration.md.
+What each figure means and why it is measured: docs/calibration.md and docs/cost-model.md.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,8 +27,6 @@ if TYPE_CHECKING:
     from paretopipe.runtime.records import Measurement, StageTimes
     from paretopipe.runtime.session import Session
 
-#: Where a run directory keeps the device runtime calibration of its sweep.
-FILENAME = "device_runtime.json"
 #: Fewest timed items per device and mode, so that a calibration averages over a few seconds at
 #: least (a device's compute time wanders over seconds, more so under a CPU quota).
 MIN_ITEMS = 60
@@ -49,19 +45,17 @@ class DeviceRuntime:
     """One device's whole-model run in a worker, next to its profile (times in ms)."""
 
     device: str
-    profile_ms: float  # the profile's whole-model median at this batch size
+    profile_ms: float  # the profile's whole-model time at this batch size (its planned node sum)
     latency_compute_ms: float  # median compute per item in the worker, one item in flight
     throughput_compute_ms: float  # median compute per item in the worker, window full
     throughput_ips: float
+    latency_ms: float  # median end-to-end latency of the whole-model run, one item in flight
     items: int  # timed items in one-item-in-flight mode, over all rounds
-    batch_size: int | None = None  # None in files from before item_overhead_ms: no overhead then
-    rounds: int = 1  # each figure is the median over this many rounds (files from before rounds: 1)
-    tail_profile_ms: float | None = None  # the tail stage's calibrated node sum (None: no tail run)
+    batch_size: int
+    rounds: int  # each figure is the median over this many rounds
+    tail_profile_ms: float | None = None  # the tail stage's planned node sum (None: no tail run, one device)
     tail_compute_ms: float | None = None  # its median compute in the worker, one item in flight
-    latency_ms: float | None = (
-        None  # median end-to-end latency of the whole-model run, one item in flight (None: older files)
-    )
-    tail_latency_ms: float | None = None  # the same for the 2-stage tail run (None: no tail run, or older files)
+    tail_latency_ms: float | None = None  # median end-to-end latency of the 2-stage tail run
 
     @property
     def _line(self) -> tuple[float, float]:
@@ -84,19 +78,16 @@ class DeviceRuntime:
         return self._line[1]
 
     @property
-    def latency_outside_ms(self) -> float | None:
+    def latency_outside_ms(self) -> float:
         """One item in flight, what the whole-model run spent outside its stage's compute (both
-        links, receiving, decoding, encoding, sending); None where the latency was not recorded.
-        See :meth:`latency_overhead_ms`, what latency predictions use."""
-        return None if self.latency_ms is None else self.latency_ms - self.latency_compute_ms
+        links, receiving, decoding, encoding, sending). See :meth:`latency_overhead_ms`."""
+        return self.latency_ms - self.latency_compute_ms
 
     def latency_overhead_ms(self, links_ms: float) -> float:
         """What one item in flight spends outside compute at every stage on the device (receiving,
         decoding, encoding, sending): ``latency_outside_ms`` less ``links_ms``, what the cost model
-        prices the whole-model run's two links at (unshaped), and never below 0;
-        ``item_overhead_ms`` where the latency was not recorded (older files)."""
-        outside = self.latency_outside_ms
-        return self.item_overhead_ms if outside is None else max(0.0, outside - links_ms)
+        prices the whole-model run's two links at (unshaped), and never below 0."""
+        return max(0.0, self.latency_outside_ms - links_ms)
 
     @property
     def cycle_factor(self) -> float:
@@ -104,7 +95,8 @@ class DeviceRuntime:
 
     @property
     def item_overhead_ms(self) -> float:
-        if self.batch_size is None or not self.throughput_ips > 0:
+        """Time per item with the window full outside compute: batch / throughput - compute, never below 0."""
+        if not self.throughput_ips > 0:
             return 0.0
         return max(0.0, self.batch_size * 1e3 / self.throughput_ips - self.throughput_compute_ms)
 
@@ -114,11 +106,13 @@ class DeviceRuntime:
             "cycle_factor": round(self.cycle_factor, 4),
             "item_overhead_ms": round(self.item_overhead_ms, 4),
             "stage_start_ms": round(self.stage_start_ms, 4),
-            "latency_outside_ms": None if self.latency_outside_ms is None else round(self.latency_outside_ms, 4),
+            "latency_outside_ms": round(self.latency_outside_ms, 4),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeviceRuntime:
+        """Read back :meth:`to_dict` (the derived figures are ignored). Raises KeyError/TypeError
+        if a measured field is missing or malformed."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def describe(self) -> str:
@@ -127,11 +121,7 @@ class DeviceRuntime:
             f"{self.device} x{self.latency_factor:.3f} (one item){start}, x{self.cycle_factor:.3f} more when "
             "the pipeline "
             f"is full, +{self.item_overhead_ms:.2f} ms per item outside compute"
-            + (
-                ""
-                if self.latency_outside_ms is None
-                else f" ({self.latency_outside_ms:.2f} ms with one item, links included)"
-            )
+            + f" ({self.latency_outside_ms:.2f} ms with one item, links included)"
         )
 
 
@@ -223,19 +213,22 @@ def measure(
     for device, plan in plans.items():
         lat, tput, ips = (statistics.median(col) for col in zip(*samples[device]))
         tail_ms = statistics.median(tail_samples[device]) if tail_samples.get(device) else None
+        latency_ms = _median_or_none(latencies[device])
+        if latency_ms is None:
+            raise ParetoPipeError(f"device runtime calibration of {device!r}: no usable one-item latency was measured")
         out[device] = DeviceRuntime(
-            device,
-            float(profile_ms[device]),
-            lat,
-            tput,
-            ips,
-            per_round * rounds,
-            int(plan.batch_size),
-            rounds,
-            float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None,
-            tail_ms,
-            _median_or_none(latencies[device]),
-            _median_or_none(tail_latencies.get(device, [])),
+            device=device,
+            profile_ms=float(profile_ms[device]),
+            latency_compute_ms=lat,
+            throughput_compute_ms=tput,
+            throughput_ips=ips,
+            latency_ms=latency_ms,
+            items=per_round * rounds,
+            batch_size=int(plan.batch_size),
+            rounds=rounds,
+            tail_profile_ms=float(tails[device].predicted["stage_ms"][-1]) if tail_ms is not None else None,
+            tail_compute_ms=tail_ms,
+            tail_latency_ms=_median_or_none(tail_latencies.get(device, [])),
         )
         spread = ""
         if rounds > 1:
@@ -260,36 +253,63 @@ def _median_or_none(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-class NodeScale(NamedTuple):
-    """Per device, in the order asked for: what the cost model takes from device runtimes."""
-
-    latency_factor: list[float]  # node times x this (1.0 where not measured)
-    cycle_factor: list[float]  # a stage's compute in a full pipeline x this (1.0)
-    cycle_ms: list[float]  # per stage in a full pipeline: item_overhead_ms + stage_start_ms (0.0)
-    latency_ms: list[float]  # per stage, one item in flight: latency_overhead_ms + stage_start_ms (0.0)
+#: The terms of the device model, each of which can be switched off (``--ablate`` of
+#: benchmarks/bench_fidelity.py): a slope then falls back to 1 (the profile as it is), an
+#: intercept to 0. See docs/cost-model.md.
+TERMS = ("latency_slope", "latency_intercept", "cycle_slope", "cycle_intercept")
 
 
-def node_scale(
-    runtimes: dict[str, DeviceRuntime] | None, devices: Sequence[str], links_ms: Sequence[float] | None = None
-) -> NodeScale:
-    """What every stage on each device of ``devices`` costs beside its nodes' profile times.
+class DeviceLines(NamedTuple):
+    """Per device, in the order asked for, the cost model's two lines of the profiled stage time S:
+    latency = ``latency_slope·S + latency_intercept_ms``, cycle = ``cycle_slope·S + cycle_intercept_ms``."""
 
-    ``links_ms[i]`` is what the cost model prices device i's whole-model run's two links at,
-    unshaped (see :meth:`DeviceRuntime.latency_overhead_ms`; 0 when not given). The per-stage
-    ms are the cost model's ``device_item_overhead_ms`` (throughput) and
-    ``device_latency_overhead_ms`` (latency): the item overhead outside compute, with the window
-    full or one item in flight, plus the stage start cost."""
+    latency_slope: list[float]
+    latency_intercept_ms: list[float]
+    cycle_slope: list[float]
+    cycle_intercept_ms: list[float]
+
+
+def device_lines(
+    runtimes: Mapping[str, DeviceRuntime] | None,
+    devices: Sequence[str],
+    links_ms: Sequence[float] | None = None,
+    without: Iterable[str] = (),
+) -> DeviceLines:
+    """The cost model's lines for each of ``devices`` from their device runtime calibration.
+
+    - ``latency_slope`` = the slope of worker compute against profile time (one item in flight);
+    - ``latency_intercept_ms`` = the line's intercept (the stage start cost) + what one item alone
+      spends outside compute (:meth:`DeviceRuntime.latency_overhead_ms`, less ``links_ms[i]``, what
+      the cost model prices device i's whole-model run's two unshaped links at; 0 when not given);
+    - ``cycle_slope`` = ``latency_slope`` x the compute ratio with the window full / one item;
+    - ``cycle_intercept_ms`` = the stage start cost + the time per item outside compute with the
+      window full (:attr:`DeviceRuntime.item_overhead_ms`).
+
+    A device without a calibration gets slopes of 1 and intercepts of 0 (its profile as it is);
+    so does every term named in ``without`` (a subset of :data:`TERMS`). Raises ValueError on an
+    unknown term or a ``links_ms`` of the wrong length."""
     runtimes = runtimes or {}
+    off = set(without)
+    if off - set(TERMS):
+        raise ValueError(f"unknown device model term(s) {sorted(off - set(TERMS))}; terms: {', '.join(TERMS)}")
     links = list(links_ms) if links_ms is not None else [0.0] * len(devices)
     if len(links) != len(devices):
         raise ValueError(f"links_ms has {len(links)} entries for {len(devices)} devices")
-    rt = [runtimes.get(d) for d in devices]
-    return NodeScale(
-        [r.latency_factor if r else 1.0 for r in rt],
-        [r.cycle_factor if r else 1.0 for r in rt],
-        [r.item_overhead_ms + r.stage_start_ms if r else 0.0 for r in rt],
-        [r.latency_overhead_ms(ms) + r.stage_start_ms if r else 0.0 for r, ms in zip(rt, links)],
-    )
+    out = DeviceLines([], [], [], [])
+    for d, ms in zip(devices, links):
+        r = runtimes.get(d)
+        if r is None:
+            lines = (1.0, 0.0, 1.0, 0.0)
+        else:
+            lines = (
+                r.latency_factor,
+                r.stage_start_ms + r.latency_overhead_ms(ms),
+                r.latency_factor * r.cycle_factor,
+                r.stage_start_ms + r.item_overhead_ms,
+            )
+        for column, term, value, default in zip(out, TERMS, lines, (1.0, 0.0, 1.0, 0.0)):
+            column.append(default if term in off else value)
+    return out
 
 
 def tail_cut(node_ms: Sequence[float], cut_positions: Sequence[int], share: float = TAIL_SHARE) -> int | None:

@@ -1,4 +1,5 @@
-"""``paretopipe calibrate``: per-message overhead and transfer rate of the testbed's links."""
+"""``paretopipe calibrate``: per-message overhead and transfer rate of the testbed's links, or
+(``--devices``) how each device's worker runs a model next to its profile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import typer
 
 from paretopipe.cli import app
+from paretopipe.cli.common import InputOption, InputShapeOption, LeafOption, SeedOption, WeightsOption
 from paretopipe.cli.output import FormatOption, OutputFormat, err_console, parse_int_list, render
 from paretopipe.cli.run import (
     BackendOption,
@@ -22,6 +24,12 @@ from paretopipe.errors import UsageError
 
 @app.command("calibrate")
 def calibrate_command(
+    model: str | None = typer.Argument(None, help="With --devices: the model to calibrate the devices for."),
+    devices: bool = typer.Option(
+        False,
+        "--devices",
+        help="Calibrate the devices for MODEL (worker compute and overheads against profiles), not the links.",
+    ),
     testbed: Path = TestbedOption,
     backend: str = BackendOption,
     network: str = typer.Option(
@@ -31,18 +39,35 @@ def calibrate_command(
     sizes: str = typer.Option("1024,65536,1048576,4194304", "--sizes", help="Message sizes in bytes."),
     items: int = typer.Option(20, "--items", min=3, help="Timed round trips per path and size."),
     out: Path = typer.Option(Path("calibrations"), "--out", "-o", help="Directory for the calibration file."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="With --devices: items per batch."),
+    profiles: Path = typer.Option(Path("profiles"), "--profiles", help="With --devices: directory of device profiles."),
+    input_shape: str | None = InputShapeOption,
+    inputs: list[str] | None = InputOption,
+    weights: Path | None = WeightsOption,
+    leaf: list[str] | None = LeafOption,
+    seed: int = SeedOption,
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply."),
     isolation: str = IsolationOption,
     insecure: bool = InsecureOption,
     fmt: OutputFormat = FormatOption,
 ) -> None:
-    """Measure each link's per-message overhead and transfer rate through the real runtime.
+    """Measure each link's per-message overhead and transfer rate, or each device's runtime, through the real runtime.
 
-    Relays messages of several sizes along driver -> device(s) -> driver, fits overhead + bytes/rate
-    per hop, and stores it where 'paretopipe plan' and 'sweep' find it (they say when they use it).
-    Calibrate each backend and isolation you sweep with.
-    Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq --isolation loopback
+    Links: relays messages of several sizes along driver -> device(s) -> driver, fits overhead +
+    bytes/rate per hop. --devices MODEL: runs the whole model and a short tail of it on every
+    device, one item in flight and with the pipeline full, and fits each device's latency and
+    cycle lines against its profile (docs/calibration.md). Both are stored where 'paretopipe
+    plan', 'run' and 'sweep' find them (they say which file they use).
+    Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq; paretopipe calibrate --devices resnet18
     """
+    if devices:
+        _calibrate_devices(
+            model, testbed, backend, networks, out, batch_size, profiles, timeout, isolation, insecure,
+            input_shape, inputs, weights, leaf, seed,
+        )  # fmt: skip
+        return
+    if model is not None:
+        raise UsageError(f"a model ({model!r}) is only for --devices", "the links are calibrated without one")
     from paretopipe.calibrate.link_file import default_path
     from paretopipe.calibrate.link_measure import calibrate, fit_quality
     from paretopipe.network.conditions import resolve_network
@@ -72,4 +97,49 @@ def calibrate_command(
         title=f"{tb.name} over {backend}: driver hop {desc(edge)}; device hop {desc(mid)} "
         f"(median fit error {fit_quality(raw):.1%})",
     )
+    err_console.print(f"wrote {path}")
+
+
+def _calibrate_devices(
+    model, testbed, backend, networks, out, batch_size, profiles, timeout, isolation, insecure,
+    input_shape, inputs, weights, leaf, seed,
+) -> None:  # fmt: skip
+    """``calibrate --devices``: measure and store the device calibration of MODEL on the testbed."""
+    from paretopipe.calibrate.device_file import default_path
+    from paretopipe.calibrate.device_runtime import summary
+    from paretopipe.model.inputs import parse_input
+    from paretopipe.model.registry import parse_input_shape
+    from paretopipe.plan.plan_file import write_json_atomic
+    from paretopipe.sweep import Sessions, SweepSettings
+    from paretopipe.sweep.device_checks import measure_calibration
+    from paretopipe.sweep.inputs import planning_inputs
+
+    if model is None:
+        raise UsageError("--devices needs a MODEL", "e.g. paretopipe calibrate --devices mobilenet_v2")
+    if backend == "rpc":
+        raise UsageError("device calibration runs over zmq", "the calibration holds for the stages, not the transport")
+    tb, _ = load_testbed_and_scenarios(testbed, networks)
+    warn_exposure(tb, [backend], secure=False, insecure=insecure)
+    settings = SweepSettings(
+        model=model,
+        testbed=str(testbed),
+        backends=(backend,),
+        stages=(1,),
+        batch_size=batch_size,
+        profiles=str(profiles),
+        calibrations=str(out),
+        timeout_s=timeout,
+        isolation=isolation,
+        input_shape=parse_input_shape(input_shape) if input_shape else None,
+        inputs=tuple(parse_input(text) for text in inputs or ()),
+        weights=str(weights) if weights else None,
+        leaf=tuple(leaf or ()),
+        seed=seed,
+    )
+    planning = planning_inputs(settings, tb, err_console.print)
+    with Sessions(settings, tb) as pool:  # workers allowed to build the model, as a sweep's
+        cal = measure_calibration(settings, planning, pool.get(backend), backend, err_console.print)
+    path = default_path(cal.testbed, cal.model_label, cal.batch_size, backend, cal.isolation, out)
+    write_json_atomic(cal.to_dict(), path)
+    err_console.print(f"{summary(cal.devices)}")
     err_console.print(f"wrote {path}")

@@ -52,7 +52,14 @@ def plan_command(
     ),
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Items per batch."),
     backend: str = BackendOption,
-    calibrations: Path = typer.Option(Path("calibrations"), "--calibrations", help="Directory of link calibrations."),
+    calibrations: Path = typer.Option(
+        Path("calibrations"), "--calibrations", help="Directory of link and device calibrations."
+    ),
+    device_runtime: bool = typer.Option(
+        True,
+        "--device-runtime/--no-device-runtime",
+        help="Price stages with the stored device calibration, if there is one (off: from the profiles alone).",
+    ),
     input_shape: str | None = InputShapeOption,
     inputs: list[str] | None = InputOption,
     weights: Path | None = WeightsOption,
@@ -67,6 +74,7 @@ def plan_command(
     'paretopipe run --plan'), and front.png. Example:
     paretopipe plan resnet18 --testbed testbed/local-3.toml --network wifi --stages 2..3
     """
+    from paretopipe.calibrate.device_file import stored_calibration
     from paretopipe.calibrate.link_file import find_calibration
     from paretopipe.model.graph import trace_spec
     from paretopipe.network.conditions import resolve_network
@@ -106,7 +114,22 @@ def plan_command(
         )
     else:
         err_console.print(f"using link calibration {tb.name}/{backend}/{cal.isolation} ({cal.created})")
-    result = plan_front(spec, graph, tb, scenario, profs, ks, method, objs, granularity, cal, seed=seed)
+    devices = None
+    if device_runtime:
+        devices = stored_calibration(
+            tb,
+            spec.to_dict(),
+            spec.label,
+            batch_size,
+            backend,
+            "loopback",
+            {d: p.profile.created for d, p in profs.items()},
+            calibrations,
+            err_console.print,
+        )
+    result = plan_front(
+        spec, graph, tb, scenario, profs, ks, method, objs, granularity, cal, seed=seed, devices=devices
+    )
     r = result.search
     err_console.print(
         f"{r.method}: {r.space_size:,} plans in the space, {r.n_evaluated:,} evaluated, "

@@ -117,6 +117,12 @@ def run_command(
     oracle: bool = typer.Option(
         False, "--oracle", help="With --adaptive: decide on the network's real conditions instead of estimates."
     ),
+    profiles: Path = typer.Option(
+        Path("profiles"), "--profiles", help="Directory of device profiles (to price the plan)."
+    ),
+    calibrations: Path = typer.Option(
+        Path("calibrations"), "--calibrations", help="Directory of link and device calibrations (to price the plan)."
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Run one plan for real on the testbed and print measured metrics next to predicted ones.
@@ -187,6 +193,15 @@ def run_command(
     else:
         the_plan = _adhoc_plan(model, cuts, devices, batch_size, input_shape, weights, leaf, seed, inputs)
     scenario = resolve_network(network or the_plan.network, scenarios)
+    from paretopipe.sweep.predict import price_with_stored
+
+    priced = price_with_stored(
+        the_plan, tb, scenario, backend, isolation, calibrations, profiles, lambda m: err_console.print(m, markup=False)
+    )
+    if priced is not None:
+        the_plan = priced
+    elif the_plan.predicted:
+        err_console.print("predictions: as stored in the plan file")
     if backend == "rpc":
         from paretopipe_backends.torch_rpc import TRUST_WARNING
 

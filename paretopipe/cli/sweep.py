@@ -122,8 +122,8 @@ def sweep_command(
         True,
         "--device-runtime/--no-device-runtime",
         help=(
-            "Before planning, run the whole model on each device through the runtime and scale its profile "
-            "to what the worker measured (see docs/calibration.md)."
+            "Price stages with the stored device calibration (calibrations/), measuring and storing one first "
+            "if there is none (see docs/calibration.md); off: from the profiles alone."
         ),
     ),
     pass_check: bool = typer.Option(
@@ -132,15 +132,6 @@ def sweep_command(
         help=(
             "With --device-runtime: measure it again (a few seconds) at the start of every pass and predict "
             "the pass's plans with it, so predictions follow the machine's drift."
-        ),
-    ),
-    recheck: float = typer.Option(
-        0.0,
-        "--recheck",
-        min=0,
-        help=(
-            "With pass checks: also check again within a pass once this many seconds have passed since the "
-            "last check (and at least four times its duration), e.g. 60; 0 (default): only at the start of a pass."
         ),
     ),
     isolation: str = IsolationOption,
@@ -217,7 +208,6 @@ def sweep_command(
         secure=secure,
         device_runtime=device_runtime,
         pass_check=pass_check,
-        recheck_s=recheck,
     )
     store = RunStore(out, resume=resume)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -268,12 +258,15 @@ def sweep_command(
                 "devices",
                 "latency_ms_p50",
                 "throughput_ips",
+                "offline_latency_ms",
+                "offline_throughput_ips",
                 "pred_latency_ms",
                 "pred_throughput_ips",
                 "knee",
             ],
-            title=f"measured front: {s['network']} / {s['backend']} (predictions within ±10%: latency "
-            f"{s['latency_within_10pct']:.0%}, throughput {s['throughput_within_10pct']:.0%}"
+            title=f"measured front: {s['network']} / {s['backend']} (predictions within ±10%, offline / checked: "
+            f"latency {s['offline_latency_within_10pct']:.0%} / {s['latency_within_10pct']:.0%}, "
+            f"throughput {s['offline_throughput_within_10pct']:.0%} / {s['throughput_within_10pct']:.0%}"
             + (
                 ""
                 if not s["repeat_pairs"]

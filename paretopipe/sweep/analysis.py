@@ -26,6 +26,10 @@ FRONT_COLUMNS = [
     "pred_throughput_ips",
     "latency_err_pct",
     "throughput_err_pct",
+    "offline_latency_ms",
+    "offline_throughput_ips",
+    "offline_latency_err_pct",
+    "offline_throughput_err_pct",
     "on_front",
     "knee",
     "pred_on_front",
@@ -48,13 +52,25 @@ def measured_front(
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per plan: medians over repeats of the measured metrics (ok rows only)."""
+    """One row per plan: medians over repeats of the measured metrics and of both predictions, the
+    checked (``pred_*``) and the offline ones (ok rows only), and their errors in percent."""
     ok = rows[rows["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame(columns=FRONT_COLUMNS)
     keys = ["plan_id", "stages", "cuts", "cut_nodes", "devices"]
     ok = ok.assign(cuts=ok["cuts"].fillna(""), cut_nodes=ok["cut_nodes"].fillna(""))
-    num = ["latency_ms_p50", "latency_ms_p95", "throughput_ips", "pred_latency_ms", "pred_throughput_ips"]
+    for col in ("offline_latency_ms", "offline_throughput_ips"):
+        if col not in ok:
+            ok = ok.assign(**{col: np.nan})
+    num = [
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "throughput_ips",
+        "pred_latency_ms",
+        "pred_throughput_ips",
+        "offline_latency_ms",
+        "offline_throughput_ips",
+    ]
     agg = (
         ok.groupby(keys, dropna=False)
         .agg(
@@ -67,6 +83,10 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     )
     agg["latency_err_pct"] = (agg["pred_latency_ms"] - agg["latency_ms_p50"]) / agg["latency_ms_p50"] * 100
     agg["throughput_err_pct"] = (agg["pred_throughput_ips"] - agg["throughput_ips"]) / agg["throughput_ips"] * 100
+    agg["offline_latency_err_pct"] = (agg["offline_latency_ms"] - agg["latency_ms_p50"]) / agg["latency_ms_p50"] * 100
+    agg["offline_throughput_err_pct"] = (
+        (agg["offline_throughput_ips"] - agg["throughput_ips"]) / agg["throughput_ips"] * 100
+    )
     agg["on_front"] = measured_front(agg)
     agg["knee"] = False
     front = np.flatnonzero(agg["on_front"].to_numpy())
@@ -77,12 +97,15 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def error_summary(agg: pd.DataFrame) -> dict[str, float]:
-    """MAPE and share within ±10% for latency and throughput predictions."""
+    """MAPE and share within ±10% for latency and throughput predictions, checked
+    (``latency_mape_pct``, ``latency_within_10pct``, ...) and offline (``offline_latency_mape_pct``, ...)."""
     out: dict[str, float] = {"plans": float(len(agg))}
-    for name in ("latency", "throughput"):
-        err = agg[f"{name}_err_pct"].dropna().abs()
-        out[f"{name}_mape_pct"] = float(err.mean()) if len(err) else float("nan")
-        out[f"{name}_within_10pct"] = float((err <= 10).mean()) if len(err) else float("nan")
+    for prefix in ("", "offline_"):
+        for name in ("latency", "throughput"):
+            col = f"{prefix}{name}_err_pct"
+            err = agg[col].dropna().abs() if col in agg else pd.Series(dtype=float)
+            out[f"{prefix}{name}_mape_pct"] = float(err.mean()) if len(err) else float("nan")
+            out[f"{prefix}{name}_within_10pct"] = float((err <= 10).mean()) if len(err) else float("nan")
     return out
 
 

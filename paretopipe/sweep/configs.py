@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from paretopipe.network.conditions import LinkCondition, Scenario, load_scenarios, resolve_network
 from paretopipe.network.trace import Trace
 from paretopipe.plan.plan_file import Plan, load_plan, safe_name, save_plan
-from paretopipe.sweep.device_checks import measure_before_planning, saved_runtimes
+from paretopipe.sweep.device_checks import calibration_before_planning, run_calibration
 from paretopipe.sweep.inputs import planning_inputs
 from paretopipe.sweep.session_pool import Sessions, sessions_or_own
 from paretopipe.sweep.settings import RESUME_COMPARABLE, Config, Log, SweepSettings
@@ -23,7 +23,7 @@ from paretopipe.sweep.store import RunStore, check_resume_compatible, now
 from paretopipe.testbed import Testbed
 
 if TYPE_CHECKING:
-    from paretopipe.calibrate.device_runtime import DeviceRuntime
+    from paretopipe.calibrate.device_file import DeviceCalibration
     from paretopipe.sweep.predict import PlanningResult
 
 #: Per scenario, the plans to measure and whether each is on the predicted front.
@@ -33,8 +33,8 @@ Planned = list[tuple[Scenario, list[tuple[Plan, bool]]]]
 def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessions | None = None) -> list[Config]:
     """Plan (or, resuming, reload) the configurations and write the manifest.
 
-    Pass the :class:`Sessions` that :func:`execute` will use, so the device runtime calibration
-    runs on the workers that are then measured."""
+    Pass the :class:`Sessions` that :func:`execute` will use, so a device calibration measured
+    here runs on the workers that are then measured."""
     from paretopipe.host.fingerprint import fingerprint, git_commit
     from paretopipe.testbed import load_testbed
 
@@ -53,7 +53,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
 
         get_transport(be)  # unknown backend: fail before any work
     with sessions_or_own(settings, sessions) as pool:
-        planned, runtimes = _plan_all(settings, tb, nets, store.dir, log, pool)
+        planned, devices = _plan_all(settings, tb, nets, store.dir, log, pool)
     configs = measurement_order(settings.backends, planned, settings.repeats)
     commit, dirty = git_commit()
     store.write_manifest(
@@ -68,7 +68,7 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
             "git_dirty": dirty,
             "started": now(),
             "finished": None,
-            "device_runtime": None if runtimes is None else {d: r.to_dict() for d, r in runtimes.items()},
+            "device_calibration": None if devices is None else devices.to_dict(),
             "configurations": [manifest_entry(c) for c in configs],
         }
     )
@@ -77,9 +77,9 @@ def prepare(settings: SweepSettings, store: RunStore, log: Log, sessions: Sessio
 
 def _plan_all(
     settings: SweepSettings, tb: Testbed, nets: Sequence[Scenario], out_dir: Path, log: Log, sessions: Sessions
-) -> tuple[Planned, dict[str, DeviceRuntime] | None]:
+) -> tuple[Planned, DeviceCalibration | None]:
     """Per scenario, the plans to measure (with whether each is on the predicted front), and the
-    device runtime calibration the predictions used (None if off)."""
+    device calibration the predictions used (None if off or none): the offline predictions."""
     from paretopipe.sweep.candidates import parse_cut_list, select, with_all_assignments
     from paretopipe.sweep.predict import front_frame, plan_front
 
@@ -93,7 +93,7 @@ def _plan_all(
     )
     log(f"link calibration: {'none (scenario only)' if cal is None else cal.created}")
     how = settings.cuts
-    runtimes = measure_before_planning(settings, inputs, out_dir, log, sessions) if settings.device_runtime else None
+    devices = calibration_before_planning(settings, inputs, out_dir, log, sessions) if settings.device_runtime else None
     out: Planned = []
 
     def choose(scenario: Scenario) -> tuple[PlanningResult, list[Any], set[Any]]:
@@ -107,7 +107,7 @@ def _plan_all(
             "auto",
             granularity=granularity,
             calibration=cal,
-            runtimes=runtimes,
+            devices=devices,
         )
         if how in ("front", "all", "block"):
             keys = select(
@@ -142,7 +142,7 @@ def _plan_all(
         )
         log(f"{scenario.name}: {len(plans)} plans to measure ({on_front} on the predicted front{near})")
         out.append((scenario, plans))
-    return out, runtimes
+    return out, devices
 
 
 def _plan_trace(scenario: Scenario, choose: Any) -> tuple[list[tuple[Plan, bool]], Any]:
@@ -231,14 +231,14 @@ def reload_configs(
 
 def replan(settings: SweepSettings, out_dir: Path, log: Log) -> dict[str, PlanningResult]:
     """Per scenario label, the PlanningResult the run's plans were chosen from (priced with the
-    run's device_runtime.json, as :func:`prepare` priced them; planning only, nothing measured)."""
+    run's device calibration, as :func:`prepare` priced them; planning only, nothing measured)."""
     from paretopipe.sweep.predict import plan_front
     from paretopipe.testbed import load_testbed
 
     scenarios = load_scenarios(settings.networks_file)
     tb = load_testbed(settings.testbed, scenarios)
     inputs = planning_inputs(settings, tb, log)
-    runtimes = saved_runtimes(out_dir) if settings.device_runtime else None
+    own = run_calibration(out_dir) if settings.device_runtime else None
     return {
         scenario.name: plan_front(
             inputs.spec,
@@ -250,7 +250,7 @@ def replan(settings: SweepSettings, out_dir: Path, log: Log) -> dict[str, Planni
             "auto",
             granularity=inputs.granularity,
             calibration=inputs.calibration,
-            runtimes=runtimes,
+            devices=own,
         )
         for scenario in (resolve_network(n, scenarios) for n in settings.networks)
     }

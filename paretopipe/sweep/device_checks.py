@@ -1,9 +1,10 @@
-"""Device runtime checks: the whole model run on every device through the runtime, before planning
-and again at the start of every pass, and the plans priced with the latest check.
+"""Device calibrations in a sweep: the stored one the plans are chosen with (offline), measured
+and stored when there is none, and the checks at the start of every pass that price each pass's
+plans again (checked).
 
-Every check of a sweep is appended to :data:`CHECKS_FILE` in the run directory; the one taken
-before planning is saved as ``device_runtime.json`` there, so plans made again for a run are
-priced as before. See :mod:`paretopipe.calibrate.device_runtime` for what is measured.
+The calibration the sweep planned with is copied to :data:`RUN_FILE` in the run directory, so plans
+made again for a run are priced as before; every pass check is appended to :data:`CHECKS_FILE`.
+See :mod:`paretopipe.calibrate.device_runtime` for what is measured and docs/calibration.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from paretopipe.errors import ConfigError, ParetoPipeError
+from paretopipe.errors import ParetoPipeError
 from paretopipe.network.conditions import load_scenarios
 from paretopipe.plan.plan_file import Plan
 from paretopipe.sweep.inputs import PlanningInputs, planning_inputs
@@ -24,68 +25,38 @@ from paretopipe.sweep.settings import Config, Log, SweepSettings
 from paretopipe.sweep.store import now
 
 if TYPE_CHECKING:
+    from paretopipe.calibrate.device_file import DeviceCalibration
     from paretopipe.calibrate.device_runtime import DeviceRuntime
     from paretopipe.plan.costmodel import Instance
     from paretopipe.runtime.session import Session
 
 #: Every device runtime check of a sweep, one JSON object per line, in the run directory.
 CHECKS_FILE = "device_checks.jsonl"
-#: A check within a pass comes no sooner than this many times the last check's duration after it.
-RECHECK_COST = 4.0
-_clock = time.monotonic  # when checks are due (a module attribute so that tests can move time on)
+#: The device calibration a sweep planned with, copied into its run directory.
+RUN_FILE = "device_calibration.json"
 
 
-def saved_runtimes(out_dir: Path) -> dict[str, DeviceRuntime] | None:
-    """The run directory's device_runtime.json, if any. Raises ConfigError if it is unreadable."""
+def calibration_backend(backends: tuple[str, ...] | list[str]) -> str | None:
+    """The backend a device calibration is measured over: the first that is not rpc (an RPC
+    session can only be opened once per process), None if there is none."""
+    return next((b for b in backends if b != "rpc"), None)
+
+
+def measure_calibration(
+    settings: SweepSettings, inputs: PlanningInputs, session: Session, backend: str, log: Log
+) -> DeviceCalibration:
+    """Measure the device calibration of every device in ``session`` (:data:`MIN_ITEMS` items in
+    :data:`ROUNDS` rounds, see :mod:`paretopipe.calibrate.device_runtime`). Raises ParetoPipeError
+    (naming the device) if a run fails."""
     from paretopipe.calibrate import device_runtime as devicecal
+    from paretopipe.calibrate.device_file import DeviceCalibration, testbed_devices
+    from paretopipe.host.fingerprint import fingerprint
 
-    path = out_dir / devicecal.FILENAME
-    if not path.exists():
-        return None
-    try:
-        return {d: devicecal.DeviceRuntime.from_dict(r) for d, r in json.loads(path.read_text())["devices"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            str(path), "devices", f"unreadable device runtime calibration: {exc}", "delete the file to measure again"
-        ) from None
-
-
-def measure_before_planning(
-    settings: SweepSettings, inputs: PlanningInputs, out_dir: Path, log: Log, sessions: Sessions
-) -> dict[str, DeviceRuntime] | None:
-    """Run the whole model on every device through the runtime; saved as device_runtime.json.
-    None when it cannot be measured before planning (RPC only).
-
-    A device_runtime.json already in the run directory (for the same devices) is used instead, so
-    plans made again for a run are priced exactly as before."""
-    from paretopipe.calibrate import device_runtime as devicecal
-    from paretopipe.plan.plan_file import write_json_atomic
-
-    path = out_dir / devicecal.FILENAME
-    saved = saved_runtimes(out_dir)
-    if saved is not None:
-        if set(saved) == set(inputs.profiles):
-            log(f"device runtime: from {path}: {devicecal.summary(saved)}")
-            return saved
-
-    backend = next((b for b in settings.backends if b != "rpc"), None)
-    if backend is None:
-        log(
-            "device runtime: not measured before planning (an RPC session can only be opened once per process); "
-            + (
-                "plans are chosen from the profiles alone and every pass measures it in its own RPC session"
-                if settings.pass_check
-                else "predictions use the profiles alone"
-            )
-            + ": add --backend both to calibrate over zmq first"
-        )
-        return None
     plans = inputs.whole_model_plans()
-    profile_ms = {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()}  # calibrated node sums
     runtimes = devicecal.measure(
-        sessions.get(backend),
+        session,
         plans,
-        profile_ms,
+        {d: plan.predicted["stage_ms"][0] for d, plan in plans.items()},  # planned node sums
         items=max(devicecal.MIN_ITEMS, settings.latency_items),
         warmup=settings.warmup,
         timeout_s=settings.timeout_s,
@@ -93,38 +64,97 @@ def measure_before_planning(
         rounds=devicecal.ROUNDS,
         tails=inputs.tail_plans(),
     )
-    write_json_atomic(
-        {
-            "schema": "paretopipe.device_runtime",
-            "version": 1,
-            "created": now(),
-            "backend": backend,
-            "isolation": settings.isolation,
-            "devices": {d: r.to_dict() for d, r in runtimes.items()},
-        },
-        path,
+    return DeviceCalibration(
+        testbed=inputs.testbed.name,
+        model=inputs.spec.to_dict(),
+        model_label=inputs.spec.label,
+        batch_size=settings.batch_size,
+        backend=backend,
+        isolation=settings.isolation,
+        devices=runtimes,
+        profiles={d: p.profile.created for d, p in inputs.profiles.items()},
+        testbed_devices=testbed_devices(inputs.testbed),
+        created=now(),
+        fingerprint=fingerprint(),
     )
-    return runtimes
+
+
+def run_calibration(out_dir: Path) -> DeviceCalibration | None:
+    """The device calibration a run planned with (its :data:`RUN_FILE`), None if it has none.
+    Raises ConfigError if the file is unreadable or from another version."""
+    from paretopipe.calibrate.device_file import load_device_calibration
+    from paretopipe.errors import ConfigError
+
+    path = out_dir / RUN_FILE
+    if not path.exists() and (out_dir / "device_runtime.json").exists():
+        raise ConfigError(
+            out_dir / "device_runtime.json",
+            None,
+            "a run directory from an earlier paretopipe",
+            "run the sweep again into a new directory (-o)",
+        )
+    return load_device_calibration(path) if path.exists() else None
+
+
+def calibration_before_planning(
+    settings: SweepSettings, inputs: PlanningInputs, out_dir: Path, log: Log, sessions: Sessions
+) -> DeviceCalibration | None:
+    """The device calibration the sweep plans with: the run's own (planning again for a run), the
+    stored one under ``settings.calibrations``, or, if none is stored, one measured now on the
+    sweep's workers and stored there (and in the run directory), so the next ``paretopipe plan``
+    uses it too. None when none is stored and it cannot be measured (rpc only). Raises ConfigError
+    if the stored one does not match."""
+    from paretopipe.calibrate.device_file import default_path, stored_calibration
+    from paretopipe.plan.plan_file import write_json_atomic
+
+    own = run_calibration(out_dir)
+    if own is not None:
+        log(f"device calibration: {own.source}, as when the run was planned")
+        return own
+    backend = calibration_backend(settings.backends) or settings.backends[0]
+    spec = inputs.spec
+    cal = stored_calibration(
+        inputs.testbed,
+        spec.to_dict(),
+        spec.label,
+        settings.batch_size,
+        backend,
+        settings.isolation,
+        {d: p.profile.created for d, p in inputs.profiles.items()},
+        settings.calibrations,
+        log,
+    )
+    if cal is None:
+        if calibration_backend(settings.backends) is None:
+            log(
+                "device calibration: cannot be measured before planning over rpc alone (a process joins one RPC "
+                "world): plans are chosen from the profiles alone; add --backend both to calibrate over zmq"
+            )
+            return None
+        log(f"device calibration: measuring one now over {backend}")
+        cal = measure_calibration(settings, inputs, sessions.get(backend), backend, log)
+        path = default_path(cal.testbed, cal.model_label, cal.batch_size, backend, cal.isolation, settings.calibrations)
+        write_json_atomic(cal.to_dict(), path)
+        cal = replace(cal, source=str(path))
+        log(f"device calibration: wrote {path} ('paretopipe plan' uses it from now on)")
+    write_json_atomic(cal.to_dict(), out_dir / RUN_FILE)
+    return cal
 
 
 class PassCheck:
     """The device runtime calibration, measured again at the start of every pass (and after workers
-    are restarted, and within a pass every ``recheck_s`` seconds), and the plans priced with the
-    latest check.
+    are restarted), and the plans priced with the latest check.
 
     The machine drifts while a sweep runs; predictions made once at the start would miss by that
-    drift, which has nothing to do with the plans. A pass is checked again once ``recheck_s`` have
-    passed since the last check, but no sooner than ``RECHECK_COST`` times the last check's
-    duration after it. A check costs a few seconds (``PASS_ITEMS`` items per device, see
-    :mod:`paretopipe.calibrate.device_runtime`). The rows carry the predictions and, in
-    ``calibration``, the factors they used; every check is appended to ``CHECKS_FILE``.
+    drift, which has nothing to do with the plans. A check costs a few seconds (``PASS_ITEMS`` items
+    per device, see :mod:`paretopipe.calibrate.device_runtime`). The rows carry these predictions
+    (the checked ones, next to the offline ones the plans were chosen with) and, in
+    ``calibration``, the figures they used; every check is appended to ``CHECKS_FILE``.
     """
 
     def __init__(self, settings: SweepSettings, log: Log) -> None:
         self.settings, self.log = settings, log
         self.checked: tuple[str, str, int] | None = None  # the pass (network, backend, repeat) last checked
-        self.next_due = 0.0  # clock time from which the pass is checked again (recheck_s > 0)
-        self.started = 0.0  # clock time of the current pass's first check
         self.restarted = False
         self.count = self._recorded()  # a resumed sweep numbers its checks on
         self._inputs: PlanningInputs | None = None
@@ -148,14 +178,12 @@ class PassCheck:
         self.restarted = True
 
     def reason(self, cfg: Config) -> str | None:
-        """Why ``cfg`` needs a check first: "start" (of a pass), "restart" (of the workers),
-        "recheck" (``recheck_s`` since the last check); None if the last check still holds."""
+        """Why ``cfg`` needs a check first: "start" (of a pass), "restart" (of the workers); None
+        if the last check still holds."""
         if self.checked != (cfg.network, cfg.backend, cfg.repeat):
             return "start"
         if self.restarted:
             return "restart"
-        if self.settings.recheck_s > 0 and _clock() >= self.next_due:
-            return "recheck"
         return None
 
     def ensure(self, session: Session, cfg: Config) -> None:
@@ -163,11 +191,9 @@ class PassCheck:
         why = self.reason(cfg)
         if why is None:
             return
-        what = f"{cfg.network} {cfg.backend} pass {cfg.repeat + 1}"
-        if why == "start":
-            self.started = _clock()
-        else:
-            what += f", {_clock() - self.started:.0f} s in" + (" (workers restarted)" if why == "restart" else "")
+        what = f"{cfg.network} {cfg.backend} pass {cfg.repeat + 1}" + (
+            " (workers restarted)" if why == "restart" else ""
+        )
         self.checked, self.restarted = (cfg.network, cfg.backend, cfg.repeat), False
         self.measure(session, what, why, cfg)
 
@@ -178,7 +204,7 @@ class PassCheck:
         from paretopipe.calibrate import device_runtime as devicecal
 
         self._instances.clear()
-        t0 = _clock()
+        t0 = time.monotonic()
         error = None
         try:
             self._setup()
@@ -200,8 +226,7 @@ class PassCheck:
                 f"{what}: device runtime check failed ({exc}); until the next check, plans are priced "
                 + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned")
             )
-        took = _clock() - t0
-        self.next_due = _clock() + max(self.settings.recheck_s, RECHECK_COST * took)
+        took = time.monotonic() - t0
         self.count += error is None
         self._record(
             {

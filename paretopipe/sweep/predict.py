@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from paretopipe.calibrate.device_runtime import DeviceRuntime, node_scale, summary
+from paretopipe.calibrate.device_file import DeviceCalibration
+from paretopipe.calibrate.device_runtime import DeviceRuntime, device_lines, summary
 from paretopipe.calibrate.link_file import Calibration
 from paretopipe.errors import ConfigError, ParetoPipeError, UsageError
 from paretopipe.model.graph import ModelGraph
@@ -241,6 +242,13 @@ def whole_model_links_ms(
     return (unshaped.in_transfer_ms + unshaped.out_transfer_ms).tolist()
 
 
+#: Terms of the cost model that can be switched off to see what each is worth (``without`` of
+#: :func:`build_instance`, ``--ablate`` of benchmarks/bench_fidelity.py): the device model's
+#: (:data:`paretopipe.calibrate.device_runtime.TERMS`) and ``shared_cpu`` (devices that share a CPU
+#: take turns on it). See docs/cost-model.md.
+TERMS = ("latency_slope", "latency_intercept", "cycle_slope", "cycle_intercept", "shared_cpu")
+
+
 def build_instance(
     graph: ModelGraph,
     profiles: dict[str, DeviceProfile],
@@ -249,20 +257,31 @@ def build_instance(
     granularity: str = "node",
     window: int | None = None,
     runtimes: dict[str, DeviceRuntime] | None = None,
+    without: Sequence[str] = (),
 ) -> Instance:
-    """The planner's numbers: calibrated node times per device, cut bytes, links, memory.
+    """The planner's numbers: profiled node times per device, cut bytes, links, memory.
 
-    With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.calibrate.device_runtime`) a device's
-    node times are scaled to what its worker measured and its stages get its cycle factor and
-    per-item overheads (with the pipeline full, and with one item in flight). Devices that share
-    CPUs (:meth:`Testbed.cpu_groups`) are charged together in a full pipeline.
+    With ``runtimes`` (device runtime calibration, see :mod:`paretopipe.calibrate.device_runtime`)
+    each device gets its latency and cycle lines (:func:`device_lines`); without, slopes of 1 and
+    intercepts of 0. Devices that share CPUs (:meth:`Testbed.cpu_groups`) are charged together in
+    a full pipeline. ``without`` switches terms of :data:`TERMS` off. Raises UsageError on an
+    unknown term.
     """
+    unknown = sorted(set(without) - set(TERMS))
+    if unknown:
+        raise UsageError(f"unknown cost model term(s) {unknown}", f"terms: {', '.join(TERMS)}")
     devices = list(profiles)
     b = graph.batch_size
-    scale = node_scale(runtimes, devices, whole_model_links_ms(graph, links, devices) if runtimes else None)
-    node_ms = np.stack([p.profile.planned_node_ms(b) * f for p, f in zip(profiles.values(), scale.latency_factor)])
+    lines = device_lines(
+        runtimes,
+        devices,
+        whole_model_links_ms(graph, links, devices) if runtimes else None,
+        without=[t for t in without if t != "shared_cpu"],
+    )
+    node_ms = np.stack([p.profile.planned_node_ms(b) for p in profiles.values()])
     cuts = candidate_cuts(graph, granularity)
     overhead, delay, rate, shaped = _link_matrices(links, devices)
+    groups = np.arange(len(devices)) if "shared_cpu" in without else np.array(testbed.cpu_groups(devices))
     return Instance(
         node_ms=node_ms,
         cut_positions=np.array([c.index for c in cuts]),
@@ -277,10 +296,11 @@ def build_instance(
         link_delay_ms=delay,
         link_bandwidth_bps=rate,
         link_shaped_bps=shaped,
-        device_cycle_factor=np.array(scale.cycle_factor),
-        device_item_overhead_ms=np.array(scale.cycle_ms),
-        device_latency_overhead_ms=np.array(scale.latency_ms),
-        device_cpu_group=np.array(testbed.cpu_groups(devices), dtype=np.int64),
+        latency_slope=np.array(lines.latency_slope),
+        latency_intercept_ms=np.array(lines.latency_intercept_ms),
+        cycle_slope=np.array(lines.cycle_slope),
+        cycle_intercept_ms=np.array(lines.cycle_intercept_ms),
+        device_cpu_group=groups.astype(np.int64),
         **copy_terms([p.profile for p in profiles.values()]),
         batch_size=b,
         window=window,
@@ -403,11 +423,11 @@ def plan_front(
     calibration: Calibration | None = None,
     window: int | None = None,
     seed: int = 0,
-    runtimes: dict[str, DeviceRuntime] | None = None,
+    devices: DeviceCalibration | None = None,
 ) -> PlanningResult:
     """Search every plan with K in ``stages`` over the testbed's devices; returns the result.
 
-    ``runtimes``: device runtime calibration (:func:`paretopipe.calibrate.device_runtime.measure`), if any."""
+    ``devices``: the device calibration (:mod:`paretopipe.calibrate.device_file`), if any."""
     from paretopipe.plan.search import search
 
     if max(stages) > len(testbed.devices):
@@ -416,6 +436,7 @@ def plan_front(
             f"use --stages up to {len(testbed.devices)}",
         )
     links = link_models(testbed, scenario, calibration, list(profiles))
+    runtimes = None if devices is None else devices.devices
     inst = build_instance(graph, profiles, testbed, links, granularity, window, runtimes)
     t0 = time.perf_counter()
     result = search(inst, stages=tuple(stages), method=method, objectives=tuple(objectives), seed=seed)
@@ -440,6 +461,7 @@ def plan_front(
         "calibration": None
         if calibration is None
         else f"{calibration.testbed}/{calibration.backend}/{calibration.isolation}",
+        "device_calibration": None if devices is None else devices.source or devices.created,
         "device_runtime": None if not runtimes else summary(runtimes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -453,3 +475,48 @@ def front_frame(result: PlanningResult) -> pd.DataFrame:
     df["cut_nodes"] = [" ".join(n) for n in df["cut_nodes"]]
     df["devices"] = ["+".join(d) for d in df["devices"]]
     return df[FRONT_COLUMNS]
+
+
+def price_with_stored(
+    plan: Plan,
+    testbed: Testbed,
+    scenario: Scenario,
+    backend: str,
+    isolation: str,
+    calibrations: str | Path,
+    profiles: str | Path,
+    log: Callable[[str], None],
+) -> Plan | None:
+    """``plan`` priced again, as ``paretopipe plan`` would price it now: its profiles from
+    ``profiles``, the link and device calibrations stored in ``calibrations`` for this testbed,
+    backend and isolation (each named in the log, or that there is none). None (and the log says
+    why) without a usable profile for every device. Raises ConfigError if a stored calibration does
+    not match (naming the command for a fresh one)."""
+    from paretopipe.calibrate.device_file import stored_calibration
+    from paretopipe.calibrate.link_file import find_calibration
+    from paretopipe.model.graph import trace_spec
+    from paretopipe.model.registry import ModelSpec
+
+    spec = ModelSpec.from_dict(dict(plan.model))
+    graph = trace_spec(spec, plan.batch_size)
+    try:
+        profs = gather_profiles(spec, graph, testbed, plan.batch_size, profiles, auto_profile=False)
+    except ConfigError as exc:
+        log(f"not priced again: {exc.message}")
+        return None
+    links_cal = find_calibration(testbed.name, backend, isolation, [calibrations])
+    log(
+        "link calibration: "
+        + ("none: transfers priced from the network scenario alone" if links_cal is None else links_cal.created)
+    )
+    created = {d: p.profile.created for d, p in profs.items()}
+    devices = stored_calibration(
+        testbed, spec.to_dict(), spec.label, plan.batch_size, backend, isolation, created, calibrations, log
+    )
+    granularity = ",".join(str(c.index) for c in plan.cuts) or "node"
+    links = link_models(testbed, scenario, links_cal, list(profs))
+    inst = build_instance(
+        graph, profs, testbed, links, granularity, runtimes=None if devices is None else devices.devices
+    )
+    meta = {"device_calibration": None if devices is None else devices.source}
+    return reprice(plan, inst, meta)

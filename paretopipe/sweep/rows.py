@@ -23,11 +23,16 @@ if TYPE_CHECKING:
     from paretopipe.runtime.records import Measurement, StageTimes
 
 
-def config_columns(cfg: Config, settings: SweepSettings, host: str, commit: str | None) -> dict[str, Any]:
+def config_columns(
+    cfg: Config, settings: SweepSettings, host: str, commit: str | None, offline: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The columns of a row known before measuring: the configuration, its plan's predictions
-    (``pred_*``), what they were calibrated with, where and when."""
+    (``pred_*``: checked, re-priced by the pass's device runtime check when there is one), the
+    ``offline`` predictions the plan was chosen with (profiles and stored calibrations, what
+    ``paretopipe plan`` prints; default: the plan's own), what they were calibrated with, where and when."""
     p = cfg.plan
     pred = p.predicted
+    offline = pred if offline is None else offline
     return {
         "network": cfg.network,
         "network_spec": cfg.condition.spec(),
@@ -45,9 +50,11 @@ def config_columns(cfg: Config, settings: SweepSettings, host: str, commit: str 
         "pred_throughput_ips": pred.get("throughput_ips"),
         "pred_bottleneck_ms": pred.get("bottleneck_ms"),
         "pred_bytes_per_item": pred.get("bytes_per_item"),
-        "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_ms", [])]),
+        "pred_stage_ms": json.dumps([round(v, 4) for v in pred.get("stage_latency_ms", [])]),
         "pred_on_front": cfg.on_front,
         "pred_per_condition": json.dumps(p.meta["per_condition"]) if p.meta.get("per_condition") else None,
+        "offline_latency_ms": offline.get("latency_ms"),
+        "offline_throughput_ips": offline.get("throughput_ips"),
         "shaping": None,
         "calibration": calibration_note(p.meta),
         "host": host,

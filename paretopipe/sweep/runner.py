@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from paretopipe.errors import ParetoPipeError
 from paretopipe.sweep.configs import replan
@@ -135,18 +135,19 @@ class _Run:
                 return
             self._report(f"{cfg.network} {backend} {cfg.plan.id}")
             session = self.sessions.get(backend)
+            offline = cfg.plan.predicted  # as planned: profiles + the stored calibrations
             if self.check is not None:
                 if self.check.reason(cfg) is not None:
                     t0 = time.perf_counter()
                     self.check.ensure(session, cfg)
                     self.eta.checked(time.perf_counter() - t0)
                 cfg = self.check.price(cfg)
-            self._one(session, cfg)
+            self._one(session, cfg, offline)
 
-    def _one(self, session, cfg: Config) -> None:
-        """Measure one configuration and append its row."""
+    def _one(self, session, cfg: Config, offline: Mapping[str, Any]) -> None:
+        """Measure one configuration and append its row (``offline``: its prediction as planned)."""
         st, outcome = self.settings, self.outcome
-        row = config_columns(cfg, st, self.host, self.commit)
+        row = config_columns(cfg, st, self.host, self.commit, offline=offline)
         t0 = time.perf_counter()
         self.attempted.add(cfg.key)
         try:

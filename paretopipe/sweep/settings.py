@@ -57,9 +57,8 @@ class SweepSettings:
     seed: int = 0
     isolation: str = "loopback"  # loopback | netns
     secure: bool = False
-    device_runtime: bool = True  # run the whole model on each device first (paretopipe.calibrate.device_runtime)
+    device_runtime: bool = True  # price stages with the device calibration (stored, or measured and stored first)
     pass_check: bool = True  # with device_runtime: measure it again at the start of every pass (PassCheck)
-    recheck_s: float = 0.0  # ... and within a pass once this long has passed since the last check (0: never)
     trace_seconds: float | None = None  # under a trace: the stretch each mode measures (None: one period)
 
 

@@ -66,6 +66,9 @@ COLUMNS = [
     "pred_bytes_per_item",
     "pred_stage_ms",
     "pred_on_front",
+    # predicted before the run measured anything: profiles + stored calibrations (what `plan` prints)
+    "offline_latency_ms",
+    "offline_throughput_ips",
     # how it was measured
     "links",
     "shaping",

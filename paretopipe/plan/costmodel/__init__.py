@@ -5,9 +5,9 @@ per device, cut sizes, link parameters); a :class:`PlanIndices` is K-1 increasin
 distinct devices. :func:`evaluate_plans` scores many plans of the same K at once (used by every
 search method); :func:`evaluate_plan` gives the full breakdown of one plan (plan files, plots).
 
-Formulas (index ``D`` in the link matrices is the driver):
+Formulas (index ``D`` in the link matrices is the driver; docs/cost-model.md):
 
-- ``stage_ms[k]`` = sum of ``node_ms[d_k, n]`` over the nodes of stage k.
+- ``stage_ms[k]`` = sum of ``node_ms[d_k, n]`` over the nodes of stage k (profiled time S).
 - ``copy_ms[k]`` = ``device_copy_in_ms[d_k] + device_copy_in_ms_per_byte[d_k] * bytes entering``
   + ``device_copy_out_ms[d_k] + device_copy_out_ms_per_byte[d_k] * bytes leaving`` (host <->
   accelerator copies; bytes entering stage 0 are the input, bytes leaving the last the output).
@@ -16,15 +16,13 @@ Formulas (index ``D`` in the link matrices is the driver):
   ``transfer_ms = own + wire + delay[s,t]`` (one message pays both in turn) and ``busy_ms =
   max(own, wire)`` (in a stream the link serialises one message while the transport handles the next).
 - ``latency_ms`` = driver->d_0 transfer + stage and inter-stage transfers in order + d_last->driver,
-  where a stage adds ``stage_ms + device_latency_overhead_ms[d_k] + copy_ms`` (what its device spends on an
-  item alone outside compute, receiving and sending: the calibrated link overhead is the
-  transport's share, measured between idle processes, and misses most of it on a slow device).
-- ``bottleneck_ms`` = max of every stage's cycle (``stage_ms * device_cycle_factor[d_k] +
-  device_item_overhead_ms[d_k] + copy_ms``, the time the stage holds its device per item when the
-  pipeline is full, receiving, sending and copies included: the worker copies in series with
-  compute) and every link's busy_ms (the wire pipelines, so delay does not limit throughput);
-  ``throughput_ips = batch * 1e3 / bottleneck_ms``, capped by
-  Little's law ``window * batch * 1e3 / latency_ms`` when a window is set.
+  where a stage adds ``latency_slope[d_k] * S + latency_intercept_ms[d_k] + copy_ms[k]``.
+- ``bottleneck_ms`` = max of every stage's cycle (``cycle_slope[d_k] * S + cycle_intercept_ms[d_k] + copy_ms[k]``,
+  the time the stage holds its device per item when the pipeline is full; the worker copies in
+  series with compute), the cycles of the
+  stages on each shared CPU added up, and every link's busy_ms (the wire pipelines, so delay does
+  not limit throughput); ``throughput_ips = batch * 1e3 / bottleneck_ms``, capped by Little's law
+  ``window * batch * 1e3 / latency_ms`` when a window is set.
 - stage peak memory = its parameter bytes + the largest live activation set over its span.
 
 Sums are accumulated in plan order (link, then stage) everywhere, so the exact planner's partial

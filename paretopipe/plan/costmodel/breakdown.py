@@ -32,8 +32,10 @@ class PlanBreakdown:
     cut_positions: tuple[int, ...]
     device_names: tuple[str, ...]
     stage_nodes: tuple[tuple[int, int], ...]  # (first, last) node of each stage, inclusive
-    stage_ms: tuple[float, ...]
-    stage_copy_ms: tuple[float, ...]  # host <-> accelerator copies of each stage
+    stage_ms: tuple[float, ...]  # profiled compute
+    stage_latency_ms: tuple[float, ...]  # what each stage adds to one item's latency
+    stage_cycle_ms: tuple[float, ...]  # how long each stage holds its device per item, pipeline full
+    stage_copy_ms: tuple[float, ...]  # host <-> accelerator copies of each stage (in both lines above)
     stage_mem_bytes: tuple[float, ...]
     links: tuple[LinkCost, ...]  # driver->stage 0, stage k->k+1 ..., last->driver
     latency_ms: float
@@ -52,6 +54,8 @@ class PlanBreakdown:
             "devices": list(self.device_names),
             "stage_nodes": [list(s) for s in self.stage_nodes],
             "stage_ms": list(self.stage_ms),
+            "stage_latency_ms": list(self.stage_latency_ms),
+            "stage_cycle_ms": list(self.stage_cycle_ms),
             "stage_copy_ms": list(self.stage_copy_ms),
             "stage_mem_bytes": list(self.stage_mem_bytes),
             "links": [vars(link).copy() for link in self.links],
@@ -96,12 +100,14 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
         entering = inst.input_live_bytes if k == 0 else sizes[k]
         live = max([entering, *(float(inst.live_bytes[n]) for n in nodes)])
         stage_mem.append(sum(float(inst.node_param_bytes[n]) for n in nodes) + live)
-    overhead = sum(float(inst.device_latency_overhead_ms[d]) for d in plan.devices)
-    latency = (
-        links[0].transfer_ms + sum(stage_ms) + overhead + sum(copy_ms) + sum(link.transfer_ms for link in links[1:])
-    )
+    stage_latency = [
+        ms * float(inst.latency_slope[d]) + float(inst.latency_intercept_ms[d]) + c
+        for ms, c, d in zip(stage_ms, copy_ms, plan.devices)
+    ]
+    latency = links[0].transfer_ms + sum(stage_latency) + sum(link.transfer_ms for link in links[1:])
     cycle = [
-        float(inst.stage_cycle_ms(np.array(d), np.array(ms))) + c for ms, c, d in zip(stage_ms, copy_ms, plan.devices)
+        ms * float(inst.cycle_slope[d]) + float(inst.cycle_intercept_ms[d]) + c
+        for ms, c, d in zip(stage_ms, copy_ms, plan.devices)
     ]
     shared = [
         sum(c for c, d in zip(cycle, plan.devices) if inst.device_cpu_group[d] == g)
@@ -116,6 +122,8 @@ def evaluate_plan(inst: Instance, plan: PlanIndices) -> PlanBreakdown:
         device_names=tuple(inst.device_names[d] for d in plan.devices),
         stage_nodes=tuple((a + 1, b) for a, b in spans),
         stage_ms=tuple(stage_ms),
+        stage_latency_ms=tuple(stage_latency),
+        stage_cycle_ms=tuple(cycle),
         stage_copy_ms=tuple(copy_ms),
         stage_mem_bytes=tuple(stage_mem),
         links=links,

@@ -52,21 +52,20 @@ class Instance:
     sender and receiver spend on a message), ``link_shaped_bps`` an emulated link's rate on top
     of it: one message pays both in series (latency), a stream of messages is limited by the
     slower of the two, since the link serialises one message while the transport handles the next.
-    ``device_cycle_factor`` (D,) is how much longer a stage holds its device per item when the
-    pipeline is full than when one item is in flight (the time a stage takes in the bottleneck is
-    ``stage_ms * device_cycle_factor[d] + device_item_overhead_ms[d]``, the last being what the
-    device spends per item outside compute with the pipeline full: receiving and sending).
-    ``device_latency_overhead_ms`` (D,) is what an item alone pays outside compute at every
-    stage on the device (a stage adds ``stage_ms + device_latency_overhead_ms[d]`` to latency);
-    it defaults to ``device_item_overhead_ms``. ``device_cpu_group`` (D,) gives devices that share one CPU the same
-    label: their stages take turns on it, so in a full pipeline their cycles add up (see
-    :meth:`shared_cycle_ms`). ``device_copy_in_ms`` + ``device_copy_in_ms_per_byte`` * bytes (D,)
-    is what a stage on the device spends copying the bytes entering it from host memory to its
-    accelerator, ``device_copy_out_ms`` + ``device_copy_out_ms_per_byte`` * bytes copying the bytes
-    leaving it back (:meth:`stage_copy_ms`); the worker does both in series with the stage's
-    compute, so they add to its latency and to its cycle (docs/cost-model.md). Optional arrays
-    default to zero bytes, no memory limit, no overhead/delay, unlimited links, a cycle factor of
-    1, no copies and a CPU of its own for every device.
+    Each device runs a stage as two straight lines of its profiled stage time S (``stage_ms``):
+    what the stage adds to one item's latency, ``latency_slope[d]·S + latency_intercept_ms[d]``,
+    and how long it holds the device per item with the pipeline full (its cycle),
+    ``cycle_slope[d]·S + cycle_intercept_ms[d]`` (:meth:`stage_latency_ms`, :meth:`stage_cycle_ms`;
+    the intercepts hold what a device spends per item outside compute, receiving and sending).
+    ``device_cpu_group`` (D,) gives devices that share one CPU the same label: their stages take
+    turns on it, so in a full pipeline their cycles add up (see :meth:`shared_cycle_ms`). Optional
+    arrays default to zero bytes, no memory limit, no overhead/delay, unlimited links, slopes of 1,
+    intercepts of 0, no copies and a CPU of its own for every device. ``device_copy_in_ms`` +
+    ``device_copy_in_ms_per_byte`` * bytes (D,) is what a stage on the device spends copying the
+    bytes entering it from host memory to its accelerator, ``device_copy_out_ms`` +
+    ``device_copy_out_ms_per_byte`` * bytes copying the bytes leaving it back
+    (:meth:`stage_copy_ms`); the worker does both in series with the stage's compute, so they add
+    to its latency and to its cycle. See docs/cost-model.md.
 
     Raises:
         UsageError: an array has the wrong shape, a negative/NaN entry, or cuts are not legal.
@@ -87,9 +86,10 @@ class Instance:
     link_delay_ms: np.ndarray = None  # type: ignore[assignment]
     link_bandwidth_bps: np.ndarray = None  # type: ignore[assignment]
     link_shaped_bps: np.ndarray = None  # type: ignore[assignment]
-    device_cycle_factor: np.ndarray = None  # type: ignore[assignment]
-    device_item_overhead_ms: np.ndarray = None  # type: ignore[assignment]
-    device_latency_overhead_ms: np.ndarray = None  # type: ignore[assignment]
+    latency_slope: np.ndarray = None  # type: ignore[assignment]
+    latency_intercept_ms: np.ndarray = None  # type: ignore[assignment]
+    cycle_slope: np.ndarray = None  # type: ignore[assignment]
+    cycle_intercept_ms: np.ndarray = None  # type: ignore[assignment]
     device_cpu_group: np.ndarray = None  # type: ignore[assignment]
     device_copy_in_ms: np.ndarray = None  # type: ignore[assignment]
     device_copy_in_ms_per_byte: np.ndarray = None  # type: ignore[assignment]
@@ -137,31 +137,30 @@ class Instance:
             "link_delay_ms": ((d + 1, d + 1), 0.0),
             "link_bandwidth_bps": ((d + 1, d + 1), np.inf),
             "link_shaped_bps": ((d + 1, d + 1), np.inf),
-            "device_cycle_factor": ((d,), 1.0),
-            "device_item_overhead_ms": ((d,), 0.0),
+            "latency_slope": ((d,), 1.0),
+            "latency_intercept_ms": ((d,), 0.0),
+            "cycle_slope": ((d,), 1.0),
+            "cycle_intercept_ms": ((d,), 0.0),
             **dict.fromkeys(COPY_FIELDS, ((d,), 0.0)),
         }
         for name, (shape, fill) in defaults.items():
             value = getattr(self, name)
             put(name, _array(name, np.full(shape, fill) if value is None else value, shape))
-        one_item = self.device_latency_overhead_ms
-        put(
-            "device_latency_overhead_ms",
-            _array("device_latency_overhead_ms", self.device_item_overhead_ms if one_item is None else one_item, (d,)),
-        )
         for name in (
             "node_param_bytes",
             "live_bytes",
             "link_overhead_ms",
             "link_delay_ms",
-            "device_item_overhead_ms",
-            "device_latency_overhead_ms",
+            "latency_intercept_ms",
+            "cycle_intercept_ms",
             *COPY_FIELDS,
         ):
             _nonneg(name, getattr(self, name))
         _nonneg("device_mem_bytes", self.device_mem_bytes, finite=False)
-        if np.any(~np.isfinite(self.device_cycle_factor) | (self.device_cycle_factor <= 0)):
-            raise UsageError(f"device_cycle_factor must be finite and > 0, got {self.device_cycle_factor.tolist()}")
+        for name in ("latency_slope", "cycle_slope"):
+            slope = getattr(self, name)
+            if np.any(~np.isfinite(slope) | (slope <= 0)):
+                raise UsageError(f"{name} must be finite and > 0, got {slope.tolist()}")
         for name in ("link_bandwidth_bps", "link_shaped_bps"):
             if np.any(getattr(self, name) <= 0):
                 raise UsageError(f"{name} must be > 0 (np.inf = unlimited), got {getattr(self, name).min()}")
@@ -236,7 +235,7 @@ class Instance:
         return np.concatenate(([self.input_live_bytes], self.cut_bytes))
 
     def stage_ms(self, devices: np.ndarray | int, start_b: np.ndarray, end_b: np.ndarray) -> np.ndarray:
-        """Compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
+        """Profiled compute ms of stages spanning boundaries (start_b, end_b] on ``devices`` (broadcast)."""
         return self._cum_ms_at[devices, end_b] - self._cum_ms_at[devices, start_b]
 
     @cached_property
@@ -265,13 +264,14 @@ class Instance:
         return copy_in + self._copy_out_at.max(axis=1, keepdims=True)
 
     def stage_latency_ms(self, devices: np.ndarray | int, stage_ms: np.ndarray) -> np.ndarray:
-        """What the stages of ``stage_ms`` add to an item's latency on their ``devices``: compute
-        plus the device's overhead outside compute with one item in flight (receiving and sending)."""
-        return stage_ms + self.device_latency_overhead_ms[devices]
+        """What stages of profiled time ``stage_ms`` add to an item's latency on their ``devices``
+        (one item in flight): ``latency_slope·S + latency_intercept_ms``."""
+        return stage_ms * self.latency_slope[devices] + self.latency_intercept_ms[devices]
 
     def stage_cycle_ms(self, devices: np.ndarray | int, stage_ms: np.ndarray) -> np.ndarray:
-        """Time per item the stages of ``stage_ms`` hold their ``devices`` in a full pipeline."""
-        return stage_ms * self.device_cycle_factor[devices] + self.device_item_overhead_ms[devices]
+        """Time per item stages of profiled time ``stage_ms`` hold their ``devices`` in a full
+        pipeline: ``cycle_slope·S + cycle_intercept_ms``."""
+        return stage_ms * self.cycle_slope[devices] + self.cycle_intercept_ms[devices]
 
     @cached_property
     def shared_cpus(self) -> np.ndarray:
@@ -358,9 +358,9 @@ class Instance:
         links = (max_stages - 1) * (float(self.cut_transfer_ms.max()) if self.n_cuts else 0.0)
         return (
             float(self.in_transfer_ms.max())
-            + float(self.node_ms.max(axis=0).sum())
+            + float(self.node_ms.max(axis=0).sum()) * float(self.latency_slope.max())
             + links
-            + max_stages * float(self.device_latency_overhead_ms.max())
+            + max_stages * float(self.latency_intercept_ms.max())
             + max_stages * float(self.max_copy_after_ms.max())
             + float(self.out_transfer_ms.max())
         )

@@ -20,9 +20,10 @@ __all__ = ["device_classes", "canonical_devices"]
 
 _DEVICE_ARRAYS = (
     "device_mem_bytes",
-    "device_cycle_factor",
-    "device_item_overhead_ms",
-    "device_latency_overhead_ms",
+    "latency_slope",
+    "latency_intercept_ms",
+    "cycle_slope",
+    "cycle_intercept_ms",
     *COPY_FIELDS,
 )
 _LINK_ARRAYS = ("link_overhead_ms", "link_delay_ms", "link_bandwidth_bps", "link_shaped_bps")
