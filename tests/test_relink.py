@@ -25,9 +25,9 @@ def _instance(bandwidth_bps: float, delay_ms: float) -> Instance:
         link_bandwidth_bps=np.full((3, 3), 1e9),
         link_shaped_bps=shaped,
         link_delay_ms=delay,
-        device_item_overhead_ms=[0.3, 0.5],
-        device_latency_overhead_ms=[0.4, 0.6],
-        device_cycle_factor=[1.1, 1.2],
+        cycle_intercept_ms=[0.3, 0.5],
+        latency_intercept_ms=[0.4, 0.6],
+        cycle_slope=[1.1, 1.2],
         window=8,
         device_names=("fast", "slow"),
     )

@@ -76,10 +76,10 @@ class PlanTerms:
         batch_size: int,
     ) -> PlanTerms:
         """The terms of a plan file's ``predicted`` block and ``links`` (hop by hop, driver to
-        driver). Plan files written before ``cycle_bottleneck_ms`` was recorded get it from the
-        bottleneck when that was not a link's, else the slowest stage's compute.
+        driver).
 
-        Raises UsageError when the plan has no predictions (an ad-hoc plan) or they are incomplete.
+        Raises UsageError when the plan has no predictions (an ad-hoc plan) or they are incomplete
+        (a plan file of an earlier version).
         """
         hops_pred = predicted.get("links")
         if not predicted or not isinstance(hops_pred, list) or "latency_ms" not in predicted:
@@ -88,7 +88,7 @@ class PlanTerms:
                 "use plan files written by 'paretopipe plan' or 'paretopipe sweep'",
             )
         by_hop = {(str(link.get("src")), str(link.get("dst"))): link for link in links}
-        hops, conditions, transfer_ms, busy_ms = [], {}, 0.0, 0.0
+        hops, conditions, transfer_ms = [], {}, 0.0
         for h in hops_pred:
             key = (str(h["src"]), str(h["dst"]))
             link = by_hop.get(key, {})
@@ -98,11 +98,12 @@ class PlanTerms:
             )
             conditions[key] = LinkCondition.from_dict(link.get("condition") or {})
             transfer_ms += float(h["transfer_ms"])
-            busy_ms = max(busy_ms, float(h["busy_ms"]))
-        bottleneck = float(predicted["bottleneck_ms"])
         cycle = predicted.get("cycle_bottleneck_ms")
         if cycle is None:
-            cycle = bottleneck if bottleneck > busy_ms else max(float(s) for s in predicted.get("stage_ms", [0.0]))
+            raise UsageError(
+                f"plan {plan_id} was written by an earlier version (its predictions lack cycle_bottleneck_ms)",
+                "make it again with 'paretopipe plan' or 'paretopipe sweep'",
+            )
         window = predicted.get("window")
         return cls(
             plan_id=plan_id,
