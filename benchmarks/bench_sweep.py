@@ -52,12 +52,12 @@ import numpy as np
 import pandas as pd
 import results_file
 
-from paretopipe.calibrate.device_runtime import FILENAME as DEVICE_RUNTIME
 from paretopipe.errors import ParetoPipeError
 from paretopipe.runtime.records import Measurement
 from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 from paretopipe.sweep.analysis import aggregate
 from paretopipe.sweep.device_checks import CHECKS_FILE
+from paretopipe.sweep.device_checks import RUN_FILE as DEVICE_RUNTIME
 from paretopipe.sweep.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
