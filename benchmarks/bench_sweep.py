@@ -265,6 +265,7 @@ def main() -> None:
     (work / "testbed").mkdir(parents=True)
     shutil.copy(ROOT / args.testbed, work / "testbed" / "local.toml")
     shutil.copy(ROOT / "testbed" / "networks.toml", work / "testbed")
+    shutil.copytree(ROOT / "testbed" / "traces", work / "testbed" / "traces")  # networks.toml names them
     extra = ["--network", "lan"] if args.quick else []
     try:
         wall, lines = timed_sweep(work, [*extra, "-o", "results/default"], "default")

@@ -130,7 +130,6 @@ class AdaptiveRun:
         trace). Raises UsageError, WorkerError, TransportError."""
         from paretopipe.network.capabilities import probe_capabilities
         from paretopipe.network.mechanism import choose_mechanisms, residual_condition
-        from paretopipe.runtime.protocol import StageSpec
 
         s = self.session
         devices = sorted({d for p in self.plans for d in p.devices})
@@ -159,20 +158,10 @@ class AdaptiveRun:
                 )
             config = uuid.uuid4().hex[:12]
             self.configs.append(config)
-            hops = [*plan.devices, DRIVER]
-            for k, d in enumerate(plan.devices):
-                spec = StageSpec(
-                    config=config,
-                    stage=k,
-                    stages=plan.stages,
-                    model=dict(plan.model),
-                    batch_size=plan.batch_size,
-                    cuts=plan.cut_indices,
-                    cut_names=tuple(names),
-                    next_peer=hops[k + 1],
-                    threads=s.testbed.device(d).threads,
-                    shaping={p: c.to_dict() for p, c in shaping[d].items()},
-                )
+            specs = s.stage_specs(
+                plan, config, names, [{p: c.to_dict() for p, c in shaping[d].items()} for d in plan.devices]
+            )
+            for d, spec in zip(plan.devices, specs):
                 s.driver._send_control(d, {**spec.to_header(), "preload": True})
                 pending.add((config, d))
         deadline = time.perf_counter() + max(self.options.timeout_s, 30.0) * len(self.plans)

@@ -359,26 +359,9 @@ class Session:
         links = self.links(plan, scenario)
         config = Driver.new_config_id()
         hops = [*plan.devices, DRIVER]
-        artifacts = {
-            int(a["stage"]): {"file": a["file"], "sha256": a["sha256"]} for a in plan.meta.get("artifacts", [])
-        }
-        specs = [
-            StageSpec(
-                config=config,
-                stage=k,
-                stages=plan.stages,
-                model=dict(plan.model),
-                batch_size=plan.batch_size,
-                cuts=plan.cut_indices,
-                cut_names=tuple(names),
-                next_peer=hops[k + 1],
-                threads=self.testbed.device(d).threads,
-                shaping={hops[k + 1]: links[k + 1].userspace.to_dict()},
-                artifact=artifacts.get(k),
-                accelerator=self.testbed.device(d).accelerator,
-            )
-            for k, d in enumerate(plan.devices)
-        ]
+        specs = self.stage_specs(
+            plan, config, names, [{hops[k + 1]: links[k + 1].userspace.to_dict()} for k in range(plan.stages)]
+        )
         self.transport.set_shaping({plan.devices[0]: links[0].userspace})
         try:
             return links, self.driver.setup(plan.devices, specs)
@@ -386,6 +369,34 @@ class Session:
             raise
         except TransportError as exc:
             raise self.unresponsive(plan.devices, exc) from None
+
+    def stage_specs(
+        self, plan: Plan, config: str, cut_names: list[str], shaping: list[dict[str, Any]]
+    ) -> list[StageSpec]:
+        """The stage of every device of ``plan`` under ``config``: its model and cuts, where it
+        sends, its threads and accelerator, ``shaping[k]`` (peer -> condition dict) for stage k,
+        and the exported file that replaces the model when the plan has one."""
+        hops = [*plan.devices, DRIVER]
+        artifacts = {
+            int(a["stage"]): {"file": a["file"], "sha256": a["sha256"]} for a in plan.meta.get("artifacts", [])
+        }
+        return [
+            StageSpec(
+                config=config,
+                stage=k,
+                stages=plan.stages,
+                model=dict(plan.model),
+                batch_size=plan.batch_size,
+                cuts=plan.cut_indices,
+                cut_names=tuple(cut_names),
+                next_peer=hops[k + 1],
+                threads=self.testbed.device(d).threads,
+                shaping=shaping[k],
+                artifact=artifacts.get(k),
+                accelerator=self.testbed.device(d).accelerator,
+            )
+            for k, d in enumerate(plan.devices)
+        ]
 
     def _check_allowed(self, plan: Plan) -> None:
         """Raise UsageError when local workers were not started allowing what ``plan`` needs."""
