@@ -355,6 +355,7 @@ def test_a_front_sweep_measures_the_plans_predicted_near_the_measured_front(tmp_
     assert SweepSettings().refine == 3
 
 
+@pytest.mark.slow  # ~20 s: two trace stretches per configuration; the session-level trace test runs in CI
 @pytest.mark.integration
 def test_a_sweep_under_a_trace_keeps_items_changes_and_a_plot_per_configuration(tmp_path):
     trace = tmp_path / "step.csv"
