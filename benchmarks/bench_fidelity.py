@@ -271,7 +271,11 @@ def run_case(
                 store,
                 configs,
                 log,
-                lambda done, total, what: log(f"  {done}/{total} {what}") if done % 10 == 0 else None,
+                lambda done, total, what, eta_s: (
+                    log(f"  {done}/{total} {what}" + ("" if eta_s is None else f", about {eta_s:.0f} s left"))
+                    if done % 10 == 0
+                    else None
+                ),
                 sessions,
             )
     elif not settings.resume:
