@@ -285,7 +285,7 @@ def run_case(
     own = run_calibration(run)
     inputs = planning_inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
     pricer = Pricer(run, settings, inputs)
-    offline_runtimes = None if own is None else own.devices
+    offline_runtimes = None if own is None else own.runtimes
 
     def offline(_: pd.Series) -> tuple[object, dict[str, DeviceRuntime] | None]:
         return ("offline", offline_runtimes)
