@@ -69,12 +69,17 @@ def test_small_sweep_end_to_end(tmp_path):
     assert manifest["finished"] and manifest["git_commit"] and len(manifest["configurations"]) == 8
     assert manifest["fingerprint"]["hostname"]
     # device calibration: none stored, so the whole model ran on a and b first, priced every plan and
-    # was stored for the next plan
+    # was stored for the next plan, with the check of each pass (lan, wifi) after it; the run keeps
+    # the one it planned with
     stored = list((tmp_path / "calibrations").glob("devices-*.json"))
-    assert len(stored) == 1 and json.loads(stored[0].read_text()) == json.loads(
-        (out / "device_calibration.json").read_text()
-    )
-    runtime = json.loads(stored[0].read_text())["devices"]
+    assert len(stored) == 1
+    planned_with = json.loads((out / "device_calibration.json").read_text())
+    samples = json.loads(stored[0].read_text())["samples"]
+    assert {d: [x["by"] for x in s] for d, s in samples.items()} == {
+        d: ["sweep", "pass check", "pass check"] for d in "ab"
+    }
+    assert {d: s[:1] for d, s in samples.items()} == planned_with["samples"]
+    runtime = planned_with["devices"]
     assert set(runtime) == {"a", "b"} and set(manifest["device_calibration"]["devices"]) == {"a", "b"}
     for r in runtime.values():  # the line through the whole model and the tail stage
         assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0

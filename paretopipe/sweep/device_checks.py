@@ -252,7 +252,7 @@ class PassCheck:
                 + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned")
             )
         took = time.monotonic() - t0
-        if error is None:
+        if error is None and calibration_backend([cfg.backend]) is not None:  # none is stored for rpc
             self._store(cfg, what)
         self.count += error is None
         self._record(
@@ -273,7 +273,9 @@ class PassCheck:
     def _store(self, cfg: Config, what: str) -> None:
         """Add the check just measured to the device calibration stored for its backend under
         ``settings.calibrations``, so the next plan is priced with it too (the run directory's copy
-        stays as planned). A stored file made for something else is left alone; the log says so."""
+        stays as planned). A stored file made for something else is left alone; the log says so.
+        Checks over rpc are not stored: a device calibration is measured over zmq (``paretopipe
+        calibrate --devices`` could not make the rpc one again)."""
         from paretopipe.calibrate.device_file import add_samples, default_path
 
         st = self.settings
