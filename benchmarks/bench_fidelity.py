@@ -7,7 +7,8 @@ over a candidate cut set (all block cuts for 2 stages; six evenly spaced block c
 The whole benchmark runs ``--runs`` times (default 2), each run a separate set of sweeps with
 fresh workers, all with the link and device calibrations stored in ``OUT/calibrations``, as a
 user's would be: the first sweep finds no device calibration, measures and stores one; every later
-sweep plans with the stored one.
+sweep plans with the stored one, which grows with every sweep's pass checks (its figures: the
+median of the recent measurements, docs/calibration.md).
 
 Per run it reports, over all measured configurations, the share whose predicted latency /
 throughput is within ±10% of the measured value (and the MAPE), for two predictions side by side:
@@ -289,7 +290,7 @@ def run_case(
     own = run_calibration(run)
     inputs = planning_inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
     pricer = Pricer(run, settings, inputs)
-    offline_runtimes = None if own is None else own.devices
+    offline_runtimes = None if own is None else own.runtimes
 
     def offline(_: pd.Series) -> tuple[object, dict[str, DeviceRuntime] | None]:
         return ("offline", offline_runtimes)

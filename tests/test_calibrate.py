@@ -89,6 +89,7 @@ def test_calibrate_command_on_a_local_testbed(tmp_path):
         (["resnet18"], "a model ('resnet18') is only for --devices"),
         (["--devices"], "--devices needs a MODEL"),
         (["--devices", "resnet18", "--backend", "rpc"], "device calibration runs over zmq"),
+        (["--fresh"], "--fresh is only for --devices"),
     ],
 )
 def test_calibrate_bad_input_is_one_line(tmp_path, args, message):

@@ -173,8 +173,10 @@ def _runtime(
 
 def _devices(runtimes):
     from paretopipe.calibrate.device_file import DeviceCalibration
+    from paretopipe.calibrate.device_samples import DeviceSample
 
-    return DeviceCalibration("toy", {"name": FACTORY}, "skipnet", 1, "zmq", "loopback", runtimes, {}, {})
+    samples = {d: [DeviceSample(r, "2026-12-07T10:00:00+0000", "calibrate")] for d, r in runtimes.items()}
+    return DeviceCalibration("toy", {"name": FACTORY}, "skipnet", 1, "zmq", "loopback", samples, {}, {})
 
 
 def test_device_lines_scale_stages_for_latency_and_stretch_them_in_the_bottleneck(profiled):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -67,12 +69,17 @@ def test_small_sweep_end_to_end(tmp_path):
     assert manifest["finished"] and manifest["git_commit"] and len(manifest["configurations"]) == 8
     assert manifest["fingerprint"]["hostname"]
     # device calibration: none stored, so the whole model ran on a and b first, priced every plan and
-    # was stored for the next plan
+    # was stored for the next plan, with the check of each pass (lan, wifi) after it; the run keeps
+    # the one it planned with
     stored = list((tmp_path / "calibrations").glob("devices-*.json"))
-    assert len(stored) == 1 and json.loads(stored[0].read_text()) == json.loads(
-        (out / "device_calibration.json").read_text()
-    )
-    runtime = json.loads(stored[0].read_text())["devices"]
+    assert len(stored) == 1
+    planned_with = json.loads((out / "device_calibration.json").read_text())
+    samples = json.loads(stored[0].read_text())["samples"]
+    assert {d: [x["by"] for x in s] for d, s in samples.items()} == {
+        d: ["sweep", "pass check", "pass check"] for d in "ab"
+    }
+    assert {d: s[:1] for d, s in samples.items()} == planned_with["samples"]
+    runtime = planned_with["devices"]
     assert set(runtime) == {"a", "b"} and set(manifest["device_calibration"]["devices"]) == {"a", "b"}
     for r in runtime.values():  # the line through the whole model and the tail stage
         assert r["latency_compute_ms"] > 0 and r["tail_compute_ms"] > 0 and r["stage_start_ms"] >= 0
@@ -202,11 +209,9 @@ def test_repeats_are_passes_over_the_plans_of_each_scenario():
     ]
 
 
-def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
-    """prepare + execute on the toy model with ``reply(plan)`` standing in for every measurement
-    of the runtime Session; returns (outcome, rows, log lines, configurations)."""
+def _fake_sessions(monkeypatch, reply) -> None:
+    """Every runtime Session answers each measurement with ``reply(plan)``."""
     import paretopipe.runtime.session as session_mod
-    from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
 
     class FakeSession:
         """Tail runs of the device runtime check (latency mode only) compute in proportion to the
@@ -233,6 +238,14 @@ def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
             return m
 
     monkeypatch.setattr(session_mod, "Session", FakeSession)
+
+
+def _fake_sweep(tmp_path, monkeypatch, reply, **settings):
+    """prepare + execute on the toy model with ``reply(plan)`` standing in for every measurement
+    of the runtime Session; returns (outcome, rows, log lines, configurations)."""
+    from paretopipe.sweep import Sessions, SweepSettings, execute, prepare
+
+    _fake_sessions(monkeypatch, reply)
     st = SweepSettings(
         **{
             "model": FACTORY,
@@ -472,6 +485,68 @@ def test_paretopipe_plan_prints_the_offline_predictions_of_the_sweep(tmp_path, m
 
 
 @pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
+def test_a_sweep_adds_every_pass_check_to_the_stored_calibration_and_its_run_keeps_the_one_it_planned_with(
+    tmp_path, monkeypatch
+):
+    from paretopipe.calibrate.device_file import load_device_calibration
+    from paretopipe.sweep import device_checks
+
+    def reply(plan):
+        if plan.stages == 1:
+            return _whole_model_run(10.0)
+        return fake.measured(latency_ms_p50=30.0, throughput_ips=50.0)
+
+    _, _, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, repeats=2)
+    (path,) = (tmp_path / "calibrations").glob("devices-*.json")
+    run = str(tmp_path / "run")
+    expected = [("sweep", run, None), ("pass check", run, "lan zmq pass 1"), ("pass check", run, "lan zmq pass 2")]
+    stored = load_device_calibration(path)
+    assert set(stored.samples) == {"a", "b"}
+    for samples in stored.samples.values():
+        assert [(s.by, s.run, s.pass_name) for s in samples] == expected
+    assert f"device calibration: the lan zmq pass 2 check added to {path}: median of the last 3 of 3 measurements" in (
+        " ".join(logged)
+    )
+    own = load_device_calibration(tmp_path / "run" / device_checks.RUN_FILE)  # as planned, unchanged since
+    assert [[s.by for s in samples] for samples in own.samples.values()] == [["sweep"], ["sweep"]]
+    # the next sweep plans with the stored file (all three) and adds its own check
+    _, _, logged, _ = _fake_sweep(tmp_path, monkeypatch, reply, out=str(tmp_path / "run2"))
+    assert f"device calibration: {path}: median of the last 3 of 3 measurements" in " ".join(logged)
+    assert [len(s) for s in load_device_calibration(path).samples.values()] == [4, 4]
+    planned_with = load_device_calibration(tmp_path / "run2" / device_checks.RUN_FILE)
+    assert [len(s) for s in planned_with.samples.values()] == [3, 3]
+
+
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
+def test_calibrate_devices_adds_its_measurement_to_the_stored_one_and_fresh_starts_over(tmp_path, monkeypatch):
+    slow = iter([10.0] * 16 + [14.0] * 8)  # whole-model runs: two calibrations (4 rounds x 2 devices), then slower
+
+    def reply(plan):
+        return _whole_model_run(next(slow)) if plan.stages == 1 else fake.measured()
+
+    _fake_sessions(monkeypatch, reply)
+    tb = local_testbed(tmp_path)
+    args = ["calibrate", "--devices", FACTORY, "--testbed", str(tb), "--profiles", str(tmp_path / "profiles")]
+    args += ["-o", str(tmp_path / "calibrations"), "-f", "json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    (path,) = (tmp_path / "calibrations").glob("devices-*.json")
+    rows = {r["device"]: r for r in json.loads(first.stdout)}
+    assert set(rows) == {"a", "b"} and all(r["measurements"] == 1 and r["used"] == 1 for r in rows.values())
+    factor = rows["a"]["latency_factor"]
+    assert rows["a"]["latency_factor_min"] == rows["a"]["latency_factor_max"] == rows["a"]["latency_factor_now"]
+    second = runner.invoke(app, args[:-2] + ["-f", "csv"])
+    assert second.exit_code == 0, second.output
+    rows = list(csv.DictReader(io.StringIO(second.stdout)))
+    assert list(rows[0])[:5] == ["device", "measurements", "used", "first", "last"]
+    assert [(r["device"], r["measurements"], r["used"]) for r in rows] == [("a", "2", "2"), ("b", "2", "2")]
+    rows = {r["device"]: r for r in json.loads(runner.invoke(app, args + ["--fresh"]).stdout)}
+    assert all(r["measurements"] == 1 for r in rows.values())  # --fresh: this one alone
+    assert rows["a"]["latency_factor"] == pytest.approx(1.4 * factor, rel=1e-3)
+    assert f"wrote{path}" in "".join(second.stderr.split())  # stderr wraps long lines
+
+
+@pytest.mark.usefixtures("skipnet_profiles")  # profiled once per session
 def test_a_stored_calibration_for_another_batch_size_is_refused_with_the_command_for_a_fresh_one(tmp_path):
     from paretopipe.calibrate.device_file import default_path, load_device_calibration
     from paretopipe.calibrate.device_runtime import DeviceRuntime
@@ -481,27 +556,36 @@ def test_a_stored_calibration_for_another_batch_size_is_refused_with_the_command
     tb = local_testbed(tmp_path)
     spec = resolve_spec(FACTORY)
     path = default_path("local", spec.label, 1, "zmq", "loopback", tmp_path / "calibrations")
-    write_json_atomic(
-        {
-            "schema": "paretopipe.calibrate.device_file",
-            "version": 1,
-            "testbed": "local",
-            "model": spec.to_dict(),
-            "model_label": spec.label,
-            "batch_size": 2,
-            "backend": "zmq",
-            "isolation": "loopback",
-            "created": "2026-01-01T00:00:00",
-            "fingerprint": {},
-            "profiles": {},
-            "testbed_devices": {},
-            "devices": {d: DeviceRuntime(d, 1.0, 1.0, 1.0, 1e3, 1.0, 20, 2, 1).to_dict() for d in ("a", "b")},
+    sample = {"measured": "2026-01-01T00:00:00+0000", "by": "calibrate", "run": None, "pass": None}
+    stored = {
+        "schema": "paretopipe.calibrate.device_file",
+        "version": 2,
+        "testbed": "local",
+        "model": spec.to_dict(),
+        "model_label": spec.label,
+        "batch_size": 2,
+        "backend": "zmq",
+        "isolation": "loopback",
+        "created": "2026-01-01T00:00:00",
+        "fingerprint": {},
+        "profiles": {},
+        "testbed_devices": {},
+        "samples": {
+            d: [sample | {"runtime": DeviceRuntime(d, 1.0, 1.0, 1.0, 1e3, 1.0, 20, 2, 1).to_dict()}] for d in ("a", "b")
         },
-        path,
-    )
+    }
+    write_json_atomic(stored, path)
     assert load_device_calibration(path).batch_size == 2
     args = ["plan", FACTORY, "--testbed", str(tb), "--stages", "2", "--profiles", str(tmp_path / "profiles")]
-    result = runner.invoke(app, [*args, "--calibrations", str(tmp_path / "calibrations"), "-o", str(tmp_path / "p")])
+    args += ["--calibrations", str(tmp_path / "calibrations"), "-o", str(tmp_path / "p")]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "batch_size: calibrated for 2, not 1" in result.stderr
     assert "paretopipe calibrate --devices tests.fixtures.toy_models:skipnet" in result.stderr
+    # the earlier version (one measurement per device, no samples): one line with the same command
+    write_json_atomic({k: v for k, v in stored.items() if k != "samples"} | {"version": 1}, path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "version: version 1 (this paretopipe reads 2); run again: paretopipe calibrate --devices " in error
+    assert "tests.fixtures.toy_models:skipnet" in error

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -49,6 +50,11 @@ def calibrate_command(
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for any reply."),
     isolation: str = IsolationOption,
     insecure: bool = InsecureOption,
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="With --devices: start the stored calibration over from this measurement (drop the earlier ones).",
+    ),
     fmt: OutputFormat = FormatOption,
 ) -> None:
     """Measure each link's per-message overhead and transfer rate, or each device's runtime, through the real runtime.
@@ -56,16 +62,20 @@ def calibrate_command(
     Links: relays messages of several sizes along driver -> device(s) -> driver, fits overhead +
     bytes/rate per hop. --devices MODEL: runs the whole model and a short tail of it on every
     device, one item in flight and with the pipeline full, and fits each device's latency and
-    cycle lines against its profile (docs/calibration.md). Both are stored where 'paretopipe
-    plan', 'run' and 'sweep' find them (they say which file they use).
+    cycle lines against its profile (docs/calibration.md); the measurement is added to the stored
+    device calibration, whose figures are the median of its recent measurements (--fresh starts
+    it over). Both are stored where 'paretopipe plan', 'run' and 'sweep' find them (they say which
+    file they use).
     Example: paretopipe calibrate --testbed testbed/local.toml --backend zmq; paretopipe calibrate --devices resnet18
     """
     if devices:
         _calibrate_devices(
             model, testbed, backend, networks, out, batch_size, profiles, timeout, isolation, insecure,
-            input_shape, inputs, weights, leaf, seed,
+            input_shape, inputs, weights, leaf, seed, fresh, fmt,
         )  # fmt: skip
         return
+    if fresh:
+        raise UsageError("--fresh is only for --devices", "a link calibration is always measured anew")
     if model is not None:
         raise UsageError(f"a model ({model!r}) is only for --devices", "the links are calibrated without one")
     from paretopipe.calibrate.link_file import default_path
@@ -102,14 +112,13 @@ def calibrate_command(
 
 def _calibrate_devices(
     model, testbed, backend, networks, out, batch_size, profiles, timeout, isolation, insecure,
-    input_shape, inputs, weights, leaf, seed,
+    input_shape, inputs, weights, leaf, seed, fresh, fmt,
 ) -> None:  # fmt: skip
-    """``calibrate --devices``: measure and store the device calibration of MODEL on the testbed."""
-    from paretopipe.calibrate.device_file import default_path
-    from paretopipe.calibrate.device_runtime import summary
+    """``calibrate --devices``: measure the device calibration of MODEL on the testbed and add it to
+    the stored one (a new file if there is none, it was made for something else, or ``fresh``)."""
+    from paretopipe.calibrate.device_file import add_samples, default_path
     from paretopipe.model.inputs import parse_input
     from paretopipe.model.registry import parse_input_shape
-    from paretopipe.plan.plan_file import write_json_atomic
     from paretopipe.sweep import Sessions, SweepSettings
     from paretopipe.sweep.device_checks import measure_calibration
     from paretopipe.sweep.inputs import planning_inputs
@@ -140,6 +149,45 @@ def _calibrate_devices(
     with Sessions(settings, tb) as pool:  # workers allowed to build the model, as a sweep's
         cal = measure_calibration(settings, planning, pool.get(backend), backend, err_console.print)
     path = default_path(cal.testbed, cal.model_label, cal.batch_size, backend, cal.isolation, out)
-    write_json_atomic(cal.to_dict(), path)
-    err_console.print(f"{summary(cal.devices)}")
+    stored = add_samples(path, cal, err_console.print, replace_other=True, fresh=fresh)
+    assert stored is not None  # replace_other: always written
+    render(device_rows(stored, cal), fmt, DEVICE_COLUMNS, title=f"{path}: {stored.describe()}")
     err_console.print(f"wrote {path}")
+
+
+#: The columns of ``calibrate --devices`` (docs/file-formats.md#calibrate---devices-output).
+DEVICE_COLUMNS = [
+    "device", "measurements", "used", "first", "last", "latency_factor", "latency_factor_min",
+    "latency_factor_max", "latency_factor_now", "stage_start_ms", "cycle_factor", "item_overhead_ms",
+    "latency_outside_ms",
+]  # fmt: skip
+
+
+def device_rows(stored: Any, new: Any) -> list[dict[str, Any]]:
+    """Per device of the stored calibration (a DeviceCalibration): how many measurements it keeps
+    and uses, over what span, the figures plans are priced with, the one-item factor's range over
+    the measurements used and in ``new``, this measurement."""
+    from paretopipe.calibrate.device_samples import factor_range, recent
+
+    rows = []
+    for device, samples in stored.samples.items():
+        used, r = recent(samples), stored.runtimes[device]
+        low, high = factor_range(samples)
+        rows.append(
+            {
+                "device": device,
+                "measurements": len(samples),
+                "used": len(used),
+                "first": used[0].measured,
+                "last": used[-1].measured,
+                "latency_factor": round(r.latency_factor, 4),
+                "latency_factor_min": round(low, 4),
+                "latency_factor_max": round(high, 4),
+                "latency_factor_now": round(new.runtimes[device].latency_factor, 4),
+                "stage_start_ms": round(r.stage_start_ms, 4),
+                "cycle_factor": round(r.cycle_factor, 4),
+                "item_overhead_ms": round(r.item_overhead_ms, 4),
+                "latency_outside_ms": round(r.latency_outside_ms, 4),
+            }
+        )
+    return rows

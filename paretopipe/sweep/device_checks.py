@@ -3,7 +3,8 @@ and stored when there is none, and the checks at the start of every pass that pr
 plans again (checked).
 
 The calibration the sweep planned with is copied to :data:`RUN_FILE` in the run directory, so plans
-made again for a run are priced as before; every pass check is appended to :data:`CHECKS_FILE`.
+made again for a run are priced as before; every pass check is appended to :data:`CHECKS_FILE`,
+and every one that worked is added to the stored calibration, so the next plan is priced with it.
 See :mod:`paretopipe.calibrate.device_runtime` for what is measured and docs/calibration.md.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,14 +45,19 @@ def calibration_backend(backends: tuple[str, ...] | list[str]) -> str | None:
 
 
 def measure_calibration(
-    settings: SweepSettings, inputs: PlanningInputs, session: Session, backend: str, log: Log
+    settings: SweepSettings,
+    inputs: PlanningInputs,
+    session: Session,
+    backend: str,
+    log: Log,
+    by: str = "calibrate",
+    run: str | None = None,
 ) -> DeviceCalibration:
     """Measure the device calibration of every device in ``session`` (:data:`MIN_ITEMS` items in
-    :data:`ROUNDS` rounds, see :mod:`paretopipe.calibrate.device_runtime`). Raises ParetoPipeError
-    (naming the device) if a run fails."""
+    :data:`ROUNDS` rounds, see :mod:`paretopipe.calibrate.device_runtime`): one sample per device,
+    measured ``by`` (``calibrate`` or ``sweep``, with its ``run`` directory). Raises
+    ParetoPipeError (naming the device) if a run fails."""
     from paretopipe.calibrate import device_runtime as devicecal
-    from paretopipe.calibrate.device_file import DeviceCalibration, testbed_devices
-    from paretopipe.host.fingerprint import fingerprint
 
     plans = inputs.whole_model_plans()
     runtimes = devicecal.measure(
@@ -64,6 +71,26 @@ def measure_calibration(
         rounds=devicecal.ROUNDS,
         tails=inputs.tail_plans(),
     )
+    return calibration_of(settings, inputs, backend, runtimes, by, run)
+
+
+def calibration_of(
+    settings: SweepSettings,
+    inputs: PlanningInputs,
+    backend: str,
+    runtimes: Mapping[str, DeviceRuntime],
+    by: str,
+    run: str | None = None,
+    pass_name: str | None = None,
+) -> DeviceCalibration:
+    """A device calibration of one sample per device, ``runtimes`` measured now ``by`` (see
+    :data:`~paretopipe.calibrate.device_samples.MEASURED_BY`) over ``backend``, keyed as the
+    sweep's planning inputs are."""
+    from paretopipe.calibrate.device_file import DeviceCalibration, testbed_devices
+    from paretopipe.calibrate.device_samples import DeviceSample
+    from paretopipe.host.fingerprint import fingerprint
+
+    when = now()
     return DeviceCalibration(
         testbed=inputs.testbed.name,
         model=inputs.spec.to_dict(),
@@ -71,10 +98,10 @@ def measure_calibration(
         batch_size=settings.batch_size,
         backend=backend,
         isolation=settings.isolation,
-        devices=runtimes,
+        samples={d: [DeviceSample(r, when, by, run, pass_name)] for d, r in runtimes.items()},
         profiles={d: p.profile.created for d, p in inputs.profiles.items()},
         testbed_devices=testbed_devices(inputs.testbed),
-        created=now(),
+        created=when,
         fingerprint=fingerprint(),
     )
 
@@ -86,14 +113,10 @@ def run_calibration(out_dir: Path) -> DeviceCalibration | None:
     from paretopipe.errors import ConfigError
 
     path = out_dir / RUN_FILE
+    again = "run the sweep again into a new directory (-o)"
     if not path.exists() and (out_dir / "device_runtime.json").exists():
-        raise ConfigError(
-            out_dir / "device_runtime.json",
-            None,
-            "a run directory from an earlier paretopipe",
-            "run the sweep again into a new directory (-o)",
-        )
-    return load_device_calibration(path) if path.exists() else None
+        raise ConfigError(out_dir / "device_runtime.json", None, "a run directory from an earlier paretopipe", again)
+    return load_device_calibration(path, again) if path.exists() else None
 
 
 def calibration_before_planning(
@@ -101,15 +124,16 @@ def calibration_before_planning(
 ) -> DeviceCalibration | None:
     """The device calibration the sweep plans with: the run's own (planning again for a run), the
     stored one under ``settings.calibrations``, or, if none is stored, one measured now on the
-    sweep's workers and stored there (and in the run directory), so the next ``paretopipe plan``
-    uses it too. None when none is stored and it cannot be measured (rpc only). Raises ConfigError
-    if the stored one does not match."""
-    from paretopipe.calibrate.device_file import default_path, stored_calibration
+    sweep's workers and stored there, so the next ``paretopipe plan`` uses it too. The run
+    directory keeps a copy of the one it planned with (:data:`RUN_FILE`), unchanged afterwards.
+    None when none is stored and it cannot be measured (rpc only). Raises ConfigError if the
+    stored one does not match."""
+    from paretopipe.calibrate.device_file import add_samples, default_path, stored_calibration
     from paretopipe.plan.plan_file import write_json_atomic
 
     own = run_calibration(out_dir)
     if own is not None:
-        log(f"device calibration: {own.source}, as when the run was planned")
+        log(f"device calibration: {own.source}, as when the run was planned: {own.describe()}")
         return own
     backend = calibration_backend(settings.backends) or settings.backends[0]
     spec = inputs.spec
@@ -132,11 +156,12 @@ def calibration_before_planning(
             )
             return None
         log(f"device calibration: measuring one now over {backend}")
-        cal = measure_calibration(settings, inputs, sessions.get(backend), backend, log)
+        cal = measure_calibration(settings, inputs, sessions.get(backend), backend, log, "sweep", settings.out)
         path = default_path(cal.testbed, cal.model_label, cal.batch_size, backend, cal.isolation, settings.calibrations)
-        write_json_atomic(cal.to_dict(), path)
-        cal = replace(cal, source=str(path))
-        log(f"device calibration: wrote {path} ('paretopipe plan' uses it from now on)")
+        stored = add_samples(path, cal, log, replace_other=False)
+        if stored is not None:
+            cal = stored
+            log(f"device calibration: wrote {path} ('paretopipe plan' uses it from now on)")
     write_json_atomic(cal.to_dict(), out_dir / RUN_FILE)
     return cal
 
@@ -227,6 +252,8 @@ class PassCheck:
                 + ("as at the last check" if self.runtimes is not None else "as when the sweep was planned")
             )
         took = time.monotonic() - t0
+        if error is None and calibration_backend([cfg.backend]) is not None:  # none is stored for rpc
+            self._store(cfg, what)
         self.count += error is None
         self._record(
             {
@@ -242,6 +269,25 @@ class PassCheck:
                 "devices": None if error is not None or self.runtimes is None else self._devices(),
             }
         )
+
+    def _store(self, cfg: Config, what: str) -> None:
+        """Add the check just measured to the device calibration stored for its backend under
+        ``settings.calibrations``, so the next plan is priced with it too (the run directory's copy
+        stays as planned). A stored file made for something else is left alone; the log says so.
+        Checks over rpc are not stored: a device calibration is measured over zmq (``paretopipe
+        calibrate --devices`` could not make the rpc one again)."""
+        from paretopipe.calibrate.device_file import add_samples, default_path
+
+        st = self.settings
+        cal = calibration_of(st, self._setup(), cfg.backend, self.runtimes or {}, "pass check", st.out, what)
+        path = default_path(cal.testbed, cal.model_label, cal.batch_size, cfg.backend, cal.isolation, st.calibrations)
+        try:
+            stored = add_samples(path, cal, self.log, replace_other=False)
+        except OSError as exc:  # filelock.Timeout is one too; the measurements matter more
+            self.log(f"device calibration: the {what} check was not added to {path}: {exc}")
+            return
+        if stored is not None:
+            self.log(f"device calibration: the {what} check added to {path}: {stored.describe()}")
 
     def _devices(self) -> dict[str, Any]:
         return {d: r.to_dict() for d, r in (self.runtimes or {}).items()}

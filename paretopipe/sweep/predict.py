@@ -436,7 +436,7 @@ def plan_front(
             f"use --stages up to {len(testbed.devices)}",
         )
     links = link_models(testbed, scenario, calibration, list(profiles))
-    runtimes = None if devices is None else devices.devices
+    runtimes = None if devices is None else devices.runtimes
     inst = build_instance(graph, profiles, testbed, links, granularity, window, runtimes)
     t0 = time.perf_counter()
     result = search(inst, stages=tuple(stages), method=method, objectives=tuple(objectives), seed=seed)
@@ -516,7 +516,7 @@ def price_with_stored(
     granularity = ",".join(str(c.index) for c in plan.cuts) or "node"
     links = link_models(testbed, scenario, links_cal, list(profs))
     inst = build_instance(
-        graph, profs, testbed, links, granularity, runtimes=None if devices is None else devices.devices
+        graph, profs, testbed, links, granularity, runtimes=None if devices is None else devices.runtimes
     )
     meta = {"device_calibration": None if devices is None else devices.source}
     return reprice(plan, inst, meta)
