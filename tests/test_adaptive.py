@@ -239,3 +239,45 @@ def test_workers_refuse_malformed_preload_and_stamps(header, message):
             P.check_item(header)
         else:
             P.check_control("setup", header)
+
+
+def test_an_overdue_item_bounds_the_bandwidth_before_its_transfer_completes():
+    from paretopipe.runtime.link_estimate import censored_bandwidth_bps
+
+    terms = PlanTerms.from_plan(PLANS[0].id, PLANS[0].predicted, PLANS[0].links, 1)  # 1 MB over a -> b
+    hops = {("a", "b")}
+    # under FAST: latency 100 ms + 0.5 ms delay + 0.8 ms wire, a result every 50 ms (the stages)
+    assert censored_bandwidth_bps(terms, hops, FAST, age_ms=150.0, since_result_ms=60.0) is None  # on time
+    assert censored_bandwidth_bps(terms, hops, FAST, age_ms=150.0, since_result_ms=None) is None
+    # 600 ms since the last result: at any bandwidth whose cycle is under 300 ms (twice as late as
+    # due) the item would be back; 1 MB in 300 ms is 26.7 Mbit/s
+    got = censored_bandwidth_bps(terms, hops, FAST, age_ms=1000.0, since_result_ms=600.0)
+    assert got == pytest.approx(8e6 / 0.3, rel=0.02)
+    # alone in the pipeline (no result since): a latency of 100.5 ms + wire below 500 ms
+    got = censored_bandwidth_bps(terms, hops, FAST, age_ms=1000.0, since_result_ms=None)
+    assert got == pytest.approx(8e6 / 0.3995, rel=0.02)
+    assert censored_bandwidth_bps(terms, set(), FAST, age_ms=1e6, since_result_ms=1e6) is None
+
+
+def test_a_cap_holds_the_estimate_until_the_transfers_it_stood_for_come_in():
+    est = LinkEstimator(recent=3)
+    transfer = lambda nbytes, bw, delay: delay + nbytes * 8 / bw * 1e3
+    for i in range(6):
+        for nbytes in (4_000, 78_000):
+            est.add("l", i * 0.02, nbytes, transfer(nbytes, 50e6, 5.0))
+    est.cap("l", 0.2, 4e6, 78_000)
+    est.cap("l", 0.3, 8e6, 78_000)  # a higher bound does not replace a lower one
+    got = est.estimate("l", 0.3)
+    assert got.bandwidth_bps == 4e6 and got.delay_ms == pytest.approx(5.0)
+    est.add("l", 0.15, 78_000, transfer(78_000, 50e6, 5.0))  # a fast one received before the cap: no news
+    assert est.capped("l") == 4e6
+    for i in range(3):  # the slow transfers come in: the cap is lifted, the samples speak
+        est.add("l", 0.5 + i * 0.3, 4_000, transfer(4_000, 2e6, 100.0))
+        est.add("l", 0.5 + i * 0.3, 78_000, transfer(78_000, 2e6, 100.0))
+        est.estimate("l", 0.5 + i * 0.3)
+        assert (est.capped("l") is None) == (i == 2)
+    got = est.estimate("l", 1.2)
+    assert est.capped("l") is None and got.bandwidth_bps == pytest.approx(2e6)
+    est.cap("l", 1.3, 1e6, 78_000)
+    est.add("l", 1.4, 16_384, transfer(16_384, 50e6, 5.0))  # faster than 1 Mbit/s allows: the link recovered
+    assert est.capped("l") is None
