@@ -241,6 +241,56 @@ def test_workers_refuse_malformed_preload_and_stamps(header, message):
             P.check_control("setup", header)
 
 
+def _saturated_pipeline(trace, seconds: float, big: int = 78_000, small: int = 4_000, window: int = 9):
+    """Results of a two-stage pipeline fast -> slow with the driver on fast, ``window`` items in
+    flight, 5 ms per stage, both directions of the link following ``trace`` (the shaper's own
+    schedule): ``(send ns, stamps, result ns)`` per item, in the order the results come."""
+    from paretopipe.network.shaper import LinkSchedule
+
+    fwd, back = LinkSchedule(trace, seed=1), LinkSchedule(trace, seed=2)
+    free = [0.0, 0.0]
+    out: list[tuple[float, list[list[int]], float]] = []
+    ns = lambda t_s: int(t_s * 1e9)
+    while True:
+        t0 = out[len(out) - window][2] if len(out) >= window else 0.0
+        if t0 > seconds:
+            return [(ns(a), stamps, ns(c)) for a, stamps, c in out]
+        stamps = []
+        start = max(t0, free[0])
+        waited, free[0] = start - min(start, free[0]), start + 5e-3
+        stamps.append([ns(start), ns(free[0]), ns(waited)])
+        start = max(fwd.arrival_s(free[0], big), free[1])
+        waited, free[1] = start - min(start, free[1]), start + 5e-3
+        stamps.append([ns(start), ns(free[1]), ns(waited)])
+        out.append((t0, stamps, back.arrival_s(free[1], small)))
+
+
+def test_delay_estimate_follows_a_saturated_link_from_wifi_to_3g():
+    """Messages queued behind others on a saturated link measure their own serialisation plus an
+    upper bound on the delay, never plus the delay estimate itself: the estimate does not stay
+    at the fast link's delay when the link's delay grows twentyfold."""
+    from paretopipe.network.trace import Trace
+    from paretopipe.runtime.link_samples import LinkSampler
+    from paretopipe_backends.base import Message
+
+    wifi, g3 = LinkCondition(50e6, 5.0, 1.0), LinkCondition(2e6, 100.0, 10.0)
+    items = _saturated_pipeline(Trace((0.0, 5.0), (wifi, g3), 10.0), 10.0)
+    est = LinkEstimator()
+    sampler = LinkSampler(est, lambda name: "fast" if name == "driver" else name, 16384, 0.5)
+    pair = ("fast", "slow")
+    seen = {}
+    for t0, stamps, back in items:
+        msg = Message("slow", {"kind": "result", "stamps": stamps}, [], back)
+        sampler.item(0, ["fast", "slow"], [32.0, 78_000.0, 4_000.0], t0, msg, 0)
+        for t_s in (5.0, 10.0):
+            if back / 1e9 <= t_s:
+                seen[t_s] = est.estimate(pair, back / 1e9)
+    assert seen[5.0].delay_ms == pytest.approx(5.0, abs=1.5)
+    assert seen[5.0].bandwidth_bps == pytest.approx(50e6, rel=0.15)
+    assert seen[10.0].delay_ms == pytest.approx(100.0, rel=0.12)  # it stayed near 23 ms before
+    assert seen[10.0].bandwidth_bps == pytest.approx(2e6, rel=0.15)
+
+
 def test_an_overdue_item_bounds_the_bandwidth_before_its_transfer_completes():
     from paretopipe.runtime.link_estimate import censored_bandwidth_bps
 

@@ -107,6 +107,18 @@ class LinkEstimator:
         cap = self._caps.get(link)
         return None if cap is None else cap[1]
 
+    def delay_bound_ms(self, link: Hashable, now_s: float) -> float | None:
+        """An upper bound on the delay (with the transport's overhead) of ``link``: the shortest
+        transfer among its recent samples (queueing and serialisation only add to it); None
+        before any sample within ``horizon_s``."""
+        recent = [
+            ms
+            for samples in self._buckets.get(link, {}).values()
+            for t, _, ms in samples
+            if now_s - t <= self.horizon_s
+        ]
+        return min(recent, default=None)
+
     def last_sample_s(self, link: Hashable) -> float | None:
         """When the latest sample of ``link`` was received (None: never)."""
         return self._latest.get(link)

@@ -5,12 +5,17 @@ how long it had waited for it (:func:`~paretopipe.runtime.protocol.check_stamps`
 driver's own send and receive times, every hop of the item that crosses a link between two places
 (devices; the driver counts as the device it shares a host with) gives one transfer: from when the
 message could leave (when it was sent, or when the link was free of the message before it) to when
-the receiver took it. A hop that reached a busy stage is left out (it waited there, not on the
-link). A probe is a ping carrying a payload, answered by a pong that says when the worker took it:
-the payload out and the pong back are two more transfers. An item still in flight long after the
-estimate says it would be back caps the estimate (:meth:`LinkSampler.overdue`). Stamps of workers
-on other hosts are put on the driver's clock with :attr:`LinkSampler.offset_ns`. See
-docs/running.md (adaptive runs).
+the receiver took it. The link was free of the message before when that one arrived, less the
+link's delay. The delay is taken at an upper bound, the shortest recent transfer
+(:meth:`~paretopipe.runtime.link_estimate.LinkEstimator.delay_bound_ms`), so that a transfer errs
+long, never short: taken at its estimate, a message queued behind another would measure as its
+serialisation plus the estimated delay, whatever the real delay, and the estimate would confirm
+itself. A hop that reached a busy stage is left out (it waited there, not on the link). A probe is
+a ping carrying a payload, answered by a pong that says when the worker took it: the payload out
+and the pong back are two more transfers. An item still in flight long after the estimate says
+it would be back caps the estimate (:meth:`LinkSampler.overdue`). Stamps of workers on other
+hosts are put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md
+(adaptive runs).
 """
 
 from __future__ import annotations
@@ -86,9 +91,9 @@ class LinkSampler:
             t_s = (got[j] - start_ns) / 1e9
             leave = sent[j]
             if prev is not None:  # a message sent before the previous one arrived left when the link was free
-                last = self.estimator.estimate(pair, t_s)
-                delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)
-                leave = max(leave, prev[1][j] - delay_ns)
+                bound_ms = self.estimator.delay_bound_ms(pair, t_s)
+                if bound_ms is not None:
+                    leave = max(leave, prev[1][j] - int(bound_ms * 1e6))
             self.estimator.add(pair, t_s, nbytes, (got[j] - leave) / 1e6)
 
     def overdue(self, t_s: float, terms: PlanTerms, age_ms: float, since_result_ms: float | None) -> float | None:
