@@ -331,3 +331,31 @@ def test_a_cap_holds_the_estimate_until_the_transfers_it_stood_for_come_in():
     est.cap("l", 1.3, 1e6, 78_000)
     est.add("l", 1.4, 16_384, transfer(16_384, 50e6, 5.0))  # faster than 1 Mbit/s allows: the link recovered
     assert est.capped("l") is None
+
+
+@pytest.mark.integration
+def test_a_collapse_is_acted_on_before_the_slow_transfers_complete(tmp_path):
+    """The link's delay jumps from 0.5 ms to 2 s at t = 2 s: the run leaves the plan that sends
+    1 MB across it before any item that met the slow link came back, and the new plan's items
+    start at once, beside the old plan's still in flight."""
+    from paretopipe.network.trace import Trace
+    from paretopipe.runtime.session import Session
+    from tests.fixtures.testbeds import local_testbed, wait_workers_gone
+
+    tb_path = local_testbed(tmp_path, extra={"driver": 'device = "a"'})  # only a <-> b is a link
+    drop_s, window = 2.0, 4
+    scenario = Scenario.of("collapse", Trace((0.0, drop_s), (FAST, LinkCondition(10e9, 2000.0)), 60.0))
+    opts = AdaptiveOptions(objective="throughput", mode="throughput", window=window, duration_s=5.0, warmup=1)
+    with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"], timeout_s=20) as s:
+        run = AdaptiveRun(s, PLANS, scenario, opts)
+        run.preload(trace_lead_s=1.0)
+        res = run.run([__import__("torch").zeros(1, 8)])
+    assert sorted(r.item for r in res.items) == list(range(res.sent))
+    first = res.switches[0]
+    slow_back_s = min(r.sent_s + r.latency_ms / 1e3 for r in res.items if r.latency_ms > 1000)
+    assert (first.from_plan, first.to_plan) == (PLANS[0].id, PLANS[1].id)
+    assert drop_s < first.t_s + res.trace_offset_s and first.t_s < slow_back_s  # times since the run's start
+    assert first.in_flight > 0
+    drained_s = first.t_s + first.drain_ms / 1e3
+    assert sum(1 for r in res.items if r.plan == PLANS[1].id and first.t_s <= r.sent_s < drained_s) >= window
+    assert not wait_workers_gone(tb_path)

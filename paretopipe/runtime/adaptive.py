@@ -13,10 +13,11 @@ checked against the estimate (an overdue one caps it, see
 :meth:`~paretopipe.runtime.link_samples.LinkSampler.overdue`), and the
 :class:`~paretopipe.runtime.switching.PlanChooser` prices every candidate under the estimated
 links (or, in the oracle mode, under the conditions it is told) and may propose a switch. From
-then on items go to the new plan; items in flight on the old plan finish on it. Each item id is
-sent once and must come back once: a missing or repeated result fails the run. Every switch is
-recorded with its time, the predicted costs, the items still in flight on the old plan, how long
-they took to drain and how many new items were sent meanwhile. See docs/running.md (adaptive runs).
+then on items go to the new plan, which gets its own window of items in flight at once; items in
+flight on the old plan finish on it. Each item id is sent once and must come back once: a missing
+or repeated result fails the run. Every switch is recorded with its time, the predicted costs,
+the items still in flight on the old plan, how long they took to drain and how many new items
+were sent meanwhile. See docs/running.md (adaptive runs).
 """
 
 from __future__ import annotations
@@ -259,7 +260,8 @@ class AdaptiveRun:
         last_result_ns: dict[int, int] = {}  # plan index -> when its last result came
         while True:
             stop = now_s() >= o.duration_s and len(done) >= o.items
-            while not stop and len(outstanding) < window:
+            # each plan has its own window: a new plan starts at once, beside the old plan's items still in flight
+            while not stop and sum(1 for p, _ in outstanding.values() if p == current) < window:
                 header = {"kind": P.ITEM, "config": self.configs[current], "item": next_id, "values": structure}
                 header["stamps"] = []
                 t0 = time.perf_counter_ns()
