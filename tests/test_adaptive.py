@@ -167,6 +167,7 @@ def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
         (["--adaptive", "x.json", "--objective", "speed"], "unknown objective 'speed'"),
         (["--adaptive", "x.json", "--plan", "x.json"], "--adaptive takes the candidate plans"),
         (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
+        (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--hold-s", "1"], "--hold-s and --dwell-s go with"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
