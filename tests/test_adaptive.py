@@ -330,7 +330,9 @@ def test_a_cap_holds_the_estimate_until_the_transfers_it_stood_for_come_in():
     got = est.estimate("l", 1.2)
     assert est.capped("l") is None and got.bandwidth_bps == pytest.approx(2e6)
     est.cap("l", 1.3, 1e6, 78_000)
-    est.add("l", 1.4, 16_384, transfer(16_384, 50e6, 5.0))  # faster than 1 Mbit/s allows: the link recovered
+    est.lift_if_fast("l", [(4_000, 150.0), (78_000, 400.0)], 1.4)  # late on the link: the result hop took long
+    assert est.capped("l") == 1e6
+    est.lift_if_fast("l", [(4_000, 110.0), (78_000, 400.0)], 1.4)  # within 1 Mbit/s and the 100 ms delay
     assert est.capped("l") is None
 
 

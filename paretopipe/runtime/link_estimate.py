@@ -14,7 +14,8 @@ rise) the last delay estimate is kept and the bandwidth is fitted to the largest
 A collapse shows before the slow transfers complete: an item still outstanding long after the
 current estimate says it would be back is a censored sample, evidence that the link is slower
 than that (:func:`censored_bandwidth_bps`). :meth:`LinkEstimator.cap` holds the estimate's
-bandwidth below such a bound until the transfers the bound stood in for have come in. See
+bandwidth below such a bound until the transfers the bound stood in for have come in, or an item
+comes back whose transfers show it was late elsewhere (:meth:`LinkEstimator.lift_if_fast`). See
 docs/running.md (adaptive runs).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paretopipe.errors import UsageError
@@ -89,18 +90,28 @@ class LinkEstimator:
         buckets = self._buckets.setdefault(link, {})
         buckets.setdefault(bucket, deque(maxlen=self.recent)).append((t_s, float(nbytes), max(0.0, transfer_ms)))
         self._latest[link] = max(t_s, self._latest.get(link, t_s))
-        cap = self._caps.get(link)
-        if cap is not None and t_s > cap[0] and transfer_ms < nbytes * 8e3 / cap[1]:
-            del self._caps[link]  # a transfer faster than the cap allows: the link is faster again
 
     def cap(self, link: Hashable, t_s: float, bandwidth_bps: float, nbytes: float) -> None:
         """Hold the estimated bandwidth of ``link`` at most ``bandwidth_bps`` (a censored sample of
         messages of ``nbytes``, seen at ``t_s``). The cap is lifted once ``recent`` transfers of
-        that size (within a factor of 2) have been received after ``t_s``, or as soon as a transfer of
-        any size is faster than the cap allows; a lower cap replaces a higher one."""
+        that size (within a factor of 2) have been received after ``t_s``, or by
+        :meth:`lift_if_fast`; a lower cap replaces a higher one."""
         old = self._caps.get(link)
         if old is None or bandwidth_bps < old[1] or t_s - old[0] > self.horizon_s:
             self._caps[link] = (t_s, bandwidth_bps, nbytes)
+
+    def lift_if_fast(self, link: Hashable, transfers: Sequence[tuple[float, float]], now_s: float) -> None:
+        """Lift the cap of ``link`` when every one of ``transfers`` (``(nbytes, ms)`` of one item's
+        hops on it, or of one probe) took less than the cap allows: its bytes at the capped
+        bandwidth plus the estimated delay and the transport's overhead. The item was late, but not
+        on this link (a busy stage, say)."""
+        cap = self._caps.get(link)
+        if cap is None or not transfers:
+            return
+        est = self.estimate(link, now_s)
+        delay_ms = (est.delay_ms if est is not None else 0.0) + self.overhead_ms
+        if all(ms < n * 8e3 / cap[1] + delay_ms for n, ms in transfers):
+            self._caps.pop(link, None)
 
     def capped(self, link: Hashable) -> float | None:
         """The bandwidth cap of ``link`` in force (None: none)."""

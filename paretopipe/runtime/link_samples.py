@@ -84,6 +84,7 @@ class LinkSampler:
         got = [*(self._driver_clock(d, marks[k][0]) for k, d in enumerate(devices)), msg.recv_ns]
         prev = self._previous.get(plan)
         self._previous[plan] = (sent, got)
+        timed: dict[Pair, list[tuple[float, float]]] = {}
         for j, nbytes in enumerate(hop_nbytes):
             pair = self.pair(route[j], route[j + 1])
             if pair is None or (j < len(devices) and marks[j][2] < BUSY_NS):
@@ -95,6 +96,9 @@ class LinkSampler:
                 if bound_ms is not None:
                     leave = max(leave, prev[1][j] - int(bound_ms * 1e6))
             self.estimator.add(pair, t_s, nbytes, (got[j] - leave) / 1e6)
+            timed.setdefault(pair, []).append((nbytes, (got[j] - leave) / 1e6))
+        for pair, transfers in timed.items():
+            self.estimator.lift_if_fast(pair, transfers, (msg.recv_ns - start_ns) / 1e9)
 
     def overdue(self, t_s: float, terms: PlanTerms, age_ms: float, since_result_ms: float | None) -> float | None:
         """Cap the bandwidth estimate of the one link a plan's hops cross when its oldest item in
@@ -158,6 +162,9 @@ class LinkSampler:
         w = self._driver_clock(device, clock)
         t_s = (msg.recv_ns - start_ns) / 1e9
         waited = msg.header.get("waited_ns")
+        transfers = [(float(PONG_NBYTES), (msg.recv_ns - w) / 1e6)]
         if isinstance(waited, int) and waited >= BUSY_NS:  # else the ping waited behind an item
-            self.estimator.add(pair, t_s, self.probe_nbytes + PONG_NBYTES, (w - a0) / 1e6)
-        self.estimator.add(pair, t_s, PONG_NBYTES, (msg.recv_ns - w) / 1e6)
+            transfers.append((float(self.probe_nbytes + PONG_NBYTES), (w - a0) / 1e6))
+        for nbytes, ms in transfers:
+            self.estimator.add(pair, t_s, nbytes, ms)
+        self.estimator.lift_if_fast(pair, transfers, t_s)
