@@ -92,7 +92,13 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     window = default_window(plans)
     mode = "latency" if args.objective == "latency" else "throughput"
     options = AdaptiveOptions(
-        objective=args.objective, mode=mode, duration_s=seconds, window=window, hysteresis=args.hysteresis
+        objective=args.objective,
+        mode=mode,
+        duration_s=seconds,
+        window=window,
+        hysteresis=args.hysteresis,
+        hold_s=args.hold_s,
+        min_dwell_s=args.dwell_s,
     )
     print(f"\n## {model}, trace {trace_name} ({trace.source}, period {trace.period_s:g} s)\n")
     print(f"{len(plans)} candidates: {', '.join(p.id for p in plans)}; {mode} mode, {window} items in flight, "
@@ -178,6 +184,8 @@ def main() -> None:
     parser.add_argument("--objective", default="throughput", choices=["latency", "throughput", "knee"])
     parser.add_argument("--seconds", type=float, default=None, help="Per contender [default: whole periods >= 40 s].")
     parser.add_argument("--hysteresis", type=float, default=0.15)
+    parser.add_argument("--hold-s", type=float, default=0.5, help="As run --adaptive --hold-s.")
+    parser.add_argument("--dwell-s", type=float, default=1.0, help="As run --adaptive --dwell-s.")
     parser.add_argument("--repeats", type=int, default=1, help="Runs of every contender (medians compared).")
     parser.add_argument("--testbed", type=Path, default=ROOT / "testbed" / "local-pair.toml")
     parser.add_argument("--profiles", type=Path, default=Path("profiles"))

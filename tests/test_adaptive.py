@@ -167,6 +167,7 @@ def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
         (["--adaptive", "x.json", "--objective", "speed"], "unknown objective 'speed'"),
         (["--adaptive", "x.json", "--plan", "x.json"], "--adaptive takes the candidate plans"),
         (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
+        (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--hold-s", "1"], "--hold-s and --dwell-s go with"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
@@ -239,3 +240,126 @@ def test_workers_refuse_malformed_preload_and_stamps(header, message):
             P.check_item(header)
         else:
             P.check_control("setup", header)
+
+
+def _saturated_pipeline(trace, seconds: float, big: int = 78_000, small: int = 4_000, window: int = 9):
+    """Results of a two-stage pipeline fast -> slow with the driver on fast, ``window`` items in
+    flight, 5 ms per stage, both directions of the link following ``trace`` (the shaper's own
+    schedule): ``(send ns, stamps, result ns)`` per item, in the order the results come."""
+    from paretopipe.network.shaper import LinkSchedule
+
+    fwd, back = LinkSchedule(trace, seed=1), LinkSchedule(trace, seed=2)
+    free = [0.0, 0.0]
+    out: list[tuple[float, list[list[int]], float]] = []
+    ns = lambda t_s: int(t_s * 1e9)
+    while True:
+        t0 = out[len(out) - window][2] if len(out) >= window else 0.0
+        if t0 > seconds:
+            return [(ns(a), stamps, ns(c)) for a, stamps, c in out]
+        stamps = []
+        start = max(t0, free[0])
+        waited, free[0] = start - min(start, free[0]), start + 5e-3
+        stamps.append([ns(start), ns(free[0]), ns(waited)])
+        start = max(fwd.arrival_s(free[0], big), free[1])
+        waited, free[1] = start - min(start, free[1]), start + 5e-3
+        stamps.append([ns(start), ns(free[1]), ns(waited)])
+        out.append((t0, stamps, back.arrival_s(free[1], small)))
+
+
+def test_delay_estimate_follows_a_saturated_link_from_wifi_to_3g():
+    """Messages queued behind others on a saturated link measure their own serialisation plus an
+    upper bound on the delay, never plus the delay estimate itself: the estimate does not stay
+    at the fast link's delay when the link's delay grows twentyfold."""
+    from paretopipe.network.trace import Trace
+    from paretopipe.runtime.link_samples import LinkSampler
+    from paretopipe_backends.base import Message
+
+    wifi, g3 = LinkCondition(50e6, 5.0, 1.0), LinkCondition(2e6, 100.0, 10.0)
+    items = _saturated_pipeline(Trace((0.0, 5.0), (wifi, g3), 10.0), 10.0)
+    est = LinkEstimator()
+    sampler = LinkSampler(est, lambda name: "fast" if name == "driver" else name, 16384, 0.5)
+    pair = ("fast", "slow")
+    seen = {}
+    for t0, stamps, back in items:
+        msg = Message("slow", {"kind": "result", "stamps": stamps}, [], back)
+        sampler.item(0, ["fast", "slow"], [32.0, 78_000.0, 4_000.0], t0, msg, 0)
+        for t_s in (5.0, 10.0):
+            if back / 1e9 <= t_s:
+                seen[t_s] = est.estimate(pair, back / 1e9)
+    assert seen[5.0].delay_ms == pytest.approx(5.0, abs=1.5)
+    assert seen[5.0].bandwidth_bps == pytest.approx(50e6, rel=0.15)
+    assert seen[10.0].delay_ms == pytest.approx(100.0, rel=0.12)  # it stayed near 23 ms before
+    assert seen[10.0].bandwidth_bps == pytest.approx(2e6, rel=0.15)
+
+
+def test_an_overdue_item_bounds_the_bandwidth_before_its_transfer_completes():
+    from paretopipe.runtime.link_estimate import censored_bandwidth_bps
+
+    terms = PlanTerms.from_plan(PLANS[0].id, PLANS[0].predicted, PLANS[0].links, 1)  # 1 MB over a -> b
+    hops = {("a", "b")}
+    # under FAST: latency 100 ms + 0.5 ms delay + 0.8 ms wire, a result every 50 ms (the stages)
+    assert censored_bandwidth_bps(terms, hops, FAST, age_ms=150.0, since_result_ms=60.0) is None  # on time
+    assert censored_bandwidth_bps(terms, hops, FAST, age_ms=150.0, since_result_ms=None) is None
+    # 600 ms since the last result: at any bandwidth whose cycle is under 300 ms (twice as late as
+    # due) the item would be back; 1 MB in 300 ms is 26.7 Mbit/s
+    got = censored_bandwidth_bps(terms, hops, FAST, age_ms=1000.0, since_result_ms=600.0)
+    assert got == pytest.approx(8e6 / 0.3, rel=0.02)
+    # alone in the pipeline (no result since): a latency of 100.5 ms + wire below 500 ms
+    got = censored_bandwidth_bps(terms, hops, FAST, age_ms=1000.0, since_result_ms=None)
+    assert got == pytest.approx(8e6 / 0.3995, rel=0.02)
+    assert censored_bandwidth_bps(terms, set(), FAST, age_ms=1e6, since_result_ms=1e6) is None
+
+
+def test_a_cap_holds_the_estimate_until_the_transfers_it_stood_for_come_in():
+    est = LinkEstimator(recent=3)
+    transfer = lambda nbytes, bw, delay: delay + nbytes * 8 / bw * 1e3
+    for i in range(6):
+        for nbytes in (4_000, 78_000):
+            est.add("l", i * 0.02, nbytes, transfer(nbytes, 50e6, 5.0))
+    est.cap("l", 0.2, 4e6, 78_000)
+    est.cap("l", 0.3, 8e6, 78_000)  # a higher bound does not replace a lower one
+    got = est.estimate("l", 0.3)
+    assert got.bandwidth_bps == 4e6 and got.delay_ms == pytest.approx(5.0)
+    est.add("l", 0.15, 78_000, transfer(78_000, 50e6, 5.0))  # a fast one received before the cap: no news
+    assert est.capped("l") == 4e6
+    for i in range(3):  # the slow transfers come in: the cap is lifted, the samples speak
+        est.add("l", 0.5 + i * 0.3, 4_000, transfer(4_000, 2e6, 100.0))
+        est.add("l", 0.5 + i * 0.3, 78_000, transfer(78_000, 2e6, 100.0))
+        est.estimate("l", 0.5 + i * 0.3)
+        assert (est.capped("l") is None) == (i == 2)
+    got = est.estimate("l", 1.2)
+    assert est.capped("l") is None and got.bandwidth_bps == pytest.approx(2e6)
+    est.cap("l", 1.3, 1e6, 78_000)
+    est.lift_if_fast("l", [(4_000, 150.0), (78_000, 400.0)], 1.4)  # late on the link: the result hop took long
+    assert est.capped("l") == 1e6
+    est.lift_if_fast("l", [(4_000, 110.0), (78_000, 400.0)], 1.4)  # within 1 Mbit/s and the 100 ms delay
+    assert est.capped("l") is None
+
+
+@pytest.mark.integration
+def test_a_collapse_is_acted_on_before_the_slow_transfers_complete(tmp_path):
+    """The link's delay jumps from 0.5 ms to 2 s at t = 2 s: the run leaves the plan that sends
+    1 MB across it before any item that met the slow link came back, and the new plan's items
+    start at once, beside the old plan's still in flight."""
+    from paretopipe.network.trace import Trace
+    from paretopipe.runtime.session import Session
+    from tests.fixtures.testbeds import local_testbed, wait_workers_gone
+
+    tb_path = local_testbed(tmp_path, extra={"driver": 'device = "a"'})  # only a <-> b is a link
+    drop_s, window = 2.0, 4
+    scenario = Scenario.of("collapse", Trace((0.0, drop_s), (FAST, LinkCondition(10e9, 2000.0)), 60.0))
+    opts = AdaptiveOptions(objective="throughput", mode="throughput", window=window, duration_s=5.0, warmup=1)
+    with Session(load_testbed(tb_path), startup_timeout_s=60, allow_models=["tests.fixtures"], timeout_s=20) as s:
+        run = AdaptiveRun(s, PLANS, scenario, opts)
+        run.preload(trace_lead_s=10.0)  # building the stages on a busy machine takes seconds
+        res = run.run([__import__("torch").zeros(1, 8)])
+    assert res.trace_offset_s < 1.0, "the run started late in the trace: building the stages took longer"
+    assert sorted(r.item for r in res.items) == list(range(res.sent))
+    first = res.switches[0]
+    slow_back_s = min(r.sent_s + r.latency_ms / 1e3 for r in res.items if r.latency_ms > 1000)
+    assert (first.from_plan, first.to_plan) == (PLANS[0].id, PLANS[1].id)
+    assert drop_s < first.t_s + res.trace_offset_s and first.t_s < slow_back_s  # times since the run's start
+    assert first.in_flight > 0
+    drained_s = first.t_s + first.drain_ms / 1e3
+    assert sum(1 for r in res.items if r.plan == PLANS[1].id and first.t_s <= r.sent_s < drained_s) >= window
+    assert not wait_workers_gone(tb_path)

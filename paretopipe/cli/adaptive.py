@@ -36,6 +36,8 @@ def run_adaptive(
     duration_s: float,
     hysteresis: float,
     window: int | None,
+    hold_s: float | None = None,
+    dwell_s: float | None = None,
     warmup: int,
     timeout_s: float,
     isolation: str,
@@ -63,6 +65,8 @@ def run_adaptive(
         window=window,
         warmup=warmup,
         timeout_s=timeout_s,
+        **({} if hold_s is None else {"hold_s": hold_s}),
+        **({} if dwell_s is None else {"min_dwell_s": dwell_s}),
     )
     loaded = [load_plan(p) for p in plan_files(paths)]
     plans = list({p.id: p for p in reversed(loaded)}.values())[::-1]  # a plan on several fronts runs once

@@ -114,6 +114,15 @@ def run_command(
     hysteresis: float = typer.Option(
         0.15, "--hysteresis", min=0, help="With --adaptive: how much better (fraction) a plan must be to switch to it."
     ),
+    hold_s: float | None = typer.Option(
+        None,
+        "--hold-s",
+        min=0,
+        help="With --adaptive: seconds another plan must stay predicted better before a switch [default: 0.5].",
+    ),
+    dwell_s: float | None = typer.Option(
+        None, "--dwell-s", min=0, help="With --adaptive: least seconds between two switches [default: 1]."
+    ),
     oracle: bool = typer.Option(
         False, "--oracle", help="With --adaptive: decide on the network's real conditions instead of estimates."
     ),
@@ -152,6 +161,8 @@ def run_command(
             mode=mode,
             duration_s=duration,
             hysteresis=hysteresis,
+            hold_s=hold_s,
+            dwell_s=dwell_s,
             window=window,
             warmup=warmup,
             timeout_s=timeout,
@@ -163,6 +174,8 @@ def run_command(
         return
     if oracle or objective != "throughput":
         raise UsageError("--objective and --oracle go with --adaptive")
+    if hold_s is not None or dwell_s is not None:
+        raise UsageError("--hold-s and --dwell-s go with --adaptive")
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")

@@ -8,13 +8,16 @@ sends small probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic ad
 Stamps of workers on other hosts are put on the driver's clock with an offset measured by a few
 pings before the run.
 
-Every ``decide_every_s`` the :class:`~paretopipe.runtime.switching.PlanChooser` prices every
-candidate under the estimated links (or, in the oracle mode, under the conditions it is told) and
-may propose a switch; the next item goes to the new plan, items in flight finish on the plan they
-started on. Each item id is sent once and must come back once: a missing or repeated result fails
-the run. Every switch is recorded with its time, the predicted costs, the items still in flight
-on the old plan, how long they took to drain and how many new items were sent meanwhile.
-See docs/running.md (adaptive runs).
+Every ``decide_every_s``, whether results came or not, the oldest item in flight of each plan is
+checked against the estimate (an overdue one caps it, see
+:meth:`~paretopipe.runtime.link_samples.LinkSampler.overdue`), and the
+:class:`~paretopipe.runtime.switching.PlanChooser` prices every candidate under the estimated
+links (or, in the oracle mode, under the conditions it is told) and may propose a switch. From
+then on items go to the new plan, which gets its own window of items in flight at once; items in
+flight on the old plan finish on it. Each item id is sent once and must come back once: a missing
+or repeated result fails the run. Every switch is recorded with its time, the predicted costs,
+the items still in flight on the old plan, how long they took to drain and how many new items
+were sent meanwhile. See docs/running.md (adaptive runs).
 """
 
 from __future__ import annotations
@@ -190,22 +193,33 @@ class AdaptiveRun:
     # -- receiving -----------------------------------------------------------------------------
     def _recv(self, timeout_s: float, waiting_for: str) -> Message:
         """The next result, ready or pong; worker errors raise WorkerError, silence TransportError."""
-        s = self.session
         deadline = time.perf_counter() + max(0.0, timeout_s)
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise TransportError(f"timed out after {timeout_s:g} s waiting for {waiting_for}")
+            msg = self._poll(remaining)
+            if msg is not None:
+                return msg
+
+    def _poll(self, timeout_s: float) -> Message | None:
+        """The next result, ready or pong within ``timeout_s`` (at most 0.25 s), or None; worker
+        errors raise WorkerError, a dead worker as the session reports it."""
+        s = self.session
+        deadline = time.perf_counter() + min(0.25, max(0.0, timeout_s))
+        while True:
             try:
-                msg = s.transport.recv(timeout_s=min(0.25, remaining))
+                msg = s.transport.recv(timeout_s=max(1e-3, deadline - time.perf_counter()))
             except TransportTimeout:
                 s.driver.check_alive()
-                continue
+                return None
             kind = msg.header.get("kind")
             if kind == P.ERROR:
                 raise WorkerError(str(msg.header.get("device", msg.src)), str(msg.header.get("error")))
             if kind in (P.RESULT, P.READY, P.PONG):
                 return msg
+            if time.perf_counter() >= deadline:
+                return None
 
     # -- running -------------------------------------------------------------------------------
     def run(self, inputs: Sequence[Any]) -> AdaptiveResult:
@@ -242,9 +256,12 @@ class AdaptiveRun:
         now_s = lambda: (time.perf_counter_ns() - start_ns) / 1e9
         next_decision = 0.0
         next_id = 0
+        heard_ns = start_ns  # when the last message came
+        last_result_ns: dict[int, int] = {}  # plan index -> when its last result came
         while True:
             stop = now_s() >= o.duration_s and len(done) >= o.items
-            while not stop and len(outstanding) < window:
+            # each plan has its own window: a new plan starts at once, beside the old plan's items still in flight
+            while not stop and sum(1 for p, _ in outstanding.values() if p == current) < window:
                 header = {"kind": P.ITEM, "config": self.configs[current], "item": next_id, "values": structure}
                 header["stamps"] = []
                 t0 = time.perf_counter_ns()
@@ -260,34 +277,20 @@ class AdaptiveRun:
                 for device, nonce in self.sampler.probes_due(now_s(), pairs):
                     self.sampler.probe_sent(device, nonce, time.perf_counter_ns())
                     s.transport.send(device, {"kind": P.PING, "nonce": nonce}, probe_payload)
-            msg = self._recv(o.timeout_s, f"a result ({len(done)} done, {len(outstanding)} in flight)")
-            kind = msg.header.get("kind")
-            if kind == P.PONG:
-                self.sampler.probe_back(msg, start_ns)
-                continue
-            if kind != P.RESULT or msg.header.get("config") not in self.configs:
-                continue
-            item = msg.header.get("item")
-            if not isinstance(item, int) or item not in outstanding:
-                raise TransportError(
-                    f"result of item {item} {'came twice' if item in done else 'was never sent'}",
-                    "an item must come back exactly once",
-                )
-            index, t0 = outstanding.pop(item)
-            if msg.header.get("config") != self.configs[index]:
-                raise TransportError(f"item {item} started on plan {self.plans[index].id} but ended on another")
-            done.add(item)
-            res.items.append(ItemRecord(item, self.plans[index].id, (t0 - start_ns) / 1e9, (msg.recv_ns - t0) / 1e6))
-            hops = [h.nbytes for h in self.terms[index].hops]
-            self.sampler.item(index, self.plans[index].devices, hops, t0, msg, start_ns)
-            for entry in list(open_switches):
-                sw, old, pending = entry
-                pending.discard(item)
-                if not pending:
-                    sw.drain_ms = (msg.recv_ns - start_ns) / 1e6 - sw.t_s * 1e3
-                    open_switches.remove(entry)
+            msg = self._poll(next_decision - now_s())
+            if msg is None:
+                if (time.perf_counter_ns() - heard_ns) / 1e9 > o.timeout_s:
+                    raise TransportError(
+                        f"timed out after {o.timeout_s:g} s waiting for a result "
+                        f"({len(done)} done, {len(outstanding)} in flight)"
+                    )
+            else:
+                heard_ns = time.perf_counter_ns()
+                self._take(msg, outstanding, done, open_switches, last_result_ns, res, start_ns)
             if now_s() >= next_decision:
                 next_decision = now_s() + o.decide_every_s
+                if self.known_link is None:
+                    self._censor(now_s(), outstanding, last_result_ns)
                 switch = self._decide(now_s(), current, outstanding)
                 if self._link and (not res.estimates or now_s() - res.estimates[-1]["t_s"] >= 0.5):
                     res.estimates.append({"t_s": now_s(), "plan": self.plans[current].id, **self._link})
@@ -305,6 +308,47 @@ class AdaptiveRun:
         if missing:
             raise TransportError(f"{missing} item(s) never came back", "an item must come back exactly once")
         return res
+
+    def _take(self, msg: Message, outstanding, done, open_switches, last_result_ns, res, start_ns: int) -> None:
+        """Account for one message: a pong feeds the link estimate, a result ends its item
+        (checked: sent once, back once, on the plan it started on) and times its hops."""
+        kind = msg.header.get("kind")
+        if kind == P.PONG:
+            self.sampler.probe_back(msg, start_ns)
+            return
+        if kind != P.RESULT or msg.header.get("config") not in self.configs:
+            return
+        item = msg.header.get("item")
+        if not isinstance(item, int) or item not in outstanding:
+            raise TransportError(
+                f"result of item {item} {'came twice' if item in done else 'was never sent'}",
+                "an item must come back exactly once",
+            )
+        index, t0 = outstanding.pop(item)
+        if msg.header.get("config") != self.configs[index]:
+            raise TransportError(f"item {item} started on plan {self.plans[index].id} but ended on another")
+        done.add(item)
+        last_result_ns[index] = msg.recv_ns
+        res.items.append(ItemRecord(item, self.plans[index].id, (t0 - start_ns) / 1e9, (msg.recv_ns - t0) / 1e6))
+        hops = [h.nbytes for h in self.terms[index].hops]
+        self.sampler.item(index, self.plans[index].devices, hops, t0, msg, start_ns)
+        for entry in list(open_switches):
+            sw, old, pending = entry
+            pending.discard(item)
+            if not pending:
+                sw.drain_ms = (msg.recv_ns - start_ns) / 1e6 - sw.t_s * 1e3
+                open_switches.remove(entry)
+
+    def _censor(self, t_s: float, outstanding: dict[int, tuple[int, int]], last_result_ns: dict[int, int]) -> None:
+        """Give the link estimate the evidence of items still in flight: per plan, its oldest."""
+        now_ns = time.perf_counter_ns()
+        oldest: dict[int, int] = {}
+        for plan, t0 in outstanding.values():
+            oldest.setdefault(plan, t0)  # items are kept in the order they were sent
+        for plan, t0 in oldest.items():
+            last = last_result_ns.get(plan)
+            since_ms = None if last is None else (now_ns - last) / 1e6
+            self.sampler.overdue(t_s, self.terms[plan], (now_ns - t0) / 1e6, since_ms)
 
     def _decide(self, t_s: float, current: int, outstanding) -> tuple[Switch, int] | None:
         t0 = time.perf_counter_ns()

@@ -10,19 +10,33 @@ follow a change within a few messages. When the buckets' sizes span at least a f
 (``a`` less the transport's own per-message overhead) and the bandwidth (``1 / b`` less the
 transport's own rate). Otherwise (sizes too close to tell the two apart, or a line that does not
 rise) the last delay estimate is kept and the bandwidth is fitted to the largest size alone.
-See docs/running.md (adaptive runs).
+
+A collapse shows before the slow transfers complete: an item still outstanding long after the
+current estimate says it would be back is a censored sample, evidence that the link is slower
+than that (:func:`censored_bandwidth_bps`). :meth:`LinkEstimator.cap` holds the estimate's
+bandwidth below such a bound until the transfers the bound stood in for have come in, or an item
+comes back whose transfers show it was late elsewhere (:meth:`LinkEstimator.lift_if_fast`). See
+docs/running.md (adaptive runs).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from paretopipe.errors import UsageError
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plan.costmodel.relink import PlanTerms
 
-__all__ = ["LinkEstimate", "LinkEstimator"]
+__all__ = ["CENSOR_FACTOR", "CENSOR_SLACK_MS", "LinkEstimate", "LinkEstimator", "censored_bandwidth_bps"]
+
+#: An item is evidence of a slower link only once it is this many times later than predicted ...
+CENSOR_FACTOR = 2.0
+#: ... and later by at least this much. A steady link's delay varies by milliseconds (Wi-Fi) to
+#: tens of milliseconds (cellular), while a collapse multiplies transfer times by ten or more.
+CENSOR_SLACK_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class LinkEstimator:
         self._buckets: dict[Hashable, dict[int, deque[tuple[float, float, float]]]] = {}
         self._latest: dict[Hashable, float] = {}
         self._last: dict[Hashable, LinkEstimate] = {}
+        self._caps: dict[Hashable, tuple[float, float, float]] = {}  # link -> (set at s, bandwidth, nbytes)
 
     def add(self, link: Hashable, t_s: float, nbytes: float, transfer_ms: float) -> None:
         """Record one message of ``nbytes`` that took ``transfer_ms``, received at ``t_s``."""
@@ -75,6 +90,45 @@ class LinkEstimator:
         buckets = self._buckets.setdefault(link, {})
         buckets.setdefault(bucket, deque(maxlen=self.recent)).append((t_s, float(nbytes), max(0.0, transfer_ms)))
         self._latest[link] = max(t_s, self._latest.get(link, t_s))
+
+    def cap(self, link: Hashable, t_s: float, bandwidth_bps: float, nbytes: float) -> None:
+        """Hold the estimated bandwidth of ``link`` at most ``bandwidth_bps`` (a censored sample of
+        messages of ``nbytes``, seen at ``t_s``). The cap is lifted once ``recent`` transfers of
+        that size (within a factor of 2) have been received after ``t_s``, or by
+        :meth:`lift_if_fast`; a lower cap replaces a higher one."""
+        old = self._caps.get(link)
+        if old is None or bandwidth_bps < old[1] or t_s - old[0] > self.horizon_s:
+            self._caps[link] = (t_s, bandwidth_bps, nbytes)
+
+    def lift_if_fast(self, link: Hashable, transfers: Sequence[tuple[float, float]], now_s: float) -> None:
+        """Lift the cap of ``link`` when every one of ``transfers`` (``(nbytes, ms)`` of one item's
+        hops on it, or of one probe) took less than the cap allows: its bytes at the capped
+        bandwidth plus the estimated delay and the transport's overhead. The item was late, but not
+        on this link (a busy stage, say)."""
+        cap = self._caps.get(link)
+        if cap is None or not transfers:
+            return
+        est = self.estimate(link, now_s)
+        delay_ms = (est.delay_ms if est is not None else 0.0) + self.overhead_ms
+        if all(ms < n * 8e3 / cap[1] + delay_ms for n, ms in transfers):
+            self._caps.pop(link, None)
+
+    def capped(self, link: Hashable) -> float | None:
+        """The bandwidth cap of ``link`` in force (None: none)."""
+        cap = self._caps.get(link)
+        return None if cap is None else cap[1]
+
+    def delay_bound_ms(self, link: Hashable, now_s: float) -> float | None:
+        """An upper bound on the delay (with the transport's overhead) of ``link``: the shortest
+        transfer among its recent samples (queueing and serialisation only add to it); None
+        before any sample within ``horizon_s``."""
+        recent = [
+            ms
+            for samples in self._buckets.get(link, {}).values()
+            for t, _, ms in samples
+            if now_s - t <= self.horizon_s
+        ]
+        return min(recent, default=None)
 
     def last_sample_s(self, link: Hashable) -> float | None:
         """When the latest sample of ``link`` was received (None: never)."""
@@ -90,7 +144,7 @@ class LinkEstimator:
         ]
         previous = self._last.get(link)
         if not points:
-            return previous
+            return self._capped(link, previous)
         sizes = [n for n, _ in points]
         spread = len(points) >= 2 and max(sizes) >= self.min_spread * max(1.0, min(sizes))
         if spread:
@@ -108,7 +162,21 @@ class LinkEstimator:
         bandwidth = 8e3 / wire_ms_per_byte if wire_ms_per_byte > 0 else None
         est = LinkEstimate(bandwidth, max(0.0, intercept_ms - self.overhead_ms), len(points), spread)
         self._last[link] = est
-        return est
+        return self._capped(link, est)
+
+    def _capped(self, link: Hashable, est: LinkEstimate | None) -> LinkEstimate | None:
+        """``est`` with its bandwidth held under the cap of ``link``, if one is in force."""
+        cap = self._caps.get(link)
+        if cap is None or est is None:
+            return est
+        t_cap, bandwidth_cap, nbytes = cap
+        after = [t for b in self._buckets.get(link, {}).values() if b and b[-1][1] >= nbytes / 2 for t, _, _ in b]
+        if sum(1 for t in after if t > t_cap) >= self.recent:
+            del self._caps[link]  # the transfers it stood in for have come in
+            return est
+        if est.bandwidth_bps is not None and est.bandwidth_bps <= bandwidth_cap:
+            return est
+        return LinkEstimate(bandwidth_cap, est.delay_ms, est.sizes, est.spread)
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -119,3 +187,41 @@ def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
     sxx = sum((x - mx) ** 2 for x, _ in points)
     slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
     return my - slope * mx, slope
+
+
+def censored_bandwidth_bps(
+    terms: PlanTerms,
+    hops: set[tuple[str, str]],
+    condition: LinkCondition,
+    age_ms: float,
+    since_result_ms: float | None,
+    factor: float = CENSOR_FACTOR,
+    slack_ms: float = CENSOR_SLACK_MS,
+) -> float | None:
+    """An upper bound on the bandwidth of the link that ``hops`` of a plan cross, from its oldest
+    item still outstanding; None when the item is not overdue under ``condition``.
+
+    The item was sent ``age_ms`` ago and the plan's last result came ``since_result_ms`` ago
+    (None: none since the item was sent). On a link of bandwidth B a pipeline gives it back by
+    the later of its send time plus the latency and the last result plus one cycle, as the cost
+    model prices them with ``terms``. The item is overdue at B when it is later than both by
+    ``factor`` times and by ``slack_ms``; the bound is the lowest such B (found by bisection, the
+    delay kept at the condition's): at any bandwidth from it up, the item would be back by now.
+    """
+
+    def overdue(bandwidth_bps: float) -> bool:
+        cond = LinkCondition(bandwidth_bps, condition.delay_ms)
+        m = terms.evaluate(dict.fromkeys(hops, cond))
+        late = lambda waited_ms, due_ms: waited_ms > max(factor * due_ms, due_ms + slack_ms)
+        return late(age_ms, m.latency_ms) and (since_result_ms is None or late(since_result_ms, m.bottleneck_ms))
+
+    hi = condition.bandwidth_bps or 1e12
+    if not hops or not overdue(hi):
+        return None
+    lo = 1e3
+    if overdue(lo):
+        return lo
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if overdue(mid) else (mid, hi)
+    return hi

@@ -5,10 +5,17 @@ how long it had waited for it (:func:`~paretopipe.runtime.protocol.check_stamps`
 driver's own send and receive times, every hop of the item that crosses a link between two places
 (devices; the driver counts as the device it shares a host with) gives one transfer: from when the
 message could leave (when it was sent, or when the link was free of the message before it) to when
-the receiver took it. A hop that reached a busy stage is left out (it waited there, not on the
-link). A probe is a ping carrying a payload, answered by a pong that says when the worker took it:
-the payload out and the pong back are two more transfers. Stamps of workers on other hosts are
-put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md (adaptive runs).
+the receiver took it. The link was free of the message before when that one arrived, less the
+link's delay. The delay is taken at an upper bound, the shortest recent transfer
+(:meth:`~paretopipe.runtime.link_estimate.LinkEstimator.delay_bound_ms`), so that a transfer errs
+long, never short: taken at its estimate, a message queued behind another would measure as its
+serialisation plus the estimated delay, whatever the real delay, and the estimate would confirm
+itself. A hop that reached a busy stage is left out (it waited there, not on the link). A probe is
+a ping carrying a payload, answered by a pong that says when the worker took it: the payload out
+and the pong back are two more transfers. An item still in flight long after the estimate says
+it would be back caps the estimate (:meth:`LinkSampler.overdue`). Stamps of workers on other
+hosts are put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md
+(adaptive runs).
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
+from paretopipe.network.conditions import LinkCondition
+from paretopipe.plan.costmodel.relink import PlanTerms
 from paretopipe.runtime import protocol as P
-from paretopipe.runtime.link_estimate import LinkEstimator
+from paretopipe.runtime.link_estimate import CENSOR_FACTOR, CENSOR_SLACK_MS, LinkEstimator, censored_bandwidth_bps
 from paretopipe.testbed import DRIVER
 from paretopipe_backends.base import Message
 
@@ -44,6 +53,8 @@ class LinkSampler:
         self.probe_every_s = probe_every_s
         self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
         self.probes_sent = 0
+        self.censor_factor = CENSOR_FACTOR
+        self.censor_slack_ms = CENSOR_SLACK_MS
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
         self._probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
         self._last_probe_s: dict[str, float] = {}
@@ -73,6 +84,7 @@ class LinkSampler:
         got = [*(self._driver_clock(d, marks[k][0]) for k, d in enumerate(devices)), msg.recv_ns]
         prev = self._previous.get(plan)
         self._previous[plan] = (sent, got)
+        timed: dict[Pair, list[tuple[float, float]]] = {}
         for j, nbytes in enumerate(hop_nbytes):
             pair = self.pair(route[j], route[j + 1])
             if pair is None or (j < len(devices) and marks[j][2] < BUSY_NS):
@@ -80,10 +92,36 @@ class LinkSampler:
             t_s = (got[j] - start_ns) / 1e9
             leave = sent[j]
             if prev is not None:  # a message sent before the previous one arrived left when the link was free
-                last = self.estimator.estimate(pair, t_s)
-                delay_ns = int(((last.delay_ms if last else 0.0) + self.estimator.overhead_ms) * 1e6)
-                leave = max(leave, prev[1][j] - delay_ns)
+                bound_ms = self.estimator.delay_bound_ms(pair, t_s)
+                if bound_ms is not None:
+                    leave = max(leave, prev[1][j] - int(bound_ms * 1e6))
             self.estimator.add(pair, t_s, nbytes, (got[j] - leave) / 1e6)
+            timed.setdefault(pair, []).append((nbytes, (got[j] - leave) / 1e6))
+        for pair, transfers in timed.items():
+            self.estimator.lift_if_fast(pair, transfers, (msg.recv_ns - start_ns) / 1e9)
+
+    def overdue(self, t_s: float, terms: PlanTerms, age_ms: float, since_result_ms: float | None) -> float | None:
+        """Cap the bandwidth estimate of the one link a plan's hops cross when its oldest item in
+        flight (sent ``age_ms`` ago; the plan's last result came ``since_result_ms`` ago) is overdue
+        under the current estimate (:func:`~paretopipe.runtime.link_estimate.censored_bandwidth_bps`);
+        returns the cap set, or None (not overdue, no estimate yet, or a plan that crosses no link or
+        several: the item cannot say which one is slow)."""
+        on_link = {(h.src, h.dst): pair for h in terms.hops if (pair := self.pair(h.src, h.dst)) is not None}
+        if len(set(on_link.values())) != 1:
+            return None
+        pair = next(iter(on_link.values()))
+        est = self.estimator.estimate(pair, t_s)
+        if est is None:
+            return None
+        condition = LinkCondition(est.bandwidth_bps, est.delay_ms)
+        bound = censored_bandwidth_bps(
+            terms, set(on_link), condition, age_ms, since_result_ms, self.censor_factor, self.censor_slack_ms
+        )
+        if bound is None:
+            return None
+        nbytes = max(h.nbytes for h in terms.hops if (h.src, h.dst) in on_link)
+        self.estimator.cap(pair, t_s, bound, nbytes)
+        return bound
 
     def probes_due(self, t_s: float, pairs: Iterable[Pair]) -> list[tuple[str, str]]:
         """``(device, nonce)`` of the probes to send now: to the other end of each of ``pairs`` the
@@ -124,6 +162,9 @@ class LinkSampler:
         w = self._driver_clock(device, clock)
         t_s = (msg.recv_ns - start_ns) / 1e9
         waited = msg.header.get("waited_ns")
+        transfers = [(float(PONG_NBYTES), (msg.recv_ns - w) / 1e6)]
         if isinstance(waited, int) and waited >= BUSY_NS:  # else the ping waited behind an item
-            self.estimator.add(pair, t_s, self.probe_nbytes + PONG_NBYTES, (w - a0) / 1e6)
-        self.estimator.add(pair, t_s, PONG_NBYTES, (msg.recv_ns - w) / 1e6)
+            transfers.append((float(self.probe_nbytes + PONG_NBYTES), (w - a0) / 1e6))
+        for nbytes, ms in transfers:
+            self.estimator.add(pair, t_s, nbytes, ms)
+        self.estimator.lift_if_fast(pair, transfers, t_s)
