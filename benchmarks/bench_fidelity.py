@@ -27,7 +27,10 @@ model switched off (:data:`paretopipe.sweep.predict.TERMS`) and prints, per term
 offline fidelity with and without it, and the bound: 1 - pass agreement, the share of pass pairs
 of one plan that disagree by more than 10%. A term *earns its place* in a run when removing it
 lowers the share within ±10% of the metric it prices (latency for the latency terms, throughput
-for the others) by more than that bound; it is kept when it does so in every run.
+for the others) by more than that bound; it is kept when it does so in every run. Beside it, a
+paired test that the same measurements' noise does not blur: per plan and scenario, is the offline
+prediction closer with the term or without it; the term improves predictions in a run when the
+plans it helps outnumber those it hurts by a one-sided sign test at p < SIGN_P.
 
     python benchmarks/bench_fidelity.py --ablate all                     # everything, two runs (hours)
     python benchmarks/bench_fidelity.py --models mobilenet_v2 --stages 2 --networks lan,wifi --items 7 --ablate all
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import shutil
 import time
@@ -73,6 +77,9 @@ from paretopipe.sweep.refine import near_measured
 from paretopipe.sweep.store import RunStore
 from paretopipe.testbed import load_testbed
 
+#: A term improves predictions in a run when it makes more plans' predictions better than worse,
+#: by a one-sided sign test at this level (paired: the same measurements priced with and without).
+SIGN_P = 0.01
 TESTBEDS = {2: "testbed/local.toml", 3: "testbed/local-3.toml"}
 #: The metric each term prices: a term is judged on it.
 METRIC = {
@@ -232,6 +239,24 @@ def shares(rows: pd.DataFrame, networks: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def sign_test_p(better: int, n: int) -> float:
+    """One-sided sign test: the chance of ``better`` or more of ``n`` paired comparisons going one
+    way if each went either way with probability 1/2."""
+    return sum(math.comb(n, k) for k in range(better, n + 1)) / 2**n
+
+
+def abs_errors(rows: pd.DataFrame, networks: Sequence[str], metric: str) -> pd.Series:
+    """Per plan and scenario (medians over passes): |error| in percent of the ``pred_*`` prediction
+    of ``metric`` (latency or throughput), indexed by (network, plan_id)."""
+    parts = []
+    for net in networks:
+        agg = aggregate(rows[rows["network"] == net])
+        if len(agg):
+            err = agg.set_index("plan_id")[f"{metric}_err_pct"].abs()
+            parts.append(err.set_axis(pd.MultiIndex.from_product([[net], err.index], names=["network", "plan_id"])))
+    return pd.concat(parts) if parts else pd.Series(dtype=float)
+
+
 def run_case(
     model: str,
     stages: int,
@@ -335,9 +360,15 @@ def run_case(
         "device_calibration": "none" if own is None else own.created,
     }
     ablation = []
+    priced = pricer.price(rows, offline)
     for term in ablate:
-        without = shares(pricer.price(rows, offline, without=[term]), networks)
+        priced_without = pricer.price(rows, offline, without=[term])
+        without = shares(priced_without, networks)
         metric = METRIC[term]
+        paired = pd.concat(
+            [abs_errors(priced, networks, metric), abs_errors(priced_without, networks, metric)], axis=1
+        ).dropna()
+        diff = paired.iloc[:, 1] - paired.iloc[:, 0]  # > 0: the plan's prediction is worse without the term
         ablation.append(
             {
                 "model": model,
@@ -350,6 +381,8 @@ def run_case(
                 "mape_with": off[f"{metric}_mape_pct"],
                 "mape_without": without[f"{metric}_mape_pct"],
                 "pairs_within": off[f"{metric}_repeat_within_10pct"],
+                "better_with": int((diff > 0).sum()),
+                "better_without": int((diff < 0).sum()),
             }
         )
     return summary, ablation
@@ -462,9 +495,15 @@ def main() -> None:
                     "mape_with": (part["mape_with"] * w).sum() / w.sum(),
                     "mape_without": (part["mape_without"] * w).sum() / w.sum(),
                     "earns_place": bool(with_ - without > bound),
+                    "better_with": int(part["better_with"].sum()),
+                    "better_without": int(part["better_without"].sum()),
                 }
             )
         table = pd.DataFrame(rows)
+        table["sign_p"] = [
+            sign_test_p(int(a), int(a + b)) if a + b else float("nan")
+            for a, b in zip(table["better_with"], table["better_without"])
+        ]
         print("\nablation: offline share within ±10% with and without each term (its metric), and the bound")
         print("(1 - pass agreement: the share of pass pairs of one plan more than 10% apart)")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -474,6 +513,12 @@ def main() -> None:
             f"\nterms that earn their place in all {runs} run(s): "
             f"{', '.join(t for t, k in kept.items() if k) or 'none'}; "
             f"that do not: {', '.join(t for t, k in kept.items() if not k) or 'none'}"
+        )
+        paired = (table["sign_p"] < SIGN_P).groupby(table["term"], sort=False).all()
+        print(
+            f"paired: terms that make most plans' predictions better (sign test p < {SIGN_P}) in all {runs} "
+            f"run(s): {', '.join(t for t, k in paired.items() if k) or 'none'}; "
+            f"that do not: {', '.join(t for t, k in paired.items() if not k) or 'none'}"
         )
     print(f"measurements: {out}/run*/*/measurements.csv")
 
