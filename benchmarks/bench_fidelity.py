@@ -265,9 +265,10 @@ def run_case(
     calibrations: Path,
     args: argparse.Namespace,
     ablate: Sequence[str],
-) -> tuple[dict, list[dict]]:
+) -> tuple[dict, list[dict]] | None:
     """One model and stage count in one run: measure (unless --reprice), then price offline,
-    checked and with each term of ``ablate`` off. Returns the summary row and the ablation rows."""
+    checked and with each term of ``ablate`` off. Returns the summary row and the ablation rows
+    (None: nothing measured, which only --reprice can meet)."""
     testbed = TESTBEDS[stages]
     ensure_link_calibration(testbed, calibrations)
     run = out / f"{model}-k{stages}"
@@ -311,6 +312,13 @@ def run_case(
     minutes = (time.perf_counter() - t0) / 60
     rows = store.rows()
     rows = rows[(rows["network"].isin(networks)) & (rows["backend"] == "zmq")]
+    if rows.empty:
+        log(f"  {model}, {stages} stages: nothing measured in {run}; left out")
+        return None
+    if args.reprice:  # the span the measurements took, from their start times and durations
+        started = pd.to_datetime(rows["started"])
+        end = (started + pd.to_timedelta(pd.to_numeric(rows["duration_s"], errors="coerce").fillna(0), unit="s")).max()
+        minutes = (end - started.min()).total_seconds() / 60
     checks = read_checks(run)
     own = run_calibration(run)
     inputs = planning_inputs(settings, load_testbed(testbed), lambda m: None)  # model, profiles, link calibration
@@ -456,7 +464,10 @@ def main() -> None:
         for m in args.models.split(","):
             for k in args.stages.split(","):
                 log(f"run {i}: {m}, {k} stages")
-                s, a = run_case(m, int(k), args.networks.split(","), out / f"run{i}", calibrations, args, ablate)
+                case = run_case(m, int(k), args.networks.split(","), out / f"run{i}", calibrations, args, ablate)
+                if case is None:
+                    continue
+                s, a = case
                 summaries.append({"run": i, **s})
                 ablations.extend({"run": i, **row} for row in a)
     df = pd.DataFrame(summaries)
