@@ -1,32 +1,24 @@
-"""Wire format: a JSON envelope, then the tensors' raw bytes; a pure encode/decode pair.
+"""Wire format: a JSON envelope frame plus one raw buffer per tensor; a pure encode/decode pair.
 
-Frame 0 starts with the UTF-8 JSON envelope::
+Frame 0 is the UTF-8 JSON envelope::
 
-    {"v": 2, "src": "dev0", "header": {...},
+    {"v": 1, "src": "dev0", "header": {...},
      "tensors": [{"dtype": "float32", "shape": [2, 3], "nbytes": 24}, ...]}
 
-The tensors' bytes (C order, native little-endian) travel in one of two layouts:
-
-- *inline* (a message whose tensors hold fewer than ``zero_copy_threshold_nbytes`` bytes in all):
-  frame 0 is the envelope, one NUL byte, then every tensor's bytes back to back; it is the only
-  frame. A JSON text never holds a raw NUL, so the first NUL ends the envelope.
-- *one frame per tensor* (anything larger, or a message without tensors): frame 0 is the envelope
-  alone, followed by exactly one frame per tensor.
-
-Nothing is ever unpickled: :func:`decode` validates the whole envelope and every length BEFORE
-interpreting a single byte as a tensor, and raises :class:`FrameError` saying why.
+followed by exactly one frame per tensor holding its bytes in C order (native little-endian).
+Nothing is ever unpickled: :func:`decode` validates the whole envelope and every frame length
+BEFORE interpreting a single byte as a tensor, and raises :class:`FrameError` saying why.
 
 Copies, decided here once:
 
-- encode: a non-contiguous tensor is made contiguous (one copy); inline tensors are copied into
-  frame 0; otherwise a buffer of at least ``zero_copy_threshold_nbytes`` is a ``memoryview`` of
-  the tensor's own storage (no copy, the tensor must not be modified until sent), a smaller one
-  is copied to ``bytes``.
+- encode: a non-contiguous tensor is made contiguous (one copy); then a buffer of at least
+  ``zero_copy_threshold_nbytes`` is a ``memoryview`` of the tensor's own storage (no copy, the
+  tensor must not be modified until sent), a smaller one is copied to ``bytes``.
 - decode: a buffer of at least the threshold that is writable and aligned for its dtype becomes a
   tensor over the received memory (``numpy.frombuffer`` then ``torch.from_numpy``, or
   ``torch.frombuffer`` for bfloat16; no copy; the tensor keeps the frame alive). Anything else
-  (small, inline, read-only such as ``bytes``, misaligned) is copied once, so a decoded tensor is
-  always writable and never aliases memory its owner may reuse.
+  (small, read-only such as ``bytes``, misaligned) is copied once, so a decoded tensor is always
+  writable and never aliases memory its owner may reuse.
 """
 
 from __future__ import annotations
@@ -42,9 +34,7 @@ import torch
 
 from paretopipe.errors import FrameError, TransportError
 
-PROTOCOL_VERSION = 2
-#: Ends the envelope in frame 0 when the tensors' bytes follow it in the same frame (inline).
-INLINE_SEPARATOR = b"\0"
+PROTOCOL_VERSION = 1
 
 #: Wire name -> dtype. Anything else is refused both ways.
 ALLOWED_DTYPES: dict[str, torch.dtype] = {
@@ -87,25 +77,22 @@ def encode(
     max_header_nbytes: int = DEFAULT_MAX_HEADER_NBYTES,
     max_message_nbytes: int = DEFAULT_MAX_MESSAGE_NBYTES,
 ) -> list[bytes | memoryview]:
-    """Turn a message into frames (see the module docstring for the two layouts).
+    """Turn a message into frames: the JSON envelope, then one buffer per tensor.
 
-    Returns one frame when the tensors' bytes, in all, are fewer than
-    ``zero_copy_threshold_nbytes`` (inline), else the envelope then one buffer per tensor. Raises
-    TransportError (with the offending value) if the header is not a JSON object, a tensor's
-    dtype/layout cannot be sent, or the message would exceed the bounds a receiver enforces.
+    Returns a list of ``len(tensors) + 1`` buffers. Raises TransportError (with the offending
+    value) if the header is not a JSON object, a tensor's dtype/layout cannot be sent, or the
+    message would exceed the bounds a receiver enforces.
     """
     if not isinstance(src, str):
         raise TransportError(f"src must be a string, got {src!r}")
     if not isinstance(header, dict):
         raise TransportError(f"header must be a dict, got {type(header).__name__}")
     descriptors: list[dict[str, Any]] = []
-    arrays: list[np.ndarray | None] = []
-    tensor_nbytes = 0
+    buffers: list[bytes | memoryview] = []
     for index, tensor in enumerate(tensors):
-        descriptor, array = _tensor_to_array(index, tensor)
+        descriptor, buffer = _tensor_to_buffer(index, tensor, zero_copy_threshold_nbytes)
         descriptors.append(descriptor)
-        arrays.append(array)
-        tensor_nbytes += descriptor["nbytes"]
+        buffers.append(buffer)
     envelope = {"v": PROTOCOL_VERSION, "src": src, "header": header, "tensors": descriptors}
     try:
         frame0 = _ENCODER.encode(envelope).encode("utf-8")
@@ -119,20 +106,16 @@ def encode(
             f"envelope of {len(frame0)} bytes exceeds the bound of {max_header_nbytes} bytes",
             "send bulky data as a tensor, not in the header",
         )
-    inline = bool(arrays) and tensor_nbytes < zero_copy_threshold_nbytes
-    total = len(frame0) + inline + tensor_nbytes
+    total = len(frame0) + sum(d["nbytes"] for d in descriptors)
     if total > max_message_nbytes:
         raise TransportError(
             f"message of {total} bytes exceeds the bound of {max_message_nbytes} bytes",
             "raise TransportOptions.max_message_nbytes on both ends, or send smaller tensors",
         )
-    if inline:  # one frame, one copy of the bytes
-        return [b"".join([frame0, INLINE_SEPARATOR, *(a.tobytes() for a in arrays if a is not None)])]
-    return [frame0, *(_buffer(a, zero_copy_threshold_nbytes) for a in arrays)]
+    return [frame0, *buffers]
 
 
-def _tensor_to_array(index: int, tensor: torch.Tensor) -> tuple[dict[str, Any], np.ndarray | None]:
-    """The tensor's descriptor and a contiguous numpy array over its bytes (None when empty)."""
+def _tensor_to_buffer(index: int, tensor: torch.Tensor, threshold: int) -> tuple[dict[str, Any], bytes | memoryview]:
     if not isinstance(tensor, torch.Tensor):
         raise TransportError(f"tensor #{index} is a {type(tensor).__name__}, not a torch.Tensor")
     if tensor.layout is not torch.strided:
@@ -148,16 +131,10 @@ def _tensor_to_array(index: int, tensor: torch.Tensor) -> tuple[dict[str, Any], 
     nbytes = t.nbytes
     descriptor = {"dtype": wire, "shape": list(t.shape), "nbytes": nbytes}
     if nbytes == 0:
-        return descriptor, None
+        return descriptor, b""
     # numpy exposes the tensor's memory as a buffer; bfloat16, which numpy lacks, as int16.
-    return descriptor, (t.view(torch.int16) if wire == "bfloat16" else t).numpy()
-
-
-def _buffer(array: np.ndarray | None, threshold: int) -> bytes | memoryview:
-    """A tensor's frame: its own memory from ``threshold`` bytes on, else a copy."""
-    if array is None:
-        return b""
-    return array.data.cast("B") if array.nbytes >= threshold else array.tobytes()
+    array = (t.view(torch.int16) if wire == "bfloat16" else t).numpy()
+    return descriptor, (array.data.cast("B") if nbytes >= threshold else array.tobytes())
 
 
 def frames_nbytes(frames: Sequence[Buffer]) -> int:
@@ -182,61 +159,31 @@ def decode(
         raise FrameError(f"frames must be byte buffers: {exc}") from None
     if not views:
         raise FrameError("empty message: no frames")
-    total = sum(v.nbytes for v in views) if len(views) > 1 else views[0].nbytes
+    total = sum(v.nbytes for v in views)
     if total > max_message_nbytes:
         raise FrameError(f"message of {total} bytes exceeds the bound of {max_message_nbytes} bytes")
-    head = views[0]
-    # The envelope ends at the first NUL (inline tensors follow) or with the frame.
-    probe = frames[0] if type(frames[0]) is bytes else head[: max_header_nbytes + 1].tobytes()
-    end = probe.find(0, 0, max_header_nbytes + 1)
-    if end < 0 and head.nbytes > max_header_nbytes:
-        raise FrameError(f"envelope of {head.nbytes} bytes exceeds the bound of {max_header_nbytes} bytes")
-    envelope = _parse_envelope(head if end < 0 else head[:end])
+    if views[0].nbytes > max_header_nbytes:
+        raise FrameError(f"envelope of {views[0].nbytes} bytes exceeds the bound of {max_header_nbytes} bytes")
+    envelope = _parse_envelope(views[0])
     src, header, descriptors = _check_envelope(envelope, max_message_nbytes)
-    if end < 0:
-        payloads = views[1:]
-        if len(payloads) != len(descriptors):
-            raise FrameError(f"{len(views)} frames for {len(descriptors)} tensor(s); expected {len(descriptors) + 1}")
-        for index, (descriptor, view) in enumerate(zip(descriptors, payloads)):
-            if view.nbytes != descriptor[2]:
-                raise FrameError(f"tensor #{index}: frame holds {view.nbytes} bytes, envelope says {descriptor[2]}")
-    else:
-        payloads = _inline_payloads(views, end, descriptors)
-    return (
-        src,
-        header,
-        [
-            _buffer_to_tensor(index, dtype, shape, view, zero_copy_threshold_nbytes)
-            for index, ((dtype, shape, _), view) in enumerate(zip(descriptors, payloads))
-        ],
-    )
-
-
-def _inline_payloads(
-    views: list[memoryview], end: int, descriptors: list[tuple[torch.dtype, list[int], int]]
-) -> list[memoryview]:
-    """The tensors' bytes that follow the envelope (ending at ``end``) in the only frame."""
-    if len(views) != 1:
-        raise FrameError(f"{len(views)} frames for a message with inline tensors; expected 1")
-    data = views[0][end + 1 :]
-    claimed = sum(d[2] for d in descriptors)
-    if data.nbytes != claimed:
-        raise FrameError(f"inline tensors: {data.nbytes} bytes follow the envelope, envelope says {claimed}")
-    payloads, offset = [], 0
-    for _, _, nbytes in descriptors:
-        payloads.append(data[offset : offset + nbytes])
-        offset += nbytes
-    return payloads
+    if len(views) != len(descriptors) + 1:
+        raise FrameError(f"{len(views)} frames for {len(descriptors)} tensor(s); expected {len(descriptors) + 1}")
+    for index, (descriptor, view) in enumerate(zip(descriptors, views[1:])):
+        if view.nbytes != descriptor[2]:
+            raise FrameError(f"tensor #{index}: frame holds {view.nbytes} bytes, envelope says {descriptor[2]}")
+    tensors = [
+        _buffer_to_tensor(index, dtype, shape, view, zero_copy_threshold_nbytes)
+        for index, ((dtype, shape, _), view) in enumerate(zip(descriptors, views[1:]))
+    ]
+    return src, header, tensors
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):  # rare: find the first repeated key, to name it
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise FrameError(f"duplicate key {key!r} in envelope")
-            seen.add(key)
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise FrameError(f"duplicate key {key!r} in envelope")
+        result[key] = value
     return result
 
 

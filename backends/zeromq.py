@@ -1,9 +1,8 @@
 """ZeroMQ transport: one PULL socket bound per endpoint, one PUSH socket per peer, codec frames.
 
 Fixed ends bind, senders connect: each endpoint binds a PULL socket at ``tcp://host:port`` and
-connects one PUSH socket to every peer's PULL socket. A message is one ZeroMQ message (see
-:mod:`paretopipe_backends.codec`): a single frame when its tensors are small, else a frame per
-tensor, large buffers going out with ``copy=False``. ``ZMQ_IMMEDIATE`` is set
+connects one PUSH socket to every peer's PULL socket. A message is one multipart message (see
+:mod:`paretopipe_backends.codec`); large tensor buffers go out with ``copy=False``. ``ZMQ_IMMEDIATE`` is set
 on PUSH sockets, so ``send`` waits (up to ``send_timeout_s``) for a completed connection instead
 of queueing for a peer that is down or refuses our CURVE key. ``ZMQ_MAXMSGSIZE`` on the PULL
 socket makes libzmq drop (and disconnect) a sender whose frame exceeds ``max_message_nbytes``;
@@ -12,9 +11,9 @@ the codec bounds the whole message. Malformed messages are dropped, counted and 
 allow-listed client keys, and a message's claimed ``src`` must match the name of the key it used.
 
 Per message, only what the transport needs: ``recv`` is one blocking ``zmq_recv`` (its timeout is
-the socket's ``ZMQ_RCVTIMEO``), without a poll or a failed non-blocking attempt before it, and
-one more call per further frame; a small message is one frame, sent as a copy (no frame object
-to track); frames of at least ``zero_copy_threshold_nbytes`` are sent without a copy.
+the socket's ``ZMQ_RCVTIMEO``), without a poll or a failed non-blocking attempt before it; frames
+below ``zero_copy_threshold_nbytes`` are sent as copies (no frame object to track), larger ones
+without a copy.
 
 Threading: see :mod:`paretopipe_backends.base`. Every socket belongs to the context of its
 transport. The PULL socket is also bound to a private ``inproc://`` address, where :meth:`close`
@@ -245,9 +244,6 @@ class ZmqTransport(Transport):
             raise TransportClosed(f"transport {self.me} closed before a message to {peer!r} went out")
         last = len(frames) - 1
         try:
-            if last == 0:  # small messages and control messages: one frame, copied
-                sock.send(frames[0], zmq.NOBLOCK)
-                return True
             for i, frame in enumerate(frames):
                 sock.send(frame, _NOBLOCK_MORE if i < last else zmq.NOBLOCK, copy=isinstance(frame, bytes))
             return True
@@ -294,8 +290,7 @@ class ZmqTransport(Transport):
                 if timeout_ms != self._rcvtimeo_ms:
                     pull.rcvtimeo = self._rcvtimeo_ms = timeout_ms
                 try:
-                    first = pull.recv(copy=False)
-                    frames = [first, *pull.recv_multipart(copy=False)] if first.more else [first]
+                    frames = pull.recv_multipart(copy=False)
                 except zmq.Again:
                     raise TransportTimeout(f"{self.me.name}: nothing received within {timeout_s:g} s") from None
                 except zmq.ZMQError as exc:
@@ -311,7 +306,7 @@ class ZmqTransport(Transport):
 
     def _decode(self, frames: list[zmq.Frame], recv_ns: int) -> Message | None:
         opts = self.options
-        nbytes = len(frames[0]) if len(frames) == 1 else sum(len(f) for f in frames)
+        nbytes = sum(len(f) for f in frames)
         try:
             src, header, tensors = decode(
                 [f.buffer for f in frames],

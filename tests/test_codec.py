@@ -90,13 +90,11 @@ def test_round_trip_large_tensor_every_dtype(wire: str) -> None:
     ],
     ids=["transposed", "strided", "expanded", "permuted-slice"],
 )
-@pytest.mark.parametrize("threshold", [0, 1 << 16], ids=["own-frame", "inline"])
-def test_non_contiguous_tensors_are_sent_contiguous(make, threshold: int) -> None:
+def test_non_contiguous_tensors_are_sent_contiguous(make) -> None:
     t = make()
     assert not t.is_contiguous()
-    frames = encode("a", {}, [t], zero_copy_threshold_nbytes=threshold)
-    wire = bytes(frames[0]).partition(b"\0")[2] if threshold else bytes(frames[1])
-    assert len(frames) == (1 if threshold else 2) and wire == bits(t)  # C order on the wire
+    frames = encode("a", {}, [t])
+    assert len(frames[1]) == t.numel() * t.element_size()
     _, _, (out,) = decode(frames)
     assert out.is_contiguous() and torch.equal(out, t)
 
@@ -122,22 +120,6 @@ def test_zero_copy_above_threshold_copy_below() -> None:
     big[0] = 42.0  # the memoryview aliases the tensor's storage
     assert torch.frombuffer(bytearray(frames[1][:4]), dtype=torch.float32).item() == 42.0
     assert frames_nbytes(frames) == len(frames[0]) + 4096 + 40
-
-
-def test_small_messages_are_one_frame_larger_ones_a_frame_per_tensor() -> None:
-    small = [torch.arange(3.0), torch.ones(2, dtype=torch.int64)]
-    (frame,) = encode("a", {"k": 1}, small)
-    envelope_text, nul, data = frame.partition(b"\0")
-    assert nul and json.loads(envelope_text)["tensors"][1] == {"dtype": "int64", "shape": [2], "nbytes": 16}
-    assert data == b"".join(bits(t) for t in small)
-    _, header, out = decode([frame])
-    assert header == {"k": 1} and [bits(o) for o in out] == [bits(t) for t in small]
-    out[0].add_(1)  # a decoded inline tensor is its own writable copy
-    # 4096 bytes in all, at the threshold: a frame per tensor, the envelope alone in frame 0
-    frames = encode("a", {}, [torch.zeros(512), torch.zeros(512)], zero_copy_threshold_nbytes=4096)
-    assert len(frames) == 3 and b"\0" not in frames[0]
-    (control,) = encode("a", {"kind": "stop"})  # no tensors: the envelope alone
-    assert b"\0" not in control and decode([control])[1] == {"kind": "stop"}
 
 
 def test_decode_without_copy_from_writable_buffers_and_with_copy_from_readonly() -> None:
@@ -190,7 +172,7 @@ def _descriptor(dtype: str = "float32", shape: list | None = None, nbytes: int |
         ([raw([1, 2])], "JSON list, expected an object"),
         ([raw("text")], "JSON str, expected an object"),
         ([raw({"src": "a", "header": {}, "tensors": []})], "no protocol version"),
-        ([raw(envelope(v=1))], f"protocol version 1, expected {PROTOCOL_VERSION}"),
+        ([raw(envelope(v=2))], "protocol version 2, expected 1"),
         ([raw(envelope(v="1"))], "protocol version '1'"),
         ([raw(envelope(v=True))], "protocol version True"),
         ([raw(envelope(extra=1))], r"unknown envelope field\(s\) \['extra'\]"),
@@ -227,10 +209,6 @@ def _descriptor(dtype: str = "float32", shape: list | None = None, nbytes: int |
         ([raw(envelope()), b"extra"], r"2 frames for 0 tensor\(s\); expected 1"),
         ([raw(envelope(tensors=[_descriptor()])), b"\0" * 7], "frame holds 7 bytes, envelope says 8"),
         ([raw(envelope(tensors=[_descriptor("bool", [2])])), b"\x01\x02"], "bytes other than 0 and 1"),
-        ([raw(envelope(tensors=[_descriptor()])) + b"\0" + b"\0" * 7], "7 bytes follow the envelope, envelope says 8"),
-        ([raw(envelope()) + b"\0junk"], "4 bytes follow the envelope, envelope says 0"),
-        ([raw(envelope(tensors=[_descriptor()])) + b"\0" * 9, b""], r"2 frames for a message with inline tensors"),
-        ([raw(envelope(tensors=[_descriptor("bool", [2])])) + b"\0\x01\x02"], "bytes other than 0 and 1"),
         ([b'{"v": 1, "v": 1, "src": "a", "header": {}, "tensors": []}'], "duplicate key 'v'"),
         ([raw(envelope()).replace(b'"header": {}', b'"header": {"x": NaN}')], "holds NaN"),
         (
@@ -261,13 +239,6 @@ def test_header_above_bound_is_rejected() -> None:
     frames = encode("a", {"pad": "x" * 2000}, [])
     with pytest.raises(FrameError, match="envelope of .* bytes exceeds the bound of 1024 bytes"):
         decode(frames, max_header_nbytes=1024)
-
-
-def test_an_envelope_is_bounded_whether_or_not_tensors_follow_it() -> None:
-    long_envelope = raw(envelope(header={"pad": "x" * 2000}))
-    for frame in (long_envelope, long_envelope + b"\0"):
-        with pytest.raises(FrameError, match="envelope of .* bytes exceeds the bound of 1024 bytes"):
-            decode([frame], max_header_nbytes=1024)
 
 
 def test_non_buffer_frames_are_rejected() -> None:
@@ -307,12 +278,10 @@ def _check_result(frames: list[bytes], result: tuple[str, dict, list[torch.Tenso
     """A successful decode must agree with the frames it came from, byte for byte."""
     src, header, tensors = result
     assert isinstance(src, str) and isinstance(header, dict)
-    assert all(t.dtype in ALLOWED_DTYPES.values() for t in tensors)
-    _, inline, data = frames[0].partition(b"\0")
-    if inline:
-        assert len(frames) == 1 and b"".join(bits(t) for t in tensors) == data
-    else:
-        assert [bits(t) for t in tensors] == [bytes(f) for f in frames[1:]]
+    assert len(tensors) == len(frames) - 1
+    for t, frame in zip(tensors, frames[1:]):
+        assert t.dtype in ALLOWED_DTYPES.values()
+        assert bits(t) == bytes(frame)
 
 
 def _decode_or_frame_error(frames: list[bytes]) -> None:
@@ -397,15 +366,14 @@ def test_fuzz_mutations_of_valid_messages(specs, data) -> None:
     elif mutation == "splice":
         frames[index] = bytes(frame) + data.draw(st.binary(min_size=1, max_size=16))
     else:
-        head, inline, rest = frames[0].partition(b"\0")
-        env = json.loads(head)
+        env = json.loads(frames[0])
         key = data.draw(st.sampled_from(["v", "src", "header", "tensors"]))
         if key == "tensors" and env["tensors"]:
             field = data.draw(st.sampled_from(["dtype", "shape", "nbytes"]))
             env["tensors"][0][field] = data.draw(json_values | st.integers(0, 2**50))
         else:
             env[key] = data.draw(json_values)
-        frames[0] = raw(env) + inline + rest
+        frames[0] = raw(env)
     _decode_or_frame_error(frames)
 
 

@@ -9,7 +9,6 @@ or opened, and the same worker process then serves a legitimate plan bit-exactly
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ from paretopipe.runtime.endpoints import driver_exposure, worker_exposure
 from paretopipe.runtime.policy import WorkerPolicy, allowances, contained_file
 from paretopipe.runtime.protocol import StageSpec
 from paretopipe.testbed import load_testbed
-from paretopipe_backends.codec import MAX_JSON_DEPTH, PROTOCOL_VERSION
+from paretopipe_backends.codec import MAX_JSON_DEPTH
 from tests.fixtures.testbeds import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ class RawPeer:
 
     def send(self, header: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> None:
         descriptors = [{"dtype": "float32", "shape": list(t.shape), "nbytes": t.nbytes} for t in tensors]
-        envelope = {"v": PROTOCOL_VERSION, "src": "driver", "header": header, "tensors": descriptors}
+        envelope = {"v": 1, "src": "driver", "header": header, "tensors": descriptors}
         # "1e999" is valid JSON that Python reads as infinity; json.dumps would write "Infinity"
         text = json.dumps(envelope).replace('"1e999"', "1e999")
         self.send_frames([text.encode(), *(t.contiguous().numpy().tobytes() for t in tensors)])
@@ -72,12 +71,8 @@ class RawPeer:
         if not self.pull.poll(int(timeout_s * 1000)):
             raise AssertionError(f"no reply within {timeout_s} s")
         frames = self.pull.recv_multipart()
-        head, inline, data = frames[0].partition(b"\0")  # small tensors follow the envelope, after a NUL
-        envelope = json.loads(head)
-        if not inline:
-            return envelope["header"], frames[1:]
-        offsets = list(itertools.accumulate([0, *(d["nbytes"] for d in envelope["tensors"])]))
-        return envelope["header"], [data[a:b] for a, b in zip(offsets, offsets[1:])]
+        envelope = json.loads(frames[0])
+        return envelope["header"], frames[1:]
 
     def ping(self, nonce: str) -> dict[str, Any]:
         self.send({"kind": "ping", "nonce": nonce})
@@ -283,10 +278,7 @@ def test_control_messages_are_bounded_too(served):
 def test_deeply_nested_headers_are_dropped_before_parsing(served, opener):
     peer = served["peer"]
     peer.send_frames([opener * (64 * 1024)])
-    envelope = (
-        f'{{"v": {PROTOCOL_VERSION}, "src": "driver", "header": {{"kind": "ping", "nonce": "deep", "x": '.encode()
-    )
-    envelope += b"[" * 80
+    envelope = b'{"v": 1, "src": "driver", "header": {"kind": "ping", "nonce": "deep", "x": ' + b"[" * 80
     peer.send_frames([envelope + b"]" * 80 + b"}, " + b'"tensors": []}'])
     peer.send({"kind": "stats"})
     reply, _ = peer.recv()

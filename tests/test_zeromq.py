@@ -15,7 +15,7 @@ import paretopipe_backends as backends
 from paretopipe.errors import TransportError, UsageError
 from paretopipe.network.conditions import LinkCondition
 from paretopipe_backends import Endpoint, Message, Transport, TransportClosed, TransportOptions, TransportTimeout
-from paretopipe_backends.codec import PROTOCOL_VERSION, encode
+from paretopipe_backends.codec import encode
 from paretopipe_backends.zeromq import ZmqTransport, zmq_address
 from tests.fixtures.testbeds import HOST, free_ports
 
@@ -82,12 +82,7 @@ def test_messages_arrive_in_order(pair) -> None:
         (
             [
                 json.dumps(
-                    {
-                        "v": PROTOCOL_VERSION,
-                        "src": "x",
-                        "header": {},
-                        "tensors": [{"dtype": "float32", "shape": [4], "nbytes": 16}],
-                    }
+                    {"v": 1, "src": "x", "header": {}, "tensors": [{"dtype": "float32", "shape": [4], "nbytes": 16}]}
                 ).encode()
             ],
             "1 frames for 1 tensor",
@@ -95,12 +90,7 @@ def test_messages_arrive_in_order(pair) -> None:
         (
             [
                 json.dumps(
-                    {
-                        "v": PROTOCOL_VERSION,
-                        "src": "x",
-                        "header": {},
-                        "tensors": [{"dtype": "object", "shape": [1], "nbytes": 8}],
-                    }
+                    {"v": 1, "src": "x", "header": {}, "tensors": [{"dtype": "object", "shape": [1], "nbytes": 8}]}
                 ).encode(),
                 b"\0" * 8,
             ],
@@ -151,7 +141,7 @@ def test_frame_above_max_message_size_is_dropped_by_libzmq() -> None:
         ctx, sock = raw_push(tb.me)
         try:
             header = {
-                "v": PROTOCOL_VERSION,
+                "v": 1,
                 "src": "x",
                 "header": {},
                 "tensors": [{"dtype": "uint8", "shape": [2 << 20], "nbytes": 2 << 20}],
