@@ -6,6 +6,7 @@ the flags, prints each switch as it happens and renders the summary. See docs/ru
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def run_adaptive(
         window=window,
         warmup=warmup,
         timeout_s=timeout_s,
-        **({} if hold_s is None else {"hold_s": hold_s}),
-        **({} if dwell_s is None else {"min_dwell_s": dwell_s}),
     )
+    if hold_s is not None:
+        options = dataclasses.replace(options, hold_s=hold_s)
+    if dwell_s is not None:
+        options = dataclasses.replace(options, min_dwell_s=dwell_s)
     loaded = [load_plan(p) for p in plan_files(paths)]
     plans = list({p.id: p for p in reversed(loaded)}.values())[::-1]  # a plan on several fronts runs once
     candidate_terms(plans)  # refused before any worker starts
