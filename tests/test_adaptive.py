@@ -337,6 +337,7 @@ def test_a_cap_holds_the_estimate_until_the_transfers_it_stood_for_come_in():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a 10 s lead for the stages to build, then the trace
 def test_a_collapse_is_acted_on_before_the_slow_transfers_complete(tmp_path):
     """The link's delay jumps from 0.5 ms to 2 s at t = 2 s: the run leaves the plan that sends
     1 MB across it before any item that met the slow link came back, and the new plan's items
