@@ -14,7 +14,7 @@ from paretopipe.errors import UsageError, WorkerError
 from paretopipe.network.conditions import LinkCondition, Scenario
 from paretopipe.plan.costmodel.relink import PlanTerms
 from paretopipe.plan.plan_file import Plan, PlanCut
-from paretopipe.runtime.adaptive import AdaptiveOptions, AdaptiveRun
+from paretopipe.runtime.adaptive import AdaptiveOptions, AdaptiveRun, candidate_terms
 from paretopipe.runtime.link_estimate import LinkEstimator
 from paretopipe.runtime.switching import PlanChooser
 from paretopipe.testbed import load_testbed
@@ -364,3 +364,17 @@ def test_a_collapse_is_acted_on_before_the_slow_transfers_complete(tmp_path):
     drained_s = first.t_s + first.drain_ms / 1e3
     assert sum(1 for r in res.items if r.plan == PLANS[1].id and first.t_s <= r.sent_s < drained_s) >= window
     assert not wait_workers_gone(tb_path)
+
+
+def test_candidates_are_compared_with_the_runs_window_not_their_plan_files():
+    # A long delay on the a->b link only: the split plan is the faster pipeline (50 ms stages), but
+    # with 4 items in flight it delivers 4 per 400 ms; the plan on one device is not delayed.
+    split, one_device = _plan(1, ("a", "b"), 100.0), _plan(2, ("a", "a"), 100.0)
+    delayed = {("a", "b"): LinkCondition(10e9, 300.0)}
+    unbounded = [t.evaluate(delayed) for t in candidate_terms([split, one_device])]
+    assert unbounded[0].throughput_ips > unbounded[1].throughput_ips  # 20 vs 13.3 items/s
+    bounded = [t.evaluate(delayed) for t in candidate_terms([split, one_device], window=4)]
+    assert bounded[0].throughput_ips == pytest.approx(4 * 1e3 / bounded[0].latency_ms)  # 10 items/s
+    assert bounded[1].throughput_ips > bounded[0].throughput_ips
+    chooser = PlanChooser(candidate_terms([split, one_device], window=4), "throughput", 0.1, 0.0, 0.0)
+    assert chooser.best(chooser.price(delayed)) == 1

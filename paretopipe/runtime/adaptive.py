@@ -22,6 +22,7 @@ were sent meanwhile. See docs/running.md (adaptive runs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -47,9 +48,13 @@ if TYPE_CHECKING:
 KnownLink = Callable[[float], LinkCondition]  # seconds since the trace started -> the links' condition
 
 
-def candidate_terms(plans: Sequence[Plan]) -> list[PlanTerms]:
+def candidate_terms(plans: Sequence[Plan], window: int | None = None) -> list[PlanTerms]:
     """Each candidate's cost terms, after checking the candidates go together. Raises UsageError
-    (no plans, plans of different models or batch sizes, a plan without predictions)."""
+    (no plans, plans of different models or batch sizes, a plan without predictions).
+
+    ``window``: the items in flight the run keeps per plan; the candidates are priced with it
+    instead of the window their plan files were priced with, because under a long delay a plan
+    can be bound by its window (throughput <= window / latency) and the comparison must see that."""
     if not plans:
         raise UsageError("an adaptive run needs at least one plan")
     models = {repr(sorted(p.model.items())) + f"/{p.batch_size}" for p in plans}
@@ -61,7 +66,8 @@ def candidate_terms(plans: Sequence[Plan]) -> list[PlanTerms]:
     ids = [p.id for p in plans]
     if len(set(ids)) != len(ids):
         raise UsageError(f"plan {sorted(i for i in ids if ids.count(i) > 1)[0]} is given twice", "give each plan once")
-    return [PlanTerms.from_plan(p.id, p.predicted, p.links, p.batch_size) for p in plans]
+    terms = [PlanTerms.from_plan(p.id, p.predicted, p.links, p.batch_size) for p in plans]
+    return terms if window is None else [dataclasses.replace(t, window=window) for t in terms]
 
 
 class AdaptiveRun:
@@ -85,7 +91,8 @@ class AdaptiveRun:
         start: int = 0,
         on_switch: Callable[[Switch], None] | None = None,
     ) -> None:
-        terms = candidate_terms(plans)
+        window = 1 if options.mode == "latency" else (options.window or default_window(plans))
+        terms = candidate_terms(plans, window)
         if session.isolation != "loopback":
             raise UsageError(
                 f"adaptive runs shape links in user space only, not with --isolation {session.isolation}",
@@ -100,6 +107,7 @@ class AdaptiveRun:
         self.known_link = known_link
         self.start = start
         self.on_switch = on_switch or (lambda s: None)
+        self.window = window
         self.terms = terms
         self.chooser = PlanChooser(
             self.terms, options.objective, options.hysteresis, options.hold_s, options.min_dwell_s
@@ -240,7 +248,7 @@ class AdaptiveRun:
         o = self.options
         s = self.session
         tensors, structure = values.pack(inputs)
-        window = 1 if o.mode == "latency" else (o.window or default_window(self.plans))
+        window = self.window
         res = AdaptiveResult(batch_size=self.plans[0].batch_size, warmup=o.warmup, probe_nbytes=o.probe_nbytes)
         current = self.start
         outstanding: dict[int, tuple[int, int]] = {}  # item -> (plan index, send ns)
@@ -407,4 +415,4 @@ def default_window(plans: Sequence[Plan]) -> int:
     ``paretopipe run`` chooses for one plan)."""
     from paretopipe.runtime.session import MeasureOptions, _window
 
-    return max(_window(p, MeasureOptions()) for p in plans)
+    return max((_window(p, MeasureOptions()) for p in plans), default=1)
