@@ -1,7 +1,8 @@
 """Transport benchmark on loopback: per-message overhead and transfer rate, each backend vs raw TCP.
 
 Run: ``python benchmarks/bench_transport.py`` (``--quick`` for a short run, ``--backends zmq,rpc``
-to choose columns; default: every backend in ``backends.available()``).
+to choose columns; default: every backend in ``backends.available()``; ``--cpus 0,1`` pins the
+client and the peer to a CPU each, ``--cpus 0,0`` both to one, as workers pinned to one core are).
 
 Each backend talks to a peer in a separate process on this machine:
 
@@ -52,6 +53,16 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+PEER_CPU_ENV = "BENCH_TRANSPORT_PEER_CPU"  # set by --cpus; peers are spawned, so they read it at start
+
+
+def _pin_peer() -> None:
+    """Pin this peer process (and the threads it starts later, libzmq's included) as --cpus says."""
+    cpu = os.environ.get(PEER_CPU_ENV)
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+
+
 # -- raw TCP baseline ----------------------------------------------------------------------------
 
 
@@ -73,6 +84,7 @@ def _tcp_send(sock: socket.socket, op: bytes, payload: memoryview) -> None:
 
 
 def _tcp_peer(port_queue: mp.Queue, max_nbytes: int) -> None:
+    _pin_peer()
     with socket.create_server((HOST, 0)) as listener:
         port_queue.put(listener.getsockname()[1])
         conn, _ = listener.accept()
@@ -134,6 +146,7 @@ class TcpLink:
 
 
 def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
+    _pin_peer()
     import zmq
 
     ctx = zmq.Context()
@@ -200,6 +213,7 @@ class ZmqRawLink:
 
 
 def _transport_peer(name: str, client_port: int, peer_port: int, port_queue: mp.Queue) -> None:
+    _pin_peer()
     import paretopipe_backends as backends
 
     torch.set_num_threads(1)
@@ -391,14 +405,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default=",".join(backends.available()), help="comma-separated transports")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"subset of: {', '.join(SIZES)}")
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
+    parser.add_argument(
+        "--cpus",
+        default=None,
+        metavar="CLIENT,PEER",
+        help="pin the client process to one CPU and every peer to another (or the same), threads included, "
+        "e.g. 0,1 or 0,0 [default: not pinned]",
+    )
     results_file.add_save_option(parser)
     args = parser.parse_args(argv)
+    placement = "not pinned"
+    if args.cpus:
+        try:
+            client_cpu, peer_cpu = (int(c) for c in args.cpus.split(","))
+            os.sched_setaffinity(0, {client_cpu})
+        except (ValueError, OSError) as exc:
+            parser.error(f"--cpus {args.cpus}: {exc} (give two CPU numbers of this machine, e.g. 0,1)")
+        os.environ[PEER_CPU_ENV] = str(peer_cpu)
+        placement = f"client on CPU {client_cpu}, peer on CPU {peer_cpu}"
     names = [n for n in args.backends.split(",") if n]
     for name in names:
         backends.get_transport(name)  # fail early on an unknown name
     sizes = {label: SIZES[label] for label in (s.strip() for s in args.sizes.split(",")) if label}
     torch.set_num_threads(1)
-    print(f"# loopback, {_fingerprint()}")
+    print(f"# loopback, {placement}, {_fingerprint()}")
     rows = run(names, sizes, args.quick)
     print_table(rows, names)
     big = next((r for r in rows if r["metric"] == "rate 16MB (MB/s)"), None)
