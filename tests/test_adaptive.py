@@ -4,6 +4,7 @@ on numbers whose answer is known."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -378,3 +379,21 @@ def test_candidates_are_compared_with_the_runs_window_not_their_plan_files():
     assert bounded[1].throughput_ips > bounded[0].throughput_ips
     chooser = PlanChooser(candidate_terms([split, one_device], window=4), "throughput", 0.1, 0.0, 0.0)
     assert chooser.best(chooser.price(delayed)) == 1
+
+
+def test_of_plans_within_the_hysteresis_the_one_least_exposed_to_the_link_is_the_target():
+    # Under SLOW the 1 MB cut of plan 0 takes 8 s; plans 1 and 2 are predicted within 10% of each
+    # other, plan 2 (the larger one) sending 30x fewer bytes over the link: it is the target.
+    plans = [_plan(1, ("a", "b"), 1e6), _plan(2, ("a", "b"), 3000.0), _plan(2, ("a", "b"), 100.0)]
+    terms = [PlanTerms.from_plan(f"p{i}", p.predicted, p.links, 1) for i, p in enumerate(plans)]
+    terms[1] = dataclasses.replace(terms[1], cycle_bottleneck_ms=72.0)  # a little faster than plan 2
+    chooser = PlanChooser(terms, "throughput", hysteresis=0.1, hold_s=0.0, min_dwell_s=0.0)
+    slow = {(h.src, h.dst): SLOW for t in terms for h in t.hops}
+    metrics = chooser.price(slow)
+    assert chooser.best(metrics) == 1 and chooser.gain(metrics, 2, 1) <= 0.1
+    proposal = chooser.consider(0.0, 0, slow)
+    assert proposal is not None and proposal.index == 2
+    # a candidate far better than the rest is the target whatever it sends
+    terms[1] = dataclasses.replace(terms[1], cycle_bottleneck_ms=30.0)
+    chooser = PlanChooser(terms, "throughput", hysteresis=0.1, hold_s=0.0, min_dwell_s=0.0)
+    assert chooser.consider(0.0, 0, slow).index == 1

@@ -4,7 +4,9 @@ Pure, no torch. :class:`PlanChooser` prices every candidate plan's terms
 (:class:`~paretopipe.plan.costmodel.relink.PlanTerms`) under the link conditions it is given and
 proposes another plan only when it is predicted better than the current one by more than the
 hysteresis margin, has stayed so for ``hold_s`` seconds, and the last switch is at least
-``min_dwell_s`` old, so that the runtime does not flap between plans. See docs/running.md.
+``min_dwell_s`` old, so that the runtime does not flap between plans. Of the plans predicted
+within the margin of the best, it moves to the one that sends the least over the links. See
+docs/running.md.
 """
 
 from __future__ import annotations
@@ -85,6 +87,27 @@ class PlanChooser:
         span = np.where(hi > lo, hi - lo, 1.0)
         return ((points - lo) / span).sum(axis=1)
 
+    def target(
+        self, metrics: Sequence[LinkedMetrics], current: int, conditions: Mapping[tuple[str, str], LinkCondition]
+    ) -> int:
+        """The plan to move to: of the candidates predicted within the hysteresis of the best (and
+        better than ``current`` by more than it), the one that sends the fewest bytes over the
+        links in ``conditions``; ``current`` when none is. Differences within the hysteresis are
+        not trusted to decide a switch, so they do not decide its target either: the plan least
+        exposed to the link is the one an error in the link's estimate hurts least."""
+        best = self.best(metrics)
+        if best == current:
+            return current
+        near = [
+            i
+            for i in range(len(self.plans))
+            if self.gain(metrics, i, best) <= self.hysteresis and self.gain(metrics, current, i) > self.hysteresis
+        ]
+        if not near:
+            return best
+        exposure = [sum(h.nbytes for h in self.plans[i].hops if (h.src, h.dst) in conditions) for i in near]
+        return near[int(np.argmin(exposure))]
+
     def gain(self, metrics: Sequence[LinkedMetrics], current: int, other: int) -> float:
         """How much better ``other`` is predicted than ``current`` (> 0: better)."""
         costs = self._costs(metrics)
@@ -101,7 +124,7 @@ class PlanChooser:
 
         The caller switches on a proposal and calls :meth:`switched`."""
         metrics = self.price(conditions)
-        best = self.best(metrics)
+        best = self.target(metrics, current, conditions)
         gain = self.gain(metrics, current, best) if best != current else 0.0
         if best == current or gain <= self.hysteresis:
             self._pending = None
