@@ -12,12 +12,14 @@ Each backend talks to a peer in a separate process on this machine:
 - rate: ``count`` messages of one tensor of N bytes streamed one way, then one small ack back;
   rate = N * count / elapsed, median over repeats after a discarded warm-up.
 
-Two baselines: ``tcp`` is a plain TCP socket (TCP_NODELAY) with an 8-byte length prefix and a
-reused receive buffer, the least work any transport can do; ``zmq-raw`` is pyzmq PUSH/PULL with
-the codec's frames prebuilt and blocking receives (no encoding, decoding or checks), the least
-any ZeroMQ transport can do, libzmq's I/O threads included. Every Transport backend (the
-registry's names) is driven through the same ``Transport`` interface, so a new backend becomes a
-new column without touching this file.
+Three baselines: ``tcp`` is a plain TCP socket (TCP_NODELAY) with an 8-byte length prefix and a
+reused receive buffer, the least work any transport can do; ``zmq-raw`` is pyzmq PUSH/PULL with the
+codec's frames prebuilt and blocking receives (no encoding, decoding or checks), the least any
+ZeroMQ transport can do, libzmq's I/O threads included; ``zmq-codec`` is the same with the wire
+codec encoding and decoding every message at both ends (what the codec costs where it runs, between
+blocking receives, which can be several times its cost in a hot loop, printed last). Every Transport
+backend (the registry's names) is driven through the same ``Transport`` interface, so a new backend
+becomes a new column without touching this file.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
 class ZmqRawLink:
     """pyzmq PUSH/PULL carrying the codec's frames, prebuilt: ZeroMQ's own floor."""
 
+    peer = staticmethod(_zmq_raw_peer)
+
     def __init__(self) -> None:
         import zmq
 
@@ -183,7 +187,7 @@ class ZmqRawLink:
         port = self.pull.bind_to_random_port(f"tcp://{HOST}")
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        self.proc = ctx.Process(target=_zmq_raw_peer, args=(port, queue), daemon=True)
+        self.proc = ctx.Process(target=self.peer, args=(port, queue), daemon=True)
         self.proc.start()
         self.push.connect(f"tcp://{HOST}:{queue.get(timeout=60)}")
 
@@ -205,6 +209,64 @@ class ZmqRawLink:
 
     def close(self) -> None:
         self.push.send(b"s")
+        self.proc.join(10)
+        self.ctx.destroy(linger=0)
+
+
+# -- pyzmq with the codec in the loop ------------------------------------------------------------
+
+
+def _zmq_codec_peer(client_port: int, port_queue: mp.Queue) -> None:
+    _pin_peer()
+    import zmq
+
+    from paretopipe_backends.codec import decode, encode
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    port_queue.put(pull.bind_to_random_port(f"tcp://{HOST}"))
+    push.connect(f"tcp://{HOST}:{client_port}")
+    received = 0
+    while True:
+        _, header, tensors = decode(pull.recv_multipart(copy=False))
+        op = header["op"]
+        if op == "echo":
+            push.send_multipart(encode("peer", {"op": "echo"}, tensors), copy=False)
+        elif op == "data":
+            received += 1
+            if header["last"]:
+                push.send_multipart(encode("peer", {"op": "ack", "count": received}), copy=False)
+                received = 0
+        else:
+            ctx.destroy(linger=0)
+            return
+
+
+class ZmqCodecLink(ZmqRawLink):
+    """pyzmq PUSH/PULL with the wire codec run on every message at both ends, and nothing else of
+    the transport: what encoding and decoding cost where they run, between blocking receives."""
+
+    peer = staticmethod(_zmq_codec_peer)
+
+    def __init__(self) -> None:
+        from paretopipe_backends.codec import decode
+
+        super().__init__()
+        self.decode = decode
+
+    def roundtrip(self, payload: torch.Tensor) -> None:
+        self.push.send_multipart(self.encode("client", {"op": "echo"}, [payload]), copy=False)
+        self.decode(self.pull.recv_multipart(copy=False))
+
+    def stream(self, payload: torch.Tensor, count: int) -> None:
+        for i in range(count):
+            self.push.send_multipart(
+                self.encode("client", {"op": "data", "last": i == count - 1}, [payload]), copy=False
+            )
+        self.decode(self.pull.recv_multipart(copy=False))
+
+    def close(self) -> None:
+        self.push.send_multipart(self.encode("client", {"op": "stop"}))
         self.proc.join(10)
         self.ctx.destroy(linger=0)
 
@@ -323,11 +385,15 @@ def codec_us(n: int = 20000) -> tuple[float, float]:
     return times[0], times[1]
 
 
-BASELINES = ["tcp", "zmq-raw"]
+BASELINES = ["tcp", "zmq-raw", "zmq-codec"]
 
 
 def _links(names: list[str], max_nbytes: int) -> dict[str, Callable[[], Link]]:
-    links: dict[str, Callable[[], Link]] = {"tcp": lambda: TcpLink(max_nbytes), "zmq-raw": ZmqRawLink}
+    links: dict[str, Callable[[], Link]] = {
+        "tcp": lambda: TcpLink(max_nbytes),
+        "zmq-raw": ZmqRawLink,
+        "zmq-codec": ZmqCodecLink,
+    }
     for name in names:
         links[name] = lambda name=name: TransportLink(name)
     return links
