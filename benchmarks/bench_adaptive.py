@@ -22,7 +22,7 @@ as a camera attached to it would), per model and trace scenario:
    The adaptive run's switches are listed with the link it estimated and the trace's condition at
    that time.
 
-Run: python benchmarks/bench_adaptive.py                             # both models and traces, about 65 min
+Run: python benchmarks/bench_adaptive.py                             # both models and traces, about 60 min
      python benchmarks/bench_adaptive.py --quick --no-save           # mobilenet_v2 on the step trace, 20 s each
      python benchmarks/bench_adaptive.py --objective latency         # one item in flight, latency p95
 """
