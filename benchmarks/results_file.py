@@ -3,7 +3,8 @@
 Every ``benchmarks/bench_*.py`` ends with ``results_file.run("<bench>", main)``: the benchmark
 prints as usual, and when it finishes, everything it printed on stdout is also written to
 ``benchmarks/results/<YYYY-MM-DD>-<host>-<bench>.md`` together with the exact command line, the
-date, the git commit and dirty flag, and the environment fingerprint
+date, the git commit and dirty flag the run started from (and the tree's state at its end, if it
+changed meanwhile), and the environment fingerprint
 (:func:`paretopipe.host.fingerprint.fingerprint`). A run that fails or is interrupted writes no
 file; ``--no-save`` (added to the benchmark's parser by :func:`add_save_option`) writes none
 either. An existing file is never overwritten: a second run on the same day gets ``-2``, ``-3``...
@@ -54,9 +55,17 @@ def result_path(bench: str, when: datetime, host: str, results_dir: Path = RESUL
 
 
 def render(
-    bench: str, output: str, *, command: str, started: datetime, elapsed_s: float, fingerprint: dict[str, Any]
+    bench: str,
+    output: str,
+    *,
+    command: str,
+    started: datetime,
+    elapsed_s: float,
+    fingerprint: dict[str, Any],
+    tree_at_end: str | None = None,
 ) -> str:
-    """The Markdown text of one result file."""
+    """The Markdown text of one result file. The commit is the one the run started from;
+    ``tree_at_end``: the commit (and state) at its end, when the tree changed during the run."""
     commit = fingerprint.get("git_commit") or "unknown"
     dirty = fingerprint.get("git_dirty")
     state = {True: " (dirty: uncommitted changes)", False: " (clean)"}.get(dirty, "")
@@ -67,6 +76,7 @@ def render(
         f"- command: `{command}`",
         f"- date: {started.isoformat(timespec='seconds')} ({elapsed_s:.0f} s)",
         f"- git commit: {commit}{state}",
+        *([f"- the tree changed during the run: {tree_at_end} at its end"] if tree_at_end else []),
         f"- CPU: {fingerprint.get('cpu_model')}, {fingerprint.get('cpu_count')} CPUs "
         f"(allowed {fingerprint.get('cpus_allowed')}), torch {fingerprint.get('torch')}, "
         f"python {fingerprint.get('python')}",
@@ -118,8 +128,11 @@ def recording(
     """Show stdout as usual and, if the block ends normally and ``save``, write the result file.
 
     The file name is announced on stderr. An exception (``SystemExit`` included) leaves no file."""
+    from paretopipe.host.fingerprint import fingerprint, git_commit
+
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    at_start = git_commit() if save else (None, None)  # the code the run runs: the tree may change meanwhile
     tee = _Tee(sys.stdout)
     sys.stdout = tee
     try:
@@ -128,9 +141,10 @@ def recording(
         sys.stdout = tee.stream
     if not save:
         return
-    from paretopipe.host.fingerprint import fingerprint
-
     fp = fingerprint()
+    at_end = (fp.get("git_commit"), fp.get("git_dirty"))
+    fp["git_commit"], fp["git_dirty"] = at_start
+    changed = None if at_end == at_start else f"{at_end[0]}" + (" (dirty)" if at_end[1] else " (clean)")
     args = sys.argv if argv is None else argv
     script = Path(args[0]).resolve() if args else Path("?")
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
@@ -138,7 +152,13 @@ def recording(
     path = result_path(bench, started, fp.get("hostname") or socket.gethostname(), results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = render(
-        bench, tee.copy.getvalue(), command=command, started=started, elapsed_s=time.perf_counter() - t0, fingerprint=fp
+        bench,
+        tee.copy.getvalue(),
+        command=command,
+        started=started,
+        elapsed_s=time.perf_counter() - t0,
+        fingerprint=fp,
+        tree_at_end=changed,
     )
     path.write_text(text)
     print(f"result written to {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", file=sys.stderr)

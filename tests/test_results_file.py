@@ -36,6 +36,19 @@ def test_recording_writes_the_output_command_commit_and_fingerprint(tmp_path: Pa
     assert '"cpu_model"' in text and '"git_dirty"' in text
 
 
+def test_the_commit_is_the_one_the_run_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from paretopipe.host import fingerprint
+
+    states = iter([("a" * 40, False), ("b" * 40, False)])  # a commit lands while the run goes on
+    monkeypatch.setattr(fingerprint, "git_commit", lambda path=None: next(states))
+    with results_file.recording("toy", argv=["bench_toy.py"], results_dir=tmp_path):
+        print("ratio   0.5")
+    text = next(tmp_path.glob("*-toy.md")).read_text()
+    assert f"- git commit: {'a' * 40} (clean)" in text
+    assert f"- the tree changed during the run: {'b' * 40} (clean) at its end" in text
+    assert f'"git_commit": "{"a" * 40}"' in text
+
+
 def test_a_failed_run_or_no_save_writes_nothing(tmp_path: Path):
     with pytest.raises(SystemExit), results_file.recording("toy", argv=["bench_toy.py"], results_dir=tmp_path):
         print("half a table")
