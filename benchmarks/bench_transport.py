@@ -147,7 +147,8 @@ class TcpLink:
 # -- pyzmq without the transport -------------------------------------------------------------------
 
 
-def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
+def _zmq_peer_sockets(client_port: int, port_queue: mp.Queue):
+    """A pinned peer's context, PULL socket (its port put on ``port_queue``) and PUSH socket back."""
     _pin_peer()
     import zmq
 
@@ -155,6 +156,11 @@ def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
     port_queue.put(pull.bind_to_random_port(f"tcp://{HOST}"))
     push.connect(f"tcp://{HOST}:{client_port}")
+    return ctx, pull, push
+
+
+def _zmq_raw_peer(client_port: int, port_queue: mp.Queue) -> None:
+    ctx, pull, push = _zmq_peer_sockets(client_port, port_queue)
     received = 0
     while True:
         frames = pull.recv_multipart(copy=False)
@@ -217,15 +223,9 @@ class ZmqRawLink:
 
 
 def _zmq_codec_peer(client_port: int, port_queue: mp.Queue) -> None:
-    _pin_peer()
-    import zmq
-
     from paretopipe_backends.codec import decode, encode
 
-    ctx = zmq.Context()
-    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    port_queue.put(pull.bind_to_random_port(f"tcp://{HOST}"))
-    push.connect(f"tcp://{HOST}:{client_port}")
+    ctx, pull, push = _zmq_peer_sockets(client_port, port_queue)
     received = 0
     while True:
         _, header, tensors = decode(pull.recv_multipart(copy=False))
