@@ -92,16 +92,18 @@ class PlanChooser:
     ) -> int:
         """The plan to move to: of the candidates predicted within the hysteresis of the best (and
         better than ``current`` by more than it), the one that sends the fewest bytes over the
-        links in ``conditions``; ``current`` when none is. Differences within the hysteresis are
-        not trusted to decide a switch, so they do not decide its target either: the plan least
-        exposed to the link is the one an error in the link's estimate hurts least."""
-        best = self.best(metrics)
+        links in ``conditions``; the best itself when none is (then no switch follows). Differences
+        within the hysteresis are not trusted to decide a switch, so they do not decide its target
+        either: the plan least exposed to the link is the one an error in the link's estimate hurts
+        least."""
+        costs = self._costs(metrics)
+        best = int(np.argmin(costs))
         if best == current:
             return current
         near = [
             i
             for i in range(len(self.plans))
-            if self.gain(metrics, i, best) <= self.hysteresis and self.gain(metrics, current, i) > self.hysteresis
+            if self._gain(costs, i, best) <= self.hysteresis and self._gain(costs, current, i) > self.hysteresis
         ]
         if not near:
             return best
@@ -110,7 +112,9 @@ class PlanChooser:
 
     def gain(self, metrics: Sequence[LinkedMetrics], current: int, other: int) -> float:
         """How much better ``other`` is predicted than ``current`` (> 0: better)."""
-        costs = self._costs(metrics)
+        return self._gain(self._costs(metrics), current, other)
+
+    def _gain(self, costs: np.ndarray, current: int, other: int) -> float:
         if self.objective == "knee":
             return float(costs[current] - costs[other])
         if not np.isfinite(costs[current]):
