@@ -10,8 +10,10 @@ as a camera attached to it would), per model and trace scenario:
 2. one session; every contender runs over the same stretch of the trace (from its start, for
    ``--seconds`` or by default whole periods covering at least 40 s), with the same number of
    items in flight: each candidate alone (static), the adaptive run (links estimated from its own
-   stamped items and small probes) and the oracle (the same switching rule, told the trace). The
-   adaptive run and the oracle start on the plan predicted best for the trace's first condition;
+   stamped items and probes sized to the link's jitter), the oracle (the same switching rule, told
+   the trace) and the adaptive run with every probe 16 KiB (``--fixed-probes``, side by side with
+   the sized ones). The adaptive runs and the oracle start on the plan predicted best for the
+   trace's first condition;
 3. a table per case: latency p50/p95 and throughput of every contender side by side, the items
    per plan and the switches; then the adaptive run against the best static plan and the oracle on
    the objective (medians over ``--repeats``; target: >= 20% better than the best static plan on
@@ -30,6 +32,7 @@ Run: python benchmarks/bench_adaptive.py                             # both mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -132,18 +135,24 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     print(f"{len(plans)} candidates: {', '.join(p.id for p in plans)}; {mode} mode, {window} items in flight, "
           f"{seconds:g} s per contender from the trace's start, objective {args.objective}")  # fmt: skip
     x = list(example_inputs(ModelSpec.from_dict(dict(plans[0].model)), 1))
-    contenders: list[tuple[str, list[Plan], object]] = [(p.id, [p], lambda t: LinkCondition()) for p in plans]
-    contenders += [("adaptive", plans, None), ("oracle", plans, trace.at)]
+    fixed = dataclasses.replace(options, probe_sizing=False)
+    contenders: list[tuple[str, list[Plan], object, object]] = [
+        (p.id, [p], lambda t: LinkCondition(), options) for p in plans
+    ]
+    contenders += [("adaptive", plans, None, options), ("oracle", plans, trace.at, options)]
+    contenders += [("adaptive-fixed-probes", plans, None, fixed)]
     rows: list[dict] = []
-    results: dict[str, list] = {name: [] for name, _, _ in contenders}
+    results: dict[str, list] = {name: [] for name, _, _, _ in contenders}
     per_plan_s = 10.0  # a first guess of the time to build one plan's stages
     allow, dirs = allowances(plans[0].model)
     with Session(testbed, "zmq", allow_models=allow, weights_dirs=dirs, timeout_s=120) as session:
         for repeat in range(args.repeats):
             # each repeat in another order, so that a slow spell of the machine does not hit one contender only
-            for name, cands, known in contenders[repeat % len(contenders) :] + contenders[: repeat % len(contenders)]:
+            for name, cands, known, opts in (
+                contenders[repeat % len(contenders) :] + contenders[: repeat % len(contenders)]
+            ):
                 eprint(f"{model} {trace_name}: {name} (repeat {repeat + 1}/{args.repeats})")
-                run = AdaptiveRun(session, cands, scenario, options, known_link=known)  # type: ignore[arg-type]
+                run = AdaptiveRun(session, cands, scenario, opts, known_link=known)  # type: ignore[arg-type]
                 run.start = run.best_plan(trace.at(0.0))
                 t0 = time.perf_counter()
                 run.preload(trace_lead_s=2.0 * per_plan_s * len(cands) + 2.0)  # the run starts at the trace's start
@@ -165,17 +174,22 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
                         "trace_offset_s": round(res.trace_offset_s, 3),
                     }
                 )
-    rows.sort(key=lambda r: ([n for n, _, _ in contenders].index(r["contender"]), r["repeat"]))
+    rows.sort(key=lambda r: ([n for n, _, _, _ in contenders].index(r["contender"]), r["repeat"]))
     render(rows, "table", list(rows[0]), title=f"{model} on {trace_name}")
     for objective in ("latency", "throughput") if args.objective == "knee" else (args.objective,):
         value = {n: statistics.median(objective_value(s, objective) for s, _ in results[n]) for n in results}
-        static = {n: value[n] for n, _, _ in contenders[: len(plans)]}
+        static = {n: value[n] for n, _, _, _ in contenders[: len(plans)]}
         best = max(static, key=static.get)  # type: ignore[arg-type]
-        adaptive, oracle = value["adaptive"], value["oracle"]
+        adaptive, oracle, fixed_value = value["adaptive"], value["oracle"], value["adaptive-fixed-probes"]
         what = "1 / latency p95" if objective == "latency" else "throughput"
         print(
             f"\nadaptive vs best static plan ({best}) on {what}: {adaptive / static[best] - 1:+.1%} "
             f"(target on the step trace: >= +20%); adaptive / oracle: {adaptive / oracle:.3f} (target: >= 0.90)"
+        )
+        print(
+            f"probes sized to the link's jitter vs every probe {options.probe_nbytes // 1024} KiB: adaptive / "
+            f"adaptive-fixed-probes {adaptive / fixed_value:.3f} on {what}; vs best static plan "
+            f"{adaptive / static[best] - 1:+.1%} and {fixed_value / static[best] - 1:+.1%}"
         )
         if objective == "throughput":
             static_last = {n: results[n][-1][1] for n in static}
@@ -184,10 +198,15 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
                 f"best static plan of every piece of the trace (instant, free switches; last repeat): "
                 f"{pieces / whole - 1:+.1%} over the best static plan, completions counted per piece"
             )
-    s, res = results["adaptive"][-1]
+    for name in ("adaptive", "adaptive-fixed-probes"):
+        switching_costs(name, *results[name][-1], trace)
+
+
+def switching_costs(name: str, s: dict, res, trace) -> None:
+    """The switching costs of an adaptive contender's run, and its switches."""
     ms = lambda v: "-" if v is None else f"{v:.3g}"
     print(
-        f"switching costs (adaptive, last repeat): {s['switches']} switches, "
+        f"switching costs ({name}, last repeat): {s['switches']} switches, "
         f"decide {ms(s['switch_decide_ms_median'])} ms median, drain {ms(s['switch_drain_ms_median'])} ms median, "
         f"{s['switch_delayed_items']} items sent while the old plan drained; "
         f"probes {s['probes']} ({s['probe_bytes']:,} bytes in {s['elapsed_s']:.0f} s)"
@@ -208,7 +227,7 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
                 for sw in res.switches
             ],
             "table",
-            title="adaptive switches",
+            title=f"{name} switches",
         )
 
 

@@ -168,7 +168,10 @@ def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
         (["--adaptive", "x.json", "--objective", "speed"], "unknown objective 'speed'"),
         (["--adaptive", "x.json", "--plan", "x.json"], "--adaptive takes the candidate plans"),
         (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
-        (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--hold-s", "1"], "--hold-s and --dwell-s go with"),
+        (
+            ["resnet18", "--cuts", "26", "--devices", "fast,slow", "--hold-s", "1"],
+            "--hold-s, --dwell-s and --fixed-probes go with",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
@@ -397,3 +400,47 @@ def test_of_plans_within_the_hysteresis_the_one_least_exposed_to_the_link_is_the
     terms[1] = dataclasses.replace(terms[1], cycle_bottleneck_ms=30.0)
     chooser = PlanChooser(terms, "throughput", hysteresis=0.1, hold_s=0.0, min_dwell_s=0.0)
     assert chooser.consider(0.0, 0, slow).index == 1
+
+
+def _probed_link(tolerance: float | None, seed: int, largest: float = 400_000.0) -> tuple[list[float], set[int]]:
+    """Probe a 30 Mbit/s link with 30 ms +/- 3 ms of delay every 0.5 s for 60 s, as an adaptive run
+    on the whole-model plan does (its only samples are probes and pongs): the bandwidth estimates
+    after the first 5 s as fractions of the truth, and the probe sizes sent."""
+    import random
+
+    from paretopipe.runtime.link_samples import PONG_NBYTES, LinkSampler
+
+    rng = random.Random(seed)
+    est = LinkEstimator()
+    sampler = LinkSampler(est, lambda name: name, 16384, 0.5, tolerance=tolerance, largest={("a", "b"): largest})
+    transfer = lambda nbytes: 30.0 + rng.uniform(-3.0, 3.0) + nbytes * 8 / 30e6 * 1e3
+    ratios, sizes = [], set()
+    for k in range(120):
+        t_s = k * 0.5
+        size = sampler.probe_size(("a", "b"), t_s)
+        sizes.add(size)
+        est.add(("a", "b"), t_s, size + PONG_NBYTES, transfer(size + PONG_NBYTES))
+        est.add(("a", "b"), t_s, PONG_NBYTES, transfer(PONG_NBYTES))
+        got = est.estimate(("a", "b"), t_s)
+        if t_s > 5.0 and got is not None and got.bandwidth_bps is not None:
+            ratios.append(got.bandwidth_bps / 30e6)
+    return ratios, sizes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probes_sized_to_the_jitter_keep_the_bandwidth_within_the_hysteresis(seed):
+    """16 KB take 4.4 ms on a 30 Mbit/s link, less than its 6 ms of jitter: the fastest of each
+    size can be off by the whole difference, and the bandwidth several times too high (what made
+    adaptive runs jump to a heavy cut and back). Probes sized to the jitter stay near the truth."""
+    fixed, fixed_sizes = _probed_link(None, seed)
+    assert fixed_sizes == {16384} and max(fixed) > 2.0
+    sized, sizes = _probed_link(0.15, seed)
+    assert 0.8 < min(sized) and max(sized) < 1.25
+    assert min(sizes) == 16384 and max(sizes) <= 400_000
+
+
+def test_no_probe_is_larger_than_the_largest_message_a_candidate_sends():
+    _, sizes = _probed_link(0.15, 0, largest=50_000.0)
+    assert max(sizes) == 50_000
+    _, sizes = _probed_link(0.15, 0, largest=1_000.0)
+    assert sizes == {16384}  # never below the smallest probe

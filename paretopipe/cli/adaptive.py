@@ -44,6 +44,7 @@ def run_adaptive(
     isolation: str,
     secure: bool,
     oracle: bool,
+    probe_sizing: bool = True,
     fmt: OutputFormat,
 ) -> None:
     """Load the candidates, run them adaptively on ``testbed`` and render what was measured."""
@@ -66,6 +67,7 @@ def run_adaptive(
         window=window,
         warmup=warmup,
         timeout_s=timeout_s,
+        probe_sizing=probe_sizing,
     )
     if hold_s is not None:
         options = dataclasses.replace(options, hold_s=hold_s)

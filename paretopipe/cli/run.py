@@ -126,6 +126,12 @@ def run_command(
     oracle: bool = typer.Option(
         False, "--oracle", help="With --adaptive: decide on the network's real conditions instead of estimates."
     ),
+    probe_sizing: bool = typer.Option(
+        True,
+        "--probe-sizing/--fixed-probes",
+        help="With --adaptive: size probes to the link's jitter (up to the largest message a candidate sends), "
+        "or send every probe with 16 KiB.",
+    ),
     profiles: Path = typer.Option(
         Path("profiles"), "--profiles", help="Directory of device profiles (to price the plan)."
     ),
@@ -169,13 +175,14 @@ def run_command(
             isolation=isolation,
             secure=secure,
             oracle=oracle,
+            probe_sizing=probe_sizing,
             fmt=fmt,
         )
         return
     if oracle or objective != "throughput":
         raise UsageError("--objective and --oracle go with --adaptive")
-    if hold_s is not None or dwell_s is not None:
-        raise UsageError("--hold-s and --dwell-s go with --adaptive")
+    if hold_s is not None or dwell_s is not None or not probe_sizing:
+        raise UsageError("--hold-s, --dwell-s and --fixed-probes go with --adaptive")
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")

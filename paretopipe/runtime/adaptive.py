@@ -4,7 +4,8 @@
 ``preload``, so a worker keeps them all and runs an item on the stage of the configuration the
 item names), then feeds items to the current plan. Items carry stamps, and every hop that crosses
 a link becomes a timed transfer for the link estimate; when the items say too little, the driver
-sends small probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic added to the run).
+sends probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic added to the run), each
+no larger than the largest message a candidate sends over that link.
 Stamps of workers on other hosts are put on the driver's clock with an offset measured by a few
 pings before the run.
 
@@ -118,9 +119,19 @@ class AdaptiveRun:
             options.estimate_recent,
             options.estimate_horizon_s,
         )
-        self.sampler = LinkSampler(self.estimator, place, options.probe_nbytes, options.probe_every_s)
+        self.sampler = LinkSampler(
+            self.estimator,
+            place,
+            options.probe_nbytes,
+            options.probe_every_s,
+            tolerance=options.hysteresis if options.probe_sizing else None,
+        )
         self._pair = self.sampler.pair
         own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
+        for h in own:
+            pair = self._pair(h.src, h.dst)
+            assert pair is not None
+            self.sampler.largest[pair] = max(self.sampler.largest.get(pair, 0.0), h.nbytes)
         # the transport's own costs, taken out of the estimates (a link calibration, if the plans had one)
         self.estimator.overhead_ms = min((h.overhead_ms for h in own), default=0.0)
         self.estimator.rate_bps = max((h.rate_bps for h in own), default=math.inf)
@@ -249,12 +260,12 @@ class AdaptiveRun:
         s = self.session
         tensors, structure = values.pack(inputs)
         window = self.window
-        res = AdaptiveResult(batch_size=self.plans[0].batch_size, warmup=o.warmup, probe_nbytes=o.probe_nbytes)
+        res = AdaptiveResult(batch_size=self.plans[0].batch_size, warmup=o.warmup)
         current = self.start
         outstanding: dict[int, tuple[int, int]] = {}  # item -> (plan index, send ns)
         done: set[int] = set()
         open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
-        probe_payload = [_payload(o.probe_nbytes)] if o.probe_nbytes else []
+        payloads: dict[int, list[Any]] = {}  # probe payload bytes -> the tensors that carry them
         pairs = sorted({p for t in self.terms for h in t.hops if (p := self._pair(h.src, h.dst)) is not None})
         wait_s = self.trace_start_unix_s - time.time()
         if wait_s > 0:
@@ -282,9 +293,11 @@ class AdaptiveRun:
             if not outstanding:
                 break
             if self.known_link is None:
-                for device, nonce in self.sampler.probes_due(now_s(), pairs):
-                    self.sampler.probe_sent(device, nonce, time.perf_counter_ns())
-                    s.transport.send(device, {"kind": P.PING, "nonce": nonce}, probe_payload)
+                for device, nonce, nbytes in self.sampler.probes_due(now_s(), pairs):
+                    if nbytes not in payloads:
+                        payloads[nbytes] = [_payload(nbytes)] if nbytes else []
+                    self.sampler.probe_sent(device, nonce, time.perf_counter_ns(), nbytes)
+                    s.transport.send(device, {"kind": P.PING, "nonce": nonce}, payloads[nbytes])
             msg = self._poll(next_decision - now_s())
             if msg is None:
                 if (time.perf_counter_ns() - heard_ns) / 1e9 > o.timeout_s:
@@ -311,6 +324,7 @@ class AdaptiveRun:
                     self.on_switch(switch[0])
         res.sent = next_id
         res.probes = self.sampler.probes_sent
+        res.probe_bytes = self.sampler.probe_bytes
         res.elapsed_s = now_s()
         missing = res.sent - len(done)
         if missing:

@@ -29,8 +29,9 @@ class AdaptiveOptions:
     decide_every_s: float = 0.1
     estimate_recent: int = 3  # per message size, the fastest of the last this many transfers counts
     estimate_horizon_s: float = 6.0  # ... while the latest is at most this old
-    probe_nbytes: int = 16 * 1024
+    probe_nbytes: int = 16 * 1024  # the smallest probe payload (every probe's, without probe_sizing)
     probe_every_s: float = 0.5
+    probe_sizing: bool = True  # size probes so that jitter moves the bandwidth by at most the hysteresis
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class AdaptiveResult:
     switches: list[Switch] = field(default_factory=list)
     sent: int = 0
     probes: int = 0
-    probe_nbytes: int = 0
+    probe_bytes: int = 0  # their payloads
     elapsed_s: float = 0.0
     batch_size: int = 1
     warmup: int = 0
@@ -115,7 +116,7 @@ class AdaptiveResult:
             "switch_drain_ms_median": float(np.median([s.drain_ms for s in self.switches])) if self.switches else None,
             "switch_delayed_items": int(sum(s.delayed_items for s in self.switches)),
             "probes": self.probes,
-            "probe_bytes": self.probes * self.probe_nbytes,
+            "probe_bytes": self.probe_bytes,
             "items_per_plan": per_plan,
             "elapsed_s": self.elapsed_s,
         }

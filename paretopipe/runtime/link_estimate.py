@@ -130,6 +130,17 @@ class LinkEstimator:
         ]
         return min(recent, default=None)
 
+    def noise_ms(self, link: Hashable, now_s: float) -> float:
+        """How far apart recent transfers of one size land: the spread (slowest less fastest) of the
+        recent samples of the smallest size that has at least two within ``horizon_s`` (0.0 when
+        none has). Jitter, and queueing too, which the fastest leaves out of the estimate but not of
+        this figure: a bound on what one size's fastest transfer can be off by, not a measure of it."""
+        for _, samples in sorted(self._buckets.get(link, {}).items()):
+            recent = [ms for t, _, ms in samples if now_s - t <= self.horizon_s]
+            if len(recent) >= 2:
+                return max(recent) - min(recent)
+        return 0.0
+
     def last_sample_s(self, link: Hashable) -> float | None:
         """When the latest sample of ``link`` was received (None: never)."""
         return self._latest.get(link)

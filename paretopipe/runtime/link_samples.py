@@ -12,14 +12,17 @@ long, never short: taken at its estimate, a message queued behind another would 
 serialisation plus the estimated delay, whatever the real delay, and the estimate would confirm
 itself. A hop that reached a busy stage is left out (it waited there, not on the link). A probe is
 a ping carrying a payload, answered by a pong that says when the worker took it: the payload out
-and the pong back are two more transfers. An item still in flight long after the estimate says
-it would be back caps the estimate (:meth:`LinkSampler.overdue`). Stamps of workers on other
+and the pong back are two more transfers. A probe's payload is sized so that the link's jitter
+cannot move the bandwidth it gives by more than a set fraction (:meth:`LinkSampler.probe_size`).
+An item still in flight long after the estimate says it would be back caps the estimate
+(:meth:`LinkSampler.overdue`). Stamps of workers on other
 hosts are put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md
 (adaptive runs).
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
@@ -41,23 +44,37 @@ class LinkSampler:
     """Feeds ``estimator`` with the transfers of stamped items and of probes.
 
     ``place`` maps an endpoint name to its place (the driver to its device). ``probe_nbytes`` and
-    ``probe_every_s``: the payload of a probe and how often a link is probed at most.
+    ``probe_every_s``: the payload of a probe (the smallest, when probes are sized) and how often a
+    link is probed at most. ``tolerance``: size each probe so that the link's jitter moves the
+    bandwidth it gives by at most this fraction (:meth:`probe_size`; None: every probe carries
+    ``probe_nbytes``); ``largest``: per link, the largest message a candidate sends over it, which
+    no probe exceeds.
     """
 
     def __init__(
-        self, estimator: LinkEstimator, place: Callable[[str], str], probe_nbytes: int, probe_every_s: float
+        self,
+        estimator: LinkEstimator,
+        place: Callable[[str], str],
+        probe_nbytes: int,
+        probe_every_s: float,
+        tolerance: float | None = None,
+        largest: dict[Pair, float] | None = None,
     ) -> None:
         self.estimator = estimator
         self.place = place
         self.probe_nbytes = probe_nbytes
         self.probe_every_s = probe_every_s
+        self.tolerance = tolerance
+        self.largest = largest or {}
         self.offset_ns: dict[str, int] = {}  # device -> its clock minus the driver's
         self.probes_sent = 0
+        self.probe_bytes = 0  # payload bytes of every probe sent
         self.censor_factor = CENSOR_FACTOR
         self.censor_slack_ms = CENSOR_SLACK_MS
         self._previous: dict[int, tuple[list[int], list[int]]] = {}  # plan -> the last item's sent/got times
-        self._probes: dict[str, tuple[str, int]] = {}  # nonce -> (device, send ns)
+        self._probes: dict[str, tuple[str, int, int]] = {}  # nonce -> (device, send ns, payload bytes)
         self._last_probe_s: dict[str, float] = {}
+        self._last_size: dict[Pair, int] = {}  # pair -> the payload of its last sized probe
 
     def pair(self, src: str, dst: str) -> Pair | None:
         """The link between the places of ``src`` and ``dst``; None when they are one place."""
@@ -123,15 +140,46 @@ class LinkSampler:
         self.estimator.cap(pair, t_s, bound, nbytes)
         return bound
 
-    def probes_due(self, t_s: float, pairs: Iterable[Pair]) -> list[tuple[str, str]]:
-        """``(device, nonce)`` of the probes to send now: to the other end of each of ``pairs`` the
-        driver's place is on, that carried nothing for ``probe_every_s`` or only sizes too close to
-        tell delay from bandwidth, and has no probe on its way."""
+    def probe_size(self, pair: Pair, t_s: float) -> int:
+        """The payload of the next probe over ``pair``, in bytes.
+
+        A probe's payload takes ``nbytes / bandwidth`` longer than the pong, and that difference is
+        the bandwidth; jitter (two-sided: it can make a transfer shorter as well as longer) shifts
+        the fastest recent transfer of each size by up to the link's noise
+        (:meth:`~paretopipe.runtime.link_estimate.LinkEstimator.noise_ms`). With a payload too small,
+        a 16 KB probe on a 30 Mbit/s link with 3 ms of jitter, that shift is as large as the
+        difference itself and the bandwidth comes out several times too high. So the payload is the
+        size whose time on the link is the noise divided by ``tolerance``, at the estimated
+        bandwidth, rounded up to the estimator's size buckets; at least ``probe_nbytes``, at most
+        the largest message a candidate sends over the link (no plan needs the bandwidth resolved
+        finer than its own messages do)."""
+        if self.tolerance is None:
+            return self.probe_nbytes
+        largest = max(self.probe_nbytes, int(self.largest.get(pair, self.probe_nbytes)))
+        est = self.estimator.estimate(pair, t_s)
+        if est is None:
+            return self.probe_nbytes
+        noise_ms = self.estimator.noise_ms(pair, t_s)
+        if est.bandwidth_bps is None:  # too fast to tell with what was sent: go larger
+            wanted = 4.0 * max(self.probe_nbytes, self._last_size.get(pair, 0))
+        elif self.tolerance <= 0:
+            wanted = largest
+        else:
+            wanted = noise_ms / self.tolerance * est.bandwidth_bps / 8e3
+        bucket = math.ceil(2 * math.log2(max(wanted, 1.0)))  # sizes a factor of sqrt(2) apart, as the estimator's
+        size = min(largest, max(self.probe_nbytes, int(2 ** (bucket / 2))))
+        self._last_size[pair] = size
+        return size
+
+    def probes_due(self, t_s: float, pairs: Iterable[Pair]) -> list[tuple[str, str, int]]:
+        """``(device, nonce, payload bytes)`` of the probes to send now: to the other end of each of
+        ``pairs`` the driver's place is on, that carried nothing for ``probe_every_s`` or only sizes
+        too close to tell delay from bandwidth, and has no probe on its way."""
         here = self.place(DRIVER)
         due = []
         for pair in pairs:
             device = pair[0] if pair[1] == here else pair[1]
-            if here not in pair or any(d == device for d, _ in self._probes.values()):
+            if here not in pair or any(d == device for d, _, _ in self._probes.values()):
                 continue
             last = self.estimator.last_sample_s(pair)
             est = self.estimator.estimate(pair, t_s)
@@ -141,13 +189,16 @@ class LinkSampler:
                 continue
             self._last_probe_s[device] = t_s
             nonce = uuid.uuid4().hex[:8]
-            due.append((device, nonce))
+            due.append((device, nonce, self.probe_size(pair, t_s)))
         return due
 
-    def probe_sent(self, device: str, nonce: str, t_ns: int) -> None:
-        """Record a probe handed to the transport at ``t_ns``."""
-        self._probes[nonce] = (device, t_ns)
+    def probe_sent(self, device: str, nonce: str, t_ns: int, nbytes: int | None = None) -> None:
+        """Record a probe with a payload of ``nbytes`` (default ``probe_nbytes``) handed to the
+        transport at ``t_ns``."""
+        nbytes = self.probe_nbytes if nbytes is None else nbytes
+        self._probes[nonce] = (device, t_ns, nbytes)
         self.probes_sent += 1
+        self.probe_bytes += nbytes
 
     def probe_back(self, msg: Message, start_ns: int) -> None:
         """The transfers of the probe ``msg`` (a pong) answers: its payload out, the pong back."""
@@ -155,7 +206,7 @@ class LinkSampler:
         clock = msg.header.get("clock_ns")
         if entry is None or not isinstance(clock, int):
             return
-        device, a0 = entry
+        device, a0, nbytes = entry
         pair = self.pair(DRIVER, device)
         if pair is None:
             return
@@ -164,7 +215,7 @@ class LinkSampler:
         waited = msg.header.get("waited_ns")
         transfers = [(float(PONG_NBYTES), (msg.recv_ns - w) / 1e6)]
         if isinstance(waited, int) and waited >= BUSY_NS:  # else the ping waited behind an item
-            transfers.append((float(self.probe_nbytes + PONG_NBYTES), (w - a0) / 1e6))
-        for nbytes, ms in transfers:
-            self.estimator.add(pair, t_s, nbytes, ms)
+            transfers.append((float(nbytes + PONG_NBYTES), (w - a0) / 1e6))
+        for size, ms in transfers:
+            self.estimator.add(pair, t_s, size, ms)
         self.estimator.lift_if_fast(pair, transfers, t_s)
