@@ -265,10 +265,10 @@ def run_case(
     calibrations: Path,
     args: argparse.Namespace,
     ablate: Sequence[str],
-) -> tuple[dict, list[dict]] | None:
+) -> Case | None:
     """One model and stage count in one run: measure (unless --reprice), then price offline,
-    checked and with each term of ``ablate`` off. Returns the summary row and the ablation rows
-    (None: nothing measured, which only --reprice can meet)."""
+    checked and with each term of ``ablate`` off. Returns what it found (None: nothing measured,
+    which only --reprice can meet)."""
     testbed = TESTBEDS[stages]
     ensure_link_calibration(testbed, calibrations)
     run = out / f"{model}-k{stages}"
@@ -332,8 +332,26 @@ def run_case(
         n = check_number(r)
         return (n, checks[n]) if n in checks else ("offline", offline_runtimes)
 
-    off = shares(pricer.price(rows, offline), networks)
-    chk = shares(pricer.price(rows, checked), networks)
+    priced, priced_checked = pricer.price(rows, offline), pricer.price(rows, checked)
+    off, chk = shares(priced, networks), shares(priced_checked, networks)
+    per_network = [
+        {
+            "model": model,
+            "stages": stages,
+            "network": net,
+            **{
+                f"{kind}_{metric}_10pct": error_summary(aggregate(frame[frame["network"] == net]))[
+                    f"{metric}_within_10pct"
+                ]
+                for metric in ("latency", "throughput")
+                for kind, frame in (("offline", priced), ("checked", priced_checked))
+            },
+        }
+        for net in networks
+    ]
+    medians = pd.concat(
+        [aggregate(rows[rows["network"] == net]).assign(network=net) for net in networks], ignore_index=True
+    )[["network", "plan_id", "latency_ms_p50", "throughput_ips"]]
     guided = guided_subset(settings, rows, args.neighbours, args.near / 100, args.refine)
     same, guided_n, total = [], 0, 0
     for net in networks:
@@ -368,7 +386,6 @@ def run_case(
         "device_calibration": "none" if own is None else own.created,
     }
     ablation = []
-    priced = pricer.price(rows, offline)
     for term in ablate:
         priced_without = pricer.price(rows, offline, without=[term])
         without = shares(priced_without, networks)
@@ -393,7 +410,44 @@ def run_case(
                 "better_without": int((diff < 0).sum()),
             }
         )
-    return summary, ablation
+    return Case(summary, ablation, per_network, medians)
+
+
+def best_fixed_share(values: Sequence[float]) -> float:
+    """The largest share of ``values`` (one plan's measurements in separate runs) that one number
+    can be within ±10% of (|p / v - 1| <= 0.1): what a prediction that is the same in every run can
+    score on this plan at most."""
+    v = [x for x in values if x > 0]
+    if not v:
+        return float("nan")
+    ends = [x * 0.9 for x in v] + [x * 1.1 for x in v]  # an optimal p can be moved to one of these
+    eps = 1e-9
+    return max(sum(1 for x in v if x * 0.9 * (1 - eps) <= p <= x * 1.1 * (1 + eps)) for p in ends) / len(v)
+
+
+def reproducibility(medians: Sequence[pd.DataFrame]) -> dict[tuple[str, str], float]:
+    """Per network and metric (latency, throughput): the mean over plans measured in two or more
+    runs of :func:`best_fixed_share` of their medians in the runs; the most any prediction made
+    before the runs (offline: the same number in each run) can score, averaged over the runs."""
+    both = pd.concat([m.assign(run=i) for i, m in enumerate(medians)], ignore_index=True)
+    out: dict[tuple[str, str], float] = {}
+    for net, part in both.groupby("network"):
+        for metric, col in (("latency", "latency_ms_p50"), ("throughput", "throughput_ips")):
+            shares_ = [best_fixed_share(list(g[col])) for _, g in part.groupby("plan_id") if g["run"].nunique() >= 2]
+            shares_ = [x for x in shares_ if not math.isnan(x)]
+            out[(str(net), metric)] = float(np.mean(shares_)) if shares_ else float("nan")
+    return out
+
+
+@dataclasses.dataclass
+class Case:
+    """What one model and stage count gave in one run: the summary row, the ablation rows, the
+    offline and checked shares within ±10% per network, and each plan's medians per network."""
+
+    summary: dict
+    ablation: list[dict]
+    per_network: list[dict]
+    medians: pd.DataFrame
 
 
 def weighted(df: pd.DataFrame, col: str, weight: str = "configs") -> float:
@@ -459,7 +513,8 @@ def main() -> None:
     out = Path(args.out)
     calibrations = out / "calibrations"  # the runs' stored link and device calibrations
     calibrations.mkdir(parents=True, exist_ok=True)
-    summaries, ablations = [], []
+    summaries, ablations, networks_rows = [], [], []
+    medians: dict[tuple[str, int], list[pd.DataFrame]] = {}
     for i in range(1, args.runs + 1):
         for m in args.models.split(","):
             for k in args.stages.split(","):
@@ -467,9 +522,10 @@ def main() -> None:
                 case = run_case(m, int(k), args.networks.split(","), out / f"run{i}", calibrations, args, ablate)
                 if case is None:
                     continue
-                s, a = case
-                summaries.append({"run": i, **s})
-                ablations.extend({"run": i, **row} for row in a)
+                summaries.append({"run": i, **case.summary})
+                ablations.extend({"run": i, **row} for row in case.ablation)
+                networks_rows.extend({"run": i, **row} for row in case.per_network)
+                medians.setdefault((m, int(k)), []).append(case.medians)
     df = pd.DataFrame(summaries)
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -487,6 +543,7 @@ def main() -> None:
             f"{weighted(part, 'guided_share'):.1%} of the configurations, same measured front in every case: "
             f"{bool(part['fronts_equal'].all())}"
         )
+    print_per_network(networks_rows, medians)
     if ablations:
         ab = pd.DataFrame(ablations)
         rows = []
@@ -532,6 +589,24 @@ def main() -> None:
             f"that do not: {', '.join(t for t, k in paired.items() if not k) or 'none'}"
         )
     print(f"measurements: {out}/run*/*/measurements.csv")
+
+
+def print_per_network(rows: list[dict], medians: dict[tuple[str, int], list[pd.DataFrame]]) -> None:
+    """Per run and network: the shares within ±10%, offline and checked, beside the most any
+    offline prediction could score given how the runs' own measurements of each plan differ."""
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    bound = {key: reproducibility(runs) for key, runs in medians.items() if len(runs) >= 2}
+    for metric in ("latency", "throughput"):
+        table[f"reachable_{metric}_10pct"] = [
+            bound.get((m, k), {}).get((n, metric), float("nan"))
+            for m, k, n in zip(table["model"], table["stages"], table["network"])
+        ]
+    print("\nper network: share of plans within ±10%, offline / checked; reachable: the most a prediction")
+    print("that is the same in every run could score, given how far apart the runs measured each plan")
+    print("(mean over plans of the largest share of its run medians one number is within ±10% of)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":
