@@ -444,3 +444,35 @@ def test_no_probe_is_larger_than_the_largest_message_a_candidate_sends():
     assert max(sizes) == 50_000
     _, sizes = _probed_link(0.15, 0, largest=1_000.0)
     assert sizes == {16384}  # never below the smallest probe
+
+
+def test_sized_probes_follow_a_step_between_wifi_and_3g_within_one_probe():
+    """Probe sizes change with the link; samples of a size no longer sent are dropped, so that a
+    3g transfer of an earlier size cannot hold the estimate at 3g once the link is back to wifi
+    (it did for 6 s, the estimator's horizon, before they were)."""
+    import random
+
+    from paretopipe.runtime.link_samples import PONG_NBYTES, LinkSampler
+
+    rng = random.Random(1)
+    est = LinkEstimator()
+    sampler = LinkSampler(est, lambda name: name, 16384, 0.5, tolerance=0.15, largest={("a", "b"): 400_000.0})
+    wifi, g3 = (50e6, 5.0, 1.0), (2e6, 100.0, 10.0)
+    condition = lambda t_s: wifi if t_s % 20 < 10 else g3
+    t_s, seen = 0.0, []
+    while t_s < 40:
+        size = sampler.probe_size(("a", "b"), t_s)
+        bandwidth, delay, jitter = condition(t_s)
+        out_ms, back_ms = (
+            delay + rng.uniform(-jitter, jitter) + n * 8 / bandwidth * 1e3 for n in (size + PONG_NBYTES, PONG_NBYTES)
+        )
+        back_s = t_s + (out_ms + back_ms) / 1e3
+        est.add(("a", "b"), back_s, size + PONG_NBYTES, out_ms)
+        est.add(("a", "b"), back_s, PONG_NBYTES, back_ms)
+        got = est.estimate(("a", "b"), back_s)
+        seen.append((back_s, got.bandwidth_bps / condition(back_s)[0], size))
+        t_s = max(t_s + 0.5, back_s)
+    # 2.5 s after each change (a 3g probe sent before it can take 0.7 s to come back): within 25%
+    settled = [ratio for back_s, ratio, _ in seen if back_s % 10 > 2.5]
+    assert 0.75 < min(settled) and max(settled) < 1.25
+    assert max(size for _, _, size in seen) <= 400_000

@@ -267,6 +267,7 @@ class AdaptiveRun:
         open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
         payloads: dict[int, list[Any]] = {}  # probe payload bytes -> the tensors that carry them
         pairs = sorted({p for t in self.terms for h in t.hops if (p := self._pair(h.src, h.dst)) is not None})
+        crosses = [{p for h in t.hops if (p := self._pair(h.src, h.dst)) is not None} for t in self.terms]
         wait_s = self.trace_start_unix_s - time.time()
         if wait_s > 0:
             time.sleep(wait_s)
@@ -293,7 +294,7 @@ class AdaptiveRun:
             if not outstanding:
                 break
             if self.known_link is None:
-                for device, nonce, nbytes in self.sampler.probes_due(now_s(), pairs):
+                for device, nonce, nbytes in self.sampler.probes_due(now_s(), pairs, crosses[current]):
                     if nbytes not in payloads:
                         payloads[nbytes] = [_payload(nbytes)] if nbytes else []
                     self.sampler.probe_sent(device, nonce, time.perf_counter_ns(), nbytes)

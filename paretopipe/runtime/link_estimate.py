@@ -86,9 +86,10 @@ class LinkEstimator:
         """Record one message of ``nbytes`` that took ``transfer_ms``, received at ``t_s``."""
         if nbytes < 0 or not math.isfinite(transfer_ms):
             return
-        bucket = round(2 * math.log2(nbytes + 1))
         buckets = self._buckets.setdefault(link, {})
-        buckets.setdefault(bucket, deque(maxlen=self.recent)).append((t_s, float(nbytes), max(0.0, transfer_ms)))
+        buckets.setdefault(_bucket(nbytes), deque(maxlen=self.recent)).append(
+            (t_s, float(nbytes), max(0.0, transfer_ms))
+        )
         self._latest[link] = max(t_s, self._latest.get(link, t_s))
 
     def cap(self, link: Hashable, t_s: float, bandwidth_bps: float, nbytes: float) -> None:
@@ -129,6 +130,11 @@ class LinkEstimator:
             if now_s - t <= self.horizon_s
         ]
         return min(recent, default=None)
+
+    def forget(self, link: Hashable, nbytes: float) -> None:
+        """Drop the samples of ``link`` in the size bucket of ``nbytes`` (a size no longer sent,
+        whose samples would otherwise count, however old the condition they saw, for ``horizon_s``)."""
+        self._buckets.get(link, {}).pop(_bucket(nbytes), None)
 
     def noise_ms(self, link: Hashable, now_s: float) -> float:
         """How far apart recent transfers of one size land: the spread (slowest less fastest) of the
@@ -188,6 +194,11 @@ class LinkEstimator:
         if est.bandwidth_bps is not None and est.bandwidth_bps <= bandwidth_cap:
             return est
         return LinkEstimate(bandwidth_cap, est.delay_ms, est.sizes, est.spread)
+
+
+def _bucket(nbytes: float) -> int:
+    """The size bucket of a message of ``nbytes`` (buckets a factor of sqrt(2) wide)."""
+    return round(2 * math.log2(nbytes + 1))
 
 
 def _line(points: list[tuple[float, float]]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from paretopipe.network.conditions import LinkCondition
 from paretopipe.plan.costmodel.relink import PlanTerms
@@ -75,6 +75,7 @@ class LinkSampler:
         self._probes: dict[str, tuple[str, int, int]] = {}  # nonce -> (device, send ns, payload bytes)
         self._last_probe_s: dict[str, float] = {}
         self._last_size: dict[Pair, int] = {}  # pair -> the payload of its last sized probe
+        self._noise: dict[Pair, list[tuple[float, float]]] = {}  # pair -> (s, noise ms) over the horizon
 
     def pair(self, src: str, dst: str) -> Pair | None:
         """The link between the places of ``src`` and ``dst``; None when they are one place."""
@@ -140,7 +141,7 @@ class LinkSampler:
         self.estimator.cap(pair, t_s, bound, nbytes)
         return bound
 
-    def probe_size(self, pair: Pair, t_s: float) -> int:
+    def probe_size(self, pair: Pair, t_s: float, sized: bool = True) -> int:
         """The payload of the next probe over ``pair``, in bytes.
 
         A probe's payload takes ``nbytes / bandwidth`` longer than the pong, and that difference is
@@ -150,31 +151,42 @@ class LinkSampler:
         a 16 KB probe on a 30 Mbit/s link with 3 ms of jitter, that shift is as large as the
         difference itself and the bandwidth comes out several times too high. So the payload is the
         size whose time on the link is the noise divided by ``tolerance``, at the estimated
-        bandwidth, rounded up to the estimator's size buckets; at least ``probe_nbytes``, at most
-        the largest message a candidate sends over the link (no plan needs the bandwidth resolved
-        finer than its own messages do)."""
-        if self.tolerance is None:
-            return self.probe_nbytes
-        largest = max(self.probe_nbytes, int(self.largest.get(pair, self.probe_nbytes)))
+        bandwidth, on a ladder of sizes a factor of 2 apart, growing by at most one step per probe
+        (right after the link changes, the spread of one size's transfers is the change, not
+        jitter, for as long as old transfers are among its last few). It is at least
+        ``probe_nbytes`` and at most the largest message a candidate sends over the link (no plan
+        needs the bandwidth resolved finer than its own messages do), and no longer on the link
+        than ``probe_every_s`` at the estimated bandwidth. ``sized`` False (the link carries the
+        current plan's items, which a large probe would hold up): ``probe_nbytes``. When the size
+        changes, the samples of the old size are dropped: a size no longer sent must not hold the
+        estimate to the condition it saw."""
+        previous = self._last_size.get(pair, self.probe_nbytes)
+        size = self.probe_nbytes
         est = self.estimator.estimate(pair, t_s)
-        if est is None:
-            return self.probe_nbytes
-        noise_ms = self.estimator.noise_ms(pair, t_s)
-        if est.bandwidth_bps is None:  # too fast to tell with what was sent: go larger
-            wanted = 4.0 * max(self.probe_nbytes, self._last_size.get(pair, 0))
-        elif self.tolerance <= 0:
-            wanted = largest
-        else:
-            wanted = noise_ms / self.tolerance * est.bandwidth_bps / 8e3
-        bucket = math.ceil(2 * math.log2(max(wanted, 1.0)))  # sizes a factor of sqrt(2) apart, as the estimator's
-        size = min(largest, max(self.probe_nbytes, int(2 ** (bucket / 2))))
+        if sized and self.tolerance is not None and est is not None:
+            largest = max(self.probe_nbytes, int(self.largest.get(pair, self.probe_nbytes)))
+            if est.bandwidth_bps is None:  # too fast to tell with what was sent: go larger
+                wanted = float(largest)
+            else:
+                seen = [(t, ms) for t, ms in self._noise.get(pair, []) if t_s - t <= self.estimator.horizon_s]
+                self._noise[pair] = seen = [*seen, (t_s, self.estimator.noise_ms(pair, t_s))]
+                noise_ms = max(ms for _, ms in seen)
+                wanted = noise_ms / self.tolerance * est.bandwidth_bps / 8e3 if self.tolerance > 0 else largest
+                largest = min(largest, int(self.probe_every_s * est.bandwidth_bps / 8))
+            steps = math.ceil(math.log2(max(wanted, 1.0) / self.probe_nbytes))
+            size = self.probe_nbytes << max(0, steps)
+            size = min(max(size, previous // 2), 2 * previous, max(self.probe_nbytes, largest))
+        if size != previous:
+            self.estimator.forget(pair, previous + PONG_NBYTES)
         self._last_size[pair] = size
         return size
 
-    def probes_due(self, t_s: float, pairs: Iterable[Pair]) -> list[tuple[str, str, int]]:
+    def probes_due(self, t_s: float, pairs: Iterable[Pair], busy: Collection[Pair] = ()) -> list[tuple[str, str, int]]:
         """``(device, nonce, payload bytes)`` of the probes to send now: to the other end of each of
         ``pairs`` the driver's place is on, that carried nothing for ``probe_every_s`` or only sizes
-        too close to tell delay from bandwidth, and has no probe on its way."""
+        too close to tell delay from bandwidth, and has no probe on its way. Probes over ``busy``
+        links (those the current plan's items cross) carry ``probe_nbytes``, others are sized
+        (:meth:`probe_size`)."""
         here = self.place(DRIVER)
         due = []
         for pair in pairs:
@@ -189,7 +201,7 @@ class LinkSampler:
                 continue
             self._last_probe_s[device] = t_s
             nonce = uuid.uuid4().hex[:8]
-            due.append((device, nonce, self.probe_size(pair, t_s)))
+            due.append((device, nonce, self.probe_size(pair, t_s, sized=pair not in busy)))
         return due
 
     def probe_sent(self, device: str, nonce: str, t_ns: int, nbytes: int | None = None) -> None:
