@@ -10,9 +10,9 @@ as a camera attached to it would), per model and trace scenario:
 2. one session; every contender runs over the same stretch of the trace (from its start, for
    ``--seconds`` or by default whole periods covering at least 40 s), with the same number of
    items in flight: each candidate alone (static), the adaptive run (links estimated from its own
-   stamped items and probes sized to the link's jitter), the oracle (the same switching rule, told
-   the trace) and the adaptive run with every probe 16 KiB (``--fixed-probes``, side by side with
-   the sized ones). The adaptive runs and the oracle start on the plan predicted best for the
+   stamped items and 16 KiB probes), the oracle (the same switching rule, told the trace) and the
+   adaptive run with probes sized to the link's jitter (``--probe-sizing``, side by side with the
+   default ones). The adaptive runs and the oracle start on the plan predicted best for the
    trace's first condition;
 3. a table per case: latency p50/p95 and throughput of every contender side by side, the items
    per plan and the switches; then the adaptive run against the best static plan and the oracle on
@@ -135,12 +135,12 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
     print(f"{len(plans)} candidates: {', '.join(p.id for p in plans)}; {mode} mode, {window} items in flight, "
           f"{seconds:g} s per contender from the trace's start, objective {args.objective}")  # fmt: skip
     x = list(example_inputs(ModelSpec.from_dict(dict(plans[0].model)), 1))
-    fixed = dataclasses.replace(options, probe_sizing=False)
+    sized = dataclasses.replace(options, probe_sizing=True)
     contenders: list[tuple[str, list[Plan], object, object]] = [
         (p.id, [p], lambda t: LinkCondition(), options) for p in plans
     ]
     contenders += [("adaptive", plans, None, options), ("oracle", plans, trace.at, options)]
-    contenders += [("adaptive-fixed-probes", plans, None, fixed)]
+    contenders += [("adaptive-sized-probes", plans, None, sized)]
     rows: list[dict] = []
     results: dict[str, list] = {name: [] for name, _, _, _ in contenders}
     per_plan_s = 10.0  # a first guess of the time to build one plan's stages
@@ -180,16 +180,16 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
         value = {n: statistics.median(objective_value(s, objective) for s, _ in results[n]) for n in results}
         static = {n: value[n] for n, _, _, _ in contenders[: len(plans)]}
         best = max(static, key=static.get)  # type: ignore[arg-type]
-        adaptive, oracle, fixed_value = value["adaptive"], value["oracle"], value["adaptive-fixed-probes"]
+        adaptive, oracle, sized_value = value["adaptive"], value["oracle"], value["adaptive-sized-probes"]
         what = "1 / latency p95" if objective == "latency" else "throughput"
         print(
             f"\nadaptive vs best static plan ({best}) on {what}: {adaptive / static[best] - 1:+.1%} "
             f"(target on the step trace: >= +20%); adaptive / oracle: {adaptive / oracle:.3f} (target: >= 0.90)"
         )
         print(
-            f"probes sized to the link's jitter vs every probe {options.probe_nbytes // 1024} KiB: adaptive / "
-            f"adaptive-fixed-probes {adaptive / fixed_value:.3f} on {what}; vs best static plan "
-            f"{adaptive / static[best] - 1:+.1%} and {fixed_value / static[best] - 1:+.1%}"
+            f"probes sized to the link's jitter vs every probe {options.probe_nbytes // 1024} KiB: "
+            f"adaptive-sized-probes / adaptive {sized_value / adaptive:.3f} on {what}; vs best static plan "
+            f"{sized_value / static[best] - 1:+.1%} and {adaptive / static[best] - 1:+.1%}"
         )
         if objective == "throughput":
             static_last = {n: results[n][-1][1] for n in static}
@@ -198,7 +198,7 @@ def run_case(model: str, trace_name: str, args, testbed, scenarios) -> None:
                 f"best static plan of every piece of the trace (instant, free switches; last repeat): "
                 f"{pieces / whole - 1:+.1%} over the best static plan, completions counted per piece"
             )
-    for name in ("adaptive", "adaptive-fixed-probes"):
+    for name in ("adaptive", "adaptive-sized-probes"):
         switching_costs(name, *results[name][-1], trace)
 
 

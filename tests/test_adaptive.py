@@ -170,7 +170,7 @@ def test_worker_dying_mid_switch_fails_the_run_cleanly(tmp_path):
         (["resnet18", "--cuts", "26", "--devices", "fast,slow", "--oracle"], "--objective and --oracle go with"),
         (
             ["resnet18", "--cuts", "26", "--devices", "fast,slow", "--hold-s", "1"],
-            "--hold-s, --dwell-s and --fixed-probes go with",
+            "--hold-s, --dwell-s and --probe-sizing go with",
         ),
     ],
 )

@@ -44,7 +44,7 @@ def run_adaptive(
     isolation: str,
     secure: bool,
     oracle: bool,
-    probe_sizing: bool = True,
+    probe_sizing: bool = False,
     fmt: OutputFormat,
 ) -> None:
     """Load the candidates, run them adaptively on ``testbed`` and render what was measured."""

@@ -127,7 +127,7 @@ def run_command(
         False, "--oracle", help="With --adaptive: decide on the network's real conditions instead of estimates."
     ),
     probe_sizing: bool = typer.Option(
-        True,
+        False,
         "--probe-sizing/--fixed-probes",
         help="With --adaptive: size probes to the link's jitter (up to the largest message a candidate sends), "
         "or send every probe with 16 KiB.",
@@ -181,8 +181,8 @@ def run_command(
         return
     if oracle or objective != "throughput":
         raise UsageError("--objective and --oracle go with --adaptive")
-    if hold_s is not None or dwell_s is not None or not probe_sizing:
-        raise UsageError("--hold-s, --dwell-s and --fixed-probes go with --adaptive")
+    if hold_s is not None or dwell_s is not None or probe_sizing:
+        raise UsageError("--hold-s, --dwell-s and --probe-sizing go with --adaptive")
 
     if (plan is None) == (model is None):
         raise UsageError("give either --plan FILE or MODEL with --cuts and --devices")

@@ -29,9 +29,9 @@ class AdaptiveOptions:
     decide_every_s: float = 0.1
     estimate_recent: int = 3  # per message size, the fastest of the last this many transfers counts
     estimate_horizon_s: float = 6.0  # ... while the latest is at most this old
-    probe_nbytes: int = 16 * 1024  # the smallest probe payload (every probe's, without probe_sizing)
+    probe_nbytes: int = 16 * 1024  # every probe's payload; with probe_sizing, the smallest
     probe_every_s: float = 0.5
-    probe_sizing: bool = True  # size probes so that jitter moves the bandwidth by at most the hysteresis
+    probe_sizing: bool = False  # size probes so that jitter moves the bandwidth by at most the hysteresis
     timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
