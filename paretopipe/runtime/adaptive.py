@@ -4,8 +4,9 @@
 ``preload``, so a worker keeps them all and runs an item on the stage of the configuration the
 item names), then feeds items to the current plan. Items carry stamps, and every hop that crosses
 a link becomes a timed transfer for the link estimate; when the items say too little, the driver
-sends probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic added to the run), each
-no larger than the largest message a candidate sends over that link.
+sends probes (:mod:`~paretopipe.runtime.link_samples`, the only traffic added to the run): 16 KiB,
+or with ``probe_sizing`` sized to the link's jitter, up to the largest message a candidate sends
+over that link.
 Stamps of workers on other hosts are put on the driver's clock with an offset measured by a few
 pings before the run.
 

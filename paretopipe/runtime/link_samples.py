@@ -12,8 +12,9 @@ long, never short: taken at its estimate, a message queued behind another would 
 serialisation plus the estimated delay, whatever the real delay, and the estimate would confirm
 itself. A hop that reached a busy stage is left out (it waited there, not on the link). A probe is
 a ping carrying a payload, answered by a pong that says when the worker took it: the payload out
-and the pong back are two more transfers. A probe's payload is sized so that the link's jitter
-cannot move the bandwidth it gives by more than a set fraction (:meth:`LinkSampler.probe_size`).
+and the pong back are two more transfers. Optionally, a probe's payload is sized so that the
+link's jitter cannot move the bandwidth it gives by more than a set fraction
+(:meth:`LinkSampler.probe_size`).
 An item still in flight long after the estimate says it would be back caps the estimate
 (:meth:`LinkSampler.overdue`). Stamps of workers on other
 hosts are put on the driver's clock with :attr:`LinkSampler.offset_ns`. See docs/running.md
@@ -162,8 +163,8 @@ class LinkSampler:
         estimate to the condition it saw."""
         previous = self._last_size.get(pair, self.probe_nbytes)
         size = self.probe_nbytes
-        est = self.estimator.estimate(pair, t_s)
-        if sized and self.tolerance is not None and est is not None:
+        est = self.estimator.estimate(pair, t_s) if sized and self.tolerance is not None else None
+        if est is not None and self.tolerance is not None:
             largest = max(self.probe_nbytes, int(self.largest.get(pair, self.probe_nbytes)))
             if est.bandwidth_bps is None:  # too fast to tell with what was sent: go larger
                 wanted = float(largest)
