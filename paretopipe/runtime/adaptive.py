@@ -128,11 +128,16 @@ class AdaptiveRun:
             tolerance=options.hysteresis if options.probe_sizing else None,
         )
         self._pair = self.sampler.pair
-        own = [h for t in self.terms for h in t.hops if self._pair(h.src, h.dst) is not None]
-        for h in own:
-            pair = self._pair(h.src, h.dst)
-            assert pair is not None
-            self.sampler.largest[pair] = max(self.sampler.largest.get(pair, 0.0), h.nbytes)
+        # per candidate, the links its hops cross; the largest message over each link
+        self._crosses: list[set[Pair]] = []
+        own = []
+        for t in self.terms:
+            self._crosses.append(set())
+            for h in t.hops:
+                if (pair := self._pair(h.src, h.dst)) is not None:
+                    self._crosses[-1].add(pair)
+                    self.sampler.largest[pair] = max(self.sampler.largest.get(pair, 0.0), h.nbytes)
+                    own.append(h)
         # the transport's own costs, taken out of the estimates (a link calibration, if the plans had one)
         self.estimator.overhead_ms = min((h.overhead_ms for h in own), default=0.0)
         self.estimator.rate_bps = max((h.rate_bps for h in own), default=math.inf)
@@ -267,8 +272,7 @@ class AdaptiveRun:
         done: set[int] = set()
         open_switches: list[tuple[Switch, int, set[int]]] = []  # switch, old plan, its items in flight
         payloads: dict[int, list[Any]] = {}  # probe payload bytes -> the tensors that carry them
-        pairs = sorted({p for t in self.terms for h in t.hops if (p := self._pair(h.src, h.dst)) is not None})
-        crosses = [{p for h in t.hops if (p := self._pair(h.src, h.dst)) is not None} for t in self.terms]
+        pairs = sorted(set().union(*self._crosses))
         wait_s = self.trace_start_unix_s - time.time()
         if wait_s > 0:
             time.sleep(wait_s)
@@ -295,7 +299,7 @@ class AdaptiveRun:
             if not outstanding:
                 break
             if self.known_link is None:
-                for device, nonce, nbytes in self.sampler.probes_due(now_s(), pairs, crosses[current]):
+                for device, nonce, nbytes in self.sampler.probes_due(now_s(), pairs, self._crosses[current]):
                     if nbytes not in payloads:
                         payloads[nbytes] = [_payload(nbytes)] if nbytes else []
                     self.sampler.probe_sent(device, nonce, time.perf_counter_ns(), nbytes)

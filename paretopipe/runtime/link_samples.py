@@ -163,8 +163,7 @@ class LinkSampler:
         estimate to the condition it saw."""
         previous = self._last_size.get(pair, self.probe_nbytes)
         size = self.probe_nbytes
-        est = self.estimator.estimate(pair, t_s) if sized and self.tolerance is not None else None
-        if est is not None and self.tolerance is not None:
+        if sized and self.tolerance is not None and (est := self.estimator.estimate(pair, t_s)) is not None:
             largest = max(self.probe_nbytes, int(self.largest.get(pair, self.probe_nbytes)))
             if est.bandwidth_bps is None:  # too fast to tell with what was sent: go larger
                 wanted = float(largest)
